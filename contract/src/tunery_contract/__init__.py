@@ -1,0 +1,43 @@
+"""The vertical-pack contract: what a pack declares and supplies, typed and Django-free.
+
+A pack is a distribution that registers a :class:`VerticalPack` instance (or a zero-argument
+callable returning one) under the ``tunery.verticals`` entry-point group. The control plane reads
+it to show schemas and defaults and to validate uploads; the training engine reads it to build the
+head, compute metrics and pick the best checkpoint; the inference runtime uses its post-processing.
+Packs never touch the training loop: they describe the task and supply plain functions.
+
+This module imports only the standard library, so the web stack, the worker and a pack's own
+tests can all load it without torch or Django.
+"""
+
+from __future__ import annotations
+
+from tunery_contract.types import (
+    CONTRACT_VERSION,
+    Column,
+    ColumnType,
+    DatasetSchema,
+    EvalOutput,
+    PackError,
+    Prediction,
+    RowError,
+    TaskDefinition,
+    TaskKind,
+    ValidationReport,
+    VerticalPack,
+)
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "Column",
+    "ColumnType",
+    "DatasetSchema",
+    "EvalOutput",
+    "PackError",
+    "Prediction",
+    "RowError",
+    "TaskDefinition",
+    "TaskKind",
+    "ValidationReport",
+    "VerticalPack",
+]

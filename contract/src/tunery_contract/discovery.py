@@ -1,0 +1,83 @@
+"""Finding installed packs through the ``tunery.verticals`` entry-point group.
+
+A pack that fails to import or fails its checks is reported and skipped; the others load.
+Tests register packs temporarily with :func:`registered` instead of installing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from tunery_contract.types import CONTRACT_VERSION, VerticalPack
+
+ENTRY_POINT_GROUP = "tunery.verticals"
+log = logging.getLogger(__name__)
+
+_extra: dict[str, VerticalPack] = {}
+
+
+@dataclass
+class Discovery:
+    packs: dict[str, VerticalPack] = field(default_factory=dict)
+    #: entry-point name -> why it was not loaded
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def discover() -> Discovery:
+    found = Discovery()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+            pack = loaded() if callable(loaded) and not isinstance(loaded, VerticalPack) else loaded
+        except Exception as exc:  # a broken pack must not take the platform down
+            found.failures[ep.name] = f"import failed: {type(exc).__name__}: {exc}"
+            log.error("vertical pack %s failed to import: %s", ep.name, exc)
+            continue
+        _admit(found, ep.name, pack)
+    for name, pack in _extra.items():
+        _admit(found, name, pack)
+    return found
+
+
+def _admit(found: Discovery, name: str, pack: object) -> None:
+    if not isinstance(pack, VerticalPack):
+        found.failures[name] = f"entry point gives {type(pack).__name__}, not a VerticalPack"
+        return
+    problems = pack.problems() + _compatibility_problems(pack)
+    if problems:
+        found.failures[name] = "; ".join(problems)
+        log.error("vertical pack %s is invalid and was skipped: %s", name, found.failures[name])
+        return
+    if pack.id in found.packs:
+        found.failures[name] = f"pack id {pack.id!r} is already provided by another distribution"
+        return
+    found.packs[pack.id] = pack
+
+
+def _compatibility_problems(pack: VerticalPack) -> list[str]:
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    except ImportError:  # packaging ships with pip/setuptools; without it, skip the check
+        return []
+    try:
+        ok = CONTRACT_VERSION in SpecifierSet(pack.requires_contract)
+    except InvalidSpecifier:
+        return [f"requires_contract {pack.requires_contract!r} is not a version specifier"]
+    if not ok:
+        return [f"needs contract {pack.requires_contract}, platform provides {CONTRACT_VERSION}"]
+    return []
+
+
+@contextlib.contextmanager
+def registered(pack: VerticalPack, name: str | None = None) -> Iterator[VerticalPack]:
+    """Make ``pack`` discoverable for the duration of the block (tests, in-tree dummy packs)."""
+    key = name or pack.id
+    _extra[key] = pack
+    try:
+        yield pack
+    finally:
+        _extra.pop(key, None)

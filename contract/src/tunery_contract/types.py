@@ -1,0 +1,296 @@
+"""Types of the vertical-pack contract. Standard library only."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Version of this contract. Packs declare which versions they support with a PEP 440
+#: specifier in ``VerticalPack.requires_contract`` (for example ``">=1,<2"``).
+CONTRACT_VERSION = "1.0"
+
+_SLUG = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+
+class PackError(Exception):
+    """A pack is malformed, or asked for something it does not offer."""
+
+
+class TaskKind(str, enum.Enum):
+    """The model shape a task trains. The engine owns one head per kind."""
+
+    SEQUENCE_CLASSIFICATION = "sequence_classification"  # one label per text
+    MULTI_LABEL_CLASSIFICATION = "multi_label_classification"  # zero or more labels per text
+    TOKEN_CLASSIFICATION = "token_classification"  # one BIO tag per pre-split token
+    TEXT_PAIR_CLASSIFICATION = "text_pair_classification"  # (text, text_pair) -> label
+    TEXT_PAIR_REGRESSION = "text_pair_regression"  # (text, text_pair) -> number (rating, relevance)
+    CAUSAL_LM = "causal_lm"  # chat-format SFT, loss on assistant tokens only
+
+
+class ColumnType(str, enum.Enum):
+    TEXT = "text"  # non-empty string
+    LABEL = "label"  # one label name
+    LABELS = "labels"  # list of label names (may be empty)
+    TOKENS = "tokens"  # list of non-empty strings
+    TAGS = "tags"  # list of tag names, same length as the task's tokens column
+    NUMBER = "number"  # int or float
+    MESSAGES = "messages"  # OpenAI chat format: [{"role": ..., "content": ...}, ...]
+    STRING = "string"  # free string (ids, dates, tickers); may be empty
+
+
+#: The role a column plays for the engine. Each kind needs some of them.
+ROLES_BY_KIND: dict[TaskKind, tuple[str, ...]] = {
+    TaskKind.SEQUENCE_CLASSIFICATION: ("text", "label"),
+    TaskKind.MULTI_LABEL_CLASSIFICATION: ("text", "label"),
+    TaskKind.TOKEN_CLASSIFICATION: ("tokens", "tags"),
+    TaskKind.TEXT_PAIR_CLASSIFICATION: ("text", "text_pair", "label"),
+    TaskKind.TEXT_PAIR_REGRESSION: ("text", "text_pair", "label"),
+    TaskKind.CAUSAL_LM: ("messages",),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One field of a data row. ``role`` tells the engine what the column is for (see
+    ``ROLES_BY_KIND``); columns without a role are validated and kept for post-processing
+    (group ids for ranking, timestamps, tickers)."""
+
+    name: str
+    type: ColumnType
+    description: str = ""
+    required: bool = True
+    role: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type.value,
+            "description": self.description,
+            "required": self.required,
+            "role": self.role,
+        }
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A problem in one row. ``row`` is the 1-based line (JSONL) or line of the row (CSV,
+    header is line 1) in the uploaded file, so a user can find it in an editor."""
+
+    row: int
+    message: str
+    column: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row": self.row, "column": self.column, "message": self.message}
+
+    def __str__(self) -> str:
+        where = f"line {self.row}" + (f", column {self.column!r}" if self.column else "")
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """Result of validating a data file against a task's schema."""
+
+    row_count: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)
+    label_counts: dict[str, int] = field(default_factory=dict)
+    #: Rows after coercion and any pack redaction, in file order; the engine trains on these.
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.row_count > 0
+
+    def summary(self, limit: int = 5) -> str:
+        if self.row_count == 0 and not self.errors:
+            return "the file holds no data rows"
+        shown = "; ".join(str(e) for e in self.errors[:limit])
+        more = len(self.errors) - limit
+        return shown + (f"; and {more} more errors" if more > 0 else "")
+
+
+#: A pack's extra check of one coerced row: (row, line number, tenant config) -> errors/warnings.
+#: Return RowError items; those whose message starts with "warning:" are reported as warnings.
+#: It may redact the row in place (the medical pack's PHI screening does).
+RowValidator = Callable[[dict[str, Any], int, Mapping[str, Any]], list[RowError]]
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    columns: tuple[Column, ...]
+
+    def column_for(self, role: str) -> Column | None:
+        return next((c for c in self.columns if c.role == role), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": [c.to_json() for c in self.columns]}
+
+
+@dataclass
+class EvalOutput:
+    """What the engine hands a task's metrics function after an evaluation pass.
+
+    - single-label and pair classification: ``y_true``/``y_pred`` are label indices,
+      ``scores`` the per-class probabilities;
+    - multi-label: ``y_true``/``y_pred`` are 0/1 lists per row, ``scores`` per-label probabilities;
+    - token classification: ``y_true``/``y_pred`` are tag-name lists per row (word level);
+    - pair regression: ``y_true``/``y_pred`` are floats; ``groups`` holds the row's group
+      column (the user, for ranking metrics) when the schema has one;
+    - causal LM: only ``eval_loss``.
+    """
+
+    kind: TaskKind
+    label_names: tuple[str, ...] = ()
+    y_true: Sequence[Any] = ()
+    y_pred: Sequence[Any] = ()
+    scores: Sequence[Any] | None = None
+    groups: Sequence[str] | None = None
+    eval_loss: float | None = None
+
+
+@dataclass
+class Prediction:
+    """One model output, decoded by the runtime, before the pack's post-processing.
+
+    - classification: ``probabilities`` per label (``label_names`` order);
+    - token classification: ``entities`` as dicts {type, text, start, end, score} with
+      character offsets into the input text, plus ``tokens``/``tags``;
+    - pair regression: ``score``;
+    - causal LM: ``text``.
+    """
+
+    kind: TaskKind
+    label_names: tuple[str, ...] = ()
+    probabilities: list[float] | None = None
+    score: float | None = None
+    entities: list[dict[str, Any]] | None = None
+    tokens: list[str] | None = None
+    tags: list[str] | None = None
+    text: str | None = None
+
+    def top_label(self) -> tuple[str, float]:
+        if not self.probabilities:
+            raise PackError("prediction has no class probabilities")
+        best = max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
+        return self.label_names[best], self.probabilities[best]
+
+
+#: (prediction, the request's input item, tenant config) -> JSON-able result for the API.
+PostProcessor = Callable[[Prediction, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+MetricsFunction = Callable[[EvalOutput], dict[str, float]]
+#: (metrics, resolved job configuration) -> the pack's section of the model card (Markdown).
+ModelCardSection = Callable[[Mapping[str, float], Mapping[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """One task a pack offers."""
+
+    id: str
+    name: str
+    kind: TaskKind
+    schema: DatasetSchema
+    metrics: MetricsFunction
+    selection_metric: str  # key of metrics() that picks the best checkpoint and early-stops
+    description: str = ""
+    greater_is_better: bool = True
+    #: Fixed label set; None when labels come from the tenant's data.
+    labels: tuple[str, ...] | None = None
+    #: Engine hyperparameters (names of the engine's TrainConfig); values may be "auto".
+    default_hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    row_validator: RowValidator | None = None
+    postprocess: PostProcessor | None = None
+    #: File name of the sample data inside the pack's package (read with importlib.resources).
+    sample_data: str | None = None
+    model_card: ModelCardSection | None = None
+    #: Base-model architectures (config.model_type) this task suits, e.g. ("bert", "qwen2").
+    suitable_architectures: tuple[str, ...] = ()
+
+    def role_column(self, role: str) -> str:
+        column = self.schema.column_for(role)
+        if column is None:
+            raise PackError(f"task {self.id!r} has no column with role {role!r}")
+        return column.name
+
+    def validate(
+        self, records: Iterable[tuple[int, Mapping[str, Any]]], config: Mapping[str, Any] | None = None
+    ) -> ValidationReport:
+        """Coerce and check ``(line number, raw record)`` pairs against the schema, the fixed
+        label set and the pack's row validator. Collects every error (the caller shows the first)."""
+        from tunery_contract.validation import validate_records
+
+        return validate_records(self, records, config or {})
+
+
+@dataclass(frozen=True)
+class VerticalPack:
+    """What a pack registers under the ``tunery.verticals`` entry-point group."""
+
+    id: str
+    name: str
+    version: str
+    tasks: tuple[TaskDefinition, ...]
+    description: str = ""
+    #: PEP 440 specifier the contract version must satisfy, e.g. ">=1,<2".
+    requires_contract: str = ">=1,<2"
+    #: Per-tenant configuration defaults (an admin edits them per tenant as JSON).
+    config_defaults: Mapping[str, Any] = field(default_factory=dict)
+    license: str = ""
+
+    def task(self, task_id: str) -> TaskDefinition:
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        offered = ", ".join(t.id for t in self.tasks)
+        raise PackError(f"vertical {self.id!r} offers no task {task_id!r} (it offers: {offered})")
+
+    def problems(self) -> list[str]:
+        """Static checks run when the pack is loaded; a pack with any problem is not loaded."""
+        found: list[str] = []
+        if not _SLUG.match(self.id):
+            found.append(f"pack id {self.id!r} is not a lowercase slug")
+        if not self.tasks:
+            found.append("pack offers no tasks")
+        ids = Counter(t.id for t in self.tasks)
+        found += [f"task id {i!r} is declared {n} times" for i, n in ids.items() if n > 1]
+        for task in self.tasks:
+            if not _SLUG.match(task.id):
+                found.append(f"task id {task.id!r} is not a lowercase slug")
+            for role in ROLES_BY_KIND[task.kind]:
+                if task.schema.column_for(role) is None:
+                    found.append(f"task {task.id!r} ({task.kind.value}) lacks a column with role {role!r}")
+            if not callable(task.metrics):
+                found.append(f"task {task.id!r}: metrics is not callable")
+            if not task.selection_metric:
+                found.append(f"task {task.id!r}: no selection metric")
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "tasks": [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "description": t.description,
+                    "kind": t.kind.value,
+                    "schema": t.schema.to_json(),
+                    "labels": list(t.labels) if t.labels is not None else None,
+                    "selection_metric": t.selection_metric,
+                    "greater_is_better": t.greater_is_better,
+                    "default_hyperparameters": dict(t.default_hyperparameters),
+                    "suitable_architectures": list(t.suitable_architectures),
+                }
+                for t in self.tasks
+            ],
+            "config_defaults": dict(self.config_defaults),
+        }

@@ -1,0 +1,133 @@
+"""Fine-tuning jobs. The lifecycle lives here, not in the broker: the row holds the state, the
+attempt count, the lease and the current checkpoint; a Celery message only wakes a worker."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from tunery.core.ids import prefixed_id
+
+
+def new_job_id() -> str:
+    return prefixed_id("ftjob")
+
+
+def new_event_id() -> str:
+    return prefixed_id("ftevent")
+
+
+def new_checkpoint_id() -> str:
+    return prefixed_id("ftckpt")
+
+
+class JobStatus(models.TextChoices):
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+ACTIVE_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class FineTuningJob(models.Model):
+    id = models.CharField(primary_key=True, max_length=40, default=new_job_id, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="jobs")
+    created_by = models.CharField(max_length=200, blank=True, help_text="api key prefix or user")
+    base_model = models.ForeignKey("catalog.BaseModel", on_delete=models.PROTECT, related_name="jobs")
+    training_file = models.ForeignKey("files.File", on_delete=models.PROTECT, related_name="+")
+    validation_file = models.ForeignKey("files.File", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    vertical = models.CharField(max_length=63)
+    vertical_version = models.CharField(max_length=40, blank=True)
+    task = models.CharField(max_length=63)
+    suffix = models.CharField(max_length=64, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    #: What the client asked for (values may be "auto").
+    requested_hyperparameters = models.JSONField(default=dict, blank=True)
+    #: The exact configuration the engine ran with (every "auto" resolved).
+    resolved_config = models.JSONField(default=dict, blank=True)
+    teacher_model = models.CharField(max_length=200, blank=True, help_text="Distillation teacher model id.")
+    gpus = models.PositiveSmallIntegerField(default=0)
+    queue = models.CharField(max_length=50, default="gpu")
+
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.VALIDATING_FILES)
+    #: Set when a client asked to pause/cancel; the engine checks it between steps.
+    requested_action = models.CharField(max_length=10, blank=True)
+    error = models.JSONField(null=True, blank=True)  # {"code", "message", "param"}
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    current_checkpoint = models.CharField(max_length=500, blank=True)
+    progress = models.JSONField(default=dict, blank=True)  # step, total_steps, loss, lr, throughput, eta
+    trained_tokens = models.BigIntegerField(null=True, blank=True)
+    training_seconds = models.FloatField(default=0)
+    result_files = models.JSONField(default=list, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    estimated_finish = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class JobEvent(models.Model):
+    class Level(models.TextChoices):
+        INFO = "info"
+        WARN = "warn"
+        ERROR = "error"
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_event_id, editable=False)
+    job = models.ForeignKey(FineTuningJob, on_delete=models.CASCADE, related_name="events")
+    level = models.CharField(max_length=5, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+    type = models.CharField(max_length=10, default="message")  # message | metrics
+    data = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    #: Makes event writes idempotent across attempts (e.g. "metrics:step:120").
+    dedupe_key = models.CharField(max_length=100, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "dedupe_key"], name="unique_job_event_dedupe_key"),
+        ]
+
+
+class JobCheckpoint(models.Model):
+    id = models.CharField(primary_key=True, max_length=40, default=new_checkpoint_id, editable=False)
+    job = models.ForeignKey(FineTuningJob, on_delete=models.CASCADE, related_name="checkpoints")
+    step_number = models.PositiveIntegerField()
+    path = models.CharField(max_length=500)
+    metrics = models.JSONField(default=dict, blank=True)
+    is_best = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-step_number"]
+        constraints = [models.UniqueConstraint(fields=["job", "step_number"], name="one_checkpoint_per_step")]
+
+
+class UsageRecord(models.Model):
+    """Billing/quota facts. One per job (training hours), written once."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="usage")
+    job = models.OneToOneField(FineTuningJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
+    kind = models.CharField(max_length=30, default="training")
+    training_seconds = models.FloatField(default=0)
+    trained_tokens = models.BigIntegerField(default=0)
+    gpu_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -1,0 +1,163 @@
+"""Tunery settings. Every value comes from an environment variable with a safe default, so the
+same code runs embedded (SQLite, filesystem broker, local storage, CPU) and in production
+(PostgreSQL, Redis, S3-compatible storage, GPU workers). README.md lists every variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from tunery.core.env import env_bool, env_int, env_list
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+#: Everything the embedded setup writes: database, uploads, artifacts, broker folders.
+DATA_DIR = Path(os.environ.get("TUNERY_DATA_DIR", BASE_DIR / "var")).resolve()
+
+DEBUG = env_bool("TUNERY_DEBUG", False)
+# The embedded default generates and keeps a local key; production must set one.
+SECRET_KEY = os.environ.get("TUNERY_SECRET_KEY") or "embedded-insecure-key-set-TUNERY_SECRET_KEY-in-production"
+ALLOWED_HOSTS = env_list("TUNERY_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("TUNERY_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "tunery.core",
+    "tunery.tenants",
+    "tunery.verticals",
+    "tunery.files",
+    "tunery.catalog",
+    "tunery.jobs",
+    "tunery.serving",
+    "tunery.monitoring",
+]
+
+MIDDLEWARE = [
+    "tunery.monitoring.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tunery.urls"
+WSGI_APPLICATION = "tunery.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'tunery.sqlite3'}"),
+        conn_max_age=env_int("TUNERY_DB_CONN_MAX_AGE", 60),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (web, worker, scheduler) share the embedded database: wait on locks
+    # instead of failing, and use WAL so readers do not block the writer.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+MEDIA_ROOT = Path(os.environ.get("TUNERY_MEDIA_ROOT", DATA_DIR / "media"))
+
+# Storage: local filesystem by default; S3-compatible when TUNERY_S3_BUCKET is set.
+if os.environ.get("TUNERY_S3_BUCKET"):
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ["TUNERY_S3_BUCKET"],
+            "endpoint_url": os.environ.get("TUNERY_S3_ENDPOINT_URL"),
+            "region_name": os.environ.get("TUNERY_S3_REGION"),
+            "access_key": os.environ.get("TUNERY_S3_ACCESS_KEY_ID"),
+            "secret_key": os.environ.get("TUNERY_S3_SECRET_ACCESS_KEY"),
+            "file_overwrite": False,
+        },
+    }
+else:
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Uploads: bodies above this go to a temporary file, never all into memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TUNERY_MAX_REQUEST_BYTES", 1024 * 1024)
+#: Largest training file a tenant may upload.
+TUNERY_MAX_UPLOAD_BYTES = env_int("TUNERY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)
+#: Where fine-tuned models, checkpoints and logs of jobs are written (shared by web and workers).
+TUNERY_ARTIFACTS_DIR = Path(os.environ.get("TUNERY_ARTIFACTS_DIR", DATA_DIR / "artifacts"))
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tunery.core.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tunery.core.permissions.IsTenantMember"],
+    "EXCEPTION_HANDLER": "tunery.core.errors.openai_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tunery API",
+    "DESCRIPTION": "Fine-tuning for business verticals. Speaks OpenAI's fine-tuning API under /v1.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Celery: the broker only wakes workers; job state lives in the database.
+# Embedded default: a filesystem broker under DATA_DIR (no server). Production: Redis.
+CELERY_BROKER_URL = os.environ.get("TUNERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_DIR = DATA_DIR / "broker"
+CELERY_TASK_ALWAYS_EAGER = env_bool("TUNERY_TASKS_EAGER", False)
+
+REDIS_URL = os.environ.get("TUNERY_REDIS_URL", "")  # rate limits; falls back to the database when empty
+
+#: Seconds a running job's lease lasts without a heartbeat before the reconciler re-queues it.
+TUNERY_JOB_LEASE_SECONDS = env_int("TUNERY_JOB_LEASE_SECONDS", 120)
+TUNERY_JOB_MAX_ATTEMPTS = env_int("TUNERY_JOB_MAX_ATTEMPTS", 3)
+TUNERY_RECONCILE_EVERY_SECONDS = env_int("TUNERY_RECONCILE_EVERY_SECONDS", 30)
+
+#: Bytes of models the inference runtime keeps loaded per process (least recently used out).
+TUNERY_MODEL_CACHE_BYTES = env_int("TUNERY_MODEL_CACHE_BYTES", 2 * 1024**3)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "tunery.monitoring.logging.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("TUNERY_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class VerticalsConfig(AppConfig):
+    name = "tunery.verticals"
+    label = "verticals"

@@ -1,0 +1,1 @@
+"""Tunery training engine: Django-free fine-tuning with torch, transformers and peft."""
