@@ -4,9 +4,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE_ROOTS = [ROOT / "platform", ROOT / "workers", ROOT / "contract" / "src"] + sorted(
-    (ROOT / "verticals").glob("*/src")
-)
+SOURCE_ROOTS = [
+    ROOT / "platform",
+    ROOT / "workers",
+    ROOT / "contract" / "src",
+    *sorted((ROOT / "verticals").glob("*/src")),
+]
 
 
 def top_level_names() -> set[str]:
