@@ -1,0 +1,30 @@
+# Tunery control plane (web, cpu worker and scheduler share this image).
+# Build from the repository root: docker build -f docker/web.Dockerfile .
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TUNERY_DATA_DIR=/var/lib/tunery
+
+RUN groupadd --system tunery && useradd --system --gid tunery --home /app tunery
+WORKDIR /app
+
+# torch from the CPU wheel index: the web and cpu-worker images never need CUDA.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
+
+COPY contract/ contract/
+COPY pyproject.toml manage.py README.md ./
+COPY platform/ platform/
+COPY workers/ workers/
+COPY verticals/ verticals/
+RUN pip install ./contract . $(for p in verticals/*/; do [ -f "$p/pyproject.toml" ] && echo "./$p"; done)
+
+RUN mkdir -p /var/lib/tunery && chown -R tunery:tunery /var/lib/tunery
+USER tunery
+EXPOSE 8000
+
+# The control plane: gunicorn, one process per worker, threads for slow clients.
+CMD ["sh", "-c", "exec gunicorn tunery.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_CONCURRENCY:-4} --threads ${WEB_THREADS:-4} --timeout 120 --access-logfile - --forwarded-allow-ips='*'"]
