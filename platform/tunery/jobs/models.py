@@ -63,6 +63,8 @@ class FineTuningJob(models.Model):
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: When a message last asked a worker for this job; the reconciler re-sends stale ones.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     current_checkpoint = models.CharField(max_length=500, blank=True)
     progress = models.JSONField(default=dict, blank=True)  # step, total_steps, loss, lr, throughput, eta
     trained_tokens = models.BigIntegerField(null=True, blank=True)
