@@ -29,8 +29,8 @@ IGNORE_INDEX = -100
 
 #: Used when the tokenizer has no chat template. One turn per message:
 #: ``<|role|>\n{content}\n``, except that an assistant turn ends with the tokenizer's EOS token
-#: instead of the newline, so the model learns to stop; a generation prompt is ``<|assistant|>\n``. The markers are plain text
-#: (they are not added to the vocabulary, so the embedding matrix keeps its size).
+#: instead of the newline, so the model learns to stop; a generation prompt is ``<|assistant|>\n``.
+#: The markers are plain text (not added to the vocabulary: the embedding matrix keeps its size).
 BUILTIN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"

@@ -1,0 +1,123 @@
+"""Loading base models safely (safetensors only, known architectures, no remote code) and LoRA wrapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tunery_worker.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunery_worker.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: LoRA target modules per architecture (config.model_type); anything else: "all-linear".
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "xlm-roberta": ["query", "key", "value", "dense"],
+    "electra": ["query", "key", "value", "dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+}
+#: names of task heads that LoRA trains fully (peft modules_to_save)
+HEAD_MODULES = ("classifier", "score", "pre_classifier")
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model path {path} is not a directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"model path {path} has no config.json")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from exc
+
+
+def check_model_dir(path: Path) -> dict[str, Any]:
+    """Refuse anything we cannot load without executing code: weights must be safetensors."""
+    config = read_model_config(path)
+    if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        hint = (
+            f" (found {', '.join(pickled)}: pickle files are refused, convert them to safetensors)" if pickled else ""
+        )
+        raise ModelLoadError(f"model path {path} holds no safetensors weights{hint}")
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelLoadError(f"unknown model architecture {model_type!r} in {path / 'config.json'}")
+    return config
+
+
+def load_pretrained(auto_class: str, path: Path, dtype: torch.dtype | None = None, **kwargs: Any) -> PreTrainedModel:
+    import transformers
+
+    check_model_dir(path)
+    factory = getattr(transformers, auto_class)
+    try:
+        return factory.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype or torch.float32, **kwargs
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {path} as {auto_class}: {exc}") from exc
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {path}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        # decoder models often ship without a pad token; padding positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def lora_targets(model: torch.nn.Module, override: list[str] | None) -> list[str] | str:
+    if override:
+        return override
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return LORA_TARGETS.get(str(model_type), "all-linear")
+
+
+def apply_lora(model: PreTrainedModel, config: TrainConfig, task_type: str) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(model, config.lora_target_modules)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if isinstance(targets, list) and not set(targets) & names:
+        raise ConfigError(f"none of the LoRA target modules {targets} exists in this model")
+    heads = [h for h in HEAD_MODULES if h in names] if task_type != "CAUSAL_LM" else []
+    lora_config = LoraConfig(
+        r=int(config.lora_r),
+        lora_alpha=float(config.lora_alpha),
+        lora_dropout=float(config.lora_dropout),
+        target_modules=targets,
+        modules_to_save=heads or None,
+        task_type=task_type,
+    )
+    return get_peft_model(model, lora_config)

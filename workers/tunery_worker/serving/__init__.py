@@ -1,0 +1,23 @@
+"""Django-free inference runtime: loads fine-tuned artifacts, keeps them in a memory-bounded LRU
+cache, serves many tenants' LoRA adapters over one loaded base model and micro-batches concurrent
+requests. The control plane (``tunery.serving``) wraps it behind the API; it can equally run in a
+separate inference process."""
+
+from tunery_worker.serving.artifact import ARTIFACT_FILE, ArtifactError, ArtifactInfo, read_artifact
+from tunery_worker.serving.batching import BatcherClosed, MicroBatcher
+from tunery_worker.serving.cache import ModelCache
+from tunery_worker.serving.runtime import GenerationRequest, GenerationResult, InferenceRuntime, PredictionInput
+
+__all__ = [
+    "ARTIFACT_FILE",
+    "ArtifactError",
+    "ArtifactInfo",
+    "BatcherClosed",
+    "GenerationRequest",
+    "GenerationResult",
+    "InferenceRuntime",
+    "MicroBatcher",
+    "ModelCache",
+    "PredictionInput",
+    "read_artifact",
+]

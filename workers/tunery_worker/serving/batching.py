@@ -1,0 +1,136 @@
+"""Dynamic micro-batching: concurrent requests for one model are gathered into one forward pass.
+
+One worker thread per model takes the first waiting item, then keeps collecting until the batch
+is full or ``max_wait_seconds`` have passed since that first item arrived, whichever comes first.
+An item therefore never waits for company longer than the bound; it only waits longer when the
+model is still busy with the previous batch (which batching shortens, not lengthens)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+#: Called after each batch with (batch size, seconds the forward pass took, seconds the first item waited).
+BatchObserver = Callable[[int, float, float], None]
+
+
+class BatcherClosed(RuntimeError):
+    """The model was unloaded while the request waited."""
+
+
+@dataclass
+class _Pending(Generic[ItemT, ResultT]):
+    item: ItemT
+    future: Future[ResultT]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class MicroBatcher(Generic[ItemT, ResultT]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        *,
+        max_batch_size: int = 32,
+        max_wait_seconds: float = 0.005,
+        name: str = "model",
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_wait_seconds < 0:
+            raise ValueError("max_wait_seconds must not be negative")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_seconds = max_wait_seconds
+        self._observer = observer
+        self._queue: queue.SimpleQueue[_Pending[ItemT, ResultT] | None] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"batcher:{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, item: ItemT) -> Future[ResultT]:
+        future: Future[ResultT] = Future()
+        if self._closed.is_set():
+            future.set_exception(BatcherClosed("the model was unloaded"))
+            return future
+        self._queue.put(_Pending(item, future))
+        return future
+
+    def run(self, items: Sequence[ItemT], timeout: float | None = None) -> list[ResultT]:
+        """Submit every item and wait for all results (in order)."""
+        futures = [self.submit(item) for item in items]
+        return [f.result(timeout=timeout) for f in futures]
+
+    def close(self) -> None:
+        """Stop the worker; items still queued fail with BatcherClosed."""
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        while True:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if pending is not None and not pending.future.done():
+                pending.future.set_exception(BatcherClosed("the model was unloaded"))
+
+    def _collect(self) -> list[_Pending[ItemT, ResultT]] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = first.enqueued_at + self.max_wait_seconds
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                # Items already queued join at once, even past the deadline: they cost nothing to wait for.
+                pending = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if pending is None:
+                self._closed.set()
+                break
+            batch.append(pending)
+        return batch
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            batch = self._collect()
+            if batch is None:
+                return
+            batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                results = self._run_batch([p.item for p in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} items gave {len(results)} results")
+            except BaseException as exc:  # every waiter must hear about the failure
+                for pending in batch:
+                    pending.future.set_exception(exc)
+                continue
+            finally:
+                elapsed = time.monotonic() - started
+            for pending, result in zip(batch, results):
+                pending.future.set_result(result)
+            if self._observer is not None:
+                try:
+                    self._observer(len(batch), elapsed, started - batch[0].enqueued_at)
+                except Exception:
+                    log.exception("batch observer failed")

@@ -1,0 +1,438 @@
+"""Task adapters: everything task-specific the training loop needs, behind one small interface.
+
+The loop only knows :class:`TaskAdapter`. An adapter builds the model for a base path and a label
+set, turns validated rows into token features (1-D numpy arrays; ``input_ids`` gives the length
+used for bucketing), collates features into a padded batch, computes the loss (and the distillation
+loss) from logits, and decodes logits into the contract's :class:`EvalOutput` fields.
+
+Adapters are registered by :class:`TaskKind`; the causal-LM SFT adapter lives in
+``tunery_worker.sft`` and registers itself there (imported lazily on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunery_contract import EvalOutput, TaskDefinition, TaskKind
+from tunery_worker.errors import ConfigError, LabelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunery_worker.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+Feature = dict[str, np.ndarray]
+Batch = dict[str, torch.Tensor]
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    """Token features of a data split, in row order. ``truncated`` counts rows cut at max_length."""
+
+    features: list[Feature]
+    truncated: int = 0
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(f["input_ids"]) for f in self.features), dtype=np.int64, count=len(self.features))
+
+
+@dataclass
+class DecodedBatch:
+    """Per-row values for :class:`EvalOutput`, in batch order."""
+
+    y_true: list[Any]
+    y_pred: list[Any]
+    scores: list[Any] | None = None
+
+
+class TaskAdapter:
+    """Interface of a task kind. Subclass it and :func:`register_adapter` the subclass."""
+
+    kind: ClassVar[TaskKind]
+    #: peft ``task_type`` for LoRA ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM")
+    lora_task_type: ClassVar[str]
+    #: whether the labels are class names (used by distillation and label checks)
+    has_label_names: ClassVar[bool] = True
+
+    def __init__(self, task: TaskDefinition) -> None:
+        self.task = task
+
+    # --- labels and model -------------------------------------------------------------------
+    def label_names(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+        """The label set of the head, from the task's fixed labels or the training rows."""
+        raise NotImplementedError
+
+    def build_model(
+        self, base_model: Path, label_names: tuple[str, ...], dtype: torch.dtype | None = None
+    ) -> PreTrainedModel:
+        raise NotImplementedError
+
+    # --- data -----------------------------------------------------------------------------------
+    def encode(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        tokenizer: PreTrainedTokenizerBase,
+        label_names: tuple[str, ...],
+        max_length: int,
+        config: TrainConfig,
+    ) -> Encoded:
+        raise NotImplementedError
+
+    def collate(self, features: Sequence[Feature], pad_token_id: int) -> Batch:
+        raise NotImplementedError
+
+    # --- compute --------------------------------------------------------------------------------
+    def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Logits of the batch (no loss computed inside the model)."""
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return model(**inputs).logits
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def distillation_loss(
+        self, logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Batch, temperature: float
+    ) -> torch.Tensor:
+        raise ConfigError(f"distillation is not supported for {self.kind.value} tasks")
+
+    def decode(self, logits: torch.Tensor, batch: Batch, label_names: tuple[str, ...]) -> DecodedBatch:
+        raise NotImplementedError
+
+    def eval_output(
+        self,
+        decoded: DecodedBatch,
+        label_names: tuple[str, ...],
+        eval_loss: float,
+        rows: Sequence[Mapping[str, Any]],
+    ) -> EvalOutput:
+        group = self.task.schema.column_for("group")
+        groups = [str(r.get(group.name, "")) for r in rows] if group is not None else None
+        return EvalOutput(
+            kind=self.kind,
+            label_names=label_names,
+            y_true=decoded.y_true,
+            y_pred=decoded.y_pred,
+            scores=decoded.scores,
+            groups=groups,
+            eval_loss=eval_loss,
+        )
+
+
+_ADAPTERS: dict[TaskKind, Callable[[TaskDefinition], TaskAdapter]] = {}
+#: modules that register adapters for a kind when imported
+_LAZY: dict[TaskKind, str] = {TaskKind.CAUSAL_LM: "tunery_worker.sft"}
+
+
+def register_adapter(kind: TaskKind, factory: Callable[[TaskDefinition], TaskAdapter]) -> None:
+    _ADAPTERS[kind] = factory
+
+
+def adapter_for(task: TaskDefinition) -> TaskAdapter:
+    if task.kind not in _ADAPTERS and task.kind in _LAZY:
+        importlib.import_module(_LAZY[task.kind])
+    try:
+        factory = _ADAPTERS[task.kind]
+    except KeyError:
+        raise ConfigError(f"the engine has no adapter for {task.kind.value} tasks") from None
+    return factory(task)
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoder tasks (BERT-like or decoder models with a classification head)
+
+
+def _pad(features: Sequence[Feature], key: str, value: int | float, dtype: torch.dtype) -> torch.Tensor:
+    width = max(len(f[key]) for f in features)
+    out = torch.full((len(features), width), value, dtype=dtype)
+    for i, f in enumerate(features):
+        out[i, : len(f[key])] = torch.from_numpy(np.asarray(f[key]))
+    return out
+
+
+def _collate_inputs(features: Sequence[Feature], pad_token_id: int) -> Batch:
+    batch = {
+        "input_ids": _pad(features, "input_ids", pad_token_id, torch.long),
+        "attention_mask": _pad(features, "attention_mask", 0, torch.long),
+    }
+    if "token_type_ids" in features[0]:
+        batch["token_type_ids"] = _pad(features, "token_type_ids", 0, torch.long)
+    return batch
+
+
+def _count_truncated(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[Any], ids: Sequence[Sequence[int]], max_length: int, **kw: Any
+) -> int:
+    """Rows at exactly max_length may have been cut; re-tokenize only those to know."""
+    suspects = [i for i, row in enumerate(ids) if len(row) >= max_length]
+    if not suspects:
+        return 0
+    if kw.get("text_pair") is not None:
+        pairs = kw.pop("text_pair")
+        full = tokenizer([texts[i] for i in suspects], [pairs[i] for i in suspects], truncation=False, **kw)
+    else:
+        full = tokenizer([texts[i] for i in suspects], truncation=False, **kw)
+    return sum(len(x) > max_length for x in full["input_ids"])
+
+
+class _EncoderAdapter(TaskAdapter):
+    lora_task_type = "SEQ_CLS"
+    auto_class = "AutoModelForSequenceClassification"
+    problem_type: ClassVar[str | None] = "single_label_classification"
+
+    def build_model(
+        self, base_model: Path, label_names: tuple[str, ...], dtype: torch.dtype | None = None
+    ) -> PreTrainedModel:
+        from tunery_worker.modeling import load_pretrained
+
+        num_labels = max(1, len(label_names))
+        kwargs: dict[str, Any] = {"num_labels": num_labels}
+        if label_names:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+        if self.problem_type:
+            kwargs["problem_type"] = self.problem_type
+        return load_pretrained(self.auto_class, base_model, dtype=dtype, **kwargs)
+
+    def _text_inputs(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str] | None]:
+        texts = [str(r[self.task.role_column("text")]) for r in rows]
+        pair = self.task.schema.column_for("text_pair")
+        pairs = [str(r[pair.name]) for r in rows] if pair is not None else None
+        return texts, pairs
+
+    def _labels(self, rows: Sequence[Mapping[str, Any]], label_names: tuple[str, ...]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def encode(self, rows, tokenizer, label_names, max_length, config) -> Encoded:
+        texts, pairs = self._text_inputs(rows)
+        if pairs is None:
+            enc = tokenizer(texts, truncation=True, max_length=max_length)
+            truncated = _count_truncated(tokenizer, texts, enc["input_ids"], max_length)
+        else:
+            enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+            truncated = _count_truncated(tokenizer, texts, enc["input_ids"], max_length, text_pair=pairs)
+        labels = self._labels(rows, label_names)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        features = []
+        for i in range(len(rows)):
+            feature = {k: np.asarray(enc[k][i], dtype=np.int64) for k in keys}
+            feature["labels"] = labels[i]
+            features.append(feature)
+        return Encoded(features, truncated)
+
+    def collate(self, features, pad_token_id) -> Batch:
+        batch = _collate_inputs(features, pad_token_id)
+        batch["labels"] = torch.from_numpy(np.stack([f["labels"] for f in features]))
+        return batch
+
+
+class SequenceClassificationAdapter(_EncoderAdapter):
+    kind = TaskKind.SEQUENCE_CLASSIFICATION
+
+    def label_names(self, rows):
+        if self.task.labels is not None:
+            names = tuple(self.task.labels)
+        else:
+            column = self.task.role_column("label")
+            names = tuple(sorted({str(r[column]) for r in rows}))
+        if len(names) < 2:
+            raise LabelError(f"a classifier needs at least two labels; the data has {list(names)}")
+        return names
+
+    def _labels(self, rows, label_names):
+        column = self.task.role_column("label")
+        index = {n: i for i, n in enumerate(label_names)}
+        unknown = sorted({str(r[column]) for r in rows} - set(index))
+        if unknown:
+            raise LabelError(f"labels {unknown[:5]} are not known to the head (it knows {list(label_names)[:20]})")
+        return [np.asarray(index[str(r[column])], dtype=np.int64) for r in rows]
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    def distillation_loss(self, logits, teacher_logits, batch, temperature):
+        t = temperature
+        student = F.log_softmax(logits.float() / t, dim=-1)
+        teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+        return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * (t * t)
+
+    def decode(self, logits, batch, label_names):
+        probs = torch.softmax(logits.float(), dim=-1)
+        return DecodedBatch(y_true=batch["labels"].tolist(), y_pred=probs.argmax(-1).tolist(), scores=probs.tolist())
+
+
+class TextPairClassificationAdapter(SequenceClassificationAdapter):
+    kind = TaskKind.TEXT_PAIR_CLASSIFICATION
+
+
+class MultiLabelClassificationAdapter(_EncoderAdapter):
+    kind = TaskKind.MULTI_LABEL_CLASSIFICATION
+    problem_type = "multi_label_classification"
+
+    def _row_labels(self, row: Mapping[str, Any]) -> list[str]:
+        value = row[self.task.role_column("label")]
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+    def label_names(self, rows):
+        if self.task.labels is not None:
+            names = tuple(self.task.labels)
+        else:
+            names = tuple(sorted({n for r in rows for n in self._row_labels(r)}))
+        if not names:
+            raise LabelError("no row carries a label: a multi-label classifier has nothing to learn")
+        return names
+
+    def _labels(self, rows, label_names):
+        index = {n: i for i, n in enumerate(label_names)}
+        out = []
+        for row in rows:
+            vector = np.zeros(len(label_names), dtype=np.float32)
+            for name in self._row_labels(row):
+                if name not in index:
+                    raise LabelError(f"label {name!r} is not known to the head (it knows {list(label_names)[:20]})")
+                vector[index[name]] = 1.0
+            out.append(vector)
+        return out
+
+    def loss(self, logits, batch):
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
+
+    def distillation_loss(self, logits, teacher_logits, batch, temperature):
+        t = temperature
+        targets = torch.sigmoid(teacher_logits.float() / t)
+        return F.binary_cross_entropy_with_logits(logits.float() / t, targets) * (t * t)
+
+    def decode(self, logits, batch, label_names):
+        probs = torch.sigmoid(logits.float())
+        return DecodedBatch(
+            y_true=batch["labels"].int().tolist(), y_pred=(probs > 0.5).int().tolist(), scores=probs.tolist()
+        )
+
+
+class TextPairRegressionAdapter(_EncoderAdapter):
+    kind = TaskKind.TEXT_PAIR_REGRESSION
+    problem_type = "regression"
+    has_label_names = False
+
+    def label_names(self, rows):
+        column = self.task.role_column("label")
+        values = {float(r[column]) for r in rows}
+        if len(values) < 2:
+            raise LabelError(f"all rows have the same target {next(iter(values), None)}; nothing to learn")
+        return ()
+
+    def _labels(self, rows, label_names):
+        column = self.task.role_column("label")
+        return [np.asarray(float(r[column]), dtype=np.float32) for r in rows]
+
+    def loss(self, logits, batch):
+        return F.mse_loss(logits.float().squeeze(-1), batch["labels"])
+
+    def distillation_loss(self, logits, teacher_logits, batch, temperature):
+        return F.mse_loss(logits.float().squeeze(-1), teacher_logits.float().squeeze(-1))
+
+    def decode(self, logits, batch, label_names):
+        return DecodedBatch(y_true=batch["labels"].tolist(), y_pred=logits.float().squeeze(-1).tolist())
+
+
+class TokenClassificationAdapter(_EncoderAdapter):
+    """BIO tagging: word-level tags aligned to sub-tokens; only a word's first sub-token is labelled."""
+
+    kind = TaskKind.TOKEN_CLASSIFICATION
+    lora_task_type = "TOKEN_CLS"
+    auto_class = "AutoModelForTokenClassification"
+    problem_type = None
+
+    def label_names(self, rows):
+        if self.task.labels is not None:
+            types = list(self.task.labels)
+        else:
+            column = self.task.role_column("tags")
+            types = sorted({t[2:] for r in rows for t in r[column] if t != "O"})
+        if not types:
+            raise LabelError("no entity tag in the data (every tag is 'O'): nothing to learn")
+        return ("O", *(f"{p}-{t}" for t in types for p in ("B", "I")))
+
+    def encode(self, rows, tokenizer, label_names, max_length, config) -> Encoded:
+        words = [list(r[self.task.role_column("tokens")]) for r in rows]
+        tags = [list(r[self.task.role_column("tags")]) for r in rows]
+        index = {n: i for i, n in enumerate(label_names)}
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+        features, truncated = [], 0
+        for i in range(len(rows)):
+            unknown = [t for t in tags[i] if t not in index]
+            if unknown:
+                raise LabelError(f"tag {unknown[0]!r} is not known to the head (it knows {list(label_names)[:20]})")
+            word_ids = enc.word_ids(i)
+            labels = np.full(len(word_ids), IGNORE_INDEX, dtype=np.int64)
+            seen: set[int] = set()
+            for position, word in enumerate(word_ids):
+                if word is not None and word not in seen:
+                    seen.add(word)
+                    labels[position] = index[tags[i][word]]
+            truncated += len(seen) < len(words[i])
+            feature = {
+                k: np.asarray(enc[k][i], dtype=np.int64)
+                for k in ("input_ids", "attention_mask", "token_type_ids")
+                if k in enc
+            }
+            feature["labels"] = labels
+            feature["word_labels"] = np.asarray([index[t] for t in tags[i]], dtype=np.int64)
+            features.append(feature)
+        return Encoded(features, truncated)
+
+    def collate(self, features, pad_token_id) -> Batch:
+        batch = _collate_inputs(features, pad_token_id)
+        batch["labels"] = _pad(features, "labels", IGNORE_INDEX, torch.long)
+        batch["word_labels"] = _pad(features, "word_labels", IGNORE_INDEX, torch.long)
+        return batch
+
+    def forward(self, model, batch):
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return model(**inputs).logits
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+
+    def distillation_loss(self, logits, teacher_logits, batch, temperature):
+        t = temperature
+        mask = batch["labels"] != IGNORE_INDEX
+        student = F.log_softmax(logits.float()[mask] / t, dim=-1)
+        teacher = F.log_softmax(teacher_logits.float()[mask] / t, dim=-1)
+        return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * (t * t)
+
+    def decode(self, logits, batch, label_names):
+        predicted = logits.argmax(-1)
+        y_true, y_pred = [], []
+        for row in range(predicted.shape[0]):
+            mask = batch["labels"][row] != IGNORE_INDEX
+            words = batch["word_labels"][row]
+            words = words[words != IGNORE_INDEX].tolist()
+            pred = predicted[row][mask].tolist()
+            # words cut off by truncation count as predicted "O" (metrics stay honest)
+            pred += [0] * (len(words) - len(pred))
+            y_true.append([label_names[i] for i in words])
+            y_pred.append([label_names[i] for i in pred])
+        return DecodedBatch(y_true=y_true, y_pred=y_pred)
+
+
+for _adapter in (
+    SequenceClassificationAdapter,
+    TextPairClassificationAdapter,
+    MultiLabelClassificationAdapter,
+    TextPairRegressionAdapter,
+    TokenClassificationAdapter,
+):
+    register_adapter(_adapter.kind, _adapter)
