@@ -119,7 +119,9 @@ def test_truncation_cuts_the_end_and_drops_rows_with_nothing_to_learn():
     tokenizer = make_tokenizer(CHATML)
     full = encode_chat(CONVERSATION, tokenizer, max_length=512)
     assert full is not None
-    first_answer_end = full.labels.index(IGNORE_INDEX, full.labels.index(next(l for l in full.labels if l >= 0)))
+    first_answer_end = full.labels.index(
+        IGNORE_INDEX, full.labels.index(next(label for label in full.labels if label >= 0))
+    )
     cut = encode_chat(CONVERSATION, tokenizer, max_length=first_answer_end + 2)
     assert cut is not None
     assert len(cut) == first_answer_end + 2
@@ -169,8 +171,7 @@ def _examples(tokenizer: PreTrainedTokenizerFast) -> list[EncodedChat]:
         CONVERSATION,
         CONVERSATION[1:3],
         [{"role": "user", "content": "Capital of Italy?"}, {"role": "assistant", "content": "Rome."}],
-        CONVERSATION[:3]
-        + [{"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "You're welcome."}],
+        [*CONVERSATION[:3], {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "Welcome."}],
     ]
     encoded = [encode_chat(c, tokenizer, max_length=128) for c in conversations]
     assert all(e is not None for e in encoded)
