@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tunery_contract.types import (
     CONTRACT_VERSION,
+    ENGINE_HYPERPARAMETERS,
     Column,
     ColumnType,
     DatasetSchema,
@@ -29,6 +30,7 @@ from tunery_contract.types import (
 
 __all__ = [
     "CONTRACT_VERSION",
+    "ENGINE_HYPERPARAMETERS",
     "Column",
     "ColumnType",
     "DatasetSchema",

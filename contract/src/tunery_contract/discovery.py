@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from tunery_contract.types import CONTRACT_VERSION, VerticalPack
+from tunery_contract.types import CONTRACT_VERSION, PackError, VerticalPack
 
 ENTRY_POINT_GROUP = "tunery.verticals"
 log = logging.getLogger(__name__)
@@ -25,6 +25,15 @@ class Discovery:
     packs: dict[str, VerticalPack] = field(default_factory=dict)
     #: entry-point name -> why it was not loaded
     failures: dict[str, str] = field(default_factory=dict)
+
+    def get(self, pack_id: str) -> VerticalPack:
+        """The loaded pack ``pack_id``; PackError naming the loaded ones (and why it failed, if it did)."""
+        if pack_id in self.packs:
+            return self.packs[pack_id]
+        if pack_id in self.failures:
+            raise PackError(f"vertical {pack_id!r} is installed but failed to load: {self.failures[pack_id]}")
+        available = ", ".join(sorted(self.packs)) or "none"
+        raise PackError(f"no vertical {pack_id!r} is installed (available: {available})")
 
 
 def discover() -> Discovery:

@@ -25,7 +25,7 @@ class TaskKind(str, enum.Enum):
 
     SEQUENCE_CLASSIFICATION = "sequence_classification"  # one label per text
     MULTI_LABEL_CLASSIFICATION = "multi_label_classification"  # zero or more labels per text
-    TOKEN_CLASSIFICATION = "token_classification"  # one BIO tag per pre-split token
+    TOKEN_CLASSIFICATION = "token_classification"  # noqa: S105 (one BIO tag per pre-split token)
     TEXT_PAIR_CLASSIFICATION = "text_pair_classification"  # (text, text_pair) -> label
     TEXT_PAIR_REGRESSION = "text_pair_regression"  # (text, text_pair) -> number (rating, relevance)
     CAUSAL_LM = "causal_lm"  # chat-format SFT, loss on assistant tokens only
@@ -51,6 +51,42 @@ ROLES_BY_KIND: dict[TaskKind, tuple[str, ...]] = {
     TaskKind.TEXT_PAIR_REGRESSION: ("text", "text_pair", "label"),
     TaskKind.CAUSAL_LM: ("messages",),
 }
+
+#: Optional roles any task may use: ``group`` names the column whose values the engine passes
+#: as ``EvalOutput.groups`` (the user, for ranking metrics).
+OPTIONAL_ROLES: tuple[str, ...] = ("group",)
+
+#: Hyperparameter names the training engine's TrainConfig understands. A pack's
+#: ``default_hyperparameters`` may only use these (values may also be "auto"); the engine's tests
+#: should check that its TrainConfig offers every one of them.
+ENGINE_HYPERPARAMETERS: frozenset[str] = frozenset(
+    {
+        "training_type",  # "full" | "lora"
+        "n_epochs",
+        "max_steps",
+        "batch_size",
+        "learning_rate",
+        "gradient_accumulation_steps",
+        "max_length",
+        "warmup_ratio",
+        "weight_decay",
+        "lr_scheduler",
+        "precision",
+        "gradient_checkpointing",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "early_stopping_patience",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "seed",
+        "validation_split",
+        "max_grad_norm",
+        "group_by_length",
+        "packing",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -242,6 +278,27 @@ class VerticalPack:
     #: Per-tenant configuration defaults (an admin edits them per tenant as JSON).
     config_defaults: Mapping[str, Any] = field(default_factory=dict)
     license: str = ""
+    #: Import package holding the tasks' sample data files; defaults to ``tunery_<id>``.
+    package: str | None = None
+
+    def sample_records(self, task_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """The task's packaged sample data as ``(line, record)`` pairs (see records.py)."""
+        import importlib.resources
+
+        from tunery_contract.records import RecordFormatError, detect_format, iter_records
+
+        task = self.task(task_id)
+        if not task.sample_data:
+            raise PackError(f"task {task_id!r} of vertical {self.id!r} ships no sample data")
+        package = self.package or f"tunery_{self.id}"
+        try:
+            resource = importlib.resources.files(package).joinpath(task.sample_data)
+            with resource.open("rb") as stream:
+                return list(iter_records(stream, detect_format(task.sample_data)))
+        except (ModuleNotFoundError, FileNotFoundError) as exc:
+            raise PackError(f"sample data {task.sample_data!r} not found in package {package!r}") from exc
+        except RecordFormatError as exc:
+            raise PackError(f"sample data {task.sample_data!r} is malformed: {exc}") from exc
 
     def task(self, task_id: str) -> TaskDefinition:
         for task in self.tasks:
@@ -269,6 +326,13 @@ class VerticalPack:
                 found.append(f"task {task.id!r}: metrics is not callable")
             if not task.selection_metric:
                 found.append(f"task {task.id!r}: no selection metric")
+            unknown = sorted(set(task.default_hyperparameters) - ENGINE_HYPERPARAMETERS)
+            if unknown:
+                found.append(f"task {task.id!r}: unknown hyperparameters {unknown}")
+            names = [c.name for c in task.schema.columns]
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            if duplicated:
+                found.append(f"task {task.id!r}: duplicate columns {duplicated}")
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -289,8 +353,11 @@ class VerticalPack:
                     "greater_is_better": t.greater_is_better,
                     "default_hyperparameters": dict(t.default_hyperparameters),
                     "suitable_architectures": list(t.suitable_architectures),
+                    "has_sample_data": t.sample_data is not None,
                 }
                 for t in self.tasks
             ],
             "config_defaults": dict(self.config_defaults),
+            "requires_contract": self.requires_contract,
+            "license": self.license,
         }

@@ -160,6 +160,10 @@ def _check_labels(
             if bad:
                 errors.append(RowError(line, f"tag {bad[0]!r} is not a BIO tag (O, B-X, I-X)", column.name))
                 continue
+            broken = _broken_span(value)
+            if broken:
+                errors.append(RowError(line, broken, column.name))
+                continue
         unknown = sorted({n for n in names if known is not None and n not in known})
         if unknown:
             errors.append(
@@ -175,6 +179,16 @@ def _check_labels(
 
 def _is_bio(tag: str) -> bool:
     return tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-"))
+
+
+def _broken_span(tags: list[str]) -> str | None:
+    """IOB2: an entity starts with B-X and continues with I-X of the same type."""
+    previous = "O"
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            return f"tag {tag!r} at token {i + 1} follows {previous!r}: an entity must start with 'B-{tag[2:]}' (IOB2)"
+        previous = tag
+    return None
 
 
 def _entity_of(tag: str) -> str:
