@@ -6,7 +6,13 @@ separate inference process."""
 from tunery_worker.serving.artifact import ARTIFACT_FILE, ArtifactError, ArtifactInfo, read_artifact
 from tunery_worker.serving.batching import BatcherClosed, MicroBatcher
 from tunery_worker.serving.cache import ModelCache
-from tunery_worker.serving.runtime import GenerationRequest, GenerationResult, InferenceRuntime, PredictionInput
+from tunery_worker.serving.runtime import (
+    GenerationRequest,
+    GenerationResult,
+    InferenceRuntime,
+    PredictionInput,
+    RuntimeObserver,
+)
 
 __all__ = [
     "ARTIFACT_FILE",
@@ -19,5 +25,6 @@ __all__ = [
     "MicroBatcher",
     "ModelCache",
     "PredictionInput",
+    "RuntimeObserver",
     "read_artifact",
 ]

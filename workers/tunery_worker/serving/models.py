@@ -1,0 +1,410 @@
+"""Loaded models: decoding raw outputs into ``tunery_contract.Prediction`` for each task kind,
+text generation for causal LMs, and LoRA adapters sharing one loaded base model."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from tunery_contract import Prediction, TaskKind
+from tunery_worker.serving.artifact import ArtifactError, ArtifactInfo
+
+PAIR_KINDS = (TaskKind.TEXT_PAIR_CLASSIFICATION, TaskKind.TEXT_PAIR_REGRESSION)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+#: Seconds a streaming reader waits for the next token before giving up.
+GENERATION_TOKEN_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class PredictionInput:
+    text: str
+    text_pair: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A causal-LM call: either chat ``messages`` (OpenAI format) or a raw ``prompt``."""
+
+    messages: tuple[dict[str, str], ...] | None = None
+    prompt: str | None = None
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+def module_bytes(module: torch.nn.Module, only: Callable[[str], bool] | None = None) -> int:
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    return sum(t.numel() * t.element_size() for name, t in tensors if only is None or only(name))
+
+
+def model_class(kind: TaskKind) -> Any:
+    if kind is TaskKind.CAUSAL_LM:
+        return AutoModelForCausalLM
+    if kind is TaskKind.TOKEN_CLASSIFICATION:
+        return AutoModelForTokenClassification
+    return AutoModelForSequenceClassification
+
+
+def head_kwargs(info: ArtifactInfo) -> dict[str, Any]:
+    """from_pretrained arguments that shape a base model's task head to the artifact's labels."""
+    if info.kind is TaskKind.CAUSAL_LM:
+        return {}
+    if info.kind is TaskKind.TEXT_PAIR_REGRESSION:
+        return {"num_labels": 1, "problem_type": "regression"}
+    labels = info.label_names
+    kwargs: dict[str, Any] = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    if info.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+        kwargs["problem_type"] = "multi_label_classification"
+    return kwargs
+
+
+def load_tokenizer(info: ArtifactInfo) -> PreTrainedTokenizerBase:
+    source = info.path
+    if not any((source / name).is_file() for name in _TOKENIZER_FILES):
+        if not info.base_model:
+            raise ArtifactError(f"artifact {info.path} has no tokenizer files")
+        source = Path(info.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_full_model(info: ArtifactInfo, device: torch.device) -> torch.nn.Module:
+    model = model_class(info.kind).from_pretrained(str(info.path), dtype=torch.float32, use_safetensors=True)
+    return model.to(device).eval()
+
+
+def adapter_name_for(model_id: str) -> str:
+    # peft adapter names become module attribute names: keep them to [a-z0-9_].
+    return "a_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+
+
+def base_key(info: ArtifactInfo) -> tuple[str, str, int]:
+    """Adapters can share a loaded base when its path, head kind and head width match."""
+    width = 1 if info.kind is TaskKind.TEXT_PAIR_REGRESSION else len(info.label_names)
+    return (str(Path(info.base_model or "").resolve()), info.kind.value, width)
+
+
+class SharedBase:
+    """One loaded base model carrying any number of tenants' LoRA adapters.
+
+    Switching adapters and running a forward pass happen under one lock, so each pass sees
+    exactly one adapter; loading and deleting adapters take the same lock."""
+
+    def __init__(self, info: ArtifactInfo, device: torch.device) -> None:
+        self.key = base_key(info)
+        self.device = device
+        self.lock = threading.RLock()
+        self._base = model_class(info.kind).from_pretrained(
+            str(info.base_model), dtype=torch.float32, use_safetensors=True, **head_kwargs(info)
+        )
+        self._base.to(device).eval()
+        self.nbytes = module_bytes(self._base)
+        self.peft_model: Any = None
+        self.adapters: set[str] = set()
+
+    def add_adapter(self, name: str, adapter_dir: Path) -> int:
+        """Load an adapter; returns the bytes it added."""
+        from peft import PeftModel
+
+        with self.lock:
+            if self.peft_model is None:
+                self.peft_model = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=name)
+            else:
+                self.peft_model.load_adapter(str(adapter_dir), adapter_name=name)
+            self.peft_model.to(self.device).eval()
+            self.adapters.add(name)
+            return module_bytes(self.peft_model, only=lambda param: f".{name}." in param or param.endswith(f".{name}"))
+
+    def remove_adapter(self, name: str) -> None:
+        with self.lock:
+            if name not in self.adapters:
+                return
+            self.adapters.discard(name)
+            if self.adapters:
+                self.peft_model.delete_adapter(name)
+            else:  # the last one: the whole base goes with it
+                self.peft_model = None
+                self._base = None
+
+    def run(self, name: str, call: Callable[[Any], Any]) -> Any:
+        with self.lock:
+            if name not in self.adapters:
+                raise ArtifactError("adapter was unloaded")
+            self.peft_model.set_adapter(name)
+            return call(self.peft_model)
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, timeout: float) -> None:
+        super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
+        self.generated_tokens = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not (self.skip_prompt and self.next_tokens_are_prompt):
+            self.generated_tokens += int(value.numel())
+        super().put(value)
+
+
+class _StopWhenSet(StoppingCriteria):
+    def __init__(self, flag: threading.Event) -> None:
+        self.flag = flag
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> bool:  # type: ignore[override]
+        return self.flag.is_set()
+
+
+@dataclass
+class LoadedModel:
+    """One servable fine-tuned model: a whole model of its own, or an adapter over a SharedBase."""
+
+    model_id: str
+    info: ArtifactInfo
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    nbytes: int
+    module: torch.nn.Module | None = None
+    base: SharedBase | None = None
+    adapter_name: str | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    on_close: Callable[[LoadedModel], None] | None = None
+    closed: bool = False
+
+    @property
+    def kind(self) -> TaskKind:
+        return self.info.kind
+
+    def _call(self, call: Callable[[Any], Any]) -> Any:
+        if self.base is not None:
+            assert self.adapter_name is not None
+            return self.base.run(self.adapter_name, call)
+        with self.lock:
+            return call(self.module)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.base is not None and self.adapter_name is not None:
+            self.base.remove_adapter(self.adapter_name)
+        self.module = None
+        if self.on_close is not None:
+            self.on_close(self)
+
+    # -- encoders: classification, tagging, pair scoring ------------------------------------------
+
+    def predict_batch(self, items: list[PredictionInput]) -> list[Prediction]:
+        if self.kind is TaskKind.CAUSAL_LM:
+            raise ArtifactError("a causal LM answers chat/completions, not predictions")
+        pairs = [item.text_pair or "" for item in items] if self.kind in PAIR_KINDS else None
+        encoded = self.tokenizer(
+            [item.text for item in items],
+            pairs,
+            padding=True,
+            truncation=True,
+            max_length=self.info.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=self.kind is TaskKind.TOKEN_CLASSIFICATION,
+        )
+        offsets = encoded.pop("offset_mapping", None)
+        inputs = {k: v.to(self.device) for k, v in encoded.items()}
+
+        def forward(module: Any) -> torch.Tensor:
+            with torch.inference_mode():
+                return module(**inputs).logits.float().cpu()
+
+        logits = self._call(forward)
+        labels = self.info.label_names
+        if self.kind is TaskKind.TEXT_PAIR_REGRESSION:
+            return [Prediction(kind=self.kind, label_names=labels, score=float(v)) for v in logits[:, 0]]
+        if self.kind is TaskKind.TOKEN_CLASSIFICATION:
+            assert offsets is not None
+            return [
+                self._decode_tags(item.text, encoded.word_ids(i), offsets[i].tolist(), logits[i])
+                for i, item in enumerate(items)
+            ]
+        if self.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+            probabilities = torch.sigmoid(logits)
+        else:
+            probabilities = torch.softmax(logits, dim=-1)
+        return [Prediction(kind=self.kind, label_names=labels, probabilities=row.tolist()) for row in probabilities]
+
+    def _decode_tags(
+        self, text: str, word_ids: list[int | None], offsets: list[list[int]], logits: torch.Tensor
+    ) -> Prediction:
+        """Word-level BIO tags (the first sub-token of each word decides) and entities with
+        character offsets into ``text``."""
+        probabilities = torch.softmax(logits, dim=-1)
+        confidence, best = probabilities.max(dim=-1)
+        words: dict[int, list[Any]] = {}  # word -> [start, end, tag, score]
+        for position, word in enumerate(word_ids):
+            if word is None:
+                continue
+            start, end = offsets[position]
+            if word not in words:
+                words[word] = [start, end, self.info.label_names[int(best[position])], float(confidence[position])]
+            else:
+                words[word][1] = end
+        ordered = [words[w] for w in sorted(words)]
+        entities: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = None
+        scores: list[float] = []
+        for start, end, tag, score in ordered:
+            kind = tag[2:] if tag[:2] in ("B-", "I-") else None
+            continues = current is not None and tag.startswith("I-") and kind == current["type"]
+            if continues:
+                assert current is not None
+                current["end"] = end
+                scores.append(score)
+                continue
+            if current is not None:
+                entities.append(_finish_entity(current, scores, text))
+                current = None
+            if kind is not None:
+                current, scores = {"type": kind, "start": start, "end": end}, [score]
+        if current is not None:
+            entities.append(_finish_entity(current, scores, text))
+        return Prediction(
+            kind=self.kind,
+            label_names=self.info.label_names,
+            entities=entities,
+            tokens=[text[start:end] for start, end, _, _ in ordered],
+            tags=[tag for _, _, tag, _ in ordered],
+        )
+
+    # -- causal LMs ---------------------------------------------------------------------------
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        messages = [dict(m) for m in request.messages or ()]
+        if getattr(self.tokenizer, "chat_template", None):
+            return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        # No template shipped with the artifact: the plain transcript the engine falls back to as well.
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    def stream(self, request: GenerationRequest, result: GenerationResult) -> Iterator[str]:
+        """Yield text pieces as they are generated; ``result`` is filled in as a side effect
+        (token counts, finish reason). Closing the iterator early stops generation."""
+        if self.kind is not TaskKind.CAUSAL_LM:
+            raise ArtifactError(f"a {self.kind.value} model does not generate text")
+        prompt = self.render_prompt(request)
+        encoded = self.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=self.info.max_length)
+        result.prompt_tokens = int(encoded["input_ids"].shape[1])
+        streamer = _CountingStreamer(self.tokenizer, timeout=GENERATION_TOKEN_TIMEOUT)
+        stop_flag = threading.Event()
+        sampling = request.temperature > 0
+        kwargs: dict[str, Any] = {
+            **{k: v.to(self.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")},
+            "max_new_tokens": request.max_new_tokens,
+            "do_sample": sampling,
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([_StopWhenSet(stop_flag)]),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if sampling:
+            kwargs.update(temperature=request.temperature, top_p=request.top_p)
+        failure: list[BaseException] = []
+
+        def generate(module: Any) -> None:
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            with torch.inference_mode():
+                module.generate(**kwargs)
+
+        def run() -> None:
+            try:
+                self._call(generate)
+            except BaseException as exc:
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, name=f"generate:{self.model_id}", daemon=True)
+        worker.start()
+        text, sent, stopped = "", 0, False
+        hold = max((len(s) for s in request.stop), default=1) - 1
+        try:
+            for piece in streamer:
+                text += piece
+                cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    stopped = True
+                    if cut > sent:
+                        yield text[sent:cut]
+                    sent = cut
+                    break
+                safe = len(text) - hold
+                if safe > sent:
+                    yield text[sent:safe]
+                    sent = safe
+            if not stopped and len(text) > sent:
+                yield text[sent:]
+                sent = len(text)
+        finally:
+            stop_flag.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+        result.text = text[:sent]
+        result.completion_tokens = streamer.generated_tokens
+        hit_length = not stopped and streamer.generated_tokens >= request.max_new_tokens
+        result.finish_reason = "length" if hit_length else "stop"
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        result = GenerationResult()
+        for _ in self.stream(request, result):
+            pass
+        return result
+
+
+def _finish_entity(entity: dict[str, Any], scores: list[float], text: str) -> dict[str, Any]:
+    return {**entity, "text": text[entity["start"] : entity["end"]], "score": sum(scores) / len(scores)}
+
+
+def load_model(
+    model_id: str,
+    info: ArtifactInfo,
+    device: torch.device,
+    shared_base: Callable[[ArtifactInfo], SharedBase] | None = None,
+) -> LoadedModel:
+    """Load an artifact. LoRA artifacts go onto the base ``shared_base`` hands out (a new one
+    per call when None); full models load on their own."""
+    tokenizer = load_tokenizer(info)
+    if not info.is_lora:
+        module = load_full_model(info, device)
+        return LoadedModel(model_id, info, tokenizer, device, nbytes=module_bytes(module), module=module)
+    base = shared_base(info) if shared_base is not None else SharedBase(info, device)
+    name = adapter_name_for(model_id)
+    added = base.add_adapter(name, info.adapter_dir)
+    return LoadedModel(model_id, info, tokenizer, device, nbytes=added, base=base, adapter_name=name)

@@ -1,0 +1,221 @@
+"""The inference runtime a serving process holds: artifacts in, predictions and generations out.
+
+    runtime = InferenceRuntime(max_bytes=2 * 1024**3)
+    runtime.predict("ft:...", "/artifacts/ftjob-x/final", [PredictionInput("where is my parcel?")])
+
+Encoder models (classification, tagging, pair scoring) go through a per-model MicroBatcher;
+causal LMs generate one request at a time per loaded base. Thread-safe."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunery_contract import Prediction, TaskKind
+from tunery_worker.serving.artifact import ArtifactInfo, read_artifact
+from tunery_worker.serving.batching import BatcherClosed, MicroBatcher
+from tunery_worker.serving.cache import ModelCache
+from tunery_worker.serving.models import (
+    GenerationRequest,
+    GenerationResult,
+    LoadedModel,
+    PredictionInput,
+    SharedBase,
+    base_key,
+    load_model,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GenerationRequest", "GenerationResult", "InferenceRuntime", "PredictionInput", "RuntimeObserver"]
+
+
+@dataclass
+class RuntimeObserver:
+    """Hooks the host process uses for metrics; every field optional."""
+
+    #: (task kind, batch size, forward seconds, seconds the first item waited)
+    on_batch: Callable[[str, int, float, float], None] | None = None
+    #: (model id) after a model left the cache
+    on_evict: Callable[[str], None] | None = None
+
+
+@dataclass
+class _Served:
+    """A cache entry: the loaded model and its batcher."""
+
+    model: LoadedModel
+    path: str
+    batcher: MicroBatcher[PredictionInput, Prediction] | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.model.nbytes
+
+    @property
+    def base(self) -> SharedBase | None:
+        return self.model.base
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.model.close()
+
+
+class InferenceRuntime:
+    def __init__(
+        self,
+        max_bytes: int = 2 * 1024**3,
+        *,
+        max_batch_size: int = 32,
+        max_wait_seconds: float = 0.005,
+        device: str | None = None,
+        share_lora_bases: bool = True,
+        observer: RuntimeObserver | None = None,
+        request_timeout: float = 60.0,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.max_batch_size = max_batch_size
+        self.max_wait_seconds = max_wait_seconds
+        self.share_lora_bases = share_lora_bases
+        self.request_timeout = request_timeout
+        self.observer = observer or RuntimeObserver()
+        self.cache = ModelCache(max_bytes, on_evict=self.observer.on_evict)
+        self._bases: dict[tuple[str, str, int], SharedBase] = {}
+        self._bases_lock = threading.Lock()
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def load(self, model_id: str, artifact_path: str | Path) -> LoadedModel:
+        """Load (or touch) a model; raises ArtifactError when the artifact cannot be served."""
+        return self._served(model_id, artifact_path).model
+
+    def unload(self, model_id: str) -> bool:
+        return self.cache.evict(model_id)
+
+    def loaded(self) -> list[str]:
+        return self.cache.model_ids()
+
+    @property
+    def shared_bases(self) -> int:
+        with self._bases_lock:
+            return len(self._bases)
+
+    def queue_depth(self) -> int:
+        total = 0
+        for key in self.cache.model_ids():
+            served = self.cache.peek(key)
+            if isinstance(served, _Served) and served.batcher is not None:
+                total += served.batcher.queue_depth
+        return total
+
+    def _served(self, model_id: str, artifact_path: str | Path) -> _Served:
+        path = str(artifact_path)
+        served = self.cache.peek(model_id)
+        if isinstance(served, _Served) and served.path != path:  # the model id now points elsewhere
+            self.cache.evict(model_id)
+        info = read_artifact(path)
+        entry = self.cache.get(model_id, lambda: self._load(model_id, path, info), self._estimate(info))
+        assert isinstance(entry, _Served)
+        return entry
+
+    def _estimate(self, info: ArtifactInfo) -> int:
+        weights = info.adapter_dir if info.is_lora else info.path
+        size = sum(f.stat().st_size for f in weights.glob("*.safetensors"))
+        if info.is_lora and self._shared_base_if_loaded(info) is None and info.base_model:
+            size += sum(f.stat().st_size for f in Path(info.base_model).glob("*.safetensors"))
+        return size
+
+    def _shared_base_if_loaded(self, info: ArtifactInfo) -> SharedBase | None:
+        with self._bases_lock:
+            return self._bases.get(base_key(info)) if self.share_lora_bases else None
+
+    def _shared_base(self, info: ArtifactInfo) -> SharedBase:
+        with self._bases_lock:
+            key = base_key(info)
+            base = self._bases.get(key) if self.share_lora_bases else None
+            if base is None:
+                base = SharedBase(info, self.device)
+                if self.share_lora_bases:
+                    self._bases[key] = base
+            return base
+
+    def _release_base(self, model: LoadedModel) -> None:
+        with self._bases_lock:
+            base = model.base
+            if base is not None and not base.adapters and self._bases.get(base.key) is base:
+                del self._bases[base.key]
+
+    def _load(self, model_id: str, path: str, info: ArtifactInfo) -> _Served:
+        log.info("loading model %s from %s", model_id, path)
+        model = load_model(model_id, info, self.device, shared_base=self._shared_base)
+        model.on_close = self._release_base
+        batcher = None
+        if info.kind is not TaskKind.CAUSAL_LM:
+            kind = info.kind.value
+            on_batch = self.observer.on_batch
+            batcher = MicroBatcher(
+                model.predict_batch,
+                max_batch_size=self.max_batch_size,
+                max_wait_seconds=self.max_wait_seconds,
+                name=model_id,
+                observer=(lambda size, secs, waited: on_batch(kind, size, secs, waited)) if on_batch else None,
+            )
+        return _Served(model, path, batcher)
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def predict(self, model_id: str, artifact_path: str | Path, items: Sequence[PredictionInput]) -> list[Prediction]:
+        """Decoded predictions, one per item, in order. Items join other requests' batches."""
+        for attempt in (1, 2):
+            served = self._served(model_id, artifact_path)
+            if served.batcher is None:
+                return served.model.predict_batch(list(items))
+            try:
+                return served.batcher.run(items, timeout=self.request_timeout)
+            except BatcherClosed:  # evicted while waiting: load again once
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def predict_unbatched(
+        self, model_id: str, artifact_path: str | Path, items: Sequence[PredictionInput]
+    ) -> list[Prediction]:
+        """One forward pass for exactly these items, bypassing the batcher (benchmarks, tests)."""
+        return self._served(model_id, artifact_path).model.predict_batch(list(items))
+
+    def generate(self, model_id: str, artifact_path: str | Path, request: GenerationRequest) -> GenerationResult:
+        return self._served(model_id, artifact_path).model.generate(request)
+
+    def stream(
+        self, model_id: str, artifact_path: str | Path, request: GenerationRequest, result: GenerationResult
+    ) -> Iterator[str]:
+        return self._served(model_id, artifact_path).model.stream(request, result)
+
+    def kind_of(self, model_id: str, artifact_path: str | Path) -> TaskKind:
+        return read_artifact(artifact_path).kind
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "loaded_models": len(self.cache.model_ids()),
+            "loaded_bytes": self.cache.total_bytes,
+            "max_bytes": self.cache.max_bytes,
+            "shared_bases": self.shared_bases,
+            "queue_depth": self.queue_depth(),
+        }
+
+    def close(self) -> None:
+        self.cache.clear()
+
+
+def default_threads() -> int:
+    """Torch intra-op threads for a serving process: TUNERY_TORCH_THREADS, else torch's default."""
+    value = os.environ.get("TUNERY_TORCH_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else torch.get_num_threads()
