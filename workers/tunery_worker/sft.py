@@ -18,11 +18,25 @@ that ends one example is never trained to predict the start of the next.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from tunery_contract import TaskDefinition, TaskKind
+from tunery_worker.errors import DataError
+from tunery_worker.tasks import Batch, DecodedBatch, Encoded, Feature, TaskAdapter, register_adapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunery_worker.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 #: Label of tokens that carry no loss (torch's cross-entropy default ``ignore_index``).
 IGNORE_INDEX = -100
@@ -38,13 +52,6 @@ BUILTIN_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
-
-#: LoRA targets for decoder architectures whose attention and MLP projections follow
-#: Llama's names (Llama, Qwen2, Mistral, Qwen3).
-DECODER_LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    model_type: ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    for model_type in ("llama", "qwen2", "qwen3", "mistral")
-}
 
 
 class ChatTemplateError(ValueError):
@@ -66,6 +73,12 @@ class EncodedChat:
     @property
     def supervised_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
+
+    def as_feature(self) -> Feature:
+        return {
+            "input_ids": np.asarray(self.input_ids, dtype=np.int64),
+            "labels": np.asarray(self.labels, dtype=np.int64),
+        }
 
 
 def ensure_chat_template(tokenizer: Any) -> bool:
@@ -117,26 +130,34 @@ def chat_segments(messages: Sequence[Mapping[str, str]], tokenizer: Any) -> list
     return [(text, supervised) for text, supervised in segments if text]
 
 
-def encode_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int) -> EncodedChat | None:
-    """Tokenize one conversation, truncated to ``max_length`` tokens (the end is cut).
-
-    Returns None when no supervised token is left after truncation: such a row would teach
-    nothing. The caller counts and reports dropped rows."""
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2, got {max_length}")
+def tokenize_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any) -> EncodedChat:
+    """The whole conversation, untruncated."""
     input_ids: list[int] = []
     labels: list[int] = []
     for text, supervised in chat_segments(messages, tokenizer):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if supervised else [IGNORE_INDEX] * len(ids)
-        if len(input_ids) >= max_length:
-            break
-    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return EncodedChat(input_ids, labels)
+
+
+def encode_chat(messages: Sequence[Mapping[str, str]], tokenizer: Any, max_length: int) -> EncodedChat | None:
+    """Tokenize one conversation, truncated to ``max_length`` tokens (the end is cut).
+
+    Returns None when no supervised token is left after truncation: such a row would teach
+    nothing. The caller counts and reports dropped rows."""
+    return fit_chat(tokenize_chat(messages, tokenizer), max_length)
+
+
+def fit_chat(encoded: EncodedChat, max_length: int) -> EncodedChat | None:
+    """Cut to ``max_length`` tokens; None when no supervised token is left."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    labels = encoded.labels[:max_length]
     if labels:
         labels[0] = IGNORE_INDEX  # nothing precedes it; also keeps packed examples apart
-    encoded = EncodedChat(input_ids, labels)
-    return encoded if encoded.supervised_tokens else None
+    fitted = EncodedChat(encoded.input_ids[:max_length], labels)
+    return fitted if fitted.supervised_tokens else None
 
 
 def pack_rows(lengths: Sequence[int], block_size: int) -> list[list[int]]:
@@ -161,45 +182,42 @@ def pack_rows(lengths: Sequence[int], block_size: int) -> list[list[int]]:
 
 
 def collate_packed(
-    examples: Sequence[EncodedChat], block_size: int, pad_token_id: int, pad_to_block: bool = False
+    features: Sequence[Feature], block_size: int, pad_token_id: int, pad_to_block: bool = False
 ) -> dict[str, torch.Tensor]:
     """Pack a batch into rows (see the module docstring). Padding at a row's end gets its own
     position ids from 0 and ``IGNORE_INDEX`` labels, so it forms a separate, unsupervised
     sequence. ``pad_to_block`` pads every row to ``block_size`` (static shapes for compiled
     models); otherwise rows are padded to the longest row."""
-    groups = pack_rows([len(e) for e in examples], block_size)
-    width = block_size if pad_to_block else max(sum(len(examples[i]) for i in group) for group in groups)
-    input_ids, labels, positions = [], [], []
-    for group in groups:
-        row_ids: list[int] = []
-        row_labels: list[int] = []
-        row_positions: list[int] = []
+    lengths = [len(f["input_ids"]) for f in features]
+    groups = pack_rows(lengths, block_size)
+    width = block_size if pad_to_block else max(sum(lengths[i] for i in group) for group in groups)
+    input_ids = torch.full((len(groups), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(groups), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.empty((len(groups), width), dtype=torch.long)
+    for row, group in enumerate(groups):
+        cursor = 0
         for i in group:
-            row_ids += examples[i].input_ids
-            row_labels += examples[i].labels
-            row_positions += range(len(examples[i]))
-        pad = width - len(row_ids)
-        input_ids.append(row_ids + [pad_token_id] * pad)
-        labels.append(row_labels + [IGNORE_INDEX] * pad)
-        positions.append(row_positions + list(range(pad)))
-    return {
-        "input_ids": torch.tensor(input_ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "position_ids": torch.tensor(positions, dtype=torch.long),
-    }
+            end = cursor + lengths[i]
+            input_ids[row, cursor:end] = torch.as_tensor(features[i]["input_ids"])
+            labels[row, cursor:end] = torch.as_tensor(features[i]["labels"])
+            positions[row, cursor:end] = torch.arange(lengths[i])
+            cursor = end
+        positions[row, cursor:] = torch.arange(width - cursor)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
 
-def collate_padded(examples: Sequence[EncodedChat], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_padded(features: Sequence[Feature], pad_token_id: int) -> dict[str, torch.Tensor]:
     """One example per row, right-padded to the longest, with an attention mask."""
-    width = max(len(e) for e in examples)
-    input_ids = [e.input_ids + [pad_token_id] * (width - len(e)) for e in examples]
-    labels = [e.labels + [IGNORE_INDEX] * (width - len(e)) for e in examples]
-    mask = [[1] * len(e) + [0] * (width - len(e)) for e in examples]
-    return {
-        "input_ids": torch.tensor(input_ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "attention_mask": torch.tensor(mask, dtype=torch.long),
-    }
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.full((len(features), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, feature in enumerate(features):
+        length = len(feature["input_ids"])
+        input_ids[row, :length] = torch.as_tensor(feature["input_ids"])
+        labels[row, :length] = torch.as_tensor(feature["labels"])
+        mask[row, :length] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -212,3 +230,83 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
         return logits.sum() * 0.0, 0
     loss = torch.nn.functional.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss / count, count
+
+
+class CausalLMAdapter(TaskAdapter):
+    """Chat SFT for decoder models: loss on assistant tokens only; ``config.packing`` packs a
+    batch's conversations into rows of ``max_length`` tokens (see the module docstring)."""
+
+    kind = TaskKind.CAUSAL_LM
+    lora_task_type = "CAUSAL_LM"
+    has_label_names = False
+
+    def __init__(self, task: TaskDefinition) -> None:
+        super().__init__(task)
+        self.packing = False
+        self.block_size = 0
+
+    def label_names(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+        return ()
+
+    def build_model(
+        self, base_model: Path, label_names: tuple[str, ...], dtype: torch.dtype | None = None
+    ) -> PreTrainedModel:
+        from tunery_worker.modeling import load_pretrained
+
+        model = load_pretrained("AutoModelForCausalLM", base_model, dtype=dtype)
+        model.config.use_cache = False  # training: a KV cache would also disable packed masks
+        return model
+
+    def encode(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        tokenizer: PreTrainedTokenizerBase,
+        label_names: tuple[str, ...],
+        max_length: int,
+        config: TrainConfig,
+    ) -> Encoded:
+        """Rows whose assistant tokens all fall past ``max_length`` are dropped (they teach
+        nothing) and counted in ``truncated`` with the rows that were cut."""
+        if ensure_chat_template(tokenizer):
+            log.info("the tokenizer has no chat template; using the built-in one (saved with the artifact)")
+        self.packing, self.block_size = bool(config.packing), int(max_length)
+        column = self.task.role_column("messages")
+        features: list[Feature] = []
+        truncated = dropped = 0
+        for row in rows:
+            full = tokenize_chat(row[column], tokenizer)
+            truncated += len(full) > max_length
+            fitted = fit_chat(full, max_length)
+            if fitted is None:
+                dropped += 1
+            else:
+                features.append(fitted.as_feature())
+        if not features:
+            raise DataError(
+                f"no conversation keeps an assistant token within max_length={max_length}; raise max_length"
+            )
+        if dropped:
+            log.warning(
+                "%d of %d conversations dropped: no assistant token within %d tokens", dropped, len(rows), max_length
+            )
+        return Encoded(features, truncated)
+
+    def collate(self, features: Sequence[Feature], pad_token_id: int) -> Batch:
+        if self.packing:
+            return collate_packed(features, self.block_size, pad_token_id)
+        return collate_padded(features, pad_token_id)
+
+    def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        mask_or_positions = "position_ids" if "position_ids" in batch else "attention_mask"
+        return model(
+            input_ids=batch["input_ids"], **{mask_or_positions: batch[mask_or_positions]}, use_cache=False
+        ).logits
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return causal_lm_loss(logits, batch["labels"])[0]
+
+    def decode(self, logits: torch.Tensor, batch: Batch, label_names: tuple[str, ...]) -> DecodedBatch:
+        return DecodedBatch(y_true=[], y_pred=[])
+
+
+register_adapter(TaskKind.CAUSAL_LM, CausalLMAdapter)
