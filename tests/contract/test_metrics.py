@@ -133,3 +133,18 @@ def test_length_mismatch_is_an_error():
 def test_slugs_make_metric_keys():
     assert m.slug("Limitation of liability") == "limitation_of_liability"
     assert m.prefixed("recall", {"B-Disease": 0.5}) == {"recall/b_disease": 0.5}
+
+
+def test_summaries_name_their_keys_by_label():
+    from tunery_contract import EvalOutput, TaskKind
+
+    out = EvalOutput(TaskKind.SEQUENCE_CLASSIFICATION, ("card lost", "refund"), [0, 1, 1], [0, 0, 1])
+    summary = m.classification_summary(out)
+    assert summary["recall/card_lost"] == 1.0
+    assert summary["recall/refund"] == 0.5
+    assert summary["accuracy"] == pytest.approx(2 / 3)
+    ner = EvalOutput(TaskKind.TOKEN_CLASSIFICATION, (), [["B-Disease", "O"]], [["B-Disease", "O"]])
+    assert m.entity_summary(ner) == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "f1/disease": 1.0}
+    lm = m.language_model_summary(EvalOutput(TaskKind.CAUSAL_LM, eval_loss=math.log(4)))
+    assert lm["perplexity"] == pytest.approx(4.0)
+    assert m.language_model_summary(EvalOutput(TaskKind.CAUSAL_LM)) == {}

@@ -139,3 +139,14 @@ def test_row_validator_errors_and_warnings_are_separated():
     )
     assert [str(w) for w in report.warnings] == ["line 1, column 'text': warning: looks like an email"]
     assert [str(e) for e in report.errors] == ["line 2, column 'text': secret text"]
+
+
+def test_label_aliases_and_tenant_label_mapping_map_to_canonical_labels():
+    import dataclasses
+
+    task = dataclasses.replace(INTENT, label_aliases={"hello": "greeting"})
+    rows = [(1, {"text": "hi", "label": "hello"}), (2, {"text": "cash", "label": "money_back"})]
+    assert not task.validate(rows).ok  # money_back is not a known alias yet
+    report = task.validate(rows, {"label_mapping": {"money_back": "refund"}})
+    assert report.ok
+    assert [r["label"] for r in report.rows] == ["greeting", "refund"]

@@ -18,6 +18,8 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tunery_contract.types import EvalOutput
+
 
 @dataclass(frozen=True)
 class PRF:
@@ -244,6 +246,36 @@ def coverage_and_accuracy_at(
             answered += 1
             correct += int(best == truth)
     return _ratio(answered, len(y_true)), _ratio(correct, answered)
+
+
+def classification_summary(out: EvalOutput) -> dict[str, float]:
+    """accuracy, macro_f1, mcc and ``recall/<label>`` for single-label (and pair) classification."""
+    labels = list(range(len(out.label_names))) if out.label_names else None
+    names = out.label_names or tuple(str(x) for x in sorted(set(out.y_true) | set(out.y_pred), key=str))
+    scores = per_class_prf(out.y_true, out.y_pred, labels)
+    present = [i for i in scores if scores[i].support or i in set(out.y_pred)]
+    summary = {
+        "accuracy": accuracy(out.y_true, out.y_pred),
+        "macro_f1": macro_f1(out.y_true, out.y_pred),
+        "mcc": matthews_corrcoef(out.y_true, out.y_pred),
+    }
+    summary.update(prefixed("recall", {names[int(i)] if labels else i: scores[i].recall for i in present}))
+    return summary
+
+
+def entity_summary(out: EvalOutput) -> dict[str, float]:
+    """Entity-level precision, recall, f1 (micro) and ``f1/<type>`` for token classification."""
+    micro, per_type = entity_prf(out.y_true, out.y_pred)
+    summary = {"precision": micro.precision, "recall": micro.recall, "f1": micro.f1}
+    summary.update(prefixed("f1", {kind: s.f1 for kind, s in per_type.items()}))
+    return summary
+
+
+def language_model_summary(out: EvalOutput) -> dict[str, float]:
+    """eval_loss and perplexity for causal-LM tasks (empty when the engine gave no loss)."""
+    if out.eval_loss is None or not math.isfinite(out.eval_loss):
+        return {}
+    return {"eval_loss": float(out.eval_loss), "perplexity": math.exp(min(out.eval_loss, 50.0))}
 
 
 def slug(name: str) -> str:

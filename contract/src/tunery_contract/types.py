@@ -247,6 +247,10 @@ class TaskDefinition:
     model_card: ModelCardSection | None = None
     #: Base-model architectures (config.model_type) this task suits, e.g. ("bert", "qwen2").
     suitable_architectures: tuple[str, ...] = ()
+    #: Other names accepted for labels in uploaded data, mapped to the canonical name before the
+    #: label check (e.g. {"bullish": "positive"}). A tenant adds its own with the
+    #: ``label_mapping`` key of its pack configuration.
+    label_aliases: Mapping[str, str] = field(default_factory=dict)
 
     def role_column(self, role: str) -> str:
         column = self.schema.column_for(role)

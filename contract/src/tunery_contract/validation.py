@@ -25,10 +25,13 @@ def validate_records(
     labels = Counter[str]()
     known = set(task.labels) if task.labels is not None else None
     tokens_col = task.schema.column_for("tokens")
+    aliases = _label_aliases(task, config)
     for line, raw in records:
         report.row_count += 1
         row, errors = _coerce(task.schema.columns, raw, line)
         if not errors:
+            if aliases:
+                _apply_aliases(task, row, aliases)
             errors += _check_labels(task, row, line, known, labels)
             if tokens_col is not None:
                 errors += _check_tag_lengths(task, row, line, tokens_col.name)
@@ -48,6 +51,22 @@ def validate_records(
     if report.row_count and not report.errors:
         report.errors += _check_label_spread(task, labels, report.row_count)
     return report
+
+
+def _label_aliases(task: TaskDefinition, config: Mapping[str, Any]) -> dict[str, str]:
+    tenant = config.get("label_mapping")
+    return {**task.label_aliases, **(tenant if isinstance(tenant, Mapping) else {})}
+
+
+def _apply_aliases(task: TaskDefinition, row: dict[str, Any], aliases: Mapping[str, str]) -> None:
+    column = task.schema.column_for("label")
+    if column is None or column.name not in row or task.kind is TaskKind.TEXT_PAIR_REGRESSION:
+        return
+    value = row[column.name]
+    if isinstance(value, list):
+        row[column.name] = [aliases.get(v, v) for v in value]
+    else:
+        row[column.name] = aliases.get(value, value)
 
 
 def _coerce(columns: tuple[Column, ...], raw: Mapping[str, Any], line: int) -> tuple[dict[str, Any], list[RowError]]:
