@@ -1,3 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from tunery.catalog.views import ModelDetailView, ModelListView
+
+urlpatterns = [
+    path("models", ModelListView.as_view(), name="models"),
+    path("models/<str:model_id>", ModelDetailView.as_view(), name="model"),
+]

@@ -100,13 +100,16 @@ class JobEvent(models.Model):
     data = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     #: Makes event writes idempotent across attempts (e.g. "metrics:step:120").
-    dedupe_key = models.CharField(max_length=100, null=True, blank=True)
+    dedupe_key = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001 (NULLs never collide)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["job", "dedupe_key"], name="unique_job_event_dedupe_key"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.level}: {self.message[:60]}"
 
 
 class JobCheckpoint(models.Model):
@@ -122,6 +125,9 @@ class JobCheckpoint(models.Model):
         ordering = ["-step_number"]
         constraints = [models.UniqueConstraint(fields=["job", "step_number"], name="one_checkpoint_per_step")]
 
+    def __str__(self) -> str:
+        return f"{self.job_id} step {self.step_number}"
+
 
 class UsageRecord(models.Model):
     """Billing/quota facts. One per job (training hours), written once."""
@@ -133,3 +139,6 @@ class UsageRecord(models.Model):
     trained_tokens = models.BigIntegerField(default=0)
     gpu_count = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.kind} {self.training_seconds:.0f}s"

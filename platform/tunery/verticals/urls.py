@@ -1,3 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from tunery.verticals.views import VerticalDetailView, VerticalListView
+
+urlpatterns = [
+    path("verticals", VerticalListView.as_view(), name="verticals"),
+    path("verticals/<str:vertical_id>", VerticalDetailView.as_view(), name="vertical"),
+]

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tunery.catalog import services
+from tunery.catalog.models import BaseModel, FineTunedModel
+from tunery.core.errors import NotFound, PermissionDenied
+from tunery.core.permissions import IsTenantAdmin, IsTenantMember
+from tunery.core.schema import ERRORS
+from tunery.core.scoping import request_tenant
+from tunery.jobs import selectors
+from tunery.tenants.models import Tenant
+
+ModelObject = inline_serializer(
+    name="Model",
+    fields={
+        "id": serializers.CharField(),
+        "object": serializers.CharField(default="model"),
+        "created": serializers.IntegerField(),
+        "owned_by": serializers.CharField(),
+        "kind": serializers.ChoiceField(choices=["base", "fine-tuned"]),
+    },
+)
+
+
+def base_model_object(model: BaseModel, tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": tenant.slug if model.tenant_id else "tunery",
+        "kind": "base",
+        "architecture": model.architecture,
+        "parameters": model.parameters,
+        "tasks": model.tasks,
+        "description": model.description,
+    }
+
+
+def fine_tuned_model_object(model: FineTunedModel, tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": tenant.slug,
+        "kind": "fine-tuned",
+        "base_model": model.base_model.name,
+        "fine_tuning_job": model.job_id,
+        "vertical": model.vertical,
+        "task": model.task,
+        "metrics": model.metrics,
+    }
+
+
+def find_model(tenant: Tenant, model_id: str) -> BaseModel | FineTunedModel:
+    if model_id.startswith("ft:"):
+        found = selectors.fine_tuned_models(tenant).select_related("base_model").filter(pk=model_id).first()
+    else:
+        found = selectors.base_model_by_name(tenant, model_id)
+    if found is None:
+        raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model")
+    return found
+
+
+def model_object(model: BaseModel | FineTunedModel, tenant: Tenant) -> dict[str, Any]:
+    if isinstance(model, FineTunedModel):
+        return fine_tuned_model_object(model, tenant)
+    return base_model_object(model, tenant)
+
+
+class ModelListView(APIView):
+    @extend_schema(
+        summary="List base models you can fine-tune and your fine-tuned models",
+        responses={
+            200: inline_serializer(name="ModelList", fields={"object": serializers.CharField(), "data": ModelObject}),
+            **ERRORS,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        tenant = request_tenant(request)
+        by_name: dict[str, BaseModel] = {}
+        for model in selectors.visible_base_models(tenant).order_by("name"):
+            if model.name not in by_name or model.tenant_id is not None:  # a tenant's own model shadows
+                by_name[model.name] = model
+        data = [base_model_object(m, tenant) for m in by_name.values()]
+        tuned = selectors.fine_tuned_models(tenant).select_related("base_model").order_by("-created_at")
+        data += [fine_tuned_model_object(m, tenant) for m in tuned]
+        return Response({"object": "list", "data": data})
+
+
+class ModelDetailView(APIView):
+    def get_permissions(self):
+        if self.request.method == "DELETE":
+            return [IsTenantAdmin()]
+        return [IsTenantMember()]
+
+    @extend_schema(summary="Retrieve a model", responses={200: ModelObject, **ERRORS})
+    def get(self, request: Request, model_id: str) -> Response:
+        tenant = request_tenant(request)
+        return Response(model_object(find_model(tenant, model_id), tenant))
+
+    @extend_schema(
+        summary="Delete a fine-tuned model (admin keys)",
+        responses={
+            200: inline_serializer(
+                name="ModelDeleted",
+                fields={
+                    "id": serializers.CharField(),
+                    "object": serializers.CharField(),
+                    "deleted": serializers.BooleanField(),
+                },
+            ),
+            **ERRORS,
+        },
+    )
+    def delete(self, request: Request, model_id: str) -> Response:
+        tenant = request_tenant(request)
+        model = find_model(tenant, model_id)
+        if not isinstance(model, FineTunedModel):
+            raise PermissionDenied(
+                f"'{model_id}' is a base model; base models are managed by the platform operator.",
+                param="model",
+                code="base_model_not_deletable",
+            )
+        services.delete_fine_tuned_model(model=model, actor=request.user.actor)
+        return Response({"id": model.id, "object": "model", "deleted": True})

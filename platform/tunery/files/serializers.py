@@ -1,0 +1,61 @@
+"""OpenAI's File object. The serializer class documents the shape (OpenAPI); rendering goes
+through one plain function so list pages stay cheap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from tunery.files.models import File
+
+
+def file_object(file: File) -> dict[str, Any]:
+    return {
+        "id": file.id,
+        "object": "file",
+        "bytes": file.bytes,
+        "created_at": int(file.created_at.timestamp()),
+        "filename": file.filename,
+        "purpose": file.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+        # Tunery's additions
+        "format": file.format,
+        "sha256": file.sha256,
+        "row_count": file.row_count,
+        "columns": file.columns,
+    }
+
+
+class FileObjectSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="file")
+    bytes = serializers.IntegerField()
+    created_at = serializers.IntegerField(help_text="Unix seconds.")
+    filename = serializers.CharField()
+    purpose = serializers.ChoiceField(choices=File.Purpose.choices)
+    status = serializers.CharField()
+    status_details = serializers.CharField(allow_null=True)
+    expires_at = serializers.IntegerField(allow_null=True)
+    format = serializers.ChoiceField(choices=["jsonl", "csv"])
+    sha256 = serializers.CharField()
+    row_count = serializers.IntegerField()
+    columns = serializers.ListField(child=serializers.CharField())
+
+    def to_representation(self, instance: File) -> dict[str, Any]:
+        return file_object(instance)
+
+
+class FileUploadSerializer(serializers.Serializer):
+    """Request body of POST /v1/files (multipart/form-data)."""
+
+    file = serializers.FileField(help_text="A .jsonl or .csv file.")
+    purpose = serializers.ChoiceField(choices=["fine-tune"])
+
+
+class FileDeletedSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="file")
+    deleted = serializers.BooleanField()

@@ -1,0 +1,150 @@
+"""Writes for files: upload (validate, check quota, store, record) and delete.
+
+An upload either ends with a stored object and its row, or with neither: the content is parsed
+before anything is stored, and a stored object whose row could not be written is removed."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import IO
+
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
+from tunery.files.models import File
+from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
+from tunery.tenants.models import Tenant
+from tunery_contract.records import RecordFormatError, detect_format, iter_records
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_PURPOSES = (File.Purpose.FINE_TUNE,)
+ACCEPTED_SUFFIXES = (".jsonl", ".csv")
+#: Column names kept per file (JSONL objects may vary; this is for schema checks, not a catalogue).
+MAX_COLUMNS = 200
+
+
+def _sha256_of(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(1024 * 1024), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def inspect_records(stream: IO[bytes], fmt: str) -> tuple[int, list[str]]:
+    """Parse the whole file: (row count, column names). Raises InvalidRequest with the first bad line."""
+    rows = 0
+    columns: dict[str, None] = {}
+    try:
+        for _line, record in iter_records(stream, fmt):
+            rows += 1
+            if len(columns) < MAX_COLUMNS:
+                columns.update(dict.fromkeys(record))
+    except RecordFormatError as exc:
+        where = f"line {exc.line}: " if exc.line else ""
+        raise InvalidRequest(
+            f"The file could not be parsed as {fmt.upper()}: {where}{exc.message}",
+            param="file",
+            code="invalid_file_format",
+        ) from exc
+    return rows, list(columns)[:MAX_COLUMNS]
+
+
+def stored_bytes(tenant: Tenant) -> int:
+    return File.objects.filter(tenant=tenant, deleted_at__isnull=True).aggregate(total=Sum("bytes"))["total"] or 0
+
+
+def upload_file(*, tenant: Tenant, uploaded: UploadedFile | None, purpose: str | None) -> File:
+    if uploaded is None:
+        raise InvalidRequest("Send the file as the multipart field 'file'.", param="file", code="missing_file")
+    if purpose not in ACCEPTED_PURPOSES:
+        raise InvalidRequest(
+            f"purpose must be one of {', '.join(ACCEPTED_PURPOSES)}; got {purpose!r}.",
+            param="purpose",
+            code="invalid_purpose",
+        )
+    filename = (uploaded.name or "").rsplit("/", 1)[-1][:255]
+    if not filename.lower().endswith(ACCEPTED_SUFFIXES):
+        raise InvalidRequest(
+            f"Unsupported file type {filename!r}: upload a .jsonl or .csv file.",
+            param="file",
+            code="unsupported_file_type",
+        )
+    if not uploaded.size:
+        raise InvalidRequest("The file is empty.", param="file", code="empty_file")
+    fmt = detect_format(filename)
+    # Read through the open upload; closing it would delete a temporary file before it is stored.
+    uploaded.seek(0)
+    rows, columns = inspect_records(uploaded.file, fmt)
+    if rows == 0:
+        raise InvalidRequest("The file holds no data rows.", param="file", code="empty_file")
+    sha256 = getattr(uploaded, "sha256", None)
+    if sha256 is None:
+        uploaded.seek(0)
+        sha256 = _sha256_of(uploaded.file)
+    _check_storage_quota(tenant, uploaded.size)
+
+    record = File(
+        tenant=tenant,
+        filename=filename,
+        purpose=purpose,
+        format=fmt,
+        bytes=uploaded.size,
+        sha256=sha256,
+        row_count=rows,
+        columns=columns,
+    )
+    uploaded.seek(0)
+    # Storage first, outside the transaction (it may be slow, e.g. S3); the row only if it worked.
+    record.content.save(f"{tenant.pk}/{record.id}.{fmt}", uploaded, save=False)
+    try:
+        with transaction.atomic():
+            # Lock the tenant row so two concurrent uploads cannot both squeeze under the quota.
+            locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+            _check_storage_quota(locked, uploaded.size)
+            record.save(force_insert=True)
+    except BaseException:
+        record.content.storage.delete(record.content.name)
+        raise
+    return record
+
+
+def _check_storage_quota(tenant: Tenant, incoming: int) -> None:
+    used = stored_bytes(tenant)
+    if used + incoming > tenant.max_stored_bytes:
+        raise QuotaExceeded(
+            f"Storing {incoming} more bytes would exceed this tenant's quota of {tenant.max_stored_bytes} bytes "
+            f"({used} in use). Delete files or ask your administrator for a larger quota.",
+            param="file",
+            code="storage_quota_exceeded",
+        )
+
+
+def delete_file(*, file: File) -> None:
+    """Remove a file's content and hide it. Refused while an unfinished job still reads it."""
+    users = list(
+        FineTuningJob.objects.filter(Q(training_file=file) | Q(validation_file=file), tenant=file.tenant_id)
+        .exclude(status__in=TERMINAL_STATUSES)
+        .values_list("id", flat=True)[:3]
+    )
+    if users:
+        raise Conflict(
+            f"File {file.id} is used by unfinished fine-tuning jobs ({', '.join(users)}); cancel them first.",
+            param="file_id",
+            code="file_in_use",
+        )
+    updated = File.objects.filter(pk=file.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
+    if updated:
+        name = file.content.name
+        transaction.on_commit(lambda: _delete_content(file, name))
+
+
+def _delete_content(file: File, name: str) -> None:
+    try:
+        file.content.storage.delete(name)
+    except OSError:  # the row is already hidden; a leftover object is harmless and logged
+        log.warning("could not delete stored content %s of file %s", name, file.id)

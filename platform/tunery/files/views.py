@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from tunery.core.pagination import cursor_page, parse_order
+from tunery.core.schema import ERRORS, PAGE_PARAMETERS, list_of
+from tunery.core.scoping import TenantScopedViewSet
+from tunery.files import services
+from tunery.files.models import File
+from tunery.files.serializers import (
+    FileDeletedSerializer,
+    FileObjectSerializer,
+    FileUploadSerializer,
+    file_object,
+)
+from tunery.files.uploads import LimitedHashingUploadHandler
+
+CONTENT_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv"}
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List files",
+        parameters=[
+            *PAGE_PARAMETERS,
+            OpenApiParameter("order", str, enum=["asc", "desc"]),
+            OpenApiParameter("purpose", str),
+        ],
+        responses={200: list_of("FileList", FileObjectSerializer), **ERRORS},
+    ),
+    create=extend_schema(
+        summary="Upload a training file (JSONL or CSV)",
+        request={"multipart/form-data": FileUploadSerializer},
+        responses={200: FileObjectSerializer, 413: ERRORS[400], **ERRORS},
+    ),
+    retrieve=extend_schema(summary="Retrieve a file", responses={200: FileObjectSerializer, **ERRORS}),
+    destroy=extend_schema(summary="Delete a file", responses={200: FileDeletedSerializer, **ERRORS}),
+    content=extend_schema(
+        summary="Download a file's content",
+        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
+    ),
+)
+class FileViewSet(TenantScopedViewSet):
+    scoped_model = File
+    object_name = "file"
+    serializer_class = FileObjectSerializer
+
+    def refine_queryset(self, queryset):
+        return queryset.filter(deleted_at__isnull=True)
+
+    def get_parsers(self):
+        if getattr(self, "action", None) == "create" or self.request.method == "POST":
+            return [MultiPartParser()]
+        return super().get_parsers()
+
+    def list(self, request: Request) -> Response:
+        files = self.get_queryset()
+        purpose = request.query_params.get("purpose")
+        if purpose:
+            files = files.filter(purpose=purpose)
+        return Response(cursor_page(request, files, file_object, order=parse_order(request), max_limit=10_000))
+
+    def create(self, request: Request) -> Response:
+        # Before request.data is touched: the size limit must apply while the body streams in.
+        request._request.upload_handlers = [LimitedHashingUploadHandler(request._request)]
+        created = services.upload_file(
+            tenant=self.tenant, uploaded=request.FILES.get("file"), purpose=request.data.get("purpose")
+        )
+        return Response(file_object(created))
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(file_object(self.get_object()))
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        file = self.get_object()
+        services.delete_file(file=file)
+        return Response({"id": file.id, "object": "file", "deleted": True})
+
+    def content(self, request: Request, pk: str) -> FileResponse:
+        file = self.get_object()
+        return FileResponse(
+            file.content.open("rb"),
+            as_attachment=True,
+            filename=file.filename,
+            content_type=CONTENT_TYPES.get(file.format, "application/octet-stream"),
+        )

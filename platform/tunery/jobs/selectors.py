@@ -1,0 +1,48 @@
+"""Reads for jobs and the model catalogue, always within one tenant."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Q, QuerySet, Sum
+from django.utils import timezone
+
+from tunery.catalog.models import BaseModel, FineTunedModel
+from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, UsageRecord
+from tunery.tenants.models import Tenant
+
+
+def visible_base_models(tenant: Tenant) -> QuerySet[BaseModel]:
+    """Active base models offered to everyone or to this tenant."""
+    return BaseModel.objects.filter(Q(tenant__isnull=True) | Q(tenant=tenant), is_active=True)
+
+
+def base_model_by_name(tenant: Tenant, name: str) -> BaseModel | None:
+    """The tenant's own model of that name wins over a platform-wide one."""
+    candidates = sorted(visible_base_models(tenant).filter(name=name), key=lambda m: m.tenant_id is None)
+    return candidates[0] if candidates else None
+
+
+def fine_tuned_models(tenant: Tenant) -> QuerySet[FineTunedModel]:
+    return FineTunedModel.objects.filter(tenant=tenant, deleted_at__isnull=True)
+
+
+def active_job_count(tenant: Tenant) -> int:
+    return FineTuningJob.objects.filter(tenant=tenant, status__in=ACTIVE_STATUSES).count()
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    now = now or timezone.now()
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def training_hours_this_month(tenant: Tenant) -> float:
+    """Recorded usage plus what unfinished jobs have trained so far."""
+    since = month_start()
+    recorded = UsageRecord.objects.filter(tenant=tenant, created_at__gte=since).aggregate(s=Sum("training_seconds"))
+    ongoing = (
+        FineTuningJob.objects.filter(tenant=tenant, usage__isnull=True, created_at__gte=since)
+        .exclude(training_seconds=0)
+        .aggregate(s=Sum("training_seconds"))
+    )
+    return ((recorded["s"] or 0.0) + (ongoing["s"] or 0.0)) / 3600.0

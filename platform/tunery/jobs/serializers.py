@@ -1,0 +1,185 @@
+"""OpenAI's fine-tuning objects (job, event, checkpoint) plus Tunery's extra fields.
+
+Serializer classes document the shapes for the OpenAPI schema; rendering goes through plain
+functions so list pages stay cheap."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rest_framework import serializers
+
+from tunery.jobs.hyperparameters import openai_hyperparameters
+from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+def fine_tuned_model_id(job: FineTuningJob) -> str | None:
+    model = getattr(job, "fine_tuned_model", None)  # reverse one-to-one: absent until the job succeeds
+    if model is None or model.deleted_at is not None:
+        return None
+    return model.id
+
+
+def job_object(job: FineTuningJob) -> dict[str, Any]:
+    hyperparameters = openai_hyperparameters(job.requested_hyperparameters, job.resolved_config)
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": _epoch(job.created_at),
+        "finished_at": _epoch(job.finished_at),
+        "estimated_finish": _epoch(job.estimated_finish),
+        "model": job.base_model.name,
+        "fine_tuned_model": fine_tuned_model_id(job),
+        "organization_id": job.tenant.slug,
+        "status": job.status,
+        "training_file": job.training_file_id,
+        "validation_file": job.validation_file_id,
+        "hyperparameters": hyperparameters,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "result_files": list(job.result_files or []),
+        "trained_tokens": job.trained_tokens,
+        "error": job.error or None,
+        "seed": job.seed,
+        "metadata": job.metadata or None,
+        "integrations": [],
+        "user_provided_suffix": job.suffix or None,
+        # Tunery's additions
+        "vertical": job.vertical,
+        "vertical_version": job.vertical_version,
+        "task": job.task,
+        "teacher_model": job.teacher_model or None,
+        "gpus": job.gpus,
+        "requested_action": job.requested_action or None,
+        "requested_hyperparameters": job.requested_hyperparameters,
+        "resolved_config": job.resolved_config or None,
+        "progress": job.progress or None,
+        "attempts": job.attempts,
+    }
+
+
+def event_object(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "object": "fine_tuning.job.event",
+        "created_at": _epoch(event.created_at),
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data,
+    }
+
+
+def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
+    job = checkpoint.job
+    model_id = fine_tuned_model_id(job) or f"ft:{job.base_model.name}:{job.tenant.slug}:{job.suffix}:{job.id}"
+    metrics = {"step": float(checkpoint.step_number), **(checkpoint.metrics or {})}
+    return {
+        "id": checkpoint.id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": _epoch(checkpoint.created_at),
+        "fine_tuning_job_id": job.id,
+        "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-{checkpoint.step_number}",
+        "step_number": checkpoint.step_number,
+        "metrics": metrics,
+        "is_best": checkpoint.is_best,
+    }
+
+
+class HyperparametersSerializer(serializers.Serializer):
+    n_epochs = serializers.JSONField(help_text='An integer or "auto".')
+    batch_size = serializers.JSONField(help_text='An integer or "auto".')
+    learning_rate_multiplier = serializers.JSONField(help_text='A number or "auto".')
+
+
+class LoraSerializer(serializers.Serializer):
+    r = serializers.JSONField(required=False, help_text='Rank (1-1024) or "auto".')
+    alpha = serializers.JSONField(required=False)
+    dropout = serializers.JSONField(required=False)
+    target_modules = serializers.JSONField(required=False, help_text='Module names or "auto".')
+
+
+class JobCreateSerializer(serializers.Serializer):
+    """Request body of POST /v1/fine_tuning/jobs. Fields after ``method`` are Tunery's extra
+    body fields (``extra_body`` in the openai client). Every numeric one accepts "auto"."""
+
+    model = serializers.CharField(help_text="A base model id from GET /v1/models.")
+    training_file = serializers.CharField()
+    validation_file = serializers.CharField(required=False, allow_null=True)
+    hyperparameters = HyperparametersSerializer(required=False)
+    suffix = serializers.CharField(required=False, max_length=64)
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    metadata = serializers.DictField(child=serializers.CharField(), required=False)
+    method = serializers.JSONField(required=False, help_text='{"type": "supervised", "supervised": {...}}')
+    vertical = serializers.CharField(required=False, help_text="Pack id from GET /v1/verticals.")
+    task = serializers.CharField(required=False)
+    training_type = serializers.ChoiceField(choices=["lora", "full", "auto"], required=False)
+    lora = LoraSerializer(required=False)
+    learning_rate = serializers.JSONField(required=False)
+    gradient_accumulation_steps = serializers.JSONField(required=False)
+    max_length = serializers.JSONField(required=False)
+    warmup_ratio = serializers.JSONField(required=False)
+    weight_decay = serializers.JSONField(required=False)
+    precision = serializers.ChoiceField(choices=["fp32", "bf16", "fp16", "auto"], required=False)
+    early_stopping_patience = serializers.JSONField(required=False)
+    validation_split = serializers.JSONField(required=False)
+    teacher_model = serializers.CharField(required=False, help_text="Distillation teacher: base or ft: model id.")
+    distillation_temperature = serializers.JSONField(required=False)
+    distillation_alpha = serializers.JSONField(required=False)
+    gpus = serializers.JSONField(required=False)
+
+
+class JobSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="fine_tuning.job")
+    created_at = serializers.IntegerField()
+    finished_at = serializers.IntegerField(allow_null=True)
+    estimated_finish = serializers.IntegerField(allow_null=True)
+    model = serializers.CharField()
+    fine_tuned_model = serializers.CharField(allow_null=True)
+    organization_id = serializers.CharField()
+    status = serializers.CharField()
+    training_file = serializers.CharField()
+    validation_file = serializers.CharField(allow_null=True)
+    hyperparameters = HyperparametersSerializer()
+    method = serializers.JSONField()
+    result_files = serializers.ListField(child=serializers.CharField())
+    trained_tokens = serializers.IntegerField(allow_null=True)
+    error = serializers.JSONField(allow_null=True)
+    seed = serializers.IntegerField()
+    metadata = serializers.DictField(allow_null=True)
+    vertical = serializers.CharField()
+    vertical_version = serializers.CharField()
+    task = serializers.CharField()
+    teacher_model = serializers.CharField(allow_null=True)
+    gpus = serializers.IntegerField()
+    requested_action = serializers.CharField(allow_null=True)
+    requested_hyperparameters = serializers.DictField()
+    resolved_config = serializers.DictField(allow_null=True)
+    progress = serializers.DictField(allow_null=True)
+    attempts = serializers.IntegerField()
+
+
+class EventSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="fine_tuning.job.event")
+    created_at = serializers.IntegerField()
+    level = serializers.ChoiceField(choices=JobEvent.Level.choices)
+    message = serializers.CharField()
+    type = serializers.ChoiceField(choices=["message", "metrics"])
+    data = serializers.JSONField(allow_null=True)
+
+
+class CheckpointSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="fine_tuning.job.checkpoint")
+    created_at = serializers.IntegerField()
+    fine_tuning_job_id = serializers.CharField()
+    fine_tuned_model_checkpoint = serializers.CharField()
+    step_number = serializers.IntegerField()
+    metrics = serializers.DictField()
+    is_best = serializers.BooleanField()

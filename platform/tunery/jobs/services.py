@@ -1,0 +1,318 @@
+"""Writes for fine-tuning jobs: create, cancel, pause, resume.
+
+Status changes are compare-and-set (``UPDATE ... WHERE status IN (...)``), so a worker and an
+API call racing on the same job cannot both win. After each commit the queue is told through
+``tunery.jobs.dispatch`` (it owns what message, if any, wakes a worker)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from tunery.catalog.models import BaseModel
+from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
+from tunery.files.models import File
+from tunery.jobs import dispatch, selectors
+from tunery.jobs.hyperparameters import GPU_RANGE, SEED_RANGE, parse_integer, parse_requested
+from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, JobEvent, JobStatus
+from tunery.tenants.models import Tenant
+from tunery.verticals import registry
+from tunery_contract.types import PackError, TaskDefinition, VerticalPack
+
+SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_METADATA_KEYS = 16
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A checked job-create request: everything resolved to rows and packs."""
+
+    base_model: BaseModel
+    training_file: File
+    validation_file: File | None
+    pack: VerticalPack
+    task: TaskDefinition
+    requested: dict[str, Any]
+    suffix: str
+    seed: int
+    metadata: dict[str, str]
+    teacher_model: str
+    gpus: int
+
+
+def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
+    """Every check that needs no lock, in the order a client would fix them."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
+    model_name = _required_string(body, "model")
+    base_model = selectors.base_model_by_name(tenant, model_name)
+    if base_model is None:
+        hint = "" if not model_name.startswith("ft:") else " Fine-tuning a fine-tuned model is not supported yet."
+        raise InvalidRequest(
+            f"The model '{model_name}' does not exist or is not available to you.{hint} "
+            "GET /v1/models lists the base models you can fine-tune.",
+            param="model",
+            code="model_not_found",
+        )
+    pack, task = _pack_and_task(tenant, body)
+    training_file = _tenant_file(tenant, _required_string(body, "training_file"), "training_file", task)
+    validation_file = None
+    if body.get("validation_file"):
+        validation_file = _tenant_file(tenant, _required_string(body, "validation_file"), "validation_file", task)
+    if task.suitable_architectures and base_model.architecture not in task.suitable_architectures:
+        raise InvalidRequest(
+            f"Task '{task.id}' needs a base model of architecture {', '.join(task.suitable_architectures)}; "
+            f"'{base_model.name}' is {base_model.architecture or 'unknown'}.",
+            param="model",
+            code="model_not_suitable",
+        )
+    requested = parse_requested(body)
+    suffix = body.get("suffix") or ""
+    if suffix and (not isinstance(suffix, str) or not SUFFIX.match(suffix)):
+        raise InvalidRequest("suffix must be 1-64 letters, digits, '-' or '_'.", param="suffix", code="invalid_value")
+    seed = body.get("seed")
+    seed = secrets.randbelow(SEED_RANGE[1]) if seed is None else parse_integer(seed, "seed", SEED_RANGE)
+    gpus = body.get("gpus", "auto")
+    gpus = 0 if gpus in ("auto", None) else parse_integer(gpus, "gpus", GPU_RANGE)
+    teacher = body.get("teacher_model") or ""
+    if teacher:
+        _check_teacher(tenant, teacher)
+    return JobRequest(
+        base_model=base_model,
+        training_file=training_file,
+        validation_file=validation_file,
+        pack=pack,
+        task=task,
+        requested=requested,
+        suffix=suffix,
+        seed=seed,
+        metadata=_metadata(body.get("metadata")),
+        teacher_model=teacher,
+        gpus=gpus,
+    )
+
+
+def create_job(*, tenant: Tenant, body: dict[str, Any], actor: str) -> FineTuningJob:
+    checked = check_create_request(tenant, body)
+    with transaction.atomic():
+        # The tenant row lock serialises concurrent creates, so quotas cannot be overrun by a race.
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        _check_job_quotas(locked)
+        job = FineTuningJob.objects.create(
+            tenant=tenant,
+            created_by=actor,
+            base_model=checked.base_model,
+            training_file=checked.training_file,
+            validation_file=checked.validation_file,
+            vertical=checked.pack.id,
+            vertical_version=checked.pack.version,
+            task=checked.task.id,
+            suffix=checked.suffix,
+            seed=checked.seed,
+            metadata=checked.metadata,
+            requested_hyperparameters=checked.requested,
+            teacher_model=checked.teacher_model,
+            gpus=checked.gpus,
+            status=JobStatus.VALIDATING_FILES,
+        )
+        JobEvent.objects.create(job=job, message=f"Created fine-tuning job: {job.id}", dedupe_key="created")
+        transaction.on_commit(lambda: dispatch.job_created(job.id))
+    return job
+
+
+def _required_string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{name} is required (a string).", param=name, code="missing_required_parameter")
+    return value
+
+
+def _pack_and_task(tenant: Tenant, body: dict[str, Any]) -> tuple[VerticalPack, TaskDefinition]:
+    vertical = body.get("vertical")
+    if vertical is None:
+        enabled = registry.enabled_packs(tenant)
+        if len(enabled) != 1:
+            names = ", ".join(e.pack.id for e in enabled) or "none"
+            raise InvalidRequest(
+                f"vertical is required (extra body field); enabled for you: {names}.",
+                param="vertical",
+                code="missing_required_parameter",
+            )
+        pack = enabled[0].pack
+    else:
+        if not isinstance(vertical, str) or registry.get_pack(vertical) is None:
+            raise InvalidRequest(
+                f"Unknown vertical {vertical!r}. GET /v1/verticals lists the packs enabled for you.",
+                param="vertical",
+                code="unknown_vertical",
+            )
+        enabled_pack = registry.enabled_pack(tenant, vertical)
+        if enabled_pack is None:
+            raise InvalidRequest(
+                f"The vertical '{vertical}' is installed but not enabled for your organisation; "
+                "ask your platform administrator to enable it.",
+                param="vertical",
+                code="vertical_not_enabled",
+            )
+        pack = enabled_pack.pack
+    task_id = body.get("task")
+    if task_id is None:
+        if len(pack.tasks) != 1:
+            raise InvalidRequest(
+                f"task is required: vertical '{pack.id}' offers {', '.join(t.id for t in pack.tasks)}.",
+                param="task",
+                code="missing_required_parameter",
+            )
+        return pack, pack.tasks[0]
+    try:
+        return pack, pack.task(str(task_id))
+    except PackError as exc:
+        raise InvalidRequest(str(exc), param="task", code="unknown_task") from exc
+
+
+def _tenant_file(tenant: Tenant, file_id: str, param: str, task: TaskDefinition) -> File:
+    file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
+    if file is None:
+        raise InvalidRequest(f"No file with id '{file_id}' found.", param=param, code="file_not_found")
+    if file.purpose != File.Purpose.FINE_TUNE:
+        raise InvalidRequest(
+            f"File '{file_id}' has purpose '{file.purpose}'; fine-tuning needs purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    required = [c.name for c in task.schema.columns if c.required]
+    missing = [name for name in required if name not in (file.columns or [])]
+    if missing:
+        raise InvalidRequest(
+            f"{param} '{file_id}' lacks the column(s) {', '.join(missing)} that task '{task.id}' needs "
+            f"(it needs {', '.join(required)}; the file has {', '.join(file.columns or []) or 'none'}).",
+            param=param,
+            code="missing_columns",
+        )
+    return file
+
+
+def _check_teacher(tenant: Tenant, teacher: Any) -> None:
+    if not isinstance(teacher, str):
+        raise InvalidRequest("teacher_model must be a model id.", param="teacher_model", code="invalid_value")
+    if teacher.startswith("ft:"):
+        found = selectors.fine_tuned_models(tenant).filter(pk=teacher).exists()
+    else:
+        found = selectors.base_model_by_name(tenant, teacher) is not None
+    if not found:
+        raise InvalidRequest(
+            f"The teacher model '{teacher}' does not exist or is not available to you.",
+            param="teacher_model",
+            code="model_not_found",
+        )
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA_KEYS
+        or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items()
+        )
+    ):
+        raise InvalidRequest(
+            f"metadata must be an object of at most {MAX_METADATA_KEYS} string keys (<= 64 chars) "
+            "and string values (<= 512 chars).",
+            param="metadata",
+            code="invalid_value",
+        )
+    return dict(value)
+
+
+def _check_job_quotas(tenant: Tenant) -> None:
+    active = selectors.active_job_count(tenant)
+    if active >= tenant.max_concurrent_jobs:
+        raise QuotaExceeded(
+            f"This tenant already has {active} unfinished jobs, its limit is {tenant.max_concurrent_jobs}; "
+            "wait for one to finish or cancel one.",
+            code="concurrent_jobs_quota_exceeded",
+        )
+    used = selectors.training_hours_this_month(tenant)
+    if used >= tenant.max_training_hours:
+        raise QuotaExceeded(
+            f"This tenant has used {used:.2f} of its {tenant.max_training_hours:g} training hours this month.",
+            code="training_hours_quota_exceeded",
+        )
+
+
+# Transitions. Each is one conditional UPDATE; the returned job is re-read.
+
+
+def _transition(job: FineTuningJob, allowed: tuple[str, ...], **changes: Any) -> bool:
+    return FineTuningJob.objects.filter(pk=job.pk, status__in=allowed).update(**changes) == 1
+
+
+def _event(job: FineTuningJob, message: str, level: str = JobEvent.Level.INFO) -> None:
+    JobEvent.objects.create(job=job, message=message, level=level)
+
+
+def _refused(job: FineTuningJob, action: str) -> Conflict:
+    job.refresh_from_db(fields=["status"])
+    return Conflict(
+        f"Job {job.id} is {job.status} and cannot be {action}.", param="fine_tuning_job_id", code="invalid_job_state"
+    )
+
+
+def cancel_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
+    """Jobs not holding a worker stop at once; a running one is asked to stop between steps."""
+    with transaction.atomic():
+        now = timezone.now()
+        not_running = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.PAUSED)
+        if _transition(job, not_running, status=JobStatus.CANCELLED, finished_at=now, requested_action=""):
+            _event(job, f"Job cancelled by {actor}.")
+        elif _transition(job, (JobStatus.RUNNING,), requested_action="cancel"):
+            _event(job, f"Cancellation requested by {actor}; the job stops after its current step.")
+        else:
+            raise _refused(job, "cancelled")
+        transaction.on_commit(lambda: dispatch.job_action_requested(job.id, "cancel"))
+    job.refresh_from_db()
+    return job
+
+
+def pause_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
+    """A queued job is paused at once; a running one checkpoints and frees its worker."""
+    with transaction.atomic():
+        if _transition(job, (JobStatus.QUEUED,), status=JobStatus.PAUSED, requested_action=""):
+            _event(job, f"Job paused by {actor}.")
+        elif _transition(job, (JobStatus.RUNNING,), requested_action="pause"):
+            _event(job, f"Pause requested by {actor}; the job checkpoints and pauses after its current step.")
+        else:
+            raise _refused(job, "paused")
+        transaction.on_commit(lambda: dispatch.job_action_requested(job.id, "pause"))
+    job.refresh_from_db()
+    return job
+
+
+def resume_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=job.tenant_id)
+        running_with_pending_pause = FineTuningJob.objects.filter(
+            pk=job.pk, status=JobStatus.RUNNING, requested_action="pause"
+        ).update(requested_action="")
+        if running_with_pending_pause:
+            _event(job, f"Pause request withdrawn by {actor}.")
+            job.refresh_from_db()
+            return job
+        if job.status == JobStatus.PAUSED:
+            _check_job_quotas(locked)
+        if not _transition(job, (JobStatus.PAUSED,), status=JobStatus.QUEUED, requested_action=""):
+            raise _refused(job, "resumed")
+        _event(job, f"Job resumed by {actor}; it continues from its last checkpoint.")
+        transaction.on_commit(lambda: dispatch.job_resumed(job.id))
+    job.refresh_from_db()
+    return job
+
+
+__all__ = ["ACTIVE_STATUSES", "cancel_job", "create_job", "pause_job", "resume_job"]

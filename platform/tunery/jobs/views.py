@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from django.db.models.fields.json import KeyTextTransform
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from tunery.core.pagination import cursor_page
+from tunery.core.schema import ERRORS, PAGE_PARAMETERS, list_of
+from tunery.core.scoping import TenantScopedViewSet
+from tunery.jobs import services
+from tunery.jobs.models import FineTuningJob
+from tunery.jobs.serializers import (
+    CheckpointSerializer,
+    EventSerializer,
+    JobCreateSerializer,
+    JobSerializer,
+    checkpoint_object,
+    event_object,
+    job_object,
+)
+
+JOB_RESPONSES = {200: JobSerializer, **ERRORS}
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List fine-tuning jobs",
+        parameters=[
+            *PAGE_PARAMETERS,
+            OpenApiParameter(
+                "metadata", object, style="deepObject", explode=True, description="metadata[key]=value filter"
+            ),
+        ],
+        responses={200: list_of("FineTuningJobList", JobSerializer), **ERRORS},
+    ),
+    create=extend_schema(summary="Create a fine-tuning job", request=JobCreateSerializer, responses=JOB_RESPONSES),
+    retrieve=extend_schema(summary="Retrieve a fine-tuning job", responses=JOB_RESPONSES),
+    cancel=extend_schema(summary="Cancel a fine-tuning job", request=None, responses=JOB_RESPONSES),
+    pause=extend_schema(summary="Pause a fine-tuning job", request=None, responses=JOB_RESPONSES),
+    resume=extend_schema(summary="Resume a paused fine-tuning job", request=None, responses=JOB_RESPONSES),
+    events=extend_schema(
+        summary="List a job's events (newest first)",
+        parameters=PAGE_PARAMETERS,
+        responses={200: list_of("FineTuningJobEventList", EventSerializer), **ERRORS},
+    ),
+    checkpoints=extend_schema(
+        summary="List a job's checkpoints",
+        parameters=PAGE_PARAMETERS,
+        responses={200: list_of("FineTuningJobCheckpointList", CheckpointSerializer), **ERRORS},
+    ),
+)
+class FineTuningJobViewSet(TenantScopedViewSet):
+    scoped_model = FineTuningJob
+    object_name = "fine-tuning job"
+    serializer_class = JobSerializer
+
+    def refine_queryset(self, queryset):
+        return queryset.select_related("base_model", "tenant", "fine_tuned_model")
+
+    def list(self, request: Request) -> Response:
+        jobs = self.get_queryset()
+        for param, value in request.query_params.items():
+            if param.startswith("metadata[") and param.endswith("]"):
+                key = param[len("metadata[") : -1]
+                annotation = f"_metadata_{len(jobs.query.annotations)}"
+                jobs = jobs.annotate(**{annotation: KeyTextTransform(key, "metadata")}).filter(**{annotation: value})
+        return Response(cursor_page(request, jobs, job_object))
+
+    def create(self, request: Request) -> Response:
+        job = services.create_job(tenant=self.tenant, body=request.data, actor=self.actor)
+        return Response(job_object(self.get_queryset().get(pk=job.pk)))
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(job_object(self.get_object()))
+
+    def cancel(self, request: Request, pk: str) -> Response:
+        return Response(job_object(services.cancel_job(job=self.get_object(), actor=self.actor)))
+
+    def pause(self, request: Request, pk: str) -> Response:
+        return Response(job_object(services.pause_job(job=self.get_object(), actor=self.actor)))
+
+    def resume(self, request: Request, pk: str) -> Response:
+        return Response(job_object(services.resume_job(job=self.get_object(), actor=self.actor)))
+
+    def events(self, request: Request, pk: str) -> Response:
+        job = self.get_object()
+        return Response(cursor_page(request, job.events.all(), event_object))
+
+    def checkpoints(self, request: Request, pk: str) -> Response:
+        job = self.get_object()
+        checkpoints = job.checkpoints.select_related("job__base_model", "job__tenant", "job__fine_tuned_model")
+        return Response(cursor_page(request, checkpoints, checkpoint_object, default_limit=10))

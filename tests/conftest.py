@@ -1,0 +1,79 @@
+"""Fixtures shared by the platform's tests: the in-tree dummy pack, tenants with keys, a base model."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes tests/dummy_pack importable
+
+import dummy_pack
+
+from tunery_contract.discovery import registered
+from tunery_contract.types import VerticalPack
+
+
+@pytest.fixture
+def dummy_packs() -> Iterator[dict[str, VerticalPack]]:
+    """Two dummy packs discoverable for the test: 'dummy' and 'dummy_other'."""
+    from tunery.verticals import registry
+
+    packs = {"dummy": dummy_pack.make_pack("dummy"), "dummy_other": dummy_pack.make_pack("dummy_other")}
+    with registered(packs["dummy"]), registered(packs["dummy_other"]):
+        registry.reload()
+        yield packs
+    registry.reload()
+
+
+@dataclass
+class TenantWithKey:
+    tenant: object
+    key: str
+    api_key: object
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+def make_tenant(db) -> Callable[..., TenantWithKey]:
+    """``make_tenant("acme", role="admin", verticals=("dummy",))``: a tenant, one key, enabled packs."""
+    from tunery.tenants import services
+    from tunery.verticals import registry
+
+    def make(slug: str = "acme", role: str = "admin", verticals: tuple[str, ...] = ("dummy",), **quotas):
+        from tunery.tenants.models import Tenant
+
+        tenant = Tenant.objects.filter(slug=slug).first()
+        if tenant is None:
+            tenant, _ = services.create_tenant(slug=slug)
+        if quotas:
+            Tenant.objects.filter(pk=tenant.pk).update(**quotas)
+            tenant.refresh_from_db()
+        for vertical in verticals:
+            registry.enable(tenant, vertical)
+        created = services.create_api_key(tenant=tenant, role=role, name=f"{slug}-{role}")
+        return TenantWithKey(tenant, created.secret, created.api_key)
+
+    return make
+
+
+@pytest.fixture
+def base_model(db):
+    """The packaged all-MiniLM-L6-v2, registered as a platform-wide base model."""
+    from tunery.catalog.services import DEFAULT_MODEL_NAME, DEFAULT_MODEL_PACKAGE, register_base_model
+
+    model, _ = register_base_model(name=DEFAULT_MODEL_NAME, package=DEFAULT_MODEL_PACKAGE)
+    return model
+
+
+@pytest.fixture
+def media_root(settings, tmp_path) -> Path:
+    """Uploads go to a fresh folder per test, so a test can assert what was (not) stored."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    return Path(settings.MEDIA_ROOT)
