@@ -249,17 +249,21 @@ def coverage_and_accuracy_at(
 
 
 def classification_summary(out: EvalOutput) -> dict[str, float]:
-    """accuracy, macro_f1, mcc and ``recall/<label>`` for single-label (and pair) classification."""
-    labels = list(range(len(out.label_names))) if out.label_names else None
-    names = out.label_names or tuple(str(x) for x in sorted(set(out.y_true) | set(out.y_pred), key=str))
-    scores = per_class_prf(out.y_true, out.y_pred, labels)
-    present = [i for i in scores if scores[i].support or i in set(out.y_pred)]
+    """accuracy, macro_f1, mcc and ``recall/<label>`` for single-label (and pair) classification;
+    ``y_true``/``y_pred`` are indices into ``label_names`` (or label names when it is empty)."""
+    predicted = set(out.y_pred)
+    scores = per_class_prf(out.y_true, out.y_pred)
+    recall: dict[str, float] = {}
+    for key, score in scores.items():
+        if score.support or key in predicted:
+            name = out.label_names[key] if out.label_names and isinstance(key, int) else str(key)
+            recall[name] = score.recall
     summary = {
         "accuracy": accuracy(out.y_true, out.y_pred),
         "macro_f1": macro_f1(out.y_true, out.y_pred),
         "mcc": matthews_corrcoef(out.y_true, out.y_pred),
     }
-    summary.update(prefixed("recall", {names[int(i)] if labels else i: scores[i].recall for i in present}))
+    summary.update(prefixed("recall", recall))
     return summary
 
 
