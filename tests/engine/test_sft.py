@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from tunery_contract import Column, ColumnType, DatasetSchema, TaskDefinition, TaskKind
+from tunery_contract.metrics import language_model_summary
+from tunery_worker.config import TrainConfig
+from tunery_worker.errors import DataError
 from tunery_worker.sft import (
     BUILTIN_CHAT_TEMPLATE,
     IGNORE_INDEX,
+    CausalLMAdapter,
     ChatTemplateError,
     EncodedChat,
     causal_lm_loss,
@@ -20,6 +27,7 @@ from tunery_worker.sft import (
     ensure_chat_template,
     pack_rows,
 )
+from tunery_worker.tasks import adapter_for
 
 CHATML = (
     "{% for message in messages %}"
@@ -221,3 +229,46 @@ def test_packed_and_padded_batches_give_the_same_loss():
         )
     assert packed_count == padded_count == sum(int((e["labels"] != IGNORE_INDEX).sum()) for e in examples)
     torch.testing.assert_close(packed_loss, padded_loss)
+
+
+def chat_task() -> TaskDefinition:
+    return TaskDefinition(
+        id="chat",
+        name="Chat",
+        kind=TaskKind.CAUSAL_LM,
+        schema=DatasetSchema((Column("messages", ColumnType.MESSAGES, role="messages"),)),
+        metrics=language_model_summary,
+        selection_metric="eval_loss",
+        greater_is_better=False,
+    )
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_adapter_encodes_collates_and_scores_chat_rows(packing):
+    tokenizer = make_tokenizer()
+    adapter = adapter_for(chat_task())
+    assert isinstance(adapter, CausalLMAdapter)
+    long_prompt = [{"role": "user", "content": "What is the capital of France? " * 20}, CONVERSATION[2]]
+    rows = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}, {"messages": long_prompt}]
+    encoded = adapter.encode(rows, tokenizer, (), 64, TrainConfig(packing=packing))
+    assert tokenizer.chat_template == BUILTIN_CHAT_TEMPLATE  # saved with the artifact
+    assert len(encoded.features) == 2  # the long prompt leaves no answer within 64 tokens
+    assert encoded.truncated == 1
+    batch = adapter.collate(encoded.features, tokenizer.pad_token_id)
+    assert ("position_ids" in batch) is packing
+    assert ("attention_mask" in batch) is not packing
+    model = tiny_decoder(len(tokenizer))
+    logits = adapter.forward(model, batch)
+    loss = adapter.loss(logits, batch)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(math.log(len(tokenizer)), rel=0.2)  # untrained: near uniform
+    out = adapter.eval_output(adapter.decode(logits, batch, ()), (), loss.item(), rows)
+    assert out.kind is TaskKind.CAUSAL_LM
+    assert out.eval_loss == loss.item()
+
+
+def test_adapter_refuses_data_with_nothing_to_learn_within_max_length():
+    tokenizer = make_tokenizer()
+    adapter = adapter_for(chat_task())
+    with pytest.raises(DataError, match="max_length"):
+        adapter.encode([{"messages": CONVERSATION}], tokenizer, (), 8, TrainConfig())

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tunery_contract import TaskDefinition, TaskKind
+from tunery_contract import TaskKind
 from tunery_worker.errors import DataError
 from tunery_worker.tasks import Batch, DecodedBatch, Encoded, Feature, TaskAdapter, register_adapter
 
@@ -240,11 +240,6 @@ class CausalLMAdapter(TaskAdapter):
     lora_task_type = "CAUSAL_LM"
     has_label_names = False
 
-    def __init__(self, task: TaskDefinition) -> None:
-        super().__init__(task)
-        self.packing = False
-        self.block_size = 0
-
     def label_names(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
         return ()
 
@@ -269,7 +264,9 @@ class CausalLMAdapter(TaskAdapter):
         nothing) and counted in ``truncated`` with the rows that were cut."""
         if ensure_chat_template(tokenizer):
             log.info("the tokenizer has no chat template; using the built-in one (saved with the artifact)")
-        self.packing, self.block_size = bool(config.packing), int(max_length)
+        # Kept in each feature (not on the adapter) so features read back from the tokenization
+        # cache still say how to collate them. 0 = no packing.
+        block_size = np.asarray(max_length if config.packing else 0, dtype=np.int64)
         column = self.task.role_column("messages")
         features: list[Feature] = []
         truncated = dropped = 0
@@ -280,7 +277,7 @@ class CausalLMAdapter(TaskAdapter):
             if fitted is None:
                 dropped += 1
             else:
-                features.append(fitted.as_feature())
+                features.append({**fitted.as_feature(), "block_size": block_size})
         if not features:
             raise DataError(
                 f"no conversation keeps an assistant token within max_length={max_length}; raise max_length"
@@ -292,8 +289,9 @@ class CausalLMAdapter(TaskAdapter):
         return Encoded(features, truncated)
 
     def collate(self, features: Sequence[Feature], pad_token_id: int) -> Batch:
-        if self.packing:
-            return collate_packed(features, self.block_size, pad_token_id)
+        block_size = int(features[0].get("block_size", 0))
+        if block_size:
+            return collate_packed(features, block_size, pad_token_id)
         return collate_padded(features, pad_token_id)
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
