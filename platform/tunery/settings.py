@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "tunery.jobs",
     "tunery.serving",
     "tunery.monitoring",
+    "tunery.dashboard",
 ]
 
 MIDDLEWARE = [

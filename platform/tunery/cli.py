@@ -1,0 +1,574 @@
+"""`tunery`: the tenants' command-line client. It speaks the REST API over HTTP (never the database),
+so it works against any Tunery server a tenant has a key for.
+
+Configuration, strongest first: ``--api-key``/``--base-url``; ``TUNERY_API_KEY``/``TUNERY_BASE_URL``;
+``~/.config/tunery/config.toml`` (``api_key = "..."``, ``base_url = "..."``).
+
+    tunery verticals list
+    tunery files upload data.jsonl
+    tunery jobs create --vertical customer_service --file data.jsonl --watch
+    tunery jobs watch ftjob-...
+    tunery deploy ft:...
+    tunery predict --model ft:... "Where is my parcel?"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+#: Keys of a metrics event's data that are bookkeeping, not metrics.
+NON_METRIC_KEYS = frozenset({"step", "total_steps", "epoch", "learning_rate", "lr", "throughput", "eta_seconds"})
+
+
+class CliError(Exception):
+    """A problem the user can fix (configuration, input); printed without a traceback."""
+
+
+class ApiError(CliError):
+    """An error answer from the API, in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.param = param
+        where = f" (param: {param})" if param else ""
+        super().__init__(f"HTTP {status}: {message}{where}")
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    api_key: str
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tunery" / "config.toml"
+
+
+def load_settings(api_key: str | None = None, base_url: str | None = None, path: Path | None = None) -> Settings:
+    """Flags beat environment variables, which beat the config file."""
+    file_values: dict[str, Any] = {}
+    path = path or config_path()
+    if path.is_file():
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise CliError(f"{path} is not valid TOML: {exc}") from exc
+    key = api_key or os.environ.get("TUNERY_API_KEY") or file_values.get("api_key")
+    url = base_url or os.environ.get("TUNERY_BASE_URL") or file_values.get("base_url") or DEFAULT_BASE_URL
+    if not key:
+        raise CliError(f'no API key: set TUNERY_API_KEY, pass --api-key, or put api_key = "..." in {path}')
+    return Settings(base_url=str(url).rstrip("/"), api_key=str(key))
+
+
+# ----------------------------------------------------------------------------------------- client
+
+
+@dataclass
+class TuneryClient:
+    """A thin HTTP client for Tunery's REST API (OpenAI-shaped objects and errors)."""
+
+    base_url: str
+    api_key: str
+    timeout: float = 60.0
+    _http: httpx.Client = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._http = httpx.Client(
+            base_url=self.base_url.rstrip("/") + "/v1",
+            headers={"Authorization": f"Bearer {self.api_key}", "User-Agent": "tunery-cli"},
+            timeout=self.timeout,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TuneryClient:
+        return cls(base_url=settings.base_url, api_key=settings.api_key)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response.json() if response.content else None
+
+    # files
+    def upload_file(self, path: Path, purpose: str = "fine-tune") -> dict[str, Any]:
+        if not path.is_file():
+            raise CliError(f"no such file: {path}")
+        with path.open("rb") as handle:
+            return self.request("POST", "/files", data={"purpose": purpose}, files={"file": (path.name, handle)})
+
+    def list_files(self) -> list[dict[str, Any]]:
+        return list(self._paginate("/files"))
+
+    # verticals and models
+    def list_verticals(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/verticals")["data"]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/models")["data"]
+
+    # jobs
+    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/fine_tuning/jobs", json=body)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/fine_tuning/jobs/{job_id}")
+
+    def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.request("GET", "/fine_tuning/jobs", params={"limit": limit})["data"]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/fine_tuning/jobs/{job_id}/cancel")
+
+    def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        """All of a job's events, oldest first."""
+        events = list(self._paginate(f"/fine_tuning/jobs/{job_id}/events"))
+        return sorted(events, key=lambda e: (e.get("created_at", 0), e.get("id", "")))
+
+    # serving
+    def deploy(self, model: str) -> dict[str, Any]:
+        return self.request("POST", "/deployments", json={"model": model})
+
+    def get_deployment(self, deployment_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/deployments/{deployment_id}")
+
+    def list_deployments(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/deployments")["data"]
+
+    def predict(self, model: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.request("POST", "/predictions", json={"model": model, "inputs": inputs})
+
+    def _paginate(self, path: str, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": page_size}
+        while True:
+            page = self.request("GET", path, params=params)
+            yield from page["data"]
+            if not page.get("has_more") or not page["data"]:
+                return
+            params["after"] = page["data"][-1]["id"]
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        error = response.json()["error"]
+        return ApiError(response.status_code, error.get("message", ""), error.get("code"), error.get("param"))
+    except (ValueError, KeyError, TypeError):
+        return ApiError(response.status_code, response.text[:500] or response.reason_phrase)
+
+
+# ------------------------------------------------------------------------------------------- jobs
+
+
+def resolve_task(verticals: list[dict[str, Any]], vertical: str, task: str | None) -> dict[str, Any]:
+    """The pack's task definition (its first task when none is named), from GET /v1/verticals."""
+    pack = next((v for v in verticals if v["id"] == vertical), None)
+    if pack is None:
+        enabled = ", ".join(v["id"] for v in verticals) or "none"
+        raise CliError(f"vertical {vertical!r} is not enabled for this tenant (enabled: {enabled})")
+    tasks = pack.get("tasks") or []
+    if not tasks:
+        raise CliError(f"vertical {vertical!r} offers no tasks")
+    if task is None:
+        return tasks[0]
+    found = next((t for t in tasks if t["id"] == task), None)
+    if found is None:
+        raise CliError(
+            f"vertical {vertical!r} offers no task {task!r} (it offers: {', '.join(t['id'] for t in tasks)})"
+        )
+    return found
+
+
+def parse_hyperparameters(pairs: Sequence[str]) -> dict[str, Any]:
+    """`name=value` pairs; values are JSON when they parse (numbers, booleans), else strings ("auto")."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise CliError(f"hyperparameter {pair!r} is not name=value")
+        try:
+            parsed[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed[name] = raw
+    return parsed
+
+
+def job_body(
+    *,
+    vertical: str,
+    task: str,
+    model: str,
+    training_file: str,
+    validation_file: str | None = None,
+    suffix: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    training_type: str | None = None,
+) -> dict[str, Any]:
+    """A create-job request: OpenAI's fields plus Tunery's extra body fields. Hyperparameters not
+    given are left to the server, which fills them from the pack's defaults."""
+    body: dict[str, Any] = {"model": model, "training_file": training_file, "vertical": vertical, "task": task}
+    if validation_file:
+        body["validation_file"] = validation_file
+    if suffix:
+        body["suffix"] = suffix
+    if hyperparameters:
+        body["hyperparameters"] = hyperparameters
+    if training_type:
+        body["training_type"] = training_type
+    return body
+
+
+def progress_of(job: dict[str, Any], events: Sequence[dict[str, Any]]) -> tuple[int, int | None]:
+    """(step, total steps) from the job's progress, else from its latest metrics event."""
+    progress = job.get("progress") or {}
+    step, total = progress.get("step"), progress.get("total_steps")
+    if step is None:
+        for event in reversed(events):
+            data = event.get("data") or {}
+            if event.get("type") == "metrics" and "step" in data:
+                step, total = data["step"], total or data.get("total_steps")
+                break
+    return int(step or 0), (int(total) if total else None)
+
+
+def metrics_of(event: dict[str, Any]) -> dict[str, float]:
+    data = event.get("data") or {}
+    return {k: float(v) for k, v in data.items() if k not in NON_METRIC_KEYS and isinstance(v, int | float)}
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
+
+
+def watch_job(
+    client: TuneryClient,
+    job_id: str,
+    *,
+    poll_seconds: float = 1.0,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    out: Any = None,
+    timeout_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Follow a job until it ends: a tqdm bar over its steps, live metrics, messages as lines.
+    Returns the final job object."""
+    from tqdm import tqdm
+
+    out = out or sys.stderr
+    seen: set[str] = set()
+    started = time.monotonic()
+    bar = tqdm(total=None, unit="step", desc=job_id[-12:], file=out, dynamic_ncols=True, leave=True)
+    try:
+        while True:
+            job = client.get_job(job_id)
+            events = client.job_events(job_id)
+            for event in events:
+                if event["id"] in seen:
+                    continue
+                seen.add(event["id"])
+                if on_event:
+                    on_event(event)
+                if event.get("type") == "metrics":
+                    metrics = metrics_of(event)
+                    if metrics:
+                        bar.set_postfix_str(format_metrics(metrics), refresh=False)
+                else:
+                    bar.write(f"[{event.get('level', 'info')}] {event.get('message', '')}", file=out)
+            step, total = progress_of(job, events)
+            if total and bar.total != total:
+                bar.total = total
+            bar.n = step
+            bar.set_description_str(f"{job_id[-12:]} {job['status']}", refresh=False)
+            bar.refresh()
+            if job["status"] in TERMINAL_STATUSES:
+                return job
+            if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+                raise CliError(f"job {job_id} still {job['status']} after {timeout_seconds:.0f}s")
+            time.sleep(poll_seconds)
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def _cmd_verticals_list(client: TuneryClient, args: argparse.Namespace) -> None:
+    verticals = client.list_verticals()
+    if args.json:
+        return _print_json(verticals)
+    rows = [
+        {"vertical": v["id"], "version": v.get("version"), "task": t["id"], "kind": t.get("kind"),
+         "metric": t.get("selection_metric")}
+        for v in verticals for t in v.get("tasks") or [{}]
+    ]  # fmt: skip
+    _print_table(rows, ["vertical", "version", "task", "kind", "metric"])
+
+
+def _cmd_files_upload(client: TuneryClient, args: argparse.Namespace) -> None:
+    uploaded = client.upload_file(Path(args.path), purpose=args.purpose)
+    if args.json:
+        return _print_json(uploaded)
+    print(f"{uploaded['id']}  {uploaded.get('filename')}  {uploaded.get('bytes')} bytes")
+
+
+def _cmd_files_list(client: TuneryClient, args: argparse.Namespace) -> None:
+    files = client.list_files()
+    if args.json:
+        return _print_json(files)
+    _print_table(files, ["id", "filename", "purpose", "bytes", "created_at"])
+
+
+def _training_file_id(client: TuneryClient, value: str) -> str:
+    """A file id as is; a local path is uploaded first."""
+    path = Path(value)
+    if path.is_file():
+        uploaded = client.upload_file(path)
+        print(f"uploaded {path} as {uploaded['id']}", file=sys.stderr)
+        return uploaded["id"]
+    if value.startswith("file-"):
+        return value
+    raise CliError(f"{value!r} is neither a local file nor a file id (file-...)")
+
+
+def _cmd_jobs_create(client: TuneryClient, args: argparse.Namespace) -> None:
+    task = resolve_task(client.list_verticals(), args.vertical, args.task)
+    defaults = task.get("default_hyperparameters") or {}
+    overrides = parse_hyperparameters(args.hyperparameter or [])
+    print(
+        f"vertical {args.vertical}, task {task['id']}; pack defaults: {format_hp(defaults)}"
+        + (f"; overrides: {format_hp(overrides)}" if overrides else ""),
+        file=sys.stderr,
+    )
+    body = job_body(
+        vertical=args.vertical,
+        task=task["id"],
+        model=args.model,
+        training_file=_training_file_id(client, args.file),
+        validation_file=_training_file_id(client, args.validation_file) if args.validation_file else None,
+        suffix=args.suffix,
+        hyperparameters=overrides,
+        training_type=args.training_type,
+    )
+    job = client.create_job(body)
+    if args.watch:
+        job = watch_job(client, job["id"])
+        _report_finished_job(job)
+    elif args.json:
+        _print_json(job)
+    else:
+        print(f"{job['id']}  {job['status']}")
+    if args.watch and job["status"] != "succeeded":
+        raise SystemExit(1)
+
+
+def format_hp(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items())) or "none"
+
+
+def _report_finished_job(job: dict[str, Any]) -> None:
+    print(f"{job['id']}  {job['status']}")
+    if job.get("fine_tuned_model"):
+        print(f"fine-tuned model: {job['fine_tuned_model']}")
+    if job.get("error"):
+        print(f"error: {(job['error'] or {}).get('message')}")
+
+
+def _cmd_jobs_watch(client: TuneryClient, args: argparse.Namespace) -> None:
+    job = watch_job(client, args.job_id, poll_seconds=args.poll)
+    _report_finished_job(job)
+    if job["status"] != "succeeded":
+        raise SystemExit(1)
+
+
+def _cmd_jobs_list(client: TuneryClient, args: argparse.Namespace) -> None:
+    jobs = client.list_jobs(limit=args.limit)
+    if args.json:
+        return _print_json(jobs)
+    _print_table(jobs, ["id", "status", "model", "fine_tuned_model", "created_at"])
+
+
+def _cmd_jobs_get(client: TuneryClient, args: argparse.Namespace) -> None:
+    _print_json(client.get_job(args.job_id))
+
+
+def _cmd_jobs_events(client: TuneryClient, args: argparse.Namespace) -> None:
+    events = client.job_events(args.job_id)
+    if args.json:
+        return _print_json(events)
+    for event in events:
+        extra = format_metrics(metrics_of(event)) if event.get("type") == "metrics" else ""
+        print(
+            f"{event.get('created_at')}  {event.get('level', 'info'):5}  {event.get('message', '')}  {extra}".rstrip()
+        )
+
+
+def _cmd_jobs_cancel(client: TuneryClient, args: argparse.Namespace) -> None:
+    job = client.cancel_job(args.job_id)
+    print(f"{job['id']}  {job['status']}")
+
+
+def _cmd_models_list(client: TuneryClient, args: argparse.Namespace) -> None:
+    models = client.list_models()
+    if args.json:
+        return _print_json(models)
+    _print_table(models, ["id", "owned_by", "created"])
+
+
+def _cmd_deploy(client: TuneryClient, args: argparse.Namespace) -> None:
+    deployment = client.deploy(args.model)
+    if args.json:
+        return _print_json(deployment)
+    print(f"{deployment.get('id')}  {deployment.get('model')}  {deployment.get('status')}")
+
+
+def _cmd_deployments_list(client: TuneryClient, args: argparse.Namespace) -> None:
+    deployments = client.list_deployments()
+    if args.json:
+        return _print_json(deployments)
+    _print_table(deployments, ["id", "model", "status"])
+
+
+def _cmd_predict(client: TuneryClient, args: argparse.Namespace) -> None:
+    if args.input_json:
+        try:
+            inputs = json.loads(args.input_json)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--input-json is not JSON: {exc}") from exc
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+    elif args.text:
+        inputs = [{"text": text} for text in args.text]
+    else:
+        raise CliError("give one or more texts, or --input-json")
+    _print_json(client.predict(args.model, inputs))
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunery", description="Tunery tenant command-line client.")
+    parser.add_argument("--api-key", help="API key (default: $TUNERY_API_KEY or the config file)")
+    parser.add_argument("--base-url", help=f"server URL (default: $TUNERY_BASE_URL or {DEFAULT_BASE_URL})")
+    parser.add_argument("--json", action="store_true", help="print raw JSON objects")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    verticals = commands.add_parser("verticals", help="vertical packs enabled for you").add_subparsers(required=True)
+    verticals.add_parser("list", help="packs, their tasks and metrics").set_defaults(run=_cmd_verticals_list)
+
+    files = commands.add_parser("files", help="training files").add_subparsers(required=True)
+    upload = files.add_parser("upload", help="upload a JSONL or CSV file")
+    upload.add_argument("path")
+    upload.add_argument("--purpose", default="fine-tune")
+    upload.set_defaults(run=_cmd_files_upload)
+    files.add_parser("list", help="your files").set_defaults(run=_cmd_files_list)
+
+    jobs = commands.add_parser("jobs", help="fine-tuning jobs").add_subparsers(required=True)
+    create = jobs.add_parser("create", help="fine-tune a model with a pack's defaults")
+    create.add_argument("--vertical", required=True, help="pack id, e.g. customer_service")
+    create.add_argument("--task", help="task id (default: the pack's first task)")
+    create.add_argument("--model", default="all-minilm-l6-v2", help="base model (default: all-minilm-l6-v2)")
+    create.add_argument("--file", required=True, help="training file id, or a local file to upload")
+    create.add_argument("--validation-file", help="validation file id or local file")
+    create.add_argument("--suffix")
+    create.add_argument("--training-type", choices=["lora", "full"])
+    create.add_argument("--hyperparameter", "-p", action="append", metavar="NAME=VALUE", help="override a default")
+    create.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    create.set_defaults(run=_cmd_jobs_create)
+    watch = jobs.add_parser("watch", help="progress bar and live metrics until the job ends")
+    watch.add_argument("job_id")
+    watch.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
+    watch.set_defaults(run=_cmd_jobs_watch)
+    listing = jobs.add_parser("list", help="your recent jobs")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.set_defaults(run=_cmd_jobs_list)
+    for name, run, helptext in (
+        ("get", _cmd_jobs_get, "a job as JSON"),
+        ("events", _cmd_jobs_events, "a job's events, oldest first"),
+        ("cancel", _cmd_jobs_cancel, "cancel a job"),
+    ):
+        sub = jobs.add_parser(name, help=helptext)
+        sub.add_argument("job_id")
+        sub.set_defaults(run=run)
+
+    models = commands.add_parser("models", help="base and fine-tuned models").add_subparsers(required=True)
+    models.add_parser("list").set_defaults(run=_cmd_models_list)
+
+    deploy = commands.add_parser("deploy", help="deploy a fine-tuned model")
+    deploy.add_argument("model", help="fine-tuned model id (ft:...)")
+    deploy.set_defaults(run=_cmd_deploy)
+    deployments = commands.add_parser("deployments", help="your deployments").add_subparsers(required=True)
+    deployments.add_parser("list").set_defaults(run=_cmd_deployments_list)
+
+    predict = commands.add_parser("predict", help="predictions from a deployed model")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("text", nargs="*", help="texts to classify")
+    predict.add_argument("--input-json", help="input objects as JSON (for pair or token tasks)")
+    predict.set_defaults(run=_cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        client = TuneryClient.from_settings(load_settings(args.api_key, args.base_url))
+        try:
+            args.run(client, args)
+        finally:
+            client.close()
+    except CliError as exc:
+        print(f"tunery: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
