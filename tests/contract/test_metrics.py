@@ -148,3 +148,12 @@ def test_summaries_name_their_keys_by_label():
     lm = m.language_model_summary(EvalOutput(TaskKind.CAUSAL_LM, eval_loss=math.log(4)))
     assert lm["perplexity"] == pytest.approx(4.0)
     assert m.language_model_summary(EvalOutput(TaskKind.CAUSAL_LM)) == {}
+
+
+def test_model_card_helpers_render_markdown():
+    from tunery_contract.cards import metrics_table, settings_list
+
+    table = metrics_table({"f1": 0.8123456, "loss": 1.0, "ignored": 3.0}, keys=["f1", "loss", "absent"])
+    assert table.splitlines() == ["| metric | value |", "|---|---|", "| f1 | 0.8123 |", "| loss | 1.0000 |"]
+    assert metrics_table({}) == "_No evaluation metrics were recorded._"
+    assert settings_list({"lora_r": 8}, ["lora_r", "n_epochs"]) == "- `lora_r`: 8"

@@ -1,0 +1,201 @@
+"""Customer-service vertical: intent classification with reply selection and hand-off to a human
+agent below a confidence threshold, plus generative replies for causal-LM base models.
+
+Tenant configuration (the admin edits it per tenant)::
+
+    {"reply_templates": {"<intent>": "<reply text>"},
+     "handoff_threshold": 0.5,
+     "handoff_reply": "Let me connect you with a colleague who can help."}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tunery_contract import (
+    Column,
+    ColumnType,
+    DatasetSchema,
+    EvalOutput,
+    Prediction,
+    TaskDefinition,
+    TaskKind,
+    VerticalPack,
+)
+from tunery_contract import metrics as m
+from tunery_contract.cards import metrics_table, settings_list
+
+__version__ = "1.0.0"
+
+DEFAULT_HANDOFF_THRESHOLD = 0.5
+DEFAULT_HANDOFF_REPLY = "Let me connect you with a colleague who can help you with this."
+#: Replies for the sample data's intents; a tenant replaces them with its own.
+SAMPLE_REPLY_TEMPLATES = {
+    "card_arrival": "Cards usually arrive within 5 working days. If yours has not arrived after 10, "
+    "I can order a replacement for free.",
+    "lost_or_stolen_card": "I have frozen your card so nobody can use it. You can order a replacement in the "
+    "app under Cards.",
+    "transfer_failed": "Sorry about the failed transfer. The money is back in your account within 1 working "
+    "day; please check the recipient details and try again.",
+    "refund_request": "Refunds from merchants take up to 10 working days to appear. If it is later than that, "
+    "I can open a dispute for you.",
+    "change_address": "You can change your address in the app under Profile > Personal details.",
+    "account_balance": "Your balance is shown at the top of the Home screen in the app.",
+    "exchange_rate": "We use the interbank rate at the time of payment, with a 0.5% markup at weekends.",
+    "cancel_subscription": "You can cancel your plan in Settings > Plan; it stays active until the end of "
+    "the paid month.",
+}
+
+
+def intent_metrics(out: EvalOutput) -> dict[str, float]:
+    """accuracy, macro_f1, mcc, recall per intent, and what the default hand-off threshold gives:
+    ``coverage_at_handoff`` (share answered automatically) and ``accuracy_at_handoff`` (on those)."""
+    summary = m.classification_summary(out)
+    if out.scores is not None:
+        coverage, answered_accuracy = m.coverage_and_accuracy_at(
+            list(out.y_true), [list(s) for s in out.scores], DEFAULT_HANDOFF_THRESHOLD
+        )
+        summary["coverage_at_handoff"] = coverage
+        summary["accuracy_at_handoff"] = answered_accuracy
+    return summary
+
+
+def select_reply(prediction: Prediction, item: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """The intent, and the tenant's reply for it, or a hand-off when the model is not confident
+    enough or the tenant has no reply for that intent."""
+    threshold = float(config.get("handoff_threshold", DEFAULT_HANDOFF_THRESHOLD))
+    templates: Mapping[str, str] = config.get("reply_templates") or {}
+    intent, confidence = prediction.top_label()
+    probabilities = prediction.probabilities or []
+    ranked = sorted(zip(prediction.label_names, probabilities), key=lambda pair: -pair[1])
+    reason = None
+    if confidence < threshold:
+        reason = "low_confidence"
+    elif intent not in templates:
+        reason = "no_template"
+    return {
+        "intent": intent,
+        "confidence": confidence,
+        "handoff": reason is not None,
+        "handoff_reason": reason,
+        "reply": str(config.get("handoff_reply", DEFAULT_HANDOFF_REPLY)) if reason else templates[intent],
+        "alternatives": [{"intent": name, "confidence": p} for name, p in ranked[1:3]],
+    }
+
+
+def generated_reply(prediction: Prediction, item: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """A generated reply; an empty generation becomes a hand-off rather than a blank answer."""
+    text = (prediction.text or "").strip()
+    return {
+        "reply": text or str(config.get("handoff_reply", DEFAULT_HANDOFF_REPLY)),
+        "handoff": not text,
+    }
+
+
+def intent_card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
+    return "\n\n".join(
+        [
+            "### Customer service: intent classification",
+            "Predicts the customer's intent. Replies come from the tenant's templates; below the "
+            f"hand-off threshold (default {DEFAULT_HANDOFF_THRESHOLD}) the request goes to a human agent.",
+            metrics_table(metrics, ["accuracy", "macro_f1", "coverage_at_handoff", "accuracy_at_handoff"]),
+            "Training settings:\n" + settings_list(config, ["training_type", "n_epochs", "learning_rate"]),
+            "Limitations: intents outside the training labels are forced onto the nearest known intent; "
+            "keep a hand-off threshold so such requests reach a person.",
+        ]
+    )
+
+
+def reply_card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
+    return "\n\n".join(
+        [
+            "### Customer service: generated replies",
+            "Fine-tuned on past conversations (loss on the agent's turns only).",
+            metrics_table(metrics, ["eval_loss", "perplexity"]),
+            "Generated replies may state things that are not true for a given customer: review them, or "
+            "use template replies for regulated answers.",
+        ]
+    )
+
+
+ENCODER_DEFAULTS: dict[str, Any] = {
+    "training_type": "full",
+    "n_epochs": 5,
+    "batch_size": "auto",
+    "learning_rate": 5e-5,
+    "max_length": 64,
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.01,
+    "early_stopping_patience": 3,
+    "seed": 42,
+}
+CAUSAL_DEFAULTS: dict[str, Any] = {
+    "training_type": "lora",
+    "n_epochs": 2,
+    "batch_size": "auto",
+    "learning_rate": 2e-4,
+    "max_length": 512,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "warmup_ratio": 0.03,
+    "early_stopping_patience": 2,
+    "seed": 42,
+}
+
+INTENT = TaskDefinition(
+    id="intent",
+    name="Intent classification with reply selection",
+    kind=TaskKind.SEQUENCE_CLASSIFICATION,
+    description="One intent per customer message; the tenant's reply template for the intent, or a hand-off.",
+    schema=DatasetSchema(
+        (
+            Column("text", ColumnType.TEXT, "the customer's message", role="text"),
+            Column("label", ColumnType.LABEL, "the intent (your own intent names)", role="label"),
+        )
+    ),
+    metrics=intent_metrics,
+    selection_metric="macro_f1",
+    default_hyperparameters=ENCODER_DEFAULTS,
+    postprocess=select_reply,
+    sample_data="intent_sample.csv",
+    model_card=intent_card,
+    suitable_architectures=("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert"),
+)
+
+REPLY = TaskDefinition(
+    id="reply",
+    name="Generated replies",
+    kind=TaskKind.CAUSAL_LM,
+    description="Fine-tunes a causal LM on past conversations to draft agent replies.",
+    schema=DatasetSchema(
+        (Column("messages", ColumnType.MESSAGES, "a conversation in OpenAI chat format", role="messages"),)
+    ),
+    metrics=m.language_model_summary,
+    selection_metric="eval_loss",
+    greater_is_better=False,
+    default_hyperparameters=CAUSAL_DEFAULTS,
+    postprocess=generated_reply,
+    sample_data="reply_sample.jsonl",
+    model_card=reply_card,
+    suitable_architectures=("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"),
+)
+
+pack = VerticalPack(
+    id="customer_service",
+    name="Customer service",
+    version=__version__,
+    tasks=(INTENT, REPLY),
+    description="Intent classification with per-tenant reply templates and hand-off to a human agent; "
+    "optional generated replies from past conversations.",
+    config_defaults={
+        "reply_templates": SAMPLE_REPLY_TEMPLATES,
+        "handoff_threshold": DEFAULT_HANDOFF_THRESHOLD,
+        "handoff_reply": DEFAULT_HANDOFF_REPLY,
+    },
+    license="Apache-2.0; sample data written for the project (CC0)",
+    package="tunery_customer_service",
+)
+
+__all__ = ["INTENT", "REPLY", "generated_reply", "intent_metrics", "pack", "select_reply"]
