@@ -94,7 +94,7 @@ def full_artifact(directory: Path, kind: TaskKind, labels: Sequence[str] = (), s
             tie_word_embeddings=True,
             pad_token_id=tok.pad_token_id,
             bos_token_id=tok.cls_token_id,
-            eos_token_id=tok.sep_token_id,
+            eos_token_id=tok.vocab_size - 1,  # a token random weights will not pick: generations run to length
         )
         model: Any = LlamaForCausalLM(config)
         tok.chat_template = CHAT_TEMPLATE

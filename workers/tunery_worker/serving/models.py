@@ -11,19 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from tunery_contract import Prediction, TaskKind
+from tunery_worker import modeling
+from tunery_worker.errors import ModelLoadError
 from tunery_worker.serving.artifact import ArtifactError, ArtifactInfo
+from tunery_worker.sft import BUILTIN_CHAT_TEMPLATE
 
 PAIR_KINDS = (TaskKind.TEXT_PAIR_CLASSIFICATION, TaskKind.TEXT_PAIR_REGRESSION)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -63,12 +57,20 @@ def module_bytes(module: torch.nn.Module, only: Callable[[str], bool] | None = N
     return sum(t.numel() * t.element_size() for name, t in tensors if only is None or only(name))
 
 
-def model_class(kind: TaskKind) -> Any:
+def model_class(kind: TaskKind) -> str:
     if kind is TaskKind.CAUSAL_LM:
-        return AutoModelForCausalLM
+        return "AutoModelForCausalLM"
     if kind is TaskKind.TOKEN_CLASSIFICATION:
-        return AutoModelForTokenClassification
-    return AutoModelForSequenceClassification
+        return "AutoModelForTokenClassification"
+    return "AutoModelForSequenceClassification"
+
+
+def load_pretrained(kind: TaskKind, path: Path, **kwargs: Any) -> Any:
+    """The engine's safe loader (safetensors only, no remote code); its errors become ArtifactError."""
+    try:
+        return modeling.load_pretrained(model_class(kind), path, dtype=torch.float32, **kwargs)
+    except ModelLoadError as exc:
+        raise ArtifactError(str(exc)) from exc
 
 
 def head_kwargs(info: ArtifactInfo) -> dict[str, Any]:
@@ -94,15 +96,17 @@ def load_tokenizer(info: ArtifactInfo) -> PreTrainedTokenizerBase:
         if not info.base_model:
             raise ArtifactError(f"artifact {info.path} has no tokenizer files")
         source = Path(info.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    try:
+        tokenizer = modeling.load_tokenizer(source)
+    except ModelLoadError as exc:
+        raise ArtifactError(str(exc)) from exc
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token or tokenizer.unk_token
+        tokenizer.pad_token = tokenizer.sep_token
     return tokenizer
 
 
 def load_full_model(info: ArtifactInfo, device: torch.device) -> torch.nn.Module:
-    model = model_class(info.kind).from_pretrained(str(info.path), dtype=torch.float32, use_safetensors=True)
-    return model.to(device).eval()
+    return load_pretrained(info.kind, info.path).to(device).eval()
 
 
 def adapter_name_for(model_id: str) -> str:
@@ -126,10 +130,7 @@ class SharedBase:
         self.key = base_key(info)
         self.device = device
         self.lock = threading.RLock()
-        self._base = model_class(info.kind).from_pretrained(
-            str(info.base_model), dtype=torch.float32, use_safetensors=True, **head_kwargs(info)
-        )
-        self._base.to(device).eval()
+        self._base = load_pretrained(info.kind, Path(str(info.base_model)), **head_kwargs(info)).to(device).eval()
         self.nbytes = module_bytes(self._base)
         self.peft_model: Any = None
         self.adapters: set[str] = set()
@@ -309,24 +310,34 @@ class LoadedModel:
         if request.prompt is not None:
             return request.prompt
         messages = [dict(m) for m in request.messages or ()]
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        # No template shipped with the artifact: the plain transcript the engine falls back to as well.
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        # The engine saves the template it trained with on the tokenizer; the built-in one otherwise.
+        template = getattr(self.tokenizer, "chat_template", None) or BUILTIN_CHAT_TEMPLATE
+        return str(
+            self.tokenizer.apply_chat_template(
+                messages, chat_template=template, add_generation_prompt=True, tokenize=False
+            )
+        )
+
+    def encode_prompt(self, request: GenerationRequest) -> torch.Tensor:
+        """Prompt ids as the engine trained them (no added special tokens), cut from the left so
+        the newest turns and room for the answer fit in ``max_length``."""
+        ids = self.tokenizer(self.render_prompt(request), add_special_tokens=False)["input_ids"]
+        room = max(self.info.max_length - request.max_new_tokens, 1)
+        return torch.tensor([ids[-room:]], dtype=torch.long)
 
     def stream(self, request: GenerationRequest, result: GenerationResult) -> Iterator[str]:
         """Yield text pieces as they are generated; ``result`` is filled in as a side effect
         (token counts, finish reason). Closing the iterator early stops generation."""
         if self.kind is not TaskKind.CAUSAL_LM:
             raise ArtifactError(f"a {self.kind.value} model does not generate text")
-        prompt = self.render_prompt(request)
-        encoded = self.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=self.info.max_length)
-        result.prompt_tokens = int(encoded["input_ids"].shape[1])
+        input_ids = self.encode_prompt(request)
+        result.prompt_tokens = int(input_ids.shape[1])
         streamer = _CountingStreamer(self.tokenizer, timeout=GENERATION_TOKEN_TIMEOUT)
         stop_flag = threading.Event()
         sampling = request.temperature > 0
         kwargs: dict[str, Any] = {
-            **{k: v.to(self.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")},
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": torch.ones_like(input_ids).to(self.device),
             "max_new_tokens": request.max_new_tokens,
             "do_sample": sampling,
             "streamer": streamer,
