@@ -5,6 +5,8 @@ same code runs embedded (SQLite, filesystem broker, local storage, CPU) and in p
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -129,6 +131,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "tunery.core.errors.openai_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tunery.core.negotiation.IgnoreClientAccept",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -150,6 +153,21 @@ REDIS_URL = os.environ.get("TUNERY_REDIS_URL", "")  # rate limits; falls back to
 TUNERY_JOB_LEASE_SECONDS = env_int("TUNERY_JOB_LEASE_SECONDS", 120)
 TUNERY_JOB_MAX_ATTEMPTS = env_int("TUNERY_JOB_MAX_ATTEMPTS", 3)
 TUNERY_RECONCILE_EVERY_SECONDS = env_int("TUNERY_RECONCILE_EVERY_SECONDS", 30)
+# Job queue (tunery.jobs): how the runner starts the engine and how often it renews and checks.
+#: The engine's command line; the job's SPEC.json path is appended (shlex syntax).
+TUNERY_ENGINE_COMMAND = shlex.split(os.environ.get("TUNERY_ENGINE_COMMAND", "")) or [
+    sys.executable,
+    "-m",
+    "tunery_worker",
+    "run",
+]
+#: Seconds between lease renewals / pause-cancel checks of a running job (also bounds cancel latency).
+TUNERY_JOB_POLL_SECONDS = float(os.environ.get("TUNERY_JOB_POLL_SECONDS") or 2)
+#: A queued or validating job whose wake-up message is older than this is sent again.
+TUNERY_JOB_REDISPATCH_SECONDS = env_int("TUNERY_JOB_REDISPATCH_SECONDS", 120)
+#: Redis only: an unacknowledged message is redelivered after this many seconds (the lease, not
+#: this, decides who owns a job; a redelivered message for a running job does nothing).
+TUNERY_BROKER_VISIBILITY_TIMEOUT = env_int("TUNERY_BROKER_VISIBILITY_TIMEOUT", 3600)
 
 #: Bytes of models the inference runtime keeps loaded per process (least recently used out).
 TUNERY_MODEL_CACHE_BYTES = env_int("TUNERY_MODEL_CACHE_BYTES", 2 * 1024**3)

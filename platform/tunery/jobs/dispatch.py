@@ -1,17 +1,63 @@
 """The seam between the API and the job queue: the API calls these after committing a change to a
-job row; the queue decides what message (if any) wakes a worker. Owned by the job-queue work;
-until it lands these only record intent (the row's status is the source of truth either way)."""
+job row; they send the Celery message that wakes a worker, once the transaction has committed.
+
+A message is only a wake-up: the row's status is the source of truth. A message that is lost (a
+broker restart, a publish while the broker is down) costs latency, never the job: the reconciler
+re-sends for every validating or queued job whose last message is older than
+``TUNERY_JOB_REDISPATCH_SECONDS``, and messages expire after that long so they do not pile up.
+"""
 
 from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from tunery.jobs import lifecycle
+from tunery.jobs.models import FineTuningJob
+
+log = logging.getLogger(__name__)
 
 
 def job_created(job_id: str) -> None:
     """A job row was created in status validating_files: validate its files, then queue it."""
+    transaction.on_commit(lambda: send_validation(job_id))
 
 
 def job_resumed(job_id: str) -> None:
     """A paused job was set back to queued: wake a worker for it."""
+    transaction.on_commit(lambda: send_run(job_id))
 
 
 def job_action_requested(job_id: str, action: str) -> None:
-    """A client asked to 'pause' or 'cancel' a running job (job.requested_action is set)."""
+    """A client asked to 'pause' or 'cancel' a running job (job.requested_action is set).
+
+    Nothing to send: the job's runner reads requested_action each time it renews the lease
+    (every ``TUNERY_JOB_POLL_SECONDS``) and tells the engine through its CONTROL file."""
+
+
+def send_validation(job_id: str) -> bool:
+    from tunery.jobs.tasks import validate_job_files
+
+    return _publish(validate_job_files, job_id, "cpu")
+
+
+def send_run(job_id: str, queue: str | None = None) -> bool:
+    from tunery.jobs.tasks import run_job
+
+    if queue is None:
+        queue = FineTuningJob.objects.values_list("queue", flat=True).filter(pk=job_id).first()
+        if queue is None:
+            return False
+    return _publish(run_job, job_id, queue)
+
+
+def _publish(task, job_id: str, queue: str) -> bool:
+    try:
+        task.apply_async(args=[job_id], queue=queue, expires=float(settings.TUNERY_JOB_REDISPATCH_SECONDS))
+    except Exception as exc:  # broker down: the reconciler re-sends from the database
+        log.warning("could not send %s for job %s to queue %s: %s", task.name, job_id, queue, exc)
+        return False
+    lifecycle.mark_dispatched(job_id)
+    return True

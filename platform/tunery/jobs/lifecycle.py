@@ -1,0 +1,403 @@
+"""The job lifecycle: every status change of a fine-tuning job, as compare-and-set writes.
+
+    validating_files -> queued -> running -> succeeded | failed | cancelled
+                                  running <-> paused (resume goes through queued)
+
+A transition is ``UPDATE ... WHERE id = %s AND status = <expected> [AND lease_owner = <me>]``; the
+one writer that sees one updated row wins, so two workers can never both own a job, whatever the
+broker redelivers. A running job holds a lease (``lease_owner``, ``lease_expires_at``) that its
+runner renews; the reconciler takes back jobs whose lease expired. Effects that must happen once
+per job (the fine-tuned model entry, the usage record, events, checkpoints) are keyed by unique
+constraints and written with get_or_create inside the transaction that ends the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, UsageRecord
+from tunery.jobs.queues import eligible_jobs
+
+log = logging.getLogger(__name__)
+
+Level = JobEvent.Level
+
+
+class LeaseLost(Exception):
+    """This runner no longer owns the job (the reconciler re-queued it, or it was cancelled)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an engine attempt ended, as the runner saw it."""
+
+    kind: str  # succeeded | paused | cancelled | failed | transient
+    code: str = ""
+    message: str = ""
+    artifact_dir: str = ""
+    metrics: Mapping[str, Any] | None = None
+    resolved_config: Mapping[str, Any] | None = None
+    trained_tokens: int | None = None
+
+
+def new_lease_owner() -> str:
+    """A name unique to one attempt of one runner: host, pid and a random part."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def lease_deadline(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) + timedelta(seconds=settings.TUNERY_JOB_LEASE_SECONDS)
+
+
+def _jobs(job_id: str, *statuses: str, owner: str | None = None):
+    rows = FineTuningJob.objects.filter(pk=job_id, status__in=statuses)
+    if owner is not None:
+        rows = rows.filter(lease_owner=owner)
+    return rows
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def add_event(
+    job_id: str,
+    message: str,
+    *,
+    level: str = Level.INFO,
+    type: str = "message",
+    data: Mapping[str, Any] | None = None,
+    dedupe_key: str | None = None,
+) -> bool:
+    """Append an event; with ``dedupe_key`` a second write of the same key does nothing.
+    Returns whether a row was written."""
+    fields = {"message": message, "level": level, "type": type, "data": dict(data) if data is not None else None}
+    if dedupe_key is None:
+        JobEvent.objects.create(job_id=job_id, **fields)
+        return True
+    dedupe_key = dedupe_key[:100]
+    if JobEvent.objects.filter(job_id=job_id, dedupe_key=dedupe_key).exists():
+        return False
+    try:
+        with transaction.atomic():
+            JobEvent.objects.create(job_id=job_id, dedupe_key=dedupe_key, **fields)
+    except IntegrityError:  # a concurrent writer of the same key won
+        return False
+    return True
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def mark_dispatched(job_id: str) -> None:
+    FineTuningJob.objects.filter(pk=job_id).update(dispatched_at=timezone.now())
+
+
+def pass_validation(job_id: str, summary: str) -> bool:
+    """validating_files -> queued."""
+    with transaction.atomic():
+        won = _jobs(job_id, JobStatus.VALIDATING_FILES).update(status=JobStatus.QUEUED, dispatched_at=timezone.now())
+        if won:
+            add_event(job_id, summary, dedupe_key="validation:passed")
+    return bool(won)
+
+
+def fail_validation(job_id: str, message: str, row_errors: Iterable[Mapping[str, Any]], param: str) -> bool:
+    """validating_files -> failed, with one error event per bad row (line numbers included)."""
+    with transaction.atomic():
+        won = _jobs(job_id, JobStatus.VALIDATING_FILES).update(
+            status=JobStatus.FAILED,
+            error={"code": "invalid_file", "message": message, "param": param},
+            finished_at=timezone.now(),
+        )
+        if won:
+            for index, row in enumerate(row_errors):
+                where = f"{row.get('file', param)} line {row.get('row')}"
+                column = f", column {row['column']!r}" if row.get("column") else ""
+                add_event(
+                    job_id,
+                    f"{where}{column}: {row.get('message')}",
+                    level=Level.ERROR,
+                    data=dict(row),
+                    dedupe_key=f"validation:error:{index}",
+                )
+            add_event(job_id, f"File validation failed: {message}", level=Level.ERROR, dedupe_key="validation:failed")
+    return bool(won)
+
+
+# -- claiming and the lease --------------------------------------------------------------------
+
+
+def claim_next_job(queue: str, owner: str) -> FineTuningJob | None:
+    """Take the fairest eligible queued job of ``queue`` (queued -> running) or None.
+
+    The tenant row is locked while its running jobs are counted, so two workers cannot both push
+    a tenant over its limit; the job itself is taken with a compare-and-set on its status.
+    """
+    from tunery.tenants.models import Tenant
+
+    skipped: set[int] = set()
+    for _ in range(10):
+        candidates = [job for job in eligible_jobs(queue) if job.tenant_id not in skipped]
+        if not candidates:
+            return None
+        job = candidates[0]
+        now = timezone.now()
+        with transaction.atomic():
+            tenant = Tenant.objects.select_for_update().get(pk=job.tenant_id)
+            running = FineTuningJob.objects.filter(tenant_id=tenant.pk, status=JobStatus.RUNNING).count()
+            if running >= tenant.max_concurrent_jobs:
+                skipped.add(tenant.pk)
+                continue
+            won = (
+                _jobs(job.pk, JobStatus.QUEUED)
+                .exclude(requested_action="cancel")
+                .update(
+                    status=JobStatus.RUNNING,
+                    lease_owner=owner,
+                    lease_expires_at=lease_deadline(now),
+                    heartbeat_at=now,
+                    attempts=F("attempts") + 1,
+                    started_at=Coalesce(F("started_at"), now),
+                    requested_action="",
+                )
+            )
+            if won:
+                claimed = FineTuningJob.objects.select_related("tenant", "base_model").get(pk=job.pk)
+                add_event(
+                    job.pk,
+                    f"Fine-tuning job started (attempt {claimed.attempts})",
+                    dedupe_key=f"attempt:{claimed.attempts}:started",
+                )
+                return claimed
+    return None
+
+
+def renew_lease(job_id: str, owner: str, **fields: Any) -> str:
+    """Extend the lease (and write ``fields``). Returns the requested action ('', 'pause' or
+    'cancel'); raises LeaseLost when this runner no longer owns the job."""
+    now = timezone.now()
+    won = _jobs(job_id, JobStatus.RUNNING, owner=owner).update(
+        lease_expires_at=lease_deadline(now), heartbeat_at=now, **fields
+    )
+    if not won:
+        raise LeaseLost(job_id)
+    return FineTuningJob.objects.filter(pk=job_id).values_list("requested_action", flat=True).first() or ""
+
+
+def record_checkpoint(
+    job_id: str, owner: str, step: int, path: str, metrics: Mapping[str, Any] | None, is_best: bool
+) -> str:
+    """One JobCheckpoint per (job, step), however many attempts reach that step."""
+    with transaction.atomic():
+        action = renew_lease(job_id, owner, current_checkpoint=path)
+        checkpoint, created = JobCheckpoint.objects.get_or_create(
+            job_id=job_id, step_number=step, defaults={"path": path, "metrics": dict(metrics or {}), "is_best": is_best}
+        )
+        if not created and (checkpoint.path != path or (metrics and checkpoint.metrics != dict(metrics))):
+            checkpoint.path, checkpoint.metrics, checkpoint.is_best = path, dict(metrics or checkpoint.metrics), is_best
+            checkpoint.save(update_fields=["path", "metrics", "is_best"])
+        if is_best:
+            JobCheckpoint.objects.filter(job_id=job_id, is_best=True).exclude(pk=checkpoint.pk).update(is_best=False)
+    return action
+
+
+# -- ending an attempt -------------------------------------------------------------------------
+
+
+def _attempt_fields(started: datetime | None) -> dict[str, Any]:
+    seconds = (timezone.now() - started).total_seconds() if started else 0.0
+    return {
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "training_seconds": F("training_seconds") + max(seconds, 0.0),
+    }
+
+
+def _write_usage(job: FineTuningJob) -> None:
+    UsageRecord.objects.get_or_create(
+        job=job,
+        defaults={
+            "tenant_id": job.tenant_id,
+            "training_seconds": job.training_seconds,
+            "trained_tokens": job.trained_tokens or 0,
+            "gpu_count": job.gpus,
+        },
+    )
+
+
+def fine_tuned_model_id(job: FineTuningJob) -> str:
+    """OpenAI's shape: ``ft:<base>:<tenant>:<suffix>:<job id>``."""
+    return f"ft:{job.base_model.name}:{job.tenant.slug}:{job.suffix}:{job.pk}"
+
+
+def finish_attempt(job_id: str, owner: str, outcome: Outcome, attempt_started: datetime | None) -> str:
+    """End a running attempt according to ``outcome``. Returns the status the job ended in, or ''
+    when this runner had lost the job (nothing written)."""
+    with transaction.atomic():
+        job = (
+            FineTuningJob.objects.select_for_update()
+            .filter(pk=job_id, status=JobStatus.RUNNING, lease_owner=owner)
+            .select_related("tenant", "base_model")
+            .first()
+        )
+        if job is None:
+            return ""
+        fields = _attempt_fields(attempt_started)
+        now = timezone.now()
+        if outcome.kind == "succeeded":
+            status = _succeed(job, outcome, fields, now)
+        elif outcome.kind == "paused":
+            status = JobStatus.PAUSED
+            fields.update(status=status, requested_action="", estimated_finish=None)
+            _jobs(job_id, JobStatus.RUNNING).update(**fields)
+            add_event(job_id, "Fine-tuning job paused", dedupe_key=f"attempt:{job.attempts}:paused")
+        elif outcome.kind == "cancelled":
+            status = JobStatus.CANCELLED
+            fields.update(status=status, requested_action="", finished_at=now, estimated_finish=None)
+            _jobs(job_id, JobStatus.RUNNING).update(**fields)
+            add_event(job_id, "Fine-tuning job cancelled", dedupe_key="cancelled")
+        elif outcome.kind == "transient" and job.attempts < settings.TUNERY_JOB_MAX_ATTEMPTS:
+            status = JobStatus.QUEUED
+            fields.update(status=status, dispatched_at=None)
+            _jobs(job_id, JobStatus.RUNNING).update(**fields)
+            add_event(
+                job_id,
+                f"Attempt {job.attempts} failed ({outcome.message or outcome.code}); the job is queued again",
+                level=Level.WARN,
+                dedupe_key=f"attempt:{job.attempts}:retry",
+            )
+        else:
+            status = JobStatus.FAILED
+            message = outcome.message or "training failed"
+            if outcome.kind == "transient":
+                message = f"training failed {job.attempts} times; last error: {message}"
+            fields.update(
+                status=status,
+                error={"code": outcome.code or "training_failed", "message": message, "param": None},
+                finished_at=now,
+                estimated_finish=None,
+            )
+            _jobs(job_id, JobStatus.RUNNING).update(**fields)
+            add_event(job_id, f"Fine-tuning job failed: {message}", level=Level.ERROR, dedupe_key="failed")
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+            job.refresh_from_db()
+            _write_usage(job)
+    return status
+
+
+def _succeed(job: FineTuningJob, outcome: Outcome, fields: dict[str, Any], now: datetime) -> str:
+    from tunery.catalog.models import FineTunedModel
+
+    model, _ = FineTunedModel.objects.get_or_create(
+        job=job,
+        defaults={
+            "id": fine_tuned_model_id(job),
+            "tenant_id": job.tenant_id,
+            "base_model_id": job.base_model_id,
+            "artifact_path": outcome.artifact_dir,
+            "vertical": job.vertical,
+            "task": job.task,
+            "metrics": dict(outcome.metrics or {}),
+        },
+    )
+    fields.update(
+        status=JobStatus.SUCCEEDED,
+        finished_at=now,
+        estimated_finish=None,
+        requested_action="",
+        result_files=[outcome.artifact_dir] if outcome.artifact_dir else [],
+        progress={**job.progress, "step": job.progress.get("total_steps", job.progress.get("step"))},
+    )
+    if outcome.resolved_config:
+        fields["resolved_config"] = dict(outcome.resolved_config)
+    if outcome.trained_tokens is not None:
+        fields["trained_tokens"] = outcome.trained_tokens
+    _jobs(job.pk, JobStatus.RUNNING).update(**fields)
+    add_event(
+        job.pk,
+        "The job has successfully completed",
+        data={"fine_tuned_model": model.pk, "metrics": dict(outcome.metrics or {})},
+        dedupe_key="succeeded",
+    )
+    return JobStatus.SUCCEEDED
+
+
+# -- the reconciler's transitions --------------------------------------------------------------
+
+
+def take_back_expired(job: FineTuningJob) -> str:
+    """A running job whose lease expired: its worker died or lost touch. Re-queue it (the next
+    attempt resumes from its last checkpoint), or end it if attempts are used up or the client
+    had asked to cancel or pause. Returns the new status, or '' if someone else moved it first."""
+    now = timezone.now()
+    owner = job.lease_owner
+    expired = _jobs(job.pk, JobStatus.RUNNING, owner=owner).filter(lease_expires_at__lt=now)
+    fields: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None, "estimated_finish": None}
+    if job.requested_action == "cancel":
+        status, message = JobStatus.CANCELLED, "Fine-tuning job cancelled (its worker had stopped)"
+        fields.update(finished_at=now, requested_action="")
+    elif job.requested_action == "pause":
+        status, message = JobStatus.PAUSED, "Fine-tuning job paused (its worker had stopped)"
+        fields.update(requested_action="")
+    elif job.attempts >= settings.TUNERY_JOB_MAX_ATTEMPTS:
+        status = JobStatus.FAILED
+        message = f"worker died {job.attempts} times while running this job"
+        fields.update(finished_at=now, error={"code": "worker_died", "message": message, "param": None})
+    else:
+        status, message = JobStatus.QUEUED, f"Attempt {job.attempts} lost its worker; the job is queued again"
+        fields.update(dispatched_at=None)
+    with transaction.atomic():
+        if not expired.update(status=status, **fields):
+            return ""
+        level = Level.ERROR if status == JobStatus.FAILED else Level.WARN
+        add_event(job.pk, message, level=level, dedupe_key=f"attempt:{job.attempts}:lease_expired")
+        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            _write_usage(FineTuningJob.objects.get(pk=job.pk))
+    return status
+
+
+# -- client requests ---------------------------------------------------------------------------
+
+
+def request_cancel(job_id: str) -> str:
+    """Cancel: at once when no worker holds the job, else ask the runner (it stops the engine
+    between steps). Returns the status now (running means 'cancelling')."""
+    now = timezone.now()
+    with transaction.atomic():
+        stopped = _jobs(job_id, JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.PAUSED).update(
+            status=JobStatus.CANCELLED, finished_at=now, lease_owner="", lease_expires_at=None, requested_action=""
+        )
+        if stopped:
+            add_event(job_id, "Fine-tuning job cancelled", dedupe_key="cancelled")
+            return JobStatus.CANCELLED
+        _jobs(job_id, JobStatus.RUNNING).update(requested_action="cancel")
+    return FineTuningJob.objects.values_list("status", flat=True).get(pk=job_id)
+
+
+def request_pause(job_id: str) -> str:
+    """Pause a running job: the runner tells the engine, which checkpoints and exits."""
+    if _jobs(job_id, JobStatus.RUNNING).exclude(requested_action="cancel").update(requested_action="pause"):
+        add_event(job_id, "Pause requested", dedupe_key=f"pause_requested:{timezone.now().timestamp():.0f}")
+    return FineTuningJob.objects.values_list("status", flat=True).get(pk=job_id)
+
+
+def resume(job_id: str) -> bool:
+    """paused -> queued; the next attempt resumes from the pause checkpoint."""
+    with transaction.atomic():
+        won = _jobs(job_id, JobStatus.PAUSED).update(status=JobStatus.QUEUED, dispatched_at=None, requested_action="")
+        if won:
+            add_event(job_id, "Fine-tuning job resumed", dedupe_key=f"resumed:{timezone.now().timestamp():.3f}")
+    return bool(won)

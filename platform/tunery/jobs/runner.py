@@ -1,0 +1,380 @@
+"""Runs one claimed attempt of a job: spawns the engine process and streams its events into the DB.
+
+The engine (``python -m tunery_worker run SPEC.json``; under torchrun for several GPUs) is a fresh
+process per attempt, so the worker never touches CUDA and GPU memory is returned when it exits.
+It prints one JSON event per line, reads ``CONTROL`` ("pause"/"cancel") between steps, resumes by
+itself from the latest complete checkpoint in ``output_dir/checkpoints`` and exits with 0
+(succeeded), 3 (paused), 4 (cancelled), 2 (permanent error) or anything else (transient/crash).
+
+The runner renews the job's lease on every event and on a timer; when a renewal finds the lease
+gone (the reconciler gave the job to another worker) it kills the engine and writes nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from tunery.jobs import lifecycle
+from tunery.jobs.lifecycle import LeaseLost, Outcome
+from tunery.jobs.models import FineTuningJob
+
+log = logging.getLogger(__name__)
+
+EXIT_SUCCEEDED, EXIT_PERMANENT, EXIT_PAUSED, EXIT_CANCELLED = 0, 2, 3, 4
+#: After asking the engine to pause or cancel, how long it may take to reach a step boundary.
+CONTROL_GRACE_SECONDS = 120.0
+
+
+class SpecError(Exception):
+    """The job cannot be turned into an engine spec (missing file or base model): permanent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def output_dir(job: FineTuningJob) -> Path:
+    return Path(settings.TUNERY_ARTIFACTS_DIR) / job.tenant.slug / job.pk
+
+
+def engine_command(spec_path: Path, gpus: int) -> list[str]:
+    """The engine's command line; several GPUs on one host go through torchrun."""
+    command = [*settings.TUNERY_ENGINE_COMMAND, str(spec_path)]
+    if gpus <= 1:
+        return command
+    launcher = ["--standalone", "--nproc_per_node", str(gpus)]
+    if len(command) > 2 and command[1] == "-m":
+        return [command[0], "-m", "torch.distributed.run", *launcher, *command[1:]]
+    return ["torchrun", *launcher, "--no-python", *command]
+
+
+def resolve_base_model_path(base_model: Any) -> str:
+    if base_model.local_path:
+        path = Path(base_model.local_path)
+        if not path.is_dir():
+            raise SpecError("model_not_found", f"base model {base_model.name!r}: {path} is not a directory")
+        return str(path)
+    if base_model.package:
+        try:
+            module = importlib.import_module(base_model.package.replace("-", "_"))
+            return str(module.get_model_path())
+        except (ImportError, AttributeError) as exc:
+            raise SpecError("model_not_found", f"base model {base_model.name!r}: package unusable ({exc})") from exc
+    raise SpecError("model_not_found", f"base model {base_model.name!r} has neither a local path nor a package")
+
+
+def materialise_file(file: Any, folder: Path) -> str:
+    """A local path to an uploaded file: the storage's own path, or a downloaded copy (S3)."""
+    try:
+        return file.content.storage.path(file.content.name)
+    except NotImplementedError:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{file.pk}.{file.format}"
+        if not target.exists():
+            partial = target.with_suffix(".part")
+            with file.content.open("rb") as source, partial.open("wb") as sink:
+                shutil.copyfileobj(source, sink)
+            partial.replace(target)
+        return str(target)
+
+
+def _teacher_path(job: FineTuningJob) -> str | None:
+    if not job.teacher_model:
+        return None
+    from tunery.catalog.models import BaseModel, FineTunedModel
+
+    tuned = FineTunedModel.objects.filter(pk=job.teacher_model, tenant_id=job.tenant_id).first()
+    if tuned is not None:
+        return tuned.artifact_path
+    base = BaseModel.objects.filter(name=job.teacher_model, is_active=True).first()
+    if base is None:
+        raise SpecError("model_not_found", f"teacher model {job.teacher_model!r} does not exist")
+    return resolve_base_model_path(base)
+
+
+def build_spec(job: FineTuningJob, out: Path) -> dict[str, Any]:
+    from tunery.verticals.models import VerticalEnablement
+
+    inputs = out / "inputs"
+    config = dict(job.requested_hyperparameters or {})
+    if job.seed is not None:
+        config.setdefault("seed", job.seed)
+    enablement = VerticalEnablement.objects.filter(tenant_id=job.tenant_id, vertical=job.vertical).first()
+    return {
+        "base_model": resolve_base_model_path(job.base_model),
+        "vertical": job.vertical,
+        "task": job.task,
+        "train_file": materialise_file(job.training_file, inputs),
+        "validation_file": materialise_file(job.validation_file, inputs) if job.validation_file_id else None,
+        "output_dir": str(out),
+        "config": config,
+        "tenant_config": dict(enablement.config) if enablement else {},
+        "teacher_model": _teacher_path(job),
+    }
+
+
+def _die_with_parent() -> None:
+    """In the engine child: get SIGKILL when the worker dies, so no orphan keeps training."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+class AttemptRunner:
+    """One attempt: owns the engine process and the job's lease until the engine exits."""
+
+    def __init__(self, job: FineTuningJob, owner: str) -> None:
+        self.job = job
+        self.owner = owner
+        self.out = output_dir(job)
+        self.control_path = self.out / "CONTROL"
+        self.started = timezone.now()
+        self.final: dict[str, Any] = {}
+        self.control_sent = ""
+        self.control_sent_at = 0.0
+        self.total_steps: int | None = job.progress.get("total_steps") if job.progress else None
+
+    # -- the attempt -------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Run the attempt and record how it ended. Returns the job's status afterwards ('' if lost)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "logs").mkdir(exist_ok=True)
+        self.control_path.unlink(missing_ok=True)  # a pause request of an earlier attempt is done
+        try:
+            spec = build_spec(self.job, self.out)
+        except SpecError as exc:
+            return self._finish(Outcome("failed", code=exc.code, message=exc.message))
+        spec_path = self.out / "spec.json"
+        _write_atomically(spec_path, json.dumps(spec, indent=2))
+        log_path = self.out / "logs" / f"attempt-{self.job.attempts}.log"
+        command = engine_command(spec_path, self.job.gpus)
+        log.info("job %s attempt %s: %s", self.job.pk, self.job.attempts, command)
+        with log_path.open("ab") as engine_log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=engine_log,
+                cwd=self.out,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                outcome = self._supervise(process, log_path)
+            except LeaseLost:
+                log.warning("job %s: lease lost, stopping the engine", self.job.pk)
+                return ""
+            except BaseException:
+                log.exception("job %s: runner error", self.job.pk)
+                raise
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        return self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> str:
+        status = lifecycle.finish_attempt(self.job.pk, self.owner, outcome, self.started)
+        log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
+        return status
+
+    def _supervise(self, process: subprocess.Popen, log_path: Path) -> Outcome:
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
+        poll = float(settings.TUNERY_JOB_POLL_SECONDS)
+        buffer = b""
+        next_renewal = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_renewal:
+                self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+                next_renewal = now + poll
+            if self.control_sent and now - self.control_sent_at > CONTROL_GRACE_SECONDS and process.poll() is None:
+                log.warning("job %s: engine ignored %s; killing it", self.job.pk, self.control_sent)
+                process.kill()
+            ready, _, _ = select.select([fd], [], [], max(0.05, next_renewal - time.monotonic()))
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self._handle_line(line)
+        if buffer.strip():
+            self._handle_line(buffer)
+        code = process.wait()
+        return self._outcome(code, log_path)
+
+    def _outcome(self, code: int, log_path: Path) -> Outcome:
+        final = self.final
+        kind = final.get("event")
+        if code == EXIT_SUCCEEDED and kind == "succeeded":
+            return Outcome(
+                "succeeded",
+                artifact_dir=str(final.get("artifact_dir") or ""),
+                metrics=final.get("metrics") or {},
+                resolved_config=final.get("resolved_config") or {},
+                trained_tokens=final.get("trained_tokens"),
+            )
+        if code == EXIT_PAUSED or (self.control_sent == "pause" and code < 0):
+            return Outcome("paused")
+        if code == EXIT_CANCELLED or (self.control_sent == "cancel" and code < 0):
+            return Outcome("cancelled")
+        message = str(final.get("message") or "") if kind == "failed" else ""
+        error_code = str(final.get("code") or "") if kind == "failed" else ""
+        if code == EXIT_PERMANENT or (kind == "failed" and final.get("permanent") is True and code != 0):
+            return Outcome("failed", code=error_code or "training_failed", message=message or _tail(log_path))
+        if not message:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            message = f"the training process {how}" + (f": {_tail(log_path)}" if _tail(log_path) else "")
+        return Outcome("transient", code=error_code or "engine_crashed", message=message)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _act_on(self, requested_action: str) -> None:
+        if requested_action in ("pause", "cancel") and requested_action != self.control_sent:
+            _write_atomically(self.control_path, requested_action)
+            self.control_sent, self.control_sent_at = requested_action, time.monotonic()
+            log.info("job %s: asked the engine to %s", self.job.pk, requested_action)
+
+    def _handle_line(self, raw: bytes) -> None:
+        try:
+            event = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.info("job %s engine: %s", self.job.pk, raw[:500].decode("utf-8", "replace"))
+            return
+        if not isinstance(event, dict) or "event" not in event:
+            return
+        kind = event["event"]
+        handler = getattr(self, f"_on_{kind}", None)
+        if kind in ("succeeded", "failed", "paused", "cancelled"):
+            self.final = event
+        if handler is not None:
+            handler(event)
+        else:
+            self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+
+    def _on_train_begin(self, event: Mapping[str, Any]) -> None:
+        self.total_steps = event.get("total_steps") or self.total_steps
+        progress = {**(self.job.progress or {}), "total_steps": self.total_steps}
+        if event.get("resumed_from_step") is not None:
+            progress["step"] = event["resumed_from_step"]
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, progress=progress))
+        lifecycle.add_event(
+            self.job.pk,
+            "Training started"
+            + (f" (resuming from step {event['resumed_from_step']})" if event.get("resumed_from_step") else ""),
+            data={k: v for k, v in event.items() if k != "event"},
+            dedupe_key=f"attempt:{self.job.attempts}:train_begin",
+        )
+
+    def _on_progress(self, event: Mapping[str, Any]) -> None:
+        step = int(event.get("step") or 0)
+        total = event.get("total_steps") or self.total_steps
+        self.total_steps = total
+        progress = {k: v for k, v in event.items() if k != "event"}
+        fields: dict[str, Any] = {"progress": progress}
+        eta = event.get("eta_seconds")
+        if isinstance(eta, (int, float)) and eta >= 0:
+            fields["estimated_finish"] = timezone.now() + timedelta(seconds=float(eta))
+        self.job.progress = progress
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, **fields))
+        loss = event.get("loss", event.get("train_loss"))
+        data = {"step": step, "total_steps": total, "train_loss": loss}
+        for key in ("train_mean_token_accuracy", "learning_rate", "epoch"):
+            if event.get(key) is not None:
+                data[key] = event[key]
+        lifecycle.add_event(
+            self.job.pk,
+            f"Step {step}/{total}: training loss={_fmt(loss)}",
+            type="metrics",
+            data=data,
+            dedupe_key=f"metrics:step:{step}",
+        )
+
+    def _on_evaluate(self, event: Mapping[str, Any]) -> None:
+        step = int(event.get("step") or 0)
+        metrics = dict(event.get("metrics") or {})
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+        valid_loss = metrics.pop("eval_loss", metrics.pop("loss", metrics.pop("valid_loss", None)))
+        data = {"step": step, "valid_loss": valid_loss, "full_valid_loss": valid_loss, **metrics}
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        lifecycle.add_event(
+            self.job.pk,
+            f"Step {step}: validation loss={_fmt(valid_loss)}" + (f", {shown}" if shown else ""),
+            type="metrics",
+            data=data,
+            dedupe_key=f"eval:step:{step}",
+        )
+
+    def _on_checkpoint(self, event: Mapping[str, Any]) -> None:
+        step = int(event.get("step") or 0)
+        path = str(event.get("path") or "")
+        self._act_on(
+            lifecycle.record_checkpoint(
+                self.job.pk, self.owner, step, path, event.get("metrics"), bool(event.get("is_best"))
+            )
+        )
+        lifecycle.add_event(self.job.pk, f"Checkpoint saved at step {step}", dedupe_key=f"checkpoint:step:{step}")
+
+    def _on_failed(self, event: Mapping[str, Any]) -> None:
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+        lifecycle.add_event(
+            self.job.pk,
+            f"Training error ({event.get('code', 'error')}): {event.get('message', '')}",
+            level=lifecycle.Level.ERROR,
+            data={k: v for k, v in event.items() if k != "event"},
+            dedupe_key=f"attempt:{self.job.attempts}:engine_failed",
+        )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            return handle.read().decode("utf-8", "replace").strip().splitlines()[-1][:limit]
+    except (OSError, IndexError):
+        return ""
+
+
+def run_next_job(queue: str) -> tuple[str, str] | None:
+    """Claim the fairest eligible job of ``queue`` and run one attempt of it.
+    Returns (job id, status afterwards) or None when nothing was eligible."""
+    owner = lifecycle.new_lease_owner()
+    job = lifecycle.claim_next_job(queue, owner)
+    if job is None:
+        return None
+    return job.pk, AttemptRunner(job, owner).run()

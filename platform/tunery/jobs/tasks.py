@@ -1,0 +1,53 @@
+"""Celery tasks of the job queue. Thin: ids in, re-fetch, call a service, retry only transient
+(database connection) errors. Job-level retries go through the lease, not Celery."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from tunery.jobs import dispatch, file_validation, reconciler, runner
+from tunery.jobs.models import FineTuningJob, JobStatus
+from tunery.jobs.queues import eligible_jobs
+
+log = logging.getLogger(__name__)
+TRANSIENT = (OperationalError, InterfaceError)
+
+
+@shared_task(
+    name="tunery.jobs.tasks.validate_job_files",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=5,
+)
+def validate_job_files(job_id: str) -> str:
+    status = file_validation.validate_job_files(job_id)
+    if status == JobStatus.QUEUED:
+        dispatch.send_run(job_id)
+    return status
+
+
+@shared_task(name="tunery.jobs.tasks.run_job", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def run_job(job_id: str) -> str:
+    """Wake-up for the queue of ``job_id``: claim the fairest eligible job there (not necessarily
+    ``job_id``) and run one attempt of it."""
+    queue = FineTuningJob.objects.values_list("queue", flat=True).filter(pk=job_id).first()
+    if queue is None:
+        return ""
+    result = runner.run_next_job(queue)
+    if result is None:
+        return ""
+    ran, status = result
+    if status == JobStatus.QUEUED:  # a transient failure: next attempt
+        dispatch.send_run(ran, queue)
+    waiting = eligible_jobs(queue, limit=1)
+    if waiting:  # a job held back by its tenant's limit may start now
+        dispatch.send_run(waiting[0].pk, queue)
+    return f"{ran}:{status}"
+
+
+@shared_task(name="tunery.jobs.tasks.reconcile_jobs", autoretry_for=TRANSIENT, max_retries=2)
+def reconcile_jobs() -> dict[str, int]:
+    return reconciler.reconcile()

@@ -1,0 +1,146 @@
+"""Compare-and-set transitions, leases, fair claiming and exactly-once effects (in process)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tunery.jobs import lifecycle, reconciler
+from tunery.jobs.lifecycle import LeaseLost, Outcome
+from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
+from tunery.jobs.queues import training_queue
+
+
+def test_training_queue_names_follow_gpu_class_and_count():
+    assert training_queue() == "gpu"
+    assert training_queue(1) == "gpu"
+    assert training_queue(2, "H100") == "gpu.h100.x2"
+    assert training_queue(4) == "gpu.x4"
+    with pytest.raises(ValueError, match="short lowercase name"):
+        training_queue(1, "h100; drop")
+
+
+def test_only_one_of_two_workers_claims_a_job(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    first = lifecycle.claim_next_job("gpu", "worker-a")
+    second = lifecycle.claim_next_job("gpu", "worker-b")
+    assert first is not None
+    assert first.pk == job.pk
+    assert second is None
+    job.refresh_from_db()
+    assert (job.status, job.lease_owner, job.attempts) == (JobStatus.RUNNING, "worker-a", 1)
+    assert job.lease_expires_at > timezone.now()
+
+
+def test_claims_are_fair_across_tenants_and_respect_the_running_limit(queue_settings, new_tenant, make_job):
+    busy, quiet = new_tenant("busy", max_concurrent_jobs=2), new_tenant("quiet")
+    burst = [make_job(busy) for _ in range(3)]
+    late = make_job(quiet)
+    order = [lifecycle.claim_next_job("gpu", f"w{i}").pk for i in range(3)]
+    assert order == [burst[0].pk, late.pk, burst[1].pk]
+    assert lifecycle.claim_next_job("gpu", "w3") is None  # busy is at its limit of 2
+    assert FineTuningJob.objects.get(pk=burst[2].pk).status == JobStatus.QUEUED
+
+
+def test_claims_only_from_the_workers_queue(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant(), queue="gpu.h100.x2")
+    assert lifecycle.claim_next_job("gpu", "w") is None
+    assert lifecycle.claim_next_job("gpu.h100.x2", "w").pk == job.pk
+
+
+def test_a_runner_that_lost_its_lease_can_write_nothing(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    lifecycle.claim_next_job("gpu", "old")
+    FineTuningJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert lifecycle.take_back_expired(FineTuningJob.objects.get(pk=job.pk)) == JobStatus.QUEUED
+    lifecycle.claim_next_job("gpu", "new")
+    with pytest.raises(LeaseLost):
+        lifecycle.renew_lease(job.pk, "old")
+    with pytest.raises(LeaseLost):
+        lifecycle.record_checkpoint(job.pk, "old", 4, "/x", {}, False)
+    assert lifecycle.finish_attempt(job.pk, "old", Outcome("succeeded", artifact_dir="/x"), None) == ""
+    job.refresh_from_db()
+    assert (job.status, job.lease_owner, job.attempts) == (JobStatus.RUNNING, "new", 2)
+
+
+def test_success_writes_one_model_and_one_usage_record_whatever_the_repeats(queue_settings, new_tenant, make_job):
+    from tunery.catalog.models import FineTunedModel
+
+    job = make_job(new_tenant())
+    lifecycle.claim_next_job("gpu", "w")
+    outcome = Outcome("succeeded", artifact_dir="/artifacts/model", metrics={"accuracy": 0.9}, trained_tokens=42)
+    assert lifecycle.finish_attempt(job.pk, "w", outcome, timezone.now() - timedelta(seconds=5)) == JobStatus.SUCCEEDED
+    assert lifecycle.finish_attempt(job.pk, "w", outcome, None) == ""  # a duplicate delivery
+    job.refresh_from_db()
+    model = FineTunedModel.objects.get(job=job)
+    assert model.pk == f"ft:tiny-bert:acme::{job.pk}"
+    assert model.metrics == {"accuracy": 0.9}
+    assert UsageRecord.objects.filter(job=job).count() == 1
+    assert UsageRecord.objects.get(job=job).trained_tokens == 42
+    assert job.training_seconds >= 5
+    assert job.lease_owner == ""
+    assert job.finished_at is not None
+
+
+def test_checkpoints_and_events_are_written_once_per_key(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    lifecycle.claim_next_job("gpu", "w")
+    for _ in range(2):
+        lifecycle.record_checkpoint(job.pk, "w", 10, "/ckpt/10", {"loss": 0.5}, True)
+        assert lifecycle.add_event(job.pk, "Step 10", type="metrics", dedupe_key="metrics:step:10") in (True, False)
+    lifecycle.record_checkpoint(job.pk, "w", 20, "/ckpt/20", {"loss": 0.4}, True)
+    assert list(job.checkpoints.values_list("step_number", "is_best")) == [(20, True), (10, False)]
+    assert JobEvent.objects.filter(job=job, dedupe_key="metrics:step:10").count() == 1
+    job.refresh_from_db()
+    assert job.current_checkpoint == "/ckpt/20"
+
+
+def test_expired_leases_requeue_then_fail_after_max_attempts(queue_settings, new_tenant, make_job, broker_messages):
+    queue_settings.TUNERY_JOB_MAX_ATTEMPTS = 2
+    job = make_job(new_tenant())
+    for attempt in (1, 2):
+        claimed = lifecycle.claim_next_job("gpu", f"w{attempt}")
+        assert claimed.attempts == attempt
+        FineTuningJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+        counts = reconciler.reconcile()
+        job.refresh_from_db()
+        if attempt == 1:
+            assert counts["requeued"] == 1
+            assert job.status == JobStatus.QUEUED
+            assert [m["job_id"] for m in broker_messages("gpu")] == [job.pk]
+    assert counts["failed"] == 1
+    assert job.status == JobStatus.FAILED
+    assert job.error == {"code": "worker_died", "message": "worker died 2 times while running this job", "param": None}
+    assert UsageRecord.objects.filter(job=job).count() == 1
+
+
+def test_expired_lease_of_a_job_asked_to_cancel_ends_cancelled(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    lifecycle.claim_next_job("gpu", "w")
+    assert lifecycle.request_cancel(job.pk) == JobStatus.RUNNING  # the runner will stop it
+    FineTuningJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    reconciler.reconcile()
+    assert FineTuningJob.objects.get(pk=job.pk).status == JobStatus.CANCELLED
+
+
+def test_cancel_of_a_queued_job_is_immediate_and_it_is_never_claimed(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    assert lifecycle.request_cancel(job.pk) == JobStatus.CANCELLED
+    assert lifecycle.claim_next_job("gpu", "w") is None
+    assert lifecycle.resume(job.pk) is False
+
+
+def test_reconciler_resends_lost_messages_but_not_fresh_ones(queue_settings, new_tenant, make_job, broker_messages):
+    tenant = new_tenant()
+    lost = make_job(tenant)
+    fresh = make_job(tenant)
+    validating = make_job(tenant, status=JobStatus.VALIDATING_FILES)
+    stale = timezone.now() - timedelta(seconds=queue_settings.TUNERY_JOB_REDISPATCH_SECONDS + 1)
+    FineTuningJob.objects.filter(pk__in=[lost.pk, validating.pk]).update(dispatched_at=stale)
+    FineTuningJob.objects.filter(pk=fresh.pk).update(dispatched_at=timezone.now())
+    assert reconciler.reconcile()["resent"] == 2
+    assert [m["job_id"] for m in broker_messages("gpu")] == [lost.pk]
+    assert [m["task"] for m in broker_messages("cpu")] == ["tunery.jobs.tasks.validate_job_files"]
+    assert reconciler.reconcile()["resent"] == 0  # just sent: not again
