@@ -30,10 +30,11 @@ def _pack_and_config(job: FineTuningJob) -> tuple[Any, dict[str, Any]]:
 
 
 def validate_job_files(job_id: str) -> str:
-    """Validate the job's files; returns the job's status afterwards."""
+    """Validate the job's files. Returns the status this moved the job to, or '' when the job was
+    not (or no longer) validating, e.g. on a duplicate delivery."""
     job = FineTuningJob.objects.select_related("training_file", "validation_file").filter(pk=job_id).first()
     if job is None or job.status != JobStatus.VALIDATING_FILES:
-        return job.status if job else ""
+        return ""
     try:
         pack, config = _pack_and_config(job)
         task = pack.task(job.task)
@@ -60,5 +61,5 @@ def validate_job_files(job_id: str) -> str:
             lifecycle.fail_validation(job_id, f"{param} {file.pk}: {report.summary()}", rows, param=param)
             return JobStatus.FAILED
         rows_seen.append(f"{param} {file.pk}: {report.row_count} rows")
-    lifecycle.pass_validation(job_id, "Files validated (" + "; ".join(rows_seen) + "); the job is queued")
-    return FineTuningJob.objects.values_list("status", flat=True).get(pk=job_id)
+    summary = "Files validated (" + "; ".join(rows_seen) + "); the job is queued"
+    return JobStatus.QUEUED if lifecycle.pass_validation(job_id, summary) else ""

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models.fields.json import KeyTransform
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -64,7 +64,7 @@ class FineTuningJobViewSet(TenantScopedViewSet):
             if param.startswith("metadata[") and param.endswith("]"):
                 key = param[len("metadata[") : -1]
                 annotation = f"_metadata_{len(jobs.query.annotations)}"
-                jobs = jobs.annotate(**{annotation: KeyTextTransform(key, "metadata")}).filter(**{annotation: value})
+                jobs = jobs.annotate(**{annotation: KeyTransform(key, "metadata")}).filter(**{annotation: value})
         return Response(cursor_page(request, jobs, job_object))
 
     def create(self, request: Request) -> Response:

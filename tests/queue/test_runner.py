@@ -1,0 +1,110 @@
+"""One attempt end to end in process: the runner spawns the (fake) engine, streams its events into
+the database and ends the attempt; the reconciler's and the task's follow-ups are real messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunery.catalog.models import FineTunedModel
+from tunery.jobs import tasks
+from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
+from tunery.jobs.runner import engine_command, output_dir
+
+
+def starts(job) -> list[dict]:
+    path = output_dir(job) / "starts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_job_runs_to_success_with_metrics_checkpoints_and_one_model(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant(), steps=6, checkpoint_every=2)
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert (job.attempts, job.lease_owner, job.trained_tokens) == (1, "", 600)
+    model = FineTunedModel.objects.get(job=job)
+    assert Path(model.artifact_path, "weights.safetensors").exists()
+    assert job.result_files == [model.artifact_path]
+    assert list(job.checkpoints.values_list("step_number", flat=True)) == [6, 4, 2]
+    assert job.current_checkpoint.endswith("step-000006")
+    train = JobEvent.objects.filter(job=job, type="metrics", dedupe_key__startswith="metrics:step:")
+    assert sorted(e.data["step"] for e in train) == [1, 2, 3, 4, 5, 6]
+    assert train.get(dedupe_key="metrics:step:4").data["train_loss"] == 0.25
+    evaluation = JobEvent.objects.get(job=job, dedupe_key="eval:step:4")
+    assert evaluation.data["valid_loss"] == 0.25
+    assert evaluation.data["accuracy"] == 4 / 6
+    assert job.resolved_config["n_epochs"] == 1
+    assert UsageRecord.objects.get(job=job).trained_tokens == 600
+    spec = json.loads((output_dir(job) / "spec.json").read_text())
+    assert Path(spec["train_file"]).read_bytes() == job.training_file.content.open("rb").read()
+    assert spec["base_model"] == job.base_model.local_path
+
+
+def test_a_crashed_attempt_is_retried_and_resumes_from_its_checkpoint(
+    queue_settings, new_tenant, make_job, broker_messages
+):
+    job = make_job(new_tenant(), steps=6, checkpoint_every=2, behaviour="crash_once")
+    assert tasks.run_job(job.pk) == f"{job.pk}:queued"
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    assert "exited with code 1" in JobEvent.objects.get(job=job, dedupe_key="attempt:1:retry").message
+    assert job.pk in [m["job_id"] for m in broker_messages("gpu")]  # the next attempt is sent
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    assert [s["from_step"] for s in starts(job)] == [0, 2]
+    assert FineTunedModel.objects.filter(job=job).count() == 1
+    assert FineTuningJob.objects.get(pk=job.pk).attempts == 2
+
+
+def test_a_permanent_engine_error_fails_at_once_with_its_message(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant(), behaviour="permanent")
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    assert job.error == {"code": "invalid_config", "message": "learning_rate must be positive", "param": None}
+    assert job.attempts == 1
+    assert not FineTunedModel.objects.filter(job=job).exists()
+
+
+def test_transient_failures_stop_after_the_configured_attempts(queue_settings, new_tenant, make_job):
+    queue_settings.TUNERY_JOB_MAX_ATTEMPTS = 1
+    job = make_job(new_tenant(), behaviour="crash_once")
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    assert job.error["code"] == "engine_crashed"
+    assert job.error["message"].startswith("training failed 1 times; last error: the training process exited")
+
+
+def test_a_missing_base_model_fails_the_job_without_starting_the_engine(
+    queue_settings, new_tenant, make_job, base_model_row
+):
+    base_model_row.local_path = "/nonexistent/model"
+    base_model_row.save()
+    job = make_job(new_tenant())
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    assert job.error["code"] == "model_not_found"
+    assert "/nonexistent/model" in job.error["message"]
+    assert starts(job) == []
+
+
+def test_a_message_for_a_finished_job_starts_nothing(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant(), status=JobStatus.SUCCEEDED)
+    assert tasks.run_job(job.pk) == ""
+    assert tasks.run_job("ftjob-doesnotexist") == ""
+
+
+def test_several_gpus_launch_the_engine_under_torchrun(settings):
+    settings.TUNERY_ENGINE_COMMAND = ["/usr/bin/python3", "-m", "tunery_worker", "run"]
+    assert engine_command(Path("/j/spec.json"), 1) == ["/usr/bin/python3", "-m", "tunery_worker", "run", "/j/spec.json"]
+    assert engine_command(Path("/j/spec.json"), 4) == [
+        "/usr/bin/python3",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "tunery_worker",
+        "run",
+        "/j/spec.json",
+    ]
