@@ -29,7 +29,7 @@ def test_a_tenant_label_mapping_extends_the_accepted_names_and_unknown_ones_are_
     task = pack.task("sentiment")
     rows = [(2, {"text": "$X soars", "sentiment": "up"}), (3, {"text": "$Y sinks", "sentiment": "down"})]
     refused = task.validate(rows)
-    assert [str(e) for e in refused.errors][0].startswith("line 2, column 'sentiment': unknown label 'up'")
+    assert str(refused.errors[0]).startswith("line 2, column 'sentiment': unknown label 'up'")
     accepted = task.validate(rows, {"label_mapping": {"up": "positive", "down": "negative"}})
     assert accepted.ok
 
