@@ -105,21 +105,16 @@ def test_every_required_variable_is_in_the_env_example():
 
 
 def _variables_read_by_the_code() -> set[str]:
+    """Names passed to os.environ / os.getenv / tunery.core.env helpers / serving's _setting()."""
+    reader = re.compile(
+        r"(?:environ(?:\.get)?|getenv|env_(?:bool|int|list|float|str)|_setting)\s*[\(\[]\s*"
+        r"[\"']((?:TUNERY_[A-Z0-9_]+)|DATABASE_URL)[\"']"
+    )
     names: set[str] = set()
     for folder in ("platform", "workers"):
         for source in (ROOT / folder).rglob("*.py"):
-            names |= set(re.findall(r"[\"']((?:TUNERY_[A-Z0-9_]+)|DATABASE_URL)[\"']", source.read_text()))
-    # Django settings names that happen to start with TUNERY_ are not environment variables.
-    settings_attributes = set(
-        re.findall(r"^(TUNERY_[A-Z0-9_]+)\s*=", (ROOT / "platform/tunery/settings.py").read_text(), re.MULTILINE)
-    )
-    environment_reads = set(
-        re.findall(
-            r"(?:environ(?:\.get)?|getenv|env_\w+)\(?\[?\s*[\"']((?:TUNERY_[A-Z0-9_]+)|DATABASE_URL)[\"']",
-            "\n".join(p.read_text() for f in ("platform", "workers") for p in (ROOT / f).rglob("*.py")),
-        )
-    )
-    return (names - settings_attributes) | environment_reads
+            names |= set(reader.findall(source.read_text()))
+    return names
 
 
 def test_every_environment_variable_the_code_reads_is_documented():
