@@ -81,6 +81,6 @@ def test_like_labels_accept_clicks_and_ones():
         [
             (1, {"user_id": "u", "history": "h", "item": "i", "liked": 1}),
             (2, {"user_id": "u", "history": "h", "item": "j", "liked": "skip"}),
-        ]  # fmt: skip
+        ]
     )
     assert [r["liked"] for r in report.rows] == ["like", "dislike"]
