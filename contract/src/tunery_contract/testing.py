@@ -118,8 +118,10 @@ def synthetic_eval_output(
     if task.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
         label_col = task.role_column("label")
         true_rows = [[int(name in r[label_col]) for name in labels] for r in rows]
-        pred_rows = [[1 - v if j == i % len(labels) else v for j, v in enumerate(t)] if wrong(i) else t for i, t in
-                     enumerate(true_rows)]  # fmt: skip
+        pred_rows = [
+            [1 - v if j == i % len(labels) else v for j, v in enumerate(t)] if wrong(i) else t
+            for i, t in enumerate(true_rows)
+        ]
         scores = [[0.9 if v else 0.1 for v in p] for p in pred_rows]
         return EvalOutput(kind=task.kind, label_names=labels, y_true=true_rows, y_pred=pred_rows, scores=scores)
     index = {name: i for i, name in enumerate(labels)}

@@ -34,8 +34,11 @@ def test_confident_prediction_gets_the_tenants_template():
 
 
 def test_below_the_threshold_the_answer_is_a_hand_off():
-    config = {"reply_templates": {"lost_or_stolen_card": "Card frozen."}, "handoff_threshold": 0.9,
-              "handoff_reply": "A colleague will take over."}  # fmt: skip
+    config = {
+        "reply_templates": {"lost_or_stolen_card": "Card frozen."},
+        "handoff_threshold": 0.9,
+        "handoff_reply": "A colleague will take over.",
+    }
     result = select_reply(prediction(0.1, 0.1, 0.8), {"text": "I lost my card"}, config)
     assert result["handoff"] is True
     assert result["handoff_reason"] == "low_confidence"

@@ -19,8 +19,10 @@ def test_rank_orders_candidates_best_first_and_keeps_ties_in_order():
     assert len(rank([1.0, 2.0], ["x", "y"], k=None)) == 2
 
 
-@pytest.mark.parametrize(("scores", "items", "k", "message"), [([1.0], ["a", "b"], 1, "1 scores for 2 items"),
-                                                                ([1.0], ["a"], 0, "k must be at least 1")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("scores", "items", "k", "message"),
+    [([1.0], ["a", "b"], 1, "1 scores for 2 items"), ([1.0], ["a"], 0, "k must be at least 1")],
+)
 def test_rank_refuses_bad_calls(scores, items, k, message):
     with pytest.raises(ValueError, match=message):
         rank(scores, items, k)
