@@ -95,7 +95,12 @@ def split_validation(
 
 def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
+    if backend is not None:
+        # truncation/padding are per-call state that encoding itself changes; they are not identity
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps(
         {"cls": type(tokenizer).__name__, "special": tokenizer.special_tokens_map, "side": tokenizer.padding_side},
         sort_keys=True,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tunery_contract import Column, ColumnType, DatasetSchema, EvalOutput, TaskDefinition, TaskKind
+from tunery_contract import Column, ColumnType, DatasetSchema, EvalOutput, TaskDefinition, TaskKind, VerticalPack
 from tunery_contract.metrics import classification_summary, entity_summary, multilabel_prf, rmse
 
 FILLER = [f"w{i}" for i in range(40)]
@@ -279,3 +279,30 @@ def write_jsonl(path: Path | str, rows: Sequence[dict[str, Any]]) -> Path:
 
 def write_synthetic(path: Path | str, kind: TaskKind, n: int, seed: int = 0) -> Path:
     return write_jsonl(path, synthetic_rows(kind, n, seed))
+
+
+def tiny_pack() -> VerticalPack:
+    """A pack offering one tiny task per encoder kind (entry point for process-level tests)."""
+    kinds = (
+        TaskKind.SEQUENCE_CLASSIFICATION,
+        TaskKind.MULTI_LABEL_CLASSIFICATION,
+        TaskKind.TOKEN_CLASSIFICATION,
+        TaskKind.TEXT_PAIR_CLASSIFICATION,
+        TaskKind.TEXT_PAIR_REGRESSION,
+    )
+    return VerticalPack(id="tiny", name="Tiny test pack", version="0.1.0", tasks=tuple(tiny_task(k) for k in kinds))
+
+
+def write_tiny_pack_distribution(site: Path | str) -> Path:
+    """Make :func:`tiny_pack` discoverable by a child process: put ``site`` on its PYTHONPATH.
+
+    Writes the ``.dist-info`` metadata an installed distribution has, so the child finds the pack
+    through the real ``tunery.verticals`` entry-point group.
+    """
+    info = Path(site) / "tunery_tiny_pack-0.1.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tunery-tiny-pack\nVersion: 0.1.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(
+        "[tunery.verticals]\ntiny = tunery_worker.testing:tiny_pack\n", encoding="utf-8"
+    )
+    return Path(site)

@@ -1,0 +1,31 @@
+"""Shared fixtures of the engine tests: tiny random models built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunery_worker.testing import make_tiny_bert, make_tiny_llama
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads() -> None:
+    # the CI box is shared: tiny models gain nothing from many threads
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-qwen", architecture="qwen2")
