@@ -52,10 +52,12 @@ def test_classifier_learns_well_above_chance_and_writes_a_complete_artifact(tmp_
     assert manifest["label_names"] == ["cold", "neutral", "warm"]
     assert manifest["kind"] == "sequence_classification"
     assert manifest["best_step"] == result.best_step
-    assert (final / "model.safetensors").is_file() and not list(final.glob("*.bin"))
+    assert (final / "model.safetensors").is_file()
+    assert not list(final.glob("*.bin"))
     resolved = json.loads((final / "training_config.json").read_text())
     assert "auto" not in resolved.values()
-    assert resolved["max_length"] == 128 and resolved["n_epochs"] == 12
+    assert resolved["max_length"] == 128
+    assert resolved["n_epochs"] == 12
     assert "accuracy" in (final / "MODEL_CARD.md").read_text()
     model, tokenizer, _ = load_artifact(final)
     predicted = logits_of(model, tokenizer, ["w1 red w2", "w3 blue", "white w5 w6"]).argmax(-1).tolist()
@@ -98,7 +100,8 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     spec = job(tmp_path, tiny_bert, TaskKind.SEQUENCE_CLASSIFICATION, name="interrupted", **settings)
     with pytest.raises(Paused) as paused:
         train(spec, [PauseAt(7)])  # mid-epoch, between evaluations
-    assert paused.value.step == 7 and paused.value.checkpoint.is_dir()
+    assert paused.value.step == 7
+    assert paused.value.checkpoint.is_dir()
     resumed = train(spec)
     assert resumed.best_step == straight.best_step
     assert resumed.metrics == straight.metrics
@@ -185,7 +188,8 @@ def test_token_classification_aligns_subtokens_and_scores_truncated_words(tmp_pa
     encoded = adapter.encode(rows, tokenizer, labels, 6, TrainConfig())
     feature = encoded.features[0]
     assert encoded.truncated == 1
-    assert feature["labels"][0] == IGNORE_INDEX and feature["labels"][-1] == IGNORE_INDEX  # [CLS], [SEP]
+    assert feature["labels"][0] == IGNORE_INDEX
+    assert feature["labels"][-1] == IGNORE_INDEX
     batch = adapter.collate(encoded.features, 0)
     logits = torch.zeros(1, batch["input_ids"].shape[1], len(labels))
     logits[..., 0] = 1.0  # predict "O" everywhere
@@ -198,7 +202,7 @@ def test_multi_label_classification_learns(tmp_path, tiny_bert):
     result = train(job(tmp_path, tiny_bert, TaskKind.MULTI_LABEL_CLASSIFICATION, n=300, n_epochs=12))
     assert result.label_names == ("cold", "neutral", "warm")
     assert result.metrics["micro_f1"] > 0.7
-    model, tokenizer, _ = load_artifact(result.artifact_dir)
+    model, _tokenizer, _ = load_artifact(result.artifact_dir)
     assert model.config.problem_type == "multi_label_classification"
 
 
@@ -240,7 +244,7 @@ def test_distillation_refuses_a_teacher_with_other_labels(tmp_path, tiny_bert):
 
 def test_decoder_model_gets_a_classification_head_with_lora(tmp_path, tiny_qwen):
     result = train(job(tmp_path, tiny_qwen, TaskKind.SEQUENCE_CLASSIFICATION, n=120, training_type="lora", n_epochs=2))
-    model, tokenizer, manifest = load_artifact(result.artifact_dir)
+    _model, _tokenizer, manifest = load_artifact(result.artifact_dir)
     assert manifest["training_type"] == "lora"
     adapter_config = json.loads((result.artifact_dir / "adapter" / "adapter_config.json").read_text())
     assert set(adapter_config["target_modules"]) >= {"q_proj", "v_proj", "down_proj"}
