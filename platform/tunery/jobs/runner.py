@@ -260,7 +260,10 @@ class AttemptRunner:
     # -- events ----------------------------------------------------------------------------------
 
     def _act_on(self, requested_action: str) -> None:
-        if requested_action in ("pause", "cancel") and requested_action != self.control_sent:
+        if not requested_action and self.control_sent == "pause":  # resumed before the engine paused
+            self.control_path.unlink(missing_ok=True)
+            self.control_sent = ""
+        elif requested_action in ("pause", "cancel") and requested_action != self.control_sent:
             _write_atomically(self.control_path, requested_action)
             self.control_sent, self.control_sent_at = requested_action, time.monotonic()
             log.info("job %s: asked the engine to %s", self.job.pk, requested_action)
