@@ -52,7 +52,7 @@ def _is_date(text: str) -> bool:
 
 def redact_text(text: str) -> tuple[str, list[str]]:
     found = find_phi(text)
-    for kind, start, end in reversed(found):
+    for _, start, end in reversed(found):
         text = f"{text[:start]}{REDACTED}{text[end:]}"
     return text, [kind for kind, _, _ in found]
 
