@@ -47,8 +47,8 @@ def training_file(acme, upload) -> str:
 
 @pytest.fixture
 def create_job(api, base_model) -> Callable:
-    def send(tenant, training_file: str, **fields):
-        body = {"model": base_model.name, "training_file": training_file, "vertical": "dummy", "task": "sentiment"}
+    def send(tenant, file_id: str, **fields):
+        body = {"model": base_model.name, "training_file": file_id, "vertical": "dummy", "task": "sentiment"}
         body.update(fields)
         body = {k: v for k, v in body.items() if v is not None}
         return api.post("/v1/fine_tuning/jobs", body, format="json", **tenant.headers)

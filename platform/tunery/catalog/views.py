@@ -77,6 +77,7 @@ def model_object(model: BaseModel | FineTunedModel, tenant: Tenant) -> dict[str,
 class ModelListView(APIView):
     @extend_schema(
         summary="List base models you can fine-tune and your fine-tuned models",
+        operation_id="list_models",
         responses={
             200: inline_serializer(name="ModelList", fields={"object": serializers.CharField(), "data": ModelObject}),
             **ERRORS,
@@ -100,13 +101,14 @@ class ModelDetailView(APIView):
             return [IsTenantAdmin()]
         return [IsTenantMember()]
 
-    @extend_schema(summary="Retrieve a model", responses={200: ModelObject, **ERRORS})
+    @extend_schema(summary="Retrieve a model", operation_id="retrieve_model", responses={200: ModelObject, **ERRORS})
     def get(self, request: Request, model_id: str) -> Response:
         tenant = request_tenant(request)
         return Response(model_object(find_model(tenant, model_id), tenant))
 
     @extend_schema(
         summary="Delete a fine-tuned model (admin keys)",
+        operation_id="delete_model",
         responses={
             200: inline_serializer(
                 name="ModelDeleted",

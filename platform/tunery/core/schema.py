@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
@@ -39,3 +40,13 @@ def list_of(name: str, item: type[serializers.Serializer]) -> serializers.Serial
             "has_more": serializers.BooleanField(),
         },
     )
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Documents ``Authorization: Bearer tny_...`` (registered by being imported in CoreConfig.ready)."""
+
+    target_class = "tunery.core.auth.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "tny_<prefix>_<secret>"}

@@ -40,23 +40,15 @@ CONTENT_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv"}
     ),
     retrieve=extend_schema(summary="Retrieve a file", responses={200: FileObjectSerializer, **ERRORS}),
     destroy=extend_schema(summary="Delete a file", responses={200: FileDeletedSerializer, **ERRORS}),
-    content=extend_schema(
-        summary="Download a file's content",
-        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
-    ),
 )
 class FileViewSet(TenantScopedViewSet):
     scoped_model = File
     object_name = "file"
     serializer_class = FileObjectSerializer
+    parser_classes = [MultiPartParser]  # the only body this API takes is an upload
 
     def refine_queryset(self, queryset):
         return queryset.filter(deleted_at__isnull=True)
-
-    def get_parsers(self):
-        if getattr(self, "action", None) == "create" or self.request.method == "POST":
-            return [MultiPartParser()]
-        return super().get_parsers()
 
     def list(self, request: Request) -> Response:
         files = self.get_queryset()
@@ -81,6 +73,10 @@ class FileViewSet(TenantScopedViewSet):
         services.delete_file(file=file)
         return Response({"id": file.id, "object": "file", "deleted": True})
 
+    @extend_schema(
+        summary="Download a file's content",
+        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
+    )
     def content(self, request: Request, pk: str) -> FileResponse:
         file = self.get_object()
         return FileResponse(

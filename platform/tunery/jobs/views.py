@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db.models.fields.json import KeyTransform
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,26 +30,17 @@ JOB_RESPONSES = {200: JobSerializer, **ERRORS}
         parameters=[
             *PAGE_PARAMETERS,
             OpenApiParameter(
-                "metadata", object, style="deepObject", explode=True, description="metadata[key]=value filter"
+                "metadata",
+                OpenApiTypes.OBJECT,
+                style="deepObject",
+                explode=True,
+                description="metadata[key]=value filter",
             ),
         ],
         responses={200: list_of("FineTuningJobList", JobSerializer), **ERRORS},
     ),
     create=extend_schema(summary="Create a fine-tuning job", request=JobCreateSerializer, responses=JOB_RESPONSES),
     retrieve=extend_schema(summary="Retrieve a fine-tuning job", responses=JOB_RESPONSES),
-    cancel=extend_schema(summary="Cancel a fine-tuning job", request=None, responses=JOB_RESPONSES),
-    pause=extend_schema(summary="Pause a fine-tuning job", request=None, responses=JOB_RESPONSES),
-    resume=extend_schema(summary="Resume a paused fine-tuning job", request=None, responses=JOB_RESPONSES),
-    events=extend_schema(
-        summary="List a job's events (newest first)",
-        parameters=PAGE_PARAMETERS,
-        responses={200: list_of("FineTuningJobEventList", EventSerializer), **ERRORS},
-    ),
-    checkpoints=extend_schema(
-        summary="List a job's checkpoints",
-        parameters=PAGE_PARAMETERS,
-        responses={200: list_of("FineTuningJobCheckpointList", CheckpointSerializer), **ERRORS},
-    ),
 )
 class FineTuningJobViewSet(TenantScopedViewSet):
     scoped_model = FineTuningJob
@@ -74,19 +66,32 @@ class FineTuningJobViewSet(TenantScopedViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(job_object(self.get_object()))
 
+    @extend_schema(summary="Cancel a fine-tuning job", request=None, responses=JOB_RESPONSES)
     def cancel(self, request: Request, pk: str) -> Response:
         return Response(job_object(services.cancel_job(job=self.get_object(), actor=self.actor)))
 
+    @extend_schema(summary="Pause a fine-tuning job", request=None, responses=JOB_RESPONSES)
     def pause(self, request: Request, pk: str) -> Response:
         return Response(job_object(services.pause_job(job=self.get_object(), actor=self.actor)))
 
+    @extend_schema(summary="Resume a paused fine-tuning job", request=None, responses=JOB_RESPONSES)
     def resume(self, request: Request, pk: str) -> Response:
         return Response(job_object(services.resume_job(job=self.get_object(), actor=self.actor)))
 
+    @extend_schema(
+        summary="List a job's events (newest first)",
+        parameters=PAGE_PARAMETERS,
+        responses={200: list_of("FineTuningJobEventList", EventSerializer), **ERRORS},
+    )
     def events(self, request: Request, pk: str) -> Response:
         job = self.get_object()
         return Response(cursor_page(request, job.events.all(), event_object))
 
+    @extend_schema(
+        summary="List a job's checkpoints",
+        parameters=PAGE_PARAMETERS,
+        responses={200: list_of("FineTuningJobCheckpointList", CheckpointSerializer), **ERRORS},
+    )
     def checkpoints(self, request: Request, pk: str) -> Response:
         job = self.get_object()
         checkpoints = job.checkpoints.select_related("job__base_model", "job__tenant", "job__fine_tuned_model")

@@ -15,6 +15,7 @@ from tunery.verticals import registry
 class VerticalListView(APIView):
     @extend_schema(
         summary="List the vertical packs enabled for this tenant",
+        operation_id="list_verticals",
         description="Each pack with its tasks, their data schema, metrics and default hyperparameters.",
         responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
     )

