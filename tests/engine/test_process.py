@@ -1,0 +1,119 @@
+"""The worker's process protocol: ``python -m tunery_worker run SPEC.json`` in a real child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunery_contract import TaskKind
+from tunery_worker.cli import EXIT_CANCELLED, EXIT_OK, EXIT_PAUSED, EXIT_PERMANENT
+from tunery_worker.testing import write_synthetic, write_tiny_pack_distribution
+
+
+def run_worker(tmp: Path, spec: dict, *launcher: str) -> tuple[int, list[dict]]:
+    spec_file = tmp / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    site = write_tiny_pack_distribution(tmp / "site")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = list(launcher) or [sys.executable, "-m"]
+    done = subprocess.run(
+        [*command, "tunery_worker", "run", str(spec_file)], capture_output=True, text=True, env=env, timeout=600
+    )
+    lines = done.stdout.splitlines()
+    events = [json.loads(line) for line in lines]  # every stdout line is one JSON event
+    assert events, done.stderr[-3000:]
+    return done.returncode, events
+
+
+def make_spec(tmp: Path, base: Path, **config) -> dict:
+    data = write_synthetic(tmp / "train.jsonl", TaskKind.SEQUENCE_CLASSIFICATION, 120, seed=5)
+    return {
+        "base_model": str(base),
+        "vertical": "tiny",
+        "task": "tiny_sequence_classification",
+        "train_file": str(data),
+        "output_dir": str(tmp / "job"),
+        "config": {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "log_every_steps": 1, **config},
+        "tenant_config": {},
+    }
+
+
+@pytest.mark.slow
+def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_bert):
+    spec = make_spec(tmp_path, tiny_bert)
+    control = Path(spec["output_dir"]) / "CONTROL"
+    control.parent.mkdir(parents=True)
+    control.write_text("pause")
+    code, events = run_worker(tmp_path, spec)
+    assert code == EXIT_PAUSED
+    assert events[0]["event"] == "train_begin"
+    assert events[-1]["event"] == "paused"
+    paused_at = events[-1]["step"]
+    assert Path(events[-1]["checkpoint"]).name == f"step-{paused_at:08d}"
+
+    control.unlink()
+    code, events = run_worker(tmp_path, spec)
+    assert code == EXIT_OK
+    begin = events[0]
+    assert begin["event"] == "train_begin"
+    assert begin["step"] == paused_at and begin["resumed_from"]
+    kinds = {e["event"] for e in events}
+    assert {"progress", "evaluate", "checkpoint", "succeeded"} <= kinds
+    progress = next(e for e in events if e["event"] == "progress")
+    assert set(progress) >= {
+        "step",
+        "total_steps",
+        "epoch",
+        "loss",
+        "learning_rate",
+        "samples_per_second",
+        "tokens_per_second",
+        "eta_seconds",
+    }
+    done = events[-1]
+    assert done["event"] == "succeeded"
+    assert Path(done["artifact_dir"], "tunery_artifact.json").is_file()
+    assert done["resolved_config"]["batch_size"] == 16 and done["trained_tokens"] > 0
+    assert "accuracy" in done["metrics"]
+    manifest = json.loads(Path(done["artifact_dir"], "tunery_artifact.json").read_text())
+    assert (manifest["vertical"], manifest["vertical_version"]) == ("tiny", "0.1.0")
+
+
+@pytest.mark.slow
+def test_cancel_through_the_control_file(tmp_path, tiny_bert):
+    spec = make_spec(tmp_path, tiny_bert)
+    control = Path(spec["output_dir"]) / "CONTROL"
+    control.parent.mkdir(parents=True)
+    control.write_text("cancel\n")
+    code, events = run_worker(tmp_path, spec)
+    assert code == EXIT_CANCELLED
+    assert events[-1]["event"] == "cancelled"
+    assert not (Path(spec["output_dir"]) / "final").exists()
+
+
+def test_permanent_errors_exit_2_with_a_failed_event(tmp_path, tiny_bert):
+    spec = make_spec(tmp_path, tiny_bert, learning_rate=-1)
+    code, events = run_worker(tmp_path, spec)
+    assert code == EXIT_PERMANENT
+    assert events == [{"event": "failed", "code": "invalid_config", "message": events[0]["message"], "permanent": True}]
+    assert "learning_rate" in events[0]["message"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_with_gloo(tmp_path, tiny_bert):
+    spec = make_spec(tmp_path, tiny_bert, n_epochs=2)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    code, events = run_worker(tmp_path, spec, *torchrun)
+    assert code == EXIT_OK
+    assert sum(e["event"] == "train_begin" for e in events) == 1  # only rank 0 reports
+    done = events[-1]
+    assert done["event"] == "succeeded"
+    begin = events[0]
+    assert begin["steps_per_epoch"] == 4  # 108 training rows, batch 16, split over 2 ranks
+    assert Path(done["artifact_dir"], "model.safetensors").is_file()
