@@ -62,7 +62,8 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     assert code == EXIT_OK
     begin = events[0]
     assert begin["event"] == "train_begin"
-    assert begin["step"] == paused_at and begin["resumed_from"]
+    assert begin["step"] == paused_at
+    assert begin["resumed_from"]
     kinds = {e["event"] for e in events}
     assert {"progress", "evaluate", "checkpoint", "succeeded"} <= kinds
     progress = next(e for e in events if e["event"] == "progress")
@@ -79,7 +80,8 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     done = events[-1]
     assert done["event"] == "succeeded"
     assert Path(done["artifact_dir"], "tunery_artifact.json").is_file()
-    assert done["resolved_config"]["batch_size"] == 16 and done["trained_tokens"] > 0
+    assert done["resolved_config"]["batch_size"] == 16
+    assert done["trained_tokens"] > 0
     assert "accuracy" in done["metrics"]
     manifest = json.loads(Path(done["artifact_dir"], "tunery_artifact.json").read_text())
     assert (manifest["vertical"], manifest["vertical_version"]) == ("tiny", "0.1.0")
