@@ -40,9 +40,15 @@ def _broker_settings() -> dict:
             # The filesystem transport has no fanout exchange: no remote control, mingle or gossip.
             "worker_enable_remote_control": False,
         }
+    visibility = max(1, settings.TUNERY_BROKER_VISIBILITY_TIMEOUT)
+    # Sweep for unacknowledged messages to restore at least twice per visibility timeout
+    # (kombu's default, a sweep every ~100 s, is kept for timeouts of 1000 s and more).
+    sweep_interval = min(10, max(1, visibility // 2))
     return {
         "broker_transport_options": {
-            "visibility_timeout": settings.TUNERY_BROKER_VISIBILITY_TIMEOUT,
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": sweep_interval,
+            "unacked_restore_throttle": max(1, min(10, visibility // (2 * sweep_interval))),
             # A publish while the broker is down must not hang the API: fail fast, the reconciler re-sends.
             "max_retries": 2,
         },
