@@ -1,3 +1,14 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from tunery.serving.views import ChatCompletionView, CompletionView, DeploymentViewSet, PredictionView
+
+deployment_list = DeploymentViewSet.as_view({"get": "list", "post": "create"})
+deployment_detail = DeploymentViewSet.as_view({"get": "retrieve", "delete": "destroy"})
+
+urlpatterns = [
+    path("deployments", deployment_list, name="deployments"),
+    path("deployments/<str:pk>", deployment_detail, name="deployment"),
+    path("predictions", PredictionView.as_view(), name="predictions"),
+    path("chat/completions", ChatCompletionView.as_view(), name="chat-completions"),
+    path("completions", CompletionView.as_view(), name="completions"),
+]

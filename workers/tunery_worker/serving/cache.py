@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class _Base(Protocol):
-    nbytes: int
+    @property
+    def nbytes(self) -> int: ...
 
 
 class Cacheable(Protocol):
-    nbytes: int
+    @property
+    def nbytes(self) -> int: ...
 
     @property
     def base(self) -> _Base | None: ...

@@ -1,0 +1,192 @@
+"""Parsing and checking serving request bodies. Every refusal names the offending field
+(``param``) and says what was expected, before any model is touched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunery.core.errors import InvalidRequest
+from tunery.serving import conf
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def _invalid(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
+    return InvalidRequest(message, param=param, code=code)
+
+
+def require_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
+    return data
+
+
+def model_id(data: dict[str, Any]) -> str:
+    value = data.get("model")
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid("model is required: the id of a deployed fine-tuned model ('ft:...').", "model", "missing_model")
+    return value.strip()
+
+
+def text(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise _invalid(f"{param} must be a string, got {type(value).__name__}.", param)
+    if not value.strip():
+        raise _invalid(f"{param} is empty.", param)
+    limit = conf.max_chars()
+    if len(value) > limit:
+        raise _invalid(f"{param} has {len(value)} characters; at most {limit} are allowed.", param, "input_too_long")
+    return value
+
+
+def item_list(value: Any, param: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _invalid(f"{param} must be a list, got {type(value).__name__}.", param)
+    if not value:
+        raise _invalid(f"{param} is empty.", param)
+    limit = conf.max_items()
+    if len(value) > limit:
+        raise _invalid(
+            f"{param} has {len(value)} items; at most {limit} are allowed per request.", param, "too_many_items"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class PredictionRequest:
+    model: str
+    #: Encoder inputs: each a mapping of the pack's column names (or "text"/"text_pair").
+    inputs: list[dict[str, Any]] | None = None
+    #: Ranking call: one query (the user) scored against each item.
+    query: str | None = None
+    items: list[dict[str, Any]] | None = None
+
+
+def prediction_request(data: Any) -> PredictionRequest:
+    body = require_object(data)
+    model = model_id(body)
+    ranking = "items" in body
+    if ranking == ("inputs" in body):
+        raise _invalid("Pass either inputs (a list of texts or objects) or a ranking call (user + items).", "inputs")
+    if not ranking:
+        inputs = [_input_item(item, f"inputs[{i}]") for i, item in enumerate(item_list(body["inputs"], "inputs"))]
+        return PredictionRequest(model, inputs=inputs)
+    query_param = "user" if "user" in body else "query"
+    query = text(body.get(query_param), query_param)
+    items = [_input_item(item, f"items[{i}]") for i, item in enumerate(item_list(body["items"], "items"))]
+    return PredictionRequest(model, query=query, items=items)
+
+
+def _input_item(value: Any, param: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"text": text(value, param)}
+    if not isinstance(value, dict):
+        raise _invalid(f"{param} must be a string or an object, got {type(value).__name__}.", param)
+    for key, field in value.items():
+        if isinstance(field, str):
+            if field:
+                text(field, f"{param}.{key}")
+        elif field is not None and not isinstance(field, (int, float, bool)):
+            raise _invalid(f"{param}.{key} must be a string or a number, got {type(field).__name__}.", f"{param}.{key}")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class GenerationParameters:
+    model: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid(f"{name} must be a number.", name)
+    if not low <= value <= high:
+        raise _invalid(f"{name} must be between {low} and {high}.", name)
+    return float(value)
+
+
+def generation_parameters(body: dict[str, Any]) -> GenerationParameters:
+    model = model_id(body)
+    limit = conf.max_new_tokens()
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(name)
+    if max_tokens is None:
+        max_tokens = min(256, limit)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= limit:
+        raise _invalid(f"{name} must be an integer between 1 and {limit}.", name)
+    n = body.get("n")
+    if n not in (None, 1):
+        raise _invalid("Only n=1 is supported.", "n")
+    stop = body.get("stop")
+    stops = (stop,) if isinstance(stop, str) else stop or ()
+    if not isinstance(stops, (list, tuple)) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise _invalid("stop must be a string or a list of up to 4 non-empty strings.", "stop")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _invalid("seed must be an integer.", "seed")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _invalid("stream must be a boolean.", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise _invalid("stream_options must be an object.", "stream_options")
+    return GenerationParameters(
+        model=model,
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or 1.0,
+        stop=tuple(stops),
+        seed=seed,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+    )
+
+
+def chat_messages(body: dict[str, Any]) -> tuple[dict[str, str], ...]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages must be a non-empty list of {role, content} objects.", "messages")
+    if len(messages) > conf.max_messages():
+        raise _invalid(f"At most {conf.max_messages()} messages are allowed.", "messages", "too_many_items")
+    parsed = []
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _invalid(f"{param} must be an object.", param)
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise _invalid(f"{param}.role must be one of {', '.join(CHAT_ROLES)}.", f"{param}.role")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: only text parts can be served
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise _invalid(f"{param}.content may only hold text parts.", f"{param}.content")
+            content = "".join(str(p.get("text", "")) for p in content)
+        if not isinstance(content, str):
+            raise _invalid(f"{param}.content must be a string.", f"{param}.content")
+        if len(content) > conf.max_chars():
+            raise _invalid(
+                f"{param}.content has {len(content)} characters; at most {conf.max_chars()} are allowed.",
+                f"{param}.content",
+                "input_too_long",
+            )
+        parsed.append({"role": "system" if role == "developer" else role, "content": content})
+    return tuple(parsed)
+
+
+def completion_prompt(body: dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        raise _invalid("Only one prompt per request is supported.", "prompt")
+    return text(prompt, "prompt")

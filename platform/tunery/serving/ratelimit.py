@@ -1,0 +1,135 @@
+"""Per-tenant rate limits that hold under concurrency.
+
+With Redis (``TUNERY_REDIS_URL``) each tenant has a sliding 60-second log kept by one Lua script:
+trim, count, admit and expire happen atomically in Redis, with Redis's own clock, so any number
+of web processes on any number of hosts share the limit and 50 simultaneous requests admit
+exactly the limit. Without Redis (the embedded setup) a fixed one-minute window is counted in the
+database with a conditional UPDATE, which is atomic in SQLite and PostgreSQL alike.
+
+A refused request gets 429 in OpenAI's error shape with ``Retry-After`` (DRF's Throttled, turned
+into that shape by ``tunery.core.errors``)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from tunery.core.auth import ApiKeyPrincipal
+from tunery.serving.models import RateLimitWindow
+
+WINDOW_SECONDS = 60
+
+# KEYS[1]: the tenant's log. ARGV: limit, window (ms), a unique member.
+# Returns {1, 0} when admitted, {0, ms until the oldest entry leaves the window} when refused.
+_SLIDING_LOG = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(oldest[2]) + window - now}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after: float = 0.0
+
+
+class RedisRateLimiter:
+    def __init__(self, url: str, prefix: str = "tunery:ratelimit") -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.prefix = prefix
+        self._script = self.client.register_script(_SLIDING_LOG)
+
+    def hit(self, key: str, limit: int, window: int = WINDOW_SECONDS) -> Decision:
+        allowed, wait_ms = self._script(keys=[f"{self.prefix}:{key}"], args=[limit, window * 1000, uuid.uuid4().hex])
+        return Decision(bool(allowed), max(int(wait_ms), 0) / 1000)
+
+    def reset(self, key: str) -> None:
+        self.client.delete(f"{self.prefix}:{key}")
+
+
+class DatabaseRateLimiter:
+    """Fixed windows counted in ``RateLimitWindow`` rows (old rows are pruned as it goes)."""
+
+    def hit(self, key: str, limit: int, window: int = WINDOW_SECONDS) -> Decision:
+        now = time.time()
+        start = int(now // window * window)
+        retry_after = start + window - now
+        rows = RateLimitWindow.objects.filter(key=key, window_start=start, count__lt=limit)
+        if rows.update(count=F("count") + 1):
+            return Decision(True)
+        if limit <= 0 or RateLimitWindow.objects.filter(key=key, window_start=start).exists():
+            return Decision(False, retry_after)
+        try:
+            with transaction.atomic():
+                RateLimitWindow.objects.create(key=key, window_start=start, count=1)
+        except IntegrityError:  # another request opened the window first: count against it
+            if RateLimitWindow.objects.filter(key=key, window_start=start, count__lt=limit).update(
+                count=F("count") + 1
+            ):
+                return Decision(True)
+            return Decision(False, retry_after)
+        RateLimitWindow.objects.filter(key=key, window_start__lt=start - window).delete()
+        return Decision(True)
+
+    def reset(self, key: str) -> None:
+        RateLimitWindow.objects.filter(key=key).delete()
+
+
+_limiter: tuple[tuple[str, str], RedisRateLimiter | DatabaseRateLimiter] | None = None
+_limiter_lock = threading.Lock()
+
+
+def limiter() -> RedisRateLimiter | DatabaseRateLimiter:
+    """The process's limiter for the current settings (rebuilt when they change, e.g. in tests)."""
+    global _limiter
+    config = (getattr(settings, "REDIS_URL", ""), rate_limit_prefix())
+    with _limiter_lock:
+        if _limiter is None or _limiter[0] != config:
+            url, prefix = config
+            _limiter = (config, RedisRateLimiter(url, prefix=prefix) if url else DatabaseRateLimiter())
+        return _limiter[1]
+
+
+def rate_limit_prefix() -> str:
+    return getattr(settings, "TUNERY_RATE_LIMIT_PREFIX", "tunery:ratelimit")
+
+
+def tenant_key(tenant_id: int) -> str:
+    return f"tenant:{tenant_id}"
+
+
+class TenantRateThrottle(BaseThrottle):
+    """DRF throttle: each tenant's requests per minute (``Tenant.requests_per_minute``)."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        user = getattr(request, "user", None)
+        if not isinstance(user, ApiKeyPrincipal):
+            return True  # unauthenticated requests are refused by authentication, not counted here
+        decision = limiter().hit(tenant_key(user.tenant.pk), user.tenant.requests_per_minute)
+        self._wait = decision.retry_after
+        return decision.allowed
+
+    def wait(self) -> float | None:
+        return max(1, math.ceil(getattr(self, "_wait", 1)))

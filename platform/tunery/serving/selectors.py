@@ -1,0 +1,78 @@
+"""Reads for serving, always within one tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.db.models import QuerySet
+
+from tunery.catalog.models import FineTunedModel
+from tunery.core.errors import Conflict, NotFound
+from tunery.jobs.selectors import fine_tuned_models
+from tunery.serving.models import Deployment
+from tunery.serving.runtime import artifact_dir
+from tunery.tenants.models import Tenant
+from tunery_contract import TaskDefinition
+
+
+def deployments(tenant: Tenant) -> QuerySet[Deployment]:
+    return Deployment.objects.filter(tenant=tenant).select_related("model")
+
+
+def ready_deployment_count(tenant: Tenant) -> int:
+    return Deployment.objects.filter(tenant=tenant, status=Deployment.Status.READY).count()
+
+
+def tenant_model(tenant: Tenant, model_id: str) -> FineTunedModel:
+    """The tenant's fine-tuned model, or a 404 (another tenant's model looks exactly like none)."""
+    found = fine_tuned_models(tenant).filter(pk=model_id).first()
+    if found is None:
+        raise NotFound(
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    model: FineTunedModel
+    deployment: Deployment
+    path: Path
+    kind: str
+
+
+def serving_target(tenant: Tenant, model_id: str) -> ServingTarget:
+    model = tenant_model(tenant, model_id)
+    deployment = Deployment.objects.filter(model=model, tenant=tenant).first()
+    if deployment is None or deployment.status != Deployment.Status.READY:
+        state = "failed to deploy" if deployment is not None else "is not deployed"
+        raise Conflict(
+            f"The model '{model_id}' {state}; deploy it with POST /v1/deployments first.",
+            param="model",
+            code="model_not_deployed",
+        )
+    return ServingTarget(model, deployment, artifact_dir(model), deployment.kind)
+
+
+@dataclass(frozen=True)
+class PackHooks:
+    """What a model's vertical pack contributes to serving (nothing when it is not installed)."""
+
+    task: TaskDefinition | None
+    config: dict[str, Any]
+
+
+def pack_hooks(tenant: Tenant, model: FineTunedModel) -> PackHooks:
+    from tunery.verticals import registry
+
+    pack = registry.get_pack(model.vertical)
+    if pack is None:
+        return PackHooks(None, {})
+    task = next((t for t in pack.tasks if t.id == model.task), None)
+    enabled = registry.enabled_pack(tenant, model.vertical)
+    config = dict(enabled.config) if enabled is not None else dict(pack.config_defaults)
+    return PackHooks(task, config)

@@ -1,0 +1,313 @@
+"""Writes and calls for serving: deploying, undeploying, predicting and generating."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import transaction
+
+from tunery.core.errors import ApiError, InvalidRequest, QuotaExceeded
+from tunery.core.ids import prefixed_id
+from tunery.monitoring import metrics
+from tunery.serving import inputs, selectors
+from tunery.serving.models import Deployment
+from tunery.serving.runtime import artifact_dir, get_runtime
+from tunery.tenants.models import Tenant
+from tunery.tenants.services import audit
+from tunery_contract import Prediction, TaskKind
+
+log = logging.getLogger(__name__)
+
+ENCODER_KINDS = {k.value for k in TaskKind} - {TaskKind.CAUSAL_LM.value}
+PAIR_KINDS = {TaskKind.TEXT_PAIR_CLASSIFICATION.value, TaskKind.TEXT_PAIR_REGRESSION.value}
+
+
+class ModelUnavailable(ApiError):
+    status_code = 503
+
+    def __init__(self, message: str):
+        super().__init__(message, code="model_unavailable")
+
+
+# -- deployments -------------------------------------------------------------------------------
+
+
+def deploy(*, tenant: Tenant, model_id: str, actor: str) -> tuple[Deployment, bool]:
+    """Deploy a tenant's fine-tuned model: check the quota, load the artifact in this process,
+    record the outcome. Returns (deployment, created); deploying a ready model again is a no-op."""
+    model = selectors.tenant_model(tenant, model_id)
+    with transaction.atomic():
+        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # serializes a tenant's deploys
+        existing = Deployment.objects.filter(model=model).first()
+        if existing is not None and existing.status == Deployment.Status.READY:
+            return existing, False
+        if selectors.ready_deployment_count(tenant) >= tenant.max_deployments:
+            raise QuotaExceeded(
+                f"Your organisation may have {tenant.max_deployments} models deployed at once; "
+                "undeploy one first (DELETE /v1/deployments/{id}).",
+                param="model",
+                code="deployment_quota_exceeded",
+            )
+        status, error, kind = _load(model.id, model)
+        deployment, created = Deployment.objects.update_or_create(
+            model=model,
+            defaults={"tenant": tenant, "status": status, "error": error, "kind": kind, "created_by": actor[:200]},
+        )
+        audit(
+            actor=actor, action="deployment.create", tenant=tenant, target=deployment.id, model=model.id, status=status
+        )
+    return deployment, created
+
+
+def _load(model_id: str, model: Any) -> tuple[str, str, str]:
+    from tunery_worker.serving import ArtifactError
+
+    try:
+        loaded = get_runtime().load(model_id, artifact_dir(model))
+    except ArtifactError as exc:
+        return Deployment.Status.FAILED, str(exc), ""
+    except Exception as exc:  # an unexpected loader failure is the deployment's state, not a 500
+        log.exception("deploying %s failed", model_id)
+        return Deployment.Status.FAILED, f"{type(exc).__name__}: {exc}", ""
+    return Deployment.Status.READY, "", loaded.kind.value
+
+
+def undeploy(*, deployment: Deployment, actor: str) -> None:
+    model_id, deployment_id = deployment.model_id, deployment.id  # delete() clears the pk
+    with transaction.atomic():
+        deployment.delete()
+        audit(actor=actor, action="deployment.delete", tenant=deployment.tenant, target=deployment_id, model=model_id)
+    get_runtime().unload(model_id)
+
+
+# -- predictions -------------------------------------------------------------------------------
+
+
+def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, Any]:
+    target = selectors.serving_target(tenant, request.model)
+    if target.kind not in ENCODER_KINDS:
+        raise InvalidRequest(
+            f"The model '{request.model}' is a {target.kind} model; call /v1/chat/completions or /v1/completions.",
+            param="model",
+            code="wrong_endpoint",
+        )
+    hooks = selectors.pack_hooks(tenant, target.model)
+    text_column = _column(hooks, "text")
+    pair_column = _column(hooks, "text_pair")
+    if request.items is not None:
+        if target.kind not in PAIR_KINDS:
+            raise InvalidRequest(
+                f"A ranking call (user + items) needs a text-pair model; '{request.model}' is {target.kind}.",
+                param="items",
+                code="not_a_ranking_model",
+            )
+        rows = [
+            {
+                text_column: request.query,
+                pair_column: _field(item, (pair_column, "text", "item"), f"items[{i}]"),
+                **item,
+            }
+            for i, item in enumerate(request.items)
+        ]
+    else:
+        rows = request.inputs or []
+    from tunery_worker.serving import PredictionInput
+
+    model_inputs = [
+        PredictionInput(
+            text=_field(row, (text_column, "text"), f"inputs[{i}]"),
+            text_pair=_field(row, (pair_column, "text_pair"), f"inputs[{i}]") if target.kind in PAIR_KINDS else None,
+        )
+        for i, row in enumerate(rows)
+    ]
+    started = time.perf_counter()
+    predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs))
+    metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+    data = []
+    for index, (prediction, row) in enumerate(zip(predictions, rows)):
+        result = {"index": index, **decoded(prediction)}
+        if hooks.task is not None and hooks.task.postprocess is not None:
+            result.update(hooks.task.postprocess(prediction, row, hooks.config))
+        data.append(result)
+    if request.items is not None:
+        for entry, item in zip(data, request.items):
+            entry.setdefault("item", item)
+        data.sort(key=lambda r: r.get("score", 0.0), reverse=True)
+        for rank, entry in enumerate(data, start=1):
+            entry["rank"] = rank
+    return {
+        "id": prefixed_id("pred"),
+        "object": "prediction",
+        "created": int(time.time()),
+        "model": target.model.id,
+        "kind": target.kind,
+        "data": data,
+        "usage": {"items": len(data)},
+    }
+
+
+def _column(hooks: selectors.PackHooks, role: str) -> str:
+    if hooks.task is not None:
+        column = hooks.task.schema.column_for(role)
+        if column is not None:
+            return column.name
+    return role
+
+
+def _field(row: dict[str, Any], names: tuple[str, ...], param: str) -> str:
+    for name in names:
+        value = row.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+    raise InvalidRequest(f"{param} needs a non-empty string field '{names[0]}'.", param=param, code="missing_field")
+
+
+def decoded(prediction: Prediction) -> dict[str, Any]:
+    """The runtime's decoding in API form, before (and beneath) a pack's post-processing."""
+    if prediction.probabilities is not None:
+        probabilities = dict(zip(prediction.label_names, prediction.probabilities))
+        if prediction.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+            return {"labels": [n for n, p in probabilities.items() if p >= 0.5], "probabilities": probabilities}
+        label, score = prediction.top_label()
+        return {"label": label, "score": score, "probabilities": probabilities}
+    if prediction.entities is not None:
+        return {"entities": prediction.entities, "tokens": prediction.tokens, "tags": prediction.tags}
+    if prediction.score is not None:
+        return {"score": prediction.score}
+    return {"text": prediction.text}
+
+
+def _run(call: Any) -> Any:
+    from tunery_worker.serving import ArtifactError
+
+    try:
+        return call()
+    except ArtifactError as exc:
+        log.error("model could not be loaded: %s", exc)
+        raise ModelUnavailable(f"The model could not be loaded: {exc}") from exc
+
+
+# -- generation (OpenAI chat/completions shapes) -----------------------------------------------
+
+
+def _generation_target(tenant: Tenant, model: str) -> selectors.ServingTarget:
+    target = selectors.serving_target(tenant, model)
+    if target.kind != TaskKind.CAUSAL_LM.value:
+        raise InvalidRequest(
+            f"The model '{model}' is a {target.kind} model, not a language model; call /v1/predictions.",
+            param="model",
+            code="wrong_endpoint",
+        )
+    return target
+
+
+def generate(*, tenant: Tenant, body: dict[str, Any], chat: bool) -> dict[str, Any] | Iterator[str]:
+    """A chat completion (``chat``) or a text completion in OpenAI's shape; an iterator of
+    server-sent-event lines when the body asks for ``stream``."""
+    from tunery_worker.serving import GenerationRequest
+
+    params = inputs.generation_parameters(body)
+    messages = inputs.chat_messages(body) if chat else None
+    prompt = None if chat else inputs.completion_prompt(body)
+    target = _generation_target(tenant, params.model)
+    request = GenerationRequest(
+        messages=messages,
+        prompt=prompt,
+        max_new_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=params.stop,
+        seed=params.seed,
+    )
+    shape = _Shape(chat=chat, model=target.model.id)
+    if params.stream:
+        return _stream(target, request, shape, params.include_usage)
+    started = time.perf_counter()
+    result = _run(lambda: get_runtime().generate(target.model.id, target.path, request))
+    metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+    metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+    return shape.whole(result)
+
+
+class _Shape:
+    """OpenAI's response objects for chat.completion(.chunk) and text_completion."""
+
+    def __init__(self, chat: bool, model: str) -> None:
+        self.chat = chat
+        self.model = model
+        self.id = prefixed_id("chatcmpl" if chat else "cmpl")
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _base(self, chunk: bool) -> dict[str, Any]:
+        kind = self.object + (".chunk" if chunk and self.chat else "")
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "system_fingerprint": None}
+
+    @staticmethod
+    def usage(result: Any) -> dict[str, int]:
+        return {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
+
+    def whole(self, result: Any) -> dict[str, Any]:
+        if self.chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "finish_reason": result.finish_reason,
+                "logprobs": None,
+            }
+        else:
+            choice = {"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}
+        return {**self._base(chunk=False), "choices": [choice], "usage": self.usage(result)}
+
+    def chunk(self, piece: str | None, finish_reason: str | None = None, role: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if piece:
+                delta["content"] = piece
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": piece or "", "finish_reason": finish_reason, "logprobs": None}
+        return {**self._base(chunk=True), "choices": [choice]}
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _stream(target: selectors.ServingTarget, request: Any, shape: _Shape, include_usage: bool) -> Iterator[str]:
+    from tunery_worker.serving import GenerationResult
+
+    # Load (and fail) before the first byte, so a broken model is a proper error response.
+    runtime = get_runtime()
+    _run(lambda: runtime.load(target.model.id, target.path))
+
+    def events() -> Iterator[str]:
+        result = GenerationResult()
+        started = time.perf_counter()
+        try:
+            if shape.chat:
+                yield _event(shape.chunk(None, role=True))
+            for piece in runtime.stream(target.model.id, target.path, request, result):
+                yield _event(shape.chunk(piece))
+            yield _event(shape.chunk(None, finish_reason=result.finish_reason))
+            if include_usage:
+                yield _event({**shape.chunk(None), "choices": [], "usage": shape.usage(result)})
+        except Exception as exc:  # headers are gone: report in-band, as OpenAI does
+            log.exception("generation failed mid-stream for %s", target.model.id)
+            yield _event(
+                {"error": {"message": f"Generation failed: {exc}", "type": "server_error", "param": None, "code": None}}
+            )
+        finally:
+            metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+            metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+        yield "data: [DONE]\n\n"
+
+    return events()

@@ -1,0 +1,154 @@
+"""Serving endpoints: thin views that parse, call a service, serialize.
+
+- ``/v1/deployments`` (native): deploy, list, retrieve, undeploy fine-tuned models;
+- ``/v1/predictions`` (native): classification, tagging and ranking with the pack's post-processing;
+- ``/v1/chat/completions`` and ``/v1/completions`` (OpenAI's shapes, streaming included) for
+  fine-tuned causal LMs.
+
+Every view is limited per tenant (``TenantRateThrottle``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tunery.core.errors import PayloadTooLarge
+from tunery.core.schema import ERRORS
+from tunery.core.scoping import TenantScopedViewSet, request_tenant
+from tunery.serving import inputs, services
+from tunery.serving.models import Deployment
+from tunery.serving.ratelimit import TenantRateThrottle
+
+DeploymentObject = inline_serializer(
+    name="Deployment",
+    fields={
+        "id": serializers.CharField(),
+        "object": serializers.CharField(default="deployment"),
+        "model": serializers.CharField(),
+        "status": serializers.ChoiceField(choices=Deployment.Status.choices),
+        "kind": serializers.CharField(),
+        "error": serializers.CharField(allow_null=True),
+        "created_at": serializers.IntegerField(),
+        "updated_at": serializers.IntegerField(),
+    },
+)
+JsonBody = inline_serializer(name="ServingRequest", fields={"model": serializers.CharField()})
+
+
+def deployment_object(deployment: Deployment) -> dict[str, Any]:
+    return {
+        "id": deployment.id,
+        "object": "deployment",
+        "model": deployment.model_id,
+        "status": deployment.status,
+        "kind": deployment.kind,
+        "error": deployment.error or None,
+        "created_by": deployment.created_by,
+        "created_at": int(deployment.created_at.timestamp()),
+        "updated_at": int(deployment.updated_at.timestamp()),
+    }
+
+
+def request_body(request: Request) -> Any:
+    try:
+        return request.data
+    except RequestDataTooBig as exc:
+        raise PayloadTooLarge("The request body is too large.", code="request_too_large") from exc
+
+
+class DeploymentViewSet(TenantScopedViewSet):
+    scoped_model = Deployment
+    object_name = "deployment"
+    throttle_classes = [TenantRateThrottle]
+
+    def refine_queryset(self, queryset):
+        return queryset.select_related("model").order_by("-created_at", "-id")
+
+    @extend_schema(
+        summary="List deployments",
+        responses={200: inline_serializer(name="DeploymentList", fields={"data": serializers.ListField()}), **ERRORS},
+    )
+    def list(self, request: Request) -> Response:
+        data = [deployment_object(d) for d in self.get_queryset()]
+        return Response({"object": "list", "data": data, "has_more": False})
+
+    @extend_schema(summary="Retrieve a deployment", responses={200: DeploymentObject, **ERRORS})
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(deployment_object(self.get_object()))
+
+    @extend_schema(
+        summary="Deploy a fine-tuned model",
+        request=JsonBody,
+        responses={201: DeploymentObject, 200: DeploymentObject, **ERRORS},
+    )
+    def create(self, request: Request) -> Response:
+        body = inputs.require_object(request_body(request))
+        deployment, created = services.deploy(tenant=self.tenant, model_id=inputs.model_id(body), actor=self.actor)
+        return Response(
+            deployment_object(deployment), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+    @extend_schema(summary="Undeploy a model", responses={200: DeploymentObject, **ERRORS})
+    def destroy(self, request: Request, pk: str) -> Response:
+        deployment = self.get_object()
+        services.undeploy(deployment=deployment, actor=self.actor)
+        return Response({"id": pk, "object": "deployment", "model": deployment.model_id, "deleted": True})
+
+
+class PredictionView(APIView):
+    throttle_classes = [TenantRateThrottle]
+
+    @extend_schema(
+        summary="Predict with a deployed classification, tagging or ranking model",
+        description=(
+            "Body: {model, inputs: [text | {field: text, ...}]} or, for ranking models, "
+            "{model, user, items: [text | {text, id, ...}]}. Results carry the pack's post-processing."
+        ),
+        request=JsonBody,
+        responses={200: inline_serializer(name="Predictions", fields={"data": serializers.ListField()}), **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        parsed = inputs.prediction_request(request_body(request))
+        return Response(services.predict(tenant=request_tenant(request), request=parsed))
+
+
+class _GenerationView(APIView):
+    throttle_classes = [TenantRateThrottle]
+    chat = True
+
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        body = inputs.require_object(request_body(request))
+        result = services.generate(tenant=request_tenant(request), body=body, chat=self.chat)
+        if isinstance(result, dict):
+            return Response(result)
+        response = StreamingHttpResponse(result, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come
+        return response
+
+
+class ChatCompletionView(_GenerationView):
+    chat = True
+
+    @extend_schema(
+        summary="Chat completion with a fine-tuned causal LM (OpenAI shape)", request=JsonBody, responses=ERRORS
+    )
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        return super().post(request)
+
+
+class CompletionView(_GenerationView):
+    chat = False
+
+    @extend_schema(
+        summary="Text completion with a fine-tuned causal LM (OpenAI shape)", request=JsonBody, responses=ERRORS
+    )
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        return super().post(request)

@@ -1,0 +1,333 @@
+"""Serving through the real HTTP API (a live server thread) and the real runtime on tiny models."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import openai
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from tests.serving import pack
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def setup(live_server, serving_pack, make_tenant, make_model, redis_rate_limits, artifacts):
+    """Tenant 'acme' with a key, the serving pack enabled, and a fine-tuned model per task."""
+    acme = make_tenant("acme", verticals=(pack.PACK_ID,), max_deployments=10)
+    models = {
+        task: make_model(acme.tenant, artifacts[task], task) for task in ("intents", "entities", "ranking", "assistant")
+    }
+    client = httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {acme.key}"}, timeout=60)
+    yield {"url": live_server.url, "acme": acme, "models": models, "client": client}
+    client.close()
+
+
+def deploy(client: httpx.Client, model) -> dict:
+    response = client.post("/v1/deployments", json={"model": model.id})
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def predict(client: httpx.Client, **body) -> httpx.Response:
+    return client.post("/v1/predictions", json=body)
+
+
+def test_deploy_list_retrieve_undeploy(setup):
+    client, model = setup["client"], setup["models"]["intents"]
+    assert predict(client, model=model.id, inputs=["hi"]).json()["error"]["code"] == "model_not_deployed"
+
+    created = client.post("/v1/deployments", json={"model": model.id})
+    assert created.status_code == 201
+    deployment = created.json()
+    assert deployment["status"] == "ready"
+    assert deployment["kind"] == "sequence_classification"
+    again = client.post("/v1/deployments", json={"model": model.id})
+    assert again.status_code == 200
+    assert again.json()["id"] == deployment["id"]
+
+    listed = client.get("/v1/deployments").json()["data"]
+    assert [d["id"] for d in listed] == [deployment["id"]]
+    assert client.get(f"/v1/deployments/{deployment['id']}").json()["model"] == model.id
+    assert predict(client, model=model.id, inputs=["hi"]).status_code == 200
+
+    deleted = client.delete(f"/v1/deployments/{deployment['id']}")
+    assert deleted.json()["deleted"] is True
+    assert client.get("/v1/deployments").json()["data"] == []
+    gone = predict(client, model=model.id, inputs=["hi"])
+    assert gone.status_code == 409
+    assert gone.json()["error"]["code"] == "model_not_deployed"
+    from tunery.tenants.models import AuditLog
+
+    assert list(AuditLog.objects.filter(target=deployment["id"]).values_list("action", flat=True).order_by("id")) == [
+        "deployment.create",
+        "deployment.delete",
+    ]
+
+
+def test_deployment_quota_is_enforced(setup, make_model, artifacts):
+    from tunery.tenants.models import Tenant
+
+    client, models = setup["client"], setup["models"]
+    Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(max_deployments=1)
+    deploy(client, models["intents"])
+    refused = client.post("/v1/deployments", json={"model": models["entities"].id})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "deployment_quota_exceeded"
+    assert client.get("/v1/deployments").json()["data"][0]["model"] == models["intents"].id
+
+
+def test_a_broken_artifact_deploys_as_failed_with_the_reason(setup, make_model, tmp_path):
+    client = setup["client"]
+    broken = make_model(setup["acme"].tenant, tmp_path / "nothing-here", "intents")
+    response = client.post("/v1/deployments", json={"model": broken.id})
+    assert response.status_code == 201
+    assert response.json()["status"] == "failed"
+    assert "tunery_artifact.json" in response.json()["error"]
+    assert predict(client, model=broken.id, inputs=["hi"]).status_code == 409
+
+
+def test_classification_selects_a_reply_or_hands_off(setup):
+    from tunery.verticals import registry
+
+    client, model = setup["client"], setup["models"]["intents"]
+    deploy(client, model)
+    texts = ["I was charged twice", "where is my parcel?", {"message": "I want my money back"}]
+    response = predict(client, model=model.id, inputs=texts)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "prediction"
+    assert [r["index"] for r in body["data"]] == [0, 1, 2]
+    replies = pack.make_pack().config_defaults["replies"]
+    for result in body["data"]:
+        assert set(result["probabilities"]) == set(pack.INTENTS)
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert result["label"] == max(result["probabilities"], key=result["probabilities"].get)
+        assert result["handoff"] is False
+        assert result["reply"] == replies[result["label"]]
+
+    # the tenant's pack config decides: above this confidence bar every answer is handed off
+    registry.enable(setup["acme"].tenant, pack.PACK_ID, {"handoff_below": 0.99})
+    handed_off = predict(client, model=model.id, inputs=texts).json()["data"]
+    assert all(r["handoff"] is True and r["reply"] is None for r in handed_off)
+
+
+def test_token_classification_returns_entities_with_character_offsets(setup):
+    client, model = setup["client"], setup["models"]["entities"]
+    deploy(client, model)
+    text = "Grace Hopper met the Acme Corporation board in Paris"
+    (result,) = predict(client, model=model.id, inputs=[text]).json()["data"]
+    assert result["tokens"] == text.split()
+    assert len(result["tags"]) == len(result["tokens"])
+    for entity in result["entities"]:
+        assert text[entity["start"] : entity["end"]] == entity["text"]
+        assert entity["type"] in ("ORG", "PER")
+    tagged_words = sum(tag != "O" for tag in result["tags"])
+    assert sum(len(e["text"].split()) for e in result["entities"]) == tagged_words
+
+
+def test_ranking_returns_items_sorted_by_the_models_score(setup, artifacts):
+    client, model = setup["client"], setup["models"]["ranking"]
+    deploy(client, model)
+    user = "likes trail running and mountains"
+    items = [
+        {"id": f"sku-{i}", "text": t}
+        for i, t in enumerate(["trail shoes", "a sofa", "ski goggles", "tea", "rain jacket"])
+    ]
+    response = predict(client, model=model.id, user=user, items=items)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [r["rank"] for r in data] == [1, 2, 3, 4, 5]
+    assert sorted(r["item_id"] for r in data) == sorted(i["id"] for i in items)
+
+    # the same scores, computed independently with transformers
+    tokenizer = AutoTokenizer.from_pretrained(str(artifacts["ranking"]))
+    reference = AutoModelForSequenceClassification.from_pretrained(str(artifacts["ranking"])).eval()
+    encoded = tokenizer([user] * len(items), [i["text"] for i in items], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        expected = reference(**encoded).logits[:, 0].tolist()
+    expected_order = [items[i]["id"] for i in sorted(range(len(items)), key=lambda i: -expected[i])]
+    assert [r["item_id"] for r in data] == expected_order
+    assert [r["score"] for r in data] == pytest.approx(sorted(expected, reverse=True), abs=1e-5)
+
+
+def test_openai_client_chat_completion_plain_and_streamed(setup):
+    client, model = setup["client"], setup["models"]["assistant"]
+    deploy(client, model)
+    oa = openai.OpenAI(base_url=f"{setup['url']}/v1", api_key=setup["acme"].key, max_retries=0)
+    messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Where is my parcel?"}]
+
+    completion = oa.chat.completions.create(model=model.id, messages=messages, max_tokens=8, temperature=0)
+    answer = completion.choices[0].message.content
+    assert completion.model == model.id
+    assert completion.choices[0].message.role == "assistant"
+    assert isinstance(answer, str)
+    assert answer
+    assert completion.usage.completion_tokens == 8
+    assert completion.choices[0].finish_reason == "length"
+
+    stream = oa.chat.completions.create(
+        model=model.id,
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answer
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed, piece by piece
+    assert chunks[-1].usage.completion_tokens == 8
+
+    text = oa.completions.create(model=model.id, prompt="Hello", max_tokens=5, temperature=0)
+    assert text.choices[0].text
+    assert text.usage.completion_tokens == 5
+
+
+def test_a_tenant_cannot_reach_another_tenants_model(setup, make_tenant):
+    client, models = setup["client"], setup["models"]
+    intents = deploy(client, models["intents"])
+    deploy(client, models["assistant"])
+    other = make_tenant("globex", verticals=(pack.PACK_ID,))
+    intruder = httpx.Client(base_url=setup["url"], headers={"Authorization": f"Bearer {other.key}"}, timeout=30)
+
+    for response in (
+        predict(intruder, model=models["intents"].id, inputs=["hi"]),
+        intruder.post("/v1/deployments", json={"model": models["entities"].id}),
+        intruder.get(f"/v1/deployments/{intents['id']}"),
+        intruder.delete(f"/v1/deployments/{intents['id']}"),
+    ):
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["type"] == "not_found_error"
+    assert intruder.get("/v1/deployments").json()["data"] == []
+    oa = openai.OpenAI(base_url=f"{setup['url']}/v1", api_key=other.key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        oa.chat.completions.create(model=models["assistant"].id, messages=[{"role": "user", "content": "hi"}])
+    assert predict(client, model=models["intents"].id, inputs=["still mine"]).status_code == 200
+
+
+def test_rate_limit_admits_exactly_the_limit_under_50_concurrent_requests(setup):
+    from tunery.serving.ratelimit import limiter, tenant_key
+    from tunery.tenants.models import Tenant
+
+    client, model = setup["client"], setup["models"]["intents"]
+    deploy(client, model)
+    limit = 17
+    Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(requests_per_minute=limit)
+    limiter().reset(tenant_key(setup["acme"].tenant.pk))  # forget the deploy call
+    responses: list[httpx.Response] = []
+    barrier = threading.Barrier(50)
+
+    def call():
+        with httpx.Client(base_url=setup["url"], headers=client.headers, timeout=60) as own:
+            barrier.wait()
+            responses.append(predict(own, model=model.id, inputs=["where is my parcel?"]))
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == limit, statuses
+    assert statuses.count(429) == 50 - limit, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"inputs": ["hi"]}, "model", "missing_model"),
+        ({"model": "MODEL", "inputs": "just a string"}, "inputs", "invalid_value"),
+        ({"model": "MODEL", "inputs": []}, "inputs", "invalid_value"),
+        ({"model": "MODEL", "inputs": [42]}, "inputs[0]", "invalid_value"),
+        ({"model": "MODEL", "inputs": ["ok", {"message": ["a", "list"]}]}, "inputs[1].message", "invalid_value"),
+        ({"model": "MODEL", "inputs": ["x" * 10_001]}, "inputs[0]", "input_too_long"),
+        ({"model": "MODEL", "inputs": ["hi"] * 65}, "inputs", "too_many_items"),
+        ({"model": "MODEL", "inputs": [{"other": "field"}]}, "inputs[0]", "missing_field"),
+        ({"model": "MODEL", "user": "u", "items": ["a"]}, "items", "not_a_ranking_model"),
+        ({"model": "MODEL", "inputs": ["hi"], "items": ["a"]}, "inputs", "invalid_value"),
+    ],
+)
+def test_malformed_prediction_input_is_a_clear_400(setup, body, param, code):
+    client, model = setup["client"], setup["models"]["intents"]
+    deploy(client, model)
+    if body.get("model") == "MODEL":
+        body = {**body, "model": model.id}
+    response = predict(client, **body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["code"] == code
+    assert error["message"]
+
+
+def test_wrong_bodies_for_the_endpoint_are_refused(setup):
+    client, models = setup["client"], setup["models"]
+    deploy(client, models["intents"])
+    deploy(client, models["assistant"])
+    assert (
+        client.post("/v1/predictions", content=b"[1, 2]", headers={"Content-Type": "application/json"}).status_code
+        == 400
+    )
+    wrong_kind = predict(client, model=models["assistant"].id, inputs=["hi"])
+    assert wrong_kind.json()["error"]["code"] == "wrong_endpoint"
+    chat = client.post(
+        "/v1/chat/completions", json={"model": models["intents"].id, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert chat.json()["error"]["code"] == "wrong_endpoint"
+    bad_messages = client.post(
+        "/v1/chat/completions",
+        json={"model": models["assistant"].id, "messages": [{"role": "wizard", "content": "hi"}]},
+    )
+    assert bad_messages.status_code == 400
+    assert bad_messages.json()["error"]["param"] == "messages[0].role"
+    too_many_tokens = client.post(
+        "/v1/chat/completions",
+        json={"model": models["assistant"].id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6},
+    )
+    assert too_many_tokens.json()["error"]["param"] == "max_tokens"
+    huge = client.post(
+        "/v1/predictions",
+        content=b'{"model": "x", "inputs": ["' + b"a" * 2_000_000 + b'"]}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert huge.status_code == 413
+
+
+def test_metrics_expose_requests_predictions_batches_and_jobs(setup):
+    client, model = setup["client"], setup["models"]["intents"]
+    deploy(client, model)
+    assert predict(client, model=model.id, inputs=["a", "b", "c"]).status_code == 200
+    predict(client, model=model.id, inputs=[7])  # a 400, counted as an error
+    text = httpx.get(f"{setup['url']}/metrics").text
+    assert 'tunery_http_requests_total{endpoint="v1/predictions",method="POST",status="200"}' in text
+    assert 'tunery_http_request_errors_total{endpoint="v1/predictions",method="POST",status="400"}' in text
+    assert 'tunery_http_request_duration_seconds_bucket{endpoint="v1/predictions"' in text
+    assert 'tunery_prediction_duration_seconds_count{kind="sequence_classification"}' in text
+    assert 'tunery_prediction_batch_size_bucket{kind="sequence_classification"' in text
+    assert 'tunery_jobs{state="succeeded"} 4.0' in text  # the four fine-tuned models' jobs
+    assert "tunery_queue_depth" in text
+    assert "tunery_loaded_models" in text
+
+
+def test_healthz_and_readyz(setup, settings):
+    assert httpx.get(f"{setup['url']}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{setup['url']}/readyz")
+    assert ready.status_code == 200, ready.text
+    checks = ready.json()["checks"]
+    assert set(checks) == {"database", "broker", "storage", "packs", "rate_limits"}
+    assert pack.PACK_ID in checks["packs"]["detail"]["loaded"]
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    down = httpx.get(f"{setup['url']}/readyz")
+    assert down.status_code == 503
+    assert down.json()["checks"]["broker"]["ok"] is False
+    assert down.json()["checks"]["database"]["ok"] is True
