@@ -8,6 +8,12 @@ Packs never touch the training loop: they describe the task and supply plain fun
 
 This module imports only the standard library, so the web stack, the worker and a pack's own
 tests can all load it without torch or Django.
+
+Also here: ``tunery_contract.records`` (the one JSONL/CSV reader), ``tunery_contract.validation``
+(schema checks behind ``TaskDefinition.validate``), ``tunery_contract.discovery`` (entry points,
+``discover().get(pack_id)``), ``tunery_contract.metrics`` (stdlib metric helpers the packs share,
+checked against scikit-learn and seqeval in tests/contract), ``tunery_contract.cards`` (model-card
+Markdown helpers) and ``tunery_contract.testing`` (``check_pack(pack)``: the contract test-kit).
 """
 
 from __future__ import annotations
