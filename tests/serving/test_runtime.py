@@ -3,6 +3,8 @@ the LRU memory bound and generation. No Django here: the runtime is Django-free.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from peft import PeftModel
@@ -16,6 +18,7 @@ from tunery_worker.serving import (
     GenerationResult,
     InferenceRuntime,
     PredictionInput,
+    RuntimeObserver,
     read_artifact,
 )
 
@@ -182,3 +185,32 @@ def test_a_missing_or_broken_artifact_is_a_clear_error(tmp_path, artifacts):
     with pytest.raises(ArtifactError, match="does not generate"):
         runtime.generate("ft:cls", artifacts["classifier"], GenerationRequest(prompt="hi"))
     runtime.close()
+
+
+def test_requests_for_different_adapters_share_one_forward_pass(artifacts):
+    sizes: list[int] = []
+    runtime = InferenceRuntime(
+        max_bytes=1024**3,
+        max_wait_seconds=0.5,
+        observer=RuntimeObserver(on_batch=lambda kind, n, s, w: sizes.append(n)),
+    )
+    try:
+        paths = {f"ft:lora{i}": path for i, path in enumerate(artifacts["adapters"])}
+        text = PredictionInput("please refund my order")
+        # one adapter at a time (set_adapter), as a reference for the mixed batch
+        expected = {model_id: runtime.predict_unbatched(model_id, path, [text])[0] for model_id, path in paths.items()}
+        results: dict[str, object] = {}
+        threads = [
+            threading.Thread(target=lambda m=m, p=p: results.__setitem__(m, runtime.predict(m, p, [text])[0]))
+            for m, p in paths.items()
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sizes == [3]  # three tenants' requests, one forward pass
+        for model_id, prediction in results.items():
+            assert prediction.probabilities == pytest.approx(expected[model_id].probabilities, abs=1e-5)
+        assert expected["ft:lora0"].probabilities != pytest.approx(expected["ft:lora1"].probabilities, abs=1e-3)
+    finally:
+        runtime.close()

@@ -39,7 +39,7 @@ class _Pending(Generic[ItemT, ResultT]):
 class MicroBatcher(Generic[ItemT, ResultT]):
     def __init__(
         self,
-        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT | BaseException]],
         *,
         max_batch_size: int = 32,
         max_wait_seconds: float = 0.005,
@@ -128,7 +128,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             finally:
                 elapsed = time.monotonic() - started
             for pending, result in zip(batch, results):
-                pending.future.set_result(result)
+                if isinstance(result, BaseException):  # one item failed, not the batch
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
             if self._observer is not None:
                 try:
                     self._observer(len(batch), elapsed, started - batch[0].enqueued_at)

@@ -17,6 +17,7 @@ from tunery_contract import Prediction, TaskKind
 from tunery_worker import modeling
 from tunery_worker.errors import ModelLoadError
 from tunery_worker.serving.artifact import ArtifactError, ArtifactInfo
+from tunery_worker.serving.batching import BatcherClosed
 from tunery_worker.sft import BUILTIN_CHAT_TEMPLATE
 
 PAIR_KINDS = (TaskKind.TEXT_PAIR_CLASSIFICATION, TaskKind.TEXT_PAIR_REGRESSION)
@@ -120,6 +121,10 @@ def base_key(info: ArtifactInfo) -> tuple[str, str, int]:
     return (str(Path(info.base_model or "").resolve()), info.kind.value, width)
 
 
+def model_inputs(encoded: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in encoded.items() if k != "offset_mapping"}
+
+
 class SharedBase:
     """One loaded base model carrying any number of tenants' LoRA adapters.
 
@@ -165,6 +170,32 @@ class SharedBase:
                 raise ArtifactError("adapter was unloaded")
             self.peft_model.set_adapter(name)
             return call(self.peft_model)
+
+    def predict_mixed(self, requests: list[tuple[LoadedModel, PredictionInput]]) -> list[Prediction | Exception]:
+        """One forward pass for items of different adapters (tenants): peft routes each row
+        through its own adapter and head. Items of an adapter unloaded meanwhile fail alone."""
+        results: list[Prediction | Exception] = [BatcherClosed("the model was unloaded")] * len(requests)
+        with self.lock:
+            live = [i for i, (model, _) in enumerate(requests) if model.adapter_name in self.adapters]
+            if not live:
+                return results
+            # Adapters over one base share its vocabulary: the first item's tokenizer encodes all.
+            first = requests[live[0]][0]
+            items = [requests[i][1] for i in live]
+            encoded = first.encode(items)
+            with torch.inference_mode():
+                logits = (
+                    self.peft_model(
+                        **model_inputs(encoded, self.device),
+                        adapter_names=[requests[i][0].adapter_name for i in live],
+                    )
+                    .logits.float()
+                    .cpu()
+                )
+        for row, index in enumerate(live):
+            model, item = requests[index]
+            results[index] = model.decode(item, encoded, row, logits[row])
+        return results
 
 
 class _CountingStreamer(TextIteratorStreamer):
@@ -225,41 +256,43 @@ class LoadedModel:
 
     # -- encoders: classification, tagging, pair scoring ------------------------------------------
 
-    def predict_batch(self, items: list[PredictionInput]) -> list[Prediction]:
+    def encode(self, items: list[PredictionInput]) -> Any:
         if self.kind is TaskKind.CAUSAL_LM:
             raise ArtifactError("a causal LM answers chat/completions, not predictions")
         pairs = [item.text_pair or "" for item in items] if self.kind in PAIR_KINDS else None
-        encoded = self.tokenizer(
+        return self.tokenizer(
             [item.text for item in items],
             pairs,
             padding=True,
             truncation=True,
             max_length=self.info.max_length,
             return_tensors="pt",
-            return_offsets_mapping=self.kind is TaskKind.TOKEN_CLASSIFICATION,
+            return_offsets_mapping=True,
         )
-        offsets = encoded.pop("offset_mapping", None)
-        inputs = {k: v.to(self.device) for k, v in encoded.items()}
+
+    def decode(self, item: PredictionInput, encoded: Any, row: int, logits: torch.Tensor) -> Prediction:
+        """One item's prediction from its row of a batch's logits."""
+        labels = self.info.label_names
+        if self.kind is TaskKind.TEXT_PAIR_REGRESSION:
+            return Prediction(kind=self.kind, label_names=labels, score=float(logits[0]))
+        if self.kind is TaskKind.TOKEN_CLASSIFICATION:
+            return self._decode_tags(item.text, encoded.word_ids(row), encoded["offset_mapping"][row].tolist(), logits)
+        if self.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+            probabilities = torch.sigmoid(logits)
+        else:
+            probabilities = torch.softmax(logits, dim=-1)
+        return Prediction(kind=self.kind, label_names=labels, probabilities=probabilities.tolist())
+
+    def predict_batch(self, items: list[PredictionInput]) -> list[Prediction]:
+        encoded = self.encode(items)
+        inputs = model_inputs(encoded, self.device)
 
         def forward(module: Any) -> torch.Tensor:
             with torch.inference_mode():
                 return module(**inputs).logits.float().cpu()
 
         logits = self._call(forward)
-        labels = self.info.label_names
-        if self.kind is TaskKind.TEXT_PAIR_REGRESSION:
-            return [Prediction(kind=self.kind, label_names=labels, score=float(v)) for v in logits[:, 0]]
-        if self.kind is TaskKind.TOKEN_CLASSIFICATION:
-            assert offsets is not None
-            return [
-                self._decode_tags(item.text, encoded.word_ids(i), offsets[i].tolist(), logits[i])
-                for i, item in enumerate(items)
-            ]
-        if self.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
-            probabilities = torch.sigmoid(logits)
-        else:
-            probabilities = torch.softmax(logits, dim=-1)
-        return [Prediction(kind=self.kind, label_names=labels, probabilities=row.tolist()) for row in probabilities]
+        return [self.decode(item, encoded, i, logits[i]) for i, item in enumerate(items)]
 
     def _decode_tags(
         self, text: str, word_ids: list[int | None], offsets: list[list[int]], logits: torch.Tensor

@@ -53,7 +53,17 @@ class _Served:
 
     model: LoadedModel
     path: str
+    #: The model's own batcher (whole models); None for LoRA adapters and causal LMs.
     batcher: MicroBatcher[PredictionInput, Prediction] | None
+    #: For LoRA adapters: their base's batcher, shared with the other tenants' adapters on it.
+    shared_batcher: MicroBatcher[tuple[LoadedModel, PredictionInput], Prediction] | None = None
+
+    def run(self, items: Sequence[PredictionInput], timeout: float) -> list[Prediction]:
+        if self.shared_batcher is not None:
+            return self.shared_batcher.run([(self.model, item) for item in items], timeout=timeout)
+        if self.batcher is not None:
+            return self.batcher.run(items, timeout=timeout)
+        return self.model.predict_batch(list(items))
 
     @property
     def nbytes(self) -> int:
@@ -89,6 +99,7 @@ class InferenceRuntime:
         self.observer = observer or RuntimeObserver()
         self.cache = ModelCache(max_bytes, on_evict=self.observer.on_evict)
         self._bases: dict[tuple[str, str, int], SharedBase] = {}
+        self._base_batchers: dict[int, MicroBatcher[tuple[LoadedModel, PredictionInput], Prediction]] = {}
         self._bases_lock = threading.Lock()
 
     # -- loading ------------------------------------------------------------------------------
@@ -109,7 +120,8 @@ class InferenceRuntime:
             return len(self._bases)
 
     def queue_depth(self) -> int:
-        total = 0
+        with self._bases_lock:
+            total = sum(b.queue_depth for b in self._base_batchers.values())
         for key in self.cache.model_ids():
             served = self.cache.peek(key)
             if isinstance(served, _Served) and served.batcher is not None:
@@ -145,30 +157,42 @@ class InferenceRuntime:
                 base = SharedBase(info, self.device)
                 if self.share_lora_bases:
                     self._bases[key] = base
+                if info.kind is not TaskKind.CAUSAL_LM:
+                    self._base_batchers[id(base)] = self._batcher(base.predict_mixed, info.kind, f"base:{key[0]}")
             return base
+
+    def _batcher(self, run_batch: Any, kind: TaskKind, name: str) -> MicroBatcher[Any, Prediction]:
+        on_batch = self.observer.on_batch
+        return MicroBatcher(
+            run_batch,
+            max_batch_size=self.max_batch_size,
+            max_wait_seconds=self.max_wait_seconds,
+            name=name,
+            observer=(lambda size, secs, waited: on_batch(kind.value, size, secs, waited)) if on_batch else None,
+        )
 
     def _release_base(self, model: LoadedModel) -> None:
         with self._bases_lock:
             base = model.base
-            if base is not None and not base.adapters and self._bases.get(base.key) is base:
+            if base is None or base.adapters:
+                return
+            if self._bases.get(base.key) is base:
                 del self._bases[base.key]
+            batcher = self._base_batchers.pop(id(base), None)
+        if batcher is not None:
+            batcher.close()
 
     def _load(self, model_id: str, path: str, info: ArtifactInfo) -> _Served:
         log.info("loading model %s from %s", model_id, path)
         model = load_model(model_id, info, self.device, shared_base=self._shared_base)
         model.on_close = self._release_base
-        batcher = None
-        if info.kind is not TaskKind.CAUSAL_LM:
-            kind = info.kind.value
-            on_batch = self.observer.on_batch
-            batcher = MicroBatcher(
-                model.predict_batch,
-                max_batch_size=self.max_batch_size,
-                max_wait_seconds=self.max_wait_seconds,
-                name=model_id,
-                observer=(lambda size, secs, waited: on_batch(kind, size, secs, waited)) if on_batch else None,
-            )
-        return _Served(model, path, batcher)
+        if info.kind is TaskKind.CAUSAL_LM:
+            return _Served(model, path, None)
+        if model.base is not None:
+            with self._bases_lock:
+                shared = self._base_batchers.get(id(model.base))
+            return _Served(model, path, None, shared_batcher=shared)
+        return _Served(model, path, self._batcher(model.predict_batch, info.kind, model_id))
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -176,10 +200,8 @@ class InferenceRuntime:
         """Decoded predictions, one per item, in order. Items join other requests' batches."""
         for attempt in (1, 2):
             served = self._served(model_id, artifact_path)
-            if served.batcher is None:
-                return served.model.predict_batch(list(items))
             try:
-                return served.batcher.run(items, timeout=self.request_timeout)
+                return served.run(items, timeout=self.request_timeout)
             except BatcherClosed:  # evicted while waiting: load again once
                 if attempt == 2:
                     raise
