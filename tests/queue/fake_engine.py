@@ -31,6 +31,11 @@ def latest_checkpoint(folder: Path) -> int:
     return max(steps, default=0)
 
 
+def _latest(folder: Path) -> Path | None:
+    step = latest_checkpoint(folder)
+    return folder / f"step-{step:06d}" if step else None
+
+
 def write_checkpoint(folder: Path, step: int) -> Path:
     target = folder / f"step-{step:06d}"
     if target.exists():
@@ -74,7 +79,8 @@ def main() -> int:
     with (out / "starts.jsonl").open("a") as log:
         log.write(json.dumps({"pid": os.getpid(), "from_step": start, "time": time.time()}) + "\n")
     starts = len((out / "starts.jsonl").read_text().splitlines())
-    emit(event="train_begin", total_steps=steps, resumed_from_step=start)
+    resumed_from = str(checkpoints / f"step-{start:06d}") if start else None
+    emit(event="train_begin", step=start, total_steps=steps, resumed_from=resumed_from)
 
     if behaviour == "poison":
         time.sleep(step_seconds)
@@ -90,12 +96,10 @@ def main() -> int:
         request = control(out)
         if request == "pause":
             path = write_checkpoint(checkpoints, step - 1) if step > 1 else None
-            if path:
-                emit(event="checkpoint", step=step - 1, path=str(path), metrics={}, is_best=False)
-            emit(event="paused", step=step - 1)
+            emit(event="paused", step=step - 1, checkpoint=str(path) if path else None)
             return 3
         if request == "cancel":
-            emit(event="cancelled", step=step - 1)
+            emit(event="cancelled", step=step - 1, checkpoint=str(path) if (path := _latest(checkpoints)) else None)
             return 4
         time.sleep(step_seconds)
         if behaviour == "crash_once" and starts == 1 and step == steps // 2:

@@ -287,17 +287,30 @@ class AttemptRunner:
 
     def _on_train_begin(self, event: Mapping[str, Any]) -> None:
         self.total_steps = event.get("total_steps") or self.total_steps
-        progress = {**(self.job.progress or {}), "total_steps": self.total_steps}
-        if event.get("resumed_from_step") is not None:
-            progress["step"] = event["resumed_from_step"]
+        step = int(event.get("step") or 0)
+        progress = {**(self.job.progress or {}), "total_steps": self.total_steps, "step": step}
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, progress=progress))
+        if event.get("resumed_from") and step:
+            # a checkpoint written just before the previous attempt died may never have been reported
+            self._act_on(
+                lifecycle.record_checkpoint(self.job.pk, self.owner, step, str(event["resumed_from"]), None, False)
+            )
         lifecycle.add_event(
             self.job.pk,
-            "Training started"
-            + (f" (resuming from step {event['resumed_from_step']})" if event.get("resumed_from_step") else ""),
+            "Training started" + (f" (resuming from step {step})" if event.get("resumed_from") else ""),
             data={k: v for k, v in event.items() if k != "event"},
             dedupe_key=f"attempt:{self.job.attempts}:train_begin",
         )
+
+    def _on_stopped(self, event: Mapping[str, Any]) -> None:
+        """paused / cancelled: the checkpoint it names (a pause writes one) is listed."""
+        step = int(event.get("step") or 0)
+        if event.get("checkpoint") and step:
+            self._act_on(
+                lifecycle.record_checkpoint(self.job.pk, self.owner, step, str(event["checkpoint"]), None, False)
+            )
+
+    _on_paused = _on_cancelled = _on_stopped
 
     def _on_progress(self, event: Mapping[str, Any]) -> None:
         step = int(event.get("step") or 0)
