@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from tunery_worker.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -63,7 +61,7 @@ def model_card(
 
 def write_artifact(
     final_dir: Path,
-    model: torch.nn.Module,
+    model: Any,
     tokenizer: PreTrainedTokenizerBase,
     task: TaskDefinition,
     config: TrainConfig,
@@ -126,7 +124,7 @@ def _auto_class(kind: str) -> str:
     }.get(kind, "AutoModelForSequenceClassification")
 
 
-def load_artifact(artifact_dir: Path, base_model: Path | None = None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+def load_artifact(artifact_dir: Path, base_model: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, manifest). A LoRA artifact is loaded onto its base model
     (``base_model`` overrides the recorded path, for a host that keeps base models elsewhere)."""
     from tunery_worker.modeling import load_pretrained, load_tokenizer
@@ -147,9 +145,12 @@ def load_artifact(artifact_dir: Path, base_model: Path | None = None) -> tuple[t
                 kwargs["id2label"] = dict(enumerate(labels))
                 kwargs["label2id"] = {n: i for i, n in enumerate(labels)}
         base = load_pretrained(auto_class, base_path, **kwargs)
-        model = PeftModel.from_pretrained(base, str(artifact_dir / "adapter"))
+        model: Any = PeftModel.from_pretrained(base, str(artifact_dir / "adapter"))
     else:
         model = load_pretrained(auto_class, artifact_dir)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer, manifest
 

@@ -163,7 +163,7 @@ def _save_encoded(path: Path, encoded: Encoded) -> None:
         arrays[f"values:{key}"] = np.concatenate(flat) if flat else np.zeros(0)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ def _schedule(config: TrainConfig, total_steps: int) -> Any:
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -141,7 +143,7 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
 
 
 def _load_teacher(
-    path: Path, adapter: TaskAdapter, label_names: tuple[str, ...], device: torch.device
+    path: Path, adapter: TaskAdapter, label_names: tuple[str, ...], device: torch.device, pad_token_id: int
 ) -> torch.nn.Module:
     """A teacher is an earlier Tunery artifact or a base-model directory whose head has the same labels."""
     from tunery_worker.artifact import load_artifact
@@ -153,6 +155,7 @@ def _load_teacher(
                 f"the teacher {path.name} knows labels {manifest['label_names'][:10]}, "
                 f"the job has {list(label_names)[:10]}"
             )
+        teacher: Any
         teacher, _, _ = load_artifact(path)
     else:
         config = read_model_config(path)
@@ -164,6 +167,8 @@ def _load_teacher(
                 f"the job has {list(label_names)[:10]}"
             )
         teacher = adapter.build_model(path, label_names)
+    if getattr(teacher.config, "pad_token_id", None) is None:
+        teacher.config.pad_token_id = pad_token_id
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
 
@@ -231,7 +236,9 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     tokenizer = load_tokenizer(base_model)
     torch.manual_seed(spec.config.seed)
     np.random.seed(spec.config.seed)
-    model = adapter.build_model(base_model, label_names)
+    model: Any = adapter.build_model(base_model, label_names)
+    if getattr(model.config, "pad_token_id", None) is None:  # decoder heads find the last real token by it
+        model.config.pad_token_id = tokenizer.pad_token_id
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     max_positions = model_config.get("max_position_embeddings") or getattr(tokenizer, "model_max_length", None)
     if max_positions and max_positions > 1_000_000:
@@ -272,7 +279,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
 
     teacher = None
     if spec.teacher_model is not None:
-        teacher = _load_teacher(Path(spec.teacher_model), adapter, label_names, device)
+        teacher = _load_teacher(Path(spec.teacher_model), adapter, label_names, device, int(tokenizer.pad_token_id))
 
     batch_size = int(config.batch_size)
     accumulation = int(config.gradient_accumulation_steps)
@@ -295,7 +302,8 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     fingerprint = {
         "data": data_fingerprint(train_rows),
         "validation": data_fingerprint(val_rows),
-        "config": config.to_dict(),
+        # settings that change what is trained; logging and retention may differ on resume
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("log_every_steps", "keep_checkpoints")},
         "label_names": list(label_names),
         "world_size": dist.world_size,
     }
@@ -433,7 +441,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
             step_tokens = 0
             for i, indices in enumerate(group):
                 batch = _to_device(adapter.collate([features[j] for j in indices], pad_id), device)
-                sync = contextlib.nullcontext() if not dist.enabled or i == len(group) - 1 else train_model.no_sync()
+                sync = nullcontext() if not dist.enabled or i == len(group) - 1 else train_model.no_sync()  # type: ignore[operator]
                 with sync, _autocast(device, precision):
                     logits = adapter.forward(train_model, batch)
                     loss = adapter.loss(logits, batch)

@@ -114,7 +114,7 @@ def apply_lora(model: PreTrainedModel, config: TrainConfig, task_type: str) -> t
     heads = [h for h in HEAD_MODULES if h in names] if task_type != "CAUSAL_LM" else []
     lora_config = LoraConfig(
         r=int(config.lora_r),
-        lora_alpha=float(config.lora_alpha),
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
         lora_dropout=float(config.lora_dropout),
         target_modules=targets,
         modules_to_save=heads or None,

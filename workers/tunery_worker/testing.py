@@ -129,7 +129,7 @@ def make_tiny_llama(
     }
     torch.manual_seed(seed)
     if architecture == "qwen2":
-        model: torch.nn.Module = Qwen2ForCausalLM(Qwen2Config(**shape))
+        model: Any = Qwen2ForCausalLM(Qwen2Config(**shape))
     elif architecture == "llama":
         model = LlamaForCausalLM(LlamaConfig(**shape))
     else:
