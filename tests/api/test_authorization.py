@@ -192,3 +192,15 @@ def test_api_key_management(api, acme, make_tenant):
 
     owner_key = api.post("/v1/api_keys", {"role": "owner"}, format="json", **acme.headers)
     assert_openai_error(owner_key, 403)
+
+
+def test_scoped_queries_fail_closed_without_a_tenant(db):
+    from tunery.core.scoping import TenantRequired, scope_to_tenant
+    from tunery.jobs import selectors
+
+    with pytest.raises(TenantRequired):
+        scope_to_tenant(File.objects.all(), None)
+    with pytest.raises(TenantRequired):
+        selectors.fine_tuned_models(None)
+    with pytest.raises(TenantRequired):
+        selectors.visible_base_models(None)

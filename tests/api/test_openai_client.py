@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dummy_pack
 import openai
 import pytest
+from django.db import connections
 from openai import OpenAI
 
 from tunery.catalog.models import FineTunedModel
@@ -12,8 +15,14 @@ from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobStatus
 
 
 @pytest.fixture
-def client(live_server, acme) -> OpenAI:
-    return OpenAI(api_key=acme.key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=30)
+def client(live_server, acme) -> Iterator[OpenAI]:
+    # The live server's threads share the in-memory SQLite test database with this thread. Sharing
+    # stays allowed afterwards: a server thread may close its end after this test has finished.
+    for connection in connections.all():
+        if connection.vendor == "sqlite" and connection.is_in_memory_db() and not connection.allow_thread_sharing:
+            connection.inc_thread_sharing()
+    with OpenAI(api_key=acme.key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=30) as client:
+        yield client
 
 
 def test_files_roundtrip(client):

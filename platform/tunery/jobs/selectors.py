@@ -8,12 +8,15 @@ from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from tunery.catalog.models import BaseModel, FineTunedModel
+from tunery.core.scoping import TenantRequired, scope_to_tenant
 from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, UsageRecord
 from tunery.tenants.models import Tenant
 
 
 def visible_base_models(tenant: Tenant) -> QuerySet[BaseModel]:
     """Active base models offered to everyone or to this tenant."""
+    if tenant is None or tenant.pk is None:
+        raise TenantRequired("refusing to list base models without a tenant")
     return BaseModel.objects.filter(Q(tenant__isnull=True) | Q(tenant=tenant), is_active=True)
 
 
@@ -24,7 +27,7 @@ def base_model_by_name(tenant: Tenant, name: str) -> BaseModel | None:
 
 
 def fine_tuned_models(tenant: Tenant) -> QuerySet[FineTunedModel]:
-    return FineTunedModel.objects.filter(tenant=tenant, deleted_at__isnull=True)
+    return scope_to_tenant(FineTunedModel.objects.filter(deleted_at__isnull=True), tenant)
 
 
 def active_job_count(tenant: Tenant) -> int:
