@@ -262,6 +262,17 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
 
 
+#: Shown first in the live progress line; per-class values ("recall/x") stay in the events.
+HEADLINE_METRICS = ("train_loss", "valid_loss", "accuracy", "macro_f1", "f1", "eval_loss")
+
+
+def headline(metrics: dict[str, float], limit: int = 4) -> dict[str, float]:
+    """The few metrics worth a progress bar: the usual ones first, never per-class breakdowns."""
+    scalar = {k: v for k, v in metrics.items() if "/" not in k and not k.startswith("full_")}
+    ordered = [k for k in HEADLINE_METRICS if k in scalar] + sorted(k for k in scalar if k not in HEADLINE_METRICS)
+    return {k: scalar[k] for k in ordered[:limit]}
+
+
 def watch_job(
     client: TuneryClient,
     job_id: str,
@@ -277,6 +288,7 @@ def watch_job(
 
     out = out or sys.stderr
     seen: set[str] = set()
+    live: dict[str, float] = {}
     started = time.monotonic()
     bar = tqdm(total=None, unit="step", desc=job_id[-12:], file=out, dynamic_ncols=True, leave=True)
     try:
@@ -290,9 +302,9 @@ def watch_job(
                 if on_event:
                     on_event(event)
                 if event.get("type") == "metrics":
-                    metrics = metrics_of(event)
-                    if metrics:
-                        bar.set_postfix_str(format_metrics(metrics), refresh=False)
+                    live.update(metrics_of(event))
+                    if live:
+                        bar.set_postfix_str(format_metrics(headline(live)), refresh=False)
                 else:
                     bar.write(f"[{event.get('level', 'info')}] {event.get('message', '')}", file=out)
             step, total = progress_of(job, events)
@@ -377,7 +389,7 @@ def _training_file_id(client: TuneryClient, value: str) -> str:
     raise CliError(f"{value!r} is neither a local file nor a file id (file-...)")
 
 
-def _cmd_jobs_create(client: TuneryClient, args: argparse.Namespace) -> None:
+def _cmd_jobs_create(client: TuneryClient, args: argparse.Namespace) -> int:
     task = resolve_task(client.list_verticals(), args.vertical, args.task)
     defaults = task.get("default_hyperparameters") or {}
     overrides = parse_hyperparameters(args.hyperparameter or [])
@@ -405,7 +417,8 @@ def _cmd_jobs_create(client: TuneryClient, args: argparse.Namespace) -> None:
     else:
         print(f"{job['id']}  {job['status']}")
     if args.watch and job["status"] != "succeeded":
-        raise SystemExit(1)
+        return 1
+    return 0
 
 
 def format_hp(values: dict[str, Any]) -> str:
@@ -420,11 +433,10 @@ def _report_finished_job(job: dict[str, Any]) -> None:
         print(f"error: {(job['error'] or {}).get('message')}")
 
 
-def _cmd_jobs_watch(client: TuneryClient, args: argparse.Namespace) -> None:
+def _cmd_jobs_watch(client: TuneryClient, args: argparse.Namespace) -> int:
     job = watch_job(client, args.job_id, poll_seconds=args.poll)
     _report_finished_job(job)
-    if job["status"] != "succeeded":
-        raise SystemExit(1)
+    return 0 if job["status"] == "succeeded" else 1
 
 
 def _cmd_jobs_list(client: TuneryClient, args: argparse.Namespace) -> None:
@@ -559,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = TuneryClient.from_settings(load_settings(args.api_key, args.base_url))
         try:
-            args.run(client, args)
+            code = args.run(client, args)
         finally:
             client.close()
     except CliError as exc:
@@ -567,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""The `tunery` CLI against a live server over real HTTP (pytest-django's live_server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dummy_pack
+import pytest
+
+from tunery.cli import CliError, headline, load_settings, main, parse_hyperparameters, progress_of
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+def test_flags_beat_environment_which_beats_the_config_file(tmp_path, monkeypatch):
+    config = tmp_path / "config.toml"
+    config.write_text('api_key = "from-file"\nbase_url = "http://file.example:9000/"\n')
+    monkeypatch.delenv("TUNERY_API_KEY", raising=False)
+    monkeypatch.delenv("TUNERY_BASE_URL", raising=False)
+    assert load_settings(path=config).api_key == "from-file"
+    assert load_settings(path=config).base_url == "http://file.example:9000"
+    monkeypatch.setenv("TUNERY_API_KEY", "from-env")
+    assert load_settings(path=config).api_key == "from-env"
+    assert load_settings(api_key="from-flag", base_url="http://flag:1", path=config).api_key == "from-flag"
+
+
+def test_config_file_under_xdg_config_home_is_read(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNERY_API_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "tunery").mkdir()
+    (tmp_path / "tunery" / "config.toml").write_text('api_key = "xdg-key"\n')
+    assert load_settings().api_key == "xdg-key"
+
+
+def test_missing_key_and_broken_config_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNERY_API_KEY", raising=False)
+    with pytest.raises(CliError, match="no API key"):
+        load_settings(path=tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("api_key = \n")
+    with pytest.raises(CliError, match="not valid TOML"):
+        load_settings(path=broken)
+
+
+def test_hyperparameter_overrides_parse_numbers_and_keep_auto():
+    assert parse_hyperparameters(["n_epochs=3", "learning_rate=2e-4", "batch_size=auto"]) == {
+        "n_epochs": 3,
+        "learning_rate": 2e-4,
+        "batch_size": "auto",
+    }
+    with pytest.raises(CliError, match="name=value"):
+        parse_hyperparameters(["n_epochs"])
+
+
+def test_progress_comes_from_the_job_or_else_its_latest_metrics_event():
+    assert progress_of({"progress": {"step": 4, "total_steps": 10}}, []) == (4, 10)
+    events = [{"type": "metrics", "data": {"step": 2, "total_steps": 8}}, {"type": "message", "data": None}]
+    assert progress_of({"progress": None}, events) == (2, 8)
+    assert progress_of({}, []) == (0, None)
+
+
+def test_progress_line_shows_headline_metrics_not_per_class_breakdowns():
+    shown = headline({"recall/a": 1.0, "full_valid_loss": 0.5, "mcc": 0.2, "valid_loss": 0.5, "accuracy": 0.9})
+    assert list(shown) == ["valid_loss", "accuracy", "mcc"]
+
+
+# --------------------------------------------------------------------------------------- live server
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    """Wake-up messages of jobs created here go to a private folder, not the repo's var/."""
+    from tunery.celery import app
+
+    saved = dict(app.conf.broker_transport_options or {})
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    app.conf.broker_transport_options = {**saved, "data_folder_in": str(folder), "data_folder_out": str(folder)}
+    yield folder
+    app.conf.broker_transport_options = saved
+
+
+@pytest.fixture
+def cli(transactional_db, live_server, make_tenant, dummy_packs, base_model, media_root, private_broker, capsys):
+    tenant = make_tenant("acme", role="admin")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["--api-key", tenant.key, "--base-url", live_server.url, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.tenant = tenant
+    return run
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(dummy_pack.sample_jsonl())
+    return path
+
+
+def test_verticals_list_shows_the_enabled_packs_tasks(cli):
+    code, out, _ = cli("verticals", "list")
+    assert code == 0
+    assert "dummy" in out
+    assert "sentiment" in out
+    assert "dummy_other" not in out  # installed, not enabled for this tenant
+
+
+def test_files_upload_then_list(cli, data_file):
+    code, out, _ = cli("--json", "files", "upload", str(data_file))
+    assert code == 0
+    uploaded = json.loads(out)
+    assert uploaded["bytes"] == data_file.stat().st_size
+    code, out, _ = cli("files", "list")
+    assert code == 0
+    assert uploaded["id"] in out
+    assert "train.jsonl" in out
+
+
+def test_upload_of_a_missing_file_fails_cleanly(cli, tmp_path):
+    code, _, err = cli("files", "upload", str(tmp_path / "nope.jsonl"))
+    assert code == 1
+    assert "no such file" in err
+
+
+def test_jobs_create_from_pack_defaults_list_and_cancel(cli, data_file):
+    from tunery.jobs.models import FineTuningJob
+
+    code, out, err = cli(
+        "--json", "jobs", "create", "--vertical", "dummy", "--file", str(data_file), "-p", "n_epochs=1"
+    )
+    assert code == 0, err
+    job = json.loads(out)
+    assert "pack defaults" in err
+    assert "uploaded" in err
+    row = FineTuningJob.objects.get(pk=job["id"])
+    assert (row.vertical, row.task) == ("dummy", "sentiment")  # the pack's first task
+    assert row.requested_hyperparameters["n_epochs"] == 1
+
+    code, out, _ = cli("jobs", "list")
+    assert code == 0
+    assert job["id"] in out
+
+    code, out, _ = cli("jobs", "cancel", job["id"])
+    assert code == 0
+    assert "cancel" in out
+    row.refresh_from_db()
+    assert row.status == "cancelled" or row.requested_action == "cancel"
+
+
+def test_jobs_create_for_a_pack_not_enabled_is_refused_before_anything_is_sent(cli, data_file):
+    from tunery.files.models import File
+
+    code, _, err = cli("jobs", "create", "--vertical", "dummy_other", "--file", str(data_file))
+    assert code == 1
+    assert "not enabled" in err
+    assert not File.objects.exists()  # refused before the upload
+
+
+def test_server_errors_are_reported_with_status_and_message(cli):
+    code, _, err = cli("jobs", "create", "--vertical", "dummy", "--file", "file-doesnotexist")
+    assert code == 1
+    assert "HTTP 4" in err
+    code, _, err = cli("--api-key", "tny_wrong_key", "jobs", "list")
+    assert code == 1
+    assert "HTTP 401" in err
+
+
+def test_watch_prints_events_and_exits_with_the_jobs_outcome(cli, data_file):
+    from tunery.jobs.models import FineTuningJob, JobEvent
+
+    code, out, _ = cli("--json", "jobs", "create", "--vertical", "dummy", "--file", str(data_file))
+    job_id = json.loads(out)["id"]
+    job = FineTuningJob.objects.get(pk=job_id)
+    for step, loss in ((1, 0.7), (2, 0.4)):
+        JobEvent.objects.create(
+            job=job, type="metrics", message=f"step {step}", data={"step": step, "total_steps": 2, "train_loss": loss}
+        )
+    JobEvent.objects.create(job=job, message="The job failed: labels unknown")
+    FineTuningJob.objects.filter(pk=job_id).update(status="failed", error={"message": "labels unknown"})
+
+    code, out, err = cli("jobs", "watch", job_id, "--poll", "0.1")
+    assert code == 1  # a failed job: non-zero exit status
+    assert "labels unknown" in err  # the job's message events are printed
+    assert "2/2" in err  # the bar reached the last step of the metrics events
+    assert "train_loss=0.4" in err  # live metrics in the progress line
+    assert "failed" in out
