@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from tunery.core.errors import InvalidRequest
 from tunery.jobs import dispatch
-from tunery.jobs.hyperparameters import engine_overrides, openai_hyperparameters, resolve
+from tunery.jobs.hyperparameters import engine_overrides, openai_hyperparameters
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
+from tunery_worker.config import TrainConfig
 
 
 def assert_refused(response, status: int, param: str | None, code: str) -> str:
@@ -18,20 +20,19 @@ def assert_refused(response, status: int, param: str | None, code: str) -> str:
     return error["message"]
 
 
-def test_create_stores_request_pack_version_and_mapped_hyperparameters(acme, training_file, create_job):
+def test_create_stores_engine_overrides_and_pack_version(acme, training_file, create_job, dummy_packs):
     response = create_job(
         acme,
         training_file,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4}}},
         hyperparameters={"batch_size": 16, "learning_rate_multiplier": 2},
-        training_type="full",
-        lora={"r": 4, "target_modules": ["query", "value"]},
+        training_type="lora",
+        lora={"r": 4, "alpha": "auto", "target_modules": ["query", "value"]},
         gradient_accumulation_steps=4,
-        precision="bf16",
-        early_stopping_patience=3,
+        precision="fp32",
+        early_stopping_patience=0,
         validation_split=0.1,
-        learning_rate="auto",
-        max_length=128,
+        max_length="auto",
         gpus=2,
         teacher_model="all-minilm-l6-v2",
         distillation_alpha=0.5,
@@ -40,37 +41,47 @@ def test_create_stores_request_pack_version_and_mapped_hyperparameters(acme, tra
     job = FineTuningJob.objects.get(pk=response.json()["id"])
     assert (job.vertical, job.vertical_version, job.task, job.gpus) == ("dummy", "0.0.1", "sentiment", 2)
     assert job.teacher_model == "all-minilm-l6-v2"
-    assert job.requested_hyperparameters["n_epochs"] == 4
-    assert job.requested_hyperparameters["learning_rate"] == "auto"
-    overrides = engine_overrides(job.requested_hyperparameters)
-    assert overrides == {
+    # engine names, concrete values only ("auto" is left to the task's defaults, then the engine)
+    assert job.requested_hyperparameters == {
         "n_epochs": 4,
         "batch_size": 16,
-        "training_type": "full",
+        "learning_rate": pytest.approx(2 * 5e-5),  # the multiplier scales the task's default rate
+        "training_type": "lora",
         "lora_r": 4,
         "lora_target_modules": ["query", "value"],
         "gradient_accumulation_steps": 4,
-        "precision": "bf16",
-        "early_stopping_patience": 3,
+        "precision": "fp32",
+        "early_stopping_patience": None,  # 0 = off
         "validation_split": 0.1,
-        "max_length": 128,
         "distillation_alpha": 0.5,
     }
-    body = response.json()
-    assert body["hyperparameters"] == {"n_epochs": 4, "batch_size": 16, "learning_rate_multiplier": 2.0}
+    task = dummy_packs["dummy"].task("sentiment")
+    engine_config = TrainConfig.from_dict({**task.default_hyperparameters, **job.requested_hyperparameters})
+    assert (engine_config.lora_r, engine_config.lora_alpha, engine_config.max_length) == (4, "auto", "auto")
+    assert response.json()["hyperparameters"] == {"n_epochs": 4, "batch_size": 16, "learning_rate_multiplier": 2.0}
     assert JobEvent.objects.filter(job=job).count() == 1
 
 
-def test_resolve_layers_engine_pack_and_request():
-    requested = {"n_epochs": 5, "learning_rate_multiplier": 2.0, "batch_size": "auto"}
-    config = resolve(requested, {"learning_rate": 1e-4, "batch_size": "auto", "n_epochs": 2}, {"batch_size": 32})
-    assert config == {"batch_size": 32, "learning_rate": 2e-4, "n_epochs": 5}
-    assert resolve({"learning_rate": 0.1, "learning_rate_multiplier": 3}, {}, {})["learning_rate"] == 0.1
-    assert openai_hyperparameters(requested, config) == {
-        "n_epochs": 5,
-        "batch_size": 32,
-        "learning_rate_multiplier": 2.0,
+def test_openai_hyperparameters_show_resolved_values_once_known():
+    defaults = {"learning_rate": 1e-4, "n_epochs": 2}
+    assert openai_hyperparameters({}, {}, defaults) == {
+        "n_epochs": "auto",
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
     }
+    resolved = {"n_epochs": 2, "batch_size": 32, "learning_rate": 3e-4}
+    assert openai_hyperparameters({}, resolved, defaults) == {
+        "n_epochs": 2,
+        "batch_size": 32,
+        "learning_rate_multiplier": 3.0,
+    }
+
+
+def test_multiplier_without_a_default_rate_asks_for_learning_rate():
+    with pytest.raises(InvalidRequest) as refused:
+        engine_overrides({"learning_rate_multiplier": 2.0}, {"learning_rate": "auto"})
+    assert refused.value.param == "learning_rate_multiplier"
+    assert engine_overrides({"learning_rate_multiplier": 2.0, "learning_rate": 0.01}, {}) == {"learning_rate": 0.01}
 
 
 @pytest.mark.parametrize(

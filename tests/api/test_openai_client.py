@@ -79,7 +79,7 @@ def test_fine_tuning_job_lifecycle(client, base_model):
     assert job.hyperparameters.batch_size == "auto"
     assert job.metadata == {"team": "support"}
     stored = FineTuningJob.objects.get(pk=job.id)
-    assert stored.requested_hyperparameters["lora.r"] == 8
+    assert stored.requested_hyperparameters["lora_r"] == 8
     assert stored.vertical_version == "0.0.1"
 
     assert client.fine_tuning.jobs.retrieve(job.id).id == job.id

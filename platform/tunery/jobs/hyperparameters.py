@@ -4,8 +4,8 @@ Clients send OpenAI's ``hyperparameters`` (``n_epochs``, ``batch_size``,
 ``learning_rate_multiplier``; also accepted under ``method.supervised.hyperparameters``) and
 Tunery's extra body fields (``training_type``, ``lora``: {r, alpha, dropout, target_modules},
 ``gradient_accumulation_steps``, ``precision``, ...). Every knob accepts ``"auto"``. This module
-checks types and ranges (a 400 naming the parameter) and keeps the request under the engine's
-names, so ``requested_hyperparameters`` and ``resolved_config`` use one vocabulary.
+checks types and ranges (a 400 naming the parameter) and maps the request to the engine's
+``TrainConfig`` names, so ``requested_hyperparameters`` and ``resolved_config`` share one vocabulary.
 """
 
 from __future__ import annotations
@@ -160,31 +160,48 @@ def parse_integer(value: Any, param: str, bounds: tuple[int, int]) -> int:
     return value
 
 
-def engine_overrides(requested: Mapping[str, Any]) -> dict[str, Any]:
-    """The request under the engine's names, "auto" left out (the engine or pack decides those).
-    ``learning_rate_multiplier`` has no engine field; :func:`resolve` applies it."""
-    return {ENGINE_NAMES[name]: value for name, value in requested.items() if name in ENGINE_NAMES and value != AUTO}
+def engine_overrides(requested: Mapping[str, Any], task_defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """What a job stores as ``requested_hyperparameters``: the request under the engine's names,
+    concrete values only. "auto" is left out, so the task's defaults (then the engine's own rules)
+    decide it: the engine merges ``{**task defaults, **requested}``.
+
+    ``learning_rate_multiplier`` (OpenAI's) scales the task's default learning rate into a concrete
+    ``learning_rate``; when the task leaves its rate to the engine there is nothing to scale, and
+    the client is asked for ``learning_rate`` instead of the multiplier being silently dropped."""
+    overrides = {
+        ENGINE_NAMES[name]: value for name, value in requested.items() if name in ENGINE_NAMES and value != AUTO
+    }
+    if overrides.get("early_stopping_patience") == 0:
+        overrides["early_stopping_patience"] = None  # the engine's "never stop early"
+    multiplier = requested.get("learning_rate_multiplier", AUTO)
+    if multiplier != AUTO and "learning_rate" not in overrides:
+        base = default_learning_rate(task_defaults)
+        if base is None:
+            raise InvalidRequest(
+                "learning_rate_multiplier scales the task's default learning rate, but this task picks its "
+                "rate automatically; pass learning_rate (an extra body field) instead.",
+                param="learning_rate_multiplier",
+                code="invalid_hyperparameter",
+            )
+        overrides["learning_rate"] = KNOBS["learning_rate"].parse(base * float(multiplier))
+    return overrides
 
 
-def resolve(
-    requested: Mapping[str, Any], pack_defaults: Mapping[str, Any], engine_defaults: Mapping[str, Any]
+def default_learning_rate(task_defaults: Mapping[str, Any]) -> float | None:
+    rate = task_defaults.get("learning_rate")
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0 else None
+
+
+def openai_hyperparameters(
+    requested: Mapping[str, Any], resolved: Mapping[str, Any], task_defaults: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The engine config for a job: engine defaults < the task's defaults < the request.
-    A ``learning_rate_multiplier`` scales the default learning rate unless one was given."""
-    config = {**engine_defaults}
-    config.update({k: v for k, v in pack_defaults.items() if v != AUTO})
-    config.update(engine_overrides(requested))
-    multiplier = requested.get("learning_rate_multiplier", AUTO)
-    if multiplier != AUTO and requested.get("learning_rate", AUTO) == AUTO and "learning_rate" in config:
-        config["learning_rate"] = float(config["learning_rate"]) * float(multiplier)
-    return config
-
-
-def openai_hyperparameters(requested: Mapping[str, Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI's ``hyperparameters`` object of a job: resolved values once known, else the request."""
-    multiplier = requested.get("learning_rate_multiplier", AUTO)
-    if multiplier == AUTO and resolved:
-        multiplier = 1.0 if requested.get("learning_rate", AUTO) == AUTO else AUTO
+    """OpenAI's ``hyperparameters`` object of a job: resolved values once the engine has them,
+    else what was asked, else "auto". The multiplier is the learning rate over the task's default."""
+    rate = resolved.get("learning_rate", requested.get("learning_rate"))
+    base = default_learning_rate(task_defaults)
+    multiplier: Any = AUTO
+    if isinstance(rate, (int, float)) and base:
+        multiplier = round(float(rate) / base, 6)
     return {
         "n_epochs": resolved.get("n_epochs", requested.get("n_epochs", AUTO)),
         "batch_size": resolved.get("batch_size", requested.get("batch_size", AUTO)),

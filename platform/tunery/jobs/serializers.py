@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from tunery.jobs.hyperparameters import openai_hyperparameters
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
+from tunery.verticals import registry
 
 
 def _epoch(moment: datetime | None) -> int | None:
@@ -25,8 +26,16 @@ def fine_tuned_model_id(job: FineTuningJob) -> str | None:
     return model.id
 
 
+def _task_defaults(job: FineTuningJob) -> dict[str, Any]:
+    pack = registry.get_pack(job.vertical)
+    task = next((t for t in pack.tasks if t.id == job.task), None) if pack is not None else None
+    return dict(task.default_hyperparameters) if task is not None else {}
+
+
 def job_object(job: FineTuningJob) -> dict[str, Any]:
-    hyperparameters = openai_hyperparameters(job.requested_hyperparameters, job.resolved_config)
+    hyperparameters = openai_hyperparameters(
+        job.requested_hyperparameters or {}, job.resolved_config or {}, _task_defaults(job)
+    )
     return {
         "id": job.id,
         "object": "fine_tuning.job",

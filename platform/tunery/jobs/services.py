@@ -18,7 +18,7 @@ from tunery.catalog.models import BaseModel
 from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs import dispatch, selectors
-from tunery.jobs.hyperparameters import GPU_RANGE, SEED_RANGE, parse_integer, parse_requested
+from tunery.jobs.hyperparameters import GPU_RANGE, SEED_RANGE, engine_overrides, parse_integer, parse_requested
 from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, JobEvent, JobStatus
 from tunery.tenants.models import Tenant
 from tunery.verticals import registry
@@ -37,6 +37,7 @@ class JobRequest:
     validation_file: File | None
     pack: VerticalPack
     task: TaskDefinition
+    #: Engine config overrides (TrainConfig names, concrete values only).
     requested: dict[str, Any]
     suffix: str
     seed: int
@@ -71,7 +72,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             param="model",
             code="model_not_suitable",
         )
-    requested = parse_requested(body)
+    requested = engine_overrides(parse_requested(body), task.default_hyperparameters)
     suffix = body.get("suffix") or ""
     if suffix and (not isinstance(suffix, str) or not SUFFIX.match(suffix)):
         raise InvalidRequest("suffix must be 1-64 letters, digits, '-' or '_'.", param="suffix", code="invalid_value")
