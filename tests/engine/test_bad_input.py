@@ -252,3 +252,10 @@ def test_auto_values_resolve_from_data_and_model_size():
     assert (explicit.learning_rate, explicit.n_epochs) == (7e-5, 1)
     with pytest.raises(ConfigError, match="CUDA"):
         resolve(TrainConfig(precision="bf16"), n_train_rows=10, model_params=10)
+
+
+def test_a_base_model_teacher_without_the_jobs_head_is_refused(tmp_path, tiny_bert):
+    spec = spec_for(tmp_path, tiny_bert)
+    spec.teacher_model = tiny_bert  # a plain encoder: its head knows none of the job's labels
+    with pytest.raises(LabelError, match="teacher"):
+        train(spec)
