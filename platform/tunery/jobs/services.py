@@ -18,7 +18,14 @@ from tunery.catalog.models import BaseModel
 from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs import dispatch, selectors
-from tunery.jobs.hyperparameters import GPU_RANGE, SEED_RANGE, engine_overrides, parse_integer, parse_requested
+from tunery.jobs.hyperparameters import (
+    GPU_RANGE,
+    SEED_RANGE,
+    TUNERY_KNOBS,
+    engine_overrides,
+    parse_integer,
+    parse_requested,
+)
 from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, JobEvent, JobStatus
 from tunery.tenants.models import Tenant
 from tunery.verticals import registry
@@ -26,6 +33,12 @@ from tunery_contract.types import PackError, TaskDefinition, VerticalPack
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_METADATA_KEYS = 16
+#: Every top-level field a create request may carry (OpenAI's, then Tunery's extra body fields).
+CREATE_FIELDS = frozenset(
+    {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "metadata", "method"}
+    | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora"}
+    | {knob.api_name for knob in TUNERY_KNOBS if "." not in knob.api_name}
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,19 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
     """Every check that needs no lock, in the order a client would fix them."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
+    unknown = sorted(set(body) - CREATE_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"Unrecognized request argument supplied: {unknown[0]}. Known: {', '.join(sorted(CREATE_FIELDS))}.",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
+    if body.get("integrations"):
+        raise InvalidRequest(
+            "integrations are not supported (this server cannot reach external services).",
+            param="integrations",
+            code="unsupported_parameter",
+        )
     model_name = _required_string(body, "model")
     base_model = selectors.base_model_by_name(tenant, model_name)
     if base_model is None:
