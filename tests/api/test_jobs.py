@@ -77,6 +77,14 @@ def test_openai_hyperparameters_show_resolved_values_once_known():
     }
 
 
+def test_engine_names_are_accepted_inside_hyperparameters(acme, training_file, create_job):
+    hyperparameters = {"lora_r": 8, "learning_rate": 1e-4, "warmup_ratio": 0.1, "n_epochs": "auto"}
+    response = create_job(acme, training_file, hyperparameters=hyperparameters)
+    assert response.status_code == 200, response.content
+    stored = FineTuningJob.objects.get(pk=response.json()["id"]).requested_hyperparameters
+    assert stored == {"lora_r": 8, "learning_rate": 1e-4, "warmup_ratio": 0.1}
+
+
 def test_multiplier_without_a_default_rate_asks_for_learning_rate():
     with pytest.raises(InvalidRequest) as refused:
         engine_overrides({"learning_rate_multiplier": 2.0}, {"learning_rate": "auto"})

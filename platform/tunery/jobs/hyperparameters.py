@@ -93,6 +93,8 @@ TUNERY_KNOBS = (
 KNOBS = {knob.api_name: knob for knob in OPENAI_KNOBS + TUNERY_KNOBS}
 #: API name -> engine name, for every knob that maps one to one.
 ENGINE_NAMES = {knob.api_name: knob.engine_name for knob in KNOBS.values() if knob.engine_name}
+#: Inside ``hyperparameters`` the engine's names are accepted too (``lora_r`` for ``lora.r``).
+KNOB_BY_ENGINE_NAME = {engine: api for api, engine in ENGINE_NAMES.items()}
 SEED_RANGE = (0, 2**31 - 1)
 GPU_RANGE = (0, 64)
 
@@ -101,7 +103,8 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
     """Check every knob in a job-create body; return ``{api name: value or "auto"}`` for those given.
 
     OpenAI's three may come under ``hyperparameters`` or ``method.supervised.hyperparameters``;
-    Tunery's knobs come as top-level fields (``lora`` as an object) or under ``hyperparameters``."""
+    Tunery's knobs come as top-level fields (``lora`` as an object) or under ``hyperparameters``
+    (by API or engine name: ``lora_r`` there means ``lora.r``)."""
     given: dict[str, Any] = {}
     hyper = _object(body.get("hyperparameters"), "hyperparameters")
     method = _object(body.get("method"), "method")
@@ -115,13 +118,15 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
         supervised = _object(method.get("supervised"), "method.supervised")
         hyper = {**_object(supervised.get("hyperparameters"), "method.supervised.hyperparameters"), **hyper}
     for name, value in hyper.items():
-        if name not in KNOBS or "." in name:
+        knob_name = name if name in KNOBS and "." not in name else KNOB_BY_ENGINE_NAME.get(name)
+        if knob_name is None:
+            known = sorted({k for k in KNOBS if "." not in k} | set(KNOB_BY_ENGINE_NAME))
             raise InvalidRequest(
-                f"Unknown hyperparameter {name!r}; known: {', '.join(k for k in KNOBS if '.' not in k)}.",
+                f"Unknown hyperparameter {name!r}; known: {', '.join(known)}.",
                 param=f"hyperparameters.{name}",
                 code="unknown_hyperparameter",
             )
-        given[name] = value
+        given[knob_name] = value
     for knob in TUNERY_KNOBS:
         if "." in knob.api_name or knob.api_name not in body:
             continue
