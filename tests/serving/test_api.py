@@ -317,6 +317,7 @@ def test_metrics_expose_requests_predictions_batches_and_jobs(setup):
     assert 'tunery_jobs{state="succeeded"} 4.0' in text  # the four fine-tuned models' jobs
     assert "tunery_queue_depth" in text
     assert "tunery_loaded_models" in text
+    assert "tunery_rate_limited_requests_total" in text
 
 
 def test_healthz_and_readyz(setup, settings):

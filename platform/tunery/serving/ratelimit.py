@@ -129,6 +129,10 @@ class TenantRateThrottle(BaseThrottle):
             return True  # unauthenticated requests are refused by authentication, not counted here
         decision = limiter().hit(tenant_key(user.tenant.pk), user.tenant.requests_per_minute)
         self._wait = decision.retry_after
+        if not decision.allowed:
+            from tunery.monitoring.metrics import RATE_LIMITED
+
+            RATE_LIMITED.inc()
         return decision.allowed
 
     def wait(self) -> float | None:
