@@ -78,3 +78,16 @@ def test_unknown_hyperparameters_make_a_pack_invalid(dummy_pack):
     odd = dataclasses.replace(dummy_pack, tasks=(intent,))
     assert odd.problems() == ["task 'intent': unknown hyperparameters ['epochs']"]
     assert isinstance(odd, VerticalPack)
+
+
+def test_tenant_configuration_problems(dummy_pack):
+    def check(config):
+        return [] if 0 <= config["threshold"] <= 1 else ["threshold must be between 0 and 1"]
+
+    pack = dataclasses.replace(dummy_pack, config_defaults={"threshold": 0.5}, config_validator=check)
+    assert pack.config_problems({}) == []
+    assert pack.config_problems({"threshold": 2}) == ["threshold must be between 0 and 1"]
+    assert pack.config_problems({"treshold": 0.2}) == ["unknown setting 'treshold'; known: ['threshold']"]
+    assert pack.config_problems([1]) == ["the configuration must be a JSON object, not list"]
+    crashing = dataclasses.replace(pack, config_validator=lambda config: 1 / 0)
+    assert "could not check this configuration (ZeroDivisionError" in crashing.config_problems({})[0]

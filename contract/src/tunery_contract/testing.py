@@ -47,6 +47,7 @@ def pack_problems(pack: VerticalPack) -> list[str]:
     if not isinstance(pack, VerticalPack):
         return [f"expected a VerticalPack, got {type(pack).__name__}"]
     problems = pack.problems() + _compatibility_problems(pack)
+    problems += [f"config_defaults: {p}" for p in pack.config_problems(dict(pack.config_defaults))]
     try:
         json.dumps(pack.to_json())
     except (TypeError, ValueError) as exc:

@@ -284,6 +284,23 @@ class VerticalPack:
     license: str = ""
     #: Import package holding the tasks' sample data files; defaults to ``tunery_<id>``.
     package: str | None = None
+    #: Checks a tenant's configuration (the defaults merged with the admin's edits); returns
+    #: problems as sentences. The control plane calls :meth:`config_problems` before saving.
+    config_validator: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+    def config_problems(self, config: Any) -> list[str]:
+        """Problems of a tenant configuration: not an object, keys the pack does not know, and
+        whatever the pack's validator finds in the defaults merged with ``config``."""
+        if not isinstance(config, Mapping):
+            return [f"the configuration must be a JSON object, not {type(config).__name__}"]
+        unknown = sorted(set(config) - set(self.config_defaults))
+        found = [f"unknown setting {k!r}; known: {sorted(self.config_defaults)}" for k in unknown]
+        if self.config_validator is not None:
+            try:
+                found += self.config_validator({**self.config_defaults, **config})
+            except Exception as exc:  # a pack bug must not take the admin page down
+                found.append(f"the pack could not check this configuration ({type(exc).__name__}: {exc})")
+        return found
 
     def sample_records(self, task_id: str) -> list[tuple[int, dict[str, Any]]]:
         """The task's packaged sample data as ``(line, record)`` pairs (see records.py)."""
@@ -358,6 +375,7 @@ class VerticalPack:
                     "default_hyperparameters": dict(t.default_hyperparameters),
                     "suitable_architectures": list(t.suitable_architectures),
                     "has_sample_data": t.sample_data is not None,
+                    "label_aliases": dict(t.label_aliases),
                 }
                 for t in self.tasks
             ],

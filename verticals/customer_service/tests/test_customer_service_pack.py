@@ -79,3 +79,16 @@ def test_bad_data_is_reported_per_row():
 def test_asking_for_a_task_the_pack_does_not_offer():
     with pytest.raises(PackError, match=r"offers no task 'summary' \(it offers: intent, reply\)"):
         pack.task("summary")
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"handoff_threshold": 1.5}, "handoff_threshold must be a number from 0 to 1, got 1.5"),
+        ({"handoff_threshold": "high"}, "handoff_threshold must be a number from 0 to 1, got 'high'"),
+        ({"reply_templates": {"card_arrival": ""}}, "reply_templates must map intent names to non-empty reply texts"),
+        ({"handoff_reply": None}, "handoff_reply must be a non-empty text"),
+    ],
+)
+def test_bad_tenant_configuration_is_explained(config, problem):
+    assert pack.config_problems(config) == [problem]

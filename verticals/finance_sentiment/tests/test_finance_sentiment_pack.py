@@ -91,3 +91,18 @@ def test_bad_predictions_are_named(prediction, message):
 def test_window_must_be_positive():
     with pytest.raises(ValueError, match="window must be positive"):
         aggregate_alerts([], 0)
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"label_mapping": {"down": "bad"}}, "label_mapping targets ['bad'] are not sentiments"),
+        ({"alert_threshold": 0}, "alert_threshold must be a number in (0, 1], got 0"),
+        ({"alert_min_count": 2.5}, "alert_min_count must be a whole number >= 1, got 2.5"),
+        ({"alert_window_minutes": -5}, "alert_window_minutes must be a positive number, got -5"),
+    ],
+)
+def test_bad_tenant_configuration_is_explained(config, problem):
+    problems = pack.config_problems(config)
+    assert len(problems) == 1
+    assert problems[0].startswith(problem)

@@ -75,3 +75,9 @@ def test_clause_answer_applies_the_tenant_threshold():
     assert task.postprocess(prediction, {}, {"label_threshold": 0.5})["labels"] == ["Limitation of liability"]
     assert task.postprocess(prediction, {}, {"label_threshold": 0.3})["unfair"] is True
     assert task.postprocess(prediction, {}, {"label_threshold": 0.9})["labels"] == []
+
+
+def test_bad_tenant_configuration_is_explained():
+    assert pack.config_problems({"label_threshold": 1}) == [
+        "label_threshold must be a probability between 0 and 1, got 1"
+    ]

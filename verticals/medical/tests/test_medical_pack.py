@@ -101,3 +101,10 @@ def test_generated_summaries_are_redacted_unless_the_policy_only_warns():
     warned = summary_answer(prediction, {}, {"phi_policy": "warn"})
     assert warned["phi_found"] == ["medical record number"]
     assert "123456" in warned["summary"]
+
+
+def test_bad_tenant_configuration_is_explained():
+    assert pack.config_problems({"phi_policy": "ignore"}) == [
+        "phi_policy must be one of ['warn', 'redact', 'reject'], got 'ignore'"
+    ]
+    assert pack.config_problems({"phi_policy": "redact"}) == []

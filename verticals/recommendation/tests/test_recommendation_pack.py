@@ -86,3 +86,8 @@ def test_like_labels_accept_clicks_and_ones():
         ]
     )
     assert [r["liked"] for r in report.rows] == ["like", "dislike"]
+
+
+def test_bad_tenant_configuration_is_explained():
+    assert pack.config_problems({"like_threshold": 11}) == ["like_threshold must be a rating from 0 to 10, got 11"]
+    assert pack.config_problems({"like_threshold": 7}) == []

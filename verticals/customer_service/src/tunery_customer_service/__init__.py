@@ -182,6 +182,24 @@ REPLY = TaskDefinition(
     suitable_architectures=("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"),
 )
 
+
+def check_config(config: Mapping[str, Any]) -> list[str]:
+    """Tenant configuration problems (see the module docstring)."""
+    problems = []
+    threshold = config.get("handoff_threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        problems.append(f"handoff_threshold must be a number from 0 to 1, got {threshold!r}")
+    templates = config.get("reply_templates")
+    if not isinstance(templates, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in templates.items()
+    ):
+        problems.append("reply_templates must map intent names to non-empty reply texts")
+    reply = config.get("handoff_reply")
+    if not isinstance(reply, str) or not reply.strip():
+        problems.append("handoff_reply must be a non-empty text")
+    return problems
+
+
 pack = VerticalPack(
     id="customer_service",
     name="Customer service",
@@ -196,6 +214,7 @@ pack = VerticalPack(
     },
     license="Apache-2.0; sample data written for the project (CC0)",
     package="tunery_customer_service",
+    config_validator=check_config,
 )
 
 __all__ = ["INTENT", "REPLY", "generated_reply", "intent_metrics", "pack", "select_reply"]

@@ -215,6 +215,31 @@ TOPIC = TaskDefinition(
     suitable_architectures=ARCHITECTURES,
 )
 
+
+def check_config(config: Mapping[str, Any]) -> list[str]:
+    """Tenant configuration problems (see the module docstring)."""
+    problems = []
+    mapping = config.get("label_mapping")
+    if not isinstance(mapping, Mapping) or not all(isinstance(k, str) for k in mapping):
+        problems.append("label_mapping must map uploaded label names to canonical ones")
+    elif any(v not in SENTIMENTS for v in mapping.values()):
+        bad = sorted(str(v) for v in mapping.values() if v not in SENTIMENTS)
+        problems.append(f"label_mapping targets {bad} are not sentiments; use {list(SENTIMENTS)}")
+    display = config.get("display_labels")
+    if not isinstance(display, Mapping) or not all(isinstance(v, str) for v in display.values()):
+        problems.append("display_labels must map labels to display names")
+    checks = (
+        ("alert_window_minutes", lambda v: v > 0, "a positive number"),
+        ("alert_threshold", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        ("alert_min_count", lambda v: v >= 1 and float(v).is_integer(), "a whole number >= 1"),
+    )
+    for name, ok, what in checks:
+        value = config.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            problems.append(f"{name} must be {what}, got {value!r}")
+    return problems
+
+
 pack = VerticalPack(
     id="finance_sentiment",
     name="Finance sentiment",
@@ -230,6 +255,7 @@ pack = VerticalPack(
     },
     license="Apache-2.0; sample data written for the project (CC0)",
     package="tunery_finance_sentiment",
+    config_validator=check_config,
 )
 
 __all__ = ["SENTIMENT", "TOPIC", "aggregate_alerts", "classification_metrics", "label_prediction", "pack"]

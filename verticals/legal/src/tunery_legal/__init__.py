@@ -214,6 +214,15 @@ CLAUSE_DRAFTING = TaskDefinition(
     suitable_architectures=("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"),
 )
 
+
+def check_config(config: Mapping[str, Any]) -> list[str]:
+    """Tenant configuration problems (see the module docstring)."""
+    value = config.get("label_threshold")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        return [f"label_threshold must be a probability between 0 and 1, got {value!r}"]
+    return []
+
+
 pack = VerticalPack(
     id="legal",
     name="Legal",
@@ -223,6 +232,7 @@ pack = VerticalPack(
     config_defaults={"label_threshold": 0.5},
     license="Apache-2.0; sample data written for the project (CC0)",
     package="tunery_legal",
+    config_validator=check_config,
 )
 
 __all__ = [

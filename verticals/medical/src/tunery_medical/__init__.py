@@ -21,7 +21,7 @@ from tunery_contract import (
 )
 from tunery_contract import metrics as m
 from tunery_contract.cards import metrics_table, settings_list
-from tunery_medical.phi import find_phi, redact_text, screen_row
+from tunery_medical.phi import POLICIES, find_phi, redact_text, screen_row
 
 __version__ = "1.0.0"
 
@@ -156,6 +156,13 @@ NOTE_SUMMARIZATION = TaskDefinition(
     suitable_architectures=("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"),
 )
 
+
+def check_config(config: Mapping[str, Any]) -> list[str]:
+    """Tenant configuration problems (see the module docstring)."""
+    policy = config.get("phi_policy")
+    return [] if policy in POLICIES else [f"phi_policy must be one of {list(POLICIES)}, got {policy!r}"]
+
+
 pack = VerticalPack(
     id="medical",
     name="Medical",
@@ -165,6 +172,7 @@ pack = VerticalPack(
     config_defaults={"phi_policy": "warn"},
     license="Apache-2.0; sample data written for the project (CC0, synthetic, not clinically meaningful)",
     package="tunery_medical",
+    config_validator=check_config,
 )
 
 __all__ = ["CLINICAL_NER", "DOCUMENT_CLASSIFICATION", "NOTE_SUMMARIZATION", "pack"]

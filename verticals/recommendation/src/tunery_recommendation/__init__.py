@@ -173,6 +173,16 @@ LIKE = TaskDefinition(
     suitable_architectures=ARCHITECTURES,
 )
 
+
+def check_config(config: Mapping[str, Any]) -> list[str]:
+    """Tenant configuration problems (see the module docstring)."""
+    value = config.get("like_threshold")
+    low, high = RATING_SCALE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        return [f"like_threshold must be a rating from {low:g} to {high:g}, got {value!r}"]
+    return []
+
+
 pack = VerticalPack(
     id="recommendation",
     name="Recommendation",
@@ -182,6 +192,7 @@ pack = VerticalPack(
     config_defaults={"like_threshold": LIKE_THRESHOLD},
     license="Apache-2.0; sample data written for the project (CC0)",
     package="tunery_recommendation",
+    config_validator=check_config,
 )
 
 __all__ = ["LIKE", "RELEVANCE", "like_metrics", "pack", "rank", "relevance_metrics"]
