@@ -104,3 +104,12 @@ def test_enabling_a_pack_that_is_not_installed_is_refused(operator, finished_job
 def test_toggle_only_accepts_post(operator, finished_job):
     url = reverse("dashboard:toggle-vertical", args=[finished_job.tenant.id, "dummy"])
     assert operator.get(url).status_code == 405
+
+
+def test_admin_index_links_to_the_dashboard(operator):
+    index = operator.get(reverse("admin:index"))
+    entry = reverse("admin:dashboard_dashboard_changelist")
+    assert entry in index.content.decode()
+    response = operator.get(entry)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("dashboard:usage")
