@@ -134,3 +134,43 @@ def test_openapi_schema_and_docs(client, db):
     ]:
         assert path in paths, sorted(paths)
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_key_created_inline_on_the_tenant_page_is_shown_once(staff, acme, api):
+    tenant = acme.tenant
+    form = {
+        "slug": tenant.slug,
+        "name": tenant.name,
+        "is_active": "on",
+        "max_concurrent_jobs": tenant.max_concurrent_jobs,
+        "max_stored_bytes": tenant.max_stored_bytes,
+        "max_training_hours": tenant.max_training_hours,
+        "max_deployments": tenant.max_deployments,
+        "requests_per_minute": tenant.requests_per_minute,
+    }
+    existing_keys = list(ApiKey.objects.filter(tenant=tenant))
+    enablements = list(VerticalEnablement.objects.filter(tenant=tenant))
+    for prefix, count in (("memberships", 0), ("api_keys", len(existing_keys) + 1), ("verticals", len(enablements))):
+        form |= {f"{prefix}-TOTAL_FORMS": count, f"{prefix}-INITIAL_FORMS": count - (prefix == "api_keys")}
+        form |= {f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000}
+    for i, key in enumerate(existing_keys):
+        form |= {f"api_keys-{i}-id": key.pk, f"api_keys-{i}-tenant": tenant.pk, f"api_keys-{i}-name": key.name}
+        form |= {f"api_keys-{i}-role": key.role}
+    new = len(existing_keys)
+    form |= {f"api_keys-{new}-tenant": tenant.pk, f"api_keys-{new}-name": "inline", f"api_keys-{new}-role": "member"}
+    for i, row in enumerate(enablements):
+        form |= {
+            f"verticals-{i}-id": row.pk,
+            f"verticals-{i}-tenant": tenant.pk,
+            f"verticals-{i}-vertical": row.vertical,
+        }
+        form |= {f"verticals-{i}-enabled": "on", f"verticals-{i}-config": "{}"}
+
+    response = staff.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form, follow=True)
+    assert response.status_code == 200
+    errors = [f.errors for f in response.context.get("inline_admin_formsets", [])] if response.context else []
+    assert ApiKey.objects.filter(tenant=tenant, name="inline").exists(), errors
+    secret = next(w for m in response.context["messages"] for w in str(m).split() if w.startswith("tny_"))
+    assert ApiKey.objects.get(name="inline").hashed_key == hash_key(secret)
+    assert api.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == 200
+    assert AuditLog.objects.filter(action="admin.tenant.change", tenant=tenant).exists()
