@@ -91,3 +91,10 @@ def test_tenant_configuration_problems(dummy_pack):
     assert pack.config_problems([1]) == ["the configuration must be a JSON object, not list"]
     crashing = dataclasses.replace(pack, config_validator=lambda config: 1 / 0)
     assert "could not check this configuration (ZeroDivisionError" in crashing.config_problems({})[0]
+
+
+def test_a_pack_whose_own_defaults_fail_its_config_check_is_skipped(dummy_pack):
+    odd = dataclasses.replace(dummy_pack, config_defaults={"x": 1}, config_validator=lambda config: ["x must be 2"])
+    with registered(odd):
+        found = discover()
+    assert found.failures["dummy"] == "config_defaults: x must be 2"

@@ -57,6 +57,7 @@ def _admit(found: Discovery, name: str, pack: object) -> None:
         found.failures[name] = f"entry point gives {type(pack).__name__}, not a VerticalPack"
         return
     problems = pack.problems() + _compatibility_problems(pack)
+    problems += [f"config_defaults: {p}" for p in pack.config_problems(dict(pack.config_defaults))]
     if problems:
         found.failures[name] = "; ".join(problems)
         log.error("vertical pack %s is invalid and was skipped: %s", name, found.failures[name])
