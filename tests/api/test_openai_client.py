@@ -19,7 +19,7 @@ def client(live_server, acme) -> Iterator[OpenAI]:
     # The live server's threads share the in-memory SQLite test database with this thread. Sharing
     # stays allowed afterwards: a server thread may close its end after this test has finished.
     for connection in connections.all():
-        if connection.vendor == "sqlite" and connection.is_in_memory_db() and not connection.allow_thread_sharing:
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():
             connection.inc_thread_sharing()
     with OpenAI(api_key=acme.key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=30) as client:
         yield client
@@ -131,8 +131,9 @@ def test_fine_tuning_job_lifecycle(client, base_model):
 
 
 def test_errors_map_to_openai_exceptions(client, live_server, make_tenant, base_model):
-    with pytest.raises(openai.AuthenticationError) as unauthenticated:
-        OpenAI(api_key="tny_000000000000_wrong", base_url=f"{live_server.url}/v1", max_retries=0).models.list()
+    stranger = OpenAI(api_key="tny_000000000000_wrong", base_url=f"{live_server.url}/v1", max_retries=0)
+    with stranger, pytest.raises(openai.AuthenticationError) as unauthenticated:
+        stranger.models.list()
     assert unauthenticated.value.status_code == 401
     assert unauthenticated.value.body["type"] == "authentication_error"
 
@@ -153,7 +154,7 @@ def test_errors_map_to_openai_exceptions(client, live_server, make_tenant, base_
 
     member = make_tenant("acme", role="member")
     member_client = OpenAI(api_key=member.key, base_url=f"{live_server.url}/v1", max_retries=0)
-    with pytest.raises(openai.PermissionDeniedError):
+    with member_client, pytest.raises(openai.PermissionDeniedError):
         member_client.models.delete(base_model.name)
 
     make_tenant("acme", role="admin")
