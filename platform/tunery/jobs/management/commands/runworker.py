@@ -1,7 +1,7 @@
 """``manage.py runworker gpu|cpu``: a Celery worker with the job queue's settings.
 
-- ``gpu``: one job at a time (concurrency 1, prefetch 1, late ack), a fresh pool process per task;
-  the engine runs in its own child process, so this worker never touches CUDA. ``--queues``
+- ``gpu``: one job at a time (concurrency 1, prefetch 1, late ack); the engine is a fresh child
+  process per job, so this worker never touches CUDA and GPU memory is returned after each job. ``--queues``
   picks the GPU class/count queues the host serves (``gpu,gpu.h100,gpu.h100.x2``).
 - ``cpu``: file validation and housekeeping.
 """
@@ -19,7 +19,9 @@ def worker_argv(kind: str, queues: str | None, concurrency: int | None, hostname
         raise CommandError(f"worker kind must be 'gpu' or 'cpu', not {kind!r}")
     argv = ["worker", "--loglevel", "INFO", "--queues", queues or kind]
     if kind == "gpu":
-        argv += ["--concurrency", "1", "--prefetch-multiplier", "1", "--max-tasks-per-child", "1"]
+        # No --max-tasks-per-child 1: the engine already is a fresh process per job, and replacing
+        # the pool process after each task costs seconds of dispatch latency.
+        argv += ["--concurrency", "1", "--prefetch-multiplier", "1"]
     else:
         argv += ["--concurrency", str(concurrency or 2)]
     if hostname:
