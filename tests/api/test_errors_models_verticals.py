@@ -100,3 +100,15 @@ def test_broken_pack_is_reported_and_skipped(dummy_packs):
         assert "broken" in registry.failures()
         assert registry.get_pack("dummy") is not None
     registry.reload()
+
+
+def test_oversized_json_body_is_413(api, acme, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"model": "x" * 2000, "training_file": "file-x"}
+    error = error_of(api.post("/v1/fine_tuning/jobs", body, format="json", **acme.headers), 413)
+    assert error["code"] == "request_too_large"
+
+
+def test_form_encoded_job_create_is_415(api, acme):
+    response = api.post("/v1/fine_tuning/jobs", {"model": "m"}, **acme.headers)  # multipart by default
+    assert error_of(response, 415)["type"] == "invalid_request_error"

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
@@ -104,7 +105,11 @@ def _validation_message(detail: Any, path: str = "") -> tuple[str, str | None]:
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: every exception a view raises becomes an OpenAI error object."""
     headers: dict[str, str] = {}
-    if isinstance(exc, Http404):
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge("The request body is too large.", code="request_too_large")
+    elif isinstance(exc, SuspiciousOperation):  # e.g. too many form fields
+        exc = InvalidRequest(str(exc) or "Bad request.", code="bad_request")
+    elif isinstance(exc, Http404):
         exc = NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = PermissionDenied(str(exc) or "You do not have permission to do this.")

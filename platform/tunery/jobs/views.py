@@ -7,6 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tunery.core.pagination import cursor_page
+from tunery.core.parsers import BoundedJSONParser
 from tunery.core.schema import ERRORS, PAGE_PARAMETERS, list_of
 from tunery.core.scoping import TenantScopedViewSet
 from tunery.jobs import services
@@ -46,6 +47,7 @@ class FineTuningJobViewSet(TenantScopedViewSet):
     scoped_model = FineTuningJob
     object_name = "fine-tuning job"
     serializer_class = JobSerializer
+    parser_classes = [BoundedJSONParser]
 
     def refine_queryset(self, queryset):
         return queryset.select_related("base_model", "tenant", "fine_tuned_model")

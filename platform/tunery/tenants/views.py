@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tunery.core.pagination import cursor_page
+from tunery.core.parsers import BoundedJSONParser
 from tunery.core.permissions import IsTenantAdmin
 from tunery.core.schema import ERRORS, PAGE_PARAMETERS, list_of
 from tunery.core.scoping import TenantScopedViewSet
@@ -78,6 +79,7 @@ class ApiKeyViewSet(TenantScopedViewSet):
     object_name = "API key"
     permission_classes = [IsTenantAdmin]
     serializer_class = ApiKeySerializer
+    parser_classes = [BoundedJSONParser]
 
     def list(self, request: Request) -> Response:
         return Response(cursor_page(request, self.get_queryset(), api_key_object))
