@@ -278,8 +278,10 @@ def test_wrong_bodies_for_the_endpoint_are_refused(setup):
         client.post("/v1/predictions", content=b"[1, 2]", headers={"Content-Type": "application/json"}).status_code
         == 400
     )
-    wrong_kind = predict(client, model=models["assistant"].id, inputs=["hi"])
+    wrong_kind = predict(client, model=models["assistant"].id, user="u", items=["a"])
     assert wrong_kind.json()["error"]["code"] == "wrong_endpoint"
+    too_many = predict(client, model=models["assistant"].id, inputs=["hi"] * 9)
+    assert too_many.json()["error"]["code"] == "too_many_items"
     chat = client.post(
         "/v1/chat/completions", json={"model": models["intents"].id, "messages": [{"role": "user", "content": "hi"}]}
     )

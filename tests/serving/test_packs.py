@@ -1,4 +1,4 @@
-"""Every installed vertical pack's encoder tasks, served through the real HTTP API on tiny models:
+"""Every installed vertical pack's tasks (encoders and causal LMs), served through the real HTTP API on tiny models:
 the response carries the runtime's decoding overlaid with the pack's own post-processing, computed
 with the tenant's pack configuration."""
 
@@ -12,19 +12,18 @@ import pytest
 
 from tests.serving import builders
 from tunery.serving.services import decoded
-from tunery_contract import TaskKind
+from tunery_contract import Prediction, TaskKind
 from tunery_contract.discovery import discover
-from tunery_worker.serving import PredictionInput
+from tunery_worker.serving import GenerationRequest, PredictionInput
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ENCODER_KINDS = {k for k in TaskKind} - {TaskKind.CAUSAL_LM}
 INSTALLED = discover().packs
 CASES = [
     (pack_id, task.id)
     for pack_id, pack in sorted(INSTALLED.items())
     for task in pack.tasks
-    if task.kind in ENCODER_KINDS and task.postprocess is not None
+    if task.postprocess is not None
 ]
 SAMPLE_TEXT = "Anna Smith of Acme Corp was charged twice for aspirin in Paris on 3 May"
 
@@ -89,6 +88,24 @@ def test_pack_prediction_through_the_api(
     text_column = task.schema.column_for("text")
     pair_column = task.schema.column_for("text_pair")
     text_name = text_column.name if text_column else "text"
+    if task.kind is TaskKind.CAUSAL_LM:
+        row = {"messages": [{"role": "user", "content": SAMPLE_TEXT}]}
+        response = client.post(
+            "/v1/predictions", json={"model": model.id, "inputs": [row], "max_tokens": 6, "temperature": 0}
+        )
+        assert response.status_code == 200, response.text
+        (got,) = response.json()["data"]
+        generated = get_runtime().generate(
+            model.id,
+            artifact_dir(model),
+            GenerationRequest(messages=tuple(row["messages"]), max_new_tokens=6, temperature=0),
+        )
+        prediction = Prediction(kind=TaskKind.CAUSAL_LM, text=generated.text)
+        config = registry.enabled_pack(tenant.tenant, pack_id).config
+        assert got["text"] == generated.text
+        for key, value in task.postprocess(prediction, row, config).items():
+            assert close(got[key], value), (key, got[key], value)
+        return
     if task.kind is TaskKind.TEXT_PAIR_REGRESSION:  # a ranking call: one user, several items
         items = [
             {"item_id": f"sku-{i}", pair_column.name: name}

@@ -61,6 +61,8 @@ class PredictionRequest:
     #: Ranking call: one query (the user) scored against each item.
     query: str | None = None
     items: list[dict[str, Any]] | None = None
+    #: The whole body: generation settings (max_tokens, temperature, ...) for causal LMs.
+    body: dict[str, Any] | None = None
 
 
 def prediction_request(data: Any) -> PredictionRequest:
@@ -71,11 +73,11 @@ def prediction_request(data: Any) -> PredictionRequest:
         raise _invalid("Pass either inputs (a list of texts or objects) or a ranking call (user + items).", "inputs")
     if not ranking:
         inputs = [_input_item(item, f"inputs[{i}]") for i, item in enumerate(item_list(body["inputs"], "inputs"))]
-        return PredictionRequest(model, inputs=inputs)
+        return PredictionRequest(model, inputs=inputs, body=body)
     query_param = "user" if "user" in body else "query"
     query = text(body.get(query_param), query_param)
     items = [_input_item(item, f"items[{i}]") for i, item in enumerate(item_list(body["items"], "items"))]
-    return PredictionRequest(model, query=query, items=items)
+    return PredictionRequest(model, query=query, items=items, body=body)
 
 
 def _input_item(value: Any, param: str) -> dict[str, Any]:
@@ -84,7 +86,9 @@ def _input_item(value: Any, param: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _invalid(f"{param} must be a string or an object, got {type(value).__name__}.", param)
     for key, field in value.items():
-        if isinstance(field, str):
+        if key == "messages":  # a conversation, for a causal LM's prediction
+            value = {**value, "messages": list(chat_messages({"messages": field}, f"{param}.messages"))}
+        elif isinstance(field, str):
             if field:
                 text(field, f"{param}.{key}")
         elif field is not None and not isinstance(field, (int, float, bool)):
@@ -152,15 +156,15 @@ def generation_parameters(body: dict[str, Any]) -> GenerationParameters:
     )
 
 
-def chat_messages(body: dict[str, Any]) -> tuple[dict[str, str], ...]:
+def chat_messages(body: dict[str, Any], where: str = "messages") -> tuple[dict[str, str], ...]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _invalid("messages must be a non-empty list of {role, content} objects.", "messages")
+        raise _invalid(f"{where} must be a non-empty list of {{role, content}} objects.", where)
     if len(messages) > conf.max_messages():
-        raise _invalid(f"At most {conf.max_messages()} messages are allowed.", "messages", "too_many_items")
+        raise _invalid(f"At most {conf.max_messages()} messages are allowed.", where, "too_many_items")
     parsed = []
     for i, message in enumerate(messages):
-        param = f"messages[{i}]"
+        param = f"{where}[{i}]"
         if not isinstance(message, dict):
             raise _invalid(f"{param} must be an object.", param)
         role = message.get("role")

@@ -23,6 +23,8 @@ from tunery_contract import Prediction, TaskKind
 log = logging.getLogger(__name__)
 
 ENCODER_KINDS = {k.value for k in TaskKind} - {TaskKind.CAUSAL_LM.value}
+#: Generations one prediction request may ask for (each is a full decode, run one after another).
+MAX_GENERATIONS_PER_REQUEST = 8
 PAIR_KINDS = {TaskKind.TEXT_PAIR_CLASSIFICATION.value, TaskKind.TEXT_PAIR_REGRESSION.value}
 
 
@@ -89,13 +91,9 @@ def undeploy(*, deployment: Deployment, actor: str) -> None:
 
 def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, Any]:
     target = selectors.serving_target(tenant, request.model)
-    if target.kind not in ENCODER_KINDS:
-        raise InvalidRequest(
-            f"The model '{request.model}' is a {target.kind} model; call /v1/chat/completions or /v1/completions.",
-            param="model",
-            code="wrong_endpoint",
-        )
     hooks = selectors.pack_hooks(tenant, target.model)
+    if target.kind not in ENCODER_KINDS:
+        return _predict_generations(target, hooks, request)
     text_column = _column(hooks, "text")
     pair_column = _column(hooks, "text_pair")
     if request.items is not None:
@@ -147,6 +145,61 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         "kind": target.kind,
         "data": data,
         "usage": {"items": len(data)},
+    }
+
+
+def _predict_generations(
+    target: selectors.ServingTarget, hooks: selectors.PackHooks, request: inputs.PredictionRequest
+) -> dict[str, Any]:
+    """A causal LM behind /v1/predictions: each input (a text for the user turn, {"messages"} or
+    {"prompt"}) is generated, decoded into a Prediction and given to the pack's post-processing
+    (the customer-service reply and hand-off, the medical summary's PHI screening, ...)."""
+    from tunery_worker.serving import GenerationRequest
+
+    if request.inputs is None:
+        raise InvalidRequest("A language model takes inputs, not a ranking call.", param="items", code="wrong_endpoint")
+    if len(request.inputs) > MAX_GENERATIONS_PER_REQUEST:
+        raise InvalidRequest(
+            f"inputs has {len(request.inputs)} items; a language model takes at most "
+            f"{MAX_GENERATIONS_PER_REQUEST} per request.",
+            param="inputs",
+            code="too_many_items",
+        )
+    params = inputs.generation_parameters({**(request.body or {}), "stream": False})
+    data, prompt_tokens, completion_tokens = [], 0, 0
+    started = time.perf_counter()
+    for index, row in enumerate(request.inputs):
+        messages = row.get("messages")
+        prompt = row.get("prompt") if messages is None else None
+        if messages is None and prompt is None:
+            messages = [{"role": "user", "content": _field(row, ("text",), f"inputs[{index}]")}]
+        generation = GenerationRequest(
+            messages=tuple(messages) if messages is not None else None,
+            prompt=prompt,
+            max_new_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=params.stop,
+            seed=params.seed,
+        )
+        result = _run(lambda g=generation: get_runtime().generate(target.model.id, target.path, g))
+        prompt_tokens += result.prompt_tokens
+        completion_tokens += result.completion_tokens
+        prediction = Prediction(kind=TaskKind.CAUSAL_LM, text=result.text)
+        entry = {"index": index, **decoded(prediction), "finish_reason": result.finish_reason}
+        if hooks.task is not None and hooks.task.postprocess is not None:
+            entry.update(hooks.task.postprocess(prediction, row, hooks.config))
+        data.append(entry)
+    metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+    metrics.GENERATED_TOKENS.inc(completion_tokens)
+    return {
+        "id": prefixed_id("pred"),
+        "object": "prediction",
+        "created": int(time.time()),
+        "model": target.model.id,
+        "kind": target.kind,
+        "data": data,
+        "usage": {"items": len(data), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
     }
 
 
