@@ -165,3 +165,19 @@ def test_errors_map_to_openai_exceptions(client, live_server, make_tenant, base_
             model=base_model.name, training_file=training.id, extra_body={"vertical": "dummy", "task": "sentiment"}
         )
     assert over_quota.value.code == "concurrent_jobs_quota_exceeded"
+
+
+def test_upload_errors_over_http(client, settings, media_root):
+    settings.TUNERY_MAX_UPLOAD_BYTES = 1000
+    with pytest.raises(openai.APIStatusError) as too_large:
+        client.files.create(file=("big.jsonl", dummy_pack.sample_jsonl(200)), purpose="fine-tune")
+    assert too_large.value.status_code == 413
+    assert too_large.value.code == "file_too_large"
+    with pytest.raises(openai.BadRequestError) as broken:
+        client.files.create(file=("bad.jsonl", b'{"text": "ok", "label": "positive"}\n{oops\n'), purpose="fine-tune")
+    assert "line 2" in broken.value.message
+    with pytest.raises(openai.BadRequestError) as wrong_purpose:
+        client.files.create(file=("t.jsonl", dummy_pack.sample_jsonl()), purpose="batch")
+    assert wrong_purpose.value.param == "purpose"
+    assert client.files.list().data == []
+    assert not media_root.exists() or not any(p.is_file() for p in media_root.rglob("*"))
