@@ -214,8 +214,13 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     dist = _Distributed()
     device = _device(dist)
     dist.setup(device)
-    if device.type == "cpu" and dist.enabled:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # tiny late-training gradients otherwise crawl through denormal math
+        if dist.enabled:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 leftovers under autocast
+        torch.backends.cudnn.allow_tf32 = True
     output_dir = Path(spec.output_dir)
     checkpoint_root = output_dir / "checkpoints"
     task = spec.task
