@@ -4,9 +4,11 @@ The broker only wakes workers: job state, ownership (the lease) and retries live
 (tunery.jobs.lifecycle). Queues: ``cpu`` (file validation, housekeeping) and ``gpu`` training
 queues, one per GPU class and count (``gpu``, ``gpu.h100.x2``; see tunery.jobs.queues).
 
-Workers (see ``manage.py runworker --help``):
+Workers (``manage.py runworker cpu|gpu`` starts them with these options):
     celery -A tunery worker -Q cpu --concurrency 2
-    celery -A tunery worker -Q gpu --concurrency 1 --prefetch-multiplier 1 --max-tasks-per-child 1
+    celery -A tunery worker -Q gpu --concurrency 1 --prefetch-multiplier 1
+The training engine is a fresh child process per job, so a gpu worker never touches CUDA;
+``--max-tasks-per-child 1`` is allowed but only adds seconds of dispatch latency per job.
 """
 
 from __future__ import annotations

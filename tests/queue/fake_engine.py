@@ -6,8 +6,8 @@ start costs milliseconds.
 ``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, and ``behaviour``:
   ok | permanent (fails with a permanent error) | crash_once (exit 1 mid-way on the first start) |
   poison (kills its parent, the worker process, every time).
-Every start is appended to ``output_dir/starts.jsonl``; a start that finds another live engine on
-the same job (the job run twice at once) writes ``output_dir/OVERLAP``.
+Every start is appended to ``output_dir/starts.jsonl``; a start that finds another engine process
+of the same job alive (the job run twice at once) writes ``output_dir/OVERLAP`` and waits for it.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def main() -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        # another engine process of this job exists: record it, then wait for it to go away
         (out / "OVERLAP").write_text(f"pid {os.getpid()} found another engine running\n")
-        return 1
+        fcntl.flock(lock, fcntl.LOCK_EX)
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
     start = latest_checkpoint(checkpoints)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import re
+import signal
 import time
+from pathlib import Path
 
 import pytest
 from django.db import close_old_connections
@@ -168,3 +171,34 @@ def test_embedded_filesystem_broker_validates_runs_and_survives_a_killed_worker(
     row = assert_ran_once_to_success(job)
     assert row.attempts == 2
     assert starts(job)[1]["from_step"] >= 4
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_frozen_worker_that_lost_its_lease_stops_its_engine_when_it_wakes(
+    redis_server, make_cluster, new_tenant, make_job
+):
+    cluster = make_cluster(redis_server.url, TUNERY_JOB_MAX_ATTEMPTS="5")
+    cluster.scheduler()
+    frozen = cluster.worker()
+    job = make_job(new_tenant(), steps=80, step_seconds=0.1, checkpoint_every=4)
+    wait_for(lambda: JobCheckpoint.objects.filter(job=job).exists(), 60, cluster, "a first checkpoint")
+    os.killpg(frozen.pid, signal.SIGSTOP)  # a stalled host: worker, pool process and engine all stop
+    stale_engine = starts(job)[0]["pid"]
+    cluster.worker()
+    wait_for(lambda: job_row(job).attempts == 2 and job_row(job).status == JobStatus.RUNNING, 60, cluster, "a takeover")
+    os.killpg(frozen.pid, signal.SIGCONT)
+    # it had seconds of steps left: only its runner, finding the lease gone, stops it this soon
+    wait_for(lambda: not process_alive(stale_engine), 3, cluster, "the stale engine to be stopped")
+    assert "lease lost" in frozen.log_path.read_text()
+    wait_for(lambda: job_row(job).status == JobStatus.SUCCEEDED, 60, cluster, "success")
+    assert job_row(job).attempts == 2
+    assert FineTunedModel.objects.filter(job=job).count() == 1
+    second = starts(job)[1]
+    assert second["from_step"] >= 4  # the new attempt resumed after the stale engine had stopped

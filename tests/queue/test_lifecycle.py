@@ -144,3 +144,18 @@ def test_reconciler_resends_lost_messages_but_not_fresh_ones(queue_settings, new
     assert [m["job_id"] for m in broker_messages("gpu")] == [lost.pk]
     assert [m["task"] for m in broker_messages("cpu")] == ["tunery.jobs.tasks.validate_job_files"]
     assert reconciler.reconcile()["resent"] == 0  # just sent: not again
+
+
+def test_gpu_workers_take_one_job_at_a_time_and_the_reconciler_is_scheduled(settings):
+    from tunery.celery import app
+    from tunery.jobs.management.commands.runworker import worker_argv
+
+    gpu = worker_argv("gpu", "gpu,gpu.h100.x2", None, "gpu1@%h")
+    assert gpu[gpu.index("--concurrency") + 1] == "1"
+    assert gpu[gpu.index("--prefetch-multiplier") + 1] == "1"
+    assert gpu[gpu.index("--queues") + 1] == "gpu,gpu.h100.x2"
+    assert app.conf.task_acks_late is True
+    assert app.conf.worker_prefetch_multiplier == 1
+    schedule = app.conf.beat_schedule["reconcile-jobs"]
+    assert schedule["task"] == "tunery.jobs.tasks.reconcile_jobs"
+    assert schedule["schedule"] == settings.TUNERY_RECONCILE_EVERY_SECONDS

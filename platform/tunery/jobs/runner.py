@@ -194,9 +194,7 @@ class AttemptRunner:
                 log.exception("job %s: runner error", self.job.pk)
                 raise
             finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+                _stop(process)
         return self._finish(outcome)
 
     def _finish(self, outcome: Outcome) -> str:
@@ -216,8 +214,8 @@ class AttemptRunner:
                 self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
                 next_renewal = now + poll
             if self.control_sent and now - self.control_sent_at > CONTROL_GRACE_SECONDS and process.poll() is None:
-                log.warning("job %s: engine ignored %s; killing it", self.job.pk, self.control_sent)
-                process.kill()
+                log.warning("job %s: engine ignored %s; stopping it", self.job.pk, self.control_sent)
+                _stop(process)
             ready, _, _ = select.select([fd], [], [], max(0.05, next_renewal - time.monotonic()))
             if not ready:
                 continue
@@ -370,6 +368,18 @@ class AttemptRunner:
             data={k: v for k, v in event.items() if k != "event"},
             dedupe_key=f"attempt:{self.job.attempts}:engine_failed",
         )
+
+
+def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM first (torchrun passes it on to its ranks), SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _fmt(value: Any) -> str:
