@@ -176,3 +176,35 @@ def test_list_pagination_and_purpose_filter(acme, upload, api):
     assert api.get("/v1/files?purpose=fine-tune-results", **acme.headers).json()["data"] == []
     assert api.get("/v1/files?limit=0", **acme.headers).json()["error"]["param"] == "limit"
     assert api.get("/v1/files?after=file-nope", **acme.headers).json()["error"]["param"] == "after"
+
+
+def test_upload_checked_against_a_task_reports_the_line(acme, api, media_root):
+    content = b"text,label\nfine,positive\n,negative\nok,sideways\n"
+    data = {"file": SimpleUploadedFile("t.csv", content), "purpose": "fine-tune", "vertical": "dummy"}
+    data["task"] = "sentiment"
+    response = api.post("/v1/files", data, format="multipart", **acme.headers)
+    message = assert_rejected(response, 400, "invalid_training_data", media_root)
+    assert "line 3" in message
+    assert "line 4" in message  # 'sideways' is not a label of the task
+
+
+def test_upload_checked_against_a_task_with_missing_columns(acme, api, media_root):
+    data = {"file": SimpleUploadedFile("t.csv", b"text\nhello\nworld\n"), "purpose": "fine-tune"}
+    data |= {"vertical": "dummy", "task": "sentiment"}
+    message = assert_rejected(
+        api.post("/v1/files", data, format="multipart", **acme.headers), 400, "invalid_training_data", media_root
+    )
+    assert "label" in message
+
+
+def test_upload_for_a_pack_not_enabled_is_refused(acme, api, media_root):
+    data = {"file": SimpleUploadedFile("t.jsonl", dummy_pack.sample_jsonl()), "purpose": "fine-tune"}
+    data |= {"vertical": "dummy_other", "task": "sentiment"}
+    response = api.post("/v1/files", data, format="multipart", **acme.headers)
+    assert_rejected(response, 400, "vertical_not_enabled", media_root, param="vertical")
+
+
+def test_upload_that_fits_its_task_is_stored(acme, api):
+    data = {"file": SimpleUploadedFile("t.csv", dummy_pack.sample_csv()), "purpose": "fine-tune"}
+    data |= {"vertical": "dummy", "task": "sentiment"}
+    assert api.post("/v1/files", data, format="multipart", **acme.headers).status_code == 200

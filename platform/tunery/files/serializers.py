@@ -53,6 +53,8 @@ class FileUploadSerializer(serializers.Serializer):
 
     file = serializers.FileField(help_text="A .jsonl or .csv file.")
     purpose = serializers.ChoiceField(choices=["fine-tune"])
+    vertical = serializers.CharField(required=False, help_text="Check the rows against this pack's task.")
+    task = serializers.CharField(required=False, help_text="The task whose schema the rows must fit.")
 
 
 class FileDeletedSerializer(serializers.Serializer):

@@ -18,6 +18,8 @@ from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
 from tunery.tenants.models import Tenant
+from tunery.verticals import registry
+from tunery.verticals.selectors import task_for
 from tunery_contract.records import RecordFormatError, detect_format, iter_records
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,16 @@ def stored_bytes(tenant: Tenant) -> int:
     return File.objects.filter(tenant=tenant, deleted_at__isnull=True).aggregate(total=Sum("bytes"))["total"] or 0
 
 
-def upload_file(*, tenant: Tenant, uploaded: UploadedFile | None, purpose: str | None) -> File:
+def upload_file(
+    *,
+    tenant: Tenant,
+    uploaded: UploadedFile | None,
+    purpose: str | None,
+    vertical: str | None = None,
+    task: str | None = None,
+) -> File:
+    """Store an upload after parsing it whole. With ``vertical``/``task`` (optional form fields)
+    the rows are also checked against that task's schema, so a bad file fails here, not in a job."""
     if uploaded is None:
         raise InvalidRequest("Send the file as the multipart field 'file'.", param="file", code="missing_file")
     if purpose not in ACCEPTED_PURPOSES:
@@ -82,6 +93,8 @@ def upload_file(*, tenant: Tenant, uploaded: UploadedFile | None, purpose: str |
     rows, columns = inspect_records(uploaded.file, fmt)
     if rows == 0:
         raise InvalidRequest("The file holds no data rows.", param="file", code="empty_file")
+    if vertical or task:
+        _check_against_task(tenant, uploaded, fmt, vertical, task)
     sha256 = getattr(uploaded, "sha256", None)
     if sha256 is None:
         uploaded.seek(0)
@@ -111,6 +124,19 @@ def upload_file(*, tenant: Tenant, uploaded: UploadedFile | None, purpose: str |
         record.content.storage.delete(record.content.name)
         raise
     return record
+
+
+def _check_against_task(tenant: Tenant, uploaded: UploadedFile, fmt: str, vertical: str | None, task_id: str | None):
+    pack, task = task_for(tenant, vertical or None, task_id or None)
+    enabled = registry.enabled_pack(tenant, pack.id)
+    uploaded.seek(0)
+    report = task.validate(iter_records(uploaded.file, fmt), enabled.config if enabled else {})
+    if not report.ok:
+        raise InvalidRequest(
+            f"The file does not fit task '{task.id}' of vertical '{pack.id}': {report.summary()}",
+            param="file",
+            code="invalid_training_data",
+        )
 
 
 def _check_storage_quota(tenant: Tenant, incoming: int) -> None:

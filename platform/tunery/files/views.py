@@ -61,7 +61,11 @@ class FileViewSet(TenantScopedViewSet):
         # Before request.data is touched: the size limit must apply while the body streams in.
         request._request.upload_handlers = [LimitedHashingUploadHandler(request._request)]
         created = services.upload_file(
-            tenant=self.tenant, uploaded=request.FILES.get("file"), purpose=request.data.get("purpose")
+            tenant=self.tenant,
+            uploaded=request.FILES.get("file"),
+            purpose=request.data.get("purpose"),
+            vertical=request.data.get("vertical"),
+            task=request.data.get("task"),
         )
         return Response(file_object(created))
 

@@ -28,8 +28,8 @@ from tunery.jobs.hyperparameters import (
 )
 from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, JobEvent, JobStatus
 from tunery.tenants.models import Tenant
-from tunery.verticals import registry
-from tunery_contract.types import PackError, TaskDefinition, VerticalPack
+from tunery.verticals.selectors import task_for
+from tunery_contract.types import TaskDefinition, VerticalPack
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_METADATA_KEYS = 16
@@ -86,7 +86,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             param="model",
             code="model_not_found",
         )
-    pack, task = _pack_and_task(tenant, body)
+    pack, task = task_for(tenant, body.get("vertical"), body.get("task"))
     training_file = _tenant_file(tenant, _required_string(body, "training_file"), "training_file", task)
     validation_file = None
     if body.get("validation_file"):
@@ -157,49 +157,6 @@ def _required_string(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{name} is required (a string).", param=name, code="missing_required_parameter")
     return value
-
-
-def _pack_and_task(tenant: Tenant, body: dict[str, Any]) -> tuple[VerticalPack, TaskDefinition]:
-    vertical = body.get("vertical")
-    if vertical is None:
-        enabled = registry.enabled_packs(tenant)
-        if len(enabled) != 1:
-            names = ", ".join(e.pack.id for e in enabled) or "none"
-            raise InvalidRequest(
-                f"vertical is required (extra body field); enabled for you: {names}.",
-                param="vertical",
-                code="missing_required_parameter",
-            )
-        pack = enabled[0].pack
-    else:
-        if not isinstance(vertical, str) or registry.get_pack(vertical) is None:
-            raise InvalidRequest(
-                f"Unknown vertical {vertical!r}. GET /v1/verticals lists the packs enabled for you.",
-                param="vertical",
-                code="unknown_vertical",
-            )
-        enabled_pack = registry.enabled_pack(tenant, vertical)
-        if enabled_pack is None:
-            raise InvalidRequest(
-                f"The vertical '{vertical}' is installed but not enabled for your organisation; "
-                "ask your platform administrator to enable it.",
-                param="vertical",
-                code="vertical_not_enabled",
-            )
-        pack = enabled_pack.pack
-    task_id = body.get("task")
-    if task_id is None:
-        if len(pack.tasks) != 1:
-            raise InvalidRequest(
-                f"task is required: vertical '{pack.id}' offers {', '.join(t.id for t in pack.tasks)}.",
-                param="task",
-                code="missing_required_parameter",
-            )
-        return pack, pack.tasks[0]
-    try:
-        return pack, pack.task(str(task_id))
-    except PackError as exc:
-        raise InvalidRequest(str(exc), param="task", code="unknown_task") from exc
 
 
 def _tenant_file(tenant: Tenant, file_id: str, param: str, task: TaskDefinition) -> File:
