@@ -144,9 +144,9 @@ class TuneryClient:
         return self.request("POST", f"/fine_tuning/jobs/{job_id}/cancel")
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
-        """All of a job's events, oldest first."""
-        events = list(self._paginate(f"/fine_tuning/jobs/{job_id}/events"))
-        return sorted(events, key=lambda e: (e.get("created_at", 0), e.get("id", "")))
+        """All of a job's events, oldest first. The API lists newest first in the server's exact
+        order; created_at has whole seconds only, so reversing beats re-sorting."""
+        return list(reversed(list(self._paginate(f"/fine_tuning/jobs/{job_id}/events"))))
 
     # serving
     def deploy(self, model: str) -> dict[str, Any]:
@@ -245,11 +245,11 @@ def progress_of(job: dict[str, Any], events: Sequence[dict[str, Any]]) -> tuple[
     progress = job.get("progress") or {}
     step, total = progress.get("step"), progress.get("total_steps")
     if step is None:
-        for event in reversed(events):
-            data = event.get("data") or {}
-            if event.get("type") == "metrics" and "step" in data:
-                step, total = data["step"], total or data.get("total_steps")
-                break
+        reported = [e.get("data") or {} for e in events if e.get("type") == "metrics"]
+        reported = [data for data in reported if "step" in data]
+        if reported:
+            latest = max(reported, key=lambda data: data["step"])
+            step, total = latest["step"], total or latest.get("total_steps")
     return int(step or 0), (int(total) if total else None)
 
 

@@ -188,3 +188,78 @@ def test_watch_prints_events_and_exits_with_the_jobs_outcome(cli, data_file):
     assert "2/2" in err  # the bar reached the last step of the metrics events
     assert "train_loss=0.4" in err  # live metrics in the progress line
     assert "failed" in out
+
+
+@pytest.fixture
+def deployed_model_row(cli, tmp_path):
+    """A succeeded job's fine-tuned model with a real (tiny, random) artifact of the serving tests' pack."""
+    from tests.serving import builders
+    from tests.serving import pack as serving_pack
+    from tunery.catalog.models import BaseModel, FineTunedModel
+    from tunery.files.models import File
+    from tunery.jobs.models import FineTuningJob, JobStatus
+    from tunery.verticals import registry
+    from tunery_contract import TaskKind
+    from tunery_contract.discovery import registered
+
+    artifact = builders.full_artifact(
+        tmp_path / "intents",
+        TaskKind.SEQUENCE_CLASSIFICATION,
+        serving_pack.INTENTS,
+        vertical=serving_pack.PACK_ID,
+        task="intents",
+    )
+    tenant = cli.tenant.tenant
+    with registered(serving_pack.make_pack()):
+        registry.reload()
+        registry.enable(tenant, serving_pack.PACK_ID)
+        base = BaseModel.objects.create(name="tiny-bert", local_path=str(artifact))
+        training_file = File.objects.create(
+            tenant=tenant, filename="t.jsonl", purpose="fine-tune", format="jsonl", bytes=1, sha256="0" * 64
+        )
+        job = FineTuningJob.objects.create(
+            tenant=tenant,
+            base_model=base,
+            training_file=training_file,
+            vertical=serving_pack.PACK_ID,
+            task="intents",
+            status=JobStatus.SUCCEEDED,
+        )
+        yield FineTunedModel.objects.create(
+            id=f"ft:tiny-bert:{tenant.slug}:intents:{job.id}",
+            tenant=tenant,
+            job=job,
+            base_model=base,
+            artifact_path=str(artifact),
+            vertical=serving_pack.PACK_ID,
+            task="intents",
+        )
+    registry.reload()
+
+
+def test_deploy_then_predict(cli, deployed_model_row):
+    from tests.serving import pack as serving_pack
+
+    code, out, err = cli("deploy", deployed_model_row.id)
+    assert code == 0, err
+    assert "ready" in out
+    code, out, _ = cli("deployments", "list")
+    assert deployed_model_row.id in out
+
+    code, out, err = cli("predict", "--model", deployed_model_row.id, "where is my parcel", "refund me please")
+    assert code == 0, err
+    results = json.loads(out)["data"]
+    assert len(results) == 2
+    for result in results:
+        assert result["label"] in serving_pack.INTENTS
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert "handoff" in result  # the pack's post-processing ran
+
+
+def test_predict_needs_input_and_a_known_model(cli):
+    code, _, err = cli("predict", "--model", "ft:nope")
+    assert code == 1
+    assert "give one or more texts" in err
+    code, _, err = cli("predict", "--model", "ft:nope", "hello")
+    assert code == 1
+    assert "HTTP 404" in err
