@@ -20,7 +20,7 @@ def run_worker(tmp: Path, spec: dict, *launcher: str) -> tuple[int, list[dict]]:
     spec_file.write_text(json.dumps(spec))
     site = write_tiny_pack_distribution(tmp / "site")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", TUNERY_HEARTBEAT_SECONDS="0.5")
     command = list(launcher) or [sys.executable, "-m"]
     done = subprocess.run(
         [*command, "tunery_worker", "run", str(spec_file)], capture_output=True, text=True, env=env, timeout=600
@@ -52,7 +52,7 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     control.write_text("pause")
     code, events = run_worker(tmp_path, spec)
     assert code == EXIT_PAUSED
-    assert events[0]["event"] == "train_begin"
+    assert events[0]["event"] in ("train_begin", "heartbeat")
     assert events[-1]["event"] == "paused"
     paused_at = events[-1]["step"]
     assert Path(events[-1]["checkpoint"]).name == f"step-{paused_at:08d}"
@@ -60,12 +60,11 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     control.unlink()
     code, events = run_worker(tmp_path, spec)
     assert code == EXIT_OK
-    begin = events[0]
-    assert begin["event"] == "train_begin"
+    begin = next(e for e in events if e["event"] == "train_begin")
     assert begin["step"] == paused_at
     assert begin["resumed_from"]
     kinds = {e["event"] for e in events}
-    assert {"progress", "evaluate", "checkpoint", "succeeded"} <= kinds
+    assert {"progress", "evaluate", "checkpoint", "heartbeat", "succeeded"} <= kinds
     progress = next(e for e in events if e["event"] == "progress")
     assert set(progress) >= {
         "step",
@@ -103,8 +102,11 @@ def test_permanent_errors_exit_2_with_a_failed_event(tmp_path, tiny_bert):
     spec = make_spec(tmp_path, tiny_bert, learning_rate=-1)
     code, events = run_worker(tmp_path, spec)
     assert code == EXIT_PERMANENT
-    assert events == [{"event": "failed", "code": "invalid_config", "message": events[0]["message"], "permanent": True}]
-    assert "learning_rate" in events[0]["message"]
+    outcome = [e for e in events if e["event"] != "heartbeat"]
+    assert outcome == [
+        {"event": "failed", "code": "invalid_config", "message": outcome[0]["message"], "permanent": True}
+    ]
+    assert "learning_rate" in outcome[0]["message"]
 
 
 @pytest.mark.slow
@@ -116,6 +118,6 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path, tiny_bert):
     assert sum(e["event"] == "train_begin" for e in events) == 1  # only rank 0 reports
     done = events[-1]
     assert done["event"] == "succeeded"
-    begin = events[0]
+    begin = next(e for e in events if e["event"] == "train_begin")
     assert begin["steps_per_epoch"] == 4  # 108 training rows, batch 16, split over 2 ranks
     assert Path(done["artifact_dir"], "model.safetensors").is_file()

@@ -57,12 +57,16 @@ class EventWriter(TrainingCallback):
     def __init__(self, stream: IO[str] | None) -> None:
         self.stream = stream
         self.lock = threading.Lock()
+        self.closed = False
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: str, *, final: bool = False, **fields: Any) -> None:
         if self.stream is None:
             return
         line = json.dumps(_clean({"event": event, **fields}), allow_nan=False)
         with self.lock:
+            if self.closed:
+                return
+            self.closed = final  # nothing (no late heartbeat) may follow the outcome line
             self.stream.write(line + "\n")
             self.stream.flush()
 
@@ -85,7 +89,17 @@ class EventWriter(TrainingCallback):
         self.emit("checkpoint", step=step, path=path, metrics=dict(metrics or {}), is_best=is_best)
 
     def on_heartbeat(self) -> None:
-        self.emit("heartbeat")
+        pass  # the heartbeat thread below also covers model loading, tokenization and long evaluations
+
+    def start_heartbeat(self, every_seconds: float) -> threading.Event:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_seconds):
+                self.emit("heartbeat")
+
+        threading.Thread(target=beat, name="tunery-heartbeat", daemon=True).start()
+        return stop
 
 
 def load_spec(path: Path) -> Any:
@@ -137,25 +151,28 @@ def run(spec_path: Path) -> int:
     sys.stdout.flush()
     os.dup2(2, 1)
     writer = EventWriter(events_stream)
+    writer.start_heartbeat(float(os.environ.get("TUNERY_HEARTBEAT_SECONDS", "10")))
     try:
         spec = load_spec(spec_path)
         from tunery_worker.engine import train
 
         result = train(spec, [writer, ControlFile(Path(spec.output_dir) / "CONTROL")])
     except Paused as stop:
-        writer.emit("paused", step=stop.step, checkpoint=stop.checkpoint)
+        writer.emit("paused", final=True, step=stop.step, checkpoint=stop.checkpoint)
         return EXIT_PAUSED
     except Cancelled as stop:
-        writer.emit("cancelled", step=stop.step, checkpoint=stop.checkpoint)
+        writer.emit("cancelled", final=True, step=stop.step, checkpoint=stop.checkpoint)
         return EXIT_CANCELLED
     except EngineError as exc:
-        writer.emit("failed", **exc.to_json())
+        writer.emit("failed", final=True, **exc.to_json())
         return EXIT_PERMANENT if exc.permanent else EXIT_TRANSIENT
     except Exception as exc:
         logging.getLogger(__name__).exception("training failed")
-        writer.emit("failed", code="internal_error", message=f"{type(exc).__name__}: {exc}", permanent=False)
+        writer.emit(
+            "failed", final=True, code="internal_error", message=f"{type(exc).__name__}: {exc}", permanent=False
+        )
         return EXIT_TRANSIENT
-    writer.emit("succeeded", **result.to_json())
+    writer.emit("succeeded", final=True, **result.to_json())
     return EXIT_OK
 
 
