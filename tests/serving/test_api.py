@@ -334,3 +334,20 @@ def test_healthz_and_readyz(setup, settings):
     assert down.status_code == 503
     assert down.json()["checks"]["broker"]["ok"] is False
     assert down.json()["checks"]["database"]["ok"] is True
+
+
+def test_a_model_whose_pack_is_not_installed_serves_the_plain_decoding(setup, make_model, artifacts):
+    client = setup["client"]
+    orphan = make_model(setup["acme"].tenant, artifacts["ranking"], "ranking")
+    orphan.vertical = "not_installed"
+    orphan.save(update_fields=["vertical"])
+    deploy(client, orphan)
+    items = [{"id": "a", "text": "trail shoes"}, {"id": "b", "text": "a sofa"}]
+    data = predict(client, model=orphan.id, user="likes hiking", items=items).json()["data"]
+    assert [r["rank"] for r in data] == [1, 2]
+    assert data[0]["score"] >= data[1]["score"]
+    assert {r["item"]["id"] for r in data} == {"a", "b"}
+    # the same pair scored through the plain inputs form gives the same score
+    pairs = [{"text": "likes hiking", "text_pair": i["text"]} for i in items]
+    plain = predict(client, model=orphan.id, inputs=pairs).json()["data"]
+    assert {r["index"]: r["score"] for r in data} == pytest.approx({r["index"]: r["score"] for r in plain})

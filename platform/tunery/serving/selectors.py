@@ -22,7 +22,10 @@ def deployments(tenant: Tenant) -> QuerySet[Deployment]:
 
 
 def ready_deployment_count(tenant: Tenant) -> int:
-    return Deployment.objects.filter(tenant=tenant, status=Deployment.Status.READY).count()
+    """Deployments counted against the quota (a deleted model's deployment no longer counts)."""
+    return Deployment.objects.filter(
+        tenant=tenant, status=Deployment.Status.READY, model__deleted_at__isnull=True
+    ).count()
 
 
 def tenant_model(tenant: Tenant, model_id: str) -> FineTunedModel:

@@ -40,21 +40,21 @@ class ModelUnavailable(ApiError):
 
 def deploy(*, tenant: Tenant, model_id: str, actor: str) -> tuple[Deployment, bool]:
     """Deploy a tenant's fine-tuned model: check the quota, load the artifact in this process,
-    record the outcome. Returns (deployment, created); deploying a ready model again is a no-op."""
+    record the outcome. Returns (deployment, created); deploying a ready model again is a no-op.
+    The load runs outside any transaction (it may take seconds; SQLite would hold its write lock)."""
     model = selectors.tenant_model(tenant, model_id)
+    existing = Deployment.objects.filter(model=model).first()
+    if existing is not None and existing.status == Deployment.Status.READY:
+        return existing, False
+    _check_quota(tenant)
+    status, error, kind = _load(model.id, model)
     with transaction.atomic():
         Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # serializes a tenant's deploys
         existing = Deployment.objects.filter(model=model).first()
         if existing is not None and existing.status == Deployment.Status.READY:
             return existing, False
-        if selectors.ready_deployment_count(tenant) >= tenant.max_deployments:
-            raise QuotaExceeded(
-                f"Your organisation may have {tenant.max_deployments} models deployed at once; "
-                "undeploy one first (DELETE /v1/deployments/{id}).",
-                param="model",
-                code="deployment_quota_exceeded",
-            )
-        status, error, kind = _load(model.id, model)
+        if status == Deployment.Status.READY:
+            _check_quota(tenant)  # again, under the lock: a concurrent deploy may have taken the last slot
         deployment, created = Deployment.objects.update_or_create(
             model=model,
             defaults={"tenant": tenant, "status": status, "error": error, "kind": kind, "created_by": actor[:200]},
@@ -63,6 +63,16 @@ def deploy(*, tenant: Tenant, model_id: str, actor: str) -> tuple[Deployment, bo
             actor=actor, action="deployment.create", tenant=tenant, target=deployment.id, model=model.id, status=status
         )
     return deployment, created
+
+
+def _check_quota(tenant: Tenant) -> None:
+    if selectors.ready_deployment_count(tenant) >= tenant.max_deployments:
+        raise QuotaExceeded(
+            f"Your organisation may have {tenant.max_deployments} models deployed at once; "
+            "undeploy one first (DELETE /v1/deployments/{id}).",
+            param="model",
+            code="deployment_quota_exceeded",
+        )
 
 
 def _load(model_id: str, model: Any) -> tuple[str, str, str]:
@@ -104,10 +114,10 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
                 code="not_a_ranking_model",
             )
         rows = [
-            {
+            {  # the item's own fields, then the pair the model scores (the query always wins)
+                **item,
                 text_column: request.query,
                 pair_column: _field(item, (pair_column, "text", "item"), f"items[{i}]"),
-                **item,
             }
             for i, item in enumerate(request.items)
         ]

@@ -131,8 +131,12 @@ class InferenceRuntime:
     def _served(self, model_id: str, artifact_path: str | Path) -> _Served:
         path = str(artifact_path)
         served = self.cache.peek(model_id)
-        if isinstance(served, _Served) and served.path != path:  # the model id now points elsewhere
-            self.cache.evict(model_id)
+        if isinstance(served, _Served):
+            if served.path == path:  # the hot path: no file is read
+                entry = self.cache.get(model_id, lambda: served)
+                assert isinstance(entry, _Served)
+                return entry
+            self.cache.evict(model_id)  # the model id now points elsewhere
         info = read_artifact(path)
         entry = self.cache.get(model_id, lambda: self._load(model_id, path, info), self._estimate(info))
         assert isinstance(entry, _Served)
@@ -220,9 +224,6 @@ class InferenceRuntime:
         self, model_id: str, artifact_path: str | Path, request: GenerationRequest, result: GenerationResult
     ) -> Iterator[str]:
         return self._served(model_id, artifact_path).model.stream(request, result)
-
-    def kind_of(self, model_id: str, artifact_path: str | Path) -> TaskKind:
-        return read_artifact(artifact_path).kind
 
     def stats(self) -> dict[str, Any]:
         return {
