@@ -90,6 +90,9 @@ def test_fine_tuning_job_lifecycle(client, base_model):
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "support"}).data] == [job.id]
     assert [j.id for j in client.fine_tuning.jobs.list(limit=1, after=other.id).data] == [job.id]
 
+    FineTuningJob.objects.filter(pk=other.id).update(status=JobStatus.QUEUED)  # as the queue would
+    assert client.fine_tuning.jobs.pause(other.id).status == "paused"
+    assert client.fine_tuning.jobs.resume(other.id).status == "queued"
     cancelled = client.fine_tuning.jobs.cancel(other.id)
     assert cancelled.status == "cancelled"
     with pytest.raises(openai.ConflictError) as refused:
