@@ -26,7 +26,7 @@ from tunery.jobs.hyperparameters import (
     parse_integer,
     parse_requested,
 )
-from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, JobEvent, JobStatus
+from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
 from tunery.tenants.models import Tenant
 from tunery.verticals.selectors import task_for
 from tunery_contract.types import TaskDefinition, VerticalPack
@@ -298,5 +298,3 @@ def resume_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
     job.refresh_from_db()
     return job
 
-
-__all__ = ["ACTIVE_STATUSES", "cancel_job", "create_job", "pause_job", "resume_job"]
