@@ -272,3 +272,19 @@ def test_adapter_refuses_data_with_nothing_to_learn_within_max_length():
     adapter = adapter_for(chat_task())
     with pytest.raises(DataError, match="max_length"):
         adapter.encode([{"messages": CONVERSATION}], tokenizer, (), 8, TrainConfig())
+
+
+def test_conversation_the_template_rejects_is_a_data_error_naming_the_row():
+    strict = (
+        "{% for message in messages %}"
+        "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+        "{% endif %}{{ message['role'] + ': ' + message['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    tokenizer = make_tokenizer(strict)
+    adapter = adapter_for(chat_task())
+    rows = [{"messages": CONVERSATION[1:3]}, {"messages": CONVERSATION}]  # the second starts with "system"
+    with pytest.raises(DataError, match=r"conversation 2: .*must alternate"):
+        adapter.encode(rows, tokenizer, (), 128, TrainConfig())
+    assert len(adapter.encode(rows[:1], tokenizer, (), 128, TrainConfig()).features) == 1

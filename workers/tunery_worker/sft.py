@@ -92,9 +92,12 @@ def ensure_chat_template(tokenizer: Any) -> bool:
 
 
 def _render(tokenizer: Any, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
-    text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as exc:  # jinja2 errors, including the template's own raise_exception()
+        raise ChatTemplateError(f"the chat template cannot render this conversation: {exc}") from exc
     if not isinstance(text, str):
         raise ChatTemplateError("the chat template did not render to text")
     return text
@@ -270,8 +273,11 @@ class CausalLMAdapter(TaskAdapter):
         column = self.task.role_column("messages")
         features: list[Feature] = []
         truncated = dropped = 0
-        for row in rows:
-            full = tokenize_chat(row[column], tokenizer)
+        for number, row in enumerate(rows, start=1):
+            try:
+                full = tokenize_chat(row[column], tokenizer)
+            except ChatTemplateError as exc:
+                raise DataError(f"conversation {number}: {exc}") from exc
             truncated += len(full) > max_length
             fitted = fit_chat(full, max_length)
             if fitted is None:
