@@ -159,3 +159,17 @@ def test_gpu_workers_take_one_job_at_a_time_and_the_reconciler_is_scheduled(sett
     schedule = app.conf.beat_schedule["reconcile-jobs"]
     assert schedule["task"] == "tunery.jobs.tasks.reconcile_jobs"
     assert schedule["schedule"] == settings.TUNERY_RECONCILE_EVERY_SECONDS
+
+
+def test_reconciler_sends_only_what_a_queue_lacks(queue_settings, new_tenant, make_job, broker_messages):
+    from tunery.jobs import dispatch
+
+    tenant = new_tenant()
+    first, second, third = (make_job(tenant) for _ in range(3))
+    assert dispatch.send_run(first.pk, "gpu")  # still waiting: it can wake a worker for any of them
+    stale = timezone.now() - timedelta(seconds=queue_settings.TUNERY_JOB_REDISPATCH_SECONDS + 1)
+    FineTuningJob.objects.filter(pk__in=[first.pk, second.pk, third.pk]).update(dispatched_at=stale)
+    assert dispatch.pending_messages("gpu") == 1
+    assert reconciler.reconcile()["resent"] == 2
+    assert sorted(m["job_id"] for m in broker_messages("gpu")) == sorted([first.pk, second.pk, third.pk])
+    assert dispatch.pending_messages("gpu.never-used") == 0

@@ -3,8 +3,9 @@ job row; they send the Celery message that wakes a worker, once the transaction 
 
 A message is only a wake-up: the row's status is the source of truth. A message that is lost (a
 broker restart, a publish while the broker is down) costs latency, never the job: the reconciler
-re-sends for every validating or queued job whose last message is older than
-``TUNERY_JOB_REDISPATCH_SECONDS``, and messages expire after that long so they do not pile up.
+re-sends for validating or queued jobs whose last message is older than
+``TUNERY_JOB_REDISPATCH_SECONDS`` (no more than the queue lacks), and messages expire after that
+long, so they do not pile up behind a busy worker.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def send_run(job_id: str, queue: str | None = None) -> bool:
         if queue is None:
             return False
     return _publish(run_job, job_id, queue)
+
+
+def pending_messages(queue: str) -> int | None:
+    """Messages waiting on ``queue`` in the broker (0 if it does not exist), None if unknown."""
+    from kombu.exceptions import ChannelError
+
+    from tunery.celery import app
+
+    try:
+        with app.connection_for_write() as connection:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except ChannelError:
+        return 0
+    except Exception as exc:  # broker unreachable
+        log.warning("cannot count messages on queue %s: %s", queue, exc)
+        return None
 
 
 def _publish(task, job_id: str, queue: str) -> bool:

@@ -4,7 +4,8 @@
   and is sent again; the next attempt resumes from its last complete checkpoint. After
   ``TUNERY_JOB_MAX_ATTEMPTS`` attempts it ends failed ("worker died N times");
 - a validating or queued job whose wake-up message is older than ``TUNERY_JOB_REDISPATCH_SECONDS``
-  (lost in a broker restart, never published, expired) is sent again.
+  (lost in a broker restart, never published, expired) is sent again, unless messages still
+  waiting on its queue already cover it.
 
 Run it with ``manage.py runscheduler`` (a loop) or Celery beat (``reconcile_jobs`` on ``cpu``).
 Several reconcilers at once are safe: every change is a compare-and-set.
@@ -13,6 +14,7 @@ Several reconcilers at once are safe: every change is a compare-and-set.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
@@ -21,6 +23,7 @@ from django.utils import timezone
 
 from tunery.jobs import dispatch, lifecycle
 from tunery.jobs.models import FineTuningJob, JobStatus
+from tunery.jobs.queues import CPU_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,19 @@ def reconcile() -> dict[str, int]:
     stale = Q(dispatched_at__isnull=True) | Q(
         dispatched_at__lt=now - timedelta(seconds=settings.TUNERY_JOB_REDISPATCH_SECONDS)
     )
-    for job_id in FineTuningJob.objects.filter(stale, status=JobStatus.VALIDATING_FILES).values_list("pk", flat=True):
-        counts["resent"] += dispatch.send_validation(job_id)
-    for job_id, queue in FineTuningJob.objects.filter(stale, status=JobStatus.QUEUED).values_list("pk", "queue"):
-        counts["resent"] += dispatch.send_run(job_id, queue)
+    waiting = FineTuningJob.objects.filter(stale, status__in=[JobStatus.VALIDATING_FILES, JobStatus.QUEUED])
+    by_queue: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for job_id, status, queue in waiting.order_by("created_at").values_list("pk", "status", "queue"):
+        by_queue[CPU_QUEUE if status == JobStatus.VALIDATING_FILES else queue].append((job_id, status))
+    for queue, jobs in by_queue.items():
+        # A message only wakes a worker, which then takes the fairest job: messages still waiting
+        # on the queue serve these jobs as well, so send only what the queue lacks.
+        pending = dispatch.pending_messages(queue) or 0
+        for job_id, status in jobs[pending:]:
+            sent = (
+                dispatch.send_validation(job_id)
+                if status == JobStatus.VALIDATING_FILES
+                else dispatch.send_run(job_id, queue)
+            )
+            counts["resent"] += sent
     return counts
