@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # the API docs' JS/CSS served locally (air-gapped: no CDN)
     "tunery.core",
     "tunery.tenants",
     "tunery.verticals",
@@ -139,6 +140,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Fine-tuning for business verticals. Speaks OpenAI's fine-tuning API under /v1.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Celery: the broker only wakes workers; job state lives in the database.
