@@ -113,3 +113,14 @@ def test_admin_index_links_to_the_dashboard(operator):
     response = operator.get(entry)
     assert response.status_code == 302
     assert response["Location"] == reverse("dashboard:usage")
+
+
+def test_prediction_counts_add_up_per_tenant_and_day(finished_job, make_tenant):
+    from tunery.dashboard import selectors, services
+
+    other = make_tenant("other", verticals=()).tenant
+    for _ in range(3):
+        services.count_prediction(finished_job.tenant)
+    services.count_prediction(other)
+    usage = {row.tenant.slug: row.predictions for row in selectors.tenant_usage()}
+    assert usage == {"acme": 3, "other": 1}

@@ -255,6 +255,13 @@ def test_deploy_then_predict(cli, deployed_model_row):
         assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert "handoff" in result  # the pack's post-processing ran
 
+    # The admin's usage page counts served prediction requests per tenant; refused ones do not count.
+    from tunery.dashboard.selectors import tenant_usage
+
+    cli("predict", "--model", "ft:unknown", "hello")
+    usage = {row.tenant.slug: row for row in tenant_usage()}
+    assert usage["acme"].predictions == 1
+
 
 def test_predict_needs_input_and_a_known_model(cli):
     code, _, err = cli("predict", "--model", "ft:nope")

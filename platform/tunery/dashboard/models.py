@@ -14,3 +14,17 @@ class Dashboard(models.Model):
 
     def __str__(self) -> str:
         return "dashboard"
+
+
+class PredictionUsage(models.Model):
+    """Served prediction and completion requests per tenant per day (the usage page's counts)."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="prediction_usage")
+    day = models.DateField()
+    requests = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "day"], name="one_prediction_usage_row_per_day")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.day}: {self.requests}"

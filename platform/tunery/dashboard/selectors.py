@@ -9,6 +9,7 @@ from typing import Any
 
 from django.db.models import Count, Q, Sum
 
+from tunery.dashboard.models import PredictionUsage
 from tunery.files.models import File
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
 from tunery.tenants.models import Tenant
@@ -128,19 +129,11 @@ def _count_by_tenant(app_label: str, model_name: str, condition: Q | None = None
     return {row["tenant_id"]: row["n"] for row in queryset.values("tenant_id").annotate(n=Count("pk"))}
 
 
-def _prediction_counts() -> dict[int, int] | None:
-    """Predictions served per tenant, from the serving app's usage counters when it keeps them."""
-    from django.apps import apps
-
-    try:
-        model = apps.get_model("serving", "Deployment")
-    except LookupError:
-        return None
-    field_names = {f.name for f in model._meta.get_fields()}
-    if "prediction_count" not in field_names:
-        return None
+def _prediction_counts() -> dict[int, int]:
+    """Served prediction and completion requests per tenant, all time."""
     return {
-        row["tenant_id"]: row["n"] or 0 for row in model.objects.values("tenant_id").annotate(n=Sum("prediction_count"))
+        row["tenant_id"]: row["n"] or 0
+        for row in PredictionUsage.objects.values("tenant_id").annotate(n=Sum("requests"))
     }
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
 
+from tunery.dashboard.models import PredictionUsage
 from tunery.tenants.models import AuditLog, Tenant
 from tunery.verticals import registry
 from tunery.verticals.models import VerticalEnablement
@@ -32,3 +35,15 @@ def set_vertical_enabled(*, tenant: Tenant, vertical: str, enabled: bool, actor:
         details={"via": "dashboard"},
     )
     return row
+
+
+def count_prediction(tenant: Tenant) -> None:
+    """One more served request today for the tenant (an atomic increment; safe under concurrency)."""
+    today = timezone.now().date()
+    if PredictionUsage.objects.filter(tenant=tenant, day=today).update(requests=F("requests") + 1):
+        return
+    try:
+        with transaction.atomic():
+            PredictionUsage.objects.create(tenant=tenant, day=today, requests=1)
+    except IntegrityError:  # another request created today's row first
+        PredictionUsage.objects.filter(tenant=tenant, day=today).update(requests=F("requests") + 1)
