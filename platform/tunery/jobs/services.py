@@ -27,6 +27,7 @@ from tunery.jobs.hyperparameters import (
     parse_requested,
 )
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
+from tunery.jobs.queues import training_queue
 from tunery.tenants.models import Tenant
 from tunery.verticals.selectors import task_for
 from tunery_contract.types import TaskDefinition, VerticalPack
@@ -145,6 +146,7 @@ def create_job(*, tenant: Tenant, body: dict[str, Any], actor: str) -> FineTunin
             requested_hyperparameters=checked.requested,
             teacher_model=checked.teacher_model,
             gpus=checked.gpus,
+            queue=training_queue(checked.gpus),
             status=JobStatus.VALIDATING_FILES,
         )
         JobEvent.objects.create(job=job, message=f"Created fine-tuning job: {job.id}", dedupe_key="created")
