@@ -108,3 +108,20 @@ def test_several_gpus_launch_the_engine_under_torchrun(settings):
         "run",
         "/j/spec.json",
     ]
+
+
+def test_a_teacher_model_is_resolved_to_a_local_path(queue_settings, new_tenant, make_job, base_model_row):
+    job = make_job(new_tenant())
+    FineTuningJob.objects.filter(pk=job.pk).update(teacher_model=base_model_row.name)
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    spec = json.loads((output_dir(job) / "spec.json").read_text())
+    assert spec["teacher_model"] == base_model_row.local_path
+
+
+def test_an_unknown_teacher_model_fails_the_job_clearly(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    FineTuningJob.objects.filter(pk=job.pk).update(teacher_model="no-such-model")
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    assert job.error["code"] == "model_not_found"
+    assert "teacher model 'no-such-model' does not exist" in job.error["message"]

@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from tunery.jobs import lifecycle
 from tunery.jobs.lifecycle import LeaseLost, Outcome
-from tunery.jobs.models import FineTuningJob
+from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,8 @@ class AttemptRunner:
     def _finish(self, outcome: Outcome) -> str:
         status = lifecycle.finish_attempt(self.job.pk, self.owner, outcome, self.started)
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
+        if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
+            shutil.rmtree(self.out / "inputs", ignore_errors=True)
         return status
 
     def _supervise(self, process: subprocess.Popen, log_path: Path) -> Outcome:
