@@ -176,3 +176,17 @@ def test_key_created_inline_on_the_tenant_page_is_shown_once(staff, acme, api):
     assert ApiKey.objects.get(name="inline").hashed_key == hash_key(secret)
     assert api.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == 200
     assert AuditLog.objects.filter(action="admin.tenant.change", tenant=tenant).exists()
+
+
+def test_deleting_a_file_in_the_admin_removes_its_content(
+    staff, acme, upload, media_root, django_capture_on_commit_callbacks
+):
+    from tunery.files.models import File
+
+    file_id = upload(acme).json()["id"]
+    assert any(p.is_file() for p in media_root.rglob("*"))
+    with django_capture_on_commit_callbacks(execute=True):
+        staff.post(f"/admin/files/file/{file_id}/delete/", {"post": "yes"})
+    assert not File.objects.filter(pk=file_id).exists()
+    assert not any(p.is_file() for p in media_root.rglob("*"))
+    assert AuditLog.objects.filter(action="admin.file.delete").exists()

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import transaction
 
 from tunery.core.admin import AuditedModelAdmin
 from tunery.files.models import File
+
+
+def _delete_content_on_commit(file: File) -> None:
+    name = file.content.name
+    if name:
+        storage = file.content.storage
+        transaction.on_commit(lambda: storage.delete(name))
 
 
 @admin.register(File)
@@ -15,3 +23,13 @@ class FileAdmin(AuditedModelAdmin):
 
     def has_add_permission(self, request):
         return False  # files come in through the API, which validates and checks quotas
+
+    # Deleting a row here also removes its stored content (once the delete has committed).
+    def delete_model(self, request, obj: File) -> None:
+        _delete_content_on_commit(obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for file in queryset:
+            _delete_content_on_commit(file)
+        super().delete_queryset(request, queryset)
