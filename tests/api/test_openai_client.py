@@ -176,6 +176,10 @@ def test_upload_errors_over_http(client, settings, media_root):
         client.files.create(file=("big.jsonl", dummy_pack.sample_jsonl(200)), purpose="fine-tune")
     assert too_large.value.status_code == 413
     assert too_large.value.code == "file_too_large"
+    # far past the limit: refused from Content-Length, before the body is read
+    with pytest.raises(openai.APIStatusError) as far_too_large:
+        client.files.create(file=("huge.jsonl", b'{"text": "x"}\n' * 400_000), purpose="fine-tune")
+    assert far_too_large.value.status_code == 413
     with pytest.raises(openai.BadRequestError) as broken:
         client.files.create(file=("bad.jsonl", b'{"text": "ok", "label": "positive"}\n{oops\n'), purpose="fine-tune")
     assert "line 2" in broken.value.message
