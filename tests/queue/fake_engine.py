@@ -5,7 +5,7 @@ start costs milliseconds.
 
 ``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, and ``behaviour``:
   ok | permanent (fails with a permanent error) | crash_once (exit 1 mid-way on the first start) |
-  poison (kills its parent, the worker process, every time).
+  poison (kills its parent, the worker process, every time) | hang (silent after train_begin).
 Every start is appended to ``output_dir/starts.jsonl``; a start that finds another engine process
 of the same job alive (the job run twice at once) writes ``output_dir/OVERLAP`` and waits for it.
 """
@@ -87,6 +87,9 @@ def main() -> int:
         time.sleep(step_seconds)
         os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(30)  # the parent's death takes this process with it
+        return 1
+    if behaviour == "hang":
+        time.sleep(60)
         return 1
     if behaviour == "permanent":
         emit(event="failed", code="invalid_config", message="learning_rate must be positive", permanent=True)

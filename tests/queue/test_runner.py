@@ -4,6 +4,7 @@ the database and ends the attempt; the reconciler's and the task's follow-ups ar
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tunery.catalog.models import FineTunedModel
@@ -125,3 +126,13 @@ def test_an_unknown_teacher_model_fails_the_job_clearly(queue_settings, new_tena
     job.refresh_from_db()
     assert job.error["code"] == "model_not_found"
     assert "teacher model 'no-such-model' does not exist" in job.error["message"]
+
+
+def test_a_hung_engine_is_stopped_and_the_job_queued_again(queue_settings, new_tenant, make_job):
+    queue_settings.TUNERY_ENGINE_SILENCE_SECONDS = 1
+    job = make_job(new_tenant(), behaviour="hang")
+    began = time.monotonic()
+    assert tasks.run_job(job.pk) == f"{job.pk}:queued"
+    assert time.monotonic() - began < 15
+    retry = JobEvent.objects.get(job=job, dedupe_key="attempt:1:retry")
+    assert "sent nothing for 1 s" in retry.message

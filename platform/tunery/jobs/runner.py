@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 EXIT_SUCCEEDED, EXIT_PERMANENT, EXIT_PAUSED, EXIT_CANCELLED = 0, 2, 3, 4
 #: After asking the engine to pause or cancel, how long it may take to reach a step boundary.
 CONTROL_GRACE_SECONDS = 120.0
+#: An engine silent this long (it heartbeats every few seconds) is hung: stopped, and the attempt
+#: counts as a transient failure. Settings may override it (TUNERY_ENGINE_SILENCE_SECONDS).
+ENGINE_SILENCE_SECONDS = 900.0
 
 
 class SpecError(Exception):
@@ -208,10 +211,22 @@ class AttemptRunner:
         assert process.stdout is not None
         fd = process.stdout.fileno()
         poll = float(settings.TUNERY_JOB_POLL_SECONDS)
+        silence_limit = float(getattr(settings, "TUNERY_ENGINE_SILENCE_SECONDS", ENGINE_SILENCE_SECONDS))
         buffer = b""
         next_renewal = 0.0
+        last_output = time.monotonic()
         while True:
             now = time.monotonic()
+            if now - last_output > silence_limit:
+                log.warning("job %s: no engine output for %.0f s; stopping it", self.job.pk, silence_limit)
+                _stop(process)
+                self.final = {
+                    "event": "failed",
+                    "code": "engine_stalled",
+                    "message": f"the training process sent nothing for {silence_limit:.0f} s and was stopped",
+                    "permanent": False,
+                }
+                break
             if now >= next_renewal:
                 self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
                 next_renewal = now + poll
@@ -224,6 +239,7 @@ class AttemptRunner:
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
+            last_output = time.monotonic()
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
