@@ -17,7 +17,6 @@ the HTTP layer), on CPU unless a GPU is present.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import random
 import statistics
@@ -180,31 +179,43 @@ def bench_batching(classifier: Path, args: argparse.Namespace) -> list[dict[str,
     return rows
 
 
+def serve_tenants(paths: list[Path], share: bool, args: dict[str, Any], out: Any) -> None:
+    """One side of the tenants comparison, in a fresh process so its memory growth is its own."""
+    torch.set_num_threads(args["threads"])
+    before = rss_bytes()
+    runtime = InferenceRuntime(
+        max_bytes=64 * 1024**3,
+        max_batch_size=args["max_batch"],
+        max_wait_seconds=args["max_wait_ms"] / 1000,
+        share_lora_bases=share,
+    )
+    targets = [(f"ft:tenant{i}", p) for i, p in enumerate(paths)]
+    warm(runtime, targets)
+    grown = rss_bytes() - before
+    held = runtime.cache.total_bytes
+    result = closed_loop(runtime, targets, 64, max(args["requests_per_client"], args["min_requests"] // 64))
+    runtime.close()
+    out.put({"weights_mb": held / 2**20, "rss_growth_mb": grown / 2**20, **result})
+
+
 def bench_tenants(adapters: list[Path], merged: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
     rows = []
+    count = len(adapters)
     for mode, paths, share in (
-        ("20 LoRA adapters, one base", adapters, True),
-        ("20 separate merged models", merged, False),
+        (f"{count} LoRA adapters, one base", adapters, True),
+        (f"{count} separate merged models", merged, False),
     ):
-        gc.collect()
-        before = rss_bytes()
-        runtime = InferenceRuntime(
-            max_bytes=64 * 1024**3,
-            max_batch_size=args.max_batch,
-            max_wait_seconds=args.max_wait_ms / 1000,
-            share_lora_bases=share,
-        )
-        targets = [(f"ft:tenant{i}", p) for i, p in enumerate(paths)]
-        warm(runtime, targets)
-        grown = rss_bytes() - before
-        held = runtime.cache.total_bytes
-        result = closed_loop(runtime, targets, 64, max(args.requests_per_client, args.min_requests // 64))
-        runtime.close()
-        del runtime
-        gc.collect()
-        rows.append({"mode": mode, "weights_mb": held / 2**20, "rss_growth_mb": grown / 2**20, **result})
+        out = context.Queue()
+        child = context.Process(target=serve_tenants, args=(paths, share, vars(args), out))
+        child.start()
+        result = out.get()
+        child.join()
+        rows.append({"mode": mode, **result})
         print(
-            f"  {mode:<28} weights {held / 2**20:7.1f} MB  RSS +{grown / 2**20:7.1f} MB  "
+            f"  {mode:<28} weights {result['weights_mb']:7.1f} MB  RSS +{result['rss_growth_mb']:7.1f} MB  "
             f"{result['predictions_per_s']:7.1f}/s  p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
             f"CPU {result['cpu_ms_per_prediction']:5.1f} ms/prediction",
             flush=True,
