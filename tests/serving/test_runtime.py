@@ -181,6 +181,12 @@ def test_a_missing_or_broken_artifact_is_a_clear_error(tmp_path, artifacts):
     (tmp_path / "tunery_artifact.json").write_text('{"kind": "sorcery"}')
     with pytest.raises(ArtifactError, match="unknown task kind"):
         read_artifact(tmp_path)
+    (tmp_path / "tunery_artifact.json").write_text('{"format_version": 99, "kind": "causal_lm"}')
+    with pytest.raises(ArtifactError, match="format 99 is not supported"):
+        read_artifact(tmp_path)
+    (tmp_path / "tunery_artifact.json").write_text('{"kind": "causal_lm", "training_type": "lora"}')
+    with pytest.raises(ArtifactError, match="adapter_config"):
+        read_artifact(tmp_path)
     runtime = InferenceRuntime(max_bytes=1024**3)
     with pytest.raises(ArtifactError, match="does not generate"):
         runtime.generate("ft:cls", artifacts["classifier"], GenerationRequest(prompt="hi"))

@@ -12,6 +12,8 @@ from tunery_contract import TaskKind
 ARTIFACT_FILE = "tunery_artifact.json"
 ADAPTER_DIR = "adapter"
 TRAINING_TYPES = ("lora", "full")
+#: Manifest versions this runtime reads (the engine's tunery_worker.artifact.FORMAT_VERSION).
+SUPPORTED_FORMATS = (1,)
 
 
 class ArtifactError(Exception):
@@ -56,6 +58,11 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
         raise ArtifactError(f"cannot read {directory / ARTIFACT_FILE}: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{ARTIFACT_FILE} must hold a JSON object")
+    if manifest.get("format_version", 1) not in SUPPORTED_FORMATS:
+        raise ArtifactError(
+            f"artifact format {manifest.get('format_version')!r} is not supported "
+            f"(this runtime reads {SUPPORTED_FORMATS})"
+        )
     try:
         kind = TaskKind(manifest.get("kind"))
     except ValueError as exc:
