@@ -309,6 +309,8 @@ def save_curves_png(events: list[dict[str, Any]], path: Path, title: str) -> int
         if event.get("type") != "metrics" or "step" not in data:
             continue
         for name, value in metrics_of(event).items():
+            if "/" in name or name.startswith("full_"):  # per-class breakdowns and duplicates: printed, not drawn
+                continue
             (losses if "loss" in name else scores).setdefault(name, []).append((float(data["step"]), value))
     figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for axis, series, label in ((loss_axis, losses, "loss"), (score_axis, scores, "validation metric")):
@@ -429,8 +431,11 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     if not metrics:
         raise DemoError(f"job {job['id']} recorded no evaluation metrics")
     for name, value in sorted(metrics.items()):
-        if not name.startswith("recall_"):
+        if "/" not in name:
             say(f"  {name:24} {value:.4f}")
+    per_intent = sorted((name.split("/", 1)[1], value) for name, value in metrics.items() if name.startswith("recall/"))
+    if per_intent:
+        say("  recall per intent:       " + ", ".join(f"{intent} {value:.2f}" for intent, value in per_intent))
     curves = paths.demo_dir / f"{job['id']}-curves.png"
     points = save_curves_png(events, curves, f"{job['fine_tuned_model']}")
     say(f"  curves ({points} points) saved to {curves}")

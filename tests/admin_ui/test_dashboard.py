@@ -124,3 +124,15 @@ def test_prediction_counts_add_up_per_tenant_and_day(finished_job, make_tenant):
     services.count_prediction(other)
     usage = {row.tenant.slug: row.predictions for row in selectors.tenant_usage()}
     assert usage == {"acme": 3, "other": 1}
+
+
+def test_per_class_breakdowns_go_to_the_table_not_the_chart(finished_job):
+    from tunery.dashboard.selectors import job_curves
+    from tunery.jobs.models import JobEvent
+
+    JobEvent.objects.create(
+        job=finished_job.job, type="metrics", message="step 40", data={"step": 40, "recall/positive": 0.5}
+    )
+    curves = job_curves(finished_job.job)
+    assert "recall/positive" not in curves.metrics
+    assert "recall/positive" in curves.columns

@@ -53,6 +53,8 @@ def job_curves(job: FineTuningJob) -> JobCurves:
             if not math.isfinite(value):
                 continue
             row[name] = float(value)
+            if "/" in name or name.startswith("full_"):  # per-class breakdowns: in the table, not the chart
+                continue
             target = curves.losses if "loss" in name else curves.metrics
             target.setdefault(name, []).append((float(step), float(value)))
         curves.rows.append(row)
