@@ -400,7 +400,7 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     say(f"  {uploaded['id']}: {uploaded.get('filename')}, {uploaded.get('bytes')} bytes")
     say(f"  task '{task['id']}' ({task.get('kind')}), best checkpoint by {task.get('selection_metric')}")
 
-    step(5, f"Fine-tuning {BASE_MODEL} on it (pack defaults)")
+    step(5, f"Fine-tuning {BASE_MODEL} on it")
     overrides = {**DEMO_HYPERPARAMETERS, **({"n_epochs": epochs} if epochs else {})}
     defaults = task.get("default_hyperparameters") or {}
     say(f"  pack defaults: {format_hp(defaults)}")
