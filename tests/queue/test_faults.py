@@ -202,3 +202,25 @@ def test_a_frozen_worker_that_lost_its_lease_stops_its_engine_when_it_wakes(
     assert FineTunedModel.objects.filter(job=job).count() == 1
     second = starts(job)[1]
     assert second["from_step"] >= 4  # the new attempt resumed after the stale engine had stopped
+
+
+def test_dropped_database_connections_do_not_stop_a_running_job(redis_server, make_cluster, new_tenant, make_job):
+    from django.db import connection
+
+    cluster = make_cluster(redis_server.url)
+    cluster.scheduler()
+    cluster.worker()
+    job = make_job(new_tenant(), steps=40, step_seconds=0.1, checkpoint_every=5)
+    wait_for(lambda: job_row(job).progress.get("step", 0) >= 5, 60, cluster, "training under way")
+    for _ in range(3):  # a database failover, as the workers see it: every connection dropped
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        time.sleep(0.7)
+    wait_for(lambda: job_row(job).status == JobStatus.SUCCEEDED, 60, cluster, "success")
+    row = assert_ran_once_to_success(job)
+    assert row.attempts == 1
+    assert len(starts(job)) == 1  # the engine was never restarted
+    assert any("database error, carrying on" in p.log_path.read_text() for p in cluster.processes)

@@ -24,12 +24,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from tunery.jobs import lifecycle
@@ -39,6 +40,7 @@ from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
 log = logging.getLogger(__name__)
 
 EXIT_SUCCEEDED, EXIT_PERMANENT, EXIT_PAUSED, EXIT_CANCELLED = 0, 2, 3, 4
+DB_ERRORS = (OperationalError, InterfaceError)
 #: After asking the engine to pause or cancel, how long it may take to reach a step boundary.
 CONTROL_GRACE_SECONDS = 120.0
 #: An engine silent this long (it heartbeats every few seconds) is hung: stopped, and the attempt
@@ -161,6 +163,7 @@ class AttemptRunner:
         self.control_sent = ""
         self.control_sent_at = 0.0
         self.total_steps: int | None = job.progress.get("total_steps") if job.progress else None
+        self.renewed_at = time.monotonic()  # the claim took the lease just now
 
     # -- the attempt -------------------------------------------------------------------------------
 
@@ -201,7 +204,7 @@ class AttemptRunner:
         return self._finish(outcome)
 
     def _finish(self, outcome: Outcome) -> str:
-        status = lifecycle.finish_attempt(self.job.pk, self.owner, outcome, self.started)
+        status = self._retrying_db(lifecycle.finish_attempt, self.job.pk, self.owner, outcome, self.started)
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
@@ -228,7 +231,7 @@ class AttemptRunner:
                 }
                 break
             if now >= next_renewal:
-                self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+                self._tolerating_db(lambda: self._act_on(lifecycle.renew_lease(self.job.pk, self.owner)))
                 next_renewal = now + poll
             if self.control_sent and now - self.control_sent_at > CONTROL_GRACE_SECONDS and process.poll() is None:
                 log.warning("job %s: engine ignored %s; stopping it", self.job.pk, self.control_sent)
@@ -243,9 +246,9 @@ class AttemptRunner:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                self._handle_line(line)
+                self._tolerating_db(self._handle_line, line)
         if buffer.strip():
-            self._handle_line(buffer)
+            self._tolerating_db(self._handle_line, buffer)
         code = process.wait()
         return self._outcome(code, log_path)
 
@@ -275,7 +278,33 @@ class AttemptRunner:
 
     # -- events ----------------------------------------------------------------------------------
 
+    # -- the database may blink (failover, dropped connection): keep training while the lease holds
+
+    def _tolerating_db(self, write: Callable[..., Any], *args: Any) -> None:
+        """Run a lease-guarded write; on a database error skip it (the lease is renewed by the next
+        one) unless the lease may have run out meanwhile: then this runner must stop."""
+        try:
+            write(*args)
+        except DB_ERRORS as exc:
+            close_old_connections()
+            if time.monotonic() - self.renewed_at > settings.TUNERY_JOB_LEASE_SECONDS:
+                raise LeaseLost(self.job.pk) from exc
+            log.warning("job %s: database error, carrying on: %s", self.job.pk, exc)
+
+    def _retrying_db(self, write: Callable[..., Any], *args: Any) -> Any:
+        """Retry a write that must happen (the end of the attempt) while the lease may still hold."""
+        while True:
+            try:
+                return write(*args)
+            except DB_ERRORS as exc:
+                close_old_connections()
+                if time.monotonic() - self.renewed_at > settings.TUNERY_JOB_LEASE_SECONDS:
+                    raise
+                log.warning("job %s: database error, retrying: %s", self.job.pk, exc)
+                time.sleep(1)
+
     def _act_on(self, requested_action: str) -> None:
+        self.renewed_at = time.monotonic()  # called after each write that renewed the lease
         if not requested_action and self.control_sent == "pause":  # resumed before the engine paused
             self.control_path.unlink(missing_ok=True)
             self.control_sent = ""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from tunery.jobs import reconciler
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -25,10 +29,17 @@ class Command(BaseCommand):
     def handle(self, *args, interval: float | None = None, once: bool = False, **options):
         interval = interval if interval is not None else float(settings.TUNERY_RECONCILE_EVERY_SECONDS)
         while True:
-            counts = reconciler.reconcile()
-            if any(counts.values()):
-                self.stdout.write(f"reconcile: {counts}")
-                self.stdout.flush()
+            try:
+                counts = reconciler.reconcile()
+            except (OperationalError, InterfaceError) as exc:  # database away: try again next pass
+                if once:
+                    raise
+                log.warning("reconcile failed: %s", exc)
+                close_old_connections()
+            else:
+                if any(counts.values()):
+                    self.stdout.write(f"reconcile: {counts}")
+                    self.stdout.flush()
             if once:
                 return
             time.sleep(interval)
