@@ -173,3 +173,23 @@ def test_reconciler_sends_only_what_a_queue_lacks(queue_settings, new_tenant, ma
     assert reconciler.reconcile()["resent"] == 2
     assert sorted(m["job_id"] for m in broker_messages("gpu")) == sorted([first.pk, second.pk, third.pk])
     assert dispatch.pending_messages("gpu.never-used") == 0
+
+
+def test_a_tenant_with_a_huge_backlog_cannot_hide_another_tenants_job(queue_settings, new_tenant, make_job):
+    busy, quiet = new_tenant("busy", max_concurrent_jobs=1), new_tenant("quiet")
+    first = make_job(busy)
+    FineTuningJob.objects.bulk_create(
+        FineTuningJob(
+            tenant=busy,
+            base_model=first.base_model,
+            training_file=first.training_file,
+            vertical="dummy",
+            task="sentiment",
+            status=JobStatus.QUEUED,
+        )
+        for _ in range(400)
+    )
+    late = make_job(quiet)
+    assert lifecycle.claim_next_job("gpu", "w1").pk == first.pk
+    assert lifecycle.claim_next_job("gpu", "w2").pk == late.pk
+    assert lifecycle.claim_next_job("gpu", "w3") is None

@@ -9,7 +9,9 @@ the job the message named, so one tenant's burst cannot starve the others.
 from __future__ import annotations
 
 import re
-from collections import Counter
+
+from django.db.models import Count, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 
 from tunery.jobs.models import FineTuningJob, JobStatus
 
@@ -38,18 +40,19 @@ def eligible_jobs(queue: str, limit: int = 50) -> list[FineTuningJob]:
 
     A tenant at its running-job limit (``Tenant.max_concurrent_jobs``) is skipped. Among the rest,
     tenants with fewer running jobs go first (round robin across tenants), then older submissions.
+    All in one query, so a tenant with thousands of queued jobs cannot hide another's.
     """
-    running = Counter(
-        FineTuningJob.objects.filter(status=JobStatus.RUNNING).values_list("tenant_id", flat=True).iterator()
+    running = (
+        FineTuningJob.objects.filter(tenant=OuterRef("tenant"), status=JobStatus.RUNNING)
+        .order_by()
+        .values("tenant")
+        .annotate(count=Count("pk"))
+        .values("count")
     )
-    queued = (
-        FineTuningJob.objects.filter(status=JobStatus.QUEUED, queue=queue)
+    return list(
+        FineTuningJob.objects.filter(status=JobStatus.QUEUED, queue=queue, tenant__is_active=True)
         .exclude(requested_action="cancel")
-        .select_related("tenant")
-        .order_by("created_at", "id")[: limit * 4]
+        .annotate(tenant_running=Coalesce(Subquery(running), 0))
+        .filter(tenant_running__lt=F("tenant__max_concurrent_jobs"))
+        .order_by("tenant_running", "created_at", "id")[:limit]
     )
-    candidates = [
-        job for job in queued if job.tenant.is_active and running[job.tenant_id] < job.tenant.max_concurrent_jobs
-    ]
-    candidates.sort(key=lambda job: (running[job.tenant_id], job.created_at, job.id))
-    return candidates[:limit]
