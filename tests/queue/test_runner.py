@@ -136,3 +136,12 @@ def test_a_hung_engine_is_stopped_and_the_job_queued_again(queue_settings, new_t
     assert time.monotonic() - began < 15
     retry = JobEvent.objects.get(job=job, dedupe_key="attempt:1:retry")
     assert "sent nothing for 1 s" in retry.message
+
+
+def test_when_a_job_ends_a_waiting_job_without_a_message_is_woken(
+    queue_settings, new_tenant, make_job, broker_messages
+):
+    tenant = new_tenant(max_concurrent_jobs=1)
+    first, second = make_job(tenant), make_job(tenant)
+    assert tasks.run_job(first.pk) == f"{first.pk}:succeeded"
+    assert [m["job_id"] for m in broker_messages("gpu")] == [second.pk]

@@ -43,7 +43,7 @@ def run_job(job_id: str) -> str:
     if status == JobStatus.QUEUED:  # a transient failure: next attempt
         dispatch.send_run(ran, queue)
     waiting = eligible_jobs(queue, limit=1)
-    if waiting:  # a job held back by its tenant's limit may start now
+    if waiting and not dispatch.pending_messages(queue):  # e.g. a job its tenant's limit held back
         dispatch.send_run(waiting[0].pk, queue)
     return f"{ran}:{status}"
 
