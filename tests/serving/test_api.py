@@ -187,6 +187,9 @@ def test_openai_client_chat_completion_plain_and_streamed(setup):
     text = oa.completions.create(model=model.id, prompt="Hello", max_tokens=5, temperature=0)
     assert text.choices[0].text
     assert text.usage.completion_tokens == 5
+    pieces = list(oa.completions.create(model=model.id, prompt="Hello", max_tokens=5, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in pieces) == text.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "length"
 
 
 def test_a_tenant_cannot_reach_another_tenants_model(setup, make_tenant):
