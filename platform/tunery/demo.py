@@ -503,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\ndemo failed: {exc}")
         say("The server (if it started) is still running; logs are under var/demo/ (or $TUNERY_DATA_DIR/demo/).")
         return 1
+    except KeyboardInterrupt:
+        say("\ninterrupted. The server and workers keep running (a job keeps training): follow it with")
+        say("`tunery jobs list` / `tunery jobs watch <id>`, or stop everything with: python -m tunery.demo --stop")
+        return 130
     return 0
 
 
