@@ -16,7 +16,7 @@ from tunery_contract import Prediction, TaskKind
 from tunery_contract.discovery import discover
 from tunery_worker.serving import GenerationRequest, PredictionInput
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]  # rate limits in the real Redis
 
 INSTALLED = discover().packs
 CASES = [
