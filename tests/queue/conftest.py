@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -279,7 +280,8 @@ def make_cluster(transactional_db, settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path / "media")
     settings.TUNERY_ARTIFACTS_DIR = tmp_path / "artifacts"  # the workers' (Cluster sets the same)
     db = connection.settings_dict
-    database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    credentials = quote(db["USER"]) + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
+    database_url = f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     clusters: list[Cluster] = []
 
     def make(broker_url: str, **env: str) -> Cluster:
