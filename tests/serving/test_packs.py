@@ -68,7 +68,7 @@ def test_every_installed_pack_is_covered():
 
 @pytest.mark.parametrize(("pack_id", "task_id"), CASES)
 def test_pack_prediction_through_the_api(
-    pack_id, task_id, live_server, make_tenant, make_model, redis_rate_limits, tmp_path
+    request, pack_id, task_id, live_server, make_tenant, make_model, redis_rate_limits, tmp_path
 ):
     from tunery.serving.runtime import artifact_dir, get_runtime
     from tunery.verticals import registry
@@ -82,6 +82,7 @@ def test_pack_prediction_through_the_api(
     model.vertical = pack_id
     model.save(update_fields=["vertical"])
     client = httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {tenant.key}"}, timeout=60)
+    request.addfinalizer(client.close)
     deployed = client.post("/v1/deployments", json={"model": model.id})
     assert deployed.json()["status"] == "ready", deployed.text
 
@@ -134,4 +135,3 @@ def test_pack_prediction_through_the_api(
     for got, want in zip(data, expected):
         for key, value in want.items():
             assert close(got[key], value), (key, got[key], value)
-    client.close()
