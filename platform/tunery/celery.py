@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_process_init, worker_shutting_down
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tunery.settings")
@@ -93,3 +94,19 @@ def _configure() -> None:
 
 _configure()
 app.autodiscover_tasks(["tunery.jobs"])
+
+
+@worker_process_init.connect
+def _listen_for_shutdown(**_: object) -> None:
+    from tunery.jobs.runner import listen_for_shutdown
+
+    listen_for_shutdown()
+
+
+@worker_shutting_down.connect
+def _hand_running_jobs_back(**_: object) -> None:
+    """A warm shutdown (deploy, preemption notice) waits for running tasks: make them quick by
+    pausing their jobs at a checkpoint; the jobs go back to the queue for another worker."""
+    from tunery.jobs.runner import notify_pool_of_shutdown
+
+    notify_pool_of_shutdown()

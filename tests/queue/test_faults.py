@@ -224,3 +224,24 @@ def test_dropped_database_connections_do_not_stop_a_running_job(redis_server, ma
     assert row.attempts == 1
     assert len(starts(job)) == 1  # the engine was never restarted
     assert any("database error, carrying on" in p.log_path.read_text() for p in cluster.processes)
+
+
+def test_a_worker_told_to_stop_hands_its_job_back_at_a_checkpoint(redis_server, make_cluster, new_tenant, make_job):
+    cluster = make_cluster(redis_server.url)
+    cluster.scheduler()
+    leaving = cluster.worker()
+    job = make_job(new_tenant(), steps=150, step_seconds=0.1, checkpoint_every=1000)
+    wait_for(lambda: job_row(job).progress.get("step", 0) >= 5, 60, cluster, "training under way")
+    told = time.monotonic()
+    leaving.send_signal(signal.SIGTERM)  # a warm shutdown: a deploy, a preemption notice
+    leaving.wait(timeout=30)
+    assert time.monotonic() - told < 10, "the worker waited for the whole job instead of handing it back"
+    row = job_row(job)
+    assert row.status == JobStatus.QUEUED
+    assert row.attempts == 0  # a handover is not a failed attempt
+    paused_at = JobCheckpoint.objects.get(job=job).step_number
+    cluster.worker()
+    wait_for(lambda: job_row(job).status == JobStatus.SUCCEEDED, 60, cluster, "success on the next worker")
+    assert job_row(job).attempts == 1
+    assert [s["from_step"] for s in starts(job)] == [0, paused_at]
+    assert_ran_once_to_success(job)

@@ -44,7 +44,7 @@ class LeaseLost(Exception):
 class Outcome:
     """How an engine attempt ended, as the runner saw it."""
 
-    kind: str  # succeeded | paused | cancelled | failed | transient
+    kind: str  # succeeded | paused | cancelled | failed | transient | yielded (worker shut down)
     code: str = ""
     message: str = ""
     artifact_dir: str = ""
@@ -257,19 +257,33 @@ def finish_attempt(job_id: str, owner: str, outcome: Outcome, attempt_started: d
             return ""
         fields = _attempt_fields(attempt_started)
         now = timezone.now()
-        if outcome.kind == "succeeded":
+        kind = outcome.kind
+        if kind == "yielded" and job.requested_action in ("pause", "cancel"):
+            kind = {"pause": "paused", "cancel": "cancelled"}[job.requested_action]  # the client's wish wins
+        if kind == "succeeded":
             status = _succeed(job, outcome, fields, now)
-        elif outcome.kind == "paused":
+        elif kind == "yielded":
+            # a handover, not a failure: the attempt is given back and the next one resumes
+            status = JobStatus.QUEUED
+            fields.update(status=status, dispatched_at=None, attempts=F("attempts") - 1, estimated_finish=None)
+            _jobs(job_id, JobStatus.RUNNING).update(**fields)
+            add_event(
+                job_id,
+                "The worker is shutting down: the job paused at a checkpoint and is queued again",
+                level=Level.WARN,
+                dedupe_key=f"attempt:{job.attempts}:yielded:{now.timestamp():.0f}",
+            )
+        elif kind == "paused":
             status = JobStatus.PAUSED
             fields.update(status=status, requested_action="", estimated_finish=None)
             _jobs(job_id, JobStatus.RUNNING).update(**fields)
             add_event(job_id, "Fine-tuning job paused", dedupe_key=f"attempt:{job.attempts}:paused")
-        elif outcome.kind == "cancelled":
+        elif kind == "cancelled":
             status = JobStatus.CANCELLED
             fields.update(status=status, requested_action="", finished_at=now, estimated_finish=None)
             _jobs(job_id, JobStatus.RUNNING).update(**fields)
             add_event(job_id, "Fine-tuning job cancelled", dedupe_key="cancelled")
-        elif outcome.kind == "transient" and job.attempts < settings.TUNERY_JOB_MAX_ATTEMPTS:
+        elif kind == "transient" and job.attempts < settings.TUNERY_JOB_MAX_ATTEMPTS:
             status = JobStatus.QUEUED
             fields.update(status=status, dispatched_at=None)
             _jobs(job_id, JobStatus.RUNNING).update(**fields)
@@ -282,7 +296,7 @@ def finish_attempt(job_id: str, owner: str, outcome: Outcome, attempt_started: d
         else:
             status = JobStatus.FAILED
             message = outcome.message or "training failed"
-            if outcome.kind == "transient":
+            if kind == "transient":
                 message = f"training failed {job.attempts} times; last error: {message}"
             fields.update(
                 status=status,

@@ -162,6 +162,7 @@ class AttemptRunner:
         self.final: dict[str, Any] = {}
         self.control_sent = ""
         self.control_sent_at = 0.0
+        self.yielding = False  # the worker is shutting down: pause at a checkpoint, hand the job back
         self.total_steps: int | None = job.progress.get("total_steps") if job.progress else None
         self.renewed_at = time.monotonic()  # the claim took the lease just now
 
@@ -233,6 +234,11 @@ class AttemptRunner:
             if now >= next_renewal:
                 self._tolerating_db(lambda: self._act_on(lifecycle.renew_lease(self.job.pk, self.owner)))
                 next_renewal = now + poll
+            if _shutdown_requested and not self.yielding and self.control_sent != "cancel":
+                log.info("job %s: the worker is shutting down; pausing the engine to hand the job back", self.job.pk)
+                self.yielding = True
+                _write_atomically(self.control_path, "pause")
+                self.control_sent, self.control_sent_at = "pause", now
             if self.control_sent and now - self.control_sent_at > CONTROL_GRACE_SECONDS and process.poll() is None:
                 log.warning("job %s: engine ignored %s; stopping it", self.job.pk, self.control_sent)
                 _stop(process)
@@ -263,6 +269,8 @@ class AttemptRunner:
                 resolved_config=final.get("resolved_config") or {},
                 trained_tokens=final.get("trained_tokens"),
             )
+        if self.yielding and (code == EXIT_PAUSED or code < 0):
+            return Outcome("yielded")
         if code == EXIT_PAUSED or (self.control_sent == "pause" and code < 0):
             return Outcome("paused")
         if code == EXIT_CANCELLED or (self.control_sent == "cancel" and code < 0):
@@ -305,7 +313,7 @@ class AttemptRunner:
 
     def _act_on(self, requested_action: str) -> None:
         self.renewed_at = time.monotonic()  # called after each write that renewed the lease
-        if not requested_action and self.control_sent == "pause":  # resumed before the engine paused
+        if not requested_action and self.control_sent == "pause" and not self.yielding:  # resumed before it paused
             self.control_path.unlink(missing_ok=True)
             self.control_sent = ""
         elif requested_action in ("pause", "cancel") and requested_action != self.control_sent:
@@ -441,6 +449,37 @@ def _tail(path: Path, limit: int = 600) -> str:
             return handle.read().decode("utf-8", "replace").strip().splitlines()[-1][:limit]
     except (OSError, IndexError):
         return ""
+
+
+# -- worker shutdown (deploys, preemption notices): running jobs pause at a checkpoint and requeue
+
+#: The signal a gpu worker's main process sends its pool processes when it starts shutting down.
+SHUTDOWN_SIGNAL = signal.SIGUSR2
+_shutdown_requested = False
+
+
+def _note_shutdown(signum: int, frame: Any) -> None:
+    global _shutdown_requested
+    _shutdown_requested = True
+
+
+def listen_for_shutdown() -> None:
+    """In a pool process: remember a shutdown notice; a running attempt then hands its job back."""
+    signal.signal(SHUTDOWN_SIGNAL, _note_shutdown)
+
+
+def notify_pool_of_shutdown() -> None:
+    """In the worker's main process: tell the pool processes (its children) it is shutting down."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == me:
+                os.kill(int(entry.name), SHUTDOWN_SIGNAL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def run_next_job(queue: str) -> tuple[str, str] | None:
