@@ -134,6 +134,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tunery.core.negotiation.IgnoreClientAccept",
+    # Tenant.requests_per_minute on every API call: atomic in Redis, the database without it.
+    "DEFAULT_THROTTLE_CLASSES": ["tunery.serving.ratelimit.TenantRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
