@@ -225,6 +225,7 @@ def job_body(
     suffix: str | None = None,
     hyperparameters: dict[str, Any] | None = None,
     training_type: str | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """A create-job request: OpenAI's fields plus Tunery's extra body fields. Hyperparameters not
     given are left to the server, which fills them from the pack's defaults."""
@@ -237,6 +238,8 @@ def job_body(
         body["hyperparameters"] = hyperparameters
     if training_type:
         body["training_type"] = training_type
+    if seed is not None:
+        body["seed"] = seed
     return body
 
 
@@ -407,6 +410,7 @@ def _cmd_jobs_create(client: TuneryClient, args: argparse.Namespace) -> int:
         suffix=args.suffix,
         hyperparameters=overrides,
         training_type=args.training_type,
+        seed=args.seed,
     )
     job = client.create_job(body)
     if args.watch:
@@ -530,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--validation-file", help="validation file id or local file")
     create.add_argument("--suffix")
     create.add_argument("--training-type", choices=["lora", "full"])
+    create.add_argument("--seed", type=int, help="for a reproducible run")
     create.add_argument("--hyperparameter", "-p", action="append", metavar="NAME=VALUE", help="override a default")
     create.add_argument("--watch", action="store_true", help="follow the job until it ends")
     create.set_defaults(run=_cmd_jobs_create)
