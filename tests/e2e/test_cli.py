@@ -130,7 +130,7 @@ def test_jobs_create_from_pack_defaults_list_and_cancel(cli, data_file):
     from tunery.jobs.models import FineTuningJob
 
     code, out, err = cli(
-        "--json", "jobs", "create", "--vertical", "dummy", "--file", str(data_file), "-p", "n_epochs=1"
+        "--json", "jobs", "create", "--vertical", "dummy", "--file", str(data_file), "-p", "n_epochs=1", "--seed", "7"
     )
     assert code == 0, err
     job = json.loads(out)
@@ -139,6 +139,7 @@ def test_jobs_create_from_pack_defaults_list_and_cancel(cli, data_file):
     row = FineTuningJob.objects.get(pk=job["id"])
     assert (row.vertical, row.task) == ("dummy", "sentiment")  # the pack's first task
     assert row.requested_hyperparameters["n_epochs"] == 1
+    assert row.seed == 7
 
     code, out, _ = cli("jobs", "list")
     assert code == 0
