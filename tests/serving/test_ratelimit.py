@@ -49,6 +49,7 @@ def test_without_redis_the_api_falls_back_to_the_database(db, client, settings, 
     Tenant.objects.filter(pk=acme.tenant.pk).update(requests_per_minute=2)
     statuses = [client.get("/v1/deployments", **acme.headers).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
+    assert client.get("/v1/models", **acme.headers).status_code == 429  # one budget for the whole API
     refused = client.get("/v1/deployments", **acme.headers)
     assert int(refused["Retry-After"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"

@@ -5,7 +5,8 @@
 - ``/v1/chat/completions`` and ``/v1/completions`` (OpenAI's shapes, streaming included) for
   fine-tuned causal LMs.
 
-Every view is limited per tenant (``TenantRateThrottle``)."""
+Like every API view they are limited per tenant by ``TenantRateThrottle`` (REST_FRAMEWORK's
+DEFAULT_THROTTLE_CLASSES)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from tunery.core.schema import ERRORS
 from tunery.core.scoping import TenantScopedViewSet, request_tenant
 from tunery.serving import inputs, services
 from tunery.serving.models import Deployment
-from tunery.serving.ratelimit import TenantRateThrottle
 
 DeploymentObject = inline_serializer(
     name="Deployment",
@@ -66,7 +66,6 @@ def request_body(request: Request) -> Any:
 class DeploymentViewSet(TenantScopedViewSet):
     scoped_model = Deployment
     object_name = "deployment"
-    throttle_classes = [TenantRateThrottle]
 
     def refine_queryset(self, queryset):
         return queryset.select_related("model").order_by("-created_at", "-id")
@@ -103,8 +102,6 @@ class DeploymentViewSet(TenantScopedViewSet):
 
 
 class PredictionView(APIView):
-    throttle_classes = [TenantRateThrottle]
-
     @extend_schema(
         summary="Predict with a deployed classification, tagging or ranking model",
         description=(
@@ -120,7 +117,6 @@ class PredictionView(APIView):
 
 
 class _GenerationView(APIView):
-    throttle_classes = [TenantRateThrottle]
     chat = True
 
     def post(self, request: Request) -> Response | StreamingHttpResponse:
