@@ -179,12 +179,29 @@ def spawn(role: str, argv: list[str], paths: Paths) -> int:
     return process.pid
 
 
+def code_stamp() -> float:
+    """The newest source file's modification time: running processes older than it are stale."""
+    import tunery
+    import tunery_contract
+    import tunery_worker
+
+    roots = [Path(m.__file__).resolve().parent for m in (tunery, tunery_worker, tunery_contract)]
+    return max((f.stat().st_mtime for root in roots for f in root.rglob("*.py")), default=0.0)
+
+
 def ensure_server(paths: Paths, state: dict[str, Any], preferred_port: int | None) -> str:
-    """The running demo server, or a new gunicorn on the first free port from 8000."""
+    """The running demo server, or a new gunicorn on the first free port from 8000. Processes
+    started before the code last changed (a `git pull`) are restarted."""
     port = state.get("port")
+    stamp = code_stamp()
     if port and process_alive(state.get("pids", {}).get("server"), "gunicorn") and healthy(f"http://127.0.0.1:{port}"):
-        say(f"  reusing the running server on port {port}")
-        return f"http://127.0.0.1:{port}"
+        if state.get("code_stamp") == stamp:
+            say(f"  reusing the running server on port {port}")
+            return f"http://127.0.0.1:{port}"
+        say("  the code changed since the server started: restarting it and the workers")
+        stop_processes(state)
+        _wait_for_port(port)
+    state["code_stamp"] = stamp
     first = preferred_port or FIRST_PORT
     port = next((p for p in range(first, first + 100) if port_is_free(p)), None)
     if port is None:
@@ -212,6 +229,12 @@ def ensure_server(paths: Paths, state: dict[str, Any], preferred_port: int | Non
         time.sleep(0.5)
     say(f"  gunicorn (2 processes) on {base_url}  (log: {paths.log('server')})")
     return base_url
+
+
+def _wait_for_port(port: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.3)
 
 
 def ensure_workers(paths: Paths, state: dict[str, Any]) -> None:
@@ -472,18 +495,24 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     }
 
 
-def stop() -> int:
-    """Stop every process the demo started (recorded in its state file)."""
-    paths = resolve_paths()
-    state = read_json(paths.state)
+def stop_processes(state: dict[str, Any]) -> int:
+    """Stop the processes recorded in ``state`` (each in its own session: it and its children)."""
     markers = {"server": "gunicorn", **{role: args[1] for role, args in PROCESSES.items()}}
     stopped = 0
     for role, pid in (state.get("pids") or {}).items():
         if process_alive(pid, markers.get(role, "")):
-            os.killpg(pid, signal.SIGTERM)  # its own session: the process and its children
+            os.killpg(pid, signal.SIGTERM)
             stopped += 1
             say(f"stopped {role} (pid {pid})")
     state["pids"] = {}
+    return stopped
+
+
+def stop() -> int:
+    """Stop every process the demo started (recorded in its state file)."""
+    paths = resolve_paths()
+    state = read_json(paths.state)
+    stopped = stop_processes(state)
     write_json(paths.state, state)
     if not stopped:
         say("nothing was running")
