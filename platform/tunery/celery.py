@@ -31,13 +31,15 @@ def _broker_settings() -> dict:
     url = settings.CELERY_BROKER_URL
     if url.startswith("filesystem"):
         folder = settings.CELERY_BROKER_DIR
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "broker_transport_options": {
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),
                 "processed_folder": str(folder / "processed"),
+                # Exchange tables; kombu's default is ./control in the working directory.
+                "control_folder": str(folder / "control"),
                 "store_processed": False,
             },
             # The filesystem transport has no fanout exchange: no remote control, mingle or gossip.
