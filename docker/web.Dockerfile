@@ -22,7 +22,8 @@ COPY workers/ workers/
 COPY verticals/ verticals/
 RUN pip install ./contract . $(for p in verticals/*/; do [ -f "$p/pyproject.toml" ] && echo "./$p"; done)
 
-RUN mkdir -p /var/lib/tunery && chown -R tunery:tunery /var/lib/tunery
+# The admin's static files, collected at build time and served by WhiteNoise inside gunicorn.
+RUN python manage.py collectstatic --noinput && mkdir -p /var/lib/tunery && chown -R tunery:tunery /var/lib/tunery
 USER tunery
 EXPOSE 8000
 

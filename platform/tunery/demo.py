@@ -408,6 +408,7 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     migrated = manage("migrate", "--noinput")
     applied = sum(1 for line in migrated.splitlines() if line.strip().startswith("Applying"))
     say(f"  {applied} migrations applied" if applied else "  database already up to date")
+    manage("collectstatic", "--noinput")  # the admin's CSS and JavaScript, served by the app itself
 
     step(2, "Starting the API server, the workers and the scheduler")
     state = read_json(paths.state)
