@@ -231,6 +231,8 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> 
         overrides["batch_size"] = args.batch_size
     if args.max_length is not None:
         overrides["max_length"] = args.max_length
+    if args.learning_rate is not None:
+        overrides["learning_rate"] = args.learning_rate
     started = time.monotonic()
     result = tunery_worker.train(
         tunery_worker.JobSpec(
@@ -287,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-length", type=int)
+    parser.add_argument("--learning-rate", type=float, help="default: the pack's learning_rate")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, help="keep jobs here (default: a temporary folder)")
