@@ -205,13 +205,23 @@ def last_json_line(output: str) -> dict[str, Any]:
     raise RuntimeError("no JSON result line in the output")
 
 
-def run_child(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any]:
-    with log_path.open("w", encoding="utf-8") as log:
-        completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True, check=False)
-    if completed.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8")[-3000:]
-        raise RuntimeError(f"{command[1]} failed (exit {completed.returncode}); log {log_path}:\n{tail}")
-    return last_json_line(completed.stdout)
+class Child:
+    """One measured side, run as a fresh process; its last stdout line is its JSON result."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.command, self.log_path = command, log_path
+        self.log = log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def result(self) -> dict[str, Any]:
+        stdout, _ = self.process.communicate()
+        self.log.close()
+        if self.process.returncode != 0:
+            tail = self.log_path.read_text(encoding="utf-8")[-3000:]
+            raise RuntimeError(
+                f"{self.command[1]} failed (exit {self.process.returncode}); log {self.log_path}:\n{tail}"
+            )
+        return last_json_line(stdout)
 
 
 def count_tokens(model_dir: str, texts: list[str], max_length: int) -> int:
@@ -272,6 +282,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in both processes (0: torch's default)")
     ap.add_argument("--only", choices=("engine", "baseline"), help="run one side only")
+    ap.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run both sides at once (on a shared, busy machine both then see the same load; use --threads 1)",
+    )
     ap.add_argument("--work-dir", type=Path, help="where data copies, logs and artifacts go (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--engine-child", help=argparse.SUPPRESS)
@@ -301,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work dir {work}; {len(chosen)} training rows, {tokens} tokens; model {model_dir}", file=sys.stderr)
 
     baseline = engine = None
+    children: dict[str, Child] = {}
     if args.only != "engine":
         command = [sys.executable, str(BASELINE_SCRIPT), "--model-dir", model_dir, "--train", str(train_path)]
         command += ["--test", str(test_path), "--epochs", str(args.epochs), "--lr", str(args.lr)]
@@ -308,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--seed", str(args.seed)] + (["--max-rows", str(args.max_rows)] if args.max_rows else [])
         command += ["--random-init"] if args.random_init else []
         print("baseline: " + " ".join(command), file=sys.stderr)
-        baseline = run_child(command, env, work / "baseline.log")
+        children["baseline"] = Child(command, env, work / "baseline.log")
+        if not args.concurrent:
+            baseline = children["baseline"].result()
     if args.only != "baseline":
         engine_model = random_init_copy(model_dir, work / "random-model") if args.random_init else model_dir
         params = {
@@ -326,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         command = [sys.executable, str(Path(__file__).resolve()), "--engine-child", json.dumps(params)]
         print("engine: python bench/engine_vs_trainer.py (child) " + str(work / "engine.log"), file=sys.stderr)
-        engine = run_child(command, env, work / "engine.log")
+        children["engine"] = Child(command, env, work / "engine.log")
+        engine = children["engine"].result()
+    if args.concurrent and "baseline" in children:
+        baseline = children["baseline"].result()
     for side in (baseline, engine):
         if side is None:
             continue
