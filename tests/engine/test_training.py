@@ -283,3 +283,18 @@ def test_packaged_minilm_trains_a_few_steps(tmp_path):
     assert result.steps == 3
     assert result.resolved_config.learning_rate == 1e-4  # auto: a 22M-parameter model
     assert (result.artifact_dir / "model.safetensors").is_file()
+
+
+def test_without_validation_the_last_step_is_the_artifact(tmp_path, tiny_bert):
+    evaluations = []
+
+    class Record(TrainingCallback):
+        def on_evaluate(self, step, metrics):
+            evaluations.append(step)
+
+    spec = job(tmp_path, tiny_bert, TaskKind.SEQUENCE_CLASSIFICATION, n=64, n_epochs=2, validation_split=0.0)
+    result = train(spec, [Record()])
+    assert evaluations == []
+    assert result.best_step == result.steps == 8
+    assert result.metrics == {}
+    assert (result.artifact_dir / "model.safetensors").is_file()

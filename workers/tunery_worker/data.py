@@ -128,7 +128,9 @@ def encode_cached(
 ) -> Encoded:
     """Tokenize once: the features are cached as a plain ``.npz`` (no pickle) keyed by tokenizer, data,
     labels and max_length, so resumed and repeated runs skip tokenization."""
-    if cache_dir is None or not rows:
+    if not rows:
+        return Encoded([])
+    if cache_dir is None:
         return adapter.encode(rows, tokenizer, label_names, max_length, config)
     key = hashlib.sha256(
         json.dumps(
