@@ -155,7 +155,7 @@ BENCHMARKS = (
         "UNFAIR-ToS, LexGLUE (test)",
         "legal/unfair_tos",
         _unfair_tos,
-        ("micro_f1", "macro_f1"),
+        ("micro_f1", "macro_f1", "macro_auc"),
         (
             Reference("BERT-base (LexGLUE)", {"micro_f1": 0.956, "macro_f1": 0.813}),
             Reference("Legal-BERT-base (LexGLUE)", {"micro_f1": 0.960, "macro_f1": 0.830}),

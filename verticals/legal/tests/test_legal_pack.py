@@ -30,6 +30,21 @@ def test_clause_metrics_count_fair_clauses_as_a_class_like_lexglue():
     assert metrics["f1/unilateral_termination"] == 0.0
     assert metrics["macro_f1"] == pytest.approx((1 + 0 + 0.8) / 3)
     assert metrics["micro_f1"] == pytest.approx(2 * 3 / (4 + 4))
+    assert "macro_auc" not in metrics  # no probabilities given
+
+
+def test_macro_auc_ranks_categories_independently_of_the_threshold():
+    labels = UNFAIR_CATEGORIES[:2]
+    out = EvalOutput(
+        TaskKind.MULTI_LABEL_CLASSIFICATION,
+        labels,
+        y_true=[[1, 0], [0, 0], [0, 1], [0, 0]],
+        y_pred=[[0, 0], [0, 0], [0, 0], [0, 0]],  # nothing reaches 0.5 ...
+        scores=[[0.4, 0.1], [0.1, 0.2], [0.2, 0.3], [0.3, 0.1]],  # ... but the ranking is right
+    )
+    metrics = clause_metrics(out)
+    assert metrics["macro_f1"] == pytest.approx((0 + 0 + 2 / 3) / 3)  # only "fair" scores: p 0.5, r 1
+    assert metrics["macro_auc"] == 1.0
 
 
 def test_clause_labels_must_be_known_categories():

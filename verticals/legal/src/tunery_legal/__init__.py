@@ -51,10 +51,20 @@ NOT_ADVICE = "Not legal advice: a lawyer must review every classification and dr
 
 
 def clause_metrics(out: EvalOutput) -> dict[str, float]:
-    """LexGLUE-style micro- and macro-F1 (with the implicit "fair" class) and ``f1/<category>``."""
+    """LexGLUE-style micro- and macro-F1 (with the implicit "fair" class), ``f1/<category>``, and
+    ``macro_auc`` over the categories present (from the probabilities, so independent of the 0.5
+    threshold that rare categories seldom reach early in training)."""
     micro, macro, per_label = m.multilabel_prf(out.y_true, out.y_pred, out.label_names, none_label=FAIR)
     result = {"micro_f1": micro.f1, "macro_f1": macro.f1}
     result.update(m.prefixed("f1", {name: s.f1 for name, s in per_label.items()}))
+    if out.scores is not None:  # threshold-free: does the model rank each category's clauses first?
+        aucs = [
+            m.roc_auc([row[j] for row in out.y_true], [float(s[j]) for s in out.scores])
+            for j in range(len(out.label_names))
+        ]
+        defined = [a for a in aucs if a is not None]
+        if defined:
+            result["macro_auc"] = sum(defined) / len(defined)
     return result
 
 
@@ -160,7 +170,7 @@ CLAUSE_CLASSIFICATION = TaskDefinition(
     default_hyperparameters=ENCODER_DEFAULTS,
     postprocess=clause_answer,
     sample_data="clauses_sample.jsonl",
-    model_card=_card("unfair clause classification", ["micro_f1", "macro_f1"]),
+    model_card=_card("unfair clause classification", ["micro_f1", "macro_f1", "macro_auc"]),
     suitable_architectures=ENCODERS,
 )
 
