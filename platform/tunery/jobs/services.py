@@ -299,4 +299,3 @@ def resume_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
         transaction.on_commit(lambda: dispatch.job_resumed(job.id))
     job.refresh_from_db()
     return job
-
