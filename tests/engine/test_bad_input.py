@@ -251,7 +251,12 @@ def test_auto_values_resolve_from_data_and_model_size():
     explicit = resolve(TrainConfig(learning_rate=7e-5, n_epochs=1), n_train_rows=200, model_params=10)
     assert (explicit.learning_rate, explicit.n_epochs) == (7e-5, 1)
     with pytest.raises(ConfigError, match="CUDA"):
-        resolve(TrainConfig(precision="bf16"), n_train_rows=10, model_params=10)
+        resolve(TrainConfig(precision="fp16"), n_train_rows=10, model_params=10)
+    with pytest.raises(ConfigError, match="bf16 is not supported"):
+        resolve(TrainConfig(precision="bf16"), n_train_rows=10, model_params=10, bf16_supported=False)
+    opted_in = resolve(TrainConfig(precision="bf16"), n_train_rows=10, model_params=10, bf16_supported=True)
+    assert opted_in.precision == "bf16"
+    assert resolve(TrainConfig(), n_train_rows=10, model_params=10, bf16_supported=True).precision == "fp32"
 
 
 def test_a_base_model_teacher_without_the_jobs_head_is_refused(tmp_path, tiny_bert):

@@ -298,3 +298,12 @@ def test_without_validation_the_last_step_is_the_artifact(tmp_path, tiny_bert):
     assert result.best_step == result.steps == 8
     assert result.metrics == {}
     assert (result.artifact_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 support")
+def test_bf16_autocast_on_cpu_is_an_opt_in_that_still_learns(tmp_path, tiny_bert):
+    result = train(job(tmp_path, tiny_bert, TaskKind.SEQUENCE_CLASSIFICATION, n=300, n_epochs=12, precision="bf16"))
+    assert result.resolved_config.precision == "bf16"
+    assert result.metrics["accuracy"] > 0.8
+    weights = load_file(result.artifact_dir / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())  # fp32 master weights

@@ -238,8 +238,10 @@ def resolve(
     )
     pick("eval_every_steps", epoch_steps)
     pick("checkpoint_every_steps", values["eval_every_steps"])
-    if values["precision"] in ("bf16", "fp16") and device_type != "cuda":
-        raise ConfigError(f"precision {values['precision']} needs a CUDA device; this host trains in fp32")
+    if values["precision"] == "fp16" and device_type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; this host trains in fp32 (or bf16 where supported)")
+    if values["precision"] == "bf16" and not bf16_supported:
+        raise ConfigError(f"precision bf16 is not supported on this {device_type} host; use fp32")
     return TrainConfig(**values)
 
 

@@ -196,6 +196,8 @@ class _Callbacks:
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if device.type == "cuda" and precision in ("bf16", "fp16"):
         return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    if device.type == "cpu" and precision == "bf16":  # opt-in: ~2x on CPUs with AVX-512 BF16 / AMX
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -245,7 +247,10 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     model: Any = adapter.build_model(base_model, label_names)
     if getattr(model.config, "pad_token_id", None) is None:  # decoder heads find the last real token by it
         model.config.pad_token_id = tokenizer.pad_token_id
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+    else:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     max_positions = model_config.get("max_position_embeddings") or getattr(tokenizer, "model_max_length", None)
     if max_positions and max_positions > 1_000_000:
         max_positions = None
