@@ -201,10 +201,14 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _improved(value: float, best: float | None, greater: bool) -> bool:
+def _improved(value: float, loss: float | None, best: float | None, best_loss: float | None, greater: bool) -> bool:
+    """A better selection metric wins; on a tie (common when macro-F1 plateaus on small sets) the
+    lower validation loss does."""
     if best is None:
         return True
-    return value > best if greater else value < best
+    if value != best:
+        return value > best if greater else value < best
+    return loss is not None and best_loss is not None and math.isfinite(loss) and loss < best_loss
 
 
 def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainResult:
@@ -423,7 +427,9 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
                 f"(they have {sorted(metrics)})"
             )
         value = float(metrics[task.selection_metric])
-        improved = math.isfinite(value) and _improved(value, state.best_metric, task.greater_is_better)
+        improved = math.isfinite(value) and _improved(
+            value, metrics.get("eval_loss"), state.best_metric, best_metrics.get("eval_loss"), task.greater_is_better
+        )
         if improved:
             state.best_metric, state.best_step = value, state.step
             state.evaluations_without_improvement = 0
