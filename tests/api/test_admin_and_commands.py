@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import io
 
+import dummy_pack
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -13,6 +16,7 @@ from tunery.catalog.models import BaseModel
 from tunery.core.auth import hash_key
 from tunery.tenants.models import ApiKey, AuditLog, Membership, Tenant
 from tunery.verticals.models import VerticalEnablement
+from tunery_contract.discovery import registered
 
 
 @pytest.fixture
@@ -45,14 +49,93 @@ def test_admin_changes_and_deletes_are_audited(staff, acme):
     assert staff.get(url).status_code == 200
     staff.post(
         "/admin/verticals/verticalenablement/add/",
-        {"tenant": acme.tenant.pk, "vertical": "dummy_other", "enabled": "on", "config": '{"a": 1}'},
+        {"tenant": acme.tenant.pk, "vertical": "dummy_other", "enabled": "on", "config": '{"greeting": "hi"}'},
     )
     row = VerticalEnablement.objects.get(tenant=acme.tenant, vertical="dummy_other")
-    assert row.config == {"a": 1}
+    assert row.config == {"greeting": "hi"}
     staff.post(f"/admin/verticals/verticalenablement/{row.pk}/delete/", {"post": "yes"})
     assert not VerticalEnablement.objects.filter(pk=row.pk).exists()
     actions = set(AuditLog.objects.values_list("action", flat=True))
     assert {"admin.verticalenablement.add", "admin.verticalenablement.delete"} <= actions
+
+
+@pytest.fixture
+def strict_pack(dummy_packs):
+    """A pack whose validator wants a short greeting, discoverable for the test."""
+    from tunery.verticals import registry
+
+    def short_greeting(config) -> list[str]:
+        return [] if len(str(config["greeting"])) <= 5 else ["greeting must be at most 5 characters"]
+
+    pack = dataclasses.replace(dummy_pack.make_pack("strict"), config_validator=short_greeting)
+    with registered(pack):
+        registry.reload()
+        yield pack
+    registry.reload()
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ('{"colour": "red"}', "unknown setting 'colour'"),
+        ('{"greeting": "good morning"}', "greeting must be at most 5 characters"),
+        ('["greeting"]', "must be a JSON object"),
+    ],
+)
+def test_admin_refuses_a_config_the_pack_finds_problems_in(staff, acme, strict_pack, config, problem):
+    form = {"tenant": acme.tenant.pk, "vertical": "strict", "enabled": "on", "config": config}
+    response = staff.post("/admin/verticals/verticalenablement/add/", form)
+    assert response.status_code == 200  # the form again, not a redirect
+    assert problem in " ".join(response.context["adminform"].form.errors["config"])
+    assert html.escape(problem) in response.content.decode()
+    assert not VerticalEnablement.objects.filter(vertical="strict").exists()
+
+
+def test_admin_refuses_a_bad_config_when_changing_and_keeps_the_old_one(staff, acme, strict_pack):
+    row = VerticalEnablement.objects.create(tenant=acme.tenant, vertical="strict", config={"greeting": "hey"})
+    url = f"/admin/verticals/verticalenablement/{row.pk}/change/"
+    form = {"tenant": acme.tenant.pk, "vertical": "strict", "enabled": "on", "config": '{"greeting": "good day"}'}
+    response = staff.post(url, form)
+    assert "greeting must be at most 5 characters" in response.content.decode()
+    row.refresh_from_db()
+    assert row.config == {"greeting": "hey"}
+    response = staff.post(url, form | {"config": '{"greeting": "hi"}'})
+    assert response.status_code == 302
+    row.refresh_from_db()
+    assert row.config == {"greeting": "hi"}
+
+
+def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pack):
+    tenant = acme.tenant
+    form = {
+        "slug": tenant.slug,
+        "name": tenant.name,
+        "is_active": "on",
+        "max_concurrent_jobs": tenant.max_concurrent_jobs,
+        "max_stored_bytes": tenant.max_stored_bytes,
+        "max_training_hours": tenant.max_training_hours,
+        "max_deployments": tenant.max_deployments,
+        "requests_per_minute": tenant.requests_per_minute,
+    }
+    enablements = list(VerticalEnablement.objects.filter(tenant=tenant))
+    counts = {"memberships": (0, 0), "api_keys": (0, 0), "verticals": (len(enablements) + 1, len(enablements))}
+    for prefix, (total, initial) in counts.items():
+        form |= {f"{prefix}-TOTAL_FORMS": total, f"{prefix}-INITIAL_FORMS": initial}
+        form |= {f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000}
+    for i, row in enumerate(enablements):
+        form |= {
+            f"verticals-{i}-id": row.pk,
+            f"verticals-{i}-tenant": tenant.pk,
+            f"verticals-{i}-vertical": row.vertical,
+        }
+        form |= {f"verticals-{i}-enabled": "on", f"verticals-{i}-config": "{}"}
+    new = len(enablements)
+    form |= {f"verticals-{new}-tenant": tenant.pk, f"verticals-{new}-vertical": "strict"}
+    form |= {f"verticals-{new}-enabled": "on", f"verticals-{new}-config": '{"greeting": "good evening"}'}
+    response = staff.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form)
+    assert response.status_code == 200
+    assert "greeting must be at most 5 characters" in response.content.decode()
+    assert not VerticalEnablement.objects.filter(vertical="strict").exists()
 
 
 def test_admin_pages_render(staff, acme, training_file, create_job, base_model):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 
@@ -24,6 +26,17 @@ class VerticalEnablementForm(forms.ModelForm):
         if current and current not in dict(choices):
             choices.append((current, f"{current} (not installed)"))
         self.fields["vertical"] = forms.ChoiceField(choices=choices, help_text="An installed pack.")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("config") is None and "config" in cleaned:
+            cleaned["config"] = {}  # a blank box means no overrides
+        pack = registry.get_pack(cleaned.get("vertical") or "")
+        # An uninstalled pack cannot check its config; the row may still be switched off or removed.
+        if pack is not None and "config" in cleaned:
+            for problem in pack.config_problems(cleaned["config"]):
+                self.add_error("config", problem)
+        return cleaned
 
 
 class VerticalEnablementInline(admin.TabularInline):
