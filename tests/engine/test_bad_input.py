@@ -227,7 +227,7 @@ def test_persistent_nan_loss_fails_the_job(tmp_path, tiny_bert):
         ("lora_dropout", 1.0),
         ("validation_split", 0.95),
         ("lora_target_modules", []),
-        ("early_stopping_patience", 0),
+        ("early_stopping_patience", -1),
     ],
 )
 def test_out_of_range_hyperparameters_raise_config_error(field, value):

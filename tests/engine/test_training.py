@@ -112,6 +112,29 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.parametrize("patience", [0, None])
+def test_early_stopping_patience_zero_or_none_is_off(tmp_path, tiny_bert, patience):
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2, 0.1])
+
+    def falling_metric(out):
+        return {"score": next(scores)}
+
+    task = tiny_task(TaskKind.SEQUENCE_CLASSIFICATION, metrics=falling_metric, selection_metric="score")
+    spec = job(
+        tmp_path,
+        tiny_bert,
+        TaskKind.SEQUENCE_CLASSIFICATION,
+        n=100,
+        task=task,
+        n_epochs=6,
+        batch_size=32,
+        early_stopping_patience=patience,
+    )
+    result = train(spec)
+    assert result.steps == 6 * 3  # never stopped early, although the metric only fell
+    assert result.best_step == 3
+
+
 def test_early_stopping_keeps_the_weights_of_the_best_evaluation(tmp_path, tiny_bert):
     scores = iter([0.2, 0.9, 0.5, 0.4, 0.3, 0.1, 0.1, 0.1])
 

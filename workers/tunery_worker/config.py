@@ -54,7 +54,7 @@ class TrainConfig:
         default=None, metadata=_help("module names LoRA wraps; None = chosen per architecture")
     )
     early_stopping_patience: int | None = field(
-        default=3, metadata=_help("evaluations without improvement before stopping; None = never")
+        default=3, metadata=_help("evaluations without improvement before stopping; 0 or None = off")
     )
     eval_every_steps: int | str = field(
         default=AUTO, metadata=_help("optimizer steps between evaluations (auto: each epoch)")
@@ -109,7 +109,7 @@ class TrainConfig:
             _number("max_steps", self.max_steps, integer=True, low=1, high=1 << 40, auto=False)
         if self.early_stopping_patience is not None:
             _number(
-                "early_stopping_patience", self.early_stopping_patience, integer=True, low=1, high=10**6, auto=False
+                "early_stopping_patience", self.early_stopping_patience, integer=True, low=0, high=10**6, auto=False
             )
         if self.compile not in (True, False, AUTO):
             raise ConfigError(f"compile must be true, false or 'auto', got {self.compile!r}")
