@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
+
+from tunery_contract import TaskKind
+from tunery_worker import JobSpec, TrainConfig, train
+from tunery_worker.cli import EventWriter
 from tunery_worker.engine import _improved
+from tunery_worker.testing import tiny_task, write_synthetic
 
 
 def test_a_tie_of_the_selection_metric_goes_to_the_lower_validation_loss():
@@ -17,3 +24,24 @@ def test_the_selection_metric_still_decides_when_it_differs():
     assert not _improved(0.4, 0.01, 0.5, 0.60, greater=True)
     assert _improved(0.2, 0.90, 0.3, 0.10, greater=False)
     assert _improved(0.1, None, None, None, greater=True)  # the first evaluation is always the best so far
+
+
+def test_evaluate_events_carry_the_current_learning_rate(tmp_path, tiny_bert):
+    stream = io.StringIO()
+    spec = JobSpec(
+        base_model=tiny_bert,
+        task=tiny_task(TaskKind.SEQUENCE_CLASSIFICATION),
+        train_file=write_synthetic(tmp_path / "train.jsonl", TaskKind.SEQUENCE_CLASSIFICATION, 100, seed=1),
+        output_dir=tmp_path / "out",
+        config=TrainConfig(
+            n_epochs=3, batch_size=32, learning_rate=1e-3, warmup_ratio=0.0, log_every_steps=1, lr_scheduler="linear"
+        ),
+    )
+    train(spec, [EventWriter(stream)])
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    progress = {e["step"]: e["learning_rate"] for e in events if e["event"] == "progress"}
+    evaluations = [e for e in events if e["event"] == "evaluate"]
+    assert evaluations
+    for evaluation in evaluations:
+        assert evaluation["learning_rate"] == progress[evaluation["step"]]
+    assert evaluations[0]["learning_rate"] > 0  # mid-run: the linear decay has not reached zero

@@ -35,6 +35,8 @@ class TrainState:
     #: evaluations in a row without improvement of the selection metric
     evaluations_without_improvement: int = 0
     should_stop: bool = False
+    #: the optimizer's current learning rate (after the scheduler's latest step)
+    learning_rate: float = 0.0
     model: torch.nn.Module | None = None
     resumed_from: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)

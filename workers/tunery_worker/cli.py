@@ -58,6 +58,7 @@ class EventWriter(TrainingCallback):
         self.stream = stream
         self.lock = threading.Lock()
         self.closed = False
+        self.state: TrainState | None = None
 
     def emit(self, event: str, *, final: bool = False, **fields: Any) -> None:
         if self.stream is None:
@@ -71,6 +72,7 @@ class EventWriter(TrainingCallback):
             self.stream.flush()
 
     def on_train_begin(self, state: TrainState) -> None:
+        self.state = state
         self.emit(
             "train_begin",
             step=state.step,
@@ -83,7 +85,8 @@ class EventWriter(TrainingCallback):
         self.emit("progress", **event.to_json())
 
     def on_evaluate(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.emit("evaluate", step=step, metrics=dict(metrics))
+        learning_rate = self.state.learning_rate if self.state is not None else None
+        self.emit("evaluate", step=step, metrics=dict(metrics), learning_rate=learning_rate)
 
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
         self.emit("checkpoint", step=step, path=path, metrics=dict(metrics or {}), is_best=is_best)

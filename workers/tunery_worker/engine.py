@@ -313,6 +313,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
         selection_metric=task.selection_metric,
         greater_is_better=task.greater_is_better,
         model=model,
+        learning_rate=float(scheduler.get_last_lr()[0]),
     )
     fingerprint = {
         "data": data_fingerprint(train_rows),
@@ -350,6 +351,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
         state.best_step = saved.get("best_step")
         state.evaluations_without_improvement = int(saved.get("evaluations_without_improvement", 0))
         state.resumed_from = loaded.path
+        state.learning_rate = float(scheduler.get_last_lr()[0])
         epoch, batch_position = int(saved["epoch"]), int(saved["batch_position"])
         non_finite = int(saved.get("non_finite", 0))
         best_metrics = dict(saved.get("best_metrics") or {})
@@ -504,6 +506,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
+            state.learning_rate = float(scheduler.get_last_lr()[0])
             batch_position += len(group)
             if batch_position >= len(batches):
                 epoch, batch_position = epoch + 1, 0
@@ -521,7 +524,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
                         total_steps=total_steps,
                         epoch=round(state.epoch, 4),
                         loss=float(window_loss) / max(1, window_steps),
-                        learning_rate=float(scheduler.get_last_lr()[0]),
+                        learning_rate=state.learning_rate,
                         samples_per_second=window_rows * dist.world_size / elapsed,
                         tokens_per_second=window_tokens * dist.world_size / elapsed,
                         eta_seconds=(total_steps - state.step) / rate if rate > 0 else float("nan"),

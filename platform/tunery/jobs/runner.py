@@ -394,7 +394,13 @@ class AttemptRunner:
         metrics = dict(event.get("metrics") or {})
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
         valid_loss = metrics.pop("eval_loss", metrics.pop("loss", metrics.pop("valid_loss", None)))
-        data = {"step": step, "valid_loss": valid_loss, "full_valid_loss": valid_loss, **metrics}
+        data = {
+            "step": step,
+            "valid_loss": valid_loss,
+            "full_valid_loss": valid_loss,
+            **metrics,
+            "learning_rate": event.get("learning_rate"),
+        }
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         lifecycle.add_event(
             self.job.pk,
