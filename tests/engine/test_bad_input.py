@@ -245,6 +245,16 @@ def test_auto_values_resolve_from_data_and_model_size():
     assert small.is_resolved
     assert (small.n_epochs, small.batch_size, small.learning_rate, small.precision) == (10, 32, 1e-4, "fp32")
     assert small.eval_every_steps == 7  # one evaluation per epoch: ceil(200 / 32)
+    assert small.checkpoint_every_steps == 7  # checkpoints follow evaluations
+
+
+def test_auto_evaluation_is_once_per_epoch_but_at_most_ten_times_a_run():
+    tiny = resolve(TrainConfig(n_epochs=12), n_train_rows=150, model_params=20_000_000)  # 5 steps an epoch
+    assert (tiny.eval_every_steps, tiny.checkpoint_every_steps) == (6, 6)  # 60 steps: 10 evaluations, not 12
+    capped = resolve(TrainConfig(n_epochs=12, max_steps=20), n_train_rows=150, model_params=20_000_000)
+    assert capped.eval_every_steps == 5  # 4 epochs' worth of steps: each epoch
+    few = resolve(TrainConfig(n_epochs=2), n_train_rows=3200, model_params=20_000_000)
+    assert few.eval_every_steps == 100  # once per epoch when that is already rare
     big = resolve(TrainConfig(training_type="lora"), n_train_rows=50_000, model_params=1_500_000_000, causal_lm=True)
     assert (big.n_epochs, big.batch_size, big.learning_rate, big.max_length) == (2, 8, 2e-4, 1024)
     assert big.lora_alpha == 2 * big.lora_r

@@ -24,6 +24,8 @@ Auto = Literal["auto"]
 TRAINING_TYPES = ("lora", "full")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: evaluations (and so checkpoints) per run when eval_every_steps is "auto"
+MAX_AUTO_EVALUATIONS = 10
 
 
 def _help(text: str) -> dict[str, str]:
@@ -57,7 +59,7 @@ class TrainConfig:
         default=3, metadata=_help("evaluations without improvement before stopping; 0 or None = off")
     )
     eval_every_steps: int | str = field(
-        default=AUTO, metadata=_help("optimizer steps between evaluations (auto: each epoch)")
+        default=AUTO, metadata=_help("optimizer steps between evaluations (auto: each epoch, at most 10 per run)")
     )
     checkpoint_every_steps: int | str = field(
         default=AUTO, metadata=_help("optimizer steps between checkpoints (auto: at each evaluation)")
@@ -236,7 +238,11 @@ def resolve(
     epoch_steps = steps_per_epoch(
         n_train_rows, int(values["batch_size"]), int(values["gradient_accumulation_steps"]), world_size
     )
-    pick("eval_every_steps", epoch_steps)
+    # auto: once per epoch, but at most MAX_AUTO_EVALUATIONS per run (each one writes a checkpoint)
+    total_steps = math.ceil(float(values["n_epochs"]) * epoch_steps)
+    if values["max_steps"] is not None:
+        total_steps = min(total_steps, int(values["max_steps"]))
+    pick("eval_every_steps", max(epoch_steps, math.ceil(total_steps / MAX_AUTO_EVALUATIONS)))
     pick("checkpoint_every_steps", values["eval_every_steps"])
     if values["precision"] == "fp16" and device_type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; this host trains in fp32 (or bf16 where supported)")
