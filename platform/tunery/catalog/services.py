@@ -11,6 +11,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from tunery.catalog.models import BaseModel, FineTunedModel
+from tunery.serving.models import Deployment
+from tunery.serving.services import undeploy
 from tunery.tenants.models import AuditLog, Tenant
 
 #: The packaged default base model (sentence-transformers/all-MiniLM-L6-v2, BERT).
@@ -75,7 +77,10 @@ def register_base_model(
 
 
 def delete_fine_tuned_model(*, model: FineTunedModel, actor: str) -> None:
-    """Hide the model from the API (artifacts stay for audit; its job keeps pointing at it)."""
+    """Undeploy the model and hide it from the API (artifacts stay for audit; its job keeps
+    pointing at it). A deleted model must not keep a deployment slot or its memory."""
     with transaction.atomic():
+        for deployment in Deployment.objects.filter(model=model).select_related("tenant"):
+            undeploy(deployment=deployment, actor=actor)
         FineTunedModel.objects.filter(pk=model.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
         AuditLog.objects.create(tenant_id=model.tenant_id, actor=actor, action="model.delete", target=model.id)
