@@ -76,11 +76,13 @@ class DatabaseRateLimiter:
         now = time.time()
         start = int(now // window * window)
         retry_after = start + window - now
+        if limit <= 0:
+            return Decision(False, retry_after)
         rows = RateLimitWindow.objects.filter(key=key, window_start=start, count__lt=limit)
         if rows.update(count=F("count") + 1):
             return Decision(True)
-        if limit <= 0 or RateLimitWindow.objects.filter(key=key, window_start=start).exists():
-            return Decision(False, retry_after)
+        # No row yet, or the window is full: creating tells which (a full window raises
+        # IntegrityError). Checking existence instead would refuse a request racing the first one.
         try:
             with transaction.atomic():
                 RateLimitWindow.objects.create(key=key, window_start=start, count=1)
