@@ -82,6 +82,13 @@ class TrainConfig:
         default=3, metadata=_help("NaN/inf losses tolerated (each skips the step and halves the lr)")
     )
     log_every_steps: int = field(default=10, metadata=_help("optimizer steps between progress events"))
+    pos_weight: list[float] | str | None = field(
+        default=AUTO,
+        metadata=_help(
+            "multi-label only: BCE weight of each label's positive class; 'auto' = sqrt(negatives / positives) "
+            "in the training split, clipped to [1, 50] (rare labels are not ignored); null = unweighted"
+        ),
+    )
 
     def __post_init__(self) -> None:
         _choice("training_type", self.training_type, TRAINING_TYPES)
@@ -113,6 +120,15 @@ class TrainConfig:
             _number(
                 "early_stopping_patience", self.early_stopping_patience, integer=True, low=0, high=10**6, auto=False
             )
+        if self.pos_weight not in (None, AUTO) and (
+            not isinstance(self.pos_weight, list)
+            or not self.pos_weight
+            or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
+                for w in self.pos_weight
+            )
+        ):
+            raise ConfigError(f"pos_weight must be 'auto', null or a list of positive numbers; got {self.pos_weight!r}")
         if self.compile not in (True, False, AUTO):
             raise ConfigError(f"compile must be true, false or 'auto', got {self.compile!r}")
         if self.lora_target_modules is not None and (

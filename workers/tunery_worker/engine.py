@@ -290,6 +290,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     n_train = len(train_data.features)
     if n_train == 0:
         raise LabelError("no training rows are left after the validation split")
+    config = adapter.fit_loss(config, train_data, label_names)
     train_lengths = train_data.lengths
 
     teacher = None

@@ -11,6 +11,7 @@ Adapters are registered by :class:`TaskKind`; the causal-LM SFT adapter lives in
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -93,6 +94,10 @@ class TaskAdapter:
 
     def collate(self, features: Sequence[Feature], pad_token_id: int) -> Batch:
         raise NotImplementedError
+
+    def fit_loss(self, config: TrainConfig, train_data: Encoded, label_names: tuple[str, ...]) -> TrainConfig:
+        """Settle data-dependent loss settings from the training split; the returned config records them."""
+        return dataclasses.replace(config, pos_weight=None) if config.pos_weight == "auto" else config
 
     # --- compute --------------------------------------------------------------------------------
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -306,8 +311,34 @@ class MultiLabelClassificationAdapter(_EncoderAdapter):
             out.append(vector)
         return out
 
+    #: clip of the automatic positive-class weights: rare labels count more, never absurdly more
+    POS_WEIGHT_RANGE = (1.0, 50.0)
+    pos_weight: torch.Tensor | None = None
+
+    def fit_loss(self, config, train_data, label_names):
+        weights = config.pos_weight
+        if weights == "auto":
+            targets = np.stack([f["labels"] for f in train_data.features]).astype(np.float64)
+            positives = targets.sum(axis=0)
+            negatives = len(targets) - positives
+            ratio = np.divide(negatives, positives, out=np.full_like(positives, np.inf), where=positives > 0)
+            # sqrt: the full ratio parks a constant predictor at exactly 0.5 and, measured on the tiny
+            # synthetic set, stalled learning (micro-F1 0.56 vs 1.0); the square root still lifts rare labels
+            weights = [round(float(w), 4) for w in np.clip(np.sqrt(ratio), *self.POS_WEIGHT_RANGE)]
+            config = dataclasses.replace(config, pos_weight=weights)
+        if weights is None:
+            self.pos_weight = None
+            return config
+        if len(weights) != len(label_names):
+            raise ConfigError(f"pos_weight has {len(weights)} values for {len(label_names)} labels")
+        self.pos_weight = torch.tensor(weights, dtype=torch.float32)
+        return config
+
     def loss(self, logits, batch):
-        return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
+        weight = self.pos_weight
+        if weight is not None and weight.device != logits.device:
+            weight = self.pos_weight = weight.to(logits.device)
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"], pos_weight=weight)
 
     def distillation_loss(self, logits, teacher_logits, batch, temperature):
         t = temperature
