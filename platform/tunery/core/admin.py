@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.db import models
@@ -32,7 +32,13 @@ def audit_admin(request: HttpRequest, action: str, obj: Any, **details: Any) -> 
     )
 
 
-class AuditedAdminMixin:
+if TYPE_CHECKING:  # the mixin's super() calls reach ModelAdmin's log methods
+    _AdminBase = admin.ModelAdmin
+else:
+    _AdminBase = object
+
+
+class AuditedAdminMixin(_AdminBase):
     """Hooks Django's own admin log calls, so inlines, actions and bulk deletes are covered too."""
 
     def log_addition(self, request: HttpRequest, obj: models.Model, message: Any):

@@ -126,8 +126,8 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
             status, code = 401, "invalid_api_key"
             headers["WWW-Authenticate"] = 'Bearer realm="api"'
-        if isinstance(exc, drf_exceptions.Throttled) and exc.wait:
-            headers["Retry-After"] = str(int(exc.wait))
+        if isinstance(exc, drf_exceptions.Throttled) and exc.wait:  # type: ignore[attr-defined]  # stubs omit it
+            headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
     else:
         log.exception("unhandled error in %s", context.get("view").__class__.__name__)
         status, message, param, code = 500, "The server had an error processing your request.", None, "server_error"
@@ -165,10 +165,10 @@ def handler500(request: HttpRequest) -> HttpResponse:
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
         return JsonResponse(error_body(400, "Bad request.", code="bad_request"), status=400)
-    return defaults.bad_request(request, exception)
+    return defaults.bad_request(request, exception)  # type: ignore[arg-type]  # Django accepts None here
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
         return JsonResponse(error_body(403, "Permission denied."), status=403)
-    return defaults.permission_denied(request, exception)
+    return defaults.permission_denied(request, exception)  # type: ignore[arg-type]  # Django accepts None here

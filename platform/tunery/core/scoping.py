@@ -9,7 +9,7 @@ queryset raises instead of returning everyone's rows. Another tenant's id is the
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
@@ -53,7 +53,7 @@ class TenantScopedViewSet(viewsets.GenericViewSet):
 
     @property
     def actor(self) -> str:
-        return self.request.user.actor
+        return cast(ApiKeyPrincipal, self.request.user).actor
 
     def get_queryset(self) -> models.QuerySet:
         scoped = scope_to_tenant(self.scoped_model._default_manager.all(), self.tenant, self.tenant_field)

@@ -162,7 +162,9 @@ def enablement_matrix() -> tuple[list[Any], list[EnablementRow], dict[str, str]]
     for tenant in Tenant.objects.order_by("slug"):
         cells = []
         for pack in packs:
-            row = rows_by_tenant[tenant.id].get(pack.id)
-            cells.append(EnablementCell(pack.id, bool(row and row.enabled), bool(row and row.config)))
+            enablement = rows_by_tenant[tenant.id].get(pack.id)
+            cells.append(
+                EnablementCell(pack.id, bool(enablement and enablement.enabled), bool(enablement and enablement.config))
+            )
         matrix.append(EnablementRow(tenant, cells))
     return packs, matrix, dict(registry.failures())

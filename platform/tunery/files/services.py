@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import IO
+from typing import IO, cast
 
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -90,7 +90,7 @@ def upload_file(
     fmt = detect_format(filename)
     # Read through the open upload; closing it would delete a temporary file before it is stored.
     uploaded.seek(0)
-    rows, columns = inspect_records(uploaded.file, fmt)
+    rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
     if rows == 0:
         raise InvalidRequest("The file holds no data rows.", param="file", code="empty_file")
     if vertical or task:
@@ -98,7 +98,7 @@ def upload_file(
     sha256 = getattr(uploaded, "sha256", None)
     if sha256 is None:
         uploaded.seek(0)
-        sha256 = _sha256_of(uploaded.file)
+        sha256 = _sha256_of(cast(IO[bytes], uploaded.file))
     _check_storage_quota(tenant, uploaded.size)
 
     record = File(
@@ -121,7 +121,7 @@ def upload_file(
             _check_storage_quota(locked, uploaded.size)
             record.save(force_insert=True)
     except BaseException:
-        record.content.storage.delete(record.content.name)
+        record.content.storage.delete(cast(str, record.content.name))
         raise
     return record
 
@@ -130,7 +130,7 @@ def _check_against_task(tenant: Tenant, uploaded: UploadedFile, fmt: str, vertic
     pack, task = task_for(tenant, vertical or None, task_id or None)
     enabled = registry.enabled_pack(tenant, pack.id)
     uploaded.seek(0)
-    report = task.validate(iter_records(uploaded.file, fmt), enabled.config if enabled else {})
+    report = task.validate(iter_records(cast(IO[bytes], uploaded.file), fmt), enabled.config if enabled else {})
     if not report.ok:
         raise InvalidRequest(
             f"The file does not fit task '{task.id}' of vertical '{pack.id}': {report.summary()}",
@@ -165,7 +165,7 @@ def delete_file(*, file: File) -> None:
         )
     updated = File.objects.filter(pk=file.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
     if updated:
-        name = file.content.name
+        name = cast(str, file.content.name)  # a stored file always has one
         transaction.on_commit(lambda: _delete_content(file, name))
 
 

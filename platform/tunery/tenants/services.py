@@ -14,7 +14,7 @@ from tunery.core.auth import generate_key, hash_key
 from tunery.core.errors import InvalidRequest, PermissionDenied
 from tunery.tenants.models import ApiKey, AuditLog, Membership, Tenant
 
-ROLE_RANK = {Membership.Role.MEMBER: 0, Membership.Role.ADMIN: 1, Membership.Role.OWNER: 2}
+ROLE_RANK: dict[str, int] = {Membership.Role.MEMBER: 0, Membership.Role.ADMIN: 1, Membership.Role.OWNER: 2}
 
 
 @dataclass(frozen=True)
