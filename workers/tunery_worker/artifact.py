@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,30 @@ if TYPE_CHECKING:
     from tunery_worker.config import TrainConfig
 
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TargetScale:
+    """Regression heads learn standardised targets; this turns a raw head output back into the
+    data's units. The one place that does it: the engine's evaluation and the serving runtime
+    both call :meth:`to_target` (the values live in ``tunery_artifact.json`` as ``target_scale``)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def to_target(self, raw: float) -> float:
+        return raw * self.std + self.mean
+
+    def to_json(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> TargetScale:
+        """Artifacts written before standardisation have no ``target_scale``: the identity."""
+        scale = manifest.get("target_scale") or {}
+        return cls(float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)))
+
+
 MANIFEST = "tunery_artifact.json"
 
 
@@ -72,6 +97,7 @@ def write_artifact(
     vertical: str = "",
     vertical_version: str = "",
     extra: Mapping[str, Any] | None = None,
+    manifest_fields: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the artifact into a temp folder and rename it into place (never half-written)."""
     final_dir = Path(final_dir)
@@ -96,6 +122,7 @@ def write_artifact(
         "metrics": dict(metrics),
         "best_step": best_step,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(manifest_fields or {}),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     (tmp / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")

@@ -586,6 +586,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
                 "validation_rows": len(val_data.features),
                 "teacher_model": str(spec.teacher_model) if spec.teacher_model else None,
             },
+            manifest_fields=adapter.manifest_fields(),
         )
     dist.barrier()
     return TrainResult(

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tunery_contract import EvalOutput, TaskDefinition, TaskKind
+from tunery_worker.artifact import TargetScale
 from tunery_worker.errors import ConfigError, LabelError
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ class TaskAdapter:
     def fit_loss(self, config: TrainConfig, train_data: Encoded, label_names: tuple[str, ...]) -> TrainConfig:
         """Settle data-dependent loss settings from the training split; the returned config records them."""
         return dataclasses.replace(config, pos_weight=None) if config.pos_weight == "auto" else config
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What the runtime needs besides the weights, written into ``tunery_artifact.json``."""
+        return {}
 
     # --- compute --------------------------------------------------------------------------------
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -368,14 +373,32 @@ class TextPairRegressionAdapter(_EncoderAdapter):
         column = self.task.role_column("label")
         return [np.asarray(float(r[column]), dtype=np.float32) for r in rows]
 
+    # the head learns standardised targets (mean/std of the training split): a zero-initialised head
+    # starts at the mean instead of far off (ratings averaging ~7)
+    target_scale = TargetScale()
+
+    def fit_loss(self, config, train_data, label_names):
+        targets = np.asarray([float(f["labels"]) for f in train_data.features], dtype=np.float64)
+        std = float(targets.std())
+        self.target_scale = TargetScale(float(targets.mean()), std if std > 1e-12 else 1.0)
+        return super().fit_loss(config, train_data, label_names)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"target_scale": self.target_scale.to_json()}
+
+    def _standardised(self, targets: torch.Tensor) -> torch.Tensor:
+        return (targets.float() - self.target_scale.mean) / self.target_scale.std
+
     def loss(self, logits, batch):
-        return F.mse_loss(logits.float().squeeze(-1), batch["labels"])
+        return F.mse_loss(logits.float().squeeze(-1), self._standardised(batch["labels"]))
 
     def distillation_loss(self, logits, teacher_logits, batch, temperature):
+        # a Tunery teacher's head is standardised with the same training split's statistics
         return F.mse_loss(logits.float().squeeze(-1), teacher_logits.float().squeeze(-1))
 
     def decode(self, logits, batch, label_names):
-        return DecodedBatch(y_true=batch["labels"].tolist(), y_pred=logits.float().squeeze(-1).tolist())
+        predictions = [self.target_scale.to_target(v) for v in logits.float().squeeze(-1).tolist()]
+        return DecodedBatch(y_true=batch["labels"].tolist(), y_pred=predictions)
 
 
 class TokenClassificationAdapter(_EncoderAdapter):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery_contract import TaskKind
+from tunery_worker.artifact import TargetScale
 
 ARTIFACT_FILE = "tunery_artifact.json"
 ADAPTER_DIR = "adapter"
@@ -31,6 +32,7 @@ class ArtifactInfo:
     vertical: str = ""
     task: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    target_scale: TargetScale = field(default_factory=TargetScale)
 
     @property
     def adapter_dir(self) -> Path:
@@ -80,6 +82,7 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
         vertical=str(manifest.get("vertical") or ""),
         task=str(manifest.get("task") or ""),
         metrics=dict(manifest.get("metrics") or {}),
+        target_scale=TargetScale.from_manifest(manifest),
     )
     _check_files(info)
     return info

@@ -274,7 +274,9 @@ class LoadedModel:
         """One item's prediction from its row of a batch's logits."""
         labels = self.info.label_names
         if self.kind is TaskKind.TEXT_PAIR_REGRESSION:
-            return Prediction(kind=self.kind, label_names=labels, score=float(logits[0]))
+            return Prediction(
+                kind=self.kind, label_names=labels, score=self.info.target_scale.to_target(float(logits[0]))
+            )
         if self.kind is TaskKind.TOKEN_CLASSIFICATION:
             return self._decode_tags(item.text, encoded.word_ids(row), encoded["offset_mapping"][row].tolist(), logits)
         if self.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
