@@ -37,7 +37,8 @@ from tunery.tenants.services import create_api_key
 from django.core.files.base import ContentFile
 
 tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "bench"})
-Tenant.objects.filter(pk=tenant.pk).update(max_stored_bytes=10**12, max_concurrent_jobs=10**6, requests_per_minute=10**7)
+limits = {"max_stored_bytes": 10**12, "max_concurrent_jobs": 10**6, "requests_per_minute": 10**7}
+Tenant.objects.filter(pk=tenant.pk).update(**limits)
 model, _ = BaseModel.objects.get_or_create(name="bench-model", tenant=None, defaults={"architecture": "bert"})
 data = File(tenant=tenant, filename="seed.jsonl", purpose="fine-tune", format="jsonl", bytes=2, sha256="0" * 64)
 data.content.save("seed.jsonl", ContentFile(b"{}"), save=True)
