@@ -102,7 +102,12 @@ def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps(
-        {"cls": type(tokenizer).__name__, "special": tokenizer.special_tokens_map, "side": tokenizer.padding_side},
+        {
+            "cls": type(tokenizer).__name__,
+            "special": tokenizer.special_tokens_map,
+            "side": tokenizer.padding_side,
+            "chat_template": getattr(tokenizer, "chat_template", None),
+        },
         sort_keys=True,
         default=str,
     )

@@ -246,6 +246,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     base_model = Path(spec.base_model)
     model_config = read_model_config(base_model)
     tokenizer = load_tokenizer(base_model)
+    adapter.prepare_tokenizer(tokenizer)
     torch.manual_seed(spec.config.seed)
     np.random.seed(spec.config.seed)
     model: Any = adapter.build_model(base_model, label_names)

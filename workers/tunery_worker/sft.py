@@ -255,6 +255,11 @@ class CausalLMAdapter(TaskAdapter):
         model.config.use_cache = False  # training: a KV cache would also disable packed masks
         return model
 
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        # here, not only in encode(): a run that reads its features from the cache never encodes
+        if ensure_chat_template(tokenizer):
+            log.info("the tokenizer has no chat template; using the built-in one (saved with the artifact)")
+
     def encode(
         self,
         rows: Sequence[Mapping[str, Any]],
@@ -265,8 +270,7 @@ class CausalLMAdapter(TaskAdapter):
     ) -> Encoded:
         """Rows whose assistant tokens all fall past ``max_length`` are dropped (they teach
         nothing) and counted in ``truncated`` with the rows that were cut."""
-        if ensure_chat_template(tokenizer):
-            log.info("the tokenizer has no chat template; using the built-in one (saved with the artifact)")
+        self.prepare_tokenizer(tokenizer)  # for direct callers; a no-op once train() has prepared it
         # Kept in each feature (not on the adapter) so features read back from the tokenization
         # cache still say how to collate them. 0 = no packing.
         block_size = np.asarray(max_length if config.packing else 0, dtype=np.int64)

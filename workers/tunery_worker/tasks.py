@@ -83,6 +83,10 @@ class TaskAdapter:
         raise NotImplementedError
 
     # --- data -----------------------------------------------------------------------------------
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Adjust the tokenizer right after loading (before the tokenization cache is keyed or read);
+        whatever is set here is saved with the artifact."""
+
     def encode(
         self,
         rows: Sequence[Mapping[str, Any]],
