@@ -151,7 +151,8 @@ class TrainConfig:
 
     @property
     def is_resolved(self) -> bool:
-        return all(getattr(self, f.name) != AUTO for f in fields(self))
+        # pos_weight is settled from the encoded training split (TaskAdapter.fit_loss), after resolve()
+        return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name != "pos_weight")
 
     @staticmethod
     def help() -> dict[str, str]:
