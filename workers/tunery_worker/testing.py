@@ -88,6 +88,36 @@ def make_tiny_bert(path: Path | str, vocab: Sequence[str] | None = None, seed: i
     return path
 
 
+def _qwen2_tokenizer(words: Sequence[str]) -> Any:
+    """A small byte-level BPE Qwen2Tokenizer. transformers 5 always reloads a qwen2 model's tokenizer
+    as Qwen2Tokenizer (whatever tokenizer_class says), which would mangle a WordLevel vocabulary; this
+    one reloads exactly as saved. Letters merge into whole words (with and without the leading "Ġ"),
+    digits stay single tokens as Qwen2's pre-tokenizer splits them."""
+    import re
+
+    from tokenizers import pre_tokenizers
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    table = {t: i for i, t in enumerate(DECODER_SPECIALS)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        table.setdefault(char, len(table))
+    merges: list[tuple[str, str]] = []
+
+    def merge(left: str, right: str) -> None:
+        if left + right not in table:
+            merges.append((left, right))
+            table[left + right] = len(table)
+
+    for word in sorted(set(words)):
+        for piece in re.findall(r"[A-Za-z]+", word):
+            for i in range(1, len(piece)):
+                merge(piece[:i], piece[i])
+            merge("Ġ", piece)
+    return Qwen2Tokenizer(
+        vocab=table, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
 def make_tiny_llama(
     path: Path | str, vocab: Sequence[str] | None = None, architecture: str = "llama", seed: int = 0
 ) -> Path:
@@ -98,18 +128,22 @@ def make_tiny_llama(
 
     path = Path(path)
     words = [*(vocab or default_vocab()), "user", "assistant", "system", ":"]
-    core, table = _word_level(sorted(set(words)), DECODER_SPECIALS, "<unk>")
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", table["<s>"])]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        model_max_length=256,
-    )
+    tokenizer: Any
+    if architecture == "qwen2":
+        tokenizer = _qwen2_tokenizer(words)
+    else:
+        core, table = _word_level(sorted(set(words)), DECODER_SPECIALS, "<unk>")
+        core.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", table["<s>"])]
+        )
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=core,
+            unk_token="<unk>",
+            pad_token="<pad>",
+            bos_token="<s>",
+            eos_token="</s>",
+            model_max_length=256,
+        )
     tokenizer.chat_template = (
         "{% for m in messages %}{{ m['role'] + ' : ' + m['content'] + ' </s> ' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ 'assistant : ' }}{% endif %}"
