@@ -125,8 +125,7 @@ def test_lora_sft_with_packing_learns_and_its_artifact_answers(tmp_path):
 
 
 def test_full_sft_without_packing_lowers_the_loss(tmp_path):
-    # Llama: testing.make_tiny_llama(architecture="qwen2") saves a WordLevel tokenizer that
-    # AutoTokenizer reloads as Qwen2Tokenizer (BPE), which re-tokenizes it into characters.
+    # Llama: its WordLevel tokenizer keeps whole words, which the answer checks below rely on.
     torch.set_num_threads(1)
     _, artifact, losses = run_job(tmp_path, "llama", training_type="full", n_epochs=6, learning_rate=1e-2)
     assert losses[-1] < losses[0] / 4
