@@ -114,7 +114,12 @@ def _qwen2_tokenizer(words: Sequence[str]) -> Any:
                 merge(piece[:i], piece[i])
             merge("Ġ", piece)
     return Qwen2Tokenizer(
-        vocab=table, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        vocab=table,
+        merges=merges,  # type: ignore[arg-type]  # tokenizers' BPE takes (left, right) pairs
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
     )
 
 
