@@ -157,3 +157,20 @@ def test_model_card_helpers_render_markdown():
     assert table.splitlines() == ["| metric | value |", "|---|---|", "| f1 | 0.8123 |", "| loss | 1.0000 |"]
     assert metrics_table({}) == "_No evaluation metrics were recorded._"
     assert settings_list({"lora_r": 8}, ["lora_r", "n_epochs"]) == "- `lora_r`: 8"
+
+
+def test_model_card_section_and_encoder_defaults():
+    from tunery_contract.cards import encoder_defaults, section
+
+    card = section("Pack: task", ["f1"], "Footer.", intro="Intro.")
+    assert card({"f1": 0.5}, {"n_epochs": 3, "other": 1}) == (
+        "### Pack: task\n\nIntro.\n\n| metric | value |\n|---|---|\n| f1 | 0.5000 |\n\n"
+        "Training settings:\n- `n_epochs`: 3\n\nFooter."
+    )
+    bare = section("Pack: lm", ["loss"], settings_keys=None)
+    assert bare({}, {"n_epochs": 3}) == "### Pack: lm\n\n_No evaluation metrics were recorded._"
+    defaults = encoder_defaults(max_length=64)
+    assert defaults["max_length"] == 64
+    assert defaults["n_epochs"] == 5
+    assert next(iter(defaults)) == "training_type"
+    assert encoder_defaults() is not encoder_defaults()

@@ -24,7 +24,7 @@ from tunery_contract import (
     VerticalPack,
 )
 from tunery_contract import metrics as m
-from tunery_contract.cards import metrics_table, settings_list
+from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 
 __version__ = "1.0.0"
 
@@ -93,43 +93,26 @@ def generated_reply(prediction: Prediction, item: Mapping[str, Any], config: Map
     }
 
 
-def intent_card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
-    return "\n\n".join(
-        [
-            "### Customer service: intent classification",
-            "Predicts the customer's intent. Replies come from the tenant's templates; below the "
-            f"hand-off threshold (default {DEFAULT_HANDOFF_THRESHOLD}) the request goes to a human agent.",
-            metrics_table(metrics, ["accuracy", "macro_f1", "coverage_at_handoff", "accuracy_at_handoff"]),
-            "Training settings:\n" + settings_list(config, ["training_type", "n_epochs", "learning_rate"]),
-            "Limitations: intents outside the training labels are forced onto the nearest known intent; "
-            "keep a hand-off threshold so such requests reach a person.",
-        ]
-    )
+intent_card = section(
+    "Customer service: intent classification",
+    ["accuracy", "macro_f1", "coverage_at_handoff", "accuracy_at_handoff"],
+    "Limitations: intents outside the training labels are forced onto the nearest known intent; "
+    "keep a hand-off threshold so such requests reach a person.",
+    intro="Predicts the customer's intent. Replies come from the tenant's templates; below the "
+    f"hand-off threshold (default {DEFAULT_HANDOFF_THRESHOLD}) the request goes to a human agent.",
+)
+
+reply_card = section(
+    "Customer service: generated replies",
+    ["eval_loss", "perplexity"],
+    "Generated replies may state things that are not true for a given customer: review them, or "
+    "use template replies for regulated answers.",
+    intro="Fine-tuned on past conversations (loss on the agent's turns only).",
+    settings_keys=None,
+)
 
 
-def reply_card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
-    return "\n\n".join(
-        [
-            "### Customer service: generated replies",
-            "Fine-tuned on past conversations (loss on the agent's turns only).",
-            metrics_table(metrics, ["eval_loss", "perplexity"]),
-            "Generated replies may state things that are not true for a given customer: review them, or "
-            "use template replies for regulated answers.",
-        ]
-    )
-
-
-ENCODER_DEFAULTS: dict[str, Any] = {
-    "training_type": "full",
-    "n_epochs": 5,
-    "batch_size": "auto",
-    "learning_rate": 5e-5,
-    "max_length": 64,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "early_stopping_patience": 3,
-    "seed": 42,
-}
+ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults(max_length=64)
 CAUSAL_DEFAULTS: dict[str, Any] = {
     "training_type": "lora",
     "n_epochs": 2,
@@ -161,7 +144,7 @@ INTENT = TaskDefinition(
     postprocess=select_reply,
     sample_data="intent_sample.csv",
     model_card=intent_card,
-    suitable_architectures=("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert"),
+    suitable_architectures=ENCODER_ARCHITECTURES,
 )
 
 REPLY = TaskDefinition(

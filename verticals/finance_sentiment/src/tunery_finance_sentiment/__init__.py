@@ -31,7 +31,7 @@ from tunery_contract import (
     VerticalPack,
 )
 from tunery_contract import metrics as m
-from tunery_contract.cards import metrics_table, settings_list
+from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 
 __version__ = "1.0.0"
 
@@ -139,33 +139,17 @@ def aggregate_alerts(
 
 
 def _card(title: str, what: str) -> Any:
-    def card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
-        return "\n\n".join(
-            [
-                f"### Finance: {title}",
-                what,
-                metrics_table(metrics, ["macro_f1", "mcc", "accuracy"]),
-                "Training settings:\n" + settings_list(config, ["training_type", "n_epochs", "learning_rate"]),
-                "Not investment advice. Headlines and posts are short and sarcasm-prone; sentiment is "
-                "about the text, not a forecast of price moves.",
-            ]
-        )
-
-    return card
+    return section(
+        f"Finance: {title}",
+        ["macro_f1", "mcc", "accuracy"],
+        "Not investment advice. Headlines and posts are short and sarcasm-prone; sentiment is "
+        "about the text, not a forecast of price moves.",
+        intro=what,
+    )
 
 
-ENCODER_DEFAULTS: dict[str, Any] = {
-    "training_type": "full",
-    "n_epochs": 4,
-    "batch_size": "auto",
-    "learning_rate": 5e-5,
-    "max_length": 96,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "early_stopping_patience": 2,
-    "seed": 42,
-}
-ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert")
+ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults(n_epochs=4, max_length=96, early_stopping_patience=2)
+ARCHITECTURES = ENCODER_ARCHITECTURES
 OPTIONAL_CONTEXT = (
     Column("ticker", ColumnType.STRING, "ticker symbol, for monitoring", required=False),
     Column("published_at", ColumnType.STRING, "ISO 8601 time, for monitoring", required=False),

@@ -29,7 +29,7 @@ from tunery_contract import (
     VerticalPack,
 )
 from tunery_contract import metrics as m
-from tunery_contract.cards import metrics_table, settings_list
+from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 
 __version__ = "1.0.0"
 
@@ -127,31 +127,11 @@ def draft_answer(prediction: Prediction, item: Mapping[str, Any], config: Mappin
 
 
 def _card(title: str, keys: list[str]) -> Any:
-    def card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
-        return "\n\n".join(
-            [
-                f"### Legal: {title}",
-                metrics_table(metrics, keys),
-                "Training settings:\n" + settings_list(config, ["training_type", "n_epochs", "learning_rate"]),
-                NOT_ADVICE,
-            ]
-        )
-
-    return card
+    return section(f"Legal: {title}", keys, NOT_ADVICE)
 
 
-ENCODER_DEFAULTS: dict[str, Any] = {
-    "training_type": "full",
-    "n_epochs": 5,
-    "batch_size": "auto",
-    "learning_rate": 5e-5,
-    "max_length": 128,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "early_stopping_patience": 3,
-    "seed": 42,
-}
-ENCODERS = ("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert")
+ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults()
+ENCODERS = ENCODER_ARCHITECTURES
 
 CLAUSE_CLASSIFICATION = TaskDefinition(
     id="clause_classification",

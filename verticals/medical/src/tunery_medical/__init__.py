@@ -20,7 +20,7 @@ from tunery_contract import (
     VerticalPack,
 )
 from tunery_contract import metrics as m
-from tunery_contract.cards import metrics_table, settings_list
+from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 from tunery_medical.phi import POLICIES, find_phi, redact_text, screen_row
 
 __version__ = "1.0.0"
@@ -57,31 +57,11 @@ def summary_answer(prediction: Prediction, item: Mapping[str, Any], config: Mapp
 
 
 def _card(title: str, keys: list[str]) -> Any:
-    def card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
-        return "\n\n".join(
-            [
-                f"### Medical: {title}",
-                metrics_table(metrics, keys),
-                "Training settings:\n" + settings_list(config, ["training_type", "n_epochs", "learning_rate"]),
-                SAFETY_NOTE,
-            ]
-        )
-
-    return card
+    return section(f"Medical: {title}", keys, SAFETY_NOTE)
 
 
-ENCODER_DEFAULTS: dict[str, Any] = {
-    "training_type": "full",
-    "n_epochs": 5,
-    "batch_size": "auto",
-    "learning_rate": 5e-5,
-    "max_length": 128,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "early_stopping_patience": 3,
-    "seed": 42,
-}
-ENCODERS = ("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert")
+ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults()
+ENCODERS = ENCODER_ARCHITECTURES
 
 CLINICAL_NER = TaskDefinition(
     id="clinical_ner",

@@ -23,7 +23,7 @@ from tunery_contract import (
     VerticalPack,
 )
 from tunery_contract import metrics as m
-from tunery_contract.cards import metrics_table, settings_list
+from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 
 __version__ = "1.0.0"
 
@@ -102,20 +102,14 @@ def like_answer(prediction: Prediction, item: Mapping[str, Any], config: Mapping
 
 
 def _card(title: str, keys: list[str]) -> Any:
-    def card(metrics: Mapping[str, float], config: Mapping[str, Any]) -> str:
-        return "\n\n".join(
-            [
-                f"### Recommendation: {title}",
-                "Scores how well an item suits a user from text: the user's recent history or profile and "
-                "the item's description. Rank candidates with `tunery_recommendation.rank(scores, items, k)`.",
-                metrics_table(metrics, keys),
-                "Training settings:\n" + settings_list(config, ["training_type", "n_epochs", "learning_rate"]),
-                "Ranking metrics are per user over that user's evaluation rows; users with a single row or "
-                "no liked item are left out. Popularity and exposure bias in the training data carry over.",
-            ]
-        )
-
-    return card
+    return section(
+        f"Recommendation: {title}",
+        keys,
+        "Ranking metrics are per user over that user's evaluation rows; users with a single row or "
+        "no liked item are left out. Popularity and exposure bias in the training data carry over.",
+        intro="Scores how well an item suits a user from text: the user's recent history or profile and "
+        "the item's description. Rank candidates with `tunery_recommendation.rank(scores, items, k)`.",
+    )
 
 
 COMMON_COLUMNS = (
@@ -124,18 +118,8 @@ COMMON_COLUMNS = (
     Column("item", ColumnType.TEXT, "item description (title, category, ...)", role="text_pair"),
     Column("item_id", ColumnType.STRING, "the item's id (kept for ranking answers)", required=False),
 )
-ENCODER_DEFAULTS: dict[str, Any] = {
-    "training_type": "full",
-    "n_epochs": 3,
-    "batch_size": "auto",
-    "learning_rate": 5e-5,
-    "max_length": 192,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "early_stopping_patience": 2,
-    "seed": 42,
-}
-ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "modernbert")
+ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults(n_epochs=3, max_length=192, early_stopping_patience=2)
+ARCHITECTURES = ENCODER_ARCHITECTURES
 
 RELEVANCE = TaskDefinition(
     id="relevance",
