@@ -76,7 +76,12 @@ def private_broker(tmp_path):
     saved = dict(app.conf.broker_transport_options or {})
     folder = tmp_path / "broker"
     folder.mkdir()
-    app.conf.broker_transport_options = {**saved, "data_folder_in": str(folder), "data_folder_out": str(folder)}
+    app.conf.broker_transport_options = {
+        **saved,
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(folder / "control"),
+    }
     yield folder
     app.conf.broker_transport_options = saved
 

@@ -33,6 +33,8 @@ def broker_folder(tmp_path_factory) -> Path:
     app.conf.broker_transport_options = {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
+        # kombu's default control folder is ./control in the working directory
+        "control_folder": str(folder / "control"),
         "store_processed": False,
     }
     return folder / "queue"
