@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from tunery_contract import Prediction, TaskKind
@@ -21,6 +23,8 @@ from tunery_worker.serving.batching import BatcherClosed
 from tunery_worker.sft import BUILTIN_CHAT_TEMPLATE
 
 PAIR_KINDS = (TaskKind.TEXT_PAIR_CLASSIFICATION, TaskKind.TEXT_PAIR_REGRESSION)
+#: Precisions a whole encoder model can be served in (``int8``: dynamic quantization on CPU).
+PRECISIONS = ("fp32", "int8")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 #: Seconds a streaming reader waits for the next token before giving up.
 GENERATION_TOKEN_TIMEOUT = 120.0
@@ -55,7 +59,30 @@ class GenerationResult:
 
 def module_bytes(module: torch.nn.Module, only: Callable[[str], bool] | None = None) -> int:
     tensors = list(module.named_parameters()) + list(module.named_buffers())
-    return sum(t.numel() * t.element_size() for name, t in tensors if only is None or only(name))
+    size = sum(t.numel() * t.element_size() for name, t in tensors if only is None or only(name))
+    for name, child in module.named_modules():  # int8 weights are packed, neither parameter nor buffer
+        if isinstance(child, DynamicQuantizedLinear) and (only is None or only(name)):
+            weight, bias = child._weight_bias()
+            size += weight.numel() * weight.element_size() + (
+                bias.numel() * bias.element_size() if bias is not None else 0
+            )
+    return size
+
+
+def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantization of the transformer body's Linear layers, in memory at load time
+    (weights int8 per output channel, activations quantized per batch at run time; never written
+    to disk). The task head stays fp32. CPU only (fbgemm / x86 kernels). Per-channel weights:
+    measured on BANKING77 with MiniLM, same speed as per-tensor, 1.5x smaller probability errors."""
+    body = getattr(module, "base_model", module)
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    with warnings.catch_warnings():
+        # torch 2.13 announces the removal of quantized tensors (pytorch#184982) in a future
+        # release; until then it is the fbgemm int8 path on CPU, and the serving tests pin it.
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        torch.ao.quantization.quantize_dynamic(body, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+    return module
 
 
 def model_class(kind: TaskKind) -> str:
@@ -106,8 +133,19 @@ def load_tokenizer(info: ArtifactInfo) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_full_model(info: ArtifactInfo, device: torch.device) -> torch.nn.Module:
-    return load_pretrained(info.kind, info.path).to(device).eval()
+def quantizable(info: ArtifactInfo, device: torch.device) -> bool:
+    """int8 applies to whole encoder models on CPU; LoRA adapters (peft wraps fp32 Linear layers),
+    causal LMs and GPUs keep fp32."""
+    return device.type == "cpu" and not info.is_lora and info.kind is not TaskKind.CAUSAL_LM
+
+
+def load_full_model(info: ArtifactInfo, device: torch.device, precision: str = "fp32") -> torch.nn.Module:
+    if precision not in PRECISIONS:
+        raise ArtifactError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    module = load_pretrained(info.kind, info.path).to(device).eval()
+    if precision == "int8" and quantizable(info, device):
+        quantize_int8(module)
+    return module
 
 
 def adapter_name_for(model_id: str) -> str:
@@ -232,6 +270,8 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock)
     on_close: Callable[[LoadedModel], None] | None = None
     closed: bool = False
+    #: What the weights are served in: "fp32", or "int8" (dynamically quantized at load).
+    precision: str = "fp32"
 
     @property
     def kind(self) -> TaskKind:
@@ -267,7 +307,8 @@ class LoadedModel:
             truncation=True,
             max_length=self.info.max_length,
             return_tensors="pt",
-            return_offsets_mapping=True,
+            # Character offsets are only needed to place entities.
+            return_offsets_mapping=self.kind is TaskKind.TOKEN_CLASSIFICATION,
         )
 
     def decode(self, item: PredictionInput, encoded: Any, row: int, logits: torch.Tensor) -> Prediction:
@@ -293,7 +334,13 @@ class LoadedModel:
             with torch.inference_mode():
                 return module(**inputs).logits.float().cpu()
 
-        logits = self._call(forward)
+        if self.base is not None:  # switching adapters changes the shared base: one pass at a time
+            logits = self._call(forward)
+        else:  # a whole model in eval mode is read-only: parallel batch runners share it
+            module = self.module
+            if module is None:
+                raise BatcherClosed("the model was unloaded")
+            logits = forward(module)
         return [self.decode(item, encoded, i, logits[i]) for i, item in enumerate(items)]
 
     def _decode_tags(
@@ -443,13 +490,18 @@ def load_model(
     info: ArtifactInfo,
     device: torch.device,
     shared_base: Callable[[ArtifactInfo], SharedBase] | None = None,
+    precision: str = "fp32",
 ) -> LoadedModel:
     """Load an artifact. LoRA artifacts go onto the base ``shared_base`` hands out (a new one
-    per call when None); full models load on their own."""
+    per call when None); full models load on their own, quantized to int8 when ``precision``
+    asks for it and ``quantizable`` allows it."""
     tokenizer = load_tokenizer(info)
     if not info.is_lora:
-        module = load_full_model(info, device)
-        return LoadedModel(model_id, info, tokenizer, device, nbytes=module_bytes(module), module=module)
+        module = load_full_model(info, device, precision)
+        served = "int8" if precision == "int8" and quantizable(info, device) else "fp32"
+        return LoadedModel(
+            model_id, info, tokenizer, device, nbytes=module_bytes(module), module=module, precision=served
+        )
     base = shared_base(info) if shared_base is not None else SharedBase(info, device)
     name = adapter_name_for(model_id)
     added = base.add_adapter(name, info.adapter_dir)
