@@ -69,6 +69,52 @@ def test_deploy_list_retrieve_undeploy(setup):
     ]
 
 
+def test_deploy_with_int8_precision_and_switch_back(setup):
+    client, model = setup["client"], setup["models"]["intents"]
+    texts = ["I was charged twice", "where is my parcel", "refund please"]
+    created = client.post("/v1/deployments", json={"model": model.id})
+    assert created.status_code == 201
+    assert created.json()["precision"] == "fp32"  # the server's default
+    fp32 = predict(client, model=model.id, inputs=texts).json()["data"]
+
+    switched = client.post("/v1/deployments", json={"model": model.id, "precision": "int8"})
+    assert switched.status_code == 200, switched.text
+    assert switched.json()["id"] == created.json()["id"]
+    assert switched.json()["precision"] == "int8"
+    assert client.get(f"/v1/deployments/{created.json()['id']}").json()["precision"] == "int8"
+    int8 = predict(client, model=model.id, inputs=texts).json()["data"]
+    from tunery.serving.runtime import get_runtime
+
+    served = get_runtime().cache.peek(model.id)  # the live server's runtime: this process
+    assert served is not None
+    assert served.model.precision == "int8"
+    for exact, quantized in zip(fp32, int8):
+        assert set(quantized["probabilities"]) == set(pack.INTENTS)
+        assert quantized["probabilities"] == pytest.approx(exact["probabilities"], abs=0.05)
+        assert "reply" in quantized  # the pack's post-processing still applies
+
+    # deploying again without a precision keeps the deployment's
+    assert client.post("/v1/deployments", json={"model": model.id}).json()["precision"] == "int8"
+    back = client.post("/v1/deployments", json={"model": model.id, "precision": "fp32"})
+    assert back.json()["precision"] == "fp32"
+    assert predict(client, model=model.id, inputs=texts).json()["data"][0]["probabilities"] == pytest.approx(
+        fp32[0]["probabilities"], abs=1e-5
+    )
+    from tunery.tenants.models import AuditLog
+
+    precisions = AuditLog.objects.filter(action="deployment.create", target=created.json()["id"]).order_by("id")
+    assert [entry.details["precision"] for entry in precisions] == ["fp32", "int8", "fp32"]
+
+
+def test_an_unknown_precision_is_a_clear_400(setup):
+    client, model = setup["client"], setup["models"]["intents"]
+    refused = client.post("/v1/deployments", json={"model": model.id, "precision": "int4"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "precision"
+    assert "int8" in refused.json()["error"]["message"]
+    assert client.get("/v1/deployments").json()["data"] == []
+
+
 def test_deployment_quota_is_enforced(setup, make_model, artifacts):
     from tunery.tenants.models import Tenant
 
@@ -339,13 +385,23 @@ def test_healthz_and_readyz(setup, settings):
     assert down.json()["checks"]["database"]["ok"] is True
 
 
-def test_a_model_whose_pack_is_not_installed_serves_the_plain_decoding(setup, make_model, artifacts):
+def test_a_model_of_no_pack_serves_the_plain_decoding_and_one_of_a_missing_pack_is_refused(
+    setup, make_model, artifacts
+):
     client = setup["client"]
+    items = [{"id": "a", "text": "trail shoes"}, {"id": "b", "text": "a sofa"}]
+    missing = make_model(setup["acme"].tenant, artifacts["ranking"], "ranking")
+    missing.vertical = "not_installed"
+    missing.save(update_fields=["vertical"])
+    deploy(client, missing)
+    refused = predict(client, model=missing.id, user="likes hiking", items=items)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "vertical_not_installed"
+
     orphan = make_model(setup["acme"].tenant, artifacts["ranking"], "ranking")
-    orphan.vertical = "not_installed"
+    orphan.vertical = ""  # not trained for any pack
     orphan.save(update_fields=["vertical"])
     deploy(client, orphan)
-    items = [{"id": "a", "text": "trail shoes"}, {"id": "b", "text": "a sofa"}]
     data = predict(client, model=orphan.id, user="likes hiking", items=items).json()["data"]
     assert [r["rank"] for r in data] == [1, 2]
     assert data[0]["score"] >= data[1]["score"]

@@ -3,9 +3,15 @@ environment variable, else the default. README/docs/serving.md lists them."""
 
 from __future__ import annotations
 
+import os
+
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from tunery.core.env import env_int
+
+#: Precisions a deployment's whole encoder model can be served in (tunery_worker.serving's PRECISIONS).
+PRECISIONS = ("fp32", "int8")
 
 
 def _setting(name: str, default: int) -> int:
@@ -36,6 +42,24 @@ def batch_max_size() -> int:
 
 def batch_max_wait_ms() -> int:
     return _setting("TUNERY_BATCH_MAX_WAIT_MS", 5)
+
+
+def batch_runners() -> int:
+    """Batches of one model run at once; 0 (default): usable CPU cores / torch threads (1 on a GPU)."""
+    return _setting("TUNERY_BATCH_RUNNERS", 0)
+
+
+def torch_threads() -> int:
+    """Torch intra-op threads of a serving process; 0 (default): the runtime's default (1)."""
+    return _setting("TUNERY_TORCH_THREADS", 0)
+
+
+def serving_precision() -> str:
+    """How whole encoder models are served on CPU unless their deployment says otherwise."""
+    value = str(getattr(settings, "TUNERY_SERVING_PRECISION", os.environ.get("TUNERY_SERVING_PRECISION") or "fp32"))
+    if value not in PRECISIONS:
+        raise ImproperlyConfigured(f"TUNERY_SERVING_PRECISION must be one of {PRECISIONS}, got {value!r}")
+    return value
 
 
 def model_cache_bytes() -> int:

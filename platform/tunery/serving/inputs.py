@@ -29,6 +29,16 @@ def model_id(data: dict[str, Any]) -> str:
     return value.strip()
 
 
+def deployment_precision(data: dict[str, Any]) -> str:
+    """A deployment's optional ``precision`` ("fp32" or "int8"); "" when absent (the server's default)."""
+    value = data.get("precision")
+    if value is None:
+        return ""
+    if value not in conf.PRECISIONS:
+        raise _invalid(f"precision must be one of {', '.join(conf.PRECISIONS)}, got {value!r}.", "precision")
+    return str(value)
+
+
 def text(value: Any, param: str) -> str:
     if not isinstance(value, str):
         raise _invalid(f"{param} must be a string, got {type(value).__name__}.", param)

@@ -27,6 +27,8 @@ class Deployment(models.Model):
     error = models.TextField(blank=True)
     #: The model's task kind (tunery_contract.TaskKind value), read from its artifact.
     kind = models.CharField(max_length=40, blank=True)
+    #: "int8" or "fp32" to override TUNERY_SERVING_PRECISION for this model; blank: the server's.
+    precision = models.CharField(max_length=8, blank=True)
     created_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -24,13 +24,19 @@ def get_runtime() -> InferenceRuntime:
     if _runtime is None:
         with _lock:
             if _runtime is None:
+                import torch
+
                 from tunery.monitoring.metrics import observe_batch
                 from tunery_worker.serving import InferenceRuntime, RuntimeObserver
+                from tunery_worker.serving.runtime import default_threads
 
+                torch.set_num_threads(conf.torch_threads() or default_threads())
                 _runtime = InferenceRuntime(
                     max_bytes=conf.model_cache_bytes(),
                     max_batch_size=conf.batch_max_size(),
                     max_wait_seconds=conf.batch_max_wait_ms() / 1000,
+                    batch_runners=conf.batch_runners() or None,
+                    precision=conf.serving_precision(),
                     observer=RuntimeObserver(on_batch=observe_batch),
                 )
     return _runtime

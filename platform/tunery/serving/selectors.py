@@ -63,19 +63,36 @@ def serving_target(tenant: Tenant, model_id: str) -> ServingTarget:
 
 @dataclass(frozen=True)
 class PackHooks:
-    """What a model's vertical pack contributes to serving (nothing when it is not installed)."""
+    """What a model's vertical pack contributes to serving (nothing for a model of no pack)."""
 
     task: TaskDefinition | None
     config: dict[str, Any]
 
 
 def pack_hooks(tenant: Tenant, model: FineTunedModel) -> PackHooks:
+    """The pack's task and the tenant's pack config. A model trained for a pack that is no longer
+    installed (or no longer has its task) is refused with a 409: answering without the pack's
+    post-processing (replies, hand-offs, PHI screening) would silently change what callers get."""
     from tunery.verticals import registry
 
+    if not model.vertical:
+        return PackHooks(None, {})
     pack = registry.get_pack(model.vertical)
     if pack is None:
-        return PackHooks(None, {})
+        raise Conflict(
+            f"The model '{model.id}' was trained for the vertical pack '{model.vertical}', which is not "
+            "installed on this server; an operator must reinstall the pack before it can serve predictions.",
+            param="model",
+            code="vertical_not_installed",
+        )
     task = next((t for t in pack.tasks if t.id == model.task), None)
+    if task is None:
+        raise Conflict(
+            f"The model '{model.id}' was trained for the task '{model.task}', which the installed "
+            f"vertical pack '{model.vertical}' (version {pack.version}) no longer has.",
+            param="model",
+            code="vertical_task_not_found",
+        )
     enabled = registry.enabled_pack(tenant, model.vertical)
     config = dict(enabled.config) if enabled is not None else dict(pack.config_defaults)
     return PackHooks(task, config)

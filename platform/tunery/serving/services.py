@@ -13,7 +13,7 @@ from django.db import transaction
 from tunery.core.errors import ApiError, InvalidRequest, QuotaExceeded
 from tunery.core.ids import prefixed_id
 from tunery.monitoring import metrics
-from tunery.serving import inputs, selectors
+from tunery.serving import conf, inputs, selectors
 from tunery.serving.models import Deployment
 from tunery.serving.runtime import artifact_dir, get_runtime
 from tunery.tenants.models import Tenant
@@ -38,31 +38,54 @@ class ModelUnavailable(ApiError):
 # -- deployments -------------------------------------------------------------------------------
 
 
-def deploy(*, tenant: Tenant, model_id: str, actor: str) -> tuple[Deployment, bool]:
+def deploy(*, tenant: Tenant, model_id: str, actor: str, precision: str | None = None) -> tuple[Deployment, bool]:
     """Deploy a tenant's fine-tuned model: check the quota, load the artifact in this process,
-    record the outcome. Returns (deployment, created); deploying a ready model again is a no-op.
+    record the outcome. Returns (deployment, created); deploying a ready model again is a no-op,
+    unless it names another ``precision`` ("fp32"/"int8", "" for the server's default; None keeps
+    the deployment's), which is then recorded and loaded.
     The load runs outside any transaction (it may take seconds; SQLite would hold its write lock)."""
     model = selectors.tenant_model(tenant, model_id)
     existing = Deployment.objects.filter(model=model).first()
-    if existing is not None and existing.status == Deployment.Status.READY:
-        return existing, False
-    _check_quota(tenant)
-    status, error, kind = _load(model.id, model)
+    if precision is None:
+        precision = existing.precision if existing is not None else ""
+    if _unchanged(existing, precision):
+        return existing, False  # type: ignore[return-value]  # _unchanged checked it is there
+    if existing is None or existing.status != Deployment.Status.READY:
+        _check_quota(tenant)
+    status, error, kind = _load(model.id, model, precision)
     with transaction.atomic():
         Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # serializes a tenant's deploys
         existing = Deployment.objects.filter(model=model).first()
-        if existing is not None and existing.status == Deployment.Status.READY:
-            return existing, False
-        if status == Deployment.Status.READY:
+        if _unchanged(existing, precision):
+            return existing, False  # type: ignore[return-value]
+        was_ready = existing is not None and existing.status == Deployment.Status.READY
+        if status == Deployment.Status.READY and not was_ready:
             _check_quota(tenant)  # again, under the lock: a concurrent deploy may have taken the last slot
         deployment, created = Deployment.objects.update_or_create(
             model=model,
-            defaults={"tenant": tenant, "status": status, "error": error, "kind": kind, "created_by": actor[:200]},
+            defaults={
+                "tenant": tenant,
+                "status": status,
+                "error": error,
+                "kind": kind,
+                "precision": precision,
+                "created_by": actor[:200],
+            },
         )
         audit(
-            actor=actor, action="deployment.create", tenant=tenant, target=deployment.id, model=model.id, status=status
+            actor=actor,
+            action="deployment.create",
+            tenant=tenant,
+            target=deployment.id,
+            model=model.id,
+            status=status,
+            precision=precision or conf.serving_precision(),
         )
     return deployment, created
+
+
+def _unchanged(existing: Deployment | None, precision: str) -> bool:
+    return existing is not None and existing.status == Deployment.Status.READY and existing.precision == precision
 
 
 def _check_quota(tenant: Tenant) -> None:
@@ -75,11 +98,11 @@ def _check_quota(tenant: Tenant) -> None:
         )
 
 
-def _load(model_id: str, model: Any) -> tuple[str, str, str]:
+def _load(model_id: str, model: Any, precision: str) -> tuple[str, str, str]:
     from tunery_worker.serving import ArtifactError
 
     try:
-        loaded = get_runtime().load(model_id, artifact_dir(model))
+        loaded = get_runtime().load(model_id, artifact_dir(model), precision or None)
     except ArtifactError as exc:
         return Deployment.Status.FAILED, str(exc), ""
     except Exception as exc:  # an unexpected loader failure is the deployment's state, not a 500
@@ -133,7 +156,8 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         for i, row in enumerate(rows)
     ]
     started = time.perf_counter()
-    predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs))
+    precision = target.deployment.precision or None
+    predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
     metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
     data = []
     for index, (prediction, row) in enumerate(zip(predictions, rows)):

@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from tunery.core.errors import PayloadTooLarge
 from tunery.core.schema import ERRORS
 from tunery.core.scoping import TenantScopedViewSet, request_tenant
-from tunery.serving import inputs, services
+from tunery.serving import conf, inputs, services
 from tunery.serving.models import Deployment
 
 DeploymentObject = inline_serializer(
@@ -34,12 +34,20 @@ DeploymentObject = inline_serializer(
         "model": serializers.CharField(),
         "status": serializers.ChoiceField(choices=Deployment.Status.choices),
         "kind": serializers.CharField(),
+        "precision": serializers.CharField(),
         "error": serializers.CharField(allow_null=True),
         "created_at": serializers.IntegerField(),
         "updated_at": serializers.IntegerField(),
     },
 )
 JsonBody = inline_serializer(name="ServingRequest", fields={"model": serializers.CharField()})
+DeployBody = inline_serializer(
+    name="DeploymentRequest",
+    fields={
+        "model": serializers.CharField(),
+        "precision": serializers.ChoiceField(choices=("fp32", "int8"), required=False),
+    },
+)
 
 
 def deployment_object(deployment: Deployment) -> dict[str, Any]:
@@ -49,6 +57,7 @@ def deployment_object(deployment: Deployment) -> dict[str, Any]:
         "model": deployment.model_id,
         "status": deployment.status,
         "kind": deployment.kind,
+        "precision": deployment.precision or conf.serving_precision(),
         "error": deployment.error or None,
         "created_by": deployment.created_by,
         "created_at": int(deployment.created_at.timestamp()),
@@ -84,12 +93,19 @@ class DeploymentViewSet(TenantScopedViewSet):
 
     @extend_schema(
         summary="Deploy a fine-tuned model",
-        request=JsonBody,
+        description=(
+            "precision (optional): 'int8' serves a whole encoder model dynamically quantized on CPU, "
+            "'fp32' in full precision; without it the server's TUNERY_SERVING_PRECISION applies."
+        ),
+        request=DeployBody,
         responses={201: DeploymentObject, 200: DeploymentObject, **ERRORS},
     )
     def create(self, request: Request) -> Response:
         body = inputs.require_object(request_body(request))
-        deployment, created = services.deploy(tenant=self.tenant, model_id=inputs.model_id(body), actor=self.actor)
+        precision = inputs.deployment_precision(body) if "precision" in body else None
+        deployment, created = services.deploy(
+            tenant=self.tenant, model_id=inputs.model_id(body), actor=self.actor, precision=precision
+        )
         return Response(
             deployment_object(deployment), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
