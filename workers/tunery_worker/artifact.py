@@ -1,7 +1,8 @@
 """The trained artifact: ``output_dir/final/``.
 
 - ``tunery_artifact.json``: format_version, kind, vertical, vertical_version, task, label_names,
-  max_length, base_model (path), training_type, metrics, best_step, created;
+  max_length, base_model (path), training_type, metrics, best_step, created, and what the task
+  kind's runtime needs (``target_scale`` for pair regression, ``label_thresholds`` for multi-label);
 - full fine-tuning: ``config.json`` + ``model.safetensors`` (HF ``save_pretrained``);
   LoRA: ``adapter/`` (peft ``save_pretrained``, safetensors, head included) + the base reference;
 - tokenizer files, ``training_config.json`` (resolved), ``metrics.json``, ``MODEL_CARD.md``.
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -49,6 +51,38 @@ class TargetScale:
         """Artifacts written before standardisation have no ``target_scale``: the identity."""
         scale = manifest.get("target_scale") or {}
         return cls(float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)))
+
+
+@dataclass(frozen=True)
+class LabelThresholds:
+    """Per-label decision thresholds of a multi-label head (fitted on validation by the engine,
+    ``label_thresholds`` in ``tunery_artifact.json``); none recorded means 0.5 for every label.
+
+    A label is given when its probability reaches its threshold, i.e. when the logit reaches
+    :meth:`logit_offsets`. The engine's evaluation decides that way, and the serving runtime reports
+    ``sigmoid(logit - offset)``, so its 0.5 is each label's fitted threshold."""
+
+    values: tuple[float, ...] = ()
+
+    def logit_offsets(self) -> list[float]:
+        return [math.log(t / (1.0 - t)) for t in self.values]
+
+    def to_json(self, label_names: tuple[str, ...]) -> dict[str, float]:
+        return dict(zip(label_names, self.values, strict=True))
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> LabelThresholds:
+        """In ``label_names`` order; artifacts without ``label_thresholds`` decide at 0.5."""
+        recorded = manifest.get("label_thresholds") or {}
+        if not recorded:
+            return cls()
+        names = list(manifest.get("label_names") or [])
+        if not isinstance(recorded, Mapping) or sorted(recorded) != sorted(names):
+            raise ModelLoadError(f"label_thresholds must name each of the labels {names[:10]}, got {recorded!r}")
+        values = tuple(float(recorded[name]) for name in names)
+        if not all(0.0 < t < 1.0 for t in values):
+            raise ModelLoadError(f"label_thresholds must lie strictly between 0 and 1, got {recorded!r}")
+        return cls(values)
 
 
 MANIFEST = "tunery_artifact.json"

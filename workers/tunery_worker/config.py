@@ -89,6 +89,14 @@ class TrainConfig:
             "in the training split, clipped to [1, 50] (rare labels are not ignored); null = unweighted"
         ),
     )
+    label_thresholds: list[float] | str | None = field(
+        default=AUTO,
+        metadata=_help(
+            "multi-label only: probability at which each label is given; 'auto' = fitted after training on the "
+            "validation split with the selected weights (best F1 per label, 0.5 for a label without validation "
+            "positives); null = 0.5 for every label"
+        ),
+    )
 
     def __post_init__(self) -> None:
         _choice("training_type", self.training_type, TRAINING_TYPES)
@@ -129,6 +137,17 @@ class TrainConfig:
             )
         ):
             raise ConfigError(f"pos_weight must be 'auto', null or a list of positive numbers; got {self.pos_weight!r}")
+        if self.label_thresholds not in (None, AUTO) and (
+            not isinstance(self.label_thresholds, list)
+            or not self.label_thresholds
+            or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in self.label_thresholds
+            )
+        ):
+            raise ConfigError(
+                "label_thresholds must be 'auto', null or a list of probabilities in (0, 1); "
+                f"got {self.label_thresholds!r}"
+            )
         if self.compile not in (True, False, AUTO):
             raise ConfigError(f"compile must be true, false or 'auto', got {self.compile!r}")
         if self.lora_target_modules is not None and (
@@ -151,8 +170,10 @@ class TrainConfig:
 
     @property
     def is_resolved(self) -> bool:
-        # pos_weight is settled from the encoded training split (TaskAdapter.fit_loss), after resolve()
-        return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name != "pos_weight")
+        # pos_weight is settled from the encoded training split (TaskAdapter.fit_loss), after resolve(),
+        # label_thresholds after training (TaskAdapter.fit_thresholds)
+        settled_later = ("pos_weight", "label_thresholds")
+        return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name not in settled_later)
 
     @staticmethod
     def help() -> dict[str, str]:

@@ -566,6 +566,12 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
         if best_path is None or not best_path.is_dir():
             raise ModelLoadError(f"the best checkpoint (step {state.best_step}) is missing")
         ckpt.load_trainable_state(model, ckpt.load_checkpoint(best_path).weights)
+    if config.label_thresholds == "auto":  # multi-label: fitted on validation with the selected weights
+        if has_validation:
+            evaluate()  # the adapter keeps this pass's validation scores
+        config = adapter.fit_thresholds(config)
+        if has_validation and config.label_thresholds is not None:
+            best_metrics = evaluate()  # the selected weights' metrics at the fitted thresholds
     best_step = state.best_step if has_validation else state.step
     hooks.on_train_end(state)
     final_dir = output_dir / "final"

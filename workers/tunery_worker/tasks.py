@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tunery_contract import EvalOutput, TaskDefinition, TaskKind
-from tunery_worker.artifact import TargetScale
+from tunery_worker.artifact import LabelThresholds, TargetScale
 from tunery_worker.errors import ConfigError, LabelError
 
 if TYPE_CHECKING:
@@ -102,7 +102,16 @@ class TaskAdapter:
 
     def fit_loss(self, config: TrainConfig, train_data: Encoded, label_names: tuple[str, ...]) -> TrainConfig:
         """Settle data-dependent loss settings from the training split; the returned config records them."""
-        return dataclasses.replace(config, pos_weight=None) if config.pos_weight == "auto" else config
+        if config.pos_weight == "auto":
+            config = dataclasses.replace(config, pos_weight=None)
+        if config.label_thresholds == "auto":
+            config = dataclasses.replace(config, label_thresholds=None)
+        return config
+
+    def fit_thresholds(self, config: TrainConfig) -> TrainConfig:
+        """Settle decision thresholds after training, from the last validation pass (the engine runs
+        one with the selected weights first); the returned config records them. Multi-label only."""
+        return dataclasses.replace(config, label_thresholds=None) if config.label_thresholds == "auto" else config
 
     def manifest_fields(self) -> dict[str, Any]:
         """What the runtime needs besides the weights, written into ``tunery_artifact.json``."""
@@ -324,7 +333,12 @@ class MultiLabelClassificationAdapter(_EncoderAdapter):
     POS_WEIGHT_RANGE = (1.0, 50.0)
     pos_weight: torch.Tensor | None = None
 
+    task_label_names: tuple[str, ...] = ()
+
     def fit_loss(self, config, train_data, label_names):
+        self.task_label_names = label_names
+        if config.label_thresholds != "auto":  # fixed by the job (or null): used from the first evaluation
+            self._use_thresholds(config.label_thresholds, label_names)
         weights = config.pos_weight
         if weights == "auto":
             targets = np.stack([f["labels"] for f in train_data.features]).astype(np.float64)
@@ -343,6 +357,33 @@ class MultiLabelClassificationAdapter(_EncoderAdapter):
         self.pos_weight = torch.tensor(weights, dtype=torch.float32)
         return config
 
+    #: decision thresholds in label order (None: 0.5 for every label); see artifact.LabelThresholds
+    thresholds: LabelThresholds | None = None
+    #: (y_true, probabilities) of the last evaluation pass, for fit_thresholds
+    last_validation: tuple[list[Any], list[Any]] | None = None
+
+    def _use_thresholds(self, values: Any, label_names: tuple[str, ...]) -> None:
+        if values is None:
+            self.thresholds = None
+            return
+        if len(values) != len(label_names):
+            raise ConfigError(f"label_thresholds has {len(values)} values for {len(label_names)} labels")
+        self.thresholds = LabelThresholds(tuple(float(t) for t in values))
+
+    def fit_thresholds(self, config):
+        if config.label_thresholds == "auto":
+            if self.last_validation is None or not self.last_validation[0]:
+                return dataclasses.replace(config, label_thresholds=None)
+            y_true, scores = self.last_validation
+            config = dataclasses.replace(config, label_thresholds=fit_label_thresholds(y_true, scores))
+        self._use_thresholds(config.label_thresholds, self.task_label_names)
+        return config
+
+    def manifest_fields(self) -> dict[str, Any]:
+        if self.thresholds is None:
+            return {}
+        return {"label_thresholds": self.thresholds.to_json(self.task_label_names)}
+
     def loss(self, logits, batch):
         weight = self.pos_weight
         if weight is not None and weight.device != logits.device:
@@ -355,10 +396,46 @@ class MultiLabelClassificationAdapter(_EncoderAdapter):
         return F.binary_cross_entropy_with_logits(logits.float() / t, targets) * (t * t)
 
     def decode(self, logits, batch, label_names):
-        probs = torch.sigmoid(logits.float())
+        logits = logits.float()
+        offsets = torch.tensor(self.thresholds.logit_offsets(), device=logits.device) if self.thresholds else 0.0
         return DecodedBatch(
-            y_true=batch["labels"].int().tolist(), y_pred=(probs > 0.5).int().tolist(), scores=probs.tolist()
+            y_true=batch["labels"].int().tolist(),
+            y_pred=(logits >= offsets).int().tolist(),  # probability >= threshold, as served
+            scores=torch.sigmoid(logits).tolist(),
         )
+
+    def eval_output(self, decoded, label_names, eval_loss, rows):
+        self.last_validation = (decoded.y_true, decoded.scores or [])
+        return super().eval_output(decoded, label_names, eval_loss, rows)
+
+
+def fit_label_thresholds(
+    y_true: Sequence[Sequence[int]], scores: Sequence[Sequence[float]], fallback: float = 0.5
+) -> list[float]:
+    """Per label, the probability threshold with the best F1 on these rows: halfway between the
+    lowest score still given the label and the next lower score (a margin either side). A label
+    without positive rows keeps ``fallback``. Thresholds lie strictly between 0 and 1."""
+    truth = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
+    probs = np.asarray(scores, dtype=np.float64).reshape(truth.shape)
+    low, high = 1e-6, 1.0 - 1e-6
+    thresholds = []
+    for j in range(truth.shape[1]):
+        positives = truth[:, j].sum()
+        if positives == 0:
+            thresholds.append(fallback)
+            continue
+        order = np.argsort(-probs[:, j], kind="stable")
+        ranked, hits = probs[order, j], truth[order, j]
+        true_pos = np.cumsum(hits)
+        given = np.arange(1, len(ranked) + 1)
+        f1 = 2 * true_pos / (given + positives)
+        below = np.append(ranked[1:], 0.0)
+        split_ties = below >= ranked
+        split_ties[-1] = False  # giving the label to every row is always a valid cut
+        f1[split_ties] = -1.0  # cut only between distinct scores (equal scores get the same decision)
+        best = int(np.argmax(f1))
+        thresholds.append(float(np.clip((ranked[best] + below[best]) / 2, low, high)))
+    return thresholds
 
 
 class TextPairRegressionAdapter(_EncoderAdapter):

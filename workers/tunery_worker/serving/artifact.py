@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tunery_contract import TaskKind
-from tunery_worker.artifact import TargetScale
+from tunery_worker.artifact import LabelThresholds, TargetScale
+from tunery_worker.errors import ModelLoadError
 
 ARTIFACT_FILE = "tunery_artifact.json"
 ADAPTER_DIR = "adapter"
@@ -33,6 +34,7 @@ class ArtifactInfo:
     task: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     target_scale: TargetScale = field(default_factory=TargetScale)
+    label_thresholds: LabelThresholds = field(default_factory=LabelThresholds)
 
     @property
     def adapter_dir(self) -> Path:
@@ -72,6 +74,10 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
     training_type = manifest.get("training_type", "full")
     if training_type not in TRAINING_TYPES:
         raise ArtifactError(f"training_type must be one of {TRAINING_TYPES}, got {training_type!r}")
+    try:
+        label_thresholds = LabelThresholds.from_manifest(manifest)
+    except ModelLoadError as exc:
+        raise ArtifactError(str(exc)) from exc
     info = ArtifactInfo(
         path=directory,
         kind=kind,
@@ -83,6 +89,7 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
         task=str(manifest.get("task") or ""),
         metrics=dict(manifest.get("metrics") or {}),
         target_scale=TargetScale.from_manifest(manifest),
+        label_thresholds=label_thresholds,
     )
     _check_files(info)
     return info

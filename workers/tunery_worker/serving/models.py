@@ -321,7 +321,9 @@ class LoadedModel:
         if self.kind is TaskKind.TOKEN_CLASSIFICATION:
             return self._decode_tags(item.text, encoded.word_ids(row), encoded["offset_mapping"][row].tolist(), logits)
         if self.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
-            probabilities = torch.sigmoid(logits)
+            # shifted so that 0.5 is each label's fitted threshold (the engine's metrics decide the same way)
+            offsets = self.info.label_thresholds.logit_offsets()
+            probabilities = torch.sigmoid(logits - torch.tensor(offsets) if offsets else logits)
         else:
             probabilities = torch.softmax(logits, dim=-1)
         return Prediction(kind=self.kind, label_names=labels, probabilities=probabilities.tolist())
