@@ -4,6 +4,7 @@ the LRU memory bound and generation. No Django here: the runtime is Django-free.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -205,18 +206,35 @@ def test_requests_for_different_adapters_share_one_forward_pass(artifacts):
         text = PredictionInput("please refund my order")
         # one adapter at a time (set_adapter), as a reference for the mixed batch
         expected = {model_id: runtime.predict_unbatched(model_id, path, [text])[0] for model_id, path in paths.items()}
+        base = runtime.load("ft:lora0", paths["ft:lora0"]).base
+        assert base is not None
+        (batcher,) = runtime._base_batchers.values()
         results: dict[str, object] = {}
         threads = [
             threading.Thread(target=lambda m=m, p=p: results.__setitem__(m, runtime.predict(m, p, [text])[0]))
             for m, p in paths.items()
         ]
-        for t in threads:
-            t.start()
-        for t in threads:
+        # Keep the base busy with a first request, so the three queue up behind it (a lone
+        # request on an idle model runs at once, without waiting for company).
+        with base.lock:
+            first = threading.Thread(target=runtime.predict, args=("ft:lora0", paths["ft:lora0"], [text]))
+            first.start()
+            wait_until(lambda: batcher.in_flight == 1)
+            for t in threads:
+                t.start()
+            wait_until(lambda: batcher.queue_depth == 3)
+        for t in (first, *threads):
             t.join()
-        assert sizes == [3]  # three tenants' requests, one forward pass
+        assert sizes == [1, 3]  # three tenants' requests, one forward pass
         for model_id, prediction in results.items():
             assert prediction.probabilities == pytest.approx(expected[model_id].probabilities, abs=1e-5)
         assert expected["ft:lora0"].probabilities != pytest.approx(expected["ft:lora1"].probabilities, abs=1e-3)
     finally:
         runtime.close()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from transformers import BertForSequenceClassification
 from tests.serving import builders
 from tunery_contract import TaskKind
 from tunery_worker.serving import ArtifactError, InferenceRuntime, PredictionInput
+from tunery_worker.serving.models import forward_by_length, length_groups, model_inputs
 from tunery_worker.serving.runtime import default_batch_runners, usable_cpus
 
 LABELS = ("billing", "shipping", "refund")
@@ -195,3 +197,38 @@ def test_default_batch_runners_follow_the_cores():
     assert default_batch_runners(torch.device("cpu"), torch_threads=cores) == 1
     assert default_batch_runners(torch.device("cpu"), torch_threads=cores * 4) == 1
     assert default_batch_runners(torch.device("cuda"), torch_threads=1) == 1
+
+
+def test_length_groups_cover_every_row_once_and_split_only_when_it_pays():
+    short_and_long = [12] * 31 + [82]
+    groups = length_groups(short_and_long)
+    assert groups == [list(range(31)), [31]]  # the long row no longer pads the 31 short ones
+    assert length_groups([9] * 32) == [list(range(32))]  # equal lengths: one pass
+    mixed = [9, 8, 13, 7, 12, 8, 9, 10] * 4
+    groups = length_groups(mixed)
+    assert sorted(r for g in groups for r in g) == list(range(32))
+    for earlier, later in itertools.pairwise(groups):
+        assert max(mixed[r] for r in earlier) <= min(mixed[r] for r in later)
+    assert length_groups([5]) == [[0]]
+
+
+@pytest.mark.parametrize("name", ["classifier", "tagger"])
+def test_forward_by_length_gives_the_logits_of_one_padded_pass(artifacts, name):
+    runtime = InferenceRuntime()
+    try:
+        model = runtime.load(f"ft:{name}", artifacts[name])
+        texts = ["hi", *TEXTS, "a long one " * 30]
+        encoded = model.encode([PredictionInput(t) for t in texts])
+        inputs = model_inputs(encoded, torch.device("cpu"))
+        assert len(length_groups(inputs["attention_mask"].sum(dim=1).tolist())) > 1
+        with torch.inference_mode():
+            whole = model.module(**inputs).logits.float()
+            grouped = forward_by_length(model.module, inputs)
+    finally:
+        runtime.close()
+    assert grouped.shape == whole.shape
+    mask = inputs["attention_mask"].bool()
+    if whole.dim() == 3:  # token level: only real positions carry meaning
+        assert torch.allclose(grouped[mask], whole[mask], atol=1e-5)
+    else:
+        assert torch.allclose(grouped, whole, atol=1e-5)

@@ -79,6 +79,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def in_flight(self) -> int:
+        """Batches running now."""
+        with self._state:
+            return self._in_flight
+
     def submit(self, item: ItemT) -> Future[ResultT]:
         future: Future[ResultT] = Future()
         if self._closed.is_set():

@@ -163,6 +163,54 @@ def model_inputs(encoded: Any, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in encoded.items() if k != "offset_mapping"}
 
 
+#: What one more forward pass costs, in padded tokens of work (small matrices run less efficiently):
+#: measured on MiniLM, one CPU thread, batches of 32 short texts (about 9 tokens, at most 13):
+#: two length groups were 12 % faster than one, four were slower.
+FORWARD_OVERHEAD_TOKENS = 64
+
+
+def length_groups(lengths: list[int], overhead_tokens: int = FORWARD_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Row indices split into groups of similar length, each padded only to its own longest row:
+    the split minimising padded tokens plus ``overhead_tokens`` per group (exact, over rows sorted
+    by length; a batch is at most a few dozen rows)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0] + [0] * len(order)  # best[j]: cost of the first j sorted rows
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        longest = lengths[order[j - 1]]
+        best[j], cut[j] = min((best[i] + (j - i) * longest + overhead_tokens, i) for i in range(j))
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def forward_by_length(module: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a right-padded batch, computed in length groups (``length_groups``) so short
+    rows are not padded to the longest one; rows come back in their order (token-level logits
+    past a group's width, all padding, are zeros). The same logits as one pass, up to float rounding."""
+    mask = inputs["attention_mask"]
+    lengths = mask.sum(dim=1).tolist()
+    groups = length_groups(lengths)
+    if len(groups) == 1:
+        return module(**inputs).logits.float().cpu()
+    logits: torch.Tensor | None = None
+    for rows in groups:
+        index = torch.tensor(rows, device=mask.device)
+        width = max(lengths[r] for r in rows)
+        part = module(**{k: v[index, :width] for k, v in inputs.items()}).logits.float().cpu()
+        if logits is None:
+            token_level = (mask.shape[0], mask.shape[1], part.shape[-1])
+            logits = part.new_zeros(token_level if part.dim() == 3 else (mask.shape[0], part.shape[-1]))
+        if part.dim() == 3:  # token-level logits: (rows, positions, labels)
+            logits[index, :width] = part
+        else:
+            logits[index] = part
+    assert logits is not None
+    return logits
+
+
 class SharedBase:
     """One loaded base model carrying any number of tenants' LoRA adapters.
 
@@ -272,6 +320,8 @@ class LoadedModel:
     closed: bool = False
     #: What the weights are served in: "fp32", or "int8" (dynamically quantized at load).
     precision: str = "fp32"
+    #: On CPU, run batches in groups of similar length (forward_by_length).
+    group_by_length: bool = True
 
     @property
     def kind(self) -> TaskKind:
@@ -334,6 +384,8 @@ class LoadedModel:
 
         def forward(module: Any) -> torch.Tensor:
             with torch.inference_mode():
+                if self.group_by_length and self.device.type == "cpu" and self.tokenizer.padding_side == "right":
+                    return forward_by_length(module, inputs)
                 return module(**inputs).logits.float().cpu()
 
         if self.base is not None:  # switching adapters changes the shared base: one pass at a time

@@ -92,6 +92,7 @@ class InferenceRuntime:
         max_wait_seconds: float = 0.005,
         batch_runners: int | None = None,
         precision: str = "fp32",
+        group_by_length: bool = True,
         device: str | None = None,
         share_lora_bases: bool = True,
         observer: RuntimeObserver | None = None,
@@ -99,12 +100,14 @@ class InferenceRuntime:
     ) -> None:
         """``batch_runners``: batches of one whole model run at once (None: ``default_batch_runners``).
         ``precision``: how whole encoder models are served unless a call asks otherwise ("fp32",
-        or "int8": dynamic quantization at load, CPU only)."""
+        or "int8": dynamic quantization at load, CPU only). ``group_by_length``: on CPU, run a batch
+        in groups of similar length (``forward_by_length``) rather than padded to its longest text."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_runners = batch_runners or default_batch_runners(self.device)
         self.precision = precision
+        self.group_by_length = group_by_length
         self.max_batch_size = max_batch_size
         self.max_wait_seconds = max_wait_seconds
         self.share_lora_bases = share_lora_bases
@@ -217,6 +220,7 @@ class InferenceRuntime:
         log.info("loading model %s from %s (%s)", model_id, path, precision)
         model = load_model(model_id, info, self.device, shared_base=self._shared_base, precision=precision)
         model.on_close = self._release_base
+        model.group_by_length = self.group_by_length
         if info.kind is TaskKind.CAUSAL_LM:
             return _Served(model, path, None)
         if model.base is not None:
