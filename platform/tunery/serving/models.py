@@ -28,7 +28,8 @@ class Deployment(models.Model):
     #: The model's task kind (tunery_contract.TaskKind value), read from its artifact.
     kind = models.CharField(max_length=40, blank=True)
     #: "int8" or "fp32" to override TUNERY_SERVING_PRECISION for this model; blank: the server's.
-    precision = models.CharField(max_length=8, blank=True)
+    #: Read on every prediction, so a change (API or admin) reloads the model on its next request.
+    precision = models.CharField(max_length=8, blank=True, choices=[("fp32", "fp32"), ("int8", "int8")])
     created_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='deployment',
             name='precision',
-            field=models.CharField(blank=True, max_length=8),
+            field=models.CharField(blank=True, choices=[("fp32", "fp32"), ("int8", "int8")], max_length=8),
         ),
     ]
