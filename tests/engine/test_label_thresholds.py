@@ -175,3 +175,24 @@ def test_an_artifact_with_thresholds_for_other_labels_is_refused(tmp_path, tiny_
     path.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="label_thresholds must name each of the labels"):
         read_artifact(result.artifact_dir)
+
+
+def test_the_quality_report_scores_served_answers_at_the_fitted_thresholds_and_at_half(tmp_path, tiny_bert):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "quality_report.py"
+    spec = importlib.util.spec_from_file_location("quality_report", path)
+    report = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = report  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(report)
+
+    fitted, validation = run(tmp_path, tiny_bert, "fitted", "auto")
+    half, _ = run(tmp_path, tiny_bert, "half", None)
+    task = tiny_task(TaskKind.MULTI_LABEL_CLASSIFICATION, labels=LABELS)
+    served, at_half = report._served_multilabel_metrics(task, fitted.artifact_dir, validation)
+    assert served["micro_f1"] == pytest.approx(fitted.metrics["micro_f1"], abs=1e-9)
+    assert served["macro_f1"] == pytest.approx(fitted.metrics["macro_f1"], abs=1e-9)
+    assert at_half["micro_f1"] == pytest.approx(half.metrics["micro_f1"], abs=1e-9)
+    assert at_half["macro_f1"] == pytest.approx(half.metrics["macro_f1"], abs=1e-9)
