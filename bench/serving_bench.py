@@ -1,22 +1,33 @@
 """Serving benchmark, side by side in one run:
 
-1. a MiniLM classifier (all-MiniLM-L6-v2 with a fresh 3-way head) answering short texts, with
-   dynamic micro-batching versus one request at a time, at concurrency 1, 8 and 64:
-   predictions per second, p50 and p99 latency;
-2. 20 tenants' LoRA adapters over one loaded MiniLM base versus 20 separately loaded (merged)
+1. a MiniLM classifier (all-MiniLM-L6-v2 with a fresh 3-way head) answering short texts (or
+   BANKING77 test messages, ``--texts banking77``) at concurrency 1, 8 and 64 (predictions per
+   second, p50 and p99 latency, CPU per prediction), in five configurations:
+   - one at a time: no batching, one forward pass at a time with ``--threads`` intra-op threads;
+   - batched fp32, 1 runner: micro-batching, one batch at a time with ``--threads`` threads;
+   - batched fp32, R runners: micro-batching, R batches at once with one thread each
+     (R = ``--runners``, default ``--threads``: the serving default, one runner per core);
+   - batched int8, R runners: the same with the encoder dynamically quantized to int8, and once
+     more without length groups (each batch padded to its longest text);
+2. fidelity of int8 against fp32 on real texts (BANKING77 test, from ../shared/data): a 77-way
+   head fitted on the frozen MiniLM's pooled features of BANKING77 train texts, then label
+   agreement, probability differences and accuracy of both precisions (``--fidelity-artifact DIR``
+   measures a fine-tuned artifact instead);
+3. 20 tenants' LoRA adapters over one loaded MiniLM base versus 20 separately loaded (merged)
    models: bytes of weights held, process memory growth, and throughput at concurrency 64.
 
 Closed loop: each of C client threads sends one request, waits for the answer, sends the next.
 It measures the inference runtime in-process (what a web or inference process runs behind
 the HTTP layer), on CPU unless a GPU is present.
 
-    python bench/serving_bench.py                       # defaults: 1 torch thread
-    python bench/serving_bench.py --threads 4 --requests-per-client 32 --json out.json
+    python bench/serving_bench.py --threads 2           # the serving host's cores
+    python bench/serving_bench.py --threads 1 --skip-tenants --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import statistics
@@ -33,7 +44,9 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tunery_contract import TaskKind
-from tunery_worker.serving import ARTIFACT_FILE, InferenceRuntime, PredictionInput
+from tunery_worker.serving import ARTIFACT_FILE, InferenceRuntime, PredictionInput, read_artifact
+
+BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "customer_service" / "banking77"
 
 LABELS = ("billing", "shipping", "refund")
 SUBJECTS = ["my parcel", "the invoice", "my refund", "the order", "my card", "the delivery", "my account", "the return"]
@@ -113,9 +126,13 @@ def rss_bytes() -> int:
 
 
 def closed_loop(
-    runtime: InferenceRuntime, targets: list[tuple[str, Path]], concurrency: int, per_client: int
+    runtime: InferenceRuntime,
+    targets: list[tuple[str, Path]],
+    concurrency: int,
+    per_client: int,
+    texts: list[str] | None = None,
 ) -> dict[str, float]:
-    texts = short_texts(512)
+    texts = texts or short_texts(512)
     latencies: list[float] = []
     lock = threading.Lock()
     barrier = threading.Barrier(concurrency + 1)
@@ -159,24 +176,187 @@ def warm(runtime: InferenceRuntime, targets: list[tuple[str, Path]]) -> None:
             runtime.predict_unbatched(model_id, path, [PredictionInput(t) for t in short_texts(size)])
 
 
+def variants(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """(name, torch threads, max batch, runners, precision) of each configuration measured."""
+    runners = args.runners or args.threads
+    plural = "s" if runners > 1 else ""
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+    configurations = [
+        {"mode": "one at a time", "threads": args.threads, "batch": 1, "runners": 1, "precision": "fp32"},
+        {
+            "mode": f"batched fp32, 1 runner x {threads}",
+            "threads": args.threads,
+            "batch": args.max_batch,
+            "runners": 1,
+            "precision": "fp32",
+        },
+        {
+            "mode": f"batched fp32, {runners} runner{plural} x 1 thread",
+            "threads": 1,
+            "batch": args.max_batch,
+            "runners": runners,
+            "precision": "fp32",
+        },
+        {
+            "mode": f"batched int8, {runners} runner{plural} x 1 thread",
+            "threads": 1,
+            "batch": args.max_batch,
+            "runners": runners,
+            "precision": "int8",
+        },
+    ]
+    configurations.append(
+        {**configurations[-1], "mode": f"{configurations[-1]['mode']}, no length groups", "group_by_length": False}
+    )
+    if runners == 1 and args.threads == 1:  # "fp32, 1 runner" is measured once
+        del configurations[2]
+    return configurations
+
+
 def bench_batching(classifier: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    texts = banking77("test", 512)[0] if args.texts == "banking77" else short_texts(512)
     rows = []
     for concurrency in args.concurrency:
-        for mode, batch_size in (("one at a time", 1), ("micro-batched", args.max_batch)):
-            runtime = InferenceRuntime(max_batch_size=batch_size, max_wait_seconds=args.max_wait_ms / 1000)
+        for variant in variants(args):
+            torch.set_num_threads(variant["threads"])
+            runtime = InferenceRuntime(
+                max_batch_size=variant["batch"],
+                max_wait_seconds=args.max_wait_ms / 1000,
+                batch_runners=variant["runners"],
+                precision=variant["precision"],
+                group_by_length=variant.get("group_by_length", True),
+            )
             targets = [("ft:minilm", classifier)]
             warm(runtime, targets)
             per_client = max(args.requests_per_client, args.min_requests // concurrency)
-            result = closed_loop(runtime, targets, concurrency, per_client)
+            result = closed_loop(runtime, targets, concurrency, per_client, texts)
             runtime.close()
-            rows.append({"concurrency": concurrency, "mode": mode, **result})
+            rows.append({"concurrency": concurrency, **variant, **result})
             print(
-                f"  c={concurrency:<3} {mode:<14} {result['predictions_per_s']:8.1f}/s  "
+                f"  c={concurrency:<3} {variant['mode']:<50} {result['predictions_per_s']:8.1f}/s  "
                 f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
                 f"CPU {result['cpu_ms_per_prediction']:5.1f} ms/prediction",
                 flush=True,
             )
+    torch.set_num_threads(args.threads)
     return rows
+
+
+def print_batching_table(rows: list[dict[str, Any]]) -> None:
+    print("\n| concurrency | mode | predictions/s | vs one at a time | p50 ms | p99 ms | CPU ms / prediction |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        single = next(r for r in rows if r["concurrency"] == row["concurrency"] and r["mode"] == "one at a time")
+        ratio = row["predictions_per_s"] / single["predictions_per_s"]
+        print(
+            f"| {row['concurrency']} | {row['mode']} | {row['predictions_per_s']:.1f} | {ratio:.2f}x | "
+            f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['cpu_ms_per_prediction']:.1f} |"
+        )
+    top = max(r["concurrency"] for r in rows)
+    for row in rows:
+        if row["concurrency"] != top or row["mode"] == "one at a time":
+            continue
+        single = next(r for r in rows if r["concurrency"] == top and r["mode"] == "one at a time")
+        ratio = row["predictions_per_s"] / single["predictions_per_s"]
+        met = ratio >= 3 and row["p99_ms"] < 100
+        print(
+            f"c={top} {row['mode']}: {ratio:.2f}x the throughput of one at a time, p99 {row['p99_ms']:.1f} ms "
+            f"-> target (>= 3x, p99 < 100 ms) {'met' if met else 'NOT met'}"
+        )
+
+
+def banking77(split: str, limit: int, per_label: int | None = None) -> tuple[list[str], list[str]]:
+    """Texts and labels of a BANKING77 split: the first ``limit`` rows, or ``per_label`` per label."""
+    with (BANKING77 / f"{split}.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if per_label is not None:
+        counts: dict[str, int] = {}
+        chosen = []
+        for row in rows:
+            if counts.get(row["label"], 0) < per_label:
+                counts[row["label"]] = counts.get(row["label"], 0) + 1
+                chosen.append(row)
+        rows = chosen
+    else:
+        rows = random.Random(0).sample(rows, min(limit, len(rows)))
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def fitted_banking77_classifier(root: Path, base: Path, args: argparse.Namespace) -> Path:
+    """MiniLM with a 77-way head fitted (softmax regression) on its frozen pooled features of
+    ``--fit-per-label`` BANKING77 train texts per label: a classifier with real decision margins."""
+    texts, labels = banking77("train", 0, per_label=args.fit_per_label)
+    names = sorted(set(labels))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base), num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    ).eval()
+    features = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            encoded = tokenizer(
+                texts[start : start + 64], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
+            features.append(model.bert(**encoded).pooler_output)
+    x = torch.cat(features)
+    y = torch.tensor([names.index(label) for label in labels])
+    torch.manual_seed(0)
+    head = torch.nn.Linear(x.shape[1], len(names))
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(x), y) + 1e-4 * head.weight.pow(2).sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        model.classifier.weight.copy_(head.weight)
+        model.classifier.bias.copy_(head.bias)
+    target = root / "banking77-classifier"
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    write_manifest(target, base_model=str(base), label_names=names)
+    return target
+
+
+def bench_fidelity(artifact: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """int8 against fp32 on BANKING77 test texts: labels, probabilities, accuracy."""
+    texts, labels = banking77("test", args.fidelity_texts)
+    torch.set_num_threads(args.threads)
+    names = read_artifact(artifact).label_names
+    outputs = {}
+    for precision in ("fp32", "int8"):
+        runtime = InferenceRuntime(precision=precision, batch_runners=1)
+        predictions = []
+        for start in range(0, len(texts), 32):
+            batch = [PredictionInput(t) for t in texts[start : start + 32]]
+            predictions.extend(runtime.predict_unbatched("ft:fidelity", artifact, batch))
+        runtime.close()
+        outputs[precision] = torch.tensor([p.probabilities for p in predictions])
+    fp32, int8 = outputs["fp32"], outputs["int8"]
+    agree = (fp32.argmax(1) == int8.argmax(1)).float().mean().item()
+    diff = (fp32 - int8).abs()
+    top = fp32.max(1).values
+    gold = torch.tensor([names.index(label) if label in names else -1 for label in labels])
+    result = {
+        "texts": len(texts),
+        "label_agreement": agree,
+        "max_abs_probability_diff": diff.max().item(),
+        "mean_abs_top_probability_diff": (top - int8.gather(1, fp32.argmax(1, keepdim=True)).squeeze(1))
+        .abs()
+        .mean()
+        .item(),
+        "p99_abs_probability_diff": diff.max(1).values.quantile(0.99).item(),
+        "fp32_accuracy": (fp32.argmax(1) == gold).float().mean().item(),
+        "int8_accuracy": (int8.argmax(1) == gold).float().mean().item(),
+    }
+    print(
+        f"  {result['texts']} BANKING77 test texts: int8 agrees with fp32 on {agree:.2%} of labels; "
+        f"probability difference max {result['max_abs_probability_diff']:.4f}, "
+        f"p99 {result['p99_abs_probability_diff']:.4f}; accuracy fp32 {result['fp32_accuracy']:.2%}, "
+        f"int8 {result['int8_accuracy']:.2%}",
+        flush=True,
+    )
+    return result
 
 
 def serve_tenants(paths: list[Path], share: bool, args: dict[str, Any], out: Any) -> None:
@@ -187,6 +367,7 @@ def serve_tenants(paths: list[Path], share: bool, args: dict[str, Any], out: Any
         max_bytes=64 * 1024**3,
         max_batch_size=args["max_batch"],
         max_wait_seconds=args["max_wait_ms"] / 1000,
+        batch_runners=1,  # as before: one batch at a time per model (a shared base runs one anyway)
         share_lora_bases=share,
     )
     targets = [(f"ft:tenant{i}", p) for i, p in enumerate(paths)]
@@ -225,14 +406,25 @@ def bench_tenants(adapters: list[Path], merged: list[Path], args: argparse.Names
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the cores to use)")
+    parser.add_argument("--runners", type=int, default=0, help="parallel batch runners (default: --threads)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--requests-per-client", type=int, default=8)
     parser.add_argument("--min-requests", type=int, default=512, help="at least this many requests per cell")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--texts",
+        choices=("synthetic", "banking77"),
+        default="synthetic",
+        help="throughput texts: generated 5-12 word messages, or BANKING77 test messages (real, 4-80 tokens)",
+    )
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--skip-tenants", action="store_true")
+    parser.add_argument("--skip-fidelity", action="store_true")
+    parser.add_argument("--fidelity-texts", type=int, default=1000, help="BANKING77 test texts compared")
+    parser.add_argument("--fit-per-label", type=int, default=20, help="BANKING77 train texts per label for the head")
+    parser.add_argument("--fidelity-artifact", type=Path, help="a fine-tuned BANKING77 artifact to compare instead")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -241,27 +433,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}, torch threads {args.threads}, max batch {args.max_batch}, max wait {args.max_wait_ms} ms")
     results: dict[str, Any] = {
         "device": device,
+        "texts": args.texts,
         "threads": args.threads,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        print("MiniLM classifier, short texts: one request at a time vs micro-batching")
+        print(f"MiniLM classifier, {args.texts} short texts: one request at a time vs micro-batching")
         results["batching"] = bench_batching(build_classifier(root, base), args)
+        print_batching_table(results["batching"])
+        if not args.skip_fidelity:
+            print("\nint8 fidelity against fp32 on real texts")
+            artifact = args.fidelity_artifact or fitted_banking77_classifier(root, base, args)
+            results["fidelity"] = bench_fidelity(artifact, args)
         if not args.skip_tenants:
             print(f"{args.tenants} tenants at concurrency 64: LoRA adapters over one base vs separately loaded models")
             adapters, merged = build_tenants(root, base, args.tenants)
             results["tenants"] = bench_tenants(adapters, merged, args)
-    by_cell = {(r["concurrency"], r["mode"]): r for r in results["batching"]}
-    for concurrency in args.concurrency:
-        single, batched = by_cell[(concurrency, "one at a time")], by_cell[(concurrency, "micro-batched")]
-        ratio = batched["predictions_per_s"] / single["predictions_per_s"]
-        cpu_ratio = single["cpu_ms_per_prediction"] / batched["cpu_ms_per_prediction"]
-        print(
-            f"c={concurrency}: micro-batching gives {ratio:.2f}x the throughput (p99 {batched['p99_ms']:.1f} ms) "
-            f"and needs {cpu_ratio:.2f}x less CPU per prediction"
-        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
