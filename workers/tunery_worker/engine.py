@@ -29,7 +29,14 @@ from tunery_worker.callbacks import Cancelled, EarlyStopping, Paused, ProgressEv
 from tunery_worker.config import JobSpec, TrainConfig, resolve, steps_per_epoch
 from tunery_worker.data import data_fingerprint, encode_cached, epoch_batches, eval_batches, load_rows, split_validation
 from tunery_worker.errors import ConfigError, LabelError, ModelLoadError, NonFiniteLoss
-from tunery_worker.modeling import apply_lora, count_parameters, load_tokenizer, read_model_config
+from tunery_worker.modeling import (
+    apply_lora,
+    bernoulli_is_vectorised,
+    count_parameters,
+    load_tokenizer,
+    read_model_config,
+    use_cpu_dropout,
+)
 from tunery_worker.tasks import Encoded, TaskAdapter, adapter_for
 
 log = logging.getLogger(__name__)
@@ -278,6 +285,8 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
         if config.training_type == "lora" and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.to(device)
+    if device.type == "cpu" and not bernoulli_is_vectorised():
+        use_cpu_dropout(model)
 
     cache_dir = output_dir / "cache"
     max_length = int(config.max_length)
@@ -328,6 +337,8 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     epoch, batch_position, non_finite = 0, 0, 0
     best_metrics: dict[str, float] = {}
     best_path: Path | None = None
+    # the best evaluation's trainable weights, kept in memory so the end of the run needs no disk read
+    best_weights: dict[str, torch.Tensor] | None = None
     trained_tokens = 0
     loaded = ckpt.latest_valid_checkpoint(checkpoint_root)
     if loaded is not None:
@@ -392,7 +403,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
 
     def evaluate() -> dict[str, float]:
         return _evaluate(
-            model, adapter, val_data, val_rows, label_names, device, precision, batch_size * 2, task, pad_id
+            model, adapter, val_data, val_rows, label_names, device, precision, batch_size * 2, task, pad_id, dist
         )
 
     def write_checkpoint(metrics: Mapping[str, float] | None, is_best: bool) -> Path:
@@ -422,7 +433,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
         return path
 
     def run_evaluation() -> tuple[dict[str, float], bool]:
-        nonlocal best_metrics, last_eval_step
+        nonlocal best_metrics, best_weights, last_eval_step
         metrics = evaluate()
         last_eval_step = state.step
         if task.selection_metric not in metrics:
@@ -438,6 +449,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
             state.best_metric, state.best_step = value, state.step
             state.evaluations_without_improvement = 0
             best_metrics = dict(metrics)
+            best_weights = {name: p.clone() for name, p in ckpt.trainable_state(model).items()}
         else:
             state.evaluations_without_improvement += 1
         hooks.on_evaluate(state.step, metrics)
@@ -540,7 +552,10 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
             if has_validation and (state.step % eval_every == 0 or state.step == total_steps):
                 metrics, improved = run_evaluation()
                 model.train()
-            if state.step % checkpoint_every == 0 or improved:
+            # no resume checkpoint at the step that ends the run: the artifact follows at once, and
+            # the best weights are in memory
+            run_over = state.step >= total_steps or state.should_stop
+            if not run_over and (state.step % checkpoint_every == 0 or improved):
                 write_checkpoint(metrics, improved)
             if time.monotonic() - last_heartbeat > HEARTBEAT_SECONDS:
                 if dist.is_main:
@@ -559,13 +574,14 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
 
     # ---- best weights and artifact ------------------------------------------------------------
     if has_validation and last_eval_step != state.step:
-        _, improved = run_evaluation()
-        if improved:
-            write_checkpoint(best_metrics, True)
+        run_evaluation()
     if has_validation and state.best_step is not None and state.best_step != state.step:
-        if best_path is None or not best_path.is_dir():
-            raise ModelLoadError(f"the best checkpoint (step {state.best_step}) is missing")
-        ckpt.load_trainable_state(model, ckpt.load_checkpoint(best_path).weights)
+        if best_weights is None:  # the best evaluation was before a resume: it is on disk
+            if best_path is None or not best_path.is_dir():
+                raise ModelLoadError(f"the best checkpoint (step {state.best_step}) is missing")
+            best_weights = ckpt.load_checkpoint(best_path).weights
+        ckpt.load_trainable_state(model, best_weights)
+    best_weights = None
     if config.label_thresholds == "auto":  # multi-label: fitted on validation with the selected weights
         if has_validation:
             evaluate()  # the adapter keeps this pass's validation scores
@@ -620,8 +636,13 @@ def _evaluate(
     batch_size: int,
     task: Any,
     pad_id: int,
+    dist: _Distributed | None = None,
 ) -> dict[str, float]:
-    """Evaluate in length order under inference_mode; EvalOutput rows come back in file order."""
+    """Evaluate in length order under inference_mode; EvalOutput rows come back in file order.
+
+    Under DDP each rank evaluates every world_size-th batch and the ranks exchange their outputs, so
+    every rank computes the same metrics (selection and early stopping agree) from the whole split.
+    """
     was_training = model.training
     model.eval()
     n = len(data.features)
@@ -630,8 +651,11 @@ def _evaluate(
     y_pred: list[Any] = []
     scores: list[Any] | None = []
     loss_sum = 0.0
+    batches = eval_batches(data.lengths, batch_size)
+    if dist is not None and dist.enabled:
+        batches = batches[dist.rank :: dist.world_size]
     with torch.inference_mode(), _autocast(device, precision):
-        for indices in eval_batches(data.lengths, batch_size):
+        for indices in batches:
             batch = _to_device(adapter.collate([data.features[i] for i in indices], pad_id), device)
             logits = adapter.forward(model, batch)
             loss_sum += float(adapter.loss(logits, batch)) * len(indices)
@@ -645,6 +669,20 @@ def _evaluate(
                 scores.extend(decoded.scores)
     if was_training:
         model.train()
+    if dist is not None and dist.enabled:
+        shards: list[Any] = [None] * dist.world_size
+        torch.distributed.all_gather_object(shards, (order, y_true, y_pred, scores, loss_sum))
+        order, y_true, y_pred, loss_sum = [], [], [], 0.0
+        scores = []
+        for shard_order, shard_true, shard_pred, shard_scores, shard_loss in shards:
+            order.extend(shard_order)
+            y_true.extend(shard_true)
+            y_pred.extend(shard_pred)
+            loss_sum += shard_loss
+            if shard_scores is None:
+                scores = None
+            elif scores is not None:
+                scores.extend(shard_scores)
     position = np.argsort(np.asarray(order, dtype=np.int64), kind="stable")
 
     def reorder(values: list[Any]) -> list[Any]:
