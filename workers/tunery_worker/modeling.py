@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from tunery_worker.errors import ConfigError, ModelLoadError
@@ -121,3 +123,48 @@ def apply_lora(model: PreTrainedModel, config: TrainConfig, task_type: str) -> t
         task_type=task_type,
     )
     return get_peft_model(model, lora_config)
+
+
+class CpuDropout(torch.nn.Dropout):
+    """``nn.Dropout`` whose training mask comes from numpy's PCG64 in bulk instead of
+    ``Tensor.bernoulli_``: torch uses MKL's vectorised Bernoulli only on Intel CPUs and elsewhere
+    (AMD) draws element by element, about 18 ns each, 3-4x slower than this. The generator is seeded
+    from torch's, so a checkpoint's RNG state still replays the same masks. Same ``p``, same
+    expectation; eval mode, ``p == 0`` and non-CPU tensors take ``nn.Dropout``'s own path."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0 or self.p >= 1 or input.device.type != "cpu":
+            return super().forward(input)
+        keep = _keep_mask(input.shape, self.p).to(input.dtype).mul_(1.0 / (1.0 - self.p))
+        return input.mul_(keep) if self.inplace else input * keep
+
+
+def _keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    count = math.prod(shape)
+    seed = int(torch.randint(0, 2**62, (1,)))
+    raw = np.random.PCG64(seed).random_raw((count + 1) // 2)  # 64 random bits = two int32 draws
+    bits = torch.from_numpy(raw.view(np.int32)[:count]).view(shape)
+    return bits.ge(-(2**31) + round(p * 2**32))  # P(keep) = 1 - p to within 2**-32
+
+
+def bernoulli_is_vectorised() -> bool:
+    """torch draws Bernoulli masks with MKL only on Intel CPUs (a vendor check in ATen); decided by
+    vendor, not by timing, so that a paused and resumed run takes the same path."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "GenuineIntel" in cpuinfo
+
+
+def use_cpu_dropout(model: torch.nn.Module) -> int:
+    """Switch the model's ``nn.Dropout`` modules to :class:`CpuDropout` (no weights change; the
+    saved artifact is the same); returns how many were switched."""
+    switched = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Dropout and module.p > 0:
+            module.__class__ = CpuDropout
+            switched += 1
+    return switched
