@@ -19,7 +19,7 @@ validates on is the next rows of the same shuffle, never test rows.
 
 usage (from the repository root):
   python bench/engine_vs_trainer.py [--max-rows 2000] [--epochs 3] [--lr 5e-5] [--batch-size 32]
-         [--random-init] [--device auto|cpu|cuda] [--threads N] [--only engine|baseline]
+         [--random-init] [--device auto|cpu|cuda] [--threads N] [--only engine|baseline] [--runs N]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -289,6 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--work-dir", type=Path, help="where data copies, logs and artifacts go (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--runs", type=int, default=1, help="measure both sides this many times, in turn")
     ap.add_argument("--engine-child", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -315,6 +317,40 @@ def main(argv: list[str] | None = None) -> int:
     env = child_env(args)
     print(f"work dir {work}; {len(chosen)} training rows, {tokens} tokens; model {model_dir}", file=sys.stderr)
 
+    runs = []
+    for run in range(1, args.runs + 1):
+        out = work / f"run{run}" if args.runs > 1 else work
+        baseline, engine = run_pair(args, model_dir, work, out, env, labels)
+        for side in (baseline, engine):
+            if side is None:
+                continue
+            rows = side.get("train_rows") or len(chosen)
+            side["train_tokens_per_s"] = round(tokens * (rows / len(chosen)) * args.epochs / side["train_seconds"])
+            side["train_samples_per_s"] = round(rows * args.epochs / side["train_seconds"], 1)
+        if args.runs > 1:
+            print(f"run {run} of {args.runs}")
+        print(table(baseline, engine), flush=True)
+        runs.append({"baseline": baseline, "engine": engine})
+    if args.runs > 1:
+        print(summary(runs))
+    result = {
+        "runs": runs,
+        "tokens": tokens,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(json.dumps(result))
+    return 0
+
+
+def run_pair(
+    args: argparse.Namespace, model_dir: str, data: Path, work: Path, env: dict[str, str], labels: tuple[str, ...]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """One measurement of each side (the baseline first unless --concurrent): ``data`` holds the
+    engine's train/validation copies, ``work`` gets this run's logs and engine output."""
+    work.mkdir(parents=True, exist_ok=True)
+    train_path, test_path = args.data_dir / "train.csv", args.data_dir / "test.csv"
     baseline = engine = None
     children: dict[str, Child] = {}
     if args.only != "engine":
@@ -332,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         params = {
             "model_dir": engine_model,
             "labels": labels,
-            "train_file": str(work / "train.csv"),
-            "validation_file": str(work / "validation.csv") if held_out else None,
+            "train_file": str(data / "train.csv"),
+            "validation_file": str(data / "validation.csv") if (data / "validation.csv").is_file() else None,
             "test_file": str(test_path),
             "output_dir": str(work / "engine-run"),
             "epochs": args.epochs,
@@ -348,23 +384,24 @@ def main(argv: list[str] | None = None) -> int:
         engine = children["engine"].result()
     if args.concurrent and "baseline" in children:
         baseline = children["baseline"].result()
-    for side in (baseline, engine):
-        if side is None:
-            continue
-        rows = side.get("train_rows") or len(chosen)
-        side["train_tokens_per_s"] = round(tokens * (rows / len(chosen)) * args.epochs / side["train_seconds"])
-        side["train_samples_per_s"] = round(rows * args.epochs / side["train_seconds"], 1)
-    print(table(baseline, engine))
-    result = {
-        "baseline": baseline,
-        "engine": engine,
-        "tokens": tokens,
-        "args": {k: str(v) for k, v in vars(args).items()},
-    }
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(json.dumps(result))
-    return 0
+    return baseline, engine
+
+
+def summary(runs: list[dict[str, Any]]) -> str:
+    """The per-run samples/s ratio and accuracies, and the median ratio."""
+    lines, ratios = [], []
+    for i, run in enumerate(runs, 1):
+        b, e = run["baseline"] or {}, run["engine"] or {}
+        if b.get("train_samples_per_s") and e.get("train_samples_per_s"):
+            ratio = e["train_samples_per_s"] / b["train_samples_per_s"]
+            ratios.append(ratio)
+            lines.append(
+                f"run {i}: samples/s {b['train_samples_per_s']} / {e['train_samples_per_s']} = {ratio:.2f}x; "
+                f"test accuracy {b.get('test_accuracy')} / {e.get('test_accuracy')}"
+            )
+    if ratios:
+        lines.append(f"samples/s ratio: median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
