@@ -10,6 +10,8 @@ holding every required field, ``field_recall`` the share of all required fields 
 (``EvalOutput.y_true`` = the instructions, ``y_pred`` = the drafts) besides the validation loss.
 
 Tenant configuration: ``{"label_threshold": 0.5}`` (probability above which a clause label is given).
+Served probabilities are shifted so that 0.5 is each category's threshold fitted on validation by the
+engine (``label_thresholds`` in the artifact), so the default answers as the metrics were measured.
 """
 
 from __future__ import annotations
