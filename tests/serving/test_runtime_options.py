@@ -55,6 +55,7 @@ def artifacts(tmp_path_factory):
         "tagger": builders.full_artifact(root / "ner", TaskKind.TOKEN_CLASSIFICATION, TAGS),
         "chat": builders.full_artifact(root / "chat", TaskKind.CAUSAL_LM),
         "lora": builders.lora_artifact(root / "lora", base, LABELS, seed=5),
+        "lora2": builders.lora_artifact(root / "lora2", base, LABELS, seed=6),
     }
 
 
@@ -232,3 +233,30 @@ def test_forward_by_length_gives_the_logits_of_one_padded_pass(artifacts, name):
         assert torch.allclose(grouped[mask], whole[mask], atol=1e-5)
     else:
         assert torch.allclose(grouped, whole, atol=1e-5)
+
+
+def test_mixed_adapter_batches_in_length_groups_answer_like_each_adapter_alone(artifacts):
+    runtime = InferenceRuntime()
+    try:
+        first = runtime.load("ft:lora", artifacts["lora"])
+        second = runtime.load("ft:lora2", artifacts["lora2"])
+        base = first.base
+        assert base is not None
+        assert second.base is base
+        texts = ["hi", "a long one " * 30, "refund please", "where is my parcel? " * 5, "top up failed"]
+        requests = [(first if i % 2 == 0 else second, PredictionInput(t)) for i, t in enumerate(texts)]
+        lengths = first.encode([item for _, item in requests])["attention_mask"].sum(dim=1).tolist()
+        assert len(length_groups(lengths)) > 1
+        mixed = base.predict_mixed(requests)
+        alone = [
+            runtime.predict_unbatched(model.model_id, artifacts["lora" if model is first else "lora2"], [item])[0]
+            for model, item in requests
+        ]
+        other = runtime.predict_unbatched("ft:lora2", artifacts["lora2"], [requests[0][1]])
+    finally:
+        runtime.close()
+    for together, single in zip(mixed, alone):
+        assert not isinstance(together, Exception)
+        assert together.probabilities == pytest.approx(single.probabilities, abs=1e-5)
+    # the two adapters answer differently, so each row must have gone through its own
+    assert mixed[0].probabilities != pytest.approx(other[0].probabilities, abs=1e-4)

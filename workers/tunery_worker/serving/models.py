@@ -186,20 +186,27 @@ def length_groups(lengths: list[int], overhead_tokens: int = FORWARD_OVERHEAD_TO
     return groups[::-1]
 
 
-def forward_by_length(module: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def forward_by_length(
+    module: Any, inputs: dict[str, torch.Tensor], per_row: dict[str, list[Any]] | None = None
+) -> torch.Tensor:
     """Logits of a right-padded batch, computed in length groups (``length_groups``) so short
     rows are not padded to the longest one; rows come back in their order (token-level logits
-    past a group's width, all padding, are zeros). The same logits as one pass, up to float rounding."""
+    past a group's width, all padding, are zeros). The same logits as one pass, up to float
+    rounding. ``per_row``: further keyword arguments with one entry per row (peft's
+    ``adapter_names``), split along with the rows."""
     mask = inputs["attention_mask"]
     lengths = mask.sum(dim=1).tolist()
     groups = length_groups(lengths)
+    per_row = per_row or {}
     if len(groups) == 1:
-        return module(**inputs).logits.float().cpu()
+        return module(**inputs, **per_row).logits.float().cpu()
     logits: torch.Tensor | None = None
     for rows in groups:
         index = torch.tensor(rows, device=mask.device)
         width = max(lengths[r] for r in rows)
-        part = module(**{k: v[index, :width] for k, v in inputs.items()}).logits.float().cpu()
+        sliced = {k: v[index, :width] for k, v in inputs.items()}
+        extra = {k: [values[r] for r in rows] for k, values in per_row.items()}
+        part = module(**sliced, **extra).logits.float().cpu()
         if logits is None:
             token_level = (mask.shape[0], mask.shape[1], part.shape[-1])
             logits = part.new_zeros(token_level if part.dim() == 3 else (mask.shape[0], part.shape[-1]))
@@ -269,15 +276,13 @@ class SharedBase:
             first = requests[live[0]][0]
             items = [requests[i][1] for i in live]
             encoded = first.encode(items)
+            inputs = model_inputs(encoded, self.device)
+            names = [requests[i][0].adapter_name for i in live]
             with torch.inference_mode():
-                logits = (
-                    self.peft_model(
-                        **model_inputs(encoded, self.device),
-                        adapter_names=[requests[i][0].adapter_name for i in live],
-                    )
-                    .logits.float()
-                    .cpu()
-                )
+                if first.group_by_length and self.device.type == "cpu" and first.tokenizer.padding_side == "right":
+                    logits = forward_by_length(self.peft_model, inputs, per_row={"adapter_names": names})
+                else:
+                    logits = self.peft_model(**inputs, adapter_names=names).logits.float().cpu()
         for row, index in enumerate(live):
             model, item = requests[index]
             results[index] = model.decode(item, encoded, row, logits[row])
