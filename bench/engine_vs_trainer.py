@@ -9,7 +9,9 @@ Definitions, equal for both sides:
 - train seconds: the training loop (``Trainer.train()``; the engine from its first to last step,
   including its per-epoch evaluation on a small held-out slice and its checkpoints);
 - samples/s = training rows x epochs / train seconds; tokens/s likewise with the rows' real
-  (unpadded) token counts after truncation;
+  (unpadded) token counts after truncation; samples/CPU-s likewise per CPU-second of the process
+  in that window (the baseline script runs unmodified under a wrapper that times Trainer.train()),
+  which load from other processes on a shared machine inflates far less than wall time;
 - peak memory: the process's peak RSS (CPU) or peak allocated GPU memory;
 - accuracy and macro-F1 on the full test split.
 
@@ -139,11 +141,12 @@ def run_engine(params: dict[str, Any]) -> dict[str, Any]:
 
     class LoopTimer(TrainingCallback):
         def on_train_begin(self, state: Any) -> None:
-            self.started = time.monotonic()
+            self.started, self.cpu_started = time.monotonic(), time.process_time()
             self.first_step = state.step
 
         def on_train_end(self, state: Any) -> None:
             self.seconds = time.monotonic() - self.started
+            self.cpu_seconds = time.process_time() - self.cpu_started
 
     task = intent_task(tuple(params["labels"]))
     config = TrainConfig(
@@ -179,6 +182,7 @@ def run_engine(params: dict[str, Any]) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "train_rows": train_rows(task, params, config),
         "train_seconds": round(timer.seconds, 1),
+        "train_cpu_seconds": round(timer.cpu_seconds, 1),
         "end_to_end_seconds": round(total, 1),
         "steps": result.steps,
         "resolved_config": result.resolved_config.to_dict(),
@@ -199,11 +203,39 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def last_json_line(output: str) -> dict[str, Any]:
-    for line in reversed(output.strip().splitlines()):
+def json_lines(output: str) -> dict[str, Any]:
+    """The JSON object lines of a child's stdout, merged in order."""
+    merged: dict[str, Any] = {}
+    for line in output.strip().splitlines():
         if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError("no JSON result line in the output")
+            try:
+                merged.update(json.loads(line))
+            except json.JSONDecodeError:  # Trainer prints its own metrics as a Python dict
+                continue
+    if not merged:
+        raise RuntimeError("no JSON result line in the output")
+    return merged
+
+
+# Runs the unmodified baseline script and adds one line: the CPU seconds of Trainer.train() (the
+# process's CPU time, which other processes on a shared machine do not inflate the way they do wall time).
+BASELINE_CPU_TIMER = """
+import json, runpy, sys, time
+import transformers
+cpu = {}
+train = transformers.Trainer.train
+def timed_train(self, *args, **kwargs):
+    started = time.process_time()
+    try:
+        return train(self, *args, **kwargs)
+    finally:
+        cpu["train_cpu_seconds"] = round(time.process_time() - started, 1)
+transformers.Trainer.train = timed_train
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+print(json.dumps(cpu), flush=True)
+"""
 
 
 class Child:
@@ -220,9 +252,9 @@ class Child:
         if self.process.returncode != 0:
             tail = self.log_path.read_text(encoding="utf-8")[-3000:]
             raise RuntimeError(
-                f"{self.command[1]} failed (exit {self.process.returncode}); log {self.log_path}:\n{tail}"
+                f"{self.log_path.stem} failed (exit {self.process.returncode}); log {self.log_path}:\n{tail}"
             )
-        return last_json_line(stdout)
+        return json_lines(stdout)
 
 
 def count_tokens(model_dir: str, texts: list[str], max_length: int) -> int:
@@ -251,6 +283,8 @@ def table(baseline: dict[str, Any] | None, engine: dict[str, Any] | None) -> str
         ("train rows", "train_rows", False),
         ("train seconds", "train_seconds", False),
         ("samples/s", "train_samples_per_s", True),
+        ("train CPU s", "train_cpu_seconds", False),
+        ("samples/CPU-s", "train_samples_per_cpu_s", True),
         ("tokens/s", "train_tokens_per_s", True),
         ("peak RSS MB", "peak_rss_mb", False),
         ("peak GPU MB", "peak_gpu_mb", False),
@@ -327,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = side.get("train_rows") or len(chosen)
             side["train_tokens_per_s"] = round(tokens * (rows / len(chosen)) * args.epochs / side["train_seconds"])
             side["train_samples_per_s"] = round(rows * args.epochs / side["train_seconds"], 1)
+            if side.get("train_cpu_seconds"):
+                side["train_samples_per_cpu_s"] = round(rows * args.epochs / side["train_cpu_seconds"], 1)
         if args.runs > 1:
             print(f"run {run} of {args.runs}")
         print(table(baseline, engine), flush=True)
@@ -354,12 +390,13 @@ def run_pair(
     baseline = engine = None
     children: dict[str, Child] = {}
     if args.only != "engine":
-        command = [sys.executable, str(BASELINE_SCRIPT), "--model-dir", model_dir, "--train", str(train_path)]
+        command = [sys.executable, "-c", BASELINE_CPU_TIMER, str(BASELINE_SCRIPT), "--model-dir", model_dir]
+        command += ["--train", str(train_path)]
         command += ["--test", str(test_path), "--epochs", str(args.epochs), "--lr", str(args.lr)]
         command += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
         command += ["--seed", str(args.seed)] + (["--max-rows", str(args.max_rows)] if args.max_rows else [])
         command += ["--random-init"] if args.random_init else []
-        print("baseline: " + " ".join(command), file=sys.stderr)
+        print("baseline (CPU-timed): " + " ".join(command[3:]), file=sys.stderr)
         children["baseline"] = Child(command, env, work / "baseline.log")
         if not args.concurrent:
             baseline = children["baseline"].result()
@@ -389,18 +426,20 @@ def run_pair(
 
 def summary(runs: list[dict[str, Any]]) -> str:
     """The per-run samples/s ratio and accuracies, and the median ratio."""
-    lines, ratios = [], []
+    lines, ratios, cpu_ratios = [], [], []
     for i, run in enumerate(runs, 1):
         b, e = run["baseline"] or {}, run["engine"] or {}
         if b.get("train_samples_per_s") and e.get("train_samples_per_s"):
             ratio = e["train_samples_per_s"] / b["train_samples_per_s"]
             ratios.append(ratio)
-            lines.append(
-                f"run {i}: samples/s {b['train_samples_per_s']} / {e['train_samples_per_s']} = {ratio:.2f}x; "
-                f"test accuracy {b.get('test_accuracy')} / {e.get('test_accuracy')}"
-            )
-    if ratios:
-        lines.append(f"samples/s ratio: median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x")
+            line = f"run {i}: samples/s {b['train_samples_per_s']} / {e['train_samples_per_s']} = {ratio:.2f}x"
+            if b.get("train_samples_per_cpu_s") and e.get("train_samples_per_cpu_s"):
+                cpu_ratios.append(e["train_samples_per_cpu_s"] / b["train_samples_per_cpu_s"])
+                line += f", per CPU-second {cpu_ratios[-1]:.2f}x"
+            lines.append(line + f"; test accuracy {b.get('test_accuracy')} / {e.get('test_accuracy')}")
+    for title, values in (("samples/s ratio", ratios), ("samples/CPU-s ratio", cpu_ratios)):
+        if values:
+            lines.append(f"{title}: median {statistics.median(values):.2f}x, min {min(values):.2f}x")
     return "\n".join(lines)
 
 
