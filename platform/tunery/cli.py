@@ -149,8 +149,9 @@ class TuneryClient:
         return list(reversed(list(self._paginate(f"/fine_tuning/jobs/{job_id}/events"))))
 
     # serving
-    def deploy(self, model: str) -> dict[str, Any]:
-        return self.request("POST", "/deployments", json={"model": model})
+    def deploy(self, model: str, precision: str | None = None) -> dict[str, Any]:
+        body = {"model": model} if precision is None else {"model": model, "precision": precision}
+        return self.request("POST", "/deployments", json=body)
 
     def get_deployment(self, deployment_id: str) -> dict[str, Any]:
         return self.request("GET", f"/deployments/{deployment_id}")
@@ -478,10 +479,12 @@ def _cmd_models_list(client: TuneryClient, args: argparse.Namespace) -> None:
 
 
 def _cmd_deploy(client: TuneryClient, args: argparse.Namespace) -> None:
-    deployment = client.deploy(args.model)
+    deployment = client.deploy(args.model, args.precision)
     if args.json:
         return _print_json(deployment)
-    print(f"{deployment.get('id')}  {deployment.get('model')}  {deployment.get('status')}")
+    print(
+        f"{deployment.get('id')}  {deployment.get('model')}  {deployment.get('status')}  {deployment.get('precision')}"
+    )
 
 
 def _cmd_deployments_list(client: TuneryClient, args: argparse.Namespace) -> None:
@@ -559,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = commands.add_parser("deploy", help="deploy a fine-tuned model")
     deploy.add_argument("model", help="fine-tuned model id (ft:...)")
+    deploy.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        help="int8: serve an encoder model quantized on CPU (faster, slightly different scores); "
+        "default: the server's TUNERY_SERVING_PRECISION",
+    )
     deploy.set_defaults(run=_cmd_deploy)
     deployments = commands.add_parser("deployments", help="your deployments").add_subparsers(required=True)
     deployments.add_parser("list").set_defaults(run=_cmd_deployments_list)

@@ -249,6 +249,10 @@ def test_deploy_then_predict(cli, deployed_model_row):
     code, out, err = cli("deploy", deployed_model_row.id)
     assert code == 0, err
     assert "ready" in out
+    assert "fp32" in out
+    code, out, err = cli("deploy", deployed_model_row.id, "--precision", "int8")
+    assert code == 0, err
+    assert "int8" in out
     code, out, _ = cli("deployments", "list")
     assert deployed_model_row.id in out
 
