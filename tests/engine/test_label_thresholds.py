@@ -75,11 +75,11 @@ def imbalanced_rows(n: int, seed: int, absent: bool) -> list[dict]:
     return rows
 
 
-def run(tmp_path, tiny_bert, name: str, label_thresholds, kind=TaskKind.MULTI_LABEL_CLASSIFICATION):
+def run(tmp_path, tiny_bert, name: str, label_thresholds, kind=TaskKind.MULTI_LABEL_CLASSIFICATION, **task):
     validation = imbalanced_rows(200, seed=2, absent=False)
     spec = JobSpec(
         base_model=tiny_bert,
-        task=tiny_task(kind, labels=LABELS),
+        task=tiny_task(kind, labels=LABELS, **task),
         train_file=write_jsonl(tmp_path / "train.jsonl", imbalanced_rows(320, seed=1, absent=True)),
         validation_file=write_jsonl(tmp_path / "validation.jsonl", validation),
         output_dir=tmp_path / name,
@@ -139,6 +139,21 @@ def test_fitted_thresholds_do_at_least_as_well_on_validation_as_half(tmp_path, t
     assert min(gains) >= 0.0  # 0.5 is one of the cuts each label's fit chose from
     assert max(gains) > 0.0
     assert fitted.metrics["micro_f1"] >= half.metrics["micro_f1"]
+
+
+def agreement_with_half(out) -> dict[str, float]:
+    """A selection metric that only a flat 0.5 maximises: the share of decisions a 0.5 cut would make."""
+    cells = [(p, s >= 0.5) for pred, scores in zip(out.y_pred, out.scores, strict=True) for p, s in zip(pred, scores)]
+    return {"agreement": sum(bool(p) == half for p, half in cells) / len(cells)}
+
+
+def test_fitted_thresholds_that_lower_the_tasks_selection_metric_are_dropped(tmp_path, tiny_bert):
+    kept, _ = run(tmp_path, tiny_bert, "kept", "auto")
+    assert kept.resolved_config.label_thresholds != [0.5] * len(LABELS)  # the fit does move the cuts here
+    result, _ = run(tmp_path, tiny_bert, "dropped", "auto", metrics=agreement_with_half, selection_metric="agreement")
+    assert result.resolved_config.label_thresholds is None
+    assert result.metrics["agreement"] == 1.0
+    assert "label_thresholds" not in json.loads((result.artifact_dir / "tunery_artifact.json").read_text())
 
 
 def test_fixed_thresholds_of_the_job_are_used_as_given(tmp_path, tiny_bert):

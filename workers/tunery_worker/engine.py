@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -583,11 +583,18 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
         ckpt.load_trainable_state(model, best_weights)
     best_weights = None
     if config.label_thresholds == "auto":  # multi-label: fitted on validation with the selected weights
-        if has_validation:
-            evaluate()  # the adapter keeps this pass's validation scores
+        flat_metrics = evaluate() if has_validation else None  # at 0.5; the adapter keeps the scores
         config = adapter.fit_thresholds(config)
-        if has_validation and config.label_thresholds is not None:
-            best_metrics = evaluate()  # the selected weights' metrics at the fitted thresholds
+        if flat_metrics is not None and config.label_thresholds is not None:
+            fitted_metrics = evaluate()
+            fitted, flat = fitted_metrics[task.selection_metric], flat_metrics[task.selection_metric]
+            # Per-label best-F1 cuts can hurt the task's own metric (an undertrained model's best cut is
+            # often "every row gets the label"): they are kept only if that metric does not get worse.
+            if (fitted < flat) if task.greater_is_better else (fitted > flat):
+                config = adapter.fit_thresholds(replace(config, label_thresholds=None))
+                best_metrics = flat_metrics
+            else:
+                best_metrics = fitted_metrics
     best_step = state.best_step if has_validation else state.step
     hooks.on_train_end(state)
     final_dir = output_dir / "final"
