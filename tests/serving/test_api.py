@@ -260,6 +260,24 @@ def test_a_tenant_cannot_reach_another_tenants_model(setup, make_tenant):
     assert predict(client, model=models["intents"].id, inputs=["still mine"]).status_code == 200
 
 
+def test_a_failure_to_meter_a_served_prediction_does_not_turn_it_into_an_error(setup, monkeypatch, caplog):
+    from django.db import DatabaseError
+
+    from tunery.dashboard import services
+
+    def locked(tenant):
+        raise DatabaseError("database is locked")
+
+    client, model = setup["client"], setup["models"]["intents"]
+    deploy(client, model)
+    monkeypatch.setattr(services, "count_prediction", locked)
+    with caplog.at_level("ERROR", logger="tunery.dashboard.middleware"):
+        answered = predict(client, model=model.id, inputs=["where is my parcel?"])
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["data"][0]["label"] in pack.INTENTS
+    assert "served prediction not counted" in caplog.text
+
+
 def test_rate_limit_admits_exactly_the_limit_under_50_concurrent_requests(setup):
     from tunery.serving.ratelimit import limiter, tenant_key
     from tunery.tenants.models import Tenant
