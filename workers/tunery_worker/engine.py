@@ -337,7 +337,8 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     epoch, batch_position, non_finite = 0, 0, 0
     best_metrics: dict[str, float] = {}
     best_path: Path | None = None
-    # the best evaluation's trainable weights, kept in memory so the end of the run needs no disk read
+    # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of the
+    # run needs no disk read
     best_weights: dict[str, torch.Tensor] | None = None
     trained_tokens = 0
     loaded = ckpt.latest_valid_checkpoint(checkpoint_root)
@@ -449,7 +450,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
             state.best_metric, state.best_step = value, state.step
             state.evaluations_without_improvement = 0
             best_metrics = dict(metrics)
-            best_weights = {name: p.clone() for name, p in ckpt.trainable_state(model).items()}
+            best_weights = {name: p.to("cpu", copy=True) for name, p in ckpt.trainable_state(model).items()}
         else:
             state.evaluations_without_improvement += 1
         hooks.on_evaluate(state.step, metrics)
