@@ -10,8 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from tunery_contract import Column, ColumnType, DatasetSchema, TaskDefinition, TaskKind
-from tunery_contract.metrics import language_model_summary
+from tunery_contract import TaskKind
 from tunery_worker.config import TrainConfig
 from tunery_worker.errors import DataError
 from tunery_worker.sft import (
@@ -28,6 +27,7 @@ from tunery_worker.sft import (
     pack_rows,
 )
 from tunery_worker.tasks import adapter_for
+from tunery_worker.testing import CHAT_TASK
 
 CHATML = (
     "{% for message in messages %}"
@@ -231,22 +231,10 @@ def test_packed_and_padded_batches_give_the_same_loss():
     torch.testing.assert_close(packed_loss, padded_loss)
 
 
-def chat_task() -> TaskDefinition:
-    return TaskDefinition(
-        id="chat",
-        name="Chat",
-        kind=TaskKind.CAUSAL_LM,
-        schema=DatasetSchema((Column("messages", ColumnType.MESSAGES, role="messages"),)),
-        metrics=language_model_summary,
-        selection_metric="eval_loss",
-        greater_is_better=False,
-    )
-
-
 @pytest.mark.parametrize("packing", [False, True])
 def test_adapter_encodes_collates_and_scores_chat_rows(packing):
     tokenizer = make_tokenizer()
-    adapter = adapter_for(chat_task())
+    adapter = adapter_for(CHAT_TASK)
     assert isinstance(adapter, CausalLMAdapter)
     long_prompt = [{"role": "user", "content": "What is the capital of France? " * 20}, CONVERSATION[2]]
     rows = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}, {"messages": long_prompt}]
@@ -269,7 +257,7 @@ def test_adapter_encodes_collates_and_scores_chat_rows(packing):
 
 def test_adapter_refuses_data_with_nothing_to_learn_within_max_length():
     tokenizer = make_tokenizer()
-    adapter = adapter_for(chat_task())
+    adapter = adapter_for(CHAT_TASK)
     with pytest.raises(DataError, match="max_length"):
         adapter.encode([{"messages": CONVERSATION}], tokenizer, (), 8, TrainConfig())
 
@@ -283,7 +271,7 @@ def test_conversation_the_template_rejects_is_a_data_error_naming_the_row():
         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
     )
     tokenizer = make_tokenizer(strict)
-    adapter = adapter_for(chat_task())
+    adapter = adapter_for(CHAT_TASK)
     rows = [{"messages": CONVERSATION[1:3]}, {"messages": CONVERSATION}]  # the second starts with "system"
     with pytest.raises(DataError, match=r"conversation 2: .*must alternate"):
         adapter.encode(rows, tokenizer, (), 128, TrainConfig())

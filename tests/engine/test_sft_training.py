@@ -10,14 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunery_contract import Column, ColumnType, DatasetSchema, TaskDefinition, TaskKind
-from tunery_contract.metrics import language_model_summary
 from tunery_worker import DataError, JobSpec, TrainConfig, TrainingCallback, train
 from tunery_worker.artifact import load_artifact
 from tunery_worker.data import load_rows
 from tunery_worker.sft import CausalLMAdapter
 from tunery_worker.tasks import adapter_for
-from tunery_worker.testing import FILLER, make_tiny_llama, write_jsonl
+from tunery_worker.testing import CHAT_TASK, FILLER, make_tiny_llama, write_jsonl
 
 #: The colour word in the question decides the answer's first word; the rest is fixed.
 ANSWERS = {"red": "paris", "blue": "oslo", "green": "rome"}
@@ -39,17 +37,6 @@ def chat_rows(n: int, seed: int) -> list[dict]:
             }
         )
     return rows
-
-
-CHAT_TASK = TaskDefinition(
-    id="chat",
-    name="Chat",
-    kind=TaskKind.CAUSAL_LM,
-    schema=DatasetSchema((Column("messages", ColumnType.MESSAGES, role="messages"),)),
-    metrics=language_model_summary,
-    selection_metric="eval_loss",
-    greater_is_better=False,
-)
 
 
 class Losses(TrainingCallback):

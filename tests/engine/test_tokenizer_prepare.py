@@ -8,23 +8,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from tunery_contract import Column, ColumnType, DatasetSchema, TaskDefinition, TaskKind
-from tunery_contract.metrics import language_model_summary
 from tunery_worker import JobSpec, Paused, TrainConfig, TrainingCallback, train
 from tunery_worker.data import _tokenizer_fingerprint
 from tunery_worker.modeling import load_tokenizer
 from tunery_worker.sft import BUILTIN_CHAT_TEMPLATE
-from tunery_worker.testing import make_tiny_llama, write_jsonl
-
-CHAT_TASK = TaskDefinition(
-    id="chat",
-    name="Chat",
-    kind=TaskKind.CAUSAL_LM,
-    schema=DatasetSchema((Column("messages", ColumnType.MESSAGES, role="messages"),)),
-    metrics=language_model_summary,
-    selection_metric="eval_loss",
-    greater_is_better=False,
-)
+from tunery_worker.testing import CHAT_TASK, make_tiny_llama, write_jsonl
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "llama"])

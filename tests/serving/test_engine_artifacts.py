@@ -7,21 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunery_contract import Column, ColumnType, DatasetSchema, TaskDefinition, TaskKind
-from tunery_contract.metrics import language_model_summary
+from tunery_contract import TaskKind
 from tunery_worker import JobSpec, TrainConfig, load_artifact, train
 from tunery_worker.serving import GenerationRequest, InferenceRuntime, PredictionInput
-from tunery_worker.testing import make_tiny_bert, make_tiny_llama, tiny_task, write_jsonl, write_synthetic
+from tunery_worker.testing import CHAT_TASK, make_tiny_bert, make_tiny_llama, tiny_task, write_jsonl, write_synthetic
 
-CHAT_TASK = TaskDefinition(
-    id="chat",
-    name="Chat",
-    kind=TaskKind.CAUSAL_LM,
-    schema=DatasetSchema((Column("messages", ColumnType.MESSAGES, role="messages"),)),
-    metrics=language_model_summary,
-    selection_metric="eval_loss",
-    greater_is_better=False,
-)
 FAST = {"learning_rate": 3e-3, "batch_size": 16, "warmup_ratio": 0.0, "early_stopping_patience": None, "n_epochs": 1}
 
 

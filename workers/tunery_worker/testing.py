@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tunery_contract import Column, ColumnType, DatasetSchema, EvalOutput, TaskDefinition, TaskKind, VerticalPack
-from tunery_contract.metrics import classification_summary, entity_summary, multilabel_prf, rmse
+from tunery_contract.metrics import classification_summary, entity_summary, language_model_summary, multilabel_prf, rmse
 
 if TYPE_CHECKING:
     from tunery_worker.engine import TrainResult
@@ -256,6 +256,18 @@ def tiny_task(kind: TaskKind, labels: tuple[str, ...] | None = None, **overrides
     }
     values.update(overrides)
     return TaskDefinition(**values)
+
+
+#: A causal-LM task on chat rows ({"messages": [...]}), as a pack's generative task declares it.
+CHAT_TASK = TaskDefinition(
+    id="chat",
+    name="Chat",
+    kind=TaskKind.CAUSAL_LM,
+    schema=DatasetSchema((Column("messages", ColumnType.MESSAGES, role="messages"),)),
+    metrics=language_model_summary,
+    selection_metric="eval_loss",
+    greater_is_better=False,
+)
 
 
 # ------------------------------------------------------------------------------------------------
