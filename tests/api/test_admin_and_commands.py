@@ -105,9 +105,9 @@ def test_admin_refuses_a_bad_config_when_changing_and_keeps_the_old_one(staff, a
     assert row.config == {"greeting": "hi"}
 
 
-def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pack):
-    tenant = acme.tenant
-    form = {
+def tenant_page_form(tenant) -> dict:
+    """The tenant change page's own fields, as the admin would post them unchanged."""
+    return {
         "slug": tenant.slug,
         "name": tenant.name,
         "is_active": "on",
@@ -117,6 +117,11 @@ def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pa
         "max_deployments": tenant.max_deployments,
         "requests_per_minute": tenant.requests_per_minute,
     }
+
+
+def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pack):
+    tenant = acme.tenant
+    form = tenant_page_form(tenant)
     enablements = list(VerticalEnablement.objects.filter(tenant=tenant))
     counts = {"memberships": (0, 0), "api_keys": (0, 0), "verticals": (len(enablements) + 1, len(enablements))}
     for prefix, (total, initial) in counts.items():
@@ -223,16 +228,7 @@ def test_openapi_schema_and_docs(client, db):
 
 def test_key_created_inline_on_the_tenant_page_is_shown_once(staff, acme, api):
     tenant = acme.tenant
-    form = {
-        "slug": tenant.slug,
-        "name": tenant.name,
-        "is_active": "on",
-        "max_concurrent_jobs": tenant.max_concurrent_jobs,
-        "max_stored_bytes": tenant.max_stored_bytes,
-        "max_training_hours": tenant.max_training_hours,
-        "max_deployments": tenant.max_deployments,
-        "requests_per_minute": tenant.requests_per_minute,
-    }
+    form = tenant_page_form(tenant)
     existing_keys = list(ApiKey.objects.filter(tenant=tenant))
     enablements = list(VerticalEnablement.objects.filter(tenant=tenant))
     for prefix, count in (("memberships", 0), ("api_keys", len(existing_keys) + 1), ("verticals", len(enablements))):
