@@ -234,11 +234,9 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> 
         validation_rows = _subsample(bench.load_validation(DATA / bench.folder), args.eval_rows, args.seed + 2)
     folder = workdir / bench.pack
     folder.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, Any] = {
-        "eval_every_steps": 1 << 39,  # one evaluation, after the last step: no selection on test data
-        "early_stopping_patience": None,
-        "seed": args.seed,
-    }
+    overrides: dict[str, Any] = {"early_stopping_patience": None, "seed": args.seed}
+    if validation_rows is None:  # one evaluation, after the last step: no selection on test data
+        overrides["eval_every_steps"] = 1 << 39
     if args.epochs is not None:
         overrides["n_epochs"] = args.epochs
     if args.max_steps is not None:
@@ -249,6 +247,8 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> 
         overrides["max_length"] = args.max_length
     if args.learning_rate is not None:
         overrides["learning_rate"] = args.learning_rate
+    if args.pooling is not None:
+        overrides["pooling"] = args.pooling
     started = time.monotonic()
     result = tunery_worker.train(
         tunery_worker.JobSpec(
@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--learning-rate", type=float, help="default: the pack's learning_rate")
+    parser.add_argument("--pooling", choices=("auto", "model", "mean"), help="default: the pack's (auto)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, help="keep jobs here (default: a temporary folder)")

@@ -88,6 +88,9 @@ class LabelThresholds:
 MANIFEST = "tunery_artifact.json"
 
 
+MEAN_POOLING_NOTE = "the mean of the token states (load with tunery_worker: plain transformers reads [CLS])"
+
+
 def model_card(
     task: TaskDefinition,
     manifest: Mapping[str, Any],
@@ -106,6 +109,7 @@ def model_card(
         f"- epochs: {config.n_epochs}, batch size: {config.batch_size}, learning rate: {config.learning_rate}",
         f"- max length: {config.max_length} tokens; best step: {manifest['best_step']}",
         f"- selected by: {task.selection_metric} ({'higher' if task.greater_is_better else 'lower'} is better)",
+        *([f"- classifier input: {MEAN_POOLING_NOTE}"] if config.pooling == "mean" else []),
         "",
         "## Validation metrics",
         "",
@@ -153,6 +157,7 @@ def write_artifact(
         "max_length": config.max_length,
         "base_model": str(Path(base_model).resolve()),
         "training_type": config.training_type,
+        "pooling": config.pooling,
         "metrics": dict(metrics),
         "best_step": best_step,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -205,7 +210,7 @@ def load_artifact(artifact_dir: Path, base_model: Path | None = None) -> tuple[A
             if labels:
                 kwargs["id2label"] = dict(enumerate(labels))
                 kwargs["label2id"] = {n: i for i, n in enumerate(labels)}
-        base = load_pretrained(auto_class, base_path, **kwargs)
+        base = load_pretrained(auto_class, base_path, pooling=manifest.get("pooling"), **kwargs)
         model: Any = PeftModel.from_pretrained(base, str(artifact_dir / "adapter"))
     else:
         model = load_pretrained(auto_class, artifact_dir)

@@ -24,6 +24,7 @@ Auto = Literal["auto"]
 TRAINING_TYPES = ("lora", "full")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+POOLING_CHOICES = ("auto", "model", "mean")
 #: evaluations (and so checkpoints) per run when eval_every_steps is "auto"
 MAX_AUTO_EVALUATIONS = 10
 
@@ -76,6 +77,13 @@ class TrainConfig:
         default=0.5, metadata=_help("weight of the distillation loss (1 - alpha on labels)")
     )
     group_by_length: bool = field(default=True, metadata=_help("batch rows of similar length (less padding)"))
+    pooling: str = field(
+        default=AUTO,
+        metadata=_help(
+            "sequence classification: 'mean' of the token states or 'model' (the architecture's own [CLS] head); "
+            "'auto' = mean where the base model declares sentence-transformers mean pooling (BERT-family)"
+        ),
+    )
     compile: bool | str = field(default=AUTO, metadata=_help("torch.compile the model ('auto': on CUDA only)"))
     packing: bool = field(default=False, metadata=_help("pack several SFT conversations per row (causal LM only)"))
     non_finite_retries: int = field(
@@ -102,6 +110,7 @@ class TrainConfig:
         _choice("training_type", self.training_type, TRAINING_TYPES)
         _choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("pooling", self.pooling, POOLING_CHOICES)
         _number("n_epochs", self.n_epochs, low=0, low_open=True, high=1000)
         _number("batch_size", self.batch_size, integer=True, low=1, high=65536)
         _number("learning_rate", self.learning_rate, low=0, low_open=True, high=1.0)

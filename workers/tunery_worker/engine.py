@@ -35,6 +35,7 @@ from tunery_worker.modeling import (
     count_parameters,
     load_tokenizer,
     read_model_config,
+    resolve_pooling,
     use_cpu_dropout,
 )
 from tunery_worker.tasks import Encoded, TaskAdapter, adapter_for
@@ -256,7 +257,8 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     adapter.prepare_tokenizer(tokenizer)
     torch.manual_seed(spec.config.seed)
     np.random.seed(spec.config.seed)
-    model: Any = adapter.build_model(base_model, label_names)
+    pooling = resolve_pooling(spec.config.pooling, base_model, adapter.lora_task_type == "SEQ_CLS")
+    model: Any = adapter.build_model(base_model, label_names, pooling=pooling)
     if getattr(model.config, "pad_token_id", None) is None:  # decoder heads find the last real token by it
         model.config.pad_token_id = tokenizer.pad_token_id
     if device.type == "cuda":
@@ -267,7 +269,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     if max_positions and max_positions > 1_000_000:
         max_positions = None
     config = resolve(
-        spec.config,
+        replace(spec.config, pooling=pooling),
         len(train_rows),
         count_parameters(model),
         model_max_length=max_positions,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -69,17 +70,114 @@ def check_model_dir(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_pretrained(auto_class: str, path: Path, dtype: torch.dtype | None = None, **kwargs: Any) -> PreTrainedModel:
+#: sequence-classification poolings: "model" = the architecture's own head ([CLS] and its pooler),
+#: "mean" = the mean of the token states, what sentence-transformers encoders were trained to give
+POOLINGS = ("model", "mean")
+#: architectures with a mean-pooling sequence classifier (MeanPooledBertForSequenceClassification)
+MEAN_POOLING_MODEL_TYPES = ("bert",)
+SEQUENCE_CLASSIFIER_CLASS = "AutoModelForSequenceClassification"
+
+
+def declared_pooling(path: Path) -> str:
+    """ "mean" when a base model directory declares sentence-transformers mean pooling
+    (``1_Pooling/config.json``), otherwise "model"."""
+    pooling_file = Path(path) / "1_Pooling" / "config.json"
+    try:
+        declared = json.loads(pooling_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "model"
+    return "mean" if isinstance(declared, dict) and declared.get("pooling_mode_mean_tokens") else "model"
+
+
+def resolve_pooling(requested: str, path: Path, sequence_classification: bool) -> str:
+    """The pooling a job trains with: "auto" takes what the base model declares, where the
+    architecture has a mean-pooling head; tasks other than sequence classification use the model's own."""
+    if not sequence_classification:
+        return "model"
+    model_type = read_model_config(path).get("model_type")
+    if requested == "auto":
+        return "mean" if declared_pooling(path) == "mean" and model_type in MEAN_POOLING_MODEL_TYPES else "model"
+    if requested == "mean" and model_type not in MEAN_POOLING_MODEL_TYPES:
+        raise ConfigError(
+            f"pooling 'mean' is available for {', '.join(MEAN_POOLING_MODEL_TYPES)} encoders, not {model_type!r}"
+        )
+    return requested
+
+
+def load_pretrained(
+    auto_class: str, path: Path, dtype: torch.dtype | None = None, pooling: str | None = None, **kwargs: Any
+) -> PreTrainedModel:
+    """``pooling`` (sequence classification only): None = what the directory's config records
+    (``tunery_pooling``, absent = "model"); a base model's LoRA artifact passes its own."""
     import transformers
 
-    check_model_dir(path)
+    config = check_model_dir(path)
     factory = getattr(transformers, auto_class)
+    if auto_class == SEQUENCE_CLASSIFIER_CLASS:
+        pooling = pooling or config.get("tunery_pooling") or "model"
+        if pooling not in POOLINGS:
+            raise ModelLoadError(f"unknown pooling {pooling!r} for {path} (known: {', '.join(POOLINGS)})")
+        if pooling == "mean":
+            if config.get("model_type") not in MEAN_POOLING_MODEL_TYPES:
+                raise ModelLoadError(f"mean pooling is not available for {config.get('model_type')!r} in {path}")
+            factory = mean_pooled_bert_class()
     try:
         return factory.from_pretrained(
             str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype or torch.float32, **kwargs
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {path} as {auto_class}: {exc}") from exc
+
+
+@functools.cache
+def mean_pooled_bert_class() -> Any:
+    from transformers import BertForSequenceClassification, BertModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPooledBert(BertForSequenceClassification):
+        """BERT whose classifier reads the attention-masked mean of the token states instead of the
+        [CLS] pooler. Sentence-transformers encoders (the packaged all-MiniLM-L6-v2) were trained to
+        be read this way; their [CLS] pooler was not trained at all. The loss stays the engine's."""
+
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            self.bert = BertModel(config, add_pooling_layer=False)
+            config.tunery_pooling = "mean"  # saved with the weights, so a reload pools the same way
+            self.post_init()
+
+        def forward(  # type: ignore[override]
+            self,
+            input_ids: torch.Tensor | None = None,
+            attention_mask: torch.Tensor | None = None,
+            token_type_ids: torch.Tensor | None = None,
+            position_ids: torch.Tensor | None = None,
+            inputs_embeds: torch.Tensor | None = None,
+            labels: torch.Tensor | None = None,
+            **kwargs: Any,
+        ) -> SequenceClassifierOutput:
+            if labels is not None:
+                raise ValueError("the engine computes the loss; call without labels")
+            outputs = self.bert(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                **kwargs,
+            )
+            states = outputs[0]
+            if attention_mask is None:
+                pooled = states.mean(dim=1)
+            else:
+                weights = attention_mask.unsqueeze(-1).to(states.dtype)
+                pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            logits = self.classifier(self.dropout(pooled))
+            return SequenceClassifierOutput(
+                logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
+
+    MeanPooledBert.__name__ = MeanPooledBert.__qualname__ = "MeanPooledBertForSequenceClassification"
+    return MeanPooledBert
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

@@ -247,7 +247,11 @@ class CausalLMAdapter(TaskAdapter):
         return ()
 
     def build_model(
-        self, base_model: Path, label_names: tuple[str, ...], dtype: torch.dtype | None = None
+        self,
+        base_model: Path,
+        label_names: tuple[str, ...],
+        dtype: torch.dtype | None = None,
+        pooling: str | None = None,
     ) -> PreTrainedModel:
         from tunery_worker.modeling import load_pretrained
 

@@ -78,8 +78,14 @@ class TaskAdapter:
         raise NotImplementedError
 
     def build_model(
-        self, base_model: Path, label_names: tuple[str, ...], dtype: torch.dtype | None = None
+        self,
+        base_model: Path,
+        label_names: tuple[str, ...],
+        dtype: torch.dtype | None = None,
+        pooling: str | None = None,
     ) -> PreTrainedModel:
+        """``pooling`` (sequence classification): "model" or "mean" (``modeling.POOLINGS``); None = what
+        the directory records."""
         raise NotImplementedError
 
     # --- data -----------------------------------------------------------------------------------
@@ -216,7 +222,11 @@ class _EncoderAdapter(TaskAdapter):
     problem_type: ClassVar[str | None] = "single_label_classification"
 
     def build_model(
-        self, base_model: Path, label_names: tuple[str, ...], dtype: torch.dtype | None = None
+        self,
+        base_model: Path,
+        label_names: tuple[str, ...],
+        dtype: torch.dtype | None = None,
+        pooling: str | None = None,
     ) -> PreTrainedModel:
         from tunery_worker.modeling import load_pretrained
 
@@ -227,7 +237,7 @@ class _EncoderAdapter(TaskAdapter):
             kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
         if self.problem_type:
             kwargs["problem_type"] = self.problem_type
-        return load_pretrained(self.auto_class, base_model, dtype=dtype, **kwargs)
+        return load_pretrained(self.auto_class, base_model, dtype=dtype, pooling=pooling, **kwargs)
 
     def _text_inputs(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str] | None]:
         texts = [str(r[self.task.role_column("text")]) for r in rows]

@@ -69,8 +69,11 @@ def make_bert_tokenizer(vocab: Sequence[str] | None = None) -> Any:
     )
 
 
-def make_tiny_bert(path: Path | str, vocab: Sequence[str] | None = None, seed: int = 0, **overrides: Any) -> Path:
-    """A 2-layer, 32-wide BERT with a WordLevel tokenizer, saved as a safetensors model directory."""
+def make_tiny_bert(
+    path: Path | str, vocab: Sequence[str] | None = None, seed: int = 0, mean_pooling: bool = False, **overrides: Any
+) -> Path:
+    """A 2-layer, 32-wide BERT with a WordLevel tokenizer, saved as a safetensors model directory;
+    ``mean_pooling`` declares sentence-transformers mean pooling, as the packaged all-MiniLM-L6-v2 does."""
     from transformers import BertConfig, BertModel
 
     path = Path(path)
@@ -90,6 +93,10 @@ def make_tiny_bert(path: Path | str, vocab: Sequence[str] | None = None, seed: i
     model = BertModel(BertConfig(**shape))
     model.save_pretrained(str(path), safe_serialization=True)
     tokenizer.save_pretrained(str(path))
+    if mean_pooling:
+        (path / "1_Pooling").mkdir(exist_ok=True)
+        pooling = {"word_embedding_dimension": shape["hidden_size"], "pooling_mode_mean_tokens": True}
+        (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling), encoding="utf-8")
     return path
 
 

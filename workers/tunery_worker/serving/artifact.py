@@ -35,6 +35,8 @@ class ArtifactInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     target_scale: TargetScale = field(default_factory=TargetScale)
     label_thresholds: LabelThresholds = field(default_factory=LabelThresholds)
+    #: sequence classification: "mean" or "model" (``tunery_worker.modeling.POOLINGS``)
+    pooling: str = "model"
 
     @property
     def adapter_dir(self) -> Path:
@@ -90,6 +92,7 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
         metrics=dict(manifest.get("metrics") or {}),
         target_scale=TargetScale.from_manifest(manifest),
         label_thresholds=label_thresholds,
+        pooling=str(manifest.get("pooling") or "model"),
     )
     _check_files(info)
     return info

@@ -153,10 +153,10 @@ def adapter_name_for(model_id: str) -> str:
     return "a_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
 
 
-def base_key(info: ArtifactInfo) -> tuple[str, str, int]:
-    """Adapters can share a loaded base when its path, head kind and head width match."""
+def base_key(info: ArtifactInfo) -> tuple[str, str, int, str]:
+    """Adapters can share a loaded base when its path, head kind, head width and pooling match."""
     width = 1 if info.kind is TaskKind.TEXT_PAIR_REGRESSION else len(info.label_names)
-    return (str(Path(info.base_model or "").resolve()), info.kind.value, width)
+    return (str(Path(info.base_model or "").resolve()), info.kind.value, width, info.pooling)
 
 
 def model_inputs(encoded: Any, device: torch.device) -> dict[str, torch.Tensor]:
@@ -228,7 +228,8 @@ class SharedBase:
         self.key = base_key(info)
         self.device = device
         self.lock = threading.RLock()
-        self._base = load_pretrained(info.kind, Path(str(info.base_model)), **head_kwargs(info)).to(device).eval()
+        base = load_pretrained(info.kind, Path(str(info.base_model)), pooling=info.pooling, **head_kwargs(info))
+        self._base = base.to(device).eval()
         self.nbytes = module_bytes(self._base)
         self.peft_model: Any = None
         self.adapters: set[str] = set()

@@ -114,7 +114,7 @@ class InferenceRuntime:
         self.request_timeout = request_timeout
         self.observer = observer or RuntimeObserver()
         self.cache = ModelCache(max_bytes, on_evict=self.observer.on_evict)
-        self._bases: dict[tuple[str, str, int], SharedBase] = {}
+        self._bases: dict[tuple[str, str, int, str], SharedBase] = {}
         self._base_batchers: dict[int, MicroBatcher[tuple[LoadedModel, PredictionInput], Prediction]] = {}
         self._bases_lock = threading.Lock()
 
