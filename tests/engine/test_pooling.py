@@ -49,18 +49,30 @@ def test_mean_pooled_logits_ignore_padding(mean_bert):
     torch.testing.assert_close(one, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("training_type", ["full", "lora"])
-def test_mean_pooling_is_recorded_and_served(tmp_path, mean_bert, training_type):
+def _train(tmp_path, base, name: str, **config):
     data = write_synthetic(tmp_path / "train.jsonl", TaskKind.SEQUENCE_CLASSIFICATION, 48, seed=1)
-    result = train(
+    return train(
         JobSpec(
-            base_model=mean_bert,
+            base_model=base,
             task=tiny_task(TaskKind.SEQUENCE_CLASSIFICATION),
             train_file=data,
-            output_dir=tmp_path / "job",
-            config=TrainConfig(**FAST, training_type=training_type),
+            output_dir=tmp_path / name,
+            config=TrainConfig(**FAST, **config),
         )
     )
+
+
+def _served_and_expected(runtime, model_id, artifact, texts):
+    served = runtime.predict(model_id, artifact, [PredictionInput(t) for t in texts])
+    model, tokenizer, _ = load_artifact(artifact)
+    with torch.inference_mode():
+        expected = torch.softmax(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits, dim=-1)
+    return torch.tensor([p.probabilities for p in served]), expected
+
+
+@pytest.mark.parametrize("training_type", ["full", "lora"])
+def test_mean_pooling_is_recorded_and_served(tmp_path, mean_bert, training_type):
+    result = _train(tmp_path, mean_bert, "job", training_type=training_type)
     assert result.resolved_config.pooling == "mean"
     artifact = result.artifact_dir
     assert json.loads((artifact / "tunery_artifact.json").read_text())["pooling"] == "mean"
@@ -68,15 +80,29 @@ def test_mean_pooling_is_recorded_and_served(tmp_path, mean_bert, training_type)
     if training_type == "full":  # the weights' own config says how to read them
         assert json.loads((artifact / "config.json").read_text())["tunery_pooling"] == "mean"
 
-    model, tokenizer, _ = load_artifact(artifact)
+    model, _, _ = load_artifact(artifact)
     inner = model.get_base_model() if training_type == "lora" else model
     assert type(inner).__name__ == "MeanPooledBertForSequenceClassification"
-    texts = ["warm sunny day", "cold icy wind and snow"]
-    with torch.inference_mode():
-        expected = torch.softmax(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits, dim=-1)
     runtime = InferenceRuntime(max_bytes=1024**3)
     try:
-        served = runtime.predict("ft:mean", artifact, [PredictionInput(t) for t in texts])
+        served, expected = _served_and_expected(runtime, "ft:mean", artifact, ["warm sunny day", "cold icy wind"])
     finally:
         runtime.close()
-    torch.testing.assert_close(torch.tensor([p.probabilities for p in served]), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_adapters_of_either_pooling_do_not_share_a_base(tmp_path, mean_bert):
+    """Same base directory, same head: an adapter trained on the [CLS] head must not be served
+    through a mean-pooled base (or the other way round)."""
+    mean = _train(tmp_path, mean_bert, "mean", training_type="lora").artifact_dir
+    cls = _train(tmp_path, mean_bert, "cls", training_type="lora", pooling="model").artifact_dir
+    assert json.loads((cls / "tunery_artifact.json").read_text())["pooling"] == "model"
+    texts = ["warm sunny day", "cold icy wind and snow"]
+    runtime = InferenceRuntime(max_bytes=1024**3)
+    try:
+        for model_id, artifact in (("ft:mean", mean), ("ft:cls", cls)):
+            served, expected = _served_and_expected(runtime, model_id, artifact, texts)
+            torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+        assert runtime.shared_bases == 2
+    finally:
+        runtime.close()
