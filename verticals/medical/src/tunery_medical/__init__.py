@@ -23,7 +23,7 @@ from tunery_contract import metrics as m
 from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 from tunery_medical.phi import POLICIES, find_phi, redact_text, screen_row
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 ENTITY_TYPES = ("Disease", "Chemical")
 SAFETY_NOTE = (
@@ -61,6 +61,9 @@ def _card(title: str, keys: list[str]) -> Any:
 
 
 ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults()
+#: NCBI-disease with MiniLM: entity F1 0.806 after 5 epochs at 5e-5, 0.832 after 10 at 1e-4
+#: (verticals/README.md); early stopping still ends a job sooner when validation F1 stalls
+NER_DEFAULTS: dict[str, Any] = encoder_defaults(n_epochs=10, learning_rate=1e-4)
 ENCODERS = ENCODER_ARCHITECTURES
 
 CLINICAL_NER = TaskDefinition(
@@ -77,7 +80,7 @@ CLINICAL_NER = TaskDefinition(
     metrics=m.entity_summary,
     selection_metric="f1",
     labels=ENTITY_TYPES,
-    default_hyperparameters=ENCODER_DEFAULTS,
+    default_hyperparameters=NER_DEFAULTS,
     row_validator=screen_row,
     postprocess=entity_answer,
     sample_data="clinical_ner_sample.jsonl",
