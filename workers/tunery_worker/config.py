@@ -179,10 +179,11 @@ class TrainConfig:
 
     @property
     def is_resolved(self) -> bool:
-        # pos_weight is settled from the encoded training split (TaskAdapter.fit_loss), after resolve(),
+        # pooling is settled from the base model's directory (modeling.resolve_pooling) before resolve(),
+        # pos_weight from the encoded training split (TaskAdapter.fit_loss) after it,
         # label_thresholds after training (TaskAdapter.fit_thresholds)
-        settled_later = ("pos_weight", "label_thresholds")
-        return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name not in settled_later)
+        settled_elsewhere = ("pooling", "pos_weight", "label_thresholds")
+        return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name not in settled_elsewhere)
 
     @staticmethod
     def help() -> dict[str, str]:
