@@ -3,7 +3,7 @@ the token states (what sentence-transformers trained) or by the [CLS] pooler (wh
 ``BertForSequenceClassification`` reads)? Beside them, LexGLUE's TF-IDF + SVM baseline on the same
 files, to check that data and metric match the published figures. Needs scikit-learn.
 
-    python bench/pooling_probe.py --threads 1      # ~7 min on one CPU core
+    python bench/pooling_probe.py --threads 1      # ~3.5 min on one CPU core
 
 Scores are LexGLUE's micro- and macro-F1 with the implicit "fair" class, on the test split.
 """
