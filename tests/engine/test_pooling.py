@@ -79,6 +79,8 @@ def test_mean_pooling_is_recorded_and_served(tmp_path, mean_bert, training_type)
     assert json.loads((artifact / "training_config.json").read_text())["pooling"] == "mean"
     if training_type == "full":  # the weights' own config says how to read them
         assert json.loads((artifact / "config.json").read_text())["tunery_pooling"] == "mean"
+        # fine-tuning the fine-tuned model again keeps its pooling (it has no [CLS] pooler weights)
+        assert resolve_pooling("auto", artifact, sequence_classification=True) == "mean"
 
     model, _, _ = load_artifact(artifact)
     inner = model.get_base_model() if training_type == "lora" else model

@@ -75,7 +75,7 @@ def check_model_dir(path: Path) -> dict[str, Any]:
 POOLINGS = ("model", "mean")
 #: architectures with a mean-pooling sequence classifier (MeanPooledBertForSequenceClassification)
 MEAN_POOLING_MODEL_TYPES = ("bert",)
-SEQUENCE_CLASSIFIER_CLASS = "AutoModelForSequenceClassification"
+_SEQUENCE_CLASSIFIER = "AutoModelForSequenceClassification"
 
 
 def declared_pooling(path: Path) -> str:
@@ -90,12 +90,16 @@ def declared_pooling(path: Path) -> str:
 
 
 def resolve_pooling(requested: str, path: Path, sequence_classification: bool) -> str:
-    """The pooling a job trains with: "auto" takes what the base model declares, where the
-    architecture has a mean-pooling head; tasks other than sequence classification use the model's own."""
+    """The pooling a job trains with: "auto" keeps what an earlier fine-tune recorded
+    (``tunery_pooling``) or takes what the base model declares, where the architecture has a
+    mean-pooling head; tasks other than sequence classification use the model's own."""
     if not sequence_classification:
         return "model"
-    model_type = read_model_config(path).get("model_type")
+    config = read_model_config(path)
+    model_type = config.get("model_type")
     if requested == "auto":
+        if config.get("tunery_pooling") in POOLINGS:
+            return str(config["tunery_pooling"])
         return "mean" if declared_pooling(path) == "mean" and model_type in MEAN_POOLING_MODEL_TYPES else "model"
     if requested == "mean" and model_type not in MEAN_POOLING_MODEL_TYPES:
         raise ConfigError(
@@ -113,7 +117,7 @@ def load_pretrained(
 
     config = check_model_dir(path)
     factory = getattr(transformers, auto_class)
-    if auto_class == SEQUENCE_CLASSIFIER_CLASS:
+    if auto_class == _SEQUENCE_CLASSIFIER:
         pooling = pooling or config.get("tunery_pooling") or "model"
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r} for {path} (known: {', '.join(POOLINGS)})")
