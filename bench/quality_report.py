@@ -33,6 +33,7 @@ from typing import Any
 
 from tunery_contract.discovery import discover
 from tunery_contract.records import read_records
+from tunery_worker.config import POOLING_CHOICES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Rows = list[dict[str, Any]]
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--learning-rate", type=float, help="default: the pack's learning_rate")
-    parser.add_argument("--pooling", choices=("auto", "model", "mean"), help="default: the pack's (auto)")
+    parser.add_argument("--pooling", choices=POOLING_CHOICES, help="default: the pack's (auto)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, help="keep jobs here (default: a temporary folder)")
