@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tunery_contract import PackError, VerticalPack
+from tunery_contract import CONTRACT_VERSION, PackError, VerticalPack
 from tunery_contract.discovery import discover, registered
 
 
@@ -35,7 +35,7 @@ def test_incompatible_contract_version_is_skipped(dummy_pack):
     garbled = dataclasses.replace(dummy_pack, id="garbled", requires_contract="one point oh")
     with registered(future), registered(garbled), registered(dummy_pack):
         found = discover()
-    assert found.failures["future"] == "needs contract >=2, platform provides 1.0"
+    assert found.failures["future"] == f"needs contract >=2, platform provides {CONTRACT_VERSION}"
     assert "not a version specifier" in found.failures["garbled"]
     assert "dummy" in found.packs
 

@@ -31,9 +31,11 @@ def sample_package(tmp_path, monkeypatch):
     return "tunery_kitdemo"
 
 
-def make(package: str, **task_changes) -> VerticalPack:
+def make(package: str, chat_changes: dict | None = None, **task_changes) -> VerticalPack:
     intent = dataclasses.replace(INTENT, **{"sample_data": "intent.jsonl", **task_changes})
-    chat = dataclasses.replace(CHAT, sample_data="chat.jsonl", suitable_architectures=("llama",))
+    chat = dataclasses.replace(
+        CHAT, sample_data="chat.jsonl", suitable_architectures=("llama",), **(chat_changes or {})
+    )
     return VerticalPack(id="kitdemo", name="Kit demo", version="1.0", tasks=(intent, chat), package=package)
 
 
@@ -98,3 +100,12 @@ def test_engine_knows_every_hyperparameter_a_pack_may_set():
     from tunery_contract import ENGINE_HYPERPARAMETERS
 
     assert {f.name for f in fields(config.TrainConfig)} >= ENGINE_HYPERPARAMETERS
+
+
+def test_a_text_filter_must_return_text_and_sit_on_a_language_model_task(sample_package):
+    check_pack(make(sample_package, chat_changes={"text_filter": lambda text, config: text.replace("a", "*")}))
+    assert "task 'chat': text_filter() returned NoneType, not text" in pack_problems(
+        make(sample_package, chat_changes={"text_filter": lambda text, config: None})
+    )
+    misplaced = pack_problems(make(sample_package, text_filter=lambda text, config: text))
+    assert "task 'intent': text_filter must be a callable, on a causal-LM task only" in misplaced

@@ -1,6 +1,7 @@
 """A vertical pack for serving tests, with post-processing like the real packs': reply selection
-and hand-off (customer service), sentiment alerts (finance), entities (legal/medical) and
-ranked items (recommendation). Registered temporarily, never installed."""
+and hand-off (customer service), sentiment alerts (finance), entities (legal/medical), ranked
+items (recommendation) and screened generations (medical summaries). Registered temporarily,
+never installed."""
 
 from __future__ import annotations
 
@@ -46,8 +47,18 @@ def ranked(prediction: Prediction, item: Mapping[str, Any], config: Mapping[str,
     return {"score": prediction.score, "item_id": item.get("id")}
 
 
+def tagged(text: str, config: Mapping[str, Any]) -> str:
+    """A visible screening for the tests: the tenant's tag, then the text in capitals."""
+    return f"{config['screen_tag']} {text.upper()}"
+
+
 def _task(
-    task_id: str, kind: TaskKind, columns: tuple[Column, ...], postprocess: Any, labels: Any = None
+    task_id: str,
+    kind: TaskKind,
+    columns: tuple[Column, ...],
+    postprocess: Any,
+    labels: Any = None,
+    text_filter: Any = None,
 ) -> TaskDefinition:
     return TaskDefinition(
         id=task_id,
@@ -58,6 +69,7 @@ def _task(
         selection_metric="accuracy",
         labels=labels,
         postprocess=postprocess,
+        text_filter=text_filter,
     )
 
 
@@ -99,6 +111,13 @@ def make_pack() -> VerticalPack:
                 ranked,
             ),
             _task("assistant", TaskKind.CAUSAL_LM, (Column("messages", ColumnType.MESSAGES, role="messages"),), None),
+            _task(
+                "notes",
+                TaskKind.CAUSAL_LM,
+                (Column("messages", ColumnType.MESSAGES, role="messages"),),
+                None,
+                text_filter=tagged,
+            ),
         ),
         config_defaults={
             "handoff_below": 0.0,
@@ -109,5 +128,6 @@ def make_pack() -> VerticalPack:
             },
             "alert_at": 0.0,
             "min_entity_score": 0.0,
+            "screen_tag": "[screened]",
         },
     )

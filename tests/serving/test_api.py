@@ -238,6 +238,38 @@ def test_openai_client_chat_completion_plain_and_streamed(setup):
     assert pieces[-1].choices[0].finish_reason == "length"
 
 
+def test_a_packs_text_filter_screens_chat_and_completions_plain_and_streamed(setup, make_model, artifacts):
+    client, raw_model = setup["client"], setup["models"]["assistant"]
+    screened_model = make_model(setup["acme"].tenant, artifacts["assistant"], "notes")  # same weights
+    deploy(client, raw_model)
+    deploy(client, screened_model)
+    oa = openai.OpenAI(base_url=f"{setup['url']}/v1", api_key=setup["acme"].key, max_retries=0)
+    messages = [{"role": "user", "content": "Summarise the note."}]
+
+    def chat(model, **extra):
+        return oa.chat.completions.create(model=model.id, messages=messages, max_tokens=6, temperature=0, **extra)
+
+    raw = chat(raw_model).choices[0].message.content
+    assert raw
+    assert not raw.startswith("[screened]")
+    whole = chat(screened_model)
+    assert whole.choices[0].message.content == f"[screened] {raw.upper()}"
+    assert whole.usage.completion_tokens == 6
+    chunks = list(chat(screened_model, stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert pieces == [f"[screened] {raw.upper()}"]  # never an unscreened piece on the wire
+    assert chunks[-1].usage.completion_tokens == 6
+    raw_text = oa.completions.create(model=raw_model.id, prompt="Note:", max_tokens=4, temperature=0)
+    text = oa.completions.create(model=screened_model.id, prompt="Note:", max_tokens=4, temperature=0)
+    assert text.choices[0].text == f"[screened] {raw_text.choices[0].text.upper()}"
+
+    screened_model.vertical = "not_installed"  # a pack removed later: refused, not served unscreened
+    screened_model.save(update_fields=["vertical"])
+    with pytest.raises(openai.ConflictError) as refused:
+        chat(screened_model)
+    assert refused.value.body["code"] == "vertical_not_installed"
+
+
 def test_a_tenant_cannot_reach_another_tenants_model(setup, make_tenant):
     client, models = setup["client"], setup["models"]
     intents = deploy(client, models["intents"])

@@ -30,6 +30,7 @@ from tunery_contract.types import (
     RowError,
     TaskDefinition,
     TaskKind,
+    TextFilter,
     ValidationReport,
     VerticalPack,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "RowError",
     "TaskDefinition",
     "TaskKind",
+    "TextFilter",
     "ValidationReport",
     "VerticalPack",
 ]

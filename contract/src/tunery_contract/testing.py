@@ -12,7 +12,8 @@ In a pack's tests::
 static problems and contract-version compatibility, sample data that does not validate against
 its task's schema, metrics that do not return the selection metric (or do not prefer perfect
 predictions over noisy ones), post-processing that fails or returns something that is not JSON,
-model-card sections that are not text, hyperparameter names the engine does not know.
+a text filter that fails or returns something other than text, model-card sections that are not
+text, hyperparameter names the engine does not know.
 Standard library only, so it runs without pytest too.
 """
 
@@ -73,6 +74,7 @@ def task_problems(pack: VerticalPack, task: TaskDefinition) -> list[str]:
     labels = label_names_for(task, report.rows)
     problems += _metrics_problems(task, report.rows, labels)
     problems += _postprocess_problems(pack, task, records[0][1], labels)
+    problems += _text_filter_problems(pack, task)
     return problems
 
 
@@ -226,6 +228,16 @@ def _metrics_problems(task: TaskDefinition, rows: Sequence[Mapping[str, Any]], l
         if not isinstance(section, str) or not section.strip():
             problems.append("model_card() did not return Markdown text")
     return problems
+
+
+def _text_filter_problems(pack: VerticalPack, task: TaskDefinition) -> list[str]:
+    if task.text_filter is None:
+        return []
+    try:
+        screened = task.text_filter("A generated answer.", pack.config_defaults)
+    except Exception as exc:
+        return [f"text_filter() failed: {type(exc).__name__}: {exc}"]
+    return [] if isinstance(screened, str) else [f"text_filter() returned {type(screened).__name__}, not text"]
 
 
 def _postprocess_problems(

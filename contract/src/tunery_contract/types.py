@@ -11,7 +11,7 @@ from typing import Any
 
 #: Version of this contract. Packs declare which versions they support with a PEP 440
 #: specifier in ``VerticalPack.requires_contract`` (for example ``">=1,<2"``).
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"  # 1.1: TaskDefinition.text_filter
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
@@ -219,6 +219,8 @@ class Prediction:
 
 #: (prediction, the request's input item, tenant config) -> JSON-able result for the API.
 PostProcessor = Callable[[Prediction, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+#: (generated text, tenant config) -> the text the caller receives.
+TextFilter = Callable[[str, Mapping[str, Any]], str]
 MetricsFunction = Callable[[EvalOutput], dict[str, float]]
 #: (metrics, resolved job configuration) -> the pack's section of the model card (Markdown).
 ModelCardSection = Callable[[Mapping[str, float], Mapping[str, Any]], str]
@@ -242,6 +244,10 @@ class TaskDefinition:
     default_hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     row_validator: RowValidator | None = None
     postprocess: PostProcessor | None = None
+    #: Causal-LM tasks: screens generated text on the OpenAI-shaped endpoints (chat and text
+    #: completions), where ``postprocess`` has no place (e.g. redacting identifiers). A stream of
+    #: such a task arrives in one piece, after the whole generation has been screened.
+    text_filter: TextFilter | None = None
     #: File name of the sample data inside the pack's package (read with importlib.resources).
     sample_data: str | None = None
     model_card: ModelCardSection | None = None
@@ -347,6 +353,8 @@ class VerticalPack:
                 found.append(f"task {task.id!r}: metrics is not callable")
             if not task.selection_metric:
                 found.append(f"task {task.id!r}: no selection metric")
+            if task.text_filter is not None and (task.kind is not TaskKind.CAUSAL_LM or not callable(task.text_filter)):
+                found.append(f"task {task.id!r}: text_filter must be a callable, on a causal-LM task only")
             unknown = sorted(set(task.default_hyperparameters) - ENGINE_HYPERPARAMETERS)
             if unknown:
                 found.append(f"task {task.id!r}: unknown hyperparameters {unknown}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.db import transaction
@@ -301,6 +301,8 @@ def generate(*, tenant: Tenant, body: dict[str, Any], chat: bool) -> dict[str, A
     messages = inputs.chat_messages(body) if chat else None
     prompt = None if chat else inputs.completion_prompt(body)
     target = _generation_target(tenant, params.model)
+    hooks = selectors.pack_hooks(tenant, target.model)  # a missing pack is refused here too
+    screen = _screen(hooks)
     request = GenerationRequest(
         messages=messages,
         prompt=prompt,
@@ -311,13 +313,25 @@ def generate(*, tenant: Tenant, body: dict[str, Any], chat: bool) -> dict[str, A
         seed=params.seed,
     )
     shape = _Shape(chat=chat, model=target.model.id)
-    if params.stream:
+    if params.stream and screen is None:
         return _stream(target, request, shape, params.include_usage)
     started = time.perf_counter()
     result = _run(lambda: get_runtime().generate(target.model.id, target.path, request))
     metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
     metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+    if screen is not None:
+        result.text = screen(result.text)
+    if params.stream:  # screened text is only known whole: one content chunk
+        return _whole_as_stream(result, shape, params.include_usage)
     return shape.whole(result)
+
+
+def _screen(hooks: selectors.PackHooks) -> Callable[[str], str] | None:
+    """The pack's text filter for its generated text, bound to the tenant's configuration."""
+    text_filter = hooks.task.text_filter if hooks.task is not None else None
+    if text_filter is None:
+        return None
+    return lambda text: text_filter(text, hooks.config)
 
 
 class _Shape:
@@ -367,6 +381,16 @@ class _Shape:
 
 def _event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
+
+
+def _whole_as_stream(result: Any, shape: _Shape, include_usage: bool) -> Iterator[str]:
+    if shape.chat:
+        yield _event(shape.chunk(None, role=True))
+    yield _event(shape.chunk(result.text))
+    yield _event(shape.chunk(None, finish_reason=result.finish_reason))
+    if include_usage:
+        yield _event({**shape.chunk(None), "choices": [], "usage": shape.usage(result)})
+    yield "data: [DONE]\n\n"
 
 
 def _stream(target: selectors.ServingTarget, request: Any, shape: _Shape, include_usage: bool) -> Iterator[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tunery_medical import pack, summary_answer
+from tunery_medical import NOTE_SUMMARIZATION, pack, summary_answer
 from tunery_medical.phi import find_phi
 
 from tunery_contract import Prediction, TaskKind
@@ -101,6 +101,16 @@ def test_generated_summaries_are_redacted_unless_the_policy_only_warns():
     warned = summary_answer(prediction, {}, {"phi_policy": "warn"})
     assert warned["phi_found"] == ["medical record number"]
     assert "123456" in warned["summary"]
+
+
+def test_chat_completions_of_a_summary_model_get_the_same_screening():
+    """The summarization task's text filter is what /v1/chat/completions applies (tests/serving)."""
+    summary = NOTE_SUMMARIZATION.text_filter
+    assert summary is not None
+    text = "Call 555-123-4567 about the results."
+    assert summary(text, {"phi_policy": "redact"}) == "Call [REDACTED] about the results."
+    assert summary(text, {"phi_policy": "reject"}) == "Call [REDACTED] about the results."
+    assert summary(text, {"phi_policy": "warn"}) == text
 
 
 def test_bad_tenant_configuration_is_explained():

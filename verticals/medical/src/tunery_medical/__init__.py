@@ -23,7 +23,7 @@ from tunery_contract import metrics as m
 from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 from tunery_medical.phi import POLICIES, find_phi, redact_text, screen_row
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 ENTITY_TYPES = ("Disease", "Chemical")
 SAFETY_NOTE = (
@@ -47,13 +47,14 @@ def label_answer(prediction: Prediction, item: Mapping[str, Any], config: Mappin
     return {"label": label, "confidence": confidence}
 
 
+def screen_summary(text: str, config: Mapping[str, Any]) -> str:
+    """Identifiers a generated summary repeats are redacted unless the tenant's policy is "warn"."""
+    return text if config.get("phi_policy", "warn") == "warn" else redact_text(text)[0]
+
+
 def summary_answer(prediction: Prediction, item: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
-    """The generated summary; identifiers the model repeats are redacted unless the policy is "warn"."""
     text = (prediction.text or "").strip()
-    found = [kind for kind, _, _ in find_phi(text)]
-    if found and config.get("phi_policy", "warn") != "warn":
-        text = redact_text(text)[0]
-    return {"summary": text, "phi_found": sorted(set(found))}
+    return {"summary": screen_summary(text, config), "phi_found": sorted({kind for kind, _, _ in find_phi(text)})}
 
 
 def _card(title: str, keys: list[str]) -> Any:
@@ -134,6 +135,7 @@ NOTE_SUMMARIZATION = TaskDefinition(
     },
     row_validator=screen_row,
     postprocess=summary_answer,
+    text_filter=screen_summary,  # chat/completions answer with the same screening as predictions
     sample_data="note_summarization_sample.jsonl",
     model_card=_card("note summarization", ["eval_loss", "perplexity"]),
     suitable_architectures=("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"),
@@ -156,6 +158,7 @@ pack = VerticalPack(
     license="Apache-2.0; sample data written for the project (CC0, synthetic, not clinically meaningful)",
     package="tunery_medical",
     config_validator=check_config,
+    requires_contract=">=1.1,<2",  # text_filter: an older platform would serve summaries unscreened
 )
 
 __all__ = ["CLINICAL_NER", "DOCUMENT_CLASSIFICATION", "NOTE_SUMMARIZATION", "pack"]
