@@ -318,6 +318,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch threads in both processes (0: torch's default)")
     ap.add_argument("--only", choices=("engine", "baseline"), help="run one side only")
     ap.add_argument(
+        "--engine-precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="the engine's precision (auto: fp32 on CPU; bf16 is opt-in on CPUs with native bf16); "
+        "the tutorial script always runs its defaults",
+    )
+    ap.add_argument(
         "--concurrent",
         action="store_true",
         help="run both sides at once (on a shared, busy machine both then see the same load; use --threads 1)",
@@ -414,6 +421,7 @@ def run_pair(
             "batch_size": args.batch_size,
             "max_length": args.max_length,
             "seed": args.seed,
+            "extra_config": {"precision": args.engine_precision},
         }
         command = [sys.executable, str(Path(__file__).resolve()), "--engine-child", json.dumps(params)]
         print("engine: python bench/engine_vs_trainer.py (child) " + str(work / "engine.log"), file=sys.stderr)

@@ -33,7 +33,7 @@ from typing import Any
 
 from tunery_contract.discovery import discover
 from tunery_contract.records import read_records
-from tunery_worker.config import POOLING_CHOICES
+from tunery_worker.config import POOLING_CHOICES, PRECISIONS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Rows = list[dict[str, Any]]
@@ -250,6 +250,8 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> 
         overrides["learning_rate"] = args.learning_rate
     if args.pooling is not None:
         overrides["pooling"] = args.pooling
+    if args.precision is not None:
+        overrides["precision"] = args.precision
     started = time.monotonic()
     result = tunery_worker.train(
         tunery_worker.JobSpec(
@@ -365,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--learning-rate", type=float, help="default: the pack's learning_rate")
     parser.add_argument("--pooling", choices=POOLING_CHOICES, help="default: the pack's (auto)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="default: auto (fp32 on CPU; bf16 is opt-in where the CPU has it)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, help="keep jobs here (default: a temporary folder)")

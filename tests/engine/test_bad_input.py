@@ -266,7 +266,14 @@ def test_auto_evaluation_is_once_per_epoch_but_at_most_ten_times_a_run():
         resolve(TrainConfig(precision="bf16"), n_train_rows=10, model_params=10, bf16_supported=False)
     opted_in = resolve(TrainConfig(precision="bf16"), n_train_rows=10, model_params=10, bf16_supported=True)
     assert opted_in.precision == "bf16"
-    assert resolve(TrainConfig(), n_train_rows=10, model_params=10, bf16_supported=True).precision == "fp32"
+    emulated = resolve(TrainConfig(), n_train_rows=10, model_params=10, bf16_supported=True)
+    assert emulated.precision == "fp32"  # oneDNN emulating bf16 is slower than fp32
+    native = resolve(TrainConfig(), n_train_rows=10, model_params=10, bf16_supported=True, bf16_native=True)
+    assert native.precision == "bf16"
+    forced = resolve(
+        TrainConfig(precision="fp32"), n_train_rows=10, model_params=10, bf16_supported=True, bf16_native=True
+    )
+    assert forced.precision == "fp32"
 
 
 def test_a_base_model_teacher_without_the_jobs_head_is_refused(tmp_path, tiny_bert):

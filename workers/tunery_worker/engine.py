@@ -201,10 +201,17 @@ class _Callbacks:
         return None
 
 
+def cpu_has_bf16_units() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matrix arithmetic in hardware (elsewhere oneDNN emulates it, slower
+    than fp32). torch.cpu's probes are private; their absence reads as no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if device.type == "cuda" and precision in ("bf16", "fp16"):
         return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    if device.type == "cpu" and precision == "bf16":  # opt-in: ~2x on CPUs with AVX-512 BF16 / AMX
+    if device.type == "cpu" and precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -262,9 +269,10 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     if getattr(model.config, "pad_token_id", None) is None:  # decoder heads find the last real token by it
         model.config.pad_token_id = tokenizer.pad_token_id
     if device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
+        bf16 = bf16_native = torch.cuda.is_bf16_supported()
     else:
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        bf16_native = bf16 and cpu_has_bf16_units()
     max_positions = model_config.get("max_position_embeddings") or getattr(tokenizer, "model_max_length", None)
     if max_positions and max_positions > 1_000_000:
         max_positions = None
@@ -276,6 +284,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
         causal_lm=task.kind is TaskKind.CAUSAL_LM,
         device_type=device.type,
         bf16_supported=bf16,
+        bf16_native=bf16_native,
         world_size=dist.world_size,
     )
     if max_positions and int(config.max_length) > max_positions:
@@ -405,8 +414,11 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     last_heartbeat = time.monotonic()
 
     def evaluate() -> dict[str, float]:
+        # On CPU the runtime serves fp32: evaluate so, so that the recorded metrics, the selected
+        # checkpoint and the fitted thresholds are those of the served model (bf16 training or not).
+        eval_precision = precision if device.type == "cuda" else "fp32"
         return _evaluate(
-            model, adapter, val_data, val_rows, label_names, device, precision, batch_size * 2, task, pad_id, dist
+            model, adapter, val_data, val_rows, label_names, device, eval_precision, batch_size * 2, task, pad_id, dist
         )
 
     def write_checkpoint(metrics: Mapping[str, float] | None, is_best: bool) -> Path:
