@@ -200,6 +200,28 @@ def test_default_batch_runners_follow_the_cores():
     assert default_batch_runners(torch.device("cuda"), torch_threads=1) == 1
 
 
+def test_serving_processes_on_one_host_share_its_cores_out(monkeypatch):
+    from tunery.serving.runtime import get_runtime, reset_runtime
+    from tunery_worker.serving import runtime
+
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
+    cpu = torch.device("cpu")
+    assert default_batch_runners(cpu, torch_threads=1, processes=4) == 4
+    assert default_batch_runners(cpu, torch_threads=2, processes=3) == 2
+    assert default_batch_runners(cpu, torch_threads=1, processes=64) == 1
+    # gunicorn's WEB_CONCURRENCY reaches the web process's runtime; TUNERY_BATCH_RUNNERS still wins
+    monkeypatch.setenv("WEB_CONCURRENCY", "8")
+    monkeypatch.setenv("TUNERY_TORCH_THREADS", "1")
+    reset_runtime()
+    try:
+        assert get_runtime().batch_runners == 2
+        reset_runtime()
+        monkeypatch.setenv("TUNERY_BATCH_RUNNERS", "5")
+        assert get_runtime().batch_runners == 5
+    finally:
+        reset_runtime()
+
+
 def test_length_groups_cover_every_row_once_and_split_only_when_it_pays():
     short_and_long = [12] * 31 + [82]
     groups = length_groups(short_and_long)

@@ -45,8 +45,14 @@ def batch_max_wait_ms() -> int:
 
 
 def batch_runners() -> int:
-    """Batches of one model run at once; 0 (default): usable CPU cores / torch threads (1 on a GPU)."""
+    """Batches of one model run at once; 0 (default): usable CPU cores / torch threads / serving
+    processes on the host (1 on a GPU)."""
     return _setting("TUNERY_BATCH_RUNNERS", 0)
+
+
+def host_processes() -> int:
+    """Serving processes sharing this host's cores: gunicorn's WEB_CONCURRENCY (its --workers default)."""
+    return max(1, env_int("WEB_CONCURRENCY", 1))
 
 
 def torch_threads() -> int:

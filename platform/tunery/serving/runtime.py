@@ -36,6 +36,7 @@ def get_runtime() -> InferenceRuntime:
                     max_batch_size=conf.batch_max_size(),
                     max_wait_seconds=conf.batch_max_wait_ms() / 1000,
                     batch_runners=conf.batch_runners() or None,
+                    host_processes=conf.host_processes(),
                     precision=conf.serving_precision(),
                     observer=RuntimeObserver(on_batch=observe_batch),
                 )

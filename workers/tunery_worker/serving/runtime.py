@@ -91,6 +91,7 @@ class InferenceRuntime:
         max_batch_size: int = 32,
         max_wait_seconds: float = 0.005,
         batch_runners: int | None = None,
+        host_processes: int = 1,
         precision: str = "fp32",
         group_by_length: bool = True,
         device: str | None = None,
@@ -98,14 +99,15 @@ class InferenceRuntime:
         observer: RuntimeObserver | None = None,
         request_timeout: float = 60.0,
     ) -> None:
-        """``batch_runners``: batches of one whole model run at once (None: ``default_batch_runners``).
+        """``batch_runners``: batches of one whole model run at once (None: ``default_batch_runners``,
+        which shares the cores among ``host_processes`` serving processes on this host).
         ``precision``: how whole encoder models are served unless a call asks otherwise ("fp32",
         or "int8": dynamic quantization at load, CPU only). ``group_by_length``: on CPU, run a batch
         in groups of similar length (``forward_by_length``) rather than padded to its longest text."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.batch_runners = batch_runners or default_batch_runners(self.device)
+        self.batch_runners = batch_runners or default_batch_runners(self.device, processes=host_processes)
         self.precision = precision
         self.group_by_length = group_by_length
         self.max_batch_size = max_batch_size
@@ -299,10 +301,11 @@ def default_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
-def default_batch_runners(device: torch.device, torch_threads: int | None = None) -> int:
+def default_batch_runners(device: torch.device, torch_threads: int | None = None, processes: int = 1) -> int:
     """Batches of one model run at once: on CPU the usable cores over torch's intra-op threads
-    (each runner keeps its cores busy); on a GPU one (its kernels queue on one stream anyway)."""
+    (each runner keeps its cores busy), shared among ``processes`` serving processes on the host
+    so that they do not oversubscribe it; on a GPU one (its kernels queue on one stream anyway)."""
     if device.type != "cpu":
         return 1
     threads = torch_threads or torch.get_num_threads()
-    return max(1, usable_cpus() // max(1, threads))
+    return max(1, usable_cpus() // (max(1, threads) * max(1, processes)))
