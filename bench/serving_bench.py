@@ -2,16 +2,17 @@
 
 1. a MiniLM classifier (all-MiniLM-L6-v2 with a fresh 3-way head) answering short texts (or
    BANKING77 test messages, ``--texts banking77``) at concurrency 1, 8 and 64 (predictions per
-   second, p50 and p99 latency, CPU per prediction), in five configurations:
+   second, p50 and p99 latency, CPU per prediction), in these configurations:
    - one at a time: no batching, one forward pass at a time with ``--threads`` intra-op threads;
    - batched fp32, 1 runner: micro-batching, one batch at a time with ``--threads`` threads;
    - batched fp32, R runners: micro-batching, R batches at once with one thread each
      (R = ``--runners``, default ``--threads``: the serving default, one runner per core);
    - batched int8, R runners: the same with the encoder dynamically quantized to int8, and once
      more without length groups (each batch padded to its longest text);
-2. fidelity of int8 against fp32 on real texts (BANKING77 test, from ../shared/data): a 77-way
-   head fitted on the frozen MiniLM's pooled features of BANKING77 train texts, then label
-   agreement, probability differences and accuracy of both precisions (``--fidelity-artifact DIR``
+   - batched bf16, R runners, where the CPU has bf16 units (AVX-512 BF16, AMX);
+2. fidelity of int8 (and bf16) against fp32 on real texts (BANKING77 test, from ../shared/data):
+   a 77-way head fitted on the frozen MiniLM's pooled features of BANKING77 train texts, then label
+   agreement, probability differences and accuracy of each precision (``--fidelity-artifact DIR``
    measures a fine-tuned artifact instead);
 3. 20 tenants' LoRA adapters over one loaded MiniLM base versus 20 separately loaded (merged)
    models: bytes of weights held, process memory growth, and throughput at concurrency 64.
@@ -44,6 +45,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tunery_contract import TaskKind
+from tunery_worker.modeling import cpu_has_bf16_units
 from tunery_worker.serving import ARTIFACT_FILE, InferenceRuntime, PredictionInput, read_artifact
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "customer_service" / "banking77"
@@ -208,6 +210,9 @@ def variants(args: argparse.Namespace) -> list[dict[str, Any]]:
     configurations.append(
         {**configurations[-1], "mode": f"{configurations[-1]['mode']}, no length groups", "group_by_length": False}
     )
+    if cpu_has_bf16_units():  # elsewhere the runtime serves "bf16" in fp32
+        bf16 = {**configurations[3], "mode": f"batched bf16, {runners} runner{plural} x 1 thread", "precision": "bf16"}
+        configurations.insert(3, bf16)
     if runners == 1 and args.threads == 1:  # "fp32, 1 runner" is measured once
         del configurations[2]
     return configurations
@@ -319,12 +324,13 @@ def fitted_banking77_classifier(root: Path, base: Path, args: argparse.Namespace
 
 
 def bench_fidelity(artifact: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """int8 against fp32 on BANKING77 test texts: labels, probabilities, accuracy."""
+    """int8 (and bf16 where the CPU has bf16 units) against fp32 on BANKING77 test texts: labels,
+    probabilities, accuracy."""
     texts, labels = banking77("test", args.fidelity_texts)
     torch.set_num_threads(args.threads)
     names = read_artifact(artifact).label_names
     outputs = {}
-    for precision in ("fp32", "int8"):
+    for precision in ("fp32", "int8", "bf16") if cpu_has_bf16_units() else ("fp32", "int8"):
         runtime = InferenceRuntime(precision=precision, batch_runners=1)
         predictions = []
         for start in range(0, len(texts), 32):
@@ -332,30 +338,25 @@ def bench_fidelity(artifact: Path, args: argparse.Namespace) -> dict[str, Any]:
             predictions.extend(runtime.predict_unbatched("ft:fidelity", artifact, batch))
         runtime.close()
         outputs[precision] = torch.tensor([p.probabilities for p in predictions])
-    fp32, int8 = outputs["fp32"], outputs["int8"]
-    agree = (fp32.argmax(1) == int8.argmax(1)).float().mean().item()
-    diff = (fp32 - int8).abs()
-    top = fp32.max(1).values
+    fp32 = outputs.pop("fp32")
     gold = torch.tensor([names.index(label) if label in names else -1 for label in labels])
-    result = {
-        "texts": len(texts),
-        "label_agreement": agree,
-        "max_abs_probability_diff": diff.max().item(),
-        "mean_abs_top_probability_diff": (top - int8.gather(1, fp32.argmax(1, keepdim=True)).squeeze(1))
-        .abs()
-        .mean()
-        .item(),
-        "p99_abs_probability_diff": diff.max(1).values.quantile(0.99).item(),
-        "fp32_accuracy": (fp32.argmax(1) == gold).float().mean().item(),
-        "int8_accuracy": (int8.argmax(1) == gold).float().mean().item(),
-    }
-    print(
-        f"  {result['texts']} BANKING77 test texts: int8 agrees with fp32 on {agree:.2%} of labels; "
-        f"probability difference max {result['max_abs_probability_diff']:.4f}, "
-        f"p99 {result['p99_abs_probability_diff']:.4f}; accuracy fp32 {result['fp32_accuracy']:.2%}, "
-        f"int8 {result['int8_accuracy']:.2%}",
-        flush=True,
-    )
+    result: dict[str, Any] = {"texts": len(texts), "fp32_accuracy": (fp32.argmax(1) == gold).float().mean().item()}
+    for precision, other in outputs.items():
+        diff = (fp32 - other).abs()
+        result[precision] = {
+            "label_agreement": (fp32.argmax(1) == other.argmax(1)).float().mean().item(),
+            "max_abs_probability_diff": diff.max().item(),
+            "p99_abs_probability_diff": diff.max(1).values.quantile(0.99).item(),
+            "accuracy": (other.argmax(1) == gold).float().mean().item(),
+        }
+        found = result[precision]
+        print(
+            f"  {len(texts)} BANKING77 test texts: {precision} agrees with fp32 on {found['label_agreement']:.2%} "
+            f"of labels; probability difference max {found['max_abs_probability_diff']:.4f}, "
+            f"p99 {found['p99_abs_probability_diff']:.4f}; accuracy fp32 {result['fp32_accuracy']:.2%}, "
+            f"{precision} {found['accuracy']:.2%}",
+            flush=True,
+        )
     return result
 
 
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         results["batching"] = bench_batching(build_classifier(root, base), args)
         print_batching_table(results["batching"])
         if not args.skip_fidelity:
-            print("\nint8 fidelity against fp32 on real texts")
+            print("\nint8 (and bf16) fidelity against fp32 on real texts")
             artifact = args.fidelity_artifact or fitted_banking77_classifier(root, base, args)
             results["fidelity"] = bench_fidelity(artifact, args)
         if not args.skip_tenants:

@@ -564,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("model", help="fine-tuned model id (ft:...)")
     deploy.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=("fp32", "int8", "bf16"),
         help="int8: serve an encoder model quantized on CPU (faster, slightly different scores); "
+        "bf16: under bf16 autocast on CPUs with bf16 units (about as fast, closer to fp32); "
         "default: the server's TUNERY_SERVING_PRECISION",
     )
     deploy.set_defaults(run=_cmd_deploy)

@@ -121,6 +121,42 @@ def test_int8_predictions_agree_with_fp32(artifacts):
     assert max(differences) > 0  # the int8 side really ran quantized
 
 
+def test_bf16_serves_under_autocast_where_the_cpu_has_bf16_units(artifacts, monkeypatch):
+    from tunery_worker import modeling
+
+    items = [PredictionInput(text) for text in TEXTS]
+    monkeypatch.setattr(modeling, "cpu_has_bf16_units", lambda: True)  # oneDNN runs bf16 on any CPU
+    runtime = InferenceRuntime(max_wait_seconds=0.002)
+    try:
+        fp32 = runtime.predict_unbatched("ft:cls", artifacts["classifier"], items)
+        bf16 = runtime.predict("ft:cls", artifacts["classifier"], items, precision="bf16")
+        bf16_model = runtime.load("ft:cls", artifacts["classifier"], "bf16")
+        assert runtime.load("ft:lora", artifacts["lora"], "bf16").precision == "fp32"
+        assert runtime.load("ft:chat", artifacts["chat"], "bf16").precision == "fp32"
+    finally:
+        runtime.close()
+    assert bf16_model.precision == "bf16"
+    differences = []
+    for exact, autocast in zip(fp32, bf16):
+        assert exact.probabilities is not None
+        assert autocast.probabilities is not None
+        top, second = sorted(exact.probabilities, reverse=True)[:2]
+        if top - second > 0.03:
+            assert autocast.top_label()[0] == exact.top_label()[0]
+        differences += [abs(a - b) for a, b in zip(exact.probabilities, autocast.probabilities)]
+    assert 0 < max(differences) < 0.05  # it really ran in bf16, and stayed close
+
+    monkeypatch.setattr(modeling, "cpu_has_bf16_units", lambda: False)  # emulated bf16: slower than fp32
+    runtime = InferenceRuntime(precision="bf16")
+    try:
+        assert runtime.load("ft:cls", artifacts["classifier"]).precision == "fp32"
+        fallback = runtime.predict("ft:cls", artifacts["classifier"], items)
+    finally:
+        runtime.close()
+    for served, exact in zip(fallback, fp32, strict=True):
+        assert served.probabilities == pytest.approx(exact.probabilities, abs=1e-6)
+
+
 def test_int8_quantizes_the_encoder_in_memory_and_keeps_the_head(artifacts):
     before = sorted(p.name for p in artifacts["classifier"].iterdir())
     runtime = InferenceRuntime(precision="int8")

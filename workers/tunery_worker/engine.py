@@ -33,6 +33,7 @@ from tunery_worker.modeling import (
     apply_lora,
     bernoulli_is_vectorised,
     count_parameters,
+    cpu_has_bf16_units,
     load_tokenizer,
     read_model_config,
     resolve_pooling,
@@ -199,13 +200,6 @@ class _Callbacks:
             if request in ("pause", "cancel"):
                 return request
         return None
-
-
-def cpu_has_bf16_units() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matrix arithmetic in hardware (elsewhere oneDNN emulates it, slower
-    than fp32). torch.cpu's probes are private; their absence reads as no."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -197,6 +197,13 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def cpu_has_bf16_units() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matrix arithmetic in hardware (elsewhere oneDNN emulates it, slower
+    than fp32). torch.cpu's probes are private; their absence reads as no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from tunery.core.env import env_int
 
 #: Precisions a deployment's whole encoder model can be served in (tunery_worker.serving's PRECISIONS).
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def _setting(name: str, default: int) -> int:

@@ -30,7 +30,7 @@ def model_id(data: dict[str, Any]) -> str:
 
 
 def deployment_precision(data: dict[str, Any]) -> str:
-    """A deployment's optional ``precision`` ("fp32" or "int8"); "" when absent (the server's default)."""
+    """A deployment's optional ``precision`` ("fp32", "int8" or "bf16"); "" when absent (the server's default)."""
     value = data.get("precision")
     if value is None:
         return ""

@@ -27,9 +27,11 @@ class Deployment(models.Model):
     error = models.TextField(blank=True)
     #: The model's task kind (tunery_contract.TaskKind value), read from its artifact.
     kind = models.CharField(max_length=40, blank=True)
-    #: "int8" or "fp32" to override TUNERY_SERVING_PRECISION for this model; blank: the server's.
+    #: "int8", "bf16" or "fp32" to override TUNERY_SERVING_PRECISION for this model; blank: the server's.
     #: Read on every prediction, so a change (API or admin) reloads the model on its next request.
-    precision = models.CharField(max_length=8, blank=True, choices=[("fp32", "fp32"), ("int8", "int8")])
+    precision = models.CharField(
+        max_length=8, blank=True, choices=[("fp32", "fp32"), ("int8", "int8"), ("bf16", "bf16")]
+    )
     created_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

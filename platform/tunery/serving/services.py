@@ -41,7 +41,7 @@ class ModelUnavailable(ApiError):
 def deploy(*, tenant: Tenant, model_id: str, actor: str, precision: str | None = None) -> tuple[Deployment, bool]:
     """Deploy a tenant's fine-tuned model: check the quota, load the artifact in this process,
     record the outcome. Returns (deployment, created); deploying a ready model again is a no-op,
-    unless it names another ``precision`` ("fp32"/"int8", "" for the server's default; None keeps
+    unless it names another ``precision`` ("fp32"/"int8"/"bf16", "" for the server's default; None keeps
     the deployment's), which is then recorded and loaded.
     The load runs outside any transaction (it may take seconds; SQLite would hold its write lock)."""
     model = selectors.tenant_model(tenant, model_id)

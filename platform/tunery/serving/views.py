@@ -45,7 +45,7 @@ DeployBody = inline_serializer(
     name="DeploymentRequest",
     fields={
         "model": serializers.CharField(),
-        "precision": serializers.ChoiceField(choices=("fp32", "int8"), required=False),
+        "precision": serializers.ChoiceField(choices=conf.PRECISIONS, required=False),
     },
 )
 
@@ -95,7 +95,8 @@ class DeploymentViewSet(TenantScopedViewSet):
         summary="Deploy a fine-tuned model",
         description=(
             "precision (optional): 'int8' serves a whole encoder model dynamically quantized on CPU, "
-            "'fp32' in full precision; without it the server's TUNERY_SERVING_PRECISION applies."
+            "'bf16' under bf16 autocast on CPUs with bf16 units (fp32 elsewhere), 'fp32' in full "
+            "precision; without it the server's TUNERY_SERVING_PRECISION applies."
         ),
         request=DeployBody,
         responses={201: DeploymentObject, 200: DeploymentObject, **ERRORS},

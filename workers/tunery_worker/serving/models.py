@@ -3,6 +3,7 @@ text generation for causal LMs, and LoRA adapters sharing one loaded base model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import warnings
@@ -23,8 +24,9 @@ from tunery_worker.serving.batching import BatcherClosed
 from tunery_worker.sft import BUILTIN_CHAT_TEMPLATE
 
 PAIR_KINDS = (TaskKind.TEXT_PAIR_CLASSIFICATION, TaskKind.TEXT_PAIR_REGRESSION)
-#: Precisions a whole encoder model can be served in (``int8``: dynamic quantization on CPU).
-PRECISIONS = ("fp32", "int8")
+#: Precisions a whole encoder model can be served in on CPU (``served_precision`` says where each
+#: applies): ``int8`` dynamic quantization, ``bf16`` autocast on CPUs with bf16 units.
+PRECISIONS = ("fp32", "int8", "bf16")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 #: Seconds a streaming reader waits for the next token before giving up.
 GENERATION_TOKEN_TIMEOUT = 120.0
@@ -133,19 +135,32 @@ def load_tokenizer(info: ArtifactInfo) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def quantizable(info: ArtifactInfo, device: torch.device) -> bool:
-    """int8 applies to whole encoder models on CPU; LoRA adapters (peft wraps fp32 Linear layers),
-    causal LMs and GPUs keep fp32."""
-    return device.type == "cpu" and not info.is_lora and info.kind is not TaskKind.CAUSAL_LM
+def served_precision(info: ArtifactInfo, device: torch.device, precision: str) -> str:
+    """What a model asked to be served in ``precision`` runs in. int8 and bf16 apply to whole
+    encoder models on CPU, bf16 only where the CPU has bf16 units (oneDNN's emulation is slower
+    than fp32); LoRA adapters (peft wraps fp32 Linear layers), causal LMs and GPUs keep fp32."""
+    if precision not in PRECISIONS:
+        raise ArtifactError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type != "cpu" or info.is_lora or info.kind is TaskKind.CAUSAL_LM:
+        return "fp32"
+    if precision == "bf16" and not modeling.cpu_has_bf16_units():
+        return "fp32"
+    return precision
 
 
 def load_full_model(info: ArtifactInfo, device: torch.device, precision: str = "fp32") -> torch.nn.Module:
-    if precision not in PRECISIONS:
-        raise ArtifactError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    served = served_precision(info, device, precision)
     module = load_pretrained(info.kind, info.path).to(device).eval()
-    if precision == "int8" and quantizable(info, device):
+    if served == "int8":
         quantize_int8(module)
     return module
+
+
+def _precision_context(precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 serving runs the fp32 weights under autocast: matmuls in bf16, norms and softmax in fp32."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def adapter_name_for(model_id: str) -> str:
@@ -324,7 +339,7 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock)
     on_close: Callable[[LoadedModel], None] | None = None
     closed: bool = False
-    #: What the weights are served in: "fp32", or "int8" (dynamically quantized at load).
+    #: What the model is served in: "fp32", "int8" (dynamically quantized at load) or "bf16" (autocast).
     precision: str = "fp32"
     #: On CPU, run batches in groups of similar length (forward_by_length).
     group_by_length: bool = True
@@ -389,7 +404,7 @@ class LoadedModel:
         inputs = model_inputs(encoded, self.device)
 
         def forward(module: Any) -> torch.Tensor:
-            with torch.inference_mode():
+            with torch.inference_mode(), _precision_context(self.precision):
                 if self.group_by_length and self.device.type == "cpu" and self.tokenizer.padding_side == "right":
                     return forward_by_length(module, inputs)
                 return module(**inputs).logits.float().cpu()
@@ -553,12 +568,11 @@ def load_model(
     precision: str = "fp32",
 ) -> LoadedModel:
     """Load an artifact. LoRA artifacts go onto the base ``shared_base`` hands out (a new one
-    per call when None); full models load on their own, quantized to int8 when ``precision``
-    asks for it and ``quantizable`` allows it."""
+    per call when None); full models load on their own, in ``served_precision``."""
     tokenizer = load_tokenizer(info)
     if not info.is_lora:
         module = load_full_model(info, device, precision)
-        served = "int8" if precision == "int8" and quantizable(info, device) else "fp32"
+        served = served_precision(info, device, precision)
         return LoadedModel(
             model_id, info, tokenizer, device, nbytes=module_bytes(module), module=module, precision=served
         )

@@ -33,7 +33,7 @@ from tunery_worker.serving.models import (
     SharedBase,
     base_key,
     load_model,
-    quantizable,
+    served_precision,
 )
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ class InferenceRuntime:
         """``batch_runners``: batches of one whole model run at once (None: ``default_batch_runners``,
         which shares the cores among ``host_processes`` serving processes on this host).
         ``precision``: how whole encoder models are served unless a call asks otherwise ("fp32",
-        or "int8": dynamic quantization at load, CPU only). ``group_by_length``: on CPU, run a batch
+        "int8": dynamic quantization at load, or "bf16": autocast on CPUs with bf16 units; whole
+        encoders on CPU only, see ``served_precision``). ``group_by_length``: on CPU, run a batch
         in groups of similar length (``forward_by_length``) rather than padded to its longest text."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -168,8 +169,8 @@ class InferenceRuntime:
         return entry
 
     def _effective(self, info: ArtifactInfo, precision: str) -> str:
-        """The precision a model is served in when ``precision`` is asked (fp32 where int8 does not apply)."""
-        return precision if quantizable(info, self.device) else "fp32"
+        """The precision a model is served in when ``precision`` is asked (fp32 where it does not apply)."""
+        return served_precision(info, self.device, precision)
 
     def _estimate(self, info: ArtifactInfo, precision: str) -> int:
         weights = info.adapter_dir if info.is_lora else info.path
