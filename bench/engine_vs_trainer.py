@@ -321,8 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--engine-precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         default="auto",
-        help="the engine's precision (auto: fp32 on CPU; bf16 is opt-in on CPUs with native bf16); "
-        "the tutorial script always runs its defaults",
+        help="the engine's precision (auto: bf16 on CPUs with bf16 units, else fp32); "
+        "the tutorial script always runs its defaults (fp32 on CPU)",
     )
     ap.add_argument(
         "--concurrent",

@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, help="default: the pack's learning_rate")
     parser.add_argument("--pooling", choices=POOLING_CHOICES, help="default: the pack's (auto)")
     parser.add_argument(
-        "--precision", choices=PRECISIONS, help="default: auto (fp32 on CPU; bf16 is opt-in where the CPU has it)"
+        "--precision", choices=PRECISIONS, help="default: auto (bf16 on CPUs with bf16 units, else fp32)"
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
