@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunery_worker.config import PRECISIONS
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BASELINE_SCRIPT = SHARED / "bench" / "tutorial_trainer.py"
@@ -319,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only", choices=("engine", "baseline"), help="run one side only")
     ap.add_argument(
         "--engine-precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="auto",
         help="the engine's precision (auto: bf16 on CPUs with bf16 units, else fp32); "
         "the tutorial script always runs its defaults (fp32 on CPU)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import models
 
 from tunery.core.ids import prefixed_id
+from tunery.serving import conf
 
 
 def new_deployment_id() -> str:
@@ -29,9 +30,7 @@ class Deployment(models.Model):
     kind = models.CharField(max_length=40, blank=True)
     #: "int8", "bf16" or "fp32" to override TUNERY_SERVING_PRECISION for this model; blank: the server's.
     #: Read on every prediction, so a change (API or admin) reloads the model on its next request.
-    precision = models.CharField(
-        max_length=8, blank=True, choices=[("fp32", "fp32"), ("int8", "int8"), ("bf16", "bf16")]
-    )
+    precision = models.CharField(max_length=8, blank=True, choices=[(p, p) for p in conf.PRECISIONS])
     created_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

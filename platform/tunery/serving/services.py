@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.db import transaction
@@ -383,13 +383,20 @@ def _event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def _whole_as_stream(result: Any, shape: _Shape, include_usage: bool) -> Iterator[str]:
+def _framed(shape: _Shape, pieces: Iterable[str], result: Any, include_usage: bool) -> Iterator[str]:
+    """The events of one streamed answer: the role (chat), each piece, the finish reason and the
+    usage (read from ``result`` once the pieces are through)."""
     if shape.chat:
         yield _event(shape.chunk(None, role=True))
-    yield _event(shape.chunk(result.text))
+    for piece in pieces:
+        yield _event(shape.chunk(piece))
     yield _event(shape.chunk(None, finish_reason=result.finish_reason))
     if include_usage:
         yield _event({**shape.chunk(None), "choices": [], "usage": shape.usage(result)})
+
+
+def _whole_as_stream(result: Any, shape: _Shape, include_usage: bool) -> Iterator[str]:
+    yield from _framed(shape, [result.text], result, include_usage)
     yield "data: [DONE]\n\n"
 
 
@@ -404,13 +411,8 @@ def _stream(target: selectors.ServingTarget, request: Any, shape: _Shape, includ
         result = GenerationResult()
         started = time.perf_counter()
         try:
-            if shape.chat:
-                yield _event(shape.chunk(None, role=True))
-            for piece in runtime.stream(target.model.id, target.path, request, result):
-                yield _event(shape.chunk(piece))
-            yield _event(shape.chunk(None, finish_reason=result.finish_reason))
-            if include_usage:
-                yield _event({**shape.chunk(None), "choices": [], "usage": shape.usage(result)})
+            pieces = runtime.stream(target.model.id, target.path, request, result)
+            yield from _framed(shape, pieces, result, include_usage)
         except Exception as exc:  # headers are gone: report in-band, as OpenAI does
             log.exception("generation failed mid-stream for %s", target.model.id)
             yield _event(
