@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(PY) -m tunery.demo
+	$(PY) -m tunery_client.demo
 
 lint: install-test
 	$(VENV)/bin/ruff format --check .

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tunery_worker import JobSpec, ProgressEvent, TrainConfig, TrainingCallback, train
+    from tunery_engine import JobSpec, ProgressEvent, TrainConfig, TrainingCallback, train
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -67,7 +67,7 @@ def run_trainer(model_dir: str, rows, labels, batch_size: int) -> tuple[float, f
 def run_engine(model_dir: str, rows, labels, batch_size: int) -> tuple[float, float]:
     from tunery_contract import Column, ColumnType, DatasetSchema, TaskDefinition, TaskKind
     from tunery_contract.metrics import classification_summary
-    from tunery_worker import JobSpec, TrainConfig, TrainingCallback, train
+    from tunery_engine import JobSpec, TrainConfig, TrainingCallback, train
 
     work = Path(tempfile.mkdtemp())
     with (work / "train.csv").open("w", newline="", encoding="utf-8") as f:

@@ -2,7 +2,7 @@
 
 Runs, in one invocation and each in a fresh process with the same thread settings, the reference
 baseline ``../shared/bench/tutorial_trainer.py`` (Hugging Face's text-classification tutorial) and
-the Tunery engine (``tunery_worker.train``) on the same model, training rows (the baseline's own
+the Tunery engine (``tunery_engine.train``) on the same model, training rows (the baseline's own
 seeded shuffle and cut), epochs, learning rate, batch size and max length, then prints a table.
 
 Definitions, equal for both sides:
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunery_worker.config import PRECISIONS
+from tunery_engine.config import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -99,16 +99,16 @@ def evaluate_artifact(artifact_dir: Path, task: Any, test_file: Path, max_length
     import torch
 
     from tunery_contract import EvalOutput
-    from tunery_worker.artifact import load_artifact
-    from tunery_worker.config import TrainConfig
-    from tunery_worker.data import eval_batches, load_rows
-    from tunery_worker.tasks import adapter_for
+    from tunery_engine.artifact import load_artifact
+    from tunery_engine.config import TrainConfig
+    from tunery_engine.data import eval_batches, load_rows
+    from tunery_engine.heads import head_for
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, manifest = load_artifact(artifact_dir)
     model.to(device)
     label_names = tuple(manifest["label_names"])
-    adapter = adapter_for(task)
+    adapter = head_for(task)
     rows = load_rows(test_file, task)
     encoded = adapter.encode(rows, tokenizer, label_names, max_length, TrainConfig())
     y_true: list[int] = [0] * len(rows)
@@ -127,7 +127,7 @@ def evaluate_artifact(artifact_dir: Path, task: Any, test_file: Path, max_length
 
 def train_rows(task: Any, params: dict[str, Any], config: Any) -> int:
     """Rows the engine trains on: all of the training file, less its validation split if it makes one."""
-    from tunery_worker.data import load_rows, split_validation
+    from tunery_engine.data import load_rows, split_validation
 
     rows = load_rows(Path(params["train_file"]), task)
     if params.get("validation_file"):
@@ -136,10 +136,10 @@ def train_rows(task: Any, params: dict[str, Any], config: Any) -> int:
 
 
 def run_engine(params: dict[str, Any]) -> dict[str, Any]:
-    """Train with ``tunery_worker.train`` and measure; runs in the child process."""
+    """Train with ``tunery_engine.train`` and measure; runs in the child process."""
     import torch
 
-    from tunery_worker import JobSpec, TrainConfig, TrainingCallback, train
+    from tunery_engine import JobSpec, TrainConfig, TrainingCallback, train
 
     class LoopTimer(TrainingCallback):
         def on_train_begin(self, state: Any) -> None:

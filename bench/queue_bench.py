@@ -68,7 +68,7 @@ def main() -> None:
     )
     database = "tunery_queue_bench"
     sys.path[:0] = [str(ROOT / p) for p in ("platform", "workers", "contract/src")]
-    from tunery_worker.testing import write_tiny_pack_distribution
+    from tunery_engine.tiny_models import write_tiny_pack_distribution
 
     site = write_tiny_pack_distribution(work / "site")
     env = {
@@ -125,7 +125,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict:
     from tunery.tenants.models import Tenant
     from tunery.verticals.models import VerticalEnablement
     from tunery_contract import TaskKind
-    from tunery_worker.testing import write_synthetic
+    from tunery_engine.tiny_models import write_synthetic
 
     (work / "model").mkdir()
     base = BaseModel.objects.create(name="bench", local_path=str(work / "model"))

@@ -45,8 +45,8 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tunery_contract import TaskKind
-from tunery_worker.modeling import cpu_has_bf16_units
-from tunery_worker.serving import ARTIFACT_FILE, InferenceRuntime, PredictionInput, read_artifact
+from tunery_engine.modeling import cpu_has_bf16_units
+from tunery_serving import ARTIFACT_FILE, InferenceRuntime, PredictionInput, read_artifact
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "customer_service" / "banking77"
 

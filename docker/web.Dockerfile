@@ -19,6 +19,7 @@ COPY contract/ contract/
 COPY pyproject.toml manage.py README.md ./
 COPY platform/ platform/
 COPY workers/ workers/
+COPY client/ client/
 COPY verticals/ verticals/
 RUN pip install ./contract . $(for p in verticals/*/; do [ -f "$p/pyproject.toml" ] && echo "./$p"; done)
 

@@ -7,6 +7,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE_ROOTS = [
     ROOT / "platform",
     ROOT / "workers",
+    ROOT / "client",
     ROOT / "contract" / "src",
     *sorted((ROOT / "verticals").glob("*/src")),
 ]
@@ -34,5 +35,5 @@ def test_platform_folder_is_not_a_package():
 
 def test_import_roots_are_the_expected_unique_names():
     names = top_level_names()
-    assert {"tunery", "tunery_worker", "tunery_contract"} <= names
+    assert {"tunery", "tunery_engine", "tunery_serving", "tunery_client", "tunery_contract"} <= names
     assert all(name.startswith("tunery") for name in names), sorted(names)

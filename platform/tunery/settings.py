@@ -168,7 +168,7 @@ TUNERY_RECONCILE_EVERY_SECONDS = env_int("TUNERY_RECONCILE_EVERY_SECONDS", 30)
 TUNERY_ENGINE_COMMAND = shlex.split(os.environ.get("TUNERY_ENGINE_COMMAND", "")) or [
     sys.executable,
     "-m",
-    "tunery_worker",
+    "tunery_engine",
     "run",
 ]
 #: Seconds between lease renewals / pause-cancel checks of a running job (also bounds cancel latency).

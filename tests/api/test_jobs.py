@@ -9,7 +9,7 @@ from tunery.core.errors import InvalidRequest
 from tunery.jobs import dispatch
 from tunery.jobs.hyperparameters import engine_overrides, openai_hyperparameters
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
-from tunery_worker.config import TrainConfig
+from tunery_engine.config import TrainConfig
 
 
 def assert_refused(response, status: int, param: str | None, code: str) -> str:

@@ -94,7 +94,7 @@ def test_label_names_for_token_classification_are_bio_tags():
 
 
 def test_engine_knows_every_hyperparameter_a_pack_may_set():
-    config = pytest.importorskip("tunery_worker.config")
+    config = pytest.importorskip("tunery_engine.config")
     from dataclasses import fields
 
     from tunery_contract import ENGINE_HYPERPARAMETERS

@@ -8,7 +8,7 @@ from pathlib import Path
 import dummy_pack
 import pytest
 
-from tunery.cli import CliError, headline, load_settings, main, parse_hyperparameters, progress_of
+from tunery_client.cli import CliError, headline, load_settings, main, parse_hyperparameters, progress_of
 
 # ------------------------------------------------------------------------------------ configuration
 

@@ -1,4 +1,4 @@
-"""`make demo` for real: `python -m tunery.demo` in a private data folder, run twice, then stopped.
+"""`make demo` for real: `python -m tunery_client.demo` in a private data folder, run twice, then stopped.
 It trains the packaged MiniLM on the customer-service sample data through the REST API, so it is
 slow (minutes on 2 CPU cores)."""
 
@@ -23,7 +23,7 @@ def run_demo(data_dir: Path, *args: str, timeout: float = 900) -> subprocess.Com
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TUNERY_BROKER_URL")}
     env["TUNERY_DATA_DIR"] = str(data_dir)
     return subprocess.run(
-        [sys.executable, "-m", "tunery.demo", "--port", str(PORT), *args],
+        [sys.executable, "-m", "tunery_client.demo", "--port", str(PORT), *args],
         env=env,
         capture_output=True,
         text=True,

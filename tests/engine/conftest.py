@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunery_worker.testing import make_tiny_bert, make_tiny_llama
+from tunery_engine.tiny_models import make_tiny_bert, make_tiny_llama
 
 
 @pytest.fixture(autouse=True, scope="session")

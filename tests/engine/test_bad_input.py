@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tunery_contract import TaskKind
-from tunery_worker import (
+from tunery_engine import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -25,8 +25,8 @@ from tunery_worker import (
     resolve,
     train,
 )
-from tunery_worker.checkpoint import list_checkpoints
-from tunery_worker.testing import tiny_task, write_jsonl, write_synthetic
+from tunery_engine.checkpoint import list_checkpoints
+from tunery_engine.tiny_models import tiny_task, write_jsonl, write_synthetic
 
 QUICK = {"learning_rate": 3e-3, "batch_size": 16, "n_epochs": 1, "early_stopping_patience": None}
 

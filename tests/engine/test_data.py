@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tunery_contract import TaskKind
-from tunery_worker import DataError, TrainConfig
-from tunery_worker.data import _load_encoded, _save_encoded, epoch_batches, eval_batches, load_rows, split_validation
-from tunery_worker.tasks import Encoded
-from tunery_worker.testing import synthetic_rows, tiny_task
+from tunery_engine import DataError, TrainConfig
+from tunery_engine.data import _load_encoded, _save_encoded, epoch_batches, eval_batches, load_rows, split_validation
+from tunery_engine.heads import Encoded
+from tunery_engine.tiny_models import synthetic_rows, tiny_task
 
 
 def test_csv_with_column_mapping_is_read_and_validated(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tunery_worker.modeling import CpuDropout, use_cpu_dropout
+from tunery_engine.modeling import CpuDropout, use_cpu_dropout
 
 
 def test_training_mask_drops_p_and_rescales_the_rest():

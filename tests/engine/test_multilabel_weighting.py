@@ -8,8 +8,8 @@ import random
 import pytest
 
 from tunery_contract import TaskKind
-from tunery_worker import ConfigError, JobSpec, TrainConfig, train
-from tunery_worker.testing import FILLER, tiny_task, write_jsonl
+from tunery_engine import ConfigError, JobSpec, TrainConfig, train
+from tunery_engine.tiny_models import FILLER, tiny_task, write_jsonl
 
 
 def imbalanced_rows(n: int, seed: int) -> list[dict]:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tunery_contract import TaskKind
-from tunery_worker import ConfigError, JobSpec, TrainConfig, load_artifact, train
-from tunery_worker.modeling import load_pretrained, load_tokenizer, resolve_pooling
-from tunery_worker.serving import InferenceRuntime, PredictionInput
-from tunery_worker.testing import make_tiny_bert, tiny_task, write_synthetic
+from tunery_engine import ConfigError, JobSpec, TrainConfig, load_artifact, train
+from tunery_engine.modeling import load_pretrained, load_tokenizer, resolve_pooling
+from tunery_engine.tiny_models import make_tiny_bert, tiny_task, write_synthetic
+from tunery_serving import InferenceRuntime, PredictionInput
 
 FAST = {"learning_rate": 3e-3, "batch_size": 16, "warmup_ratio": 0.0, "early_stopping_patience": None, "n_epochs": 1}
 

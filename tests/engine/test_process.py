@@ -1,4 +1,4 @@
-"""The worker's process protocol: ``python -m tunery_worker run SPEC.json`` in a real child process."""
+"""The worker's process protocol: ``python -m tunery_engine run SPEC.json`` in a real child process."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tunery_contract import TaskKind
-from tunery_worker.cli import EXIT_CANCELLED, EXIT_OK, EXIT_PAUSED, EXIT_PERMANENT
-from tunery_worker.testing import write_synthetic, write_tiny_pack_distribution
+from tunery_engine.process import EXIT_CANCELLED, EXIT_OK, EXIT_PAUSED, EXIT_PERMANENT
+from tunery_engine.tiny_models import write_synthetic, write_tiny_pack_distribution
 
 
 def run_worker(tmp: Path, spec: dict, *launcher: str) -> tuple[int, list[dict]]:
@@ -23,7 +23,7 @@ def run_worker(tmp: Path, spec: dict, *launcher: str) -> tuple[int, list[dict]]:
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", TUNERY_HEARTBEAT_SECONDS="0.5")
     command = list(launcher) or [sys.executable, "-m"]
     done = subprocess.run(
-        [*command, "tunery_worker", "run", str(spec_file)], capture_output=True, text=True, env=env, timeout=600
+        [*command, "tunery_engine", "run", str(spec_file)], capture_output=True, text=True, env=env, timeout=600
     )
     lines = done.stdout.splitlines()
     events = [json.loads(line) for line in lines]  # every stdout line is one JSON event

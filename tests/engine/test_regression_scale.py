@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tunery_contract import TaskKind
-from tunery_worker import JobSpec, TrainConfig, load_artifact, train
-from tunery_worker.artifact import TargetScale
-from tunery_worker.serving.artifact import read_artifact
-from tunery_worker.testing import synthetic_rows, tiny_task, write_jsonl
+from tunery_engine import JobSpec, TrainConfig, load_artifact, train
+from tunery_engine.artifact import TargetScale
+from tunery_engine.tiny_models import synthetic_rows, tiny_task, write_jsonl
+from tunery_serving.artifact import read_artifact
 
 
 def test_ratings_far_from_zero_train_standardised_and_predict_in_their_own_units(tmp_path, tiny_bert):

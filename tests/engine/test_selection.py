@@ -6,10 +6,10 @@ import io
 import json
 
 from tunery_contract import TaskKind
-from tunery_worker import JobSpec, TrainConfig, train
-from tunery_worker.cli import EventWriter
-from tunery_worker.engine import _improved
-from tunery_worker.testing import tiny_task, write_synthetic
+from tunery_engine import JobSpec, TrainConfig, train
+from tunery_engine.engine import _improved
+from tunery_engine.process import EventWriter
+from tunery_engine.tiny_models import tiny_task, write_synthetic
 
 
 def test_a_tie_of_the_selection_metric_goes_to_the_lower_validation_loss():

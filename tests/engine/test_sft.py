@@ -11,9 +11,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from tunery_contract import TaskKind
-from tunery_worker.config import TrainConfig
-from tunery_worker.errors import DataError
-from tunery_worker.sft import (
+from tunery_engine.config import TrainConfig
+from tunery_engine.errors import DataError
+from tunery_engine.heads import head_for
+from tunery_engine.sft import (
     BUILTIN_CHAT_TEMPLATE,
     IGNORE_INDEX,
     CausalLMAdapter,
@@ -26,8 +27,7 @@ from tunery_worker.sft import (
     ensure_chat_template,
     pack_rows,
 )
-from tunery_worker.tasks import adapter_for
-from tunery_worker.testing import CHAT_TASK
+from tunery_engine.tiny_models import CHAT_TASK
 
 CHATML = (
     "{% for message in messages %}"
@@ -234,7 +234,7 @@ def test_packed_and_padded_batches_give_the_same_loss():
 @pytest.mark.parametrize("packing", [False, True])
 def test_adapter_encodes_collates_and_scores_chat_rows(packing):
     tokenizer = make_tokenizer()
-    adapter = adapter_for(CHAT_TASK)
+    adapter = head_for(CHAT_TASK)
     assert isinstance(adapter, CausalLMAdapter)
     long_prompt = [{"role": "user", "content": "What is the capital of France? " * 20}, CONVERSATION[2]]
     rows = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}, {"messages": long_prompt}]
@@ -257,7 +257,7 @@ def test_adapter_encodes_collates_and_scores_chat_rows(packing):
 
 def test_adapter_refuses_data_with_nothing_to_learn_within_max_length():
     tokenizer = make_tokenizer()
-    adapter = adapter_for(CHAT_TASK)
+    adapter = head_for(CHAT_TASK)
     with pytest.raises(DataError, match="max_length"):
         adapter.encode([{"messages": CONVERSATION}], tokenizer, (), 8, TrainConfig())
 
@@ -271,7 +271,7 @@ def test_conversation_the_template_rejects_is_a_data_error_naming_the_row():
         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
     )
     tokenizer = make_tokenizer(strict)
-    adapter = adapter_for(CHAT_TASK)
+    adapter = head_for(CHAT_TASK)
     rows = [{"messages": CONVERSATION[1:3]}, {"messages": CONVERSATION}]  # the second starts with "system"
     with pytest.raises(DataError, match=r"conversation 2: .*must alternate"):
         adapter.encode(rows, tokenizer, (), 128, TrainConfig())

@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunery_worker import DataError, JobSpec, TrainConfig, TrainingCallback, train
-from tunery_worker.artifact import load_artifact
-from tunery_worker.data import load_rows
-from tunery_worker.sft import CausalLMAdapter
-from tunery_worker.tasks import adapter_for
-from tunery_worker.testing import CHAT_TASK, FILLER, make_tiny_llama, write_jsonl
+from tunery_engine import DataError, JobSpec, TrainConfig, TrainingCallback, train
+from tunery_engine.artifact import load_artifact
+from tunery_engine.data import load_rows
+from tunery_engine.heads import head_for
+from tunery_engine.sft import CausalLMAdapter
+from tunery_engine.tiny_models import CHAT_TASK, FILLER, make_tiny_llama, write_jsonl
 
 #: The colour word in the question decides the answer's first word; the rest is fixed.
 ANSWERS = {"red": "paris", "blue": "oslo", "green": "rome"}
@@ -49,7 +49,7 @@ class Losses(TrainingCallback):
 
 def eval_loss(model: torch.nn.Module, tokenizer, path: Path) -> float:
     """Token-weighted loss over the assistant tokens of a file, with the adapter's pieces."""
-    adapter = adapter_for(CHAT_TASK)
+    adapter = head_for(CHAT_TASK)
     encoded = adapter.encode(load_rows(path, CHAT_TASK), tokenizer, (), 64, TrainConfig())
     batch = adapter.collate(encoded.features, tokenizer.pad_token_id)
     with torch.inference_mode():
@@ -101,7 +101,7 @@ def test_lora_sft_with_packing_learns_and_its_artifact_answers(tmp_path):
     assert losses[-1] < losses[0] - 0.3
     model, tokenizer, manifest = load_artifact(artifact)
     assert manifest["training_type"] == "lora"
-    assert isinstance(adapter_for(CHAT_TASK), CausalLMAdapter)
+    assert isinstance(head_for(CHAT_TASK), CausalLMAdapter)
     base_model = AutoModelForCausalLM.from_pretrained(str(base))
     base_tokenizer = AutoTokenizer.from_pretrained(str(base))
     validation = tmp_path / "validation.jsonl"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from tunery_worker import JobSpec, Paused, TrainConfig, TrainingCallback, train
-from tunery_worker.data import _tokenizer_fingerprint
-from tunery_worker.modeling import load_tokenizer
-from tunery_worker.sft import BUILTIN_CHAT_TEMPLATE
-from tunery_worker.testing import CHAT_TASK, make_tiny_llama, write_jsonl
+from tunery_engine import JobSpec, Paused, TrainConfig, TrainingCallback, train
+from tunery_engine.data import _tokenizer_fingerprint
+from tunery_engine.modeling import load_tokenizer
+from tunery_engine.sft import BUILTIN_CHAT_TEMPLATE
+from tunery_engine.tiny_models import CHAT_TASK, make_tiny_llama, write_jsonl
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "llama"])

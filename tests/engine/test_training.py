@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from tunery_contract import TaskKind
-from tunery_worker import JobSpec, LabelError, Paused, TrainConfig, TrainingCallback, load_artifact, train
-from tunery_worker.artifact import export_merged
-from tunery_worker.checkpoint import list_checkpoints
-from tunery_worker.testing import tiny_task, write_jsonl, write_synthetic
+from tunery_engine import JobSpec, LabelError, Paused, TrainConfig, TrainingCallback, load_artifact, train
+from tunery_engine.artifact import export_merged
+from tunery_engine.checkpoint import list_checkpoints
+from tunery_engine.tiny_models import tiny_task, write_jsonl, write_synthetic
 
 FAST = {
     "learning_rate": 3e-3,
@@ -200,9 +200,9 @@ def test_token_classification_tags_entities_at_word_level(tmp_path, tiny_bert):
 def test_token_classification_aligns_subtokens_and_scores_truncated_words(tmp_path, tiny_bert):
     from transformers import AutoTokenizer
 
-    from tunery_worker.tasks import IGNORE_INDEX, adapter_for
+    from tunery_engine.heads import IGNORE_INDEX, head_for
 
-    adapter = adapter_for(tiny_task(TaskKind.TOKEN_CLASSIFICATION))
+    adapter = head_for(tiny_task(TaskKind.TOKEN_CLASSIFICATION))
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     rows = [
         {
@@ -283,7 +283,7 @@ def test_tokenization_is_cached_for_reruns(tmp_path, tiny_bert, monkeypatch):
     caches = sorted((Path(spec.output_dir) / "cache").glob("tokens-*.npz"))
     assert len(caches) == 2  # training and validation parts
 
-    from tunery_worker.tasks import SequenceClassificationAdapter
+    from tunery_engine.heads import SequenceClassificationAdapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("tokenized again despite the cache")

@@ -1,4 +1,4 @@
-"""A stand-in for ``python -m tunery_worker run SPEC.json`` that speaks the same protocol: JSON
+"""A stand-in for ``python -m tunery_engine run SPEC.json`` that speaks the same protocol: JSON
 events on stdout, ``CONTROL`` read between steps, atomic checkpoints in ``output_dir/checkpoints``
 it resumes from, exit codes 0/2/3/4/other. Training is ``time.sleep``. Standard library only, so a
 start costs milliseconds.

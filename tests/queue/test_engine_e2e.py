@@ -1,4 +1,4 @@
-"""The real engine through the queue: validation with the pack, then ``python -m tunery_worker run``
+"""The real engine through the queue: validation with the pack, then ``python -m tunery_engine run``
 trains a tiny random BERT, and the job ends with its model, metrics events and checkpoints."""
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_real_engine_trains_a_tiny_model_end_to_end(queue_settings, new_tenant, make_file, tmp_path, monkeypatch):
-    from tunery_worker.testing import make_tiny_bert, tiny_pack, write_synthetic, write_tiny_pack_distribution
+    from tunery_engine.tiny_models import make_tiny_bert, tiny_pack, write_synthetic, write_tiny_pack_distribution
 
     # the engine process finds the test pack through a real entry point on its PYTHONPATH
     site = write_tiny_pack_distribution(tmp_path / "site")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    queue_settings.TUNERY_ENGINE_COMMAND = [sys.executable, "-m", "tunery_worker", "run"]
+    queue_settings.TUNERY_ENGINE_COMMAND = [sys.executable, "-m", "tunery_engine", "run"]
 
     base = BaseModel.objects.create(name="tiny-random-bert", local_path=str(make_tiny_bert(tmp_path / "bert")))
     tenant = new_tenant()

@@ -95,8 +95,8 @@ def test_a_message_for_a_finished_job_starts_nothing(queue_settings, new_tenant,
 
 
 def test_several_gpus_launch_the_engine_under_torchrun(settings):
-    settings.TUNERY_ENGINE_COMMAND = ["/usr/bin/python3", "-m", "tunery_worker", "run"]
-    assert engine_command(Path("/j/spec.json"), 1) == ["/usr/bin/python3", "-m", "tunery_worker", "run", "/j/spec.json"]
+    settings.TUNERY_ENGINE_COMMAND = ["/usr/bin/python3", "-m", "tunery_engine", "run"]
+    assert engine_command(Path("/j/spec.json"), 1) == ["/usr/bin/python3", "-m", "tunery_engine", "run", "/j/spec.json"]
     assert engine_command(Path("/j/spec.json"), 4) == [
         "/usr/bin/python3",
         "-m",
@@ -105,7 +105,7 @@ def test_several_gpus_launch_the_engine_under_torchrun(settings):
         "--nproc_per_node",
         "4",
         "-m",
-        "tunery_worker",
+        "tunery_engine",
         "run",
         "/j/spec.json",
     ]

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from tunery_contract import TaskKind
-from tunery_worker.serving import ARTIFACT_FILE
+from tunery_serving import ARTIFACT_FILE
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"

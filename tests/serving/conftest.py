@@ -109,6 +109,6 @@ def make_model(db) -> Callable[..., object]:
 @pytest.fixture(autouse=True, scope="module")
 def _fresh_runtime():
     yield
-    from tunery.serving.runtime import reset_runtime
+    from tunery.serving.process_runtime import reset_runtime
 
     reset_runtime()

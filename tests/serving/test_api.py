@@ -83,7 +83,7 @@ def test_deploy_with_int8_precision_and_switch_back(setup):
     assert switched.json()["precision"] == "int8"
     assert client.get(f"/v1/deployments/{created.json()['id']}").json()["precision"] == "int8"
     int8 = predict(client, model=model.id, inputs=texts).json()["data"]
-    from tunery.serving.runtime import get_runtime
+    from tunery.serving.process_runtime import get_runtime
 
     served = get_runtime().cache.peek(model.id)  # the live server's runtime: this process
     assert served is not None

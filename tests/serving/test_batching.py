@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tunery_worker.serving import BatcherClosed, MicroBatcher
+from tunery_serving import BatcherClosed, MicroBatcher
 
 
 def test_concurrent_requests_are_batched_and_results_stay_in_order():

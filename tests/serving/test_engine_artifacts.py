@@ -1,4 +1,4 @@
-"""The runtime serves what the engine writes: train tiny models with ``tunery_worker.train``
+"""The runtime serves what the engine writes: train tiny models with ``tunery_engine.train``
 (LoRA classifier, LoRA tagger, LoRA chat SFT), serve the artifacts, compare with the engine's own
 loader."""
 
@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from tunery_contract import TaskKind
-from tunery_worker import JobSpec, TrainConfig, load_artifact, train
-from tunery_worker.serving import GenerationRequest, InferenceRuntime, PredictionInput
-from tunery_worker.testing import CHAT_TASK, make_tiny_bert, make_tiny_llama, tiny_task, write_jsonl, write_synthetic
+from tunery_engine import JobSpec, TrainConfig, load_artifact, train
+from tunery_engine.tiny_models import (
+    CHAT_TASK,
+    make_tiny_bert,
+    make_tiny_llama,
+    tiny_task,
+    write_jsonl,
+    write_synthetic,
+)
+from tunery_serving import GenerationRequest, InferenceRuntime, PredictionInput
 
 FAST = {"learning_rate": 3e-3, "batch_size": 16, "warmup_ratio": 0.0, "early_stopping_patience": None, "n_epochs": 1}
 

@@ -15,7 +15,7 @@ def test_deleting_a_model_undeploys_it(
     live_server, serving_pack, make_tenant, make_model, redis_rate_limits, artifacts
 ):
     from tunery.serving.models import Deployment
-    from tunery.serving.runtime import get_runtime
+    from tunery.serving.process_runtime import get_runtime
     from tunery.tenants.models import AuditLog
 
     acme = make_tenant("acme", verticals=(pack.PACK_ID,), max_deployments=1)

@@ -14,7 +14,7 @@ from tests.serving import builders
 from tunery.serving.services import decoded
 from tunery_contract import Prediction, TaskKind
 from tunery_contract.discovery import discover
-from tunery_worker.serving import GenerationRequest, PredictionInput
+from tunery_serving import GenerationRequest, PredictionInput
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]  # rate limits in the real Redis
 
@@ -70,7 +70,7 @@ def test_every_installed_pack_is_covered():
 def test_pack_prediction_through_the_api(
     request, pack_id, task_id, live_server, make_tenant, make_model, redis_rate_limits, tmp_path
 ):
-    from tunery.serving.runtime import artifact_dir, get_runtime
+    from tunery.serving.process_runtime import artifact_dir, get_runtime
     from tunery.verticals import registry
 
     registry.reload()

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 
 from tests.serving import builders
 from tunery_contract import TaskKind
-from tunery_worker.serving import (
+from tunery_serving import (
     ArtifactError,
     GenerationRequest,
     GenerationResult,

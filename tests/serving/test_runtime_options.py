@@ -14,9 +14,9 @@ from transformers import BertForSequenceClassification
 
 from tests.serving import builders
 from tunery_contract import TaskKind
-from tunery_worker.serving import ArtifactError, InferenceRuntime, PredictionInput
-from tunery_worker.serving.models import forward_by_length, length_groups, model_inputs
-from tunery_worker.serving.runtime import default_batch_runners, usable_cpus
+from tunery_serving import ArtifactError, InferenceRuntime, PredictionInput
+from tunery_serving.models import forward_by_length, length_groups, model_inputs
+from tunery_serving.runtime import default_batch_runners, usable_cpus
 
 LABELS = ("billing", "shipping", "refund")
 TAGS = ("O", "B-ORG", "I-ORG", "B-PER", "I-PER")
@@ -122,7 +122,7 @@ def test_int8_predictions_agree_with_fp32(artifacts):
 
 
 def test_bf16_serves_under_autocast_where_the_cpu_has_bf16_units(artifacts, monkeypatch):
-    from tunery_worker import modeling
+    from tunery_engine import modeling
 
     items = [PredictionInput(text) for text in TEXTS]
     monkeypatch.setattr(modeling, "cpu_has_bf16_units", lambda: True)  # oneDNN runs bf16 on any CPU
@@ -203,7 +203,7 @@ def test_lora_adapters_and_causal_lms_stay_fp32_under_int8(artifacts):
 
 def test_asking_another_precision_reloads_the_model(artifacts):
     evicted: list[str] = []
-    from tunery_worker.serving import RuntimeObserver
+    from tunery_serving import RuntimeObserver
 
     runtime = InferenceRuntime(observer=RuntimeObserver(on_evict=evicted.append))
     try:
@@ -237,8 +237,8 @@ def test_default_batch_runners_follow_the_cores():
 
 
 def test_serving_processes_on_one_host_share_its_cores_out(monkeypatch):
-    from tunery.serving.runtime import get_runtime, reset_runtime
-    from tunery_worker.serving import runtime
+    from tunery.serving.process_runtime import get_runtime, reset_runtime
+    from tunery_serving import runtime
 
     monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
     cpu = torch.device("cpu")

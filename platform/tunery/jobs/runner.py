@@ -1,6 +1,6 @@
 """Runs one claimed attempt of a job: spawns the engine process and streams its events into the DB.
 
-The engine (``python -m tunery_worker run SPEC.json``; under torchrun for several GPUs) is a fresh
+The engine (``python -m tunery_engine run SPEC.json``; under torchrun for several GPUs) is a fresh
 process per attempt, so the worker never touches CUDA and GPU memory is returned when it exits.
 It prints one JSON event per line, reads ``CONTROL`` ("pause"/"cancel") between steps, resumes by
 itself from the latest complete checkpoint in ``output_dir/checkpoints`` and exits with 0

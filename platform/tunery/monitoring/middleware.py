@@ -42,12 +42,12 @@ class RequestIdMiddleware:
 
 
 def _observe(request: HttpRequest, status: int, seconds: float) -> None:
-    from tunery.monitoring import metrics
+    from tunery.monitoring import prometheus
 
     endpoint, method = endpoint_of(request), request.method or ""
     if endpoint == "metrics":
         return  # the scraper's own requests are not traffic
-    metrics.REQUESTS.labels(endpoint, method, str(status)).inc()
-    metrics.REQUEST_LATENCY.labels(endpoint, method).observe(seconds)
+    prometheus.REQUESTS.labels(endpoint, method, str(status)).inc()
+    prometheus.REQUEST_LATENCY.labels(endpoint, method).observe(seconds)
     if status >= 400:
-        metrics.REQUEST_ERRORS.labels(endpoint, method, str(status)).inc()
+        prometheus.REQUEST_ERRORS.labels(endpoint, method, str(status)).inc()

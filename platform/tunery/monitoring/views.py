@@ -7,12 +7,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from tunery.monitoring import health, metrics
+from tunery.monitoring import health, prometheus
 
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(prometheus.render(), content_type=CONTENT_TYPE_LATEST)
 
 
 @require_GET

@@ -10,7 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from tunery.core.env import env_int
 
-#: Precisions a deployment's whole encoder model can be served in (tunery_worker.serving's PRECISIONS).
+#: Precisions a deployment's whole encoder model can be served in (tunery_serving's PRECISIONS).
 PRECISIONS = ("fp32", "int8", "bf16")
 
 

@@ -132,7 +132,7 @@ class TenantRateThrottle(BaseThrottle):
         decision = limiter().hit(tenant_key(user.tenant.pk), user.tenant.requests_per_minute)
         self._wait = decision.retry_after
         if not decision.allowed:
-            from tunery.monitoring.metrics import RATE_LIMITED
+            from tunery.monitoring.prometheus import RATE_LIMITED
 
             RATE_LIMITED.inc()
         return decision.allowed

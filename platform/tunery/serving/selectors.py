@@ -12,7 +12,7 @@ from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict, NotFound
 from tunery.jobs.selectors import fine_tuned_models
 from tunery.serving.models import Deployment
-from tunery.serving.runtime import artifact_dir
+from tunery.serving.process_runtime import artifact_dir
 from tunery.tenants.models import Tenant
 from tunery_contract import TaskDefinition
 

@@ -12,10 +12,10 @@ from django.db import transaction
 
 from tunery.core.errors import ApiError, InvalidRequest, QuotaExceeded
 from tunery.core.ids import prefixed_id
-from tunery.monitoring import metrics
+from tunery.monitoring import prometheus
 from tunery.serving import conf, inputs, selectors
 from tunery.serving.models import Deployment
-from tunery.serving.runtime import artifact_dir, get_runtime
+from tunery.serving.process_runtime import artifact_dir, get_runtime
 from tunery.tenants.models import Tenant
 from tunery.tenants.services import audit
 from tunery_contract import Prediction, TaskKind
@@ -99,7 +99,7 @@ def _check_quota(tenant: Tenant) -> None:
 
 
 def _load(model_id: str, model: Any, precision: str) -> tuple[str, str, str]:
-    from tunery_worker.serving import ArtifactError
+    from tunery_serving import ArtifactError
 
     try:
         loaded = get_runtime().load(model_id, artifact_dir(model), precision or None)
@@ -146,7 +146,7 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         ]
     else:
         rows = request.inputs or []
-    from tunery_worker.serving import PredictionInput
+    from tunery_serving import PredictionInput
 
     model_inputs = [
         PredictionInput(
@@ -158,7 +158,7 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
     started = time.perf_counter()
     precision = target.deployment.precision or None
     predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
-    metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+    prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
     data = []
     for index, (prediction, row) in enumerate(zip(predictions, rows)):
         result = {"index": index, **decoded(prediction)}
@@ -188,7 +188,7 @@ def _predict_generations(
     """A causal LM behind /v1/predictions: each input (a text for the user turn, {"messages"} or
     {"prompt"}) is generated, decoded into a Prediction and given to the pack's post-processing
     (the customer-service reply and hand-off, the medical summary's PHI screening, ...)."""
-    from tunery_worker.serving import GenerationRequest
+    from tunery_serving import GenerationRequest
 
     if request.inputs is None:
         raise InvalidRequest("A language model takes inputs, not a ranking call.", param="items", code="wrong_endpoint")
@@ -224,8 +224,8 @@ def _predict_generations(
         if hooks.task is not None and hooks.task.postprocess is not None:
             entry.update(hooks.task.postprocess(prediction, row, hooks.config))
         data.append(entry)
-    metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
-    metrics.GENERATED_TOKENS.inc(completion_tokens)
+    prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+    prometheus.GENERATED_TOKENS.inc(completion_tokens)
     return {
         "id": prefixed_id("pred"),
         "object": "prediction",
@@ -269,7 +269,7 @@ def decoded(prediction: Prediction) -> dict[str, Any]:
 
 
 def _run(call: Any) -> Any:
-    from tunery_worker.serving import ArtifactError
+    from tunery_serving import ArtifactError
 
     try:
         return call()
@@ -295,7 +295,7 @@ def _generation_target(tenant: Tenant, model: str) -> selectors.ServingTarget:
 def generate(*, tenant: Tenant, body: dict[str, Any], chat: bool) -> dict[str, Any] | Iterator[str]:
     """A chat completion (``chat``) or a text completion in OpenAI's shape; an iterator of
     server-sent-event lines when the body asks for ``stream``."""
-    from tunery_worker.serving import GenerationRequest
+    from tunery_serving import GenerationRequest
 
     params = inputs.generation_parameters(body)
     messages = inputs.chat_messages(body) if chat else None
@@ -317,8 +317,8 @@ def generate(*, tenant: Tenant, body: dict[str, Any], chat: bool) -> dict[str, A
         return _stream(target, request, shape, params.include_usage)
     started = time.perf_counter()
     result = _run(lambda: get_runtime().generate(target.model.id, target.path, request))
-    metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
-    metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+    prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+    prometheus.GENERATED_TOKENS.inc(result.completion_tokens)
     if screen is not None:
         result.text = screen(result.text)
     if params.stream:  # screened text is only known whole: one content chunk
@@ -401,7 +401,7 @@ def _whole_as_stream(result: Any, shape: _Shape, include_usage: bool) -> Iterato
 
 
 def _stream(target: selectors.ServingTarget, request: Any, shape: _Shape, include_usage: bool) -> Iterator[str]:
-    from tunery_worker.serving import GenerationResult
+    from tunery_serving import GenerationResult
 
     # Load (and fail) before the first byte, so a broken model is a proper error response.
     runtime = get_runtime()
@@ -419,8 +419,8 @@ def _stream(target: selectors.ServingTarget, request: Any, shape: _Shape, includ
                 {"error": {"message": f"Generation failed: {exc}", "type": "server_error", "param": None, "code": None}}
             )
         finally:
-            metrics.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
-            metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+            prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
+            prometheus.GENERATED_TOKENS.inc(result.completion_tokens)
         yield "data: [DONE]\n\n"
 
     return events()

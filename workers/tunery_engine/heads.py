@@ -1,12 +1,12 @@
 """Task adapters: everything task-specific the training loop needs, behind one small interface.
 
-The loop only knows :class:`TaskAdapter`. An adapter builds the model for a base path and a label
+The loop only knows :class:`TaskHead`. An adapter builds the model for a base path and a label
 set, turns validated rows into token features (1-D numpy arrays; ``input_ids`` gives the length
 used for bucketing), collates features into a padded batch, computes the loss (and the distillation
 loss) from logits, and decodes logits into the contract's :class:`EvalOutput` fields.
 
 Adapters are registered by :class:`TaskKind`; the causal-LM SFT adapter lives in
-``tunery_worker.sft`` and registers itself there (imported lazily on first use).
+``tunery_engine.sft`` and registers itself there (imported lazily on first use).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from tunery_contract import EvalOutput, TaskDefinition, TaskKind
-from tunery_worker.artifact import LabelThresholds, TargetScale
-from tunery_worker.errors import ConfigError, LabelError
+from tunery_engine.artifact import LabelThresholds, TargetScale
+from tunery_engine.errors import ConfigError, LabelError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from tunery_worker.config import TrainConfig
+    from tunery_engine.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class DecodedBatch:
     scores: list[Any] | None = None
 
 
-class TaskAdapter:
-    """Interface of a task kind. Subclass it and :func:`register_adapter` the subclass."""
+class TaskHead:
+    """Interface of a task kind. Subclass it and :func:`register_head` the subclass."""
 
     kind: ClassVar[TaskKind]
     #: peft ``task_type`` for LoRA ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM")
@@ -160,16 +160,16 @@ class TaskAdapter:
         )
 
 
-_ADAPTERS: dict[TaskKind, Callable[[TaskDefinition], TaskAdapter]] = {}
+_ADAPTERS: dict[TaskKind, Callable[[TaskDefinition], TaskHead]] = {}
 #: modules that register adapters for a kind when imported
-_LAZY: dict[TaskKind, str] = {TaskKind.CAUSAL_LM: "tunery_worker.sft"}
+_LAZY: dict[TaskKind, str] = {TaskKind.CAUSAL_LM: "tunery_engine.sft"}
 
 
-def register_adapter(kind: TaskKind, factory: Callable[[TaskDefinition], TaskAdapter]) -> None:
+def register_head(kind: TaskKind, factory: Callable[[TaskDefinition], TaskHead]) -> None:
     _ADAPTERS[kind] = factory
 
 
-def adapter_for(task: TaskDefinition) -> TaskAdapter:
+def head_for(task: TaskDefinition) -> TaskHead:
     if task.kind not in _ADAPTERS and task.kind in _LAZY:
         importlib.import_module(_LAZY[task.kind])
     try:
@@ -216,7 +216,7 @@ def _count_truncated(
     return sum(len(x) > max_length for x in full["input_ids"])
 
 
-class _EncoderAdapter(TaskAdapter):
+class _EncoderAdapter(TaskHead):
     lora_task_type = "SEQ_CLS"
     auto_class = "AutoModelForSequenceClassification"
     problem_type: ClassVar[str | None] = "single_label_classification"
@@ -228,7 +228,7 @@ class _EncoderAdapter(TaskAdapter):
         dtype: torch.dtype | None = None,
         pooling: str | None = None,
     ) -> PreTrainedModel:
-        from tunery_worker.modeling import load_pretrained
+        from tunery_engine.modeling import load_pretrained
 
         num_labels = max(1, len(label_names))
         kwargs: dict[str, Any] = {"num_labels": num_labels}
@@ -580,4 +580,4 @@ for _adapter in (
     TextPairRegressionAdapter,
     TokenClassificationAdapter,
 ):
-    register_adapter(_adapter.kind, _adapter)
+    register_head(_adapter.kind, _adapter)

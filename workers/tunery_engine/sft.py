@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from tunery_contract import TaskKind
-from tunery_worker.errors import DataError
-from tunery_worker.tasks import Batch, DecodedBatch, Encoded, Feature, TaskAdapter, register_adapter
+from tunery_engine.errors import DataError
+from tunery_engine.heads import Batch, DecodedBatch, Encoded, Feature, TaskHead, register_head
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from tunery_worker.config import TrainConfig
+    from tunery_engine.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss / count, count
 
 
-class CausalLMAdapter(TaskAdapter):
+class CausalLMAdapter(TaskHead):
     """Chat SFT for decoder models: loss on assistant tokens only; ``config.packing`` packs a
     batch's conversations into rows of ``max_length`` tokens (see the module docstring)."""
 
@@ -253,7 +253,7 @@ class CausalLMAdapter(TaskAdapter):
         dtype: torch.dtype | None = None,
         pooling: str | None = None,
     ) -> PreTrainedModel:
-        from tunery_worker.modeling import load_pretrained
+        from tunery_engine.modeling import load_pretrained
 
         model = load_pretrained("AutoModelForCausalLM", base_model, dtype=dtype)
         model.config.use_cache = False  # training: a KV cache would also disable packed masks
@@ -321,4 +321,4 @@ class CausalLMAdapter(TaskAdapter):
         return DecodedBatch(y_true=[], y_pred=[])
 
 
-register_adapter(TaskKind.CAUSAL_LM, CausalLMAdapter)
+register_head(TaskKind.CAUSAL_LM, CausalLMAdapter)

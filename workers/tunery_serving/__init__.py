@@ -3,10 +3,10 @@ cache, serves many tenants' LoRA adapters over one loaded base model and micro-b
 requests. The control plane (``tunery.serving``) wraps it behind the API; it can equally run in a
 separate inference process."""
 
-from tunery_worker.serving.artifact import ARTIFACT_FILE, ArtifactError, ArtifactInfo, read_artifact
-from tunery_worker.serving.batching import BatcherClosed, MicroBatcher
-from tunery_worker.serving.cache import ModelCache
-from tunery_worker.serving.runtime import (
+from tunery_serving.artifact import ARTIFACT_FILE, ArtifactError, ArtifactInfo, read_artifact
+from tunery_serving.batching import BatcherClosed, MicroBatcher
+from tunery_serving.cache import ModelCache
+from tunery_serving.runtime import (
     GenerationRequest,
     GenerationResult,
     InferenceRuntime,

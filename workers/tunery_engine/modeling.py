@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tunery_worker.errors import ConfigError, ModelLoadError
+from tunery_engine.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from tunery_worker.config import TrainConfig
+    from tunery_engine.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from tunery_contract import Prediction, TaskKind
-from tunery_worker.serving.artifact import ArtifactError, ArtifactInfo, read_artifact
-from tunery_worker.serving.batching import BatcherClosed, MicroBatcher
-from tunery_worker.serving.cache import ModelCache
-from tunery_worker.serving.models import (
+from tunery_serving.artifact import ArtifactError, ArtifactInfo, read_artifact
+from tunery_serving.batching import BatcherClosed, MicroBatcher
+from tunery_serving.cache import ModelCache
+from tunery_serving.models import (
     PRECISIONS,
     GenerationRequest,
     GenerationResult,

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunery_worker.errors import ModelLoadError
+from tunery_engine.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from tunery_contract import TaskDefinition
-    from tunery_worker.config import TrainConfig
+    from tunery_engine.config import TrainConfig
 
 FORMAT_VERSION = 1
 
@@ -88,7 +88,7 @@ class LabelThresholds:
 MANIFEST = "tunery_artifact.json"
 
 
-MEAN_POOLING_NOTE = "the mean of the token states (load with tunery_worker: plain transformers reads [CLS])"
+MEAN_POOLING_NOTE = "the mean of the token states (load with tunery_engine: plain transformers reads [CLS])"
 
 
 def model_card(
@@ -193,7 +193,7 @@ def _auto_class(kind: str) -> str:
 def load_artifact(artifact_dir: Path, base_model: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, manifest). A LoRA artifact is loaded onto its base model
     (``base_model`` overrides the recorded path, for a host that keeps base models elsewhere)."""
-    from tunery_worker.modeling import load_pretrained, load_tokenizer
+    from tunery_engine.modeling import load_pretrained, load_tokenizer
 
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)

@@ -1,7 +1,7 @@
 """Tunery training engine: Django-free fine-tuning with torch, transformers and peft.
 
 Public API: :class:`TrainConfig`, :func:`resolve`, :class:`JobSpec`, :func:`train`,
-:class:`TrainResult`, the callbacks and the typed errors. ``python -m tunery_worker run SPEC.json``
+:class:`TrainResult`, the callbacks and the typed errors. ``python -m tunery_engine run SPEC.json``
 runs one job in its own process.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunery_worker.callbacks import (
+from tunery_engine.callbacks import (
     Cancelled,
     ControlFile,
     EarlyStopping,
@@ -19,8 +19,8 @@ from tunery_worker.callbacks import (
     TrainingCallback,
     TrainState,
 )
-from tunery_worker.config import JobSpec, TrainConfig, resolve
-from tunery_worker.errors import (
+from tunery_engine.config import JobSpec, TrainConfig, resolve
+from tunery_engine.errors import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -31,8 +31,8 @@ from tunery_worker.errors import (
 )
 
 if TYPE_CHECKING:
-    from tunery_worker.artifact import export_merged, load_artifact
-    from tunery_worker.engine import TrainResult, train
+    from tunery_engine.artifact import export_merged, load_artifact
+    from tunery_engine.engine import TrainResult, train
 
 __all__ = [
     "Cancelled",
@@ -60,17 +60,17 @@ __all__ = [
 ]
 
 _LAZY = {
-    "train": "tunery_worker.engine",
-    "TrainResult": "tunery_worker.engine",
-    "export_merged": "tunery_worker.artifact",
-    "load_artifact": "tunery_worker.artifact",
+    "train": "tunery_engine.engine",
+    "TrainResult": "tunery_engine.engine",
+    "export_merged": "tunery_engine.artifact",
+    "load_artifact": "tunery_engine.artifact",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # torch/transformers load on first use, so `import tunery_worker` stays cheap for the control plane
+    # torch/transformers load on first use, so `import tunery_engine` stays cheap for the control plane
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tunery_worker' has no attribute {name!r}")
+    raise AttributeError(f"module 'tunery_engine' has no attribute {name!r}")

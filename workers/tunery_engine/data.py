@@ -16,13 +16,13 @@ import numpy as np
 
 from tunery_contract import TaskDefinition, TaskKind
 from tunery_contract.records import RecordFormatError, read_records
-from tunery_worker.errors import DataError, LabelError
-from tunery_worker.tasks import Encoded, Feature, TaskAdapter
+from tunery_engine.errors import DataError, LabelError
+from tunery_engine.heads import Encoded, Feature, TaskHead
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from tunery_worker.config import TrainConfig
+    from tunery_engine.config import TrainConfig
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -123,7 +123,7 @@ def data_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def encode_cached(
-    adapter: TaskAdapter,
+    adapter: TaskHead,
     rows: Sequence[Mapping[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
     label_names: tuple[str, ...],

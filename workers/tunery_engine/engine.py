@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from tunery_contract import TaskKind
-from tunery_worker import checkpoint as ckpt
-from tunery_worker.artifact import read_manifest, write_artifact
-from tunery_worker.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
-from tunery_worker.config import JobSpec, TrainConfig, resolve, steps_per_epoch
-from tunery_worker.data import data_fingerprint, encode_cached, epoch_batches, eval_batches, load_rows, split_validation
-from tunery_worker.errors import ConfigError, LabelError, ModelLoadError, NonFiniteLoss
-from tunery_worker.modeling import (
+from tunery_engine import checkpoint as ckpt
+from tunery_engine.artifact import read_manifest, write_artifact
+from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
+from tunery_engine.config import JobSpec, TrainConfig, resolve, steps_per_epoch
+from tunery_engine.data import data_fingerprint, encode_cached, epoch_batches, eval_batches, load_rows, split_validation
+from tunery_engine.errors import ConfigError, LabelError, ModelLoadError, NonFiniteLoss
+from tunery_engine.heads import Encoded, TaskHead, head_for
+from tunery_engine.modeling import (
     apply_lora,
     bernoulli_is_vectorised,
     count_parameters,
@@ -39,7 +40,6 @@ from tunery_worker.modeling import (
     resolve_pooling,
     use_cpu_dropout,
 )
-from tunery_worker.tasks import Encoded, TaskAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0
@@ -153,10 +153,10 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
 
 
 def _load_teacher(
-    path: Path, adapter: TaskAdapter, label_names: tuple[str, ...], device: torch.device, pad_token_id: int
+    path: Path, adapter: TaskHead, label_names: tuple[str, ...], device: torch.device, pad_token_id: int
 ) -> torch.nn.Module:
     """A teacher is an earlier Tunery artifact or a base-model directory whose head has the same labels."""
-    from tunery_worker.artifact import load_artifact
+    from tunery_engine.artifact import load_artifact
 
     if (path / "tunery_artifact.json").is_file():
         manifest = read_manifest(path)
@@ -240,7 +240,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     output_dir = Path(spec.output_dir)
     checkpoint_root = output_dir / "checkpoints"
     task = spec.task
-    adapter = adapter_for(task)
+    adapter = head_for(task)
     warnings: list[str] = []
 
     # ---- data --------------------------------------------------------------------------------
@@ -643,7 +643,7 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
 
 def _evaluate(
     model: torch.nn.Module,
-    adapter: TaskAdapter,
+    adapter: TaskHead,
     data: Encoded,
     rows: Sequence[Mapping[str, Any]],
     label_names: tuple[str, ...],
@@ -704,7 +704,7 @@ def _evaluate(
     def reorder(values: list[Any]) -> list[Any]:
         return [values[i] for i in position] if values else values
 
-    from tunery_worker.tasks import DecodedBatch
+    from tunery_engine.heads import DecodedBatch
 
     decoded_all = DecodedBatch(reorder(y_true), reorder(y_pred), reorder(scores) if scores else None)
     eval_loss = loss_sum / max(1, n)

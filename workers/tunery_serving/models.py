@@ -17,11 +17,11 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from tunery_contract import Prediction, TaskKind
-from tunery_worker import modeling
-from tunery_worker.errors import ModelLoadError
-from tunery_worker.serving.artifact import ArtifactError, ArtifactInfo
-from tunery_worker.serving.batching import BatcherClosed
-from tunery_worker.sft import BUILTIN_CHAT_TEMPLATE
+from tunery_engine import modeling
+from tunery_engine.errors import ModelLoadError
+from tunery_engine.sft import BUILTIN_CHAT_TEMPLATE
+from tunery_serving.artifact import ArtifactError, ArtifactInfo
+from tunery_serving.batching import BatcherClosed
 
 PAIR_KINDS = (TaskKind.TEXT_PAIR_CLASSIFICATION, TaskKind.TEXT_PAIR_REGRESSION)
 #: Precisions a whole encoder model can be served in on CPU (``served_precision`` says where each

@@ -1,4 +1,4 @@
-"""`make demo` (``python -m tunery.demo``): from nothing to a fine-tuned, deployed model, on the
+"""`make demo` (``python -m tunery_client.demo``): from nothing to a fine-tuned, deployed model, on the
 embedded default (SQLite, filesystem broker, local storage, CPU).
 
 It migrates the database, starts the API server (gunicorn) and workers, creates a demo tenant and
@@ -6,13 +6,14 @@ key, enables the customer-service pack, uploads the pack's sample data, fine-tun
 MiniLM with a live progress bar, prints the metrics and saves the curves as a PNG, deploys the
 model, answers sample customer questions, and prints how to call the API. Everything after the
 first-time setup goes through the REST API (the same client the `tunery` CLI uses). The server
-keeps running afterwards; ``python -m tunery.demo --stop`` stops what the demo started.
+keeps running afterwards; ``python -m tunery_client.demo --stop`` stops what the demo started.
 Running it again reuses the running server, the tenant and its key, and trains a new model.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from tunery.cli import CliError, TuneryClient, format_hp, job_body, metrics_of, resolve_task, watch_job
+from tunery_client.cli import CliError, TuneryClient, format_hp, job_body, metrics_of, resolve_task, watch_job
 
 TENANT = "demo"
 VERTICAL = "customer_service"
@@ -93,11 +94,19 @@ class Paths:
         return self.demo_dir / f"{role}.log"
 
 
-def resolve_paths() -> Paths:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tunery.settings")
-    from django.conf import settings  # reading settings needs no django.setup()
+def source_root(package: str) -> Path:
+    """Where an installed package's sources are, found without importing it (importing the control
+    plane would pull in Django and Celery)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoError(f"the package {package!r} is not installed; run `make demo` from the repository")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
-    data_dir = Path(settings.DATA_DIR)
+
+def resolve_paths() -> Paths:
+    # the same default as tunery.settings.DATA_DIR: var/ at the repository root
+    repo_root = source_root("tunery").parent.parent
+    data_dir = Path(os.environ.get("TUNERY_DATA_DIR") or repo_root / "var").resolve()
     demo_dir = data_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     return Paths(data_dir, demo_dir)
@@ -181,11 +190,7 @@ def spawn(role: str, argv: list[str], paths: Paths) -> int:
 
 def code_stamp() -> float:
     """The newest source file's modification time: running processes older than it are stale."""
-    import tunery
-    import tunery_contract
-    import tunery_worker
-
-    roots = [Path(m.__file__).resolve().parent for m in (tunery, tunery_worker, tunery_contract)]
+    roots = [source_root(name) for name in ("tunery", "tunery_engine", "tunery_serving", "tunery_contract")]
     return max((f.stat().st_mtime for root in roots for f in root.rglob("*.py")), default=0.0)
 
 
@@ -485,7 +490,7 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     print_usage(base_url, key, job["fine_tuned_model"], job["id"], paths)
     elapsed = time.monotonic() - started
     say(f"\nFinished in {elapsed / 60:.1f} min. The server keeps running on {base_url};")
-    say("stop it with: .venv/bin/python -m tunery.demo --stop   (run `make demo` again to start it)")
+    say("stop it with: .venv/bin/python -m tunery_client.demo --stop   (run `make demo` again to start it)")
     return {
         "base_url": base_url,
         "job": job,
@@ -521,7 +526,7 @@ def stop() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunery.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tunery_client.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, help=f"first port to try (default {FIRST_PORT})")
     parser.add_argument("--timeout-minutes", type=float, default=15.0, help="give up on the job after this")
     parser.add_argument("--poll-seconds", type=float, default=1.0)
@@ -538,7 +543,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         say("\ninterrupted. The server and workers keep running (a job keeps training): follow it with")
-        say("`tunery jobs list` / `tunery jobs watch <id>`, or stop everything with: python -m tunery.demo --stop")
+        say(
+            "`tunery jobs list` / `tunery jobs watch <id>`, or stop everything with: "
+            "python -m tunery_client.demo --stop"
+        )
         return 130
     return 0
 

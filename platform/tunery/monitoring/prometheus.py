@@ -99,7 +99,7 @@ class StateCollector(Collector):
         yield queued
 
     def _runtime(self) -> Iterator[GaugeMetricFamily]:
-        from tunery.serving.runtime import runtime_if_started
+        from tunery.serving.process_runtime import runtime_if_started
 
         runtime = runtime_if_started()
         if runtime is None:

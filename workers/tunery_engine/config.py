@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunery_worker.errors import ConfigError
+from tunery_engine.errors import ConfigError
 
 if TYPE_CHECKING:
     from tunery_contract import TaskDefinition
@@ -183,8 +183,8 @@ class TrainConfig:
     @property
     def is_resolved(self) -> bool:
         # pooling is settled from the base model's directory (modeling.resolve_pooling) before resolve(),
-        # pos_weight from the encoded training split (TaskAdapter.fit_loss) after it,
-        # label_thresholds after training (TaskAdapter.fit_thresholds)
+        # pos_weight from the encoded training split (TaskHead.fit_loss) after it,
+        # label_thresholds after training (TaskHead.fit_thresholds)
         settled_elsewhere = ("pooling", "pos_weight", "label_thresholds")
         return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name not in settled_elsewhere)
 
@@ -310,7 +310,7 @@ def resolve(
 
 @dataclass
 class JobSpec:
-    """What :func:`tunery_worker.train` needs for one job."""
+    """What :func:`tunery_engine.train` needs for one job."""
 
     base_model: Path | str
     task: TaskDefinition

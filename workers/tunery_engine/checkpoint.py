@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tunery_worker.errors import CheckpointError
+from tunery_engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step-(\d{8,})$")

@@ -1,4 +1,4 @@
-"""The worker's process entry point: ``python -m tunery_worker run SPEC.json``.
+"""The worker's process entry point: ``python -m tunery_engine run SPEC.json``.
 
 One job per fresh process (CUDA is never touched in the job queue's parent). Events go to stdout
 as one JSON object per line; everything else a library prints is sent to stderr so the stream
@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from tunery_worker.callbacks import ControlFile, ProgressEvent, TrainingCallback, TrainState
-from tunery_worker.errors import ConfigError, EngineError
+from tunery_engine.callbacks import ControlFile, ProgressEvent, TrainingCallback, TrainState
+from tunery_engine.errors import ConfigError, EngineError
 
 EXIT_OK, EXIT_TRANSIENT, EXIT_PERMANENT, EXIT_PAUSED, EXIT_CANCELLED = 0, 1, 2, 3, 4
 SPEC_KEYS = {
@@ -108,7 +108,7 @@ class EventWriter(TrainingCallback):
 def load_spec(path: Path) -> Any:
     """Read SPEC.json and find the task through the installed packs."""
     from tunery_contract.discovery import discover
-    from tunery_worker.config import JobSpec, TrainConfig
+    from tunery_engine.config import JobSpec, TrainConfig
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -146,7 +146,7 @@ def load_spec(path: Path) -> Any:
 
 
 def run(spec_path: Path) -> int:
-    from tunery_worker.callbacks import Cancelled, Paused
+    from tunery_engine.callbacks import Cancelled, Paused
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     # keep the event stream clean: fd 1 becomes stderr for everything but our writer
@@ -157,7 +157,7 @@ def run(spec_path: Path) -> int:
     writer.start_heartbeat(float(os.environ.get("TUNERY_HEARTBEAT_SECONDS", "10")))
     try:
         spec = load_spec(spec_path)
-        from tunery_worker.engine import train
+        from tunery_engine.engine import train
 
         result = train(spec, [writer, ControlFile(Path(spec.output_dir) / "CONTROL")])
     except Paused as stop:
@@ -180,7 +180,7 @@ def run(spec_path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunery_worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tunery_engine", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="train one job from SPEC.json")
     run_parser.add_argument("spec", type=Path)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "merge":
-        from tunery_worker.artifact import export_merged
+        from tunery_engine.artifact import export_merged
 
         export_merged(args.artifact, args.out)
         return EXIT_OK

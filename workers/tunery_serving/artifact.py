@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from tunery_contract import TaskKind
-from tunery_worker.artifact import LabelThresholds, TargetScale
-from tunery_worker.errors import ModelLoadError
+from tunery_engine.artifact import LabelThresholds, TargetScale
+from tunery_engine.errors import ModelLoadError
 
 ARTIFACT_FILE = "tunery_artifact.json"
 ADAPTER_DIR = "adapter"
 TRAINING_TYPES = ("lora", "full")
-#: Manifest versions this runtime reads (the engine's tunery_worker.artifact.FORMAT_VERSION).
+#: Manifest versions this runtime reads (the engine's tunery_engine.artifact.FORMAT_VERSION).
 SUPPORTED_FORMATS = (1,)
 
 
@@ -35,7 +35,7 @@ class ArtifactInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     target_scale: TargetScale = field(default_factory=TargetScale)
     label_thresholds: LabelThresholds = field(default_factory=LabelThresholds)
-    #: sequence classification: "mean" or "model" (``tunery_worker.modeling.POOLINGS``)
+    #: sequence classification: "mean" or "model" (``tunery_engine.modeling.POOLINGS``)
     pooling: str = "model"
 
     @property

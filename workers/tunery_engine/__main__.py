@@ -1,0 +1,5 @@
+import sys
+
+from tunery_engine.process import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from tunery_worker.cli import main
-
-sys.exit(main())
