@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "tunery.monitoring.middleware.RequestIdMiddleware",
+    "tunery.core.middleware.RejectNulBytesMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -136,10 +137,14 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "tunery.core.errors.openai_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON bodies only, size-, depth- and NUL-checked; uploads set MultiPartParser on their view.
+    "DEFAULT_PARSER_CLASSES": ["tunery.core.parsers.BoundedJSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tunery.core.negotiation.IgnoreClientAccept",
     # Tenant.requests_per_minute on every API call: atomic in Redis, the database without it.
     "DEFAULT_THROTTLE_CLASSES": ["tunery.serving.ratelimit.TenantRateThrottle"],
     "UNAUTHENTICATED_USER": None,
+    # OPTIONS describes the endpoint without building a serializer (the OpenAPI schema documents bodies).
+    "DEFAULT_METADATA_CLASS": "tunery.core.metadata.EndpointMetadata",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tunery API",

@@ -49,6 +49,18 @@ def describe_model_dir(path: Path) -> dict[str, Any]:
     return {"architecture": config.get("model_type", ""), "parameters": parameters}
 
 
+def check_loadable(path: Path) -> None:
+    """The engine's own check (safetensors weights, a known architecture, no remote code), so a
+    model that no job could load is refused when it is registered, not when a job starts."""
+    from tunery_engine.errors import ModelLoadError
+    from tunery_engine.modeling import check_model_dir
+
+    try:
+        check_model_dir(path)
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def register_base_model(
     *,
     name: str,
@@ -62,6 +74,7 @@ def register_base_model(
     if bool(local_path) == bool(package):
         raise ValueError("give exactly one of a local path or a package")
     path = Path(local_path) if local_path else package_model_path(package)
+    check_loadable(path)
     described = describe_model_dir(path)
     defaults: dict[str, Any] = {
         "local_path": str(path) if local_path else "",

@@ -14,6 +14,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -140,10 +141,13 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
 # (the admin keeps its HTML).
 
 
-def _is_api(request: HttpRequest) -> bool:
+def is_api_request(request: HttpRequest) -> bool:
     return request.path.startswith("/v1/") or request.path == "/v1"
 
 
+# API clients authenticate with bearer keys, not cookies: a POST to an unknown /v1 URL must get the
+# 404 error object, not Django's HTML CSRF page.
+@csrf_exempt
 def unknown_api_url(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     """Catch-all view mounted last under /v1: no endpoint has this URL."""
     message = f"Unknown request URL: {request.method} {request.path}."
@@ -151,24 +155,24 @@ def unknown_api_url(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResp
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return unknown_api_url(request)
     return defaults.page_not_found(request, exception)
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body(500, "The server had an error processing your request."), status=500)
     return defaults.server_error(request)
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body(400, "Bad request.", code="bad_request"), status=400)
     return defaults.bad_request(request, exception)  # type: ignore[arg-type]  # Django accepts None here
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body(403, "Permission denied."), status=403)
     return defaults.permission_denied(request, exception)  # type: ignore[arg-type]  # Django accepts None here

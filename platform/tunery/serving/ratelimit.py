@@ -6,11 +6,18 @@ of web processes on any number of hosts share the limit and 50 simultaneous requ
 exactly the limit. Without Redis (the embedded setup) a fixed one-minute window is counted in the
 database with a conditional UPDATE, which is atomic in SQLite and PostgreSQL alike.
 
+When Redis is unreachable the limit is not dropped and the request does not fail: decisions fall
+back to the database counter (logged as a warning at most once a minute, counted in the metric
+``tunery_rate_limit_store_fallbacks``), and Redis is tried again after ``REDIS_RETRY_SECONDS``, so
+a dead Redis costs one connection timeout per retry period, not one per request. ``/readyz``
+reports the rate-limit store (``rate_limits``) as failing meanwhile.
+
 A refused request gets 429 in OpenAI's error shape with ``Retry-After`` (DRF's Throttled, turned
 into that shape by ``tunery.core.errors``)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -27,7 +34,13 @@ from rest_framework.throttling import BaseThrottle
 from tunery.core.auth import ApiKeyPrincipal
 from tunery.serving.models import RateLimitWindow
 
+log = logging.getLogger(__name__)
+
 WINDOW_SECONDS = 60
+#: After a Redis error, decisions use the database for this long before Redis is tried again.
+REDIS_RETRY_SECONDS = 15.0
+#: At most one warning per this many seconds while Redis stays unreachable.
+FALLBACK_WARNING_SECONDS = 60.0
 
 # KEYS[1]: the tenant's log. ARGV: limit, window (ms), a unique member.
 # Returns {1, 0} when admitted, {0, ms until the oldest entry leaves the window} when refused.
@@ -99,18 +112,61 @@ class DatabaseRateLimiter:
         RateLimitWindow.objects.filter(key=key).delete()
 
 
-_limiter: tuple[tuple[str, str], RedisRateLimiter | DatabaseRateLimiter] | None = None
+class RedisWithDatabaseFallback:
+    """Redis's shared sliding log while Redis answers; the database's fixed windows while it does not."""
+
+    def __init__(self, redis_limiter: RedisRateLimiter) -> None:
+        self.redis = redis_limiter
+        self.database = DatabaseRateLimiter()
+        self.lock = threading.Lock()
+        self.redis_down_until = 0.0
+        self.last_warning = -math.inf
+
+    def hit(self, key: str, limit: int, window: int = WINDOW_SECONDS) -> Decision:
+        import redis
+
+        if time.monotonic() >= self.redis_down_until:
+            try:
+                return self.redis.hit(key, limit, window)
+            except redis.RedisError as exc:
+                self._note_failure(exc)
+        from tunery.monitoring.prometheus import RATE_LIMIT_FALLBACKS
+
+        RATE_LIMIT_FALLBACKS.inc()
+        return self.database.hit(key, limit, window)
+
+    def _note_failure(self, exc: Exception) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.redis_down_until = now + REDIS_RETRY_SECONDS
+            warn = now - self.last_warning >= FALLBACK_WARNING_SECONDS
+            if warn:
+                self.last_warning = now
+        if warn:
+            log.warning("rate-limit Redis unreachable (%s); counting in the database meanwhile", exc)
+
+    def reset(self, key: str) -> None:
+        self.database.reset(key)
+        try:
+            self.redis.reset(key)
+        except Exception as exc:  # Redis down: its log expires by itself within a window
+            log.warning("could not reset the Redis rate-limit log of %s: %s", key, exc)
+
+
+Limiter = RedisWithDatabaseFallback | DatabaseRateLimiter
+_limiter: tuple[tuple[str, str], Limiter] | None = None
 _limiter_lock = threading.Lock()
 
 
-def limiter() -> RedisRateLimiter | DatabaseRateLimiter:
+def limiter() -> Limiter:
     """The process's limiter for the current settings (rebuilt when they change, e.g. in tests)."""
     global _limiter
     config = (getattr(settings, "REDIS_URL", ""), rate_limit_prefix())
     with _limiter_lock:
         if _limiter is None or _limiter[0] != config:
             url, prefix = config
-            _limiter = (config, RedisRateLimiter(url, prefix=prefix) if url else DatabaseRateLimiter())
+            chosen = RedisWithDatabaseFallback(RedisRateLimiter(url, prefix=prefix)) if url else DatabaseRateLimiter()
+            _limiter = (config, chosen)
         return _limiter[1]
 
 

@@ -69,6 +69,18 @@ def create_api_key_as(*, acting_key: ApiKey, name: str, role: str, expires_at: d
     )
 
 
+def revoke_api_key_as(*, acting_key: ApiKey, key: ApiKey) -> ApiKey:
+    """A key revoking another: like minting, only a key of at least the target's role may (an
+    admin key cannot lock the owner out; an owner key can revoke any key, itself included)."""
+    if ROLE_RANK.get(key.role, 99) > ROLE_RANK[acting_key.role]:
+        raise PermissionDenied(
+            f"A key with role '{acting_key.role}' cannot revoke a key with role '{key.role}'.",
+            param="api_key_id",
+            code="role_too_high",
+        )
+    return revoke_api_key(key=key, actor=f"key:{acting_key.prefix}")
+
+
 def revoke_api_key(*, key: ApiKey, actor: str) -> ApiKey:
     with transaction.atomic():
         ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

@@ -94,5 +94,5 @@ class ApiKeyViewSet(TenantScopedViewSet):
         return Response(api_key_object(self.get_object()))
 
     def destroy(self, request: Request, pk: str) -> Response:
-        key = services.revoke_api_key(key=self.get_object(), actor=self.actor)
+        key = services.revoke_api_key_as(acting_key=request.user.api_key, key=self.get_object())
         return Response(api_key_object(key))
