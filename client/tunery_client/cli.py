@@ -333,11 +333,21 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
+#: Columns holding Unix timestamps: shown as local date and time.
+TIME_COLUMNS = frozenset({"created_at", "created", "finished_at", "updated_at", "estimated_finish"})
+
+
+def format_time(value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return _cell(value)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("(none)")
         return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[format_time(row.get(c)) if c in TIME_COLUMNS else _cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in cells:
@@ -462,7 +472,8 @@ def _cmd_jobs_events(client: TuneryClient, args: argparse.Namespace) -> None:
     for event in events:
         extra = format_metrics(metrics_of(event)) if event.get("type") == "metrics" else ""
         print(
-            f"{event.get('created_at')}  {event.get('level', 'info'):5}  {event.get('message', '')}  {extra}".rstrip()
+            f"{format_time(event.get('created_at'))}  {event.get('level', 'info'):5}  {event.get('message', '')}  {extra}"
+            .rstrip()
         )
 
 
@@ -505,7 +516,33 @@ def _cmd_predict(client: TuneryClient, args: argparse.Namespace) -> None:
         inputs = [{"text": text} for text in args.text]
     else:
         raise CliError("give one or more texts, or --input-json")
-    _print_json(client.predict(args.model, inputs))
+    response = client.predict(args.model, inputs)
+    if args.json:
+        return _print_json(response)
+    rows = prediction_rows(inputs, response.get("data") or [])
+    _print_table(rows, [c for c in PREDICTION_COLUMNS if any(c in row for row in rows)])
+
+
+#: What a prediction table shows, in this order, where the model's answers have it.
+PREDICTION_COLUMNS = ("input", "label", "labels", "score", "confidence", "rank", "entities", "handoff", "reply")
+
+
+def prediction_rows(inputs: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per answer: the input it answers (shortened) and the answer's fields, readable."""
+    rows = []
+    for answer in answers:
+        index = answer.get("index", len(rows))
+        item = inputs[index] if isinstance(index, int) and 0 <= index < len(inputs) else {}
+        text = str(item.get("text", item.get("tokens", "")) if isinstance(item, dict) else item)
+        row: dict[str, Any] = {"input": text if len(text) <= 48 else text[:47] + "…"}
+        for key, value in answer.items():
+            if isinstance(value, float):
+                value = round(value, 4)
+            if key == "entities" and isinstance(value, list):
+                value = ", ".join(f"{e.get('text')} ({e.get('type')})" for e in value if isinstance(e, dict)) or "-"
+            row[key] = value
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -594,6 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tunery jobs events ID | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        return 141
     return code or 0
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import dummy_pack
@@ -196,6 +201,37 @@ def test_watch_prints_events_and_exits_with_the_jobs_outcome(cli, data_file):
     assert "failed" in out
 
 
+def test_listings_show_dates_not_unix_timestamps(cli, data_file):
+    code, out, _ = cli("files", "upload", str(data_file))
+    assert code == 0
+    code, out, _ = cli("files", "list")
+    created = out.splitlines()[1].split()[-2:]  # the CREATED_AT column: date and time
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", created[0]), out
+    assert re.fullmatch(r"\d{2}:\d{2}:\d{2}", created[1]), out
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(cli, data_file, live_server):
+    """`tunery jobs events ID | head -1`: no BrokenPipeError traceback."""
+    from tunery.jobs.models import FineTuningJob, JobEvent
+
+    code, out, _ = cli("--json", "jobs", "create", "--vertical", "dummy", "--file", str(data_file))
+    job = FineTuningJob.objects.get(pk=json.loads(out)["id"])
+    JobEvent.objects.bulk_create([JobEvent(job=job, message=f"event {i} " + "x" * 200) for i in range(400)])
+    env = {**os.environ, "TUNERY_API_KEY": cli.tenant.key, "TUNERY_BASE_URL": live_server.url}
+    piped = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m tunery_client.cli jobs events {job.pk} | head -1",
+        shell=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert len(piped.stdout.splitlines()) == 1
+    assert "Traceback" not in piped.stderr, piped.stderr
+    assert "BrokenPipeError" not in piped.stderr
+
+
 @pytest.fixture
 def deployed_model_row(cli, tmp_path):
     """A succeeded job's fine-tuned model with a real (tiny, random) artifact of the serving tests' pack."""
@@ -256,7 +292,7 @@ def test_deploy_then_predict(cli, deployed_model_row):
     code, out, _ = cli("deployments", "list")
     assert deployed_model_row.id in out
 
-    code, out, err = cli("predict", "--model", deployed_model_row.id, "where is my parcel", "refund me please")
+    code, out, err = cli("--json", "predict", "--model", deployed_model_row.id, "where is my parcel", "refund me please")
     assert code == 0, err
     results = json.loads(out)["data"]
     assert len(results) == 2
@@ -265,12 +301,22 @@ def test_deploy_then_predict(cli, deployed_model_row):
         assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert "handoff" in result  # the pack's post-processing ran
 
+    # Without --json: a table, one row per input, with the pack's answer fields.
+    code, out, err = cli("predict", "--model", deployed_model_row.id, "where is my parcel", "refund me please")
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["INPUT", "LABEL", "SCORE"]
+    assert "HANDOFF" in header.split()
+    assert len(rows) == 2
+    assert rows[0].startswith("where is my parcel")
+    assert rows[0].split()[4] in serving_pack.INTENTS  # after the four words of the input
+
     # The admin's usage page counts served prediction requests per tenant; refused ones do not count.
     from tunery.dashboard.selectors import tenant_usage
 
     cli("predict", "--model", "ft:unknown", "hello")
     usage = {row.tenant.slug: row for row in tenant_usage()}
-    assert usage["acme"].predictions == 1
+    assert usage["acme"].predictions == 2
 
 
 def test_predict_needs_input_and_a_known_model(cli):
