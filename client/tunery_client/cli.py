@@ -471,10 +471,8 @@ def _cmd_jobs_events(client: TuneryClient, args: argparse.Namespace) -> None:
         return _print_json(events)
     for event in events:
         extra = format_metrics(metrics_of(event)) if event.get("type") == "metrics" else ""
-        print(
-            f"{format_time(event.get('created_at'))}  {event.get('level', 'info'):5}  {event.get('message', '')}  {extra}"
-            .rstrip()
-        )
+        when, level = format_time(event.get("created_at")), event.get("level", "info")
+        print(f"{when}  {level:5}  {event.get('message', '')}  {extra}".rstrip())
 
 
 def _cmd_jobs_cancel(client: TuneryClient, args: argparse.Namespace) -> None:

@@ -367,36 +367,50 @@ def redeploy(client: TuneryClient, model_id: str) -> dict[str, Any]:
     return client.deploy(model_id)
 
 
+#: Printed before the block of commands that the demo's test runs exactly as printed.
+COMMANDS_HEADER = "Each line below runs as printed, in a fresh shell from any directory:"
+
+
+def openai_example(base_url: str, key: str, model_id: str, job_id: str) -> str:
+    question = SAMPLE_QUESTIONS[0]
+    return f"""# Tunery speaks OpenAI's fine-tuning API: the official openai client works unchanged.
+from openai import OpenAI
+
+client = OpenAI(base_url="{base_url}/v1", api_key="{key}")
+job = client.fine_tuning.jobs.retrieve("{job_id}")
+print(job.status, job.fine_tuned_model)
+for event in client.fine_tuning.jobs.list_events("{job_id}", limit=5):
+    print(event.message)
+answer = client.post("/predictions", body={{"model": "{model_id}", "inputs": ["{question}"]}}, cast_to=object)
+print(answer["data"][0]["intent"], answer["data"][0]["reply"])
+"""
+
+
 def print_usage(base_url: str, key: str, model_id: str, job_id: str, paths: Paths) -> None:
     question = SAMPLE_QUESTIONS[0]
     body = json.dumps({"model": model_id, "inputs": [question]})
+    example = paths.demo_dir / "openai_example.py"
+    example.write_text(openai_example(base_url, key, model_id, job_id))
+    # The virtualenv's own scripts by absolute path: they work without activating it.
+    bin_dir = Path(sys.executable).parent
+    json_header = '-H "Content-Type: application/json"'
     say(
         f"""
-Call the API yourself (key saved in {paths.credentials}):
+Call the API yourself (key saved in {paths.credentials}). {COMMANDS_HEADER}
 
   export TUNERY_API_KEY={key}
-  curl -s {base_url}/v1/predictions \\
-    -H "Authorization: Bearer $TUNERY_API_KEY" -H "Content-Type: application/json" \\
-    -d '{body}'
+  curl -s {base_url}/v1/predictions -H "Authorization: Bearer $TUNERY_API_KEY" {json_header} -d '{body}'
   curl -s {base_url}/v1/fine_tuning/jobs/{job_id}/events -H "Authorization: Bearer $TUNERY_API_KEY"
+  {bin_dir / "python"} {example}
+  TUNERY_BASE_URL={base_url} {bin_dir / "tunery"} jobs list
+  TUNERY_BASE_URL={base_url} {bin_dir / "tunery"} predict --model {model_id} "{question}"
 
-With the official openai client (Tunery speaks OpenAI's fine-tuning API):
+The openai client example ({example}):
 
-  from openai import OpenAI
-  client = OpenAI(base_url="{base_url}/v1", api_key="{key}")
-  job = client.fine_tuning.jobs.retrieve("{job_id}")
-  print(job.status, job.fine_tuned_model)
-  for event in client.fine_tuning.jobs.list_events("{job_id}", limit=5):
-      print(event.message)
-  answer = client.post("/predictions", body={{"model": "{model_id}", "inputs": ["{question}"]}}, cast_to=object)
-  print(answer["data"][0]["intent"], answer["data"][0]["reply"])
+{chr(10).join("  " + line if line else "" for line in openai_example(base_url, key, model_id, job_id).splitlines())}
 
-With the tunery CLI:
-
-  TUNERY_BASE_URL={base_url} tunery jobs list
-  TUNERY_BASE_URL={base_url} tunery predict --model {model_id} "{question}"
-
-Admin (create a login with: python manage.py createsuperuser): {base_url}/admin/  dashboard: {base_url}/admin/dashboard/
+Admin: {base_url}/admin/  dashboard: {base_url}/admin/dashboard/  (create a login with:
+  DJANGO_SETTINGS_MODULE=tunery.settings {bin_dir / "python"} -m django createsuperuser)
 API docs: {base_url}/api/docs/"""
     )
 
@@ -490,7 +504,7 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     print_usage(base_url, key, job["fine_tuned_model"], job["id"], paths)
     elapsed = time.monotonic() - started
     say(f"\nFinished in {elapsed / 60:.1f} min. The server keeps running on {base_url};")
-    say("stop it with: .venv/bin/python -m tunery_client.demo --stop   (run `make demo` again to start it)")
+    say(f"stop it with: {sys.executable} -m tunery_client.demo --stop   (run `make demo` again to start it)")
     return {
         "base_url": base_url,
         "job": job,
@@ -544,8 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("\ninterrupted. The server and workers keep running (a job keeps training): follow it with")
         say(
-            "`tunery jobs list` / `tunery jobs watch <id>`, or stop everything with: "
-            "python -m tunery_client.demo --stop"
+            f"`{Path(sys.executable).parent / 'tunery'} jobs list` / `... jobs watch <id>`, or stop everything "
+            f"with: {sys.executable} -m tunery_client.demo --stop"
         )
         return 130
     return 0

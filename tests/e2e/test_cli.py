@@ -214,13 +214,12 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(cli, data_file
     """`tunery jobs events ID | head -1`: no BrokenPipeError traceback."""
     from tunery.jobs.models import FineTuningJob, JobEvent
 
-    code, out, _ = cli("--json", "jobs", "create", "--vertical", "dummy", "--file", str(data_file))
+    _, out, _ = cli("--json", "jobs", "create", "--vertical", "dummy", "--file", str(data_file))
     job = FineTuningJob.objects.get(pk=json.loads(out)["id"])
     JobEvent.objects.bulk_create([JobEvent(job=job, message=f"event {i} " + "x" * 200) for i in range(400)])
     env = {**os.environ, "TUNERY_API_KEY": cli.tenant.key, "TUNERY_BASE_URL": live_server.url}
     piped = subprocess.run(
-        f"{shlex.quote(sys.executable)} -m tunery_client.cli jobs events {job.pk} | head -1",
-        shell=True,
+        ["bash", "-c", f"{shlex.quote(sys.executable)} -m tunery_client.cli jobs events {job.pk} | head -1"],
         env=env,
         capture_output=True,
         text=True,
@@ -292,7 +291,9 @@ def test_deploy_then_predict(cli, deployed_model_row):
     code, out, _ = cli("deployments", "list")
     assert deployed_model_row.id in out
 
-    code, out, err = cli("--json", "predict", "--model", deployed_model_row.id, "where is my parcel", "refund me please")
+    code, out, err = cli(
+        "--json", "predict", "--model", deployed_model_row.id, "where is my parcel", "refund me please"
+    )
     assert code == 0, err
     results = json.loads(out)["data"]
     assert len(results) == 2

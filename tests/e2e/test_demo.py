@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tunery_client.demo import COMMANDS_HEADER
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 PORT = 8370  # the demo takes the next free port from here; away from a developer's demo on 8000
 
@@ -66,6 +68,26 @@ def test_demo_trains_deploys_and_answers_then_runs_again(demo_dir):
     assert len(answers) == 5
     labels = {line.split(",")[-1] for line in _sample_rows()}
     assert {intent for intent, _ in answers} <= labels
+
+    # Every command the demo prints runs exactly as printed, in a fresh shell elsewhere.
+    block = out.split(COMMANDS_HEADER, 1)[1].split("\n\n")[1]
+    commands = [line.strip() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 6, block
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "TUNERY_API_KEY")}
+    clean_env["PATH"] = "/usr/bin:/bin"  # not the virtualenv's bin: the printed paths must do
+    printed = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(commands)],
+        cwd="/",
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert printed.returncode == 0, printed.stdout[-3000:] + printed.stderr[-3000:]
+    assert printed.stdout.count('"object": "prediction"') + printed.stdout.count('"object":"prediction"') == 1
+    assert "succeeded " + job["fine_tuned_model"] in printed.stdout  # the openai example's first line
+    assert "INPUT" in printed.stdout  # the CLI's prediction table
 
     # The openai client, as the demo prints it, works against the running server.
     from openai import OpenAI
