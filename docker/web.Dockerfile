@@ -31,4 +31,4 @@ EXPOSE 8000
 # The control plane: gunicorn, one process per worker, threads for slow clients. WEB_CONCURRENCY
 # is set here (not only defaulted in the command) so that serving sees it and shares the cores out.
 ENV WEB_CONCURRENCY=4
-CMD ["sh", "-c", "exec gunicorn tunery.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_CONCURRENCY:-4} --threads ${WEB_THREADS:-4} --timeout 120 --access-logfile - --forwarded-allow-ips='*'"]
+CMD ["sh", "-c", "exec gunicorn tunery.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_CONCURRENCY:-4} --threads ${WEB_THREADS:-4} --timeout 120 --limit-request-line 8190 --access-logfile - --forwarded-allow-ips='*'"]

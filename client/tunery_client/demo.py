@@ -218,6 +218,9 @@ def ensure_server(paths: Paths, state: dict[str, Any], preferred_port: int | Non
             "--bind", f"127.0.0.1:{port}",
             "--workers", "2", "--threads", "4",
             "--timeout", "300",  # the first prediction loads the model
+            # gunicorn's largest bounded request line (default 4094): longer URLs up to it get the
+            # API's JSON errors instead of gunicorn's HTML 414 page
+            "--limit-request-line", "8190",
         ],
         paths,
     )  # fmt: skip

@@ -125,6 +125,9 @@ STORAGES = {
 
 # Uploads: bodies above this go to a temporary file, never all into memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+#: Uploads stream into temporary files here, not the system temp directory: the files app sweeps
+#: what a killed web process left behind (tunery.files.uploads.sweep_stale_upload_files).
+FILE_UPLOAD_TEMP_DIR = str(Path(os.environ.get("TUNERY_UPLOAD_TEMP_DIR", DATA_DIR / "tmp" / "uploads")))
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TUNERY_MAX_REQUEST_BYTES", 1024 * 1024)
 #: Largest training file a tenant may upload.
 TUNERY_MAX_UPLOAD_BYTES = env_int("TUNERY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)

@@ -208,3 +208,36 @@ def test_upload_that_fits_its_task_is_stored(acme, api):
     data = {"file": SimpleUploadedFile("t.csv", dummy_pack.sample_csv()), "purpose": "fine-tune"}
     data |= {"vertical": "dummy", "task": "sentiment"}
     assert api.post("/v1/files", data, format="multipart", **acme.headers).status_code == 200
+
+
+def test_uploads_stream_into_the_data_directory_and_stale_leftovers_are_swept(acme, upload, settings, tmp_path):
+    import os
+    import time
+
+    from tunery.files import uploads
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
+    seen: list[str] = []
+    original = uploads.LimitedHashingUploadHandler.receive_data_chunk
+
+    def spy(self, raw_data, start):
+        seen.append(self.file.temporary_file_path())
+        return original(self, raw_data, start)
+
+    uploads.LimitedHashingUploadHandler.receive_data_chunk = spy
+    try:
+        response = upload(acme)
+    finally:
+        uploads.LimitedHashingUploadHandler.receive_data_chunk = original
+    assert response.status_code == 200, response.content
+    assert seen
+    assert all(path.startswith(str(tmp_path / "uploads")) for path in seen)
+
+    stale, fresh = tmp_path / "uploads" / "killed.upload", tmp_path / "uploads" / "live.upload"
+    stale.write_bytes(b"half a file")
+    fresh.write_bytes(b"still arriving")
+    old = time.time() - uploads.STALE_UPLOAD_SECONDS - 60
+    os.utime(stale, (old, old))
+    assert uploads.sweep_stale_upload_files() == 1
+    assert not stale.exists()
+    assert fresh.exists()

@@ -69,6 +69,11 @@ def test_demo_trains_deploys_and_answers_then_runs_again(demo_dir):
     labels = {line.split(",")[-1] for line in _sample_rows()}
     assert {intent for intent, _ in answers} <= labels
 
+    # A long URL reaches the application (gunicorn's default limit is 4 KB): an OpenAI error object.
+    long_url = httpx.get(f"{base_url}/v1/files/file-{'x' * 6000}", headers=headers)
+    assert long_url.status_code == 404
+    assert long_url.json()["error"]["type"] == "not_found_error"
+
     # Every command the demo prints runs exactly as printed, in a fresh shell elsewhere.
     block = out.split(COMMANDS_HEADER, 1)[1].split("\n\n")[1]
     commands = [line.strip() for line in block.splitlines() if line.strip()]

@@ -7,12 +7,20 @@ aborts (deleting its temporary file) as soon as the received bytes pass the limi
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
 from tunery.core.errors import PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+#: An upload temp file untouched this long belongs to a request that is gone (a killed process).
+STALE_UPLOAD_SECONDS = 6 * 3600
 
 #: Room for the multipart boundaries and form fields around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -41,6 +49,7 @@ class LimitedHashingUploadHandler(TemporaryFileUploadHandler):
         self.files_seen += 1
         if self.files_seen > 1:  # one file per request: a second part would dodge the per-file limit
             raise PayloadTooLarge("Send one file per request.", param="file", code="too_many_files")
+        Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
         super().new_file(*args, **kwargs)
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
@@ -55,3 +64,23 @@ class LimitedHashingUploadHandler(TemporaryFileUploadHandler):
         uploaded = super().file_complete(file_size)
         uploaded.sha256 = self.hasher.hexdigest()
         return uploaded
+
+
+def sweep_stale_upload_files(max_age_seconds: float = STALE_UPLOAD_SECONDS) -> int:
+    """Delete upload temp files nobody has written for ``max_age_seconds`` (left by a web process
+    killed mid-upload; a live upload writes its file continuously). Returns how many were deleted."""
+    folder = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_seconds
+    deleted = 0
+    for entry in folder.iterdir():
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                deleted += 1
+        except OSError:  # deleted meanwhile by another process's sweep
+            continue
+    if deleted:
+        log.info("deleted %d stale upload temp files from %s", deleted, folder)
+    return deleted
