@@ -45,7 +45,6 @@ def encoder_defaults(**overrides: Any) -> dict[str, Any]:
         "warmup_ratio": 0.1,
         "weight_decay": 0.01,
         "early_stopping_patience": 3,
-        "seed": 42,
     }
     return {**defaults, **overrides}
 

@@ -124,7 +124,6 @@ CAUSAL_DEFAULTS: dict[str, Any] = {
     "lora_dropout": 0.05,
     "warmup_ratio": 0.03,
     "early_stopping_patience": 2,
-    "seed": 42,
 }
 
 INTENT = TaskDefinition(

@@ -201,7 +201,6 @@ CLAUSE_DRAFTING = TaskDefinition(
         "lora_alpha": 32,
         "lora_dropout": 0.05,
         "early_stopping_patience": 2,
-        "seed": 42,
     },
     postprocess=draft_answer,
     sample_data="drafting_sample.jsonl",

@@ -131,7 +131,6 @@ NOTE_SUMMARIZATION = TaskDefinition(
         "lora_alpha": 32,
         "lora_dropout": 0.05,
         "early_stopping_patience": 2,
-        "seed": 42,
     },
     row_validator=screen_row,
     postprocess=summary_answer,
