@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from tunery.jobs import lifecycle, reconciler
-from tunery.jobs.lifecycle import LeaseLost, Outcome
+from tunery.jobs.lifecycle import LeaseLost, Outcome, TransitionRefused
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.queues import training_queue
 
@@ -119,7 +119,7 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(queue_settings, new
 def test_expired_lease_of_a_job_asked_to_cancel_ends_cancelled(queue_settings, new_tenant, make_job):
     job = make_job(new_tenant())
     lifecycle.claim_next_job("gpu", "w")
-    assert lifecycle.request_cancel(job.pk) == JobStatus.RUNNING  # the runner will stop it
+    assert lifecycle.cancel(job.pk, actor="test") == JobStatus.RUNNING  # the runner will stop it
     FineTuningJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     reconciler.reconcile()
     assert FineTuningJob.objects.get(pk=job.pk).status == JobStatus.CANCELLED
@@ -127,9 +127,10 @@ def test_expired_lease_of_a_job_asked_to_cancel_ends_cancelled(queue_settings, n
 
 def test_cancel_of_a_queued_job_is_immediate_and_it_is_never_claimed(queue_settings, new_tenant, make_job):
     job = make_job(new_tenant())
-    assert lifecycle.request_cancel(job.pk) == JobStatus.CANCELLED
+    assert lifecycle.cancel(job.pk, actor="test") == JobStatus.CANCELLED
     assert lifecycle.claim_next_job("gpu", "w") is None
-    assert lifecycle.resume(job.pk) is False
+    with pytest.raises(TransitionRefused, match="is cancelled and cannot be resumed"):
+        lifecycle.resume(job.pk, actor="test")
 
 
 def test_reconciler_resends_lost_messages_but_not_fresh_ones(queue_settings, new_tenant, make_job, broker_messages):
