@@ -1,5 +1,6 @@
 """Celery tasks of the job queue. Thin: ids in, re-fetch, call a service, retry only transient
-(database connection) errors. Job-level retries go through the lease, not Celery."""
+(database connection) errors. Job-level retries go through the lease, not Celery. They register
+under the names ``tunery.jobs.dispatch`` sends (it never imports this module)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ TRANSIENT = (OperationalError, InterfaceError)
 
 
 @shared_task(
-    name="tunery.jobs.tasks.validate_job_files",
+    name=dispatch.VALIDATE_JOB_FILES,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,
@@ -29,7 +30,7 @@ def validate_job_files(job_id: str) -> str:
     return status
 
 
-@shared_task(name="tunery.jobs.tasks.run_job", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+@shared_task(name=dispatch.RUN_JOB, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def run_job(job_id: str) -> str:
     """Wake-up for the queue of ``job_id``: claim the fairest eligible job there (not necessarily
     ``job_id``) and run one attempt of it."""
@@ -48,6 +49,6 @@ def run_job(job_id: str) -> str:
     return f"{ran}:{status}"
 
 
-@shared_task(name="tunery.jobs.tasks.reconcile_jobs", autoretry_for=TRANSIENT, max_retries=2)
+@shared_task(name=dispatch.RECONCILE_JOBS, autoretry_for=TRANSIENT, max_retries=2)
 def reconcile_jobs() -> dict[str, int]:
     return reconciler.reconcile()
