@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import worker_process_init, worker_shutting_down
 from django.db import InterfaceError, OperationalError
 
 from tunery.jobs import dispatch, file_validation, reconciler, runner
@@ -52,3 +53,15 @@ def run_job(job_id: str) -> str:
 @shared_task(name=dispatch.RECONCILE_JOBS, autoretry_for=TRANSIENT, max_retries=2)
 def reconcile_jobs() -> dict[str, int]:
     return reconciler.reconcile()
+
+
+@worker_process_init.connect
+def _listen_for_shutdown(**_: object) -> None:
+    runner.listen_for_shutdown()
+
+
+@worker_shutting_down.connect
+def _hand_running_jobs_back(**_: object) -> None:
+    """A warm shutdown (deploy, preemption notice) waits for running tasks: make them quick by
+    pausing their jobs at a checkpoint; the jobs go back to the queue for another worker."""
+    runner.notify_pool_of_shutdown()
