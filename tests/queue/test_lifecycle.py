@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
+import tunery
 from tunery.jobs import lifecycle, reconciler
 from tunery.jobs.lifecycle import LeaseLost, Outcome, TransitionRefused
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
@@ -194,3 +197,32 @@ def test_a_tenant_with_a_huge_backlog_cannot_hide_another_tenants_job(queue_sett
     assert lifecycle.claim_next_job("gpu", "w1").pk == first.pk
     assert lifecycle.claim_next_job("gpu", "w2").pk == late.pk
     assert lifecycle.claim_next_job("gpu", "w3") is None
+
+
+def test_only_the_lifecycle_writes_a_jobs_status():
+    """Every status change goes through tunery.jobs.lifecycle: no other control-plane module that
+    touches job rows passes, saves or assigns a ``status`` (reading and creating a row are fine)."""
+    platform = Path(tunery.__file__).resolve().parent
+    reads_and_creates = {"filter", "exclude", "get", "create", "annotate", "values", "values_list"}
+    writers = []
+    for path in sorted(platform.rglob("*.py")):
+        if "migrations" in path.parts or path == platform / "jobs" / "lifecycle.py":
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+        if "FineTuningJob" not in imported:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                passes = name not in reads_and_creates and any(k.arg == "status" for k in node.keywords)
+                saves = any(
+                    k.arg in ("fields", "update_fields") and "status" in ast.unparse(k.value) for k in node.keywords
+                )
+                if passes or saves:
+                    writers.append(f"{path.relative_to(platform.parent)}:{node.lineno}")
+            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(target, ast.Attribute) and target.attr == "status" for target in targets):
+                    writers.append(f"{path.relative_to(platform.parent)}:{node.lineno}")
+    assert writers == [], f"job status written outside tunery.jobs.lifecycle: {writers}"

@@ -104,7 +104,7 @@ class FineTuningJobAdmin(AuditedModelAdmin):
             except ApiError as refused:
                 self.message_user(request, refused.message, messages.WARNING)
                 continue
-            audit_admin(request, action, job, status=job.status, requested_action=job.requested_action)
+            audit_admin(request, action, job, job_status=job.status, requested_action=job.requested_action)
             pending = f", {job.requested_action} requested" if job.requested_action else ""
             self.message_user(request, f"{job.pk} is {job.status}{pending}.")
 
