@@ -136,6 +136,16 @@ def test_cancel_of_a_queued_job_is_immediate_and_it_is_never_claimed(queue_setti
         lifecycle.resume(job.pk, actor="test")
 
 
+def test_a_job_being_cancelled_cannot_be_paused_instead(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    lifecycle.claim_next_job("gpu", "w")
+    assert lifecycle.cancel(job.pk, actor="key:abc") == JobStatus.RUNNING
+    with pytest.raises(TransitionRefused, match="is being cancelled and cannot be paused"):
+        lifecycle.pause(job.pk, actor="key:abc")
+    assert FineTuningJob.objects.get(pk=job.pk).requested_action == "cancel"
+    assert JobEvent.objects.filter(job=job, message__startswith="Cancellation requested by key:abc").exists()
+
+
 def test_reconciler_resends_lost_messages_but_not_fresh_ones(queue_settings, new_tenant, make_job, broker_messages):
     tenant = new_tenant()
     lost = make_job(tenant)
