@@ -7,6 +7,8 @@ queues, one per GPU class and count (``gpu``, ``gpu.h100.x2``; see tunery.jobs.q
 Workers (``manage.py runworker cpu|gpu`` starts them with these options):
     celery -A tunery worker -Q cpu --concurrency 2
     celery -A tunery worker -Q gpu --concurrency 1 --prefetch-multiplier 1
+The worker signal handlers that hand running jobs back on shutdown live with the tasks
+(tunery.jobs.tasks), so this module imports nothing of the apps.
 The training engine is a fresh child process per job, so a gpu worker never touches CUDA;
 ``--max-tasks-per-child 1`` is allowed but only adds seconds of dispatch latency per job.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_shutting_down
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tunery.settings")
@@ -96,19 +97,3 @@ def _configure() -> None:
 
 _configure()
 app.autodiscover_tasks(["tunery.jobs"])
-
-
-@worker_process_init.connect
-def _listen_for_shutdown(**_: object) -> None:
-    from tunery.jobs.runner import listen_for_shutdown
-
-    listen_for_shutdown()
-
-
-@worker_shutting_down.connect
-def _hand_running_jobs_back(**_: object) -> None:
-    """A warm shutdown (deploy, preemption notice) waits for running tasks: make them quick by
-    pausing their jobs at a checkpoint; the jobs go back to the queue for another worker."""
-    from tunery.jobs.runner import notify_pool_of_shutdown
-
-    notify_pool_of_shutdown()

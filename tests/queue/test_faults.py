@@ -139,7 +139,7 @@ def test_cancel_frees_the_worker_and_pause_resume_continues(redis_server, make_c
     wait_for(lambda: JobCheckpoint.objects.filter(job=doomed).exists(), 60, cluster, "a first checkpoint")
     assert job_row(doomed).estimated_finish is not None
     asked = time.monotonic()
-    assert lifecycle.request_cancel(doomed.pk) == JobStatus.RUNNING
+    assert lifecycle.cancel(doomed.pk, actor="test") == JobStatus.RUNNING
     wait_for(lambda: job_row(doomed).status == JobStatus.CANCELLED, 10, cluster, "cancelled")
     assert time.monotonic() - asked < 5
     assert JobCheckpoint.objects.filter(job=doomed).exists()  # the partial checkpoint stays listed
@@ -147,11 +147,11 @@ def test_cancel_frees_the_worker_and_pause_resume_continues(redis_server, make_c
 
     paused = make_job(tenant, steps=30, step_seconds=0.1, checkpoint_every=50)
     wait_for(lambda: job_row(paused).progress.get("step", 0) >= 5, 30, cluster, "the next job to use the freed worker")
-    lifecycle.request_pause(paused.pk)
+    assert lifecycle.pause(paused.pk, actor="test") == JobStatus.RUNNING
     wait_for(lambda: job_row(paused).status == JobStatus.PAUSED, 10, cluster, "paused")
     pause_step = JobCheckpoint.objects.filter(job=paused).get().step_number  # pause wrote a checkpoint
     assert pause_step >= 5
-    assert lifecycle.resume(paused.pk)
+    assert lifecycle.resume(paused.pk, actor="test") == JobStatus.QUEUED
     wait_for(lambda: job_row(paused).status == JobStatus.SUCCEEDED, 60, cluster, "the resumed job")
     assert [s["from_step"] for s in starts(paused)] == [0, pause_step]
     assert_ran_once_to_success(paused)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
+import tunery
 from tunery.jobs import lifecycle, reconciler
-from tunery.jobs.lifecycle import LeaseLost, Outcome
+from tunery.jobs.lifecycle import LeaseLost, Outcome, TransitionRefused
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.queues import training_queue
 
@@ -119,7 +122,7 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(queue_settings, new
 def test_expired_lease_of_a_job_asked_to_cancel_ends_cancelled(queue_settings, new_tenant, make_job):
     job = make_job(new_tenant())
     lifecycle.claim_next_job("gpu", "w")
-    assert lifecycle.request_cancel(job.pk) == JobStatus.RUNNING  # the runner will stop it
+    assert lifecycle.cancel(job.pk, actor="test") == JobStatus.RUNNING  # the runner will stop it
     FineTuningJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     reconciler.reconcile()
     assert FineTuningJob.objects.get(pk=job.pk).status == JobStatus.CANCELLED
@@ -127,9 +130,20 @@ def test_expired_lease_of_a_job_asked_to_cancel_ends_cancelled(queue_settings, n
 
 def test_cancel_of_a_queued_job_is_immediate_and_it_is_never_claimed(queue_settings, new_tenant, make_job):
     job = make_job(new_tenant())
-    assert lifecycle.request_cancel(job.pk) == JobStatus.CANCELLED
+    assert lifecycle.cancel(job.pk, actor="test") == JobStatus.CANCELLED
     assert lifecycle.claim_next_job("gpu", "w") is None
-    assert lifecycle.resume(job.pk) is False
+    with pytest.raises(TransitionRefused, match="is cancelled and cannot be resumed"):
+        lifecycle.resume(job.pk, actor="test")
+
+
+def test_a_job_being_cancelled_cannot_be_paused_instead(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant())
+    lifecycle.claim_next_job("gpu", "w")
+    assert lifecycle.cancel(job.pk, actor="key:abc") == JobStatus.RUNNING
+    with pytest.raises(TransitionRefused, match="is being cancelled and cannot be paused"):
+        lifecycle.pause(job.pk, actor="key:abc")
+    assert FineTuningJob.objects.get(pk=job.pk).requested_action == "cancel"
+    assert JobEvent.objects.filter(job=job, message__startswith="Cancellation requested by key:abc").exists()
 
 
 def test_reconciler_resends_lost_messages_but_not_fresh_ones(queue_settings, new_tenant, make_job, broker_messages):
@@ -193,3 +207,32 @@ def test_a_tenant_with_a_huge_backlog_cannot_hide_another_tenants_job(queue_sett
     assert lifecycle.claim_next_job("gpu", "w1").pk == first.pk
     assert lifecycle.claim_next_job("gpu", "w2").pk == late.pk
     assert lifecycle.claim_next_job("gpu", "w3") is None
+
+
+def test_only_the_lifecycle_writes_a_jobs_status():
+    """Every status change goes through tunery.jobs.lifecycle: no other control-plane module that
+    touches job rows passes, saves or assigns a ``status`` (reading and creating a row are fine)."""
+    platform = Path(tunery.__file__).resolve().parent
+    reads_and_creates = {"filter", "exclude", "get", "create", "annotate", "values", "values_list"}
+    writers = []
+    for path in sorted(platform.rglob("*.py")):
+        if "migrations" in path.parts or path == platform / "jobs" / "lifecycle.py":
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+        if "FineTuningJob" not in imported:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                passes = name not in reads_and_creates and any(k.arg == "status" for k in node.keywords)
+                saves = any(
+                    k.arg in ("fields", "update_fields") and "status" in ast.unparse(k.value) for k in node.keywords
+                )
+                if passes or saves:
+                    writers.append(f"{path.relative_to(platform.parent)}:{node.lineno}")
+            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(target, ast.Attribute) and target.attr == "status" for target in targets):
+                    writers.append(f"{path.relative_to(platform.parent)}:{node.lineno}")
+    assert writers == [], f"job status written outside tunery.jobs.lifecycle: {writers}"

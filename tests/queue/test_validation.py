@@ -78,3 +78,16 @@ def test_messages_are_sent_only_after_the_job_row_commits(
     assert len(callbacks) == 1
     assert [m["job_id"] for m in broker_messages("cpu")] == [job.pk]
     assert FineTuningJob.objects.get(pk=job.pk).dispatched_at is not None
+
+
+def test_eager_mode_runs_the_task_inline_although_dispatch_sends_by_name(
+    queue_settings, pack, new_tenant, make_job, make_file, broker_messages, monkeypatch
+):
+    from tunery.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)  # TUNERY_TASKS_EAGER
+    content = json.dumps({"text": "", "label": "positive"}).encode() + b"\n"
+    job = validating_job(make_job, make_file, new_tenant(), content)
+    assert dispatch.send_validation(job.pk)
+    assert FineTuningJob.objects.get(pk=job.pk).status == JobStatus.FAILED
+    assert broker_messages("cpu") == []

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from collections.abc import Callable
 
-from tunery.core.admin import AuditedModelAdmin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from tunery.core.admin import AuditedModelAdmin, audit_admin
+from tunery.core.errors import ApiError
+from tunery.jobs import services
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, UsageRecord
 
 
@@ -35,8 +41,16 @@ class FineTuningJobAdmin(AuditedModelAdmin):
     list_filter = ["status", "vertical", "tenant"]
     search_fields = ["id", "suffix"]
     inlines = [JobCheckpointInline, JobEventInline]
+    actions = ["cancel_jobs", "pause_jobs", "resume_jobs"]
+    # The lifecycle fields change only through tunery.jobs.lifecycle (the actions below), never by hand.
     readonly_fields = [
         "id",
+        "status",
+        "requested_action",
+        "error",
+        "dispatched_at",
+        "estimated_finish",
+        "result_files",
         "tenant",
         "created_by",
         "base_model",
@@ -62,6 +76,37 @@ class FineTuningJobAdmin(AuditedModelAdmin):
 
     def has_add_permission(self, request):
         return False  # jobs are created through the API, which checks packs, files and quotas
+
+    @admin.action(description="Cancel the selected jobs")
+    def cancel_jobs(self, request: HttpRequest, jobs: QuerySet[FineTuningJob]) -> None:
+        self._request_each(request, jobs, "cancel", services.cancel_job)
+
+    @admin.action(description="Pause the selected jobs")
+    def pause_jobs(self, request: HttpRequest, jobs: QuerySet[FineTuningJob]) -> None:
+        self._request_each(request, jobs, "pause", services.pause_job)
+
+    @admin.action(description="Resume the selected jobs")
+    def resume_jobs(self, request: HttpRequest, jobs: QuerySet[FineTuningJob]) -> None:
+        self._request_each(request, jobs, "resume", services.resume_job)
+
+    def _request_each(
+        self,
+        request: HttpRequest,
+        jobs: QuerySet[FineTuningJob],
+        action: str,
+        request_job: Callable[..., FineTuningJob],
+    ) -> None:
+        """The API's path (quotas, events naming the actor, the wake-up message), job by job."""
+        actor = f"admin:{request.user.get_username()}"
+        for job in jobs:
+            try:
+                job = request_job(job=job, actor=actor)
+            except ApiError as refused:
+                self.message_user(request, refused.message, messages.WARNING)
+                continue
+            audit_admin(request, action, job, job_status=job.status, requested_action=job.requested_action)
+            pending = f", {job.requested_action} requested" if job.requested_action else ""
+            self.message_user(request, f"{job.pk} is {job.status}{pending}.")
 
     @admin.display(description="progress")
     def progress_summary(self, job: FineTuningJob) -> str:

@@ -6,6 +6,10 @@ broker restart, a publish while the broker is down) costs latency, never the job
 re-sends for validating or queued jobs whose last message is older than
 ``TUNERY_JOB_REDISPATCH_SECONDS`` (no more than the queue lacks), and messages expire after that
 long, so they do not pile up behind a busy worker.
+
+This is the one module that sends Celery messages. It sends by task name, so it needs no import of
+``tunery.jobs.tasks`` (which calls back into this module); the names are defined here and the
+tasks register under them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
+from kombu.exceptions import ChannelError
 
+from tunery.celery import app
 from tunery.jobs import lifecycle
 from tunery.jobs.models import FineTuningJob
+from tunery.jobs.queues import CPU_QUEUE
 
 log = logging.getLogger(__name__)
+
+VALIDATE_JOB_FILES = "tunery.jobs.tasks.validate_job_files"
+RUN_JOB = "tunery.jobs.tasks.run_job"
+RECONCILE_JOBS = "tunery.jobs.tasks.reconcile_jobs"
 
 
 def job_created(job_id: str) -> None:
@@ -39,27 +50,19 @@ def job_action_requested(job_id: str, action: str) -> None:
 
 
 def send_validation(job_id: str) -> bool:
-    from tunery.jobs.tasks import validate_job_files
-
-    return _publish(validate_job_files, job_id, "cpu")
+    return _publish(VALIDATE_JOB_FILES, job_id, CPU_QUEUE)
 
 
 def send_run(job_id: str, queue: str | None = None) -> bool:
-    from tunery.jobs.tasks import run_job
-
     if queue is None:
         queue = FineTuningJob.objects.values_list("queue", flat=True).filter(pk=job_id).first()
         if queue is None:
             return False
-    return _publish(run_job, job_id, queue)
+    return _publish(RUN_JOB, job_id, queue)
 
 
 def pending_messages(queue: str) -> int | None:
     """Messages waiting on ``queue`` in the broker (0 if it does not exist), None if unknown."""
-    from kombu.exceptions import ChannelError
-
-    from tunery.celery import app
-
     try:
         with app.connection_for_write() as connection:
             return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
@@ -70,11 +73,15 @@ def pending_messages(queue: str) -> int | None:
         return None
 
 
-def _publish(task, job_id: str, queue: str) -> bool:
+def _publish(task_name: str, job_id: str, queue: str) -> bool:
     try:
-        task.apply_async(args=[job_id], queue=queue, expires=float(settings.TUNERY_JOB_REDISPATCH_SECONDS))
+        if app.conf.task_always_eager:  # TUNERY_TASKS_EAGER (debugging): send_task ignores it, run inline
+            app.loader.import_default_modules()
+            app.tasks[task_name].apply(args=[job_id])
+        else:
+            app.send_task(task_name, args=[job_id], queue=queue, expires=float(settings.TUNERY_JOB_REDISPATCH_SECONDS))
     except Exception as exc:  # broker down: the reconciler re-sends from the database
-        log.warning("could not send %s for job %s to queue %s: %s", task.name, job_id, queue, exc)
+        log.warning("could not send %s for job %s to queue %s: %s", task_name, job_id, queue, exc)
         return False
     lifecycle.mark_dispatched(job_id)
     return True

@@ -1,7 +1,11 @@
 """The job lifecycle: every status change of a fine-tuning job, as compare-and-set writes.
 
     validating_files -> queued -> running -> succeeded | failed | cancelled
-                                  running <-> paused (resume goes through queued)
+                        queued <-> paused <- running (resume goes through queued)
+
+This module is the only writer of ``FineTuningJob.status``: the API and the admin (through
+tunery.jobs.services), the runner, file validation and the reconciler all call it, and each change
+leaves a job event that names who asked for it.
 
 A transition is ``UPDATE ... WHERE id = %s AND status = <expected> [AND lease_owner = <me>]``; the
 one writer that sees one updated row wins, so two workers can never both own a job, whatever the
@@ -28,8 +32,11 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from tunery.catalog.models import FineTunedModel
+from tunery.core.errors import Conflict
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.queues import eligible_jobs
+from tunery.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +153,6 @@ def claim_next_job(queue: str, owner: str) -> FineTuningJob | None:
     The tenant row is locked while its running jobs are counted, so two workers cannot both push
     a tenant over its limit; the job itself is taken with a compare-and-set on its status.
     """
-    from tunery.tenants.models import Tenant
-
     skipped: set[int] = set()
     for _ in range(10):
         candidates = [job for job in eligible_jobs(queue) if job.tenant_id not in skipped]
@@ -313,8 +318,6 @@ def finish_attempt(job_id: str, owner: str, outcome: Outcome, attempt_started: d
 
 
 def _succeed(job: FineTuningJob, outcome: Outcome, fields: dict[str, Any], now: datetime) -> str:
-    from tunery.catalog.models import FineTunedModel
-
     model, _ = FineTunedModel.objects.get_or_create(
         job=job,
         defaults={
@@ -383,35 +386,67 @@ def take_back_expired(job: FineTuningJob) -> str:
     return status
 
 
-# -- client requests ---------------------------------------------------------------------------
+# -- client requests (the API and the admin, through tunery.jobs.services) ----------------------
 
 
-def request_cancel(job_id: str) -> str:
-    """Cancel: at once when no worker holds the job, else ask the runner (it stops the engine
-    between steps). Returns the status now (running means 'cancelling')."""
-    now = timezone.now()
-    with transaction.atomic():
-        stopped = _jobs(job_id, JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.PAUSED).update(
-            status=JobStatus.CANCELLED, finished_at=now, lease_owner="", lease_expires_at=None, requested_action=""
+class TransitionRefused(Conflict):
+    """The job's status does not allow the change asked for (a 409 to API clients)."""
+
+    def __init__(self, job_id: str, status: str, action: str):
+        super().__init__(
+            f"Job {job_id} is {status} and cannot be {action}.", param="fine_tuning_job_id", code="invalid_job_state"
         )
-        if stopped:
-            add_event(job_id, "Fine-tuning job cancelled", dedupe_key="cancelled")
-            return JobStatus.CANCELLED
-        _jobs(job_id, JobStatus.RUNNING).update(requested_action="cancel")
-    return FineTuningJob.objects.values_list("status", flat=True).get(pk=job_id)
+        self.job_id, self.status, self.action = job_id, status, action
 
 
-def request_pause(job_id: str) -> str:
-    """Pause a running job: the runner tells the engine, which checkpoints and exits."""
-    if _jobs(job_id, JobStatus.RUNNING).exclude(requested_action="cancel").update(requested_action="pause"):
-        add_event(job_id, "Pause requested", dedupe_key=f"pause_requested:{timezone.now().timestamp():.0f}")
-    return FineTuningJob.objects.values_list("status", flat=True).get(pk=job_id)
+def _refused(job_id: str, action: str) -> TransitionRefused:
+    status, requested = FineTuningJob.objects.values_list("status", "requested_action").get(pk=job_id)
+    if status == JobStatus.RUNNING and requested == "cancel":
+        status = "being cancelled"
+    return TransitionRefused(job_id, status, action)
 
 
-def resume(job_id: str) -> bool:
-    """paused -> queued; the next attempt resumes from the pause checkpoint."""
+def cancel(job_id: str, *, actor: str) -> str:
+    """Cancel: at once when no worker holds the job, else ask its runner to stop the engine
+    between steps. Returns the status now (running means 'cancelling')."""
     with transaction.atomic():
-        won = _jobs(job_id, JobStatus.PAUSED).update(status=JobStatus.QUEUED, dispatched_at=None, requested_action="")
-        if won:
-            add_event(job_id, "Fine-tuning job resumed", dedupe_key=f"resumed:{timezone.now().timestamp():.3f}")
-    return bool(won)
+        not_running = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.PAUSED)
+        if _jobs(job_id, *not_running).update(
+            status=JobStatus.CANCELLED,
+            finished_at=timezone.now(),
+            lease_owner="",
+            lease_expires_at=None,
+            requested_action="",
+        ):
+            add_event(job_id, f"Job cancelled by {actor}.", dedupe_key="cancelled")
+            return JobStatus.CANCELLED
+        if _jobs(job_id, JobStatus.RUNNING).update(requested_action="cancel"):
+            add_event(job_id, f"Cancellation requested by {actor}; the job stops after its current step.")
+            return JobStatus.RUNNING
+    raise _refused(job_id, "cancelled")
+
+
+def pause(job_id: str, *, actor: str) -> str:
+    """A queued job is paused at once; a running one is asked to checkpoint and free its worker
+    (not one already being cancelled). Returns the status now."""
+    with transaction.atomic():
+        if _jobs(job_id, JobStatus.QUEUED).update(status=JobStatus.PAUSED, requested_action=""):
+            add_event(job_id, f"Job paused by {actor}.")
+            return JobStatus.PAUSED
+        if _jobs(job_id, JobStatus.RUNNING).exclude(requested_action="cancel").update(requested_action="pause"):
+            add_event(job_id, f"Pause requested by {actor}; the job checkpoints and pauses after its current step.")
+            return JobStatus.RUNNING
+    raise _refused(job_id, "paused")
+
+
+def resume(job_id: str, *, actor: str) -> str:
+    """paused -> queued (the next attempt resumes from the pause checkpoint); a running job whose
+    pause is still pending keeps running (the request is withdrawn). Returns the status now."""
+    with transaction.atomic():
+        if _jobs(job_id, JobStatus.RUNNING).filter(requested_action="pause").update(requested_action=""):
+            add_event(job_id, f"Pause request withdrawn by {actor}.")
+            return JobStatus.RUNNING
+        if _jobs(job_id, JobStatus.PAUSED).update(status=JobStatus.QUEUED, dispatched_at=None, requested_action=""):
+            add_event(job_id, f"Job resumed by {actor}; it continues from its last checkpoint.")
+            return JobStatus.QUEUED
+    raise _refused(job_id, "resumed")

@@ -1,8 +1,9 @@
 """Writes for fine-tuning jobs: create, cancel, pause, resume.
 
-Status changes are compare-and-set (``UPDATE ... WHERE status IN (...)``), so a worker and an
-API call racing on the same job cannot both win. After each commit the queue is told through
-``tunery.jobs.dispatch`` (it owns what message, if any, wakes a worker)."""
+Status changes belong to ``tunery.jobs.lifecycle`` (compare-and-set, so a worker and an API call
+racing on the same job cannot both win); these add the business checks (packs, files, quotas).
+After each commit the queue is told through ``tunery.jobs.dispatch`` (it owns what message, if
+any, wakes a worker)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
-from django.utils import timezone
 
 from tunery.catalog.models import BaseModel
-from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
+from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
-from tunery.jobs import dispatch, selectors
+from tunery.jobs import dispatch, lifecycle, selectors
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
     SEED_RANGE,
@@ -233,35 +233,14 @@ def _check_job_quotas(tenant: Tenant) -> None:
         )
 
 
-# Transitions. Each is one conditional UPDATE; the returned job is re-read.
-
-
-def _transition(job: FineTuningJob, allowed: tuple[str, ...], **changes: Any) -> bool:
-    return FineTuningJob.objects.filter(pk=job.pk, status__in=allowed).update(**changes) == 1
-
-
-def _event(job: FineTuningJob, message: str, level: str = JobEvent.Level.INFO) -> None:
-    JobEvent.objects.create(job=job, message=message, level=level)
-
-
-def _refused(job: FineTuningJob, action: str) -> Conflict:
-    job.refresh_from_db(fields=["status"])
-    return Conflict(
-        f"Job {job.id} is {job.status} and cannot be {action}.", param="fine_tuning_job_id", code="invalid_job_state"
-    )
+# Client requests on a job. The status change is tunery.jobs.lifecycle's; what the API adds is the
+# tenant's quota on resume and the wake-up message after commit.
 
 
 def cancel_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
     """Jobs not holding a worker stop at once; a running one is asked to stop between steps."""
     with transaction.atomic():
-        now = timezone.now()
-        not_running = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.PAUSED)
-        if _transition(job, not_running, status=JobStatus.CANCELLED, finished_at=now, requested_action=""):
-            _event(job, f"Job cancelled by {actor}.")
-        elif _transition(job, (JobStatus.RUNNING,), requested_action="cancel"):
-            _event(job, f"Cancellation requested by {actor}; the job stops after its current step.")
-        else:
-            raise _refused(job, "cancelled")
+        lifecycle.cancel(job.pk, actor=actor)
         transaction.on_commit(lambda: dispatch.job_action_requested(job.id, "cancel"))
     job.refresh_from_db()
     return job
@@ -270,32 +249,21 @@ def cancel_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
 def pause_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
     """A queued job is paused at once; a running one checkpoints and frees its worker."""
     with transaction.atomic():
-        if _transition(job, (JobStatus.QUEUED,), status=JobStatus.PAUSED, requested_action=""):
-            _event(job, f"Job paused by {actor}.")
-        elif _transition(job, (JobStatus.RUNNING,), requested_action="pause"):
-            _event(job, f"Pause requested by {actor}; the job checkpoints and pauses after its current step.")
-        else:
-            raise _refused(job, "paused")
+        lifecycle.pause(job.pk, actor=actor)
         transaction.on_commit(lambda: dispatch.job_action_requested(job.id, "pause"))
     job.refresh_from_db()
     return job
 
 
 def resume_job(*, job: FineTuningJob, actor: str) -> FineTuningJob:
+    """A paused job goes back to the queue if the tenant's quotas allow it; a running job whose
+    pause is still pending keeps running."""
     with transaction.atomic():
+        # The tenant row lock serialises this check with concurrent creates and resumes.
         locked = Tenant.objects.select_for_update().get(pk=job.tenant_id)
-        running_with_pending_pause = FineTuningJob.objects.filter(
-            pk=job.pk, status=JobStatus.RUNNING, requested_action="pause"
-        ).update(requested_action="")
-        if running_with_pending_pause:
-            _event(job, f"Pause request withdrawn by {actor}.")
-            job.refresh_from_db()
-            return job
         if job.status == JobStatus.PAUSED:
             _check_job_quotas(locked)
-        if not _transition(job, (JobStatus.PAUSED,), status=JobStatus.QUEUED, requested_action=""):
-            raise _refused(job, "resumed")
-        _event(job, f"Job resumed by {actor}; it continues from its last checkpoint.")
-        transaction.on_commit(lambda: dispatch.job_resumed(job.id))
+        if lifecycle.resume(job.pk, actor=actor) == JobStatus.QUEUED:
+            transaction.on_commit(lambda: dispatch.job_resumed(job.id))
     job.refresh_from_db()
     return job

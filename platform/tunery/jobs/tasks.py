@@ -1,11 +1,13 @@
 """Celery tasks of the job queue. Thin: ids in, re-fetch, call a service, retry only transient
-(database connection) errors. Job-level retries go through the lease, not Celery."""
+(database connection) errors. Job-level retries go through the lease, not Celery. They register
+under the names ``tunery.jobs.dispatch`` sends (it never imports this module)."""
 
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
+from celery.signals import worker_process_init, worker_shutting_down
 from django.db import InterfaceError, OperationalError
 
 from tunery.jobs import dispatch, file_validation, reconciler, runner
@@ -17,7 +19,7 @@ TRANSIENT = (OperationalError, InterfaceError)
 
 
 @shared_task(
-    name="tunery.jobs.tasks.validate_job_files",
+    name=dispatch.VALIDATE_JOB_FILES,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,
@@ -29,7 +31,7 @@ def validate_job_files(job_id: str) -> str:
     return status
 
 
-@shared_task(name="tunery.jobs.tasks.run_job", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+@shared_task(name=dispatch.RUN_JOB, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def run_job(job_id: str) -> str:
     """Wake-up for the queue of ``job_id``: claim the fairest eligible job there (not necessarily
     ``job_id``) and run one attempt of it."""
@@ -48,6 +50,18 @@ def run_job(job_id: str) -> str:
     return f"{ran}:{status}"
 
 
-@shared_task(name="tunery.jobs.tasks.reconcile_jobs", autoretry_for=TRANSIENT, max_retries=2)
+@shared_task(name=dispatch.RECONCILE_JOBS, autoretry_for=TRANSIENT, max_retries=2)
 def reconcile_jobs() -> dict[str, int]:
     return reconciler.reconcile()
+
+
+@worker_process_init.connect
+def _listen_for_shutdown(**_: object) -> None:
+    runner.listen_for_shutdown()
+
+
+@worker_shutting_down.connect
+def _hand_running_jobs_back(**_: object) -> None:
+    """A warm shutdown (deploy, preemption notice) waits for running tasks: make them quick by
+    pausing their jobs at a checkpoint; the jobs go back to the queue for another worker."""
+    runner.notify_pool_of_shutdown()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
@@ -64,6 +65,21 @@ def observe_batch(kind: str, size: int, seconds: float, waited: float) -> None:
     BATCH_WAIT.labels(kind).observe(waited)
 
 
+class RuntimeStats(Protocol):
+    def stats(self) -> Mapping[str, Any]: ...
+
+
+#: This process's inference runtime, once tunery.serving.process_runtime has started one.
+_watched_runtime: RuntimeStats | None = None
+
+
+def watch_runtime(runtime: RuntimeStats | None) -> None:
+    """Report ``runtime``'s gauges at scrape time (None: it was closed). The serving side calls
+    this, so monitoring never imports serving."""
+    global _watched_runtime
+    _watched_runtime = runtime
+
+
 class StateCollector(Collector):
     """Gauges computed at scrape time from the database and this process's runtime."""
 
@@ -103,9 +119,7 @@ class StateCollector(Collector):
         yield queued
 
     def _runtime(self) -> Iterator[GaugeMetricFamily]:
-        from tunery.serving.process_runtime import runtime_if_started
-
-        runtime = runtime_if_started()
+        runtime = _watched_runtime
         if runtime is None:
             return
         stats = runtime.stats()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from tunery.monitoring import prometheus
 from tunery.serving import conf
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ def get_runtime() -> InferenceRuntime:
             if _runtime is None:
                 import torch
 
-                from tunery.monitoring.prometheus import observe_batch
                 from tunery_serving import InferenceRuntime, RuntimeObserver
                 from tunery_serving.runtime import default_threads
 
@@ -38,12 +38,9 @@ def get_runtime() -> InferenceRuntime:
                     batch_runners=conf.batch_runners() or None,
                     host_processes=conf.host_processes(),
                     precision=conf.serving_precision(),
-                    observer=RuntimeObserver(on_batch=observe_batch),
+                    observer=RuntimeObserver(on_batch=prometheus.observe_batch),
                 )
-    return _runtime
-
-
-def runtime_if_started() -> InferenceRuntime | None:
+                prometheus.watch_runtime(_runtime)
     return _runtime
 
 
@@ -54,6 +51,7 @@ def reset_runtime() -> None:
         if _runtime is not None:
             _runtime.close()
         _runtime = None
+        prometheus.watch_runtime(None)
 
 
 def artifact_dir(model: FineTunedModel) -> Path:
