@@ -527,7 +527,7 @@ PREDICTION_COLUMNS = ("input", "label", "labels", "score", "confidence", "rank",
 
 def prediction_rows(inputs: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per answer: the input it answers (shortened) and the answer's fields, readable."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for answer in answers:
         index = answer.get("index", len(rows))
         item = inputs[index] if isinstance(index, int) and 0 <= index < len(inputs) else {}
