@@ -277,6 +277,24 @@ def headline(metrics: dict[str, float], limit: int = 4) -> dict[str, float]:
     return {k: scalar[k] for k in ordered[:limit]}
 
 
+#: Before the step count is known there is no bar; after it, steps and the time left.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]{postfix}"
+PHASES = {
+    "validating_files": "checking the data files",
+    "queued": "waiting for a worker",
+    "paused": "paused",
+}
+
+
+def phase_of(job: dict[str, Any], step: int) -> str:
+    """What the job is doing, in words: before its first step a running job is loading the model
+    and tokenizing the data, which can take a while and shows no step progress."""
+    status = str(job.get("status", ""))
+    if status == "running":
+        return "training" if step > 0 else "loading the model and data"
+    return PHASES.get(status, status)
+
+
 def watch_job(
     client: TuneryClient,
     job_id: str,
@@ -294,7 +312,15 @@ def watch_job(
     seen: set[str] = set()
     live: dict[str, float] = {}
     started = time.monotonic()
-    bar = tqdm(total=None, unit="step", desc=job_id[-12:], file=out, dynamic_ncols=True, leave=True)
+    bar = tqdm(
+        total=None,
+        unit=" steps",
+        desc=phase_of({"status": "validating_files"}, 0),
+        file=out,
+        dynamic_ncols=True,
+        leave=True,
+        bar_format=BAR_FORMAT,
+    )
     try:
         while True:
             job = client.get_job(job_id)
@@ -315,7 +341,7 @@ def watch_job(
             if total and bar.total != total:
                 bar.total = total
             bar.n = step
-            bar.set_description_str(f"{job_id[-12:]} {job['status']}", refresh=False)
+            bar.set_description_str(phase_of(job, step), refresh=False)
             bar.refresh()
             if job["status"] in TERMINAL_STATUSES:
                 return job

@@ -13,7 +13,15 @@ from pathlib import Path
 import dummy_pack
 import pytest
 
-from tunery_client.cli import CliError, headline, load_settings, main, parse_hyperparameters, progress_of
+from tunery_client.cli import (
+    CliError,
+    headline,
+    load_settings,
+    main,
+    parse_hyperparameters,
+    phase_of,
+    progress_of,
+)
 
 # ------------------------------------------------------------------------------------ configuration
 
@@ -63,6 +71,14 @@ def test_progress_comes_from_the_job_or_else_its_latest_metrics_event():
     events = [{"type": "metrics", "data": {"step": 2, "total_steps": 8}}, {"type": "message", "data": None}]
     assert progress_of({"progress": None}, events) == (2, 8)
     assert progress_of({}, []) == (0, None)
+
+
+def test_watch_says_what_a_job_does_before_its_first_step():
+    assert phase_of({"status": "validating_files"}, 0) == "checking the data files"
+    assert phase_of({"status": "queued"}, 0) == "waiting for a worker"
+    assert phase_of({"status": "running"}, 0) == "loading the model and data"
+    assert phase_of({"status": "running"}, 3) == "training"
+    assert phase_of({"status": "succeeded"}, 10) == "succeeded"
 
 
 def test_progress_line_shows_headline_metrics_not_per_class_breakdowns():
