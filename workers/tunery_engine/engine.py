@@ -505,8 +505,9 @@ class FineTuneRecipe:
         self.window = _ProgressWindow(self.device, self.run.step)
         self.last_heartbeat = time.monotonic()
         while self.running():
-            batches = self.epoch_batches()
-            while self.run.batch_position < len(batches) and self.running():
+            epoch, batches = self.run.epoch, self.epoch_batches()
+            # each epoch its own order, as a resumed run (which starts from epoch_batches) sees it
+            while self.run.epoch == epoch and self.running():
                 group = batches[self.run.batch_position : self.run.batch_position + self.accumulation]
                 tokens = self.train_step(group)
                 self.advance(len(group), len(batches), tokens)
