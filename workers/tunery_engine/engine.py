@@ -261,26 +261,39 @@ class FineTuneRecipe:
     tensors: checkpoints save it whole and :meth:`restore` takes it back whole.
     """
 
+    # set by setup()'s steps
     device: torch.device
     train_rows: list[dict[str, Any]]
     val_rows: list[dict[str, Any]]
     label_names: tuple[str, ...]
     base_model: Path
+    model_config: dict[str, Any]
     tokenizer: Any
+    pad_id: int
+    pooling: str
+    #: the plain module (saved, evaluated); ``train_model`` is it compiled and/or DDP-wrapped
     model: Any
     train_model: torch.nn.Module
     config: TrainConfig
     train_data: Encoded
+    train_lengths: np.ndarray
     val_data: Encoded
+    has_validation: bool
     teacher: torch.nn.Module | None
+    batch_size: int
+    accumulation: int
+    steps_per_epoch: int
     total_steps: int
+    params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
     run: ckpt.RunState
     state: TrainState
     hooks: _Callbacks
+    # set by train()
     window: _ProgressWindow
+    last_heartbeat: float
 
     def __init__(self, spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> None:
         self.started = time.monotonic()
