@@ -112,6 +112,21 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert torch.equal(a[name], b[name]), name
 
 
+def test_a_run_resumed_in_a_later_epoch_ends_with_the_same_weights(tmp_path, tiny_bert):
+    # every epoch has its own batch order; a resumed run must see the same one as an uninterrupted run
+    settings = {"n_epochs": 3, "batch_size": 8, "eval_every_steps": 1000}
+    straight = train(job(tmp_path, tiny_bert, TaskKind.SEQUENCE_CLASSIFICATION, name="straight", **settings))
+    spec = job(tmp_path, tiny_bert, TaskKind.SEQUENCE_CLASSIFICATION, name="interrupted", **settings)
+    pause_at = straight.steps // 3 + 2  # in the second epoch
+    with pytest.raises(Paused):
+        train(spec, [PauseAt(pause_at)])
+    resumed = train(spec)
+    assert resumed.metrics == straight.metrics
+    a, b = load_file(straight.artifact_dir / "model.safetensors"), load_file(resumed.artifact_dir / "model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 @pytest.mark.parametrize("patience", [0, None])
 def test_early_stopping_patience_zero_or_none_is_off(tmp_path, tiny_bert, patience):
     scores = iter([0.9, 0.5, 0.4, 0.3, 0.2, 0.1])

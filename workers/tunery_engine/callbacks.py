@@ -17,29 +17,47 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import torch
 
+    from tunery_engine.checkpoint import RunState
+
 Control = Literal["pause", "cancel"] | None
 
 
 @dataclass
 class TrainState:
-    """What callbacks may read. ``model`` is the module being trained (hooks may be attached in tests)."""
+    """What callbacks may read. ``run`` is the run's saved state (its step, best evaluation and
+    early-stopping counter are also read-only properties here); ``model`` is the module being
+    trained (hooks may be attached in tests)."""
 
     total_steps: int
     steps_per_epoch: int
-    step: int = 0
+    run: RunState
+    #: fractional epochs trained
     epoch: float = 0.0
-    best_metric: float | None = None
-    best_step: int | None = None
     selection_metric: str = ""
     greater_is_better: bool = True
-    #: evaluations in a row without improvement of the selection metric
-    evaluations_without_improvement: int = 0
     should_stop: bool = False
     #: the optimizer's current learning rate (after the scheduler's latest step)
     learning_rate: float = 0.0
     model: torch.nn.Module | None = None
     resumed_from: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return self.run.step
+
+    @property
+    def best_metric(self) -> float | None:
+        return self.run.best_metric
+
+    @property
+    def best_step(self) -> int | None:
+        return self.run.best_step
+
+    @property
+    def evaluations_without_improvement(self) -> int:
+        """Evaluations in a row without improvement of the selection metric."""
+        return self.run.evaluations_without_improvement
 
 
 @dataclass

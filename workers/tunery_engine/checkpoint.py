@@ -2,10 +2,11 @@
 
 Layout: ``checkpoints/step-NNNNNNNN/`` with ``weights.safetensors`` (trainable parameters: all of them
 for full fine-tuning, the adapter and head for LoRA), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt``
-(tensors and plain types only; loaded with ``weights_only=True``), ``state.json`` (step, data
-position, best metric, early-stopping counter, ...) and ``manifest.json`` (sha256 of every file),
-written last. A checkpoint is built in a temporary folder and renamed into place, so a crash never
-leaves one that resume would pick; a checksum mismatch makes resume fall back to the previous one.
+(tensors and plain types only; loaded with ``weights_only=True``), ``state.json`` (the
+:class:`RunState` whole: step, data position, best evaluation, early-stopping counter, ...) and
+``manifest.json`` (sha256 of every file), written last. A checkpoint is built in a temporary
+folder and renamed into place, so a crash never leaves one that resume would pick; a checksum
+mismatch makes resume fall back to the previous one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,61 @@ from tunery_engine.errors import CheckpointError
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step-(\d{8,})$")
 MANIFEST = "manifest.json"
+#: version of ``state.json``; 1 is the layout before :class:`RunState` (still read)
+STATE_FORMAT = 2
+
+
+@dataclass
+class RunState:
+    """Where a run stands besides its tensors and RNG states: saved whole in a checkpoint's
+    ``state.json`` and restored whole on resume."""
+
+    label_names: list[str]
+    #: the data, validation split, settings, labels and world size the run started with; resume
+    #: refuses a checkpoint whose fingerprint differs
+    fingerprint: dict[str, Any]
+    step: int = 0
+    #: epochs completed, and batches of the current epoch already trained
+    epoch: int = 0
+    batch_position: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    #: folder name of the best evaluation's checkpoint (None when it was never written to disk)
+    best_checkpoint: str | None = None
+    evaluations_without_improvement: int = 0
+    #: optimizer steps skipped for a non-finite loss or gradient
+    non_finite: int = 0
+    trained_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunState:
+        fields = dict(data)
+        version = fields.pop("format", 1)
+        if version == 1:  # the same fields, with the best checkpoint's name as "best_path"
+            fields["best_checkpoint"] = fields.pop("best_path", None)
+        elif version != STATE_FORMAT:
+            raise CheckpointError(
+                f"checkpoint state format {version} is newer than this engine reads (1 and {STATE_FORMAT})",
+                permanent=True,
+            )
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise CheckpointError(f"checkpoint state does not fit this engine: {exc}") from exc
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
 
 
 @dataclass
 class LoadedCheckpoint:
     path: Path
-    state: dict[str, Any]
+    state: RunState
     weights: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
@@ -98,16 +149,17 @@ def _sha256(path: Path) -> str:
 
 def save_checkpoint(
     root: Path,
-    step: int,
+    state: RunState,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any | None,
-    state: dict[str, Any],
 ) -> Path:
+    """Write the checkpoint of ``state.step`` (replacing one of the same step) and return its folder."""
+    step = state.step
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    final = checkpoint_dir(root, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(tmp / "weights.safetensors"))
@@ -116,7 +168,7 @@ def save_checkpoint(
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1, sort_keys=True), encoding="utf-8")
+    (tmp / "state.json").write_text(json.dumps(state.to_json(), indent=1, sort_keys=True), encoding="utf-8")
     files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
     with (tmp / MANIFEST).open("w", encoding="utf-8") as f:
         json.dump({"step": step, "files": files}, f, indent=1)
@@ -142,7 +194,7 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
         for name, digest in manifest["files"].items():
             if _sha256(path / name) != digest:
                 raise CheckpointError(f"checkpoint {path.name}: {name} does not match its checksum")
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        state = RunState.from_json(json.loads((path / "state.json").read_text(encoding="utf-8")))
         weights = load_file(str(path / "weights.safetensors"))
         optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
         scheduler = torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu")

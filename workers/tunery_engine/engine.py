@@ -1,4 +1,5 @@
-"""The training loop: :func:`train` runs one job from a :class:`JobSpec` to an artifact.
+"""The training recipe: :func:`train` runs one job from a :class:`JobSpec` to an artifact through
+:class:`FineTuneRecipe`'s named steps.
 
 Speed levers (CPU and GPU): length-grouped batches with dynamic padding, tokenization cached on
 disk, one host sync per optimizer step (for the non-finite check), progress only every N steps,
@@ -29,7 +30,7 @@ from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEv
 from tunery_engine.config import JobSpec, TrainConfig, resolve, steps_per_epoch
 from tunery_engine.data import data_fingerprint, encode_cached, epoch_batches, eval_batches, load_rows, split_validation
 from tunery_engine.errors import ConfigError, LabelError, ModelLoadError, NonFiniteLoss
-from tunery_engine.heads import Encoded, TaskHead, head_for
+from tunery_engine.heads import DecodedBatch, Encoded, TaskHead, head_for
 from tunery_engine.modeling import (
     apply_lora,
     bernoulli_is_vectorised,
@@ -153,7 +154,7 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
 
 
 def _load_teacher(
-    path: Path, adapter: TaskHead, label_names: tuple[str, ...], device: torch.device, pad_token_id: int
+    path: Path, head: TaskHead, label_names: tuple[str, ...], device: torch.device, pad_token_id: int
 ) -> torch.nn.Module:
     """A teacher is an earlier Tunery artifact or a base-model directory whose head has the same labels."""
     from tunery_engine.artifact import load_artifact
@@ -171,12 +172,12 @@ def _load_teacher(
         config = read_model_config(path)
         known = config.get("id2label") or {}
         teacher_labels = tuple(known[k] for k in sorted(known, key=int)) if known else ()
-        if adapter.has_label_names and teacher_labels != label_names:
+        if head.has_label_names and teacher_labels != label_names:
             raise LabelError(
                 f"the teacher {path.name} has a head for {list(teacher_labels)[:10]}, "
                 f"the job has {list(label_names)[:10]}"
             )
-        teacher = adapter.build_model(path, label_names)
+        teacher = head.build_model(path, label_names)
     if getattr(teacher.config, "pad_token_id", None) is None:
         teacher.config.pad_token_id = pad_token_id
     teacher.eval().requires_grad_(False)
@@ -220,231 +221,458 @@ def _improved(value: float, loss: float | None, best: float | None, best_loss: f
     return loss is not None and best_loss is not None and math.isfinite(loss) and loss < best_loss
 
 
-def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainResult:
-    """Train one job; resumes from the latest complete checkpoint in ``output_dir/checkpoints``.
+class _ProgressWindow:
+    """Loss, rows and tokens since the last progress event, and the run's pace for the ETA."""
 
-    Raises :class:`Paused` / :class:`Cancelled` when a callback asks for it, and an
-    :class:`EngineError` subclass for anything the job cannot recover from.
-    """
-    started = time.monotonic()
-    dist = _Distributed()
-    device = _device(dist)
-    dist.setup(device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # tiny late-training gradients otherwise crawl through denormal math
-        if dist.enabled:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 leftovers under autocast
-        torch.backends.cudnn.allow_tf32 = True
-    output_dir = Path(spec.output_dir)
-    checkpoint_root = output_dir / "checkpoints"
-    task = spec.task
-    adapter = head_for(task)
-    warnings: list[str] = []
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.steps, self.rows, self.tokens = 0, 0, 0
+        self.started = self.run_started = time.monotonic()
+        self.run_started_step = step
 
-    # ---- data --------------------------------------------------------------------------------
-    train_rows = load_rows(Path(spec.train_file), task, spec.tenant_config, spec.column_mapping)
-    if spec.validation_file is not None:
-        val_rows = load_rows(Path(spec.validation_file), task, spec.tenant_config, spec.column_mapping)
-    else:
-        train_rows, val_rows = split_validation(train_rows, task, spec.config.validation_split, spec.config.seed)
-    label_names = adapter.label_names(train_rows + val_rows)
-
-    # ---- model ---------------------------------------------------------------------------------
-    base_model = Path(spec.base_model)
-    model_config = read_model_config(base_model)
-    tokenizer = load_tokenizer(base_model)
-    adapter.prepare_tokenizer(tokenizer)
-    torch.manual_seed(spec.config.seed)
-    np.random.seed(spec.config.seed)
-    pooling = resolve_pooling(spec.config.pooling, base_model, adapter.lora_task_type == "SEQ_CLS")
-    model: Any = adapter.build_model(base_model, label_names, pooling=pooling)
-    if getattr(model.config, "pad_token_id", None) is None:  # decoder heads find the last real token by it
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if device.type == "cuda":
-        bf16 = bf16_native = torch.cuda.is_bf16_supported()
-    else:
-        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        bf16_native = bf16 and cpu_has_bf16_units()
-    max_positions = model_config.get("max_position_embeddings") or getattr(tokenizer, "model_max_length", None)
-    if max_positions and max_positions > 1_000_000:
-        max_positions = None
-    config = resolve(
-        replace(spec.config, pooling=pooling),
-        len(train_rows),
-        count_parameters(model),
-        model_max_length=max_positions,
-        causal_lm=task.kind is TaskKind.CAUSAL_LM,
-        device_type=device.type,
-        bf16_supported=bf16,
-        bf16_native=bf16_native,
-        world_size=dist.world_size,
-    )
-    if max_positions and int(config.max_length) > max_positions:
-        raise ConfigError(f"max_length {config.max_length} exceeds what the model allows ({max_positions})")
-    if config.training_type == "lora":
-        model = apply_lora(model, config, adapter.lora_task_type)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if config.training_type == "lora" and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    model.to(device)
-    if device.type == "cpu" and not bernoulli_is_vectorised():
-        use_cpu_dropout(model)
-
-    cache_dir = output_dir / "cache"
-    max_length = int(config.max_length)
-    train_data = encode_cached(adapter, train_rows, tokenizer, label_names, max_length, config, cache_dir)
-    val_data = encode_cached(adapter, val_rows, tokenizer, label_names, max_length, config, cache_dir)
-    if train_data.truncated:
-        warnings.append(
-            f"{train_data.truncated} training rows are longer than max_length {max_length} and were truncated"
+    def event(self, state: TrainState, world_size: int) -> ProgressEvent:
+        """The progress event of the window; starts the next one."""
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        rate = (state.step - self.run_started_step) / max(now - self.run_started, 1e-9)
+        event = ProgressEvent(
+            step=state.step,
+            total_steps=state.total_steps,
+            epoch=round(state.epoch, 4),
+            loss=float(self.loss) / max(1, self.steps),
+            learning_rate=state.learning_rate,
+            samples_per_second=self.rows * world_size / elapsed,
+            tokens_per_second=self.tokens * world_size / elapsed,
+            eta_seconds=(state.total_steps - state.step) / rate if rate > 0 else float("nan"),
         )
-        log.warning(warnings[-1])
-    n_train = len(train_data.features)
-    if n_train == 0:
-        raise LabelError("no training rows are left after the validation split")
-    config = adapter.fit_loss(config, train_data, label_names)
-    train_lengths = train_data.lengths
+        self.loss.zero_()
+        self.steps, self.rows, self.tokens = 0, 0, 0
+        self.started = now
+        return event
 
-    teacher = None
-    if spec.teacher_model is not None:
-        teacher = _load_teacher(Path(spec.teacher_model), adapter, label_names, device, int(tokenizer.pad_token_id))
 
-    batch_size = int(config.batch_size)
-    accumulation = int(config.gradient_accumulation_steps)
-    epoch_steps = steps_per_epoch(n_train, batch_size, accumulation, dist.world_size)
-    total_steps = math.ceil(float(config.n_epochs) * epoch_steps)
-    if config.max_steps is not None:
-        total_steps = min(total_steps, int(config.max_steps))
-    optimizer = _optimizer(model, config, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config.precision == "fp16" else None
+class FineTuneRecipe:
+    """One fine-tuning job as named steps: :meth:`setup` (device, data, model, LoRA, optimizer,
+    scheduler, teacher, :meth:`restore`), :meth:`train` (:meth:`train_step` per optimizer step,
+    :meth:`run_evaluation`, :meth:`save_checkpoint`, pause/cancel), then :meth:`select_best`,
+    :meth:`fit_thresholds` and :meth:`save_artifact`.
 
-    # ---- state and resume ----------------------------------------------------------------------
-    state = TrainState(
-        total_steps=total_steps,
-        steps_per_epoch=epoch_steps,
-        selection_metric=task.selection_metric,
-        greater_is_better=task.greater_is_better,
-        model=model,
-        learning_rate=float(scheduler.get_last_lr()[0]),
-    )
-    fingerprint = {
-        "data": data_fingerprint(train_rows),
-        "validation": data_fingerprint(val_rows),
-        # settings that change what is trained; logging and retention may differ on resume
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("log_every_steps", "keep_checkpoints")},
-        "label_names": list(label_names),
-        "world_size": dist.world_size,
-    }
-    epoch, batch_position, non_finite = 0, 0, 0
-    best_metrics: dict[str, float] = {}
-    best_path: Path | None = None
-    # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of the
-    # run needs no disk read
-    best_weights: dict[str, torch.Tensor] | None = None
-    trained_tokens = 0
-    loaded = ckpt.latest_valid_checkpoint(checkpoint_root)
-    if loaded is not None:
-        saved = loaded.state
-        if saved.get("label_names") != list(label_names):
-            raise LabelError(
-                f"checkpoint {loaded.path.name} has a head for {saved.get('label_names', [])[:10]}, "
-                f"the data has {list(label_names)[:10]}"
+    ``run`` (a :class:`~tunery_engine.checkpoint.RunState`) is everything a resume needs besides
+    tensors: checkpoints save it whole and :meth:`restore` takes it back whole.
+    """
+
+    # set by setup()'s steps
+    device: torch.device
+    train_rows: list[dict[str, Any]]
+    val_rows: list[dict[str, Any]]
+    label_names: tuple[str, ...]
+    base_model: Path
+    model_config: dict[str, Any]
+    tokenizer: Any
+    pad_id: int
+    pooling: str
+    #: the plain module (saved, evaluated); ``train_model`` is it compiled and/or DDP-wrapped
+    model: Any
+    train_model: torch.nn.Module
+    config: TrainConfig
+    train_data: Encoded
+    train_lengths: np.ndarray
+    val_data: Encoded
+    has_validation: bool
+    teacher: torch.nn.Module | None
+    batch_size: int
+    accumulation: int
+    steps_per_epoch: int
+    total_steps: int
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    run: ckpt.RunState
+    state: TrainState
+    hooks: _Callbacks
+    # set by train()
+    window: _ProgressWindow
+    last_heartbeat: float
+
+    def __init__(self, spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> None:
+        self.started = time.monotonic()
+        self.spec = spec
+        self.task = spec.task
+        self.head: TaskHead = head_for(spec.task)
+        self.callbacks = list(callbacks)
+        self.dist = _Distributed()
+        self.output_dir = Path(spec.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.warnings: list[str] = []
+        self.last_checkpoint: Path | None = None
+        self.last_eval_step = -1
+        # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
+        # the run needs no disk read
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.setup_device()
+        self.load_data()
+        self.build_model()
+        self.resolve_config()
+        self.prepare_model()
+        self.encode_data()
+        self.teacher = None
+        if self.spec.teacher_model is not None:
+            self.teacher = _load_teacher(
+                Path(self.spec.teacher_model), self.head, self.label_names, self.device, self.pad_id
             )
-        if saved.get("fingerprint") != fingerprint:
+        self.setup_optimizer()
+        self.run = ckpt.RunState(label_names=list(self.label_names), fingerprint=self.fingerprint())
+        resumed_from = self.restore()
+        self.state = TrainState(
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            run=self.run,
+            selection_metric=self.task.selection_metric,
+            greater_is_better=self.task.greater_is_better,
+            model=self.model,
+            learning_rate=float(self.scheduler.get_last_lr()[0]),
+            resumed_from=resumed_from,
+        )
+        self.wrap_model()
+        self.setup_callbacks()
+
+    def setup_device(self) -> None:
+        self.device = _device(self.dist)
+        self.dist.setup(self.device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # tiny late-training gradients otherwise crawl through denormal math
+            if self.dist.enabled:
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.dist.world_size))
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 leftovers under autocast
+            torch.backends.cudnn.allow_tf32 = True
+
+    def load_data(self) -> None:
+        spec, task = self.spec, self.task
+        self.train_rows = load_rows(Path(spec.train_file), task, spec.tenant_config, spec.column_mapping)
+        if spec.validation_file is not None:
+            self.val_rows = load_rows(Path(spec.validation_file), task, spec.tenant_config, spec.column_mapping)
+        else:
+            self.train_rows, self.val_rows = split_validation(
+                self.train_rows, task, spec.config.validation_split, spec.config.seed
+            )
+        self.label_names = self.head.label_names(self.train_rows + self.val_rows)
+
+    def build_model(self) -> None:
+        """Tokenizer and base model with the task's head (seeded: the head's initialisation is random)."""
+        config = self.spec.config
+        self.base_model = Path(self.spec.base_model)
+        self.model_config = read_model_config(self.base_model)
+        self.tokenizer = load_tokenizer(self.base_model)
+        self.head.prepare_tokenizer(self.tokenizer)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        self.pooling = resolve_pooling(config.pooling, self.base_model, self.head.lora_task_type == "SEQ_CLS")
+        self.model = self.head.build_model(self.base_model, self.label_names, pooling=self.pooling)
+        if getattr(self.model.config, "pad_token_id", None) is None:  # decoder heads find the last real token by it
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def resolve_config(self) -> None:
+        """The job's settings with every "auto" decided for this data, model and device."""
+        if self.device.type == "cuda":
+            bf16 = bf16_native = torch.cuda.is_bf16_supported()
+        else:
+            bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            bf16_native = bf16 and cpu_has_bf16_units()
+        max_positions = self.model_config.get("max_position_embeddings") or getattr(
+            self.tokenizer, "model_max_length", None
+        )
+        if max_positions and max_positions > 1_000_000:
+            max_positions = None
+        self.config = resolve(
+            replace(self.spec.config, pooling=self.pooling),
+            len(self.train_rows),
+            count_parameters(self.model),
+            model_max_length=max_positions,
+            causal_lm=self.task.kind is TaskKind.CAUSAL_LM,
+            device_type=self.device.type,
+            bf16_supported=bf16,
+            bf16_native=bf16_native,
+            world_size=self.dist.world_size,
+        )
+        if max_positions and int(self.config.max_length) > max_positions:
+            raise ConfigError(f"max_length {self.config.max_length} exceeds what the model allows ({max_positions})")
+
+    def prepare_model(self) -> None:
+        """LoRA, gradient checkpointing, the device, and bulk dropout masks on CPU."""
+        config = self.config
+        if config.training_type == "lora":
+            self.model = apply_lora(self.model, config, self.head.lora_task_type)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if config.training_type == "lora" and hasattr(self.model, "enable_input_require_grads"):
+                self.model.enable_input_require_grads()
+        self.model.to(self.device)
+        if self.device.type == "cpu" and not bernoulli_is_vectorised():
+            use_cpu_dropout(self.model)
+
+    def encode_data(self) -> None:
+        cache_dir = self.output_dir / "cache"
+        max_length = int(self.config.max_length)
+        args = (self.tokenizer, self.label_names, max_length, self.config, cache_dir)
+        self.train_data = encode_cached(self.head, self.train_rows, *args)
+        self.val_data = encode_cached(self.head, self.val_rows, *args)
+        if self.train_data.truncated:
+            self.warnings.append(
+                f"{self.train_data.truncated} training rows are longer than max_length {max_length} and were truncated"
+            )
+            log.warning(self.warnings[-1])
+        if not self.train_data.features:
+            raise LabelError("no training rows are left after the validation split")
+        self.config = self.head.fit_loss(self.config, self.train_data, self.label_names)
+        self.train_lengths = self.train_data.lengths
+        self.has_validation = len(self.val_data.features) > 0
+
+    def setup_optimizer(self) -> None:
+        """Step counts, AdamW, the learning-rate schedule and (fp16 on CUDA) the gradient scaler."""
+        config = self.config
+        self.batch_size = int(config.batch_size)
+        self.accumulation = int(config.gradient_accumulation_steps)
+        n_train = len(self.train_data.features)
+        self.steps_per_epoch = steps_per_epoch(n_train, self.batch_size, self.accumulation, self.dist.world_size)
+        self.total_steps = math.ceil(float(config.n_epochs) * self.steps_per_epoch)
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, int(config.max_steps))
+        self.optimizer = _optimizer(self.model, config, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, self.total_steps))
+        use_scaler = self.device.type == "cuda" and config.precision == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the run trains on and with; a checkpoint is resumed only under the same fingerprint."""
+        # settings that change what is trained; logging and retention may differ on resume
+        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("log_every_steps", "keep_checkpoints")}
+        return {
+            "data": data_fingerprint(self.train_rows),
+            "validation": data_fingerprint(self.val_rows),
+            "config": settings,
+            "label_names": list(self.label_names),
+            "world_size": self.dist.world_size,
+        }
+
+    def restore(self) -> Path | None:
+        """Resume from the latest complete checkpoint, if any: weights, optimizer, scheduler, scaler,
+        RNG states and the run state. Returns the checkpoint's folder."""
+        loaded = ckpt.latest_valid_checkpoint(self.checkpoint_root)
+        if loaded is None:
+            return None
+        saved = loaded.state
+        if saved.label_names != self.run.label_names:
+            raise LabelError(
+                f"checkpoint {loaded.path.name} has a head for {saved.label_names[:10]}, "
+                f"the data has {self.run.label_names[:10]}"
+            )
+        if saved.fingerprint != self.run.fingerprint:
             raise ConfigError(
                 f"checkpoint {loaded.path.name} was written for other data or hyperparameters; "
                 "use a new output directory to start over",
             )
-        ckpt.load_trainable_state(model, loaded.weights)
-        optimizer.load_state_dict(loaded.optimizer)
-        scheduler.load_state_dict(loaded.scheduler)
-        if scaler is not None and loaded.scaler is not None:
-            scaler.load_state_dict(loaded.scaler)
+        ckpt.load_trainable_state(self.model, loaded.weights)
+        self.optimizer.load_state_dict(loaded.optimizer)
+        self.scheduler.load_state_dict(loaded.scheduler)
+        if self.scaler is not None and loaded.scaler is not None:
+            self.scaler.load_state_dict(loaded.scaler)
         ckpt.restore_rng(loaded.rng)
-        state.step = int(saved["step"])
-        state.best_metric = saved.get("best_metric")
-        state.best_step = saved.get("best_step")
-        state.evaluations_without_improvement = int(saved.get("evaluations_without_improvement", 0))
-        state.resumed_from = loaded.path
-        state.learning_rate = float(scheduler.get_last_lr()[0])
-        epoch, batch_position = int(saved["epoch"]), int(saved["batch_position"])
-        non_finite = int(saved.get("non_finite", 0))
-        best_metrics = dict(saved.get("best_metrics") or {})
-        trained_tokens = int(saved.get("trained_tokens", 0))
-        if saved.get("best_path"):
-            best_path = checkpoint_root / saved["best_path"]
-        log.info("resumed from %s (step %d)", loaded.path, state.step)
-        del loaded
+        self.run = saved
+        self.last_checkpoint = loaded.path
+        log.info("resumed from %s (step %d)", loaded.path, saved.step)
+        return loaded.path
 
-    train_model: torch.nn.Module = model
-    if config.compile:
-        train_model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
+    def wrap_model(self) -> None:
+        """``torch.compile`` and DDP wrap the module that trains; ``model`` stays the plain one."""
+        self.train_model = self.model
+        if self.config.compile:
+            self.train_model = torch.compile(self.model, dynamic=True)  # type: ignore[assignment]
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
 
-    hooks = _Callbacks(
-        list(callbacks)
-        + ([EarlyStopping(int(config.early_stopping_patience))] if config.early_stopping_patience else [])
-    )
-    if not dist.is_main:
-        hooks = _Callbacks([cb for cb in hooks.items if isinstance(cb, EarlyStopping)])
-    hooks.on_train_begin(state)
+    def setup_callbacks(self) -> None:
+        patience = int(self.config.early_stopping_patience or 0)
+        items = self.callbacks + ([EarlyStopping(patience)] if patience else [])
+        if not self.dist.is_main:  # events come from rank 0; every rank must stop early together
+            items = [cb for cb in items if isinstance(cb, EarlyStopping)]
+        self.hooks = _Callbacks(items)
+        self.hooks.on_train_begin(self.state)
 
-    features = train_data.features
-    pad_id = int(tokenizer.pad_token_id)
-    precision = str(config.precision)
-    alpha = float(config.distillation_alpha) if teacher is not None else 0.0
-    temperature = float(config.distillation_temperature)
-    params = [p for p in model.parameters() if p.requires_grad]
-    has_validation = len(val_data.features) > 0
-    last_eval_step = -1
-    last_checkpoint: Path | None = ckpt.list_checkpoints(checkpoint_root)[-1] if state.resumed_from else None
-    last_heartbeat = time.monotonic()
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        """Train to the last step (or an early stop), then select, fit and save the artifact.
 
-    def evaluate() -> dict[str, float]:
+        Raises :class:`Paused` / :class:`Cancelled` when a callback asks for it.
+        """
+        self.model.train()
+        self.window = _ProgressWindow(self.device, self.run.step)
+        self.last_heartbeat = time.monotonic()
+        while self.running():
+            epoch, batches = self.run.epoch, self.epoch_batches()
+            # each epoch its own order, as a resumed run (which starts from epoch_batches) sees it
+            while self.run.epoch == epoch and self.running():
+                group = batches[self.run.batch_position : self.run.batch_position + self.accumulation]
+                tokens = self.train_step(group)
+                self.advance(len(group), len(batches), tokens)
+                self.after_step()
+        self.select_best()
+        self.fit_thresholds()
+        self.hooks.on_train_end(self.state)
+        return self.save_artifact()
+
+    def running(self) -> bool:
+        return self.run.step < self.total_steps and not self.state.should_stop
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """The current epoch's batches of row indices (this rank's share under DDP)."""
+        config, dist = self.config, self.dist
+        batches = epoch_batches(
+            self.train_lengths, self.batch_size, config.seed, self.run.epoch, bool(config.group_by_length)
+        )
+        if dist.enabled:  # same number of batches on every rank: wrap around
+            per_rank = math.ceil(len(batches) / dist.world_size)
+            batches = (batches * 2)[: per_rank * dist.world_size][dist.rank :: dist.world_size]
+        return batches
+
+    def train_step(self, group: Sequence[np.ndarray]) -> int:
+        """One optimizer step over ``group``'s micro-batches (gradients accumulate); a step with a
+        non-finite loss or gradient is skipped. Returns the tokens trained on."""
+        step_loss = torch.zeros((), device=self.device)
+        tokens = 0
+        for i, indices in enumerate(group):
+            step_loss += self.backward(indices, len(group), last=i == len(group) - 1)
+            self.window.rows += len(indices)
+            tokens += int(self.train_lengths[indices].sum())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, float(self.config.max_grad_norm) or float("inf"))
+        finite = torch.isfinite(step_loss)
+        if self.scaler is None:  # the scaler skips steps with non-finite gradients itself
+            finite = finite & torch.isfinite(grad_norm)
+        if self.dist.all_ok(bool(finite)):  # the one host sync of the step
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.window.loss += step_loss
+            self.window.steps += 1
+        else:
+            self.skip_non_finite_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return tokens
+
+    def backward(self, indices: np.ndarray, micro_batches: int, last: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its share of the step's loss."""
+        batch = _to_device(self.head.collate([self.train_data.features[j] for j in indices], self.pad_id), self.device)
+        # DDP all-reduces gradients on the step's last micro-batch only
+        no_sync = self.dist.enabled and not last
+        sync = self.train_model.no_sync() if no_sync else nullcontext()  # type: ignore[operator]
+        with sync, _autocast(self.device, str(self.config.precision)):
+            logits = self.head.forward(self.train_model, batch)
+            loss = self.head.loss(logits, batch)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.head.forward(self.teacher, batch)
+                temperature = float(self.config.distillation_temperature)
+                kd = self.head.distillation_loss(logits, teacher_logits, batch, temperature)
+                alpha = float(self.config.distillation_alpha)
+                loss = alpha * kd + (1.0 - alpha) * loss
+            scaled = loss / micro_batches
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        return scaled.detach()
+
+    def skip_non_finite_step(self) -> None:
+        self.run.non_finite += 1
+        if self.run.non_finite > self.config.non_finite_retries:
+            raise NonFiniteLoss(
+                f"the loss was not finite {self.run.non_finite} times (last at step {self.run.step + 1}); "
+                "lower the learning rate or check the data"
+            )
+        self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
+        log.warning("non-finite loss at step %d: step skipped, learning rate halved", self.run.step + 1)
+
+    def advance(self, micro_batches: int, epoch_length: int, tokens: int) -> None:
+        """Count the step: step, data position, epoch, tokens, learning rate."""
+        run = self.run
+        run.step += 1
+        self.state.learning_rate = float(self.scheduler.get_last_lr()[0])
+        run.batch_position += micro_batches
+        if run.batch_position >= epoch_length:
+            run.epoch, run.batch_position = run.epoch + 1, 0
+        self.state.epoch = run.epoch + run.batch_position / max(1, epoch_length)
+        run.trained_tokens += tokens * self.dist.world_size
+        self.window.tokens += tokens
+
+    def after_step(self) -> None:
+        """Progress, evaluation, checkpoint, heartbeat and pause/cancel between optimizer steps."""
+        step, config = self.run.step, self.config
+        if self.dist.is_main and (step % config.log_every_steps == 0 or step == self.total_steps):
+            self.hooks.on_progress(self.window.event(self.state, self.dist.world_size))
+        metrics, improved = None, False
+        if self.has_validation and (step % int(config.eval_every_steps) == 0 or step == self.total_steps):
+            metrics, improved = self.run_evaluation()
+            self.model.train()
+        # no resume checkpoint at the step that ends the run: the artifact follows at once, and the
+        # best weights are in memory
+        if self.running() and (step % int(config.checkpoint_every_steps) == 0 or improved):
+            self.save_checkpoint(metrics, improved)
+        if time.monotonic() - self.last_heartbeat > HEARTBEAT_SECONDS:
+            if self.dist.is_main:
+                self.hooks.on_heartbeat()
+            self.last_heartbeat = time.monotonic()
+        self.obey_control(metrics)
+
+    def obey_control(self, metrics: Mapping[str, float] | None) -> None:
+        """Pause (checkpoint, then :class:`Paused`) or cancel when rank 0's callbacks ask for it."""
+        request = self.hooks.control() if self.dist.is_main else None
+        code = self.dist.broadcast_int({"pause": 1, "cancel": 2}.get(request or "", 0))
+        if code == 1:
+            path = self.last_checkpoint
+            if path != ckpt.checkpoint_dir(self.checkpoint_root, self.run.step):  # not written at this step yet
+                path = self.save_checkpoint(metrics, False)
+            raise Paused(self.run.step, path)
+        if code == 2:
+            raise Cancelled(self.run.step, self.last_checkpoint)
+
+    # ---- evaluation and checkpoints ------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
         # On CPU the runtime serves fp32: evaluate so, so that the recorded metrics, the selected
         # checkpoint and the fitted thresholds are those of the served model (bf16 training or not).
-        eval_precision = precision if device.type == "cuda" else "fp32"
+        precision = str(self.config.precision) if self.device.type == "cuda" else "fp32"
         return _evaluate(
-            model, adapter, val_data, val_rows, label_names, device, eval_precision, batch_size * 2, task, pad_id, dist
+            self.model,
+            self.head,
+            self.val_data,
+            self.val_rows,
+            self.label_names,
+            self.device,
+            precision,
+            self.batch_size * 2,
+            self.task,
+            self.pad_id,
+            self.dist,
         )
 
-    def write_checkpoint(metrics: Mapping[str, float] | None, is_best: bool) -> Path:
-        nonlocal last_checkpoint, best_path
-        path = checkpoint_root / f"step-{state.step:08d}"
-        if is_best:
-            best_path = path
-        payload = {
-            "epoch": epoch,
-            "batch_position": batch_position,
-            "best_metric": state.best_metric,
-            "best_step": state.best_step,
-            "best_metrics": best_metrics,
-            "best_path": best_path.name if best_path else None,
-            "evaluations_without_improvement": state.evaluations_without_improvement,
-            "non_finite": non_finite,
-            "trained_tokens": trained_tokens,
-            "label_names": list(label_names),
-            "fingerprint": fingerprint,
-        }
-        if dist.is_main:
-            ckpt.save_checkpoint(checkpoint_root, state.step, model, optimizer, scheduler, scaler, payload)
-            ckpt.prune_checkpoints(checkpoint_root, config.keep_checkpoints, best_path)
-            hooks.on_checkpoint(state.step, path, metrics, is_best)
-        dist.barrier()
-        last_checkpoint = path
-        return path
-
-    def run_evaluation() -> tuple[dict[str, float], bool]:
-        nonlocal best_metrics, best_weights, last_eval_step
-        metrics = evaluate()
-        last_eval_step = state.step
+    def run_evaluation(self) -> tuple[dict[str, float], bool]:
+        """Evaluate, and keep the weights when the selection metric improved; returns (metrics, improved)."""
+        run, task = self.run, self.task
+        metrics = self.evaluate()
+        self.last_eval_step = run.step
         if task.selection_metric not in metrics:
             raise ConfigError(
                 f"the task's metrics do not include its selection metric {task.selection_metric!r} "
@@ -452,198 +680,125 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
             )
         value = float(metrics[task.selection_metric])
         improved = math.isfinite(value) and _improved(
-            value, metrics.get("eval_loss"), state.best_metric, best_metrics.get("eval_loss"), task.greater_is_better
+            value, metrics.get("eval_loss"), run.best_metric, run.best_metrics.get("eval_loss"), task.greater_is_better
         )
         if improved:
-            state.best_metric, state.best_step = value, state.step
-            state.evaluations_without_improvement = 0
-            best_metrics = dict(metrics)
-            best_weights = {name: p.to("cpu", copy=True) for name, p in ckpt.trainable_state(model).items()}
+            run.best_metric, run.best_step = value, run.step
+            run.evaluations_without_improvement = 0
+            run.best_metrics = dict(metrics)
+            self.best_weights = {name: p.to("cpu", copy=True) for name, p in ckpt.trainable_state(self.model).items()}
         else:
-            state.evaluations_without_improvement += 1
-        hooks.on_evaluate(state.step, metrics)
+            run.evaluations_without_improvement += 1
+        self.hooks.on_evaluate(run.step, metrics)
         return metrics, improved
 
-    # ---- the loop ----------------------------------------------------------------------------
-    model.train()
-    window_loss = torch.zeros((), device=device)
-    window_steps, window_rows, window_tokens = 0, 0, 0
-    window_started = time.monotonic()
-    run_started_step = state.step
-    run_started = time.monotonic()
-    eval_every, checkpoint_every = int(config.eval_every_steps), int(config.checkpoint_every_steps)
-    while state.step < total_steps and not state.should_stop:
-        batches = epoch_batches(train_lengths, batch_size, config.seed, epoch, bool(config.group_by_length))
-        if dist.enabled:  # same number of batches on every rank: wrap around
-            per_rank = math.ceil(len(batches) / dist.world_size)
-            batches = (batches * 2)[: per_rank * dist.world_size][dist.rank :: dist.world_size]
-        while batch_position < len(batches) and state.step < total_steps and not state.should_stop:
-            group = batches[batch_position : batch_position + accumulation]
-            step_loss = torch.zeros((), device=device)
-            step_tokens = 0
-            for i, indices in enumerate(group):
-                batch = _to_device(adapter.collate([features[j] for j in indices], pad_id), device)
-                sync = nullcontext() if not dist.enabled or i == len(group) - 1 else train_model.no_sync()  # type: ignore[operator]
-                with sync, _autocast(device, precision):
-                    logits = adapter.forward(train_model, batch)
-                    loss = adapter.loss(logits, batch)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            teacher_logits = adapter.forward(teacher, batch)
-                        kd = adapter.distillation_loss(logits, teacher_logits, batch, temperature)
-                        loss = alpha * kd + (1.0 - alpha) * loss
-                    scaled = loss / len(group)
-                    if scaler is not None:
-                        scaler.scale(scaled).backward()
-                    else:
-                        scaled.backward()
-                step_loss += scaled.detach()
-                window_rows += len(indices)
-                step_tokens += int(train_lengths[indices].sum())
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(config.max_grad_norm) or float("inf"))
-            finite = (
-                torch.isfinite(step_loss)
-                if scaler is not None
-                else torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+    def best_checkpoint(self) -> Path | None:
+        name = self.run.best_checkpoint
+        return self.checkpoint_root / name if name else None
+
+    def save_checkpoint(self, metrics: Mapping[str, float] | None, is_best: bool) -> Path:
+        """Checkpoint the current step (rank 0 writes; every rank waits) and prune old ones."""
+        path = ckpt.checkpoint_dir(self.checkpoint_root, self.run.step)
+        if is_best:
+            self.run.best_checkpoint = path.name
+        if self.dist.is_main:
+            ckpt.save_checkpoint(
+                self.checkpoint_root, self.run, self.model, self.optimizer, self.scheduler, self.scaler
             )
-            ok = dist.all_ok(bool(finite))  # the one host sync of the step
-            if ok:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                window_loss += step_loss
-                window_steps += 1
-            else:
-                non_finite += 1
-                if non_finite > config.non_finite_retries:
-                    raise NonFiniteLoss(
-                        f"the loss was not finite {non_finite} times (last at step {state.step + 1}); "
-                        "lower the learning rate or check the data"
-                    )
-                scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
-                log.warning("non-finite loss at step %d: step skipped, learning rate halved", state.step + 1)
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            state.step += 1
-            state.learning_rate = float(scheduler.get_last_lr()[0])
-            batch_position += len(group)
-            if batch_position >= len(batches):
-                epoch, batch_position = epoch + 1, 0
-            state.epoch = epoch + batch_position / max(1, len(batches))
-            trained_tokens += step_tokens * dist.world_size
-            window_tokens += step_tokens
+            ckpt.prune_checkpoints(self.checkpoint_root, self.config.keep_checkpoints, self.best_checkpoint())
+            self.hooks.on_checkpoint(self.run.step, path, metrics, is_best)
+        self.dist.barrier()
+        self.last_checkpoint = path
+        return path
 
-            if dist.is_main and (state.step % config.log_every_steps == 0 or state.step == total_steps):
-                now = time.monotonic()
-                elapsed = max(now - window_started, 1e-9)
-                rate = (state.step - run_started_step) / max(now - run_started, 1e-9)
-                hooks.on_progress(
-                    ProgressEvent(
-                        step=state.step,
-                        total_steps=total_steps,
-                        epoch=round(state.epoch, 4),
-                        loss=float(window_loss) / max(1, window_steps),
-                        learning_rate=state.learning_rate,
-                        samples_per_second=window_rows * dist.world_size / elapsed,
-                        tokens_per_second=window_tokens * dist.world_size / elapsed,
-                        eta_seconds=(total_steps - state.step) / rate if rate > 0 else float("nan"),
-                    )
-                )
-                window_loss.zero_()
-                window_steps, window_rows, window_tokens = 0, 0, 0
-                window_started = now
+    # ---- the end of the run --------------------------------------------------------------------
+    def select_best(self) -> None:
+        """Evaluate the last step if it was not, then put the best evaluation's weights in the model."""
+        run = self.run
+        if self.has_validation and self.last_eval_step != run.step:
+            self.run_evaluation()
+        if self.has_validation and run.best_step is not None and run.best_step != run.step:
+            weights = self.best_weights
+            if weights is None:  # the best evaluation was before a resume: it is on disk
+                best = self.best_checkpoint()
+                if best is None or not best.is_dir():
+                    raise ModelLoadError(f"the best checkpoint (step {run.best_step}) is missing")
+                weights = ckpt.load_checkpoint(best).weights
+            ckpt.load_trainable_state(self.model, weights)
+        self.best_weights = None
 
-            metrics, improved = None, False
-            if has_validation and (state.step % eval_every == 0 or state.step == total_steps):
-                metrics, improved = run_evaluation()
-                model.train()
-            # no resume checkpoint at the step that ends the run: the artifact follows at once, and
-            # the best weights are in memory
-            run_over = state.step >= total_steps or state.should_stop
-            if not run_over and (state.step % checkpoint_every == 0 or improved):
-                write_checkpoint(metrics, improved)
-            if time.monotonic() - last_heartbeat > HEARTBEAT_SECONDS:
-                if dist.is_main:
-                    hooks.on_heartbeat()
-                last_heartbeat = time.monotonic()
-            request = dist.broadcast_int({"pause": 1, "cancel": 2}.get(hooks.control() or "", 0) if dist.is_main else 0)
-            if request == 1:
-                path = (
-                    last_checkpoint
-                    if last_checkpoint and last_checkpoint.name == f"step-{state.step:08d}"
-                    else write_checkpoint(metrics, False)
-                )
-                raise Paused(state.step, path)
-            if request == 2:
-                raise Cancelled(state.step, last_checkpoint)
+    def fit_thresholds(self) -> None:
+        """Multi-label "auto" thresholds, fitted on validation with the selected weights."""
+        if self.config.label_thresholds != "auto":
+            return
+        flat_metrics = self.evaluate() if self.has_validation else None  # at 0.5; the head keeps the scores
+        self.config = self.head.fit_thresholds(self.config)
+        if flat_metrics is None or self.config.label_thresholds is None:
+            return
+        fitted_metrics = self.evaluate()
+        metric = self.task.selection_metric
+        fitted, flat = fitted_metrics[metric], flat_metrics[metric]
+        # Per-label best-F1 cuts can hurt the task's own metric (an undertrained model's best cut is
+        # often "every row gets the label"): they are kept only if that metric does not get worse.
+        if (fitted < flat) if self.task.greater_is_better else (fitted > flat):
+            self.config = self.head.fit_thresholds(replace(self.config, label_thresholds=None))
+            self.run.best_metrics = flat_metrics
+        else:
+            self.run.best_metrics = fitted_metrics
 
-    # ---- best weights and artifact ------------------------------------------------------------
-    if has_validation and last_eval_step != state.step:
-        run_evaluation()
-    if has_validation and state.best_step is not None and state.best_step != state.step:
-        if best_weights is None:  # the best evaluation was before a resume: it is on disk
-            if best_path is None or not best_path.is_dir():
-                raise ModelLoadError(f"the best checkpoint (step {state.best_step}) is missing")
-            best_weights = ckpt.load_checkpoint(best_path).weights
-        ckpt.load_trainable_state(model, best_weights)
-    best_weights = None
-    if config.label_thresholds == "auto":  # multi-label: fitted on validation with the selected weights
-        flat_metrics = evaluate() if has_validation else None  # at 0.5; the adapter keeps the scores
-        config = adapter.fit_thresholds(config)
-        if flat_metrics is not None and config.label_thresholds is not None:
-            fitted_metrics = evaluate()
-            fitted, flat = fitted_metrics[task.selection_metric], flat_metrics[task.selection_metric]
-            # Per-label best-F1 cuts can hurt the task's own metric (an undertrained model's best cut is
-            # often "every row gets the label"): they are kept only if that metric does not get worse.
-            if (fitted < flat) if task.greater_is_better else (fitted > flat):
-                config = adapter.fit_thresholds(replace(config, label_thresholds=None))
-                best_metrics = flat_metrics
-            else:
-                best_metrics = fitted_metrics
-    best_step = state.best_step if has_validation else state.step
-    hooks.on_train_end(state)
-    final_dir = output_dir / "final"
-    if dist.is_main:
-        write_artifact(
-            final_dir,
-            model,
-            tokenizer,
-            task,
-            config,
-            label_names,
-            base_model,
-            best_metrics,
-            best_step,
-            vertical=spec.vertical_id,
-            vertical_version=spec.vertical_version,
-            extra={
-                "train_rows": n_train,
-                "validation_rows": len(val_data.features),
-                "teacher_model": str(spec.teacher_model) if spec.teacher_model else None,
-            },
-            manifest_fields=adapter.manifest_fields(),
+    def save_artifact(self) -> TrainResult:
+        """Write the artifact (rank 0) and describe the run."""
+        spec, run = self.spec, self.run
+        best_step = run.best_step if self.has_validation else run.step
+        final_dir = self.output_dir / "final"
+        if self.dist.is_main:
+            write_artifact(
+                final_dir,
+                self.model,
+                self.tokenizer,
+                self.task,
+                self.config,
+                self.label_names,
+                self.base_model,
+                run.best_metrics,
+                best_step,
+                vertical=spec.vertical_id,
+                vertical_version=spec.vertical_version,
+                extra={
+                    "train_rows": len(self.train_data.features),
+                    "validation_rows": len(self.val_data.features),
+                    "teacher_model": str(spec.teacher_model) if spec.teacher_model else None,
+                },
+                manifest_fields=self.head.manifest_fields(),
+            )
+        self.dist.barrier()
+        return TrainResult(
+            metrics=run.best_metrics,
+            best_step=best_step,
+            artifact_dir=final_dir,
+            resolved_config=self.config,
+            trained_tokens=run.trained_tokens,
+            seconds=time.monotonic() - self.started,
+            label_names=self.label_names,
+            steps=run.step,
+            warnings=self.warnings,
         )
-    dist.barrier()
-    return TrainResult(
-        metrics=best_metrics,
-        best_step=best_step,
-        artifact_dir=final_dir,
-        resolved_config=config,
-        trained_tokens=trained_tokens,
-        seconds=time.monotonic() - started,
-        label_names=label_names,
-        steps=state.step,
-        warnings=warnings,
-    )
+
+
+def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainResult:
+    """Train one job; resumes from the latest complete checkpoint in ``output_dir/checkpoints``.
+
+    Raises :class:`Paused` / :class:`Cancelled` when a callback asks for it, and an
+    :class:`EngineError` subclass for anything the job cannot recover from.
+    """
+    recipe = FineTuneRecipe(spec, callbacks)
+    recipe.setup()
+    return recipe.train()
 
 
 def _evaluate(
     model: torch.nn.Module,
-    adapter: TaskHead,
+    head: TaskHead,
     data: Encoded,
     rows: Sequence[Mapping[str, Any]],
     label_names: tuple[str, ...],
@@ -672,10 +827,10 @@ def _evaluate(
         batches = batches[dist.rank :: dist.world_size]
     with torch.inference_mode(), _autocast(device, precision):
         for indices in batches:
-            batch = _to_device(adapter.collate([data.features[i] for i in indices], pad_id), device)
-            logits = adapter.forward(model, batch)
-            loss_sum += float(adapter.loss(logits, batch)) * len(indices)
-            decoded = adapter.decode(logits, batch, label_names)
+            batch = _to_device(head.collate([data.features[i] for i in indices], pad_id), device)
+            logits = head.forward(model, batch)
+            loss_sum += float(head.loss(logits, batch)) * len(indices)
+            decoded = head.decode(logits, batch, label_names)
             order.extend(int(i) for i in indices)
             y_true.extend(decoded.y_true)
             y_pred.extend(decoded.y_pred)
@@ -704,11 +859,9 @@ def _evaluate(
     def reorder(values: list[Any]) -> list[Any]:
         return [values[i] for i in position] if values else values
 
-    from tunery_engine.heads import DecodedBatch
-
     decoded_all = DecodedBatch(reorder(y_true), reorder(y_pred), reorder(scores) if scores else None)
     eval_loss = loss_sum / max(1, n)
-    output = adapter.eval_output(decoded_all, label_names, eval_loss, rows)
+    output = head.eval_output(decoded_all, label_names, eval_loss, rows)
     metrics = {k: float(v) for k, v in task.metrics(output).items()}
     metrics.setdefault("eval_loss", eval_loss)
     return metrics
