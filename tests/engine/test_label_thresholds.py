@@ -12,8 +12,7 @@ import torch
 from tunery_contract import TaskKind
 from tunery_contract.metrics import multilabel_prf
 from tunery_engine import ConfigError, JobSpec, TrainConfig, train
-from tunery_engine.artifact import LabelThresholds
-from tunery_engine.heads import fit_label_thresholds
+from tunery_engine.heads import LabelThresholds, fit_label_thresholds
 from tunery_engine.tiny_models import FILLER, tiny_task, write_jsonl
 from tunery_serving import ArtifactError, PredictionInput, read_artifact
 from tunery_serving.models import load_model
