@@ -58,12 +58,24 @@ class LabelThresholds:
 
 
 def decision_logits(logits: torch.Tensor, thresholds: LabelThresholds | None) -> torch.Tensor:
-    """Logits shifted by each label's threshold: a label is given when its shifted logit is >= 0
-    (its shifted probability >= 0.5). Evaluation and serving both decide on these."""
-    logits = logits.float()
+    """Logits shifted by each label's threshold, in float64: a label is given when its shifted logit
+    is >= 0. Evaluation decides on these and serving reports their sigmoid (see ``served_probabilities``)."""
+    logits = logits.double()
     if thresholds is None or not thresholds.values:
         return logits
-    return logits - torch.tensor(thresholds.logit_offsets(), device=logits.device)
+    return logits - torch.tensor(thresholds.logit_offsets(), dtype=torch.float64, device=logits.device)
+
+
+#: The largest probability below 0.5: what a label just short of its threshold is reported as at most.
+_JUST_BELOW_HALF = math.nextafter(0.5, 0.0)
+
+
+def served_probabilities(logits: torch.Tensor, thresholds: LabelThresholds | None) -> torch.Tensor:
+    """Per-label probabilities shifted so that 0.5 is each label's threshold: >= 0.5 exactly when the
+    evaluation gives the label (a shifted logit a hair below 0 would otherwise round to 0.5)."""
+    shifted = decision_logits(logits, thresholds)
+    probabilities = torch.sigmoid(shifted)
+    return torch.where(shifted >= 0, probabilities, probabilities.clamp(max=_JUST_BELOW_HALF))
 
 
 def fit_label_thresholds(
@@ -213,8 +225,7 @@ class MultiLabelClassificationHead(EncoderHead):
     def decode_prediction(
         cls, info: ArtifactInfo, item: PredictionInput, encoded: BatchEncoding, row: int, logits: torch.Tensor
     ) -> Prediction:
-        # shifted so that 0.5 is each label's fitted threshold, the decision the evaluation made
-        probabilities = torch.sigmoid(decision_logits(logits, info.label_thresholds))
+        probabilities = served_probabilities(logits, info.label_thresholds)
         return Prediction(kind=cls.kind, label_names=info.label_names, probabilities=probabilities.tolist())
 
 
