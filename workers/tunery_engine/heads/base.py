@@ -98,12 +98,6 @@ class TaskHead:
         """Outputs of the head (what adapters over one shared base must agree on)."""
         return int(cls.head_config(label_names).get("num_labels", 0))
 
-    @classmethod
-    def check_labels(cls, label_names: Sequence[str]) -> None:
-        """Raise ArtifactError when an artifact's label list cannot shape this head."""
-        if cls.has_label_names and not label_names:
-            raise ArtifactError(f"no label_names for a {cls.kind.value} model")
-
     # --- labels and model -------------------------------------------------------------------
     def label_names(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
         """The label set of the head, from the task's fixed labels or the training rows."""

@@ -29,11 +29,20 @@ import numpy as np
 import torch
 
 from tunery_contract import TaskKind
-from tunery_engine.errors import DataError
-from tunery_engine.heads.base import IGNORE_INDEX, Batch, DecodedBatch, Encoded, Feature, TaskHead, register_head
+from tunery_engine.errors import ArtifactError, DataError
+from tunery_engine.heads.base import (
+    IGNORE_INDEX,
+    Batch,
+    DecodedBatch,
+    Encoded,
+    Feature,
+    PredictionInput,
+    TaskHead,
+    register_head,
+)
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
     from tunery_engine.config import TrainConfig
 
@@ -330,6 +339,12 @@ class CausalLMHead(TaskHead):
 
     def decode(self, logits: torch.Tensor, batch: Batch, label_names: tuple[str, ...]) -> DecodedBatch:
         return DecodedBatch(y_true=[], y_pred=[])
+
+    @classmethod
+    def encode_inputs(
+        cls, items: Sequence[PredictionInput], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> BatchEncoding:
+        raise ArtifactError("a causal LM answers chat/completions, not predictions")
 
 
 register_head(CausalLMHead.kind, CausalLMHead)
