@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.serving import builders
 from tunery_contract import TaskKind
 from tunery_engine import JobSpec, TrainConfig, load_artifact, train
 from tunery_engine.heads import DecodedBatch, LabelThresholds, head_for
@@ -51,7 +52,7 @@ def evaluation_and_serving(tmp_path, base, kind: TaskKind, training_type: str = 
         evaluated = head.decode(head.forward(model, batch), batch, labels)
 
     if kind is TaskKind.TOKEN_CLASSIFICATION:
-        items = [PredictionInput(" ".join(r["tokens"])) for r in validation_rows]
+        items = [PredictionInput.from_tokens(r["tokens"]) for r in validation_rows]
     else:
         items = [PredictionInput(r["text"], r.get("text_pair")) for r in validation_rows]
     served = load_model("m", read_artifact(result.artifact_dir), torch.device("cpu")).predict_batch(items)
@@ -80,6 +81,9 @@ def test_token_classification_serves_the_evaluated_tags(tmp_path, tiny_bert):
         tmp_path, tiny_bert, TaskKind.TOKEN_CLASSIFICATION, training_type="lora"
     )
     assert [p.tags for p in served] == evaluated.y_pred
+    assert [p.tokens for p in served] == [
+        r["tokens"] for r in synthetic_rows(TaskKind.TOKEN_CLASSIFICATION, 24, seed=2)
+    ]
     for prediction in served:  # entities are the served tags' B-/I- runs, placed in the text
         assert all(
             e["text"] == e["text"].strip() and e["type"] in ("CITY", "PERSON") for e in prediction.entities or []
@@ -90,3 +94,26 @@ def test_pair_regression_serves_the_evaluated_values_in_the_data_units(tmp_path,
     evaluated, served, info = evaluation_and_serving(tmp_path, tiny_bert, TaskKind.TEXT_PAIR_REGRESSION)
     assert info.target_scale.std != 1.0  # standardised targets: the scale matters
     assert [p.score for p in served] == pytest.approx(evaluated.y_pred, abs=1e-5)
+
+
+def test_pre_split_tokens_with_punctuation_get_one_tag_each_as_in_evaluation(tmp_path):
+    """MiniLM's tokenizer splits "U.S." into several words; served pre-split, it stays one token
+    whose first sub-token decides its tag, as the engine's evaluation decides."""
+    task = tiny_task(TaskKind.TOKEN_CLASSIFICATION, labels=("CITY", "PERSON"))
+    head = head_for(task)
+    row = {"tokens": ["Anna", "flew", "to", "the", "U.S.", "(Boston),", "today!"], "tags": ["O"] * 7}
+    labels = head.label_names([row])
+    artifact = builders.full_artifact(tmp_path / "ner", TaskKind.TOKEN_CLASSIFICATION, labels, seed=3)
+    model, tokenizer, info = load_artifact(artifact)
+    encoded = head.encode([row], tokenizer, labels, info.max_length, TrainConfig())
+    batch = head.collate(encoded.features, tokenizer.pad_token_id)
+    with torch.inference_mode():
+        evaluated = head.decode(head.forward(model, batch), batch, labels)
+
+    loaded = load_model("m", info, torch.device("cpu"))
+    text = " ".join(row["tokens"])
+    served, as_text = loaded.predict_batch([PredictionInput.from_tokens(row["tokens"]), PredictionInput(text)])
+    assert served.tokens == row["tokens"]
+    assert [served.tags] == evaluated.y_pred
+    assert len(as_text.tokens or []) > len(row["tokens"])  # the plain text is split at the punctuation
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in served.entities or [])

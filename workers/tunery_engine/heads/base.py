@@ -53,10 +53,18 @@ class Encoded:
 
 @dataclass(frozen=True)
 class PredictionInput:
-    """One item to predict: a text, and the second text of a pair for text-pair heads."""
+    """One item to predict: a text, and the second text of a pair for text-pair heads. A token
+    classifier's item may come pre-split (:meth:`from_tokens`): tags then come one per given token."""
 
     text: str
     text_pair: str | None = None
+    tokens: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_tokens(cls, tokens: Sequence[str]) -> PredictionInput:
+        """Pre-split words, as token-classification training rows hold them; the text is the words
+        joined by single spaces (entity offsets point into it)."""
+        return cls(text=" ".join(tokens), tokens=tuple(tokens))
 
 
 @dataclass

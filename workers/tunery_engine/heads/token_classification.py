@@ -3,6 +3,7 @@ served as entities with character offsets into the input text."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -123,15 +124,19 @@ class TokenClassificationHead(EncoderHead):
         cls, info: ArtifactInfo, item: PredictionInput, encoded: BatchEncoding, row: int, logits: torch.Tensor
     ) -> Prediction:
         """Word-level BIO tags (the first sub-token of each word decides, as in evaluation) and
-        entities with character offsets into the item's text."""
+        entities with character offsets into the item's text. The words are the item's own tokens
+        when it came pre-split (each maps to the tokenizer's words inside it), else the tokenizer's."""
         text = item.text
         offsets = encoded["offset_mapping"][row].tolist()
+        token_starts = _token_starts(item.tokens) if item.tokens is not None else None
         confidence, best = torch.softmax(logits.float(), dim=-1).max(dim=-1)
         words: dict[int, list[Any]] = {}  # word -> [start, end, tag, score]
         for position, word in enumerate(encoded.word_ids(row)):
             if word is None:
                 continue
             start, end = offsets[position]
+            if token_starts is not None:
+                word = bisect.bisect_right(token_starts, start) - 1
             if word not in words:
                 words[word] = [start, end, info.label_names[int(best[position])], float(confidence[position])]
             else:
@@ -144,6 +149,15 @@ class TokenClassificationHead(EncoderHead):
             tokens=[text[start:end] for start, end, _, _ in ordered],
             tags=[tag for _, _, tag, _ in ordered],
         )
+
+
+def _token_starts(tokens: Sequence[str]) -> list[int]:
+    """Where each token starts in the tokens joined by single spaces (``PredictionInput.from_tokens``)."""
+    starts, cursor = [], 0
+    for token in tokens:
+        starts.append(cursor)
+        cursor += len(token) + 1
+    return starts
 
 
 def bio_entities(words: Sequence[Sequence[Any]], text: str) -> list[dict[str, Any]]:
