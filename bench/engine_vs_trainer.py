@@ -105,9 +105,9 @@ def evaluate_artifact(artifact_dir: Path, task: Any, test_file: Path, max_length
     from tunery_engine.heads import head_for
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, manifest = load_artifact(artifact_dir)
+    model, tokenizer, info = load_artifact(artifact_dir)
     model.to(device)
-    label_names = tuple(manifest["label_names"])
+    label_names = info.label_names
     adapter = head_for(task)
     rows = load_rows(test_file, task)
     encoded = adapter.encode(rows, tokenizer, label_names, max_length, TrainConfig())

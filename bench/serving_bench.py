@@ -45,6 +45,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tunery_contract import TaskKind
+from tunery_engine.heads import head_type
 from tunery_engine.modeling import cpu_has_bf16_units
 from tunery_serving import ARTIFACT_FILE, InferenceRuntime, PredictionInput, read_artifact
 
@@ -76,11 +77,7 @@ def write_manifest(directory: Path, **fields: Any) -> None:
 
 
 def head_kwargs() -> dict[str, Any]:
-    return {
-        "num_labels": len(LABELS),
-        "id2label": dict(enumerate(LABELS)),
-        "label2id": {n: i for i, n in enumerate(LABELS)},
-    }
+    return head_type(TaskKind.SEQUENCE_CLASSIFICATION).head_config(LABELS)
 
 
 def build_classifier(root: Path, base: Path) -> Path:
@@ -294,7 +291,7 @@ def fitted_banking77_classifier(root: Path, base: Path, args: argparse.Namespace
     names = sorted(set(labels))
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(base), num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+        str(base), **head_type(TaskKind.SEQUENCE_CLASSIFICATION).head_config(names)
     ).eval()
     features = []
     with torch.inference_mode():

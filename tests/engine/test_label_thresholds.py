@@ -12,8 +12,8 @@ import torch
 from tunery_contract import TaskKind
 from tunery_contract.metrics import multilabel_prf
 from tunery_engine import ConfigError, JobSpec, TrainConfig, train
-from tunery_engine.artifact import LabelThresholds
-from tunery_engine.heads import fit_label_thresholds
+from tunery_engine.heads import LabelThresholds, fit_label_thresholds
+from tunery_engine.heads.multi_label import decision_logits, served_probabilities
 from tunery_engine.tiny_models import FILLER, tiny_task, write_jsonl
 from tunery_serving import ArtifactError, PredictionInput, read_artifact
 from tunery_serving.models import load_model
@@ -47,6 +47,15 @@ def test_thresholds_shift_the_logits_so_that_probability_at_threshold_is_the_dec
     manifest = {"label_names": ["a", "b", "c"], "label_thresholds": thresholds.to_json(("a", "b", "c"))}
     assert LabelThresholds.from_manifest(manifest) == thresholds
     assert LabelThresholds.from_manifest({"label_names": ["a"]}).logit_offsets() == []
+
+
+def test_a_label_a_hair_below_its_threshold_is_served_below_half_as_evaluation_decides():
+    thresholds = LabelThresholds((0.459646075963974, 0.3))
+    logits = torch.tensor([[thresholds.logit_offsets()[0] - 2.5e-7, thresholds.logit_offsets()[1]]])
+    given = (decision_logits(logits, thresholds) >= 0).int().tolist()
+    served = served_probabilities(logits, thresholds).tolist()
+    assert [[int(p >= 0.5) for p in row] for row in served] == given
+    assert served[0][0] < 0.5  # float32 sigmoid of the shifted logit would round to 0.5
 
 
 def test_bad_threshold_settings_are_refused():

@@ -9,9 +9,9 @@ import torch
 
 from tunery_contract import TaskKind
 from tunery_engine import JobSpec, TrainConfig, load_artifact, train
-from tunery_engine.artifact import TargetScale
+from tunery_engine.artifact import read_artifact
+from tunery_engine.heads import TargetScale
 from tunery_engine.tiny_models import synthetic_rows, tiny_task, write_jsonl
-from tunery_serving.artifact import read_artifact
 
 
 def test_ratings_far_from_zero_train_standardised_and_predict_in_their_own_units(tmp_path, tiny_bert):
@@ -29,8 +29,8 @@ def test_ratings_far_from_zero_train_standardised_and_predict_in_their_own_units
     )
     result = train(spec)
     targets = [r["score"] for r in rows[40:]]
-    model, tokenizer, manifest = load_artifact(result.artifact_dir)
-    scale = TargetScale.from_manifest(manifest)
+    model, tokenizer, info = load_artifact(result.artifact_dir)
+    scale = TargetScale.from_manifest(info.manifest)
     assert scale.mean == pytest.approx(statistics.fmean(targets))
     assert scale.std == pytest.approx(statistics.pstdev(targets))
     assert read_artifact(result.artifact_dir).target_scale == scale  # the serving runtime reads the same

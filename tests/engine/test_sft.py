@@ -14,10 +14,10 @@ from tunery_contract import TaskKind
 from tunery_engine.config import TrainConfig
 from tunery_engine.errors import DataError
 from tunery_engine.heads import head_for
-from tunery_engine.sft import (
+from tunery_engine.heads.causal_lm import (
     BUILTIN_CHAT_TEMPLATE,
     IGNORE_INDEX,
-    CausalLMAdapter,
+    CausalLMHead,
     ChatTemplateError,
     EncodedChat,
     causal_lm_loss,
@@ -235,7 +235,7 @@ def test_packed_and_padded_batches_give_the_same_loss():
 def test_adapter_encodes_collates_and_scores_chat_rows(packing):
     tokenizer = make_tokenizer()
     adapter = head_for(CHAT_TASK)
-    assert isinstance(adapter, CausalLMAdapter)
+    assert isinstance(adapter, CausalLMHead)
     long_prompt = [{"role": "user", "content": "What is the capital of France? " * 20}, CONVERSATION[2]]
     rows = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}, {"messages": long_prompt}]
     encoded = adapter.encode(rows, tokenizer, (), 64, TrainConfig(packing=packing))

@@ -14,7 +14,7 @@ from tunery_engine import DataError, JobSpec, TrainConfig, TrainingCallback, tra
 from tunery_engine.artifact import load_artifact
 from tunery_engine.data import load_rows
 from tunery_engine.heads import head_for
-from tunery_engine.sft import CausalLMAdapter
+from tunery_engine.heads.causal_lm import CausalLMHead
 from tunery_engine.tiny_models import CHAT_TASK, FILLER, make_tiny_llama, write_jsonl
 
 #: The colour word in the question decides the answer's first word; the rest is fixed.
@@ -99,9 +99,9 @@ def test_lora_sft_with_packing_learns_and_its_artifact_answers(tmp_path):
         tmp_path, "llama", training_type="lora", n_epochs=10, learning_rate=1e-2, lora_r=8, packing=True
     )
     assert losses[-1] < losses[0] - 0.3
-    model, tokenizer, manifest = load_artifact(artifact)
-    assert manifest["training_type"] == "lora"
-    assert isinstance(head_for(CHAT_TASK), CausalLMAdapter)
+    model, tokenizer, info = load_artifact(artifact)
+    assert info.training_type == "lora"
+    assert isinstance(head_for(CHAT_TASK), CausalLMHead)
     base_model = AutoModelForCausalLM.from_pretrained(str(base))
     base_tokenizer = AutoTokenizer.from_pretrained(str(base))
     validation = tmp_path / "validation.jsonl"
@@ -116,8 +116,8 @@ def test_full_sft_without_packing_lowers_the_loss(tmp_path):
     torch.set_num_threads(1)
     _, artifact, losses = run_job(tmp_path, "llama", training_type="full", n_epochs=6, learning_rate=1e-2)
     assert losses[-1] < losses[0] / 4
-    model, tokenizer, manifest = load_artifact(artifact)
-    assert manifest["training_type"] == "full"
+    model, tokenizer, info = load_artifact(artifact)
+    assert info.training_type == "full"
     # The fixed part of every answer is learned whatever the colour.
     answer = generate(model, tokenizer, "w1 w2 blue w3")
     assert answer.split()[1:4] == ["new", "york", "</s>"]

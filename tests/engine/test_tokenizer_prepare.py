@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 
 from tunery_engine import JobSpec, Paused, TrainConfig, TrainingCallback, train
 from tunery_engine.data import _tokenizer_fingerprint
+from tunery_engine.heads.causal_lm import BUILTIN_CHAT_TEMPLATE
 from tunery_engine.modeling import load_tokenizer
-from tunery_engine.sft import BUILTIN_CHAT_TEMPLATE
 from tunery_engine.tiny_models import CHAT_TASK, make_tiny_llama, write_jsonl
 
 

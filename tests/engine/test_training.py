@@ -71,11 +71,11 @@ def test_lora_artifact_holds_an_adapter_and_merges_to_the_same_model(tmp_path, t
     assert (final / "adapter" / "adapter_model.safetensors").is_file()
     assert not (final / "model.safetensors").exists()
     assert result.metrics["accuracy"] > 0.5
-    model, tokenizer, manifest = load_artifact(final)
-    assert manifest["training_type"] == "lora"
+    model, tokenizer, info = load_artifact(final)
+    assert info.training_type == "lora"
     merged_dir = export_merged(final, tmp_path / "merged")
-    merged, _, merged_manifest = load_artifact(merged_dir)
-    assert merged_manifest["training_type"] == "full"
+    merged, _, merged_info = load_artifact(merged_dir)
+    assert merged_info.training_type == "full"
     texts = ["w1 red w2", "grey w9 w10 w11"]
     torch.testing.assert_close(
         logits_of(model, tokenizer, texts), logits_of(merged, tokenizer, texts), atol=1e-5, rtol=1e-4
@@ -250,8 +250,8 @@ def test_multi_label_classification_learns(tmp_path, tiny_bert):
 def test_text_pair_regression_predicts_one_score(tmp_path, tiny_bert):
     result = train(job(tmp_path, tiny_bert, TaskKind.TEXT_PAIR_REGRESSION, n=300, n_epochs=10))
     assert result.label_names == ()
-    model, tokenizer, manifest = load_artifact(result.artifact_dir)
-    assert manifest["label_names"] == []
+    model, tokenizer, info = load_artifact(result.artifact_dir)
+    assert info.label_names == ()
     batch = tokenizer(["w1 red"], ["orange w2"], return_tensors="pt")
     with torch.inference_mode():
         assert model(**batch).logits.shape == (1, 1)
@@ -285,8 +285,8 @@ def test_distillation_refuses_a_teacher_with_other_labels(tmp_path, tiny_bert):
 
 def test_decoder_model_gets_a_classification_head_with_lora(tmp_path, tiny_qwen):
     result = train(job(tmp_path, tiny_qwen, TaskKind.SEQUENCE_CLASSIFICATION, n=120, training_type="lora", n_epochs=2))
-    _model, _tokenizer, manifest = load_artifact(result.artifact_dir)
-    assert manifest["training_type"] == "lora"
+    _model, _tokenizer, info = load_artifact(result.artifact_dir)
+    assert info.training_type == "lora"
     adapter_config = json.loads((result.artifact_dir / "adapter" / "adapter_config.json").read_text())
     assert set(adapter_config["target_modules"]) >= {"q_proj", "v_proj", "down_proj"}
     assert "score" in (adapter_config.get("modules_to_save") or [])
@@ -298,12 +298,12 @@ def test_tokenization_is_cached_for_reruns(tmp_path, tiny_bert, monkeypatch):
     caches = sorted((Path(spec.output_dir) / "cache").glob("tokens-*.npz"))
     assert len(caches) == 2  # training and validation parts
 
-    from tunery_engine.heads import SequenceClassificationAdapter
+    from tunery_engine.heads import SequenceClassificationHead
 
     def refuse(*args, **kwargs):
         raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(SequenceClassificationAdapter, "encode", refuse)
+    monkeypatch.setattr(SequenceClassificationHead, "encode", refuse)
     second = train(spec)
     assert second.metrics == first.metrics
 

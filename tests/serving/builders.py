@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from tunery_contract import TaskKind
+from tunery_engine.heads import head_type
 from tunery_serving import ARTIFACT_FILE
 
 CHAT_TEMPLATE = (
@@ -68,13 +69,8 @@ def write_manifest(directory: Path, kind: TaskKind, labels: Sequence[str], **ext
 
 
 def head_arguments(kind: TaskKind, labels: Sequence[str]) -> dict[str, Any]:
-    if kind is TaskKind.TEXT_PAIR_REGRESSION:
-        return {"num_labels": 1, "problem_type": "regression"}
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {n: i for i, n in enumerate(labels)},
-    }
+    """The head shape the engine gives a model of ``kind`` (the task head's own ``head_config``)."""
+    return head_type(kind).head_config(labels)
 
 
 def full_artifact(directory: Path, kind: TaskKind, labels: Sequence[str] = (), seed: int = 0, **extra: Any) -> Path:

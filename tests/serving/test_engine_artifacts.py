@@ -65,10 +65,10 @@ def test_engine_lora_classifier_serves_the_engines_outputs(engine_artifacts):
     try:
         texts = ["warm sunny day", "cold icy wind and snow"]
         served = runtime.predict("ft:cls", path, [PredictionInput(t) for t in texts])
-        model, tokenizer, manifest = load_artifact(path)
+        model, tokenizer, info = load_artifact(path)
         with torch.inference_mode():
             expected = torch.softmax(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits, dim=-1)
-        assert served[0].label_names == tuple(manifest["label_names"])
+        assert served[0].label_names == info.label_names
         torch.testing.assert_close(torch.tensor([p.probabilities for p in served]), expected, atol=1e-5, rtol=1e-4)
 
         (tagged,) = runtime.predict(

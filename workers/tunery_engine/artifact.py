@@ -6,21 +6,28 @@
 - full fine-tuning: ``config.json`` + ``model.safetensors`` (HF ``save_pretrained``);
   LoRA: ``adapter/`` (peft ``save_pretrained``, safetensors, head included) + the base reference;
 - tokenizer files, ``training_config.json`` (resolved), ``metrics.json``, ``MODEL_CARD.md``.
+
+:func:`write_artifact` writes it; :func:`read_artifact` is the one reader (serving, the engine's
+teacher loading, :func:`load_artifact` and :func:`export_merged` use it). What a manifest field means
+for a task kind is its head's business (``tunery_engine.heads``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunery_engine.errors import ModelLoadError
+import torch
+
+from tunery_contract import TaskKind
+from tunery_engine.errors import ArtifactError, ModelLoadError
+from tunery_engine.heads import LabelThresholds, TargetScale, TaskHead, head_type
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -29,63 +36,48 @@ if TYPE_CHECKING:
     from tunery_engine.config import TrainConfig
 
 FORMAT_VERSION = 1
+#: Manifest versions this code reads.
+SUPPORTED_FORMATS = (FORMAT_VERSION,)
+ARTIFACT_FILE = "tunery_artifact.json"
+ADAPTER_DIR = "adapter"
+TRAINING_TYPES = ("lora", "full")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
-class TargetScale:
-    """Regression heads learn standardised targets; this turns a raw head output back into the
-    data's units. The one place that does it: the engine's evaluation and the serving runtime
-    both call :meth:`to_target` (the values live in ``tunery_artifact.json`` as ``target_scale``)."""
+class ArtifactInfo:
+    """A fine-tuned artifact as read from its manifest, checked to be loadable."""
 
-    mean: float = 0.0
-    std: float = 1.0
+    path: Path
+    kind: TaskKind
+    training_type: str
+    label_names: tuple[str, ...] = ()
+    max_length: int = 512
+    base_model: str | None = None
+    vertical: str = ""
+    vertical_version: str = ""
+    task: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_step: int | None = None
+    target_scale: TargetScale = field(default_factory=TargetScale)
+    label_thresholds: LabelThresholds = field(default_factory=LabelThresholds)
+    #: sequence classification: "mean" or "model" (``tunery_engine.modeling.POOLINGS``)
+    pooling: str = "model"
+    #: the manifest as written (export_merged copies it)
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def to_target(self, raw: float) -> float:
-        return raw * self.std + self.mean
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / ADAPTER_DIR
 
-    def to_json(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
+    @property
+    def is_lora(self) -> bool:
+        return self.training_type == "lora"
 
-    @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> TargetScale:
-        """Artifacts written before standardisation have no ``target_scale``: the identity."""
-        scale = manifest.get("target_scale") or {}
-        return cls(float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)))
-
-
-@dataclass(frozen=True)
-class LabelThresholds:
-    """Per-label decision thresholds of a multi-label head (fitted on validation by the engine,
-    ``label_thresholds`` in ``tunery_artifact.json``); none recorded means 0.5 for every label.
-
-    A label is given when its probability reaches its threshold, i.e. when the logit reaches
-    :meth:`logit_offsets`. The engine's evaluation decides that way, and the serving runtime reports
-    ``sigmoid(logit - offset)``, so its 0.5 is each label's fitted threshold."""
-
-    values: tuple[float, ...] = ()
-
-    def logit_offsets(self) -> list[float]:
-        return [math.log(t / (1.0 - t)) for t in self.values]
-
-    def to_json(self, label_names: tuple[str, ...]) -> dict[str, float]:
-        return dict(zip(label_names, self.values, strict=True))
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> LabelThresholds:
-        """In ``label_names`` order; artifacts without ``label_thresholds`` decide at 0.5."""
-        recorded = manifest.get("label_thresholds") or {}
-        if not recorded:
-            return cls()
-        names = list(manifest.get("label_names") or [])
-        if not isinstance(recorded, Mapping) or sorted(recorded) != sorted(names):
-            raise ModelLoadError(f"label_thresholds must name each of the labels {names[:10]}, got {recorded!r}")
-        values = tuple(float(recorded[name]) for name in names)
-        if not all(0.0 < t < 1.0 for t in values):
-            raise ModelLoadError(f"label_thresholds must lie strictly between 0 and 1, got {recorded!r}")
-        return cls(values)
-
-
-MANIFEST = "tunery_artifact.json"
+    @property
+    def head(self) -> type[TaskHead]:
+        """The head of the artifact's task kind: model class, head shape, encoding and decoding."""
+        return head_type(self.kind)
 
 
 MEAN_POOLING_NOTE = "the mean of the token states (load with tunery_engine: plain transformers reads [CLS])"
@@ -163,7 +155,7 @@ def write_artifact(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(manifest_fields or {}),
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (tmp / ARTIFACT_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     (tmp / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
     (tmp / "metrics.json").write_text(json.dumps(dict(metrics), indent=2), encoding="utf-8")
     (tmp / "MODEL_CARD.md").write_text(model_card(task, manifest, config, metrics, extra or {}), encoding="utf-8")
@@ -173,67 +165,140 @@ def write_artifact(
     return final_dir
 
 
-def read_manifest(artifact_dir: Path) -> dict[str, Any]:
-    path = Path(artifact_dir) / MANIFEST
-    if not path.is_file():
-        raise ModelLoadError(f"{artifact_dir} is not a Tunery artifact (no {MANIFEST})")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(f"artifact format {manifest.get('format_version')} is not supported")
-    return manifest
+def resolve_artifact_dir(path: str | Path) -> Path:
+    """The directory holding the manifest: ``path`` itself or its ``final/`` sub-directory."""
+    root = Path(path)
+    for candidate in (root, root / "final"):
+        if (candidate / ARTIFACT_FILE).is_file():
+            return candidate
+    raise ArtifactError(f"no {ARTIFACT_FILE} under {root} (nor under {root / 'final'})")
 
 
-def _auto_class(kind: str) -> str:
-    return {
-        "token_classification": "AutoModelForTokenClassification",
-        "causal_lm": "AutoModelForCausalLM",
-    }.get(kind, "AutoModelForSequenceClassification")
+def read_artifact(path: str | Path, base_model: str | Path | None = None) -> ArtifactInfo:
+    """Read and check an artifact (raises ArtifactError). ``base_model`` overrides the recorded base
+    of a LoRA artifact, for a host that keeps base models elsewhere."""
+    directory = resolve_artifact_dir(path)
+    try:
+        manifest = json.loads((directory / ARTIFACT_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {directory / ARTIFACT_FILE}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{ARTIFACT_FILE} must hold a JSON object")
+    if manifest.get("format_version", FORMAT_VERSION) not in SUPPORTED_FORMATS:
+        raise ArtifactError(
+            f"artifact format {manifest.get('format_version')!r} is not supported (this code reads {SUPPORTED_FORMATS})"
+        )
+    try:
+        kind = TaskKind(manifest.get("kind"))
+    except ValueError as exc:
+        raise ArtifactError(f"unknown task kind {manifest.get('kind')!r} in {ARTIFACT_FILE}") from exc
+    training_type = manifest.get("training_type", "full")
+    if training_type not in TRAINING_TYPES:
+        raise ArtifactError(f"training_type must be one of {TRAINING_TYPES}, got {training_type!r}")
+    best_step = manifest.get("best_step")
+    info = ArtifactInfo(
+        path=directory,
+        kind=kind,
+        training_type=training_type,
+        label_names=tuple(str(n) for n in manifest.get("label_names") or ()),
+        max_length=int(manifest.get("max_length") or 512),
+        base_model=str(base_model) if base_model is not None else manifest.get("base_model"),
+        vertical=str(manifest.get("vertical") or ""),
+        vertical_version=str(manifest.get("vertical_version") or ""),
+        task=str(manifest.get("task") or ""),
+        metrics=dict(manifest.get("metrics") or {}),
+        best_step=int(best_step) if best_step is not None else None,
+        target_scale=TargetScale.from_manifest(manifest),
+        label_thresholds=LabelThresholds.from_manifest(manifest),
+        pooling=str(manifest.get("pooling") or "model"),
+        manifest=manifest,
+    )
+    _check_files(info)
+    return info
 
 
-def load_artifact(artifact_dir: Path, base_model: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer, manifest). A LoRA artifact is loaded onto its base model
+def _check_files(info: ArtifactInfo) -> None:
+    if info.is_lora:
+        if not (info.adapter_dir / "adapter_config.json").is_file():
+            raise ArtifactError(f"LoRA artifact {info.path} has no {ADAPTER_DIR}/adapter_config.json")
+        if not info.base_model or not (Path(info.base_model) / "config.json").is_file():
+            raise ArtifactError(f"LoRA artifact {info.path} names base model {info.base_model!r}, which is not there")
+    elif not (info.path / "config.json").is_file():
+        raise ArtifactError(f"artifact {info.path} has no config.json")
+    if info.head.has_label_names and not info.label_names:
+        raise ArtifactError(f"artifact {info.path} lists no label_names for a {info.kind.value} model")
+
+
+def load_tokenizer(info: ArtifactInfo) -> PreTrainedTokenizerBase:
+    """The artifact's tokenizer (the base model's when the artifact holds none)."""
+    from tunery_engine import modeling
+
+    source = info.path
+    if not any((source / name).is_file() for name in _TOKENIZER_FILES):
+        if not info.base_model:
+            raise ArtifactError(f"artifact {info.path} has no tokenizer files")
+        source = Path(info.base_model)
+    try:
+        return modeling.load_tokenizer(source)
+    except ModelLoadError as exc:
+        raise ArtifactError(str(exc)) from exc
+
+
+def _load_pretrained(auto_class: str, path: Path, **kwargs: Any) -> torch.nn.Module:
+    """The engine's safe loader (safetensors only, no remote code) in fp32; errors become ArtifactError."""
+    from tunery_engine import modeling
+
+    try:
+        return modeling.load_pretrained(auto_class, path, dtype=torch.float32, **kwargs)
+    except ModelLoadError as exc:
+        raise ArtifactError(str(exc)) from exc
+
+
+def load_full_model(info: ArtifactInfo) -> torch.nn.Module:
+    """A fully fine-tuned artifact's model (its config records the head)."""
+    return _load_pretrained(info.head.auto_class, info.path)
+
+
+def load_base_model(info: ArtifactInfo) -> torch.nn.Module:
+    """A LoRA artifact's base model, its head shaped to the artifact's labels (the adapter goes on top)."""
+    head = info.head
+    return _load_pretrained(
+        head.auto_class, Path(str(info.base_model)), pooling=info.pooling, **head.head_config(info.label_names)
+    )
+
+
+def load_artifact(artifact_dir: Path, base_model: Path | None = None) -> tuple[Any, Any, ArtifactInfo]:
+    """(model in eval mode, tokenizer, info). A LoRA artifact is loaded onto its base model
     (``base_model`` overrides the recorded path, for a host that keeps base models elsewhere)."""
-    from tunery_engine.modeling import load_pretrained, load_tokenizer
-
-    artifact_dir = Path(artifact_dir)
-    manifest = read_manifest(artifact_dir)
-    tokenizer = load_tokenizer(artifact_dir)
-    auto_class = _auto_class(manifest["kind"])
-    if manifest["training_type"] == "lora":
+    info = read_artifact(artifact_dir, base_model)
+    tokenizer = load_tokenizer(info)
+    model: Any
+    if info.is_lora:
         from peft import PeftModel
 
-        base_path = Path(base_model or manifest["base_model"])
-        labels = manifest["label_names"]
-        kwargs: dict[str, Any] = {}
-        if manifest["kind"] != "causal_lm":
-            kwargs = {"num_labels": max(1, len(labels))}
-            if labels:
-                kwargs["id2label"] = dict(enumerate(labels))
-                kwargs["label2id"] = {n: i for i, n in enumerate(labels)}
-        base = load_pretrained(auto_class, base_path, pooling=manifest.get("pooling"), **kwargs)
-        model: Any = PeftModel.from_pretrained(base, str(artifact_dir / "adapter"))
+        model = PeftModel.from_pretrained(load_base_model(info), str(info.adapter_dir))
     else:
-        model = load_pretrained(auto_class, artifact_dir)
+        model = load_full_model(info)
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     model.eval()
-    return model, tokenizer, manifest
+    return model, tokenizer, info
 
 
 def export_merged(artifact_dir: Path, out_dir: Path, base_model: Path | None = None) -> Path:
     """Write a LoRA artifact as a plain full-weights artifact (adapter merged into the base)."""
     artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
-    model, tokenizer, manifest = load_artifact(artifact_dir, base_model)
-    if manifest["training_type"] != "lora":
-        raise ModelLoadError(f"{artifact_dir} is not a LoRA artifact; nothing to merge")
+    model, tokenizer, info = load_artifact(artifact_dir, base_model)
+    if not info.is_lora:
+        raise ArtifactError(f"{artifact_dir} is not a LoRA artifact; nothing to merge")
     merged = model.merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
-    manifest = {**manifest, "training_type": "full", "merged_from": str(artifact_dir.resolve())}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    manifest = {**info.manifest, "training_type": "full", "merged_from": str(info.path.resolve())}
+    (out_dir / ARTIFACT_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     for name in ("training_config.json", "metrics.json", "MODEL_CARD.md"):
-        if (artifact_dir / name).is_file():
-            shutil.copy2(artifact_dir / name, out_dir / name)
+        if (info.path / name).is_file():
+            shutil.copy2(info.path / name, out_dir / name)
     return out_dir

@@ -25,7 +25,7 @@ import torch
 
 from tunery_contract import TaskKind
 from tunery_engine import checkpoint as ckpt
-from tunery_engine.artifact import read_manifest, write_artifact
+from tunery_engine.artifact import read_artifact, write_artifact
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
 from tunery_engine.config import JobSpec, TrainConfig, resolve, steps_per_epoch
 from tunery_engine.data import data_fingerprint, encode_cached, epoch_batches, eval_batches, load_rows, split_validation
@@ -160,10 +160,10 @@ def _load_teacher(
     from tunery_engine.artifact import load_artifact
 
     if (path / "tunery_artifact.json").is_file():
-        manifest = read_manifest(path)
-        if tuple(manifest["label_names"]) != label_names:
+        info = read_artifact(path)
+        if info.label_names != label_names:
             raise LabelError(
-                f"the teacher {path.name} knows labels {manifest['label_names'][:10]}, "
+                f"the teacher {path.name} knows labels {list(info.label_names)[:10]}, "
                 f"the job has {list(label_names)[:10]}"
             )
         teacher: Any

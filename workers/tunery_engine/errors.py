@@ -51,6 +51,10 @@ class ModelLoadError(EngineError):
     code = "model_load_failed"
 
 
+class ArtifactError(ModelLoadError):
+    """A fine-tuned artifact is missing, incomplete or of a shape that cannot be loaded or served."""
+
+
 class CheckpointError(EngineError):
     """A checkpoint is corrupt or does not belong to this job."""
 

@@ -3,7 +3,8 @@ cache, serves many tenants' LoRA adapters over one loaded base model and micro-b
 requests. The control plane (``tunery.serving``) wraps it behind the API; it can equally run in a
 separate inference process."""
 
-from tunery_serving.artifact import ARTIFACT_FILE, ArtifactError, ArtifactInfo, read_artifact
+from tunery_engine.artifact import ARTIFACT_FILE, ArtifactInfo, read_artifact
+from tunery_engine.errors import ArtifactError
 from tunery_serving.batching import BatcherClosed, MicroBatcher
 from tunery_serving.cache import ModelCache
 from tunery_serving.runtime import (

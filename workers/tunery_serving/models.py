@@ -1,5 +1,6 @@
-"""Loaded models: decoding raw outputs into ``tunery_contract.Prediction`` for each task kind,
-text generation for causal LMs, and LoRA adapters sharing one loaded base model."""
+"""Loaded models: batched forward passes whose inputs and outputs the artifact's task head encodes
+and decodes (``tunery_engine.heads``), text generation for causal LMs, serving precisions, and LoRA
+adapters sharing one loaded base model."""
 
 from __future__ import annotations
 
@@ -18,24 +19,17 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCrit
 
 from tunery_contract import Prediction, TaskKind
 from tunery_engine import modeling
-from tunery_engine.errors import ModelLoadError
-from tunery_engine.sft import BUILTIN_CHAT_TEMPLATE
-from tunery_serving.artifact import ArtifactError, ArtifactInfo
+from tunery_engine.artifact import ArtifactInfo, load_base_model, load_full_model, load_tokenizer
+from tunery_engine.errors import ArtifactError
+from tunery_engine.heads import PredictionInput, TaskHead
+from tunery_engine.heads.causal_lm import render_prompt
 from tunery_serving.batching import BatcherClosed
 
-PAIR_KINDS = (TaskKind.TEXT_PAIR_CLASSIFICATION, TaskKind.TEXT_PAIR_REGRESSION)
 #: Precisions a whole encoder model can be served in on CPU (``served_precision`` says where each
 #: applies): ``int8`` dynamic quantization, ``bf16`` autocast on CPUs with bf16 units.
 PRECISIONS = ("fp32", "int8", "bf16")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 #: Seconds a streaming reader waits for the next token before giving up.
 GENERATION_TOKEN_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class PredictionInput:
-    text: str
-    text_pair: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,70 +81,22 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def model_class(kind: TaskKind) -> str:
-    if kind is TaskKind.CAUSAL_LM:
-        return "AutoModelForCausalLM"
-    if kind is TaskKind.TOKEN_CLASSIFICATION:
-        return "AutoModelForTokenClassification"
-    return "AutoModelForSequenceClassification"
-
-
-def load_pretrained(kind: TaskKind, path: Path, **kwargs: Any) -> Any:
-    """The engine's safe loader (safetensors only, no remote code); its errors become ArtifactError."""
-    try:
-        return modeling.load_pretrained(model_class(kind), path, dtype=torch.float32, **kwargs)
-    except ModelLoadError as exc:
-        raise ArtifactError(str(exc)) from exc
-
-
-def head_kwargs(info: ArtifactInfo) -> dict[str, Any]:
-    """from_pretrained arguments that shape a base model's task head to the artifact's labels."""
-    if info.kind is TaskKind.CAUSAL_LM:
-        return {}
-    if info.kind is TaskKind.TEXT_PAIR_REGRESSION:
-        return {"num_labels": 1, "problem_type": "regression"}
-    labels = info.label_names
-    kwargs: dict[str, Any] = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
-    }
-    if info.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
-        kwargs["problem_type"] = "multi_label_classification"
-    return kwargs
-
-
-def load_tokenizer(info: ArtifactInfo) -> PreTrainedTokenizerBase:
-    source = info.path
-    if not any((source / name).is_file() for name in _TOKENIZER_FILES):
-        if not info.base_model:
-            raise ArtifactError(f"artifact {info.path} has no tokenizer files")
-        source = Path(info.base_model)
-    try:
-        tokenizer = modeling.load_tokenizer(source)
-    except ModelLoadError as exc:
-        raise ArtifactError(str(exc)) from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.sep_token
-    return tokenizer
-
-
 def served_precision(info: ArtifactInfo, device: torch.device, precision: str) -> str:
     """What a model asked to be served in ``precision`` runs in. int8 and bf16 apply to whole
     encoder models on CPU, bf16 only where the CPU has bf16 units (oneDNN's emulation is slower
     than fp32); LoRA adapters (peft wraps fp32 Linear layers), causal LMs and GPUs keep fp32."""
     if precision not in PRECISIONS:
         raise ArtifactError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if device.type != "cpu" or info.is_lora or info.kind is TaskKind.CAUSAL_LM:
+    if device.type != "cpu" or info.is_lora or info.head.generates_text:
         return "fp32"
     if precision == "bf16" and not modeling.cpu_has_bf16_units():
         return "fp32"
     return precision
 
 
-def load_full_model(info: ArtifactInfo, device: torch.device, precision: str = "fp32") -> torch.nn.Module:
+def load_served_model(info: ArtifactInfo, device: torch.device, precision: str = "fp32") -> torch.nn.Module:
     served = served_precision(info, device, precision)
-    module = load_pretrained(info.kind, info.path).to(device).eval()
+    module = load_full_model(info).to(device).eval()
     if served == "int8":
         quantize_int8(module)
     return module
@@ -170,7 +116,7 @@ def adapter_name_for(model_id: str) -> str:
 
 def base_key(info: ArtifactInfo) -> tuple[str, str, int, str]:
     """Adapters can share a loaded base when its path, head kind, head width and pooling match."""
-    width = 1 if info.kind is TaskKind.TEXT_PAIR_REGRESSION else len(info.label_names)
+    width = info.head.head_width(info.label_names)
     return (str(Path(info.base_model or "").resolve()), info.kind.value, width, info.pooling)
 
 
@@ -243,8 +189,7 @@ class SharedBase:
         self.key = base_key(info)
         self.device = device
         self.lock = threading.RLock()
-        base = load_pretrained(info.kind, Path(str(info.base_model)), pooling=info.pooling, **head_kwargs(info))
-        self._base = base.to(device).eval()
+        self._base: Any = load_base_model(info).to(device).eval()
         self.nbytes = module_bytes(self._base)
         self.peft_model: Any = None
         self.adapters: set[str] = set()
@@ -348,6 +293,10 @@ class LoadedModel:
     def kind(self) -> TaskKind:
         return self.info.kind
 
+    @property
+    def head(self) -> type[TaskHead]:
+        return self.info.head
+
     def _call(self, call: Callable[[Any], Any]) -> Any:
         if self.base is not None:
             assert self.adapter_name is not None
@@ -368,36 +317,11 @@ class LoadedModel:
     # -- encoders: classification, tagging, pair scoring ------------------------------------------
 
     def encode(self, items: list[PredictionInput]) -> Any:
-        if self.kind is TaskKind.CAUSAL_LM:
-            raise ArtifactError("a causal LM answers chat/completions, not predictions")
-        pairs = [item.text_pair or "" for item in items] if self.kind in PAIR_KINDS else None
-        return self.tokenizer(
-            [item.text for item in items],
-            pairs,
-            padding=True,
-            truncation=True,
-            max_length=self.info.max_length,
-            return_tensors="pt",
-            # Character offsets are only needed to place entities.
-            return_offsets_mapping=self.kind is TaskKind.TOKEN_CLASSIFICATION,
-        )
+        return self.head.encode_inputs(items, self.tokenizer, self.info.max_length)
 
     def decode(self, item: PredictionInput, encoded: Any, row: int, logits: torch.Tensor) -> Prediction:
         """One item's prediction from its row of a batch's logits."""
-        labels = self.info.label_names
-        if self.kind is TaskKind.TEXT_PAIR_REGRESSION:
-            return Prediction(
-                kind=self.kind, label_names=labels, score=self.info.target_scale.to_target(float(logits[0]))
-            )
-        if self.kind is TaskKind.TOKEN_CLASSIFICATION:
-            return self._decode_tags(item.text, encoded.word_ids(row), encoded["offset_mapping"][row].tolist(), logits)
-        if self.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
-            # shifted so that 0.5 is each label's fitted threshold (the engine's metrics decide the same way)
-            offsets = self.info.label_thresholds.logit_offsets()
-            probabilities = torch.sigmoid(logits - torch.tensor(offsets) if offsets else logits)
-        else:
-            probabilities = torch.softmax(logits, dim=-1)
-        return Prediction(kind=self.kind, label_names=labels, probabilities=probabilities.tolist())
+        return self.head.decode_prediction(self.info, item, encoded, row, logits)
 
     def predict_batch(self, items: list[PredictionInput]) -> list[Prediction]:
         encoded = self.encode(items)
@@ -418,62 +342,12 @@ class LoadedModel:
             logits = forward(module)
         return [self.decode(item, encoded, i, logits[i]) for i, item in enumerate(items)]
 
-    def _decode_tags(
-        self, text: str, word_ids: list[int | None], offsets: list[list[int]], logits: torch.Tensor
-    ) -> Prediction:
-        """Word-level BIO tags (the first sub-token of each word decides) and entities with
-        character offsets into ``text``."""
-        probabilities = torch.softmax(logits, dim=-1)
-        confidence, best = probabilities.max(dim=-1)
-        words: dict[int, list[Any]] = {}  # word -> [start, end, tag, score]
-        for position, word in enumerate(word_ids):
-            if word is None:
-                continue
-            start, end = offsets[position]
-            if word not in words:
-                words[word] = [start, end, self.info.label_names[int(best[position])], float(confidence[position])]
-            else:
-                words[word][1] = end
-        ordered = [words[w] for w in sorted(words)]
-        entities: list[dict[str, Any]] = []
-        current: dict[str, Any] | None = None
-        scores: list[float] = []
-        for start, end, tag, score in ordered:
-            kind = tag[2:] if tag[:2] in ("B-", "I-") else None
-            continues = current is not None and tag.startswith("I-") and kind == current["type"]
-            if continues:
-                assert current is not None
-                current["end"] = end
-                scores.append(score)
-                continue
-            if current is not None:
-                entities.append(_finish_entity(current, scores, text))
-                current = None
-            if kind is not None:
-                current, scores = {"type": kind, "start": start, "end": end}, [score]
-        if current is not None:
-            entities.append(_finish_entity(current, scores, text))
-        return Prediction(
-            kind=self.kind,
-            label_names=self.info.label_names,
-            entities=entities,
-            tokens=[text[start:end] for start, end, _, _ in ordered],
-            tags=[tag for _, _, tag, _ in ordered],
-        )
-
     # -- causal LMs ---------------------------------------------------------------------------
 
     def render_prompt(self, request: GenerationRequest) -> str:
         if request.prompt is not None:
             return request.prompt
-        messages = [dict(m) for m in request.messages or ()]
-        # The engine saves the template it trained with on the tokenizer; the built-in one otherwise.
-        template = getattr(self.tokenizer, "chat_template", None) or BUILTIN_CHAT_TEMPLATE
-        return str(
-            self.tokenizer.apply_chat_template(
-                messages, chat_template=template, add_generation_prompt=True, tokenize=False
-            )
-        )
+        return render_prompt(self.tokenizer, request.messages or ())
 
     def encode_prompt(self, request: GenerationRequest) -> torch.Tensor:
         """Prompt ids as the engine trained them (no added special tokens), cut from the left so
@@ -485,7 +359,7 @@ class LoadedModel:
     def stream(self, request: GenerationRequest, result: GenerationResult) -> Iterator[str]:
         """Yield text pieces as they are generated; ``result`` is filled in as a side effect
         (token counts, finish reason). Closing the iterator early stops generation."""
-        if self.kind is not TaskKind.CAUSAL_LM:
+        if not self.head.generates_text:
             raise ArtifactError(f"a {self.kind.value} model does not generate text")
         input_ids = self.encode_prompt(request)
         result.prompt_tokens = int(input_ids.shape[1])
@@ -556,10 +430,6 @@ class LoadedModel:
         return result
 
 
-def _finish_entity(entity: dict[str, Any], scores: list[float], text: str) -> dict[str, Any]:
-    return {**entity, "text": text[entity["start"] : entity["end"]], "score": sum(scores) / len(scores)}
-
-
 def load_model(
     model_id: str,
     info: ArtifactInfo,
@@ -571,7 +441,7 @@ def load_model(
     per call when None); full models load on their own, in ``served_precision``."""
     tokenizer = load_tokenizer(info)
     if not info.is_lora:
-        module = load_full_model(info, device, precision)
+        module = load_served_model(info, device, precision)
         served = served_precision(info, device, precision)
         return LoadedModel(
             model_id, info, tokenizer, device, nbytes=module_bytes(module), module=module, precision=served

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from tunery_contract import Prediction, TaskKind
-from tunery_serving.artifact import ArtifactError, ArtifactInfo, read_artifact
+from tunery_engine.artifact import ArtifactInfo, read_artifact
+from tunery_engine.errors import ArtifactError
 from tunery_serving.batching import BatcherClosed, MicroBatcher
 from tunery_serving.cache import ModelCache
 from tunery_serving.models import (
@@ -193,7 +194,7 @@ class InferenceRuntime:
                 base = SharedBase(info, self.device)
                 if self.share_lora_bases:
                     self._bases[key] = base
-                if info.kind is not TaskKind.CAUSAL_LM:
+                if not info.head.generates_text:
                     self._base_batchers[id(base)] = self._batcher(base.predict_mixed, info.kind, f"base:{key[0]}")
             return base
 
@@ -224,7 +225,7 @@ class InferenceRuntime:
         model = load_model(model_id, info, self.device, shared_base=self._shared_base, precision=precision)
         model.on_close = self._release_base
         model.group_by_length = self.group_by_length
-        if info.kind is TaskKind.CAUSAL_LM:
+        if info.head.generates_text:
             return _Served(model, path, None)
         if model.base is not None:
             with self._bases_lock:

@@ -1,4 +1,5 @@
-"""Causal-LM supervised fine-tuning on chat-format data (OpenAI ``messages`` rows).
+"""Causal LM: supervised fine-tuning on chat-format data (OpenAI ``messages`` rows), and the prompt
+rendering serving generates from.
 
 Rendering: the tokenizer's own chat template when it has one, else ``BUILTIN_CHAT_TEMPLATE``
 (which is then stored on the tokenizer, so the saved artifact renders prompts the same way).
@@ -28,18 +29,24 @@ import numpy as np
 import torch
 
 from tunery_contract import TaskKind
-from tunery_engine.errors import DataError
-from tunery_engine.heads import Batch, DecodedBatch, Encoded, Feature, TaskHead, register_head
+from tunery_engine.errors import ArtifactError, DataError
+from tunery_engine.heads.base import (
+    IGNORE_INDEX,
+    Batch,
+    DecodedBatch,
+    Encoded,
+    Feature,
+    PredictionInput,
+    TaskHead,
+    register_head,
+)
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
     from tunery_engine.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-#: Label of tokens that carry no loss (torch's cross-entropy default ``ignore_index``).
-IGNORE_INDEX = -100
 
 #: Used when the tokenizer has no chat template. One turn per message:
 #: ``<|role|>\n{content}\n``, except that an assistant turn ends with the tokenizer's EOS token
@@ -235,13 +242,26 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss / count, count
 
 
-class CausalLMAdapter(TaskHead):
+def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
+    """A chat prompt ending with the assistant's generation header, rendered as in training: with the
+    template the engine saved on the tokenizer, or the built-in one."""
+    template = getattr(tokenizer, "chat_template", None) or BUILTIN_CHAT_TEMPLATE
+    return str(
+        tokenizer.apply_chat_template(
+            [dict(m) for m in messages], chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+    )
+
+
+class CausalLMHead(TaskHead):
     """Chat SFT for decoder models: loss on assistant tokens only; ``config.packing`` packs a
     batch's conversations into rows of ``max_length`` tokens (see the module docstring)."""
 
     kind = TaskKind.CAUSAL_LM
     lora_task_type = "CAUSAL_LM"
+    auto_class = "AutoModelForCausalLM"
     has_label_names = False
+    generates_text = True
 
     def label_names(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
         return ()
@@ -255,7 +275,7 @@ class CausalLMAdapter(TaskHead):
     ) -> PreTrainedModel:
         from tunery_engine.modeling import load_pretrained
 
-        model = load_pretrained("AutoModelForCausalLM", base_model, dtype=dtype)
+        model = load_pretrained(self.auto_class, base_model, dtype=dtype)
         model.config.use_cache = False  # training: a KV cache would also disable packed masks
         return model
 
@@ -275,7 +295,7 @@ class CausalLMAdapter(TaskHead):
         """Rows whose assistant tokens all fall past ``max_length`` are dropped (they teach
         nothing) and counted in ``truncated`` with the rows that were cut."""
         self.prepare_tokenizer(tokenizer)  # for direct callers; a no-op once train() has prepared it
-        # Kept in each feature (not on the adapter) so features read back from the tokenization
+        # Kept in each feature (not on the head) so features read back from the tokenization
         # cache still say how to collate them. 0 = no packing.
         block_size = np.asarray(max_length if config.packing else 0, dtype=np.int64)
         column = self.task.role_column("messages")
@@ -320,5 +340,11 @@ class CausalLMAdapter(TaskHead):
     def decode(self, logits: torch.Tensor, batch: Batch, label_names: tuple[str, ...]) -> DecodedBatch:
         return DecodedBatch(y_true=[], y_pred=[])
 
+    @classmethod
+    def encode_inputs(
+        cls, items: Sequence[PredictionInput], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> BatchEncoding:
+        raise ArtifactError("a causal LM answers chat/completions, not predictions")
 
-register_head(TaskKind.CAUSAL_LM, CausalLMAdapter)
+
+register_head(CausalLMHead.kind, CausalLMHead)
