@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -28,10 +28,25 @@ from tunery_engine.errors import ArtifactError, ConfigError
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
-    from tunery_engine.artifact import ArtifactInfo
     from tunery_engine.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+class ArtifactInfo(Protocol):
+    """What a head reads from a loaded artifact to decode its outputs; tunery_engine.artifact's
+    ArtifactInfo provides it (a protocol, so that heads do not import the artifact module, which
+    imports them)."""
+
+    @property
+    def label_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def target_scale(self) -> Any: ...  # heads.text_pair.TargetScale
+
+    @property
+    def label_thresholds(self) -> Any: ...  # heads.multi_label.LabelThresholds
+
 
 Feature = dict[str, np.ndarray]
 Batch = dict[str, torch.Tensor]

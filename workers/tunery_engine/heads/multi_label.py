@@ -15,13 +15,20 @@ import torch.nn.functional as F
 
 from tunery_contract import Prediction, TaskKind
 from tunery_engine.errors import ArtifactError, ConfigError, LabelError
-from tunery_engine.heads.base import Batch, DecodedBatch, Encoded, EncoderHead, PredictionInput, register_head
+from tunery_engine.heads.base import (
+    ArtifactInfo,
+    Batch,
+    DecodedBatch,
+    Encoded,
+    EncoderHead,
+    PredictionInput,
+    register_head,
+)
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding
 
     from tunery_contract import EvalOutput
-    from tunery_engine.artifact import ArtifactInfo
     from tunery_engine.config import TrainConfig
 
 

@@ -11,12 +11,10 @@ import torch.nn.functional as F
 
 from tunery_contract import Prediction, TaskKind
 from tunery_engine.errors import LabelError
-from tunery_engine.heads.base import Batch, DecodedBatch, EncoderHead, PredictionInput, register_head
+from tunery_engine.heads.base import ArtifactInfo, Batch, DecodedBatch, EncoderHead, PredictionInput, register_head
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding
-
-    from tunery_engine.artifact import ArtifactInfo
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,20 @@ import torch.nn.functional as F
 
 from tunery_contract import Prediction, TaskKind
 from tunery_engine.errors import LabelError
-from tunery_engine.heads.base import Batch, DecodedBatch, Encoded, EncoderHead, PredictionInput, register_head
+from tunery_engine.heads.base import (
+    ArtifactInfo,
+    Batch,
+    DecodedBatch,
+    Encoded,
+    EncoderHead,
+    PredictionInput,
+    register_head,
+)
 from tunery_engine.heads.sequence_classification import SequenceClassificationHead
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding
 
-    from tunery_engine.artifact import ArtifactInfo
     from tunery_engine.config import TrainConfig
 
 

@@ -15,6 +15,7 @@ from tunery_contract import Prediction, TaskKind
 from tunery_engine.errors import LabelError
 from tunery_engine.heads.base import (
     IGNORE_INDEX,
+    ArtifactInfo,
     Batch,
     DecodedBatch,
     Encoded,
@@ -29,7 +30,6 @@ from tunery_engine.heads.base import (
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
 
-    from tunery_engine.artifact import ArtifactInfo
     from tunery_engine.config import TrainConfig
 
 
