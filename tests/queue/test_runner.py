@@ -7,10 +7,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tunery.catalog.models import FineTunedModel
 from tunery.jobs import tasks
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.runner import engine_command, output_dir
+
+pytestmark = pytest.mark.usefixtures("installed_dummy_pack")
 
 
 def starts(job) -> list[dict]:
