@@ -121,3 +121,32 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path, tiny_bert):
     begin = next(e for e in events if e["event"] == "train_begin")
     assert begin["steps_per_epoch"] == 4  # 108 training rows, batch 16, split over 2 ranks
     assert Path(done["artifact_dir"], "model.safetensors").is_file()
+
+
+def test_a_spec_for_another_pack_version_is_refused_for_good(tmp_path):
+    from tunery_contract.discovery import registered
+    from tunery_engine.errors import ConfigError
+    from tunery_engine.process import load_spec
+    from tunery_engine.tiny_models import tiny_pack
+
+    spec = {
+        "base_model": str(tmp_path / "base"),
+        "vertical": "tiny",
+        "vertical_version": "0.0.9",
+        "task": "tiny_sequence_classification",
+        "train_file": str(tmp_path / "train.jsonl"),
+        "output_dir": str(tmp_path / "job"),
+        "config": {"n_epochs": 2},
+    }
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    with registered(tiny_pack()):
+        with pytest.raises(ConfigError) as refused:
+            load_spec(spec_file)
+        assert refused.value.permanent
+        assert str(refused.value).startswith(
+            "the job was created with pack tiny version 0.0.9; this worker has version 0.1.0 installed"
+        )
+        spec_file.write_text(json.dumps({**spec, "vertical_version": "0.1.0"}))
+        loaded = load_spec(spec_file)
+    assert (loaded.vertical_id, loaded.vertical_version, loaded.config.n_epochs) == ("tiny", "0.1.0", 2)

@@ -1,8 +1,8 @@
 """The one place the control plane asks which vertical packs exist and which a tenant may use.
 
-Packs are discovered once per process through ``tunery_contract.discovery`` (entry points plus
-packs registered in-process by tests) and cached until the set of registered packs changes; a pack that fails discovery is kept in
-:func:`failures` for the admin and skipped. A tenant may use a pack when it is installed and an
+Packs are discovered through ``tunery_contract.discovery`` (entry points plus packs registered
+in-process by tests) and cached until the set of registered packs changes; a pack that fails
+discovery is kept in :func:`failures` for the admin and skipped. A tenant may use a pack when it is installed and an
 enabled ``VerticalEnablement`` row exists for it (packs are switched on per customer).
 :func:`pack_context` hands out what a job step needs: the pack, its task, its version and the
 tenant's configuration over the pack's defaults."""
