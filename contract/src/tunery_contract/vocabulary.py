@@ -73,44 +73,42 @@ class Knob:
     def range_text(self) -> str:
         low = "(" if self.minimum_open else "["
         high = ")" if self.maximum_open else "]"
-        return f"{low}{self.minimum:g}, {self.maximum:g}{high}"
+        lowest = -math.inf if self.minimum is None else self.minimum
+        highest = math.inf if self.maximum is None else self.maximum
+        return f"{low}{lowest:g}, {highest:g}{high}"
 
     def problem(self, value: Any, *, auto: bool | None = None) -> str | None:
         """Why ``value`` does not fit (a phrase to put after the knob's name), or None.
         ``auto`` overrides whether "auto" is accepted (the API accepts it for every knob)."""
-        if value == AUTO and (self.auto if auto is None else auto):
+        auto = self.auto if auto is None else auto
+        if (value == AUTO and auto) or (value is None and self.nullable):
             return None
-        if value is None and self.nullable:
-            return None
-        extra = (' or "auto"' if (self.auto if auto is None else auto) else "") + (" or null" if self.nullable else "")
+        also = (' or "auto"' if auto else "") + (" or null" if self.nullable else "")
         if self.type == "choice":
-            return None if value in self.choices else f"must be one of {', '.join(self.choices)}{extra}; got {value!r}"
+            return None if value in self.choices else f"must be one of {', '.join(self.choices)}{also}; got {value!r}"
         if self.type == "bool":
-            return None if isinstance(value, bool) else f"must be true or false{extra}; got {value!r}"
+            return None if isinstance(value, bool) else f"must be true or false{also}; got {value!r}"
         if self.type == "names":
             if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
                 return None
-            return f"must be a non-empty list of module names{extra}; got {value!r}"
+            return f"must be a non-empty list of module names{also}; got {value!r}"
         if self.type == "numbers":
-            if isinstance(value, list) and value and all(self._number_problem(v) is None for v in value):
+            if isinstance(value, list) and value and all(self._number_problem(v, also) is None for v in value):
                 return None
-            return f"must be a non-empty list of numbers in {self.range_text}{extra}; got {value!r}"
-        found = self._number_problem(value)
-        return None if found is None else found.replace("{extra}", extra)
+            return f"must be a non-empty list of numbers in {self.range_text}{also}; got {value!r}"
+        return self._number_problem(value, also)
 
-    def _number_problem(self, value: Any) -> str | None:
+    def _number_problem(self, value: Any, also: str) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"must be a number{{extra}}; got {value!r}"
+            return f"must be a number{also}; got {value!r}"
         if not math.isfinite(value):
             return f"must be finite; got {value!r}"
         if self.type == "int" and not float(value).is_integer():
             return f"must be a whole number; got {value!r}"
         low, high = self.minimum, self.maximum
-        if low is not None and (value <= low if self.minimum_open else value < low):
-            return f"must be in {self.range_text}; got {value!r}"
-        if high is not None and (value >= high if self.maximum_open else value > high):
-            return f"must be in {self.range_text}; got {value!r}"
-        return None
+        too_low = low is not None and (value <= low if self.minimum_open else value < low)
+        too_high = high is not None and (value >= high if self.maximum_open else value > high)
+        return f"must be in {self.range_text}; got {value!r}" if too_low or too_high else None
 
     def normalise(self, value: Any) -> Any:
         """A checked value in its canonical JSON form (4.0 -> 4 for an int knob, 2 -> 2.0 for a float)."""
