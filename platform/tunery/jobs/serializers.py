@@ -108,7 +108,7 @@ class KnobField(serializers.Field):
     def __init__(self, api_name: str, **kwargs: Any) -> None:
         self.api_name = api_name
         self.knob = KNOBS[api_name]
-        rule = f' "auto": {self.knob.auto_rule}.' if self.knob.auto_rule else ' "auto": the task\'s default.'
+        rule = ' "auto": the task\'s default' + (f", else {self.knob.auto_rule}." if self.knob.auto_rule else ".")
         kwargs.setdefault("required", False)
         kwargs.setdefault("help_text", self.knob.help[:1].upper() + self.knob.help[1:] + "." + rule)
         super().__init__(**kwargs)
@@ -127,7 +127,7 @@ class KnobFieldSchema(OpenApiSerializerFieldExtension):
     target_class = KnobField
 
     def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
-        return knob_schema(self.target.knob)
+        return {**knob_schema(self.target.knob), "description": self.target.help_text}
 
 
 def knob_schema(knob: Knob) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def knob_schema(knob: Knob) -> dict[str, Any]:
             value["maximum"] = knob.maximum
             if knob.maximum_open:
                 value["exclusiveMaximum"] = True
-    return {"oneOf": [value, {"type": "string", "enum": [AUTO]}], "description": knob.help}
+    return {"oneOf": [value, {"type": "string", "enum": [AUTO]}]}
 
 
 def _knob_fields(names: Any, prefix: str = "") -> dict[str, KnobField]:
