@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunery_contract import TaskKind
-from tunery_engine.process import EXIT_CANCELLED, EXIT_OK, EXIT_PAUSED, EXIT_PERMANENT
+from tunery_contract.protocol import ExitCode
 from tunery_engine.tiny_models import write_synthetic, write_tiny_pack_distribution
 
 
@@ -51,7 +51,7 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     control.parent.mkdir(parents=True)
     control.write_text("pause")
     code, events = run_worker(tmp_path, spec)
-    assert code == EXIT_PAUSED
+    assert code == ExitCode.PAUSED
     assert events[0]["event"] in ("train_begin", "heartbeat")
     assert events[-1]["event"] == "paused"
     paused_at = events[-1]["step"]
@@ -59,7 +59,7 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
 
     control.unlink()
     code, events = run_worker(tmp_path, spec)
-    assert code == EXIT_OK
+    assert code == ExitCode.SUCCEEDED
     begin = next(e for e in events if e["event"] == "train_begin")
     assert begin["step"] == paused_at
     assert begin["resumed_from"]
@@ -93,7 +93,7 @@ def test_cancel_through_the_control_file(tmp_path, tiny_bert):
     control.parent.mkdir(parents=True)
     control.write_text("cancel\n")
     code, events = run_worker(tmp_path, spec)
-    assert code == EXIT_CANCELLED
+    assert code == ExitCode.CANCELLED
     assert events[-1]["event"] == "cancelled"
     assert not (Path(spec["output_dir"]) / "final").exists()
 
@@ -101,7 +101,7 @@ def test_cancel_through_the_control_file(tmp_path, tiny_bert):
 def test_permanent_errors_exit_2_with_a_failed_event(tmp_path, tiny_bert):
     spec = make_spec(tmp_path, tiny_bert, learning_rate=-1)
     code, events = run_worker(tmp_path, spec)
-    assert code == EXIT_PERMANENT
+    assert code == ExitCode.PERMANENT
     outcome = [e for e in events if e["event"] != "heartbeat"]
     assert outcome == [
         {"event": "failed", "code": "invalid_config", "message": outcome[0]["message"], "permanent": True}
@@ -114,10 +114,39 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path, tiny_bert):
     spec = make_spec(tmp_path, tiny_bert, n_epochs=2)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     code, events = run_worker(tmp_path, spec, *torchrun)
-    assert code == EXIT_OK
+    assert code == ExitCode.SUCCEEDED
     assert sum(e["event"] == "train_begin" for e in events) == 1  # only rank 0 reports
     done = events[-1]
     assert done["event"] == "succeeded"
     begin = next(e for e in events if e["event"] == "train_begin")
     assert begin["steps_per_epoch"] == 4  # 108 training rows, batch 16, split over 2 ranks
     assert Path(done["artifact_dir"], "model.safetensors").is_file()
+
+
+def test_a_spec_for_another_pack_version_is_refused_for_good(tmp_path):
+    from tunery_contract.discovery import registered
+    from tunery_engine.errors import ConfigError
+    from tunery_engine.process import load_spec
+    from tunery_engine.tiny_models import tiny_pack
+
+    spec = {
+        "base_model": str(tmp_path / "base"),
+        "vertical": "tiny",
+        "vertical_version": "0.0.9",
+        "task": "tiny_sequence_classification",
+        "train_file": str(tmp_path / "train.jsonl"),
+        "output_dir": str(tmp_path / "job"),
+        "config": {"n_epochs": 2},
+    }
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    with registered(tiny_pack()):
+        with pytest.raises(ConfigError) as refused:
+            load_spec(spec_file)
+        assert refused.value.permanent
+        assert str(refused.value).startswith(
+            "the job was created with pack tiny version 0.0.9; this worker has version 0.1.0 installed"
+        )
+        spec_file.write_text(json.dumps({**spec, "vertical_version": "0.1.0"}))
+        loaded = load_spec(spec_file)
+    assert (loaded.vertical_id, loaded.vertical_version, loaded.config.n_epochs) == ("tiny", "0.1.0", 2)

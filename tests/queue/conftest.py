@@ -81,6 +81,17 @@ def base_model_row(db, tmp_path):
 
 
 @pytest.fixture
+def installed_dummy_pack():
+    """The 'dummy' pack installed in this process, as on a worker that trains its jobs."""
+    import dummy_pack
+
+    from tunery_contract.discovery import registered
+
+    with registered(dummy_pack.make_pack("dummy")) as pack:
+        yield pack
+
+
+@pytest.fixture
 def new_tenant(db) -> Callable:
     from tunery.tenants.models import Tenant
     from tunery.verticals.models import VerticalEnablement

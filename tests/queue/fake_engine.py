@@ -1,7 +1,7 @@
 """A stand-in for ``python -m tunery_engine run SPEC.json`` that speaks the same protocol: JSON
 events on stdout, ``CONTROL`` read between steps, atomic checkpoints in ``output_dir/checkpoints``
-it resumes from, exit codes 0/2/3/4/other. Training is ``time.sleep``. Standard library only, so a
-start costs milliseconds.
+it resumes from, the contract's exit codes. Training is ``time.sleep``. Standard library and the
+contract's protocol only (the same event classes as the engine), so a start costs milliseconds.
 
 ``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, and ``behaviour``:
   ok | permanent (fails with a permanent error) | crash_once (exit 1 mid-way on the first start) |
@@ -20,9 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from tunery_contract import protocol
+from tunery_contract.protocol import ExitCode, JobSpecFile
 
-def emit(**event) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
+
+def emit(event: protocol.EngineEvent) -> None:
+    sys.stdout.write(event.to_line() + "\n")
     sys.stdout.flush()
 
 
@@ -55,17 +58,17 @@ def control(out: Path) -> str:
 
 
 def main() -> int:
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    out = Path(spec["output_dir"])
-    config = spec["config"]
+    spec = JobSpecFile.read(Path(sys.argv[1]))
+    out = Path(spec.output_dir)
+    config = spec.config
     steps = int(config.get("steps", 10))
     step_seconds = float(config.get("step_seconds", 0.1))
     every = int(config.get("checkpoint_every", 2))
     behaviour = config.get("behaviour", "ok")
-    for key in ("base_model", "train_file"):
-        if not Path(spec[key]).exists():
-            emit(event="failed", code="missing_input", message=f"{key} {spec[key]} does not exist", permanent=True)
-            return 2
+    for key, path in (("base_model", spec.base_model), ("train_file", spec.train_file)):
+        if not Path(path).exists():
+            emit(protocol.Failed(code="missing_input", message=f"{key} {path} does not exist", permanent=True))
+            return ExitCode.PERMANENT
 
     lock = (out / "engine.lock").open("w")
     try:
@@ -81,62 +84,65 @@ def main() -> int:
         log.write(json.dumps({"pid": os.getpid(), "from_step": start, "time": time.time()}) + "\n")
     starts = len((out / "starts.jsonl").read_text().splitlines())
     resumed_from = str(checkpoints / f"step-{start:06d}") if start else None
-    emit(event="train_begin", step=start, total_steps=steps, resumed_from=resumed_from)
+    emit(protocol.TrainBegin(step=start, total_steps=steps, resumed_from=resumed_from))
 
     if behaviour == "poison":
         time.sleep(step_seconds)
         os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(30)  # the parent's death takes this process with it
-        return 1
+        return ExitCode.TRANSIENT
     if behaviour == "hang":
         time.sleep(60)
-        return 1
+        return ExitCode.TRANSIENT
     if behaviour == "permanent":
-        emit(event="failed", code="invalid_config", message="learning_rate must be positive", permanent=True)
-        return 2
+        emit(protocol.Failed(code="invalid_config", message="learning_rate must be positive", permanent=True))
+        return ExitCode.PERMANENT
 
     began = time.monotonic()
     for step in range(start + 1, steps + 1):
         request = control(out)
         if request == "pause":
             path = write_checkpoint(checkpoints, step - 1) if step > 1 else None
-            emit(event="paused", step=step - 1, checkpoint=str(path) if path else None)
-            return 3
+            emit(protocol.Paused(step=step - 1, checkpoint=str(path) if path else None))
+            return ExitCode.PAUSED
         if request == "cancel":
-            emit(event="cancelled", step=step - 1, checkpoint=str(path) if (path := _latest(checkpoints)) else None)
-            return 4
+            latest = _latest(checkpoints)
+            emit(protocol.Cancelled(step=step - 1, checkpoint=str(latest) if latest else None))
+            return ExitCode.CANCELLED
         time.sleep(step_seconds)
         if behaviour == "crash_once" and starts == 1 and step == steps // 2:
             print("simulated crash", file=sys.stderr)
-            return 1
+            return ExitCode.TRANSIENT
         rate = (time.monotonic() - began) / (step - start)
         emit(
-            event="progress",
-            step=step,
-            total_steps=steps,
-            epoch=step / steps,
-            loss=1.0 / step,
-            learning_rate=1e-4,
-            samples_per_second=8.0,
-            tokens_per_second=512.0,
-            eta_seconds=rate * (steps - step),
+            protocol.Progress(
+                step=step,
+                total_steps=steps,
+                epoch=step / steps,
+                loss=1.0 / step,
+                learning_rate=1e-4,
+                samples_per_second=8.0,
+                tokens_per_second=512.0,
+                eta_seconds=rate * (steps - step),
+            )
         )
         if step % every == 0 or step == steps:
             path = write_checkpoint(checkpoints, step)
             metrics = {"eval_loss": 1.0 / step, "accuracy": step / steps}
-            emit(event="evaluate", step=step, metrics=metrics)
-            emit(event="checkpoint", step=step, path=str(path), metrics=metrics, is_best=True)
+            emit(protocol.Evaluate(step=step, eval_loss=metrics["eval_loss"], metrics={"accuracy": step / steps}))
+            emit(protocol.Checkpoint(step=step, path=str(path), metrics=metrics, is_best=True))
     model = out / "model"
     model.mkdir(exist_ok=True)
     (model / "weights.safetensors").write_bytes(b"fake")
     emit(
-        event="succeeded",
-        artifact_dir=str(model),
-        metrics={"accuracy": 1.0},
-        resolved_config={**config, "n_epochs": 1},
-        trained_tokens=steps * 100,
+        protocol.Succeeded(
+            artifact_dir=str(model),
+            metrics={"accuracy": 1.0},
+            resolved_config={**config, "n_epochs": 1},
+            trained_tokens=steps * 100,
+        )
     )
-    return 0
+    return ExitCode.SUCCEEDED
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ def test_the_real_engine_trains_a_tiny_model_end_to_end(queue_settings, new_tena
         requested_hyperparameters={"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "log_every_steps": 1},
         seed=11,
     )
-    with registered(tiny_pack()):
+    with registered(tiny_pack()):  # the worker knows the pack it trains (its defaults go into the spec)
         assert tasks.validate_job_files(job.pk) == JobStatus.QUEUED
-    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded", JobEvent.objects.filter(job=job).values_list("message")
+        assert tasks.run_job(job.pk) == f"{job.pk}:succeeded", JobEvent.objects.filter(job=job).values_list("message")
 
     job.refresh_from_db()
     model = FineTunedModel.objects.get(job=job)

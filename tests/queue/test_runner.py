@@ -7,10 +7,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tunery.catalog.models import FineTunedModel
 from tunery.jobs import tasks
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.runner import engine_command, output_dir
+
+pytestmark = pytest.mark.usefixtures("installed_dummy_pack")
 
 
 def starts(job) -> list[dict]:
@@ -145,3 +149,35 @@ def test_when_a_job_ends_a_waiting_job_without_a_message_is_woken(
     first, second = make_job(tenant), make_job(tenant)
     assert tasks.run_job(first.pk) == f"{first.pk}:succeeded"
     assert [m["job_id"] for m in broker_messages("gpu")] == [second.pk]
+
+
+def test_the_spec_carries_the_pack_version_and_the_tenant_config_over_the_pack_defaults(
+    queue_settings, new_tenant, make_job, tmp_path
+):
+    from tunery.jobs.runner import build_spec
+    from tunery_contract.protocol import JobSpecFile
+
+    job = make_job(new_tenant())
+    FineTuningJob.objects.filter(pk=job.pk).update(vertical_version="0.0.1")
+    job.refresh_from_db()
+    spec = build_spec(job, tmp_path)
+    assert (spec.vertical, spec.vertical_version, spec.task) == ("dummy", "0.0.1", "sentiment")
+    assert spec.tenant_config == {"greeting": "hello"}  # the pack's default, as file validation applied it
+    assert JobSpecFile.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_the_runner_takes_the_validation_loss_from_eval_loss_only(queue_settings, new_tenant, make_job):
+    from tunery.jobs import lifecycle
+    from tunery.jobs.runner import AttemptRunner
+    from tunery_contract import protocol
+
+    job = make_job(new_tenant())
+    owner = lifecycle.new_lease_owner()
+    runner = AttemptRunner(lifecycle.claim_next_job("gpu", owner), owner)
+    runner._handle_line(b'{"event": "evaluate", "step": 3, "metrics": {"loss": 0.5, "accuracy": 0.8}}')
+    guessed = JobEvent.objects.get(job=job, dedupe_key="eval:step:3").data
+    assert (guessed["valid_loss"], guessed["loss"], guessed["accuracy"]) == (None, 0.5, 0.8)
+    runner._handle_line(protocol.Evaluate(step=4, eval_loss=0.25, metrics={"accuracy": 0.9}).to_line().encode())
+    typed = JobEvent.objects.get(job=job, dedupe_key="eval:step:4")
+    assert (typed.data["valid_loss"], typed.data["accuracy"]) == (0.25, 0.9)
+    assert typed.message == "Step 4: validation loss=0.2500, accuracy=0.9000"

@@ -5,29 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+# The base and the config error are the contract's: TrainConfig (in the contract) raises ConfigError.
+from tunery_contract.vocabulary import ConfigError, EngineError
 
-class EngineError(Exception):
-    """Base of every error the engine raises on purpose."""
-
-    code = "engine_error"
-    permanent = True
-
-    def __init__(self, message: str, *, code: str | None = None, permanent: bool | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        if permanent is not None:
-            self.permanent = permanent
-
-    def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "permanent": self.permanent}
-
-
-class ConfigError(EngineError):
-    """A hyperparameter or job-spec value is out of range or inconsistent."""
-
-    code = "invalid_config"
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EngineError",
+    "LabelError",
+    "ModelLoadError",
+    "NonFiniteLoss",
+]
 
 
 class DataError(EngineError):

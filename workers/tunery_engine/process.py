@@ -3,56 +3,33 @@
 One job per fresh process (CUDA is never touched in the job queue's parent). Events go to stdout
 as one JSON object per line; everything else a library prints is sent to stderr so the stream
 stays parseable. Control requests come from the file ``output_dir/CONTROL`` ("pause" or "cancel").
-
-Exit codes: 0 succeeded, 3 paused, 4 cancelled, 2 permanent error, 1 anything else (transient).
+The spec, the events and the exit codes are the contract's (``tunery_contract.protocol``).
 Under torchrun only rank 0 writes events.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
+from tunery_contract import protocol
+from tunery_contract.protocol import ExitCode, JobSpecFile
 from tunery_engine.callbacks import ControlFile, ProgressEvent, TrainingCallback, TrainState
+from tunery_engine.config import JobSpec, TrainConfig
 from tunery_engine.errors import ConfigError, EngineError
 
-EXIT_OK, EXIT_TRANSIENT, EXIT_PERMANENT, EXIT_PAUSED, EXIT_CANCELLED = 0, 1, 2, 3, 4
-SPEC_KEYS = {
-    "base_model",
-    "vertical",
-    "task",
-    "train_file",
-    "validation_file",
-    "output_dir",
-    "config",
-    "tenant_config",
-    "teacher_model",
-    "column_mapping",
-}
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+if TYPE_CHECKING:
+    from tunery_contract import TaskDefinition, VerticalPack
 
 
 class EventWriter(TrainingCallback):
-    """Writes the engine's callbacks as JSON lines."""
+    """Writes the engine's callbacks as the protocol's events, one JSON line each."""
 
     def __init__(self, stream: IO[str] | None) -> None:
         self.stream = stream
@@ -60,36 +37,33 @@ class EventWriter(TrainingCallback):
         self.closed = False
         self.state: TrainState | None = None
 
-    def emit(self, event: str, *, final: bool = False, **fields: Any) -> None:
+    def emit(self, event: protocol.EngineEvent) -> None:
         if self.stream is None:
             return
-        line = json.dumps(_clean({"event": event, **fields}), allow_nan=False)
+        line = event.to_line()
         with self.lock:
             if self.closed:
                 return
-            self.closed = final  # nothing (no late heartbeat) may follow the outcome line
+            self.closed = event.final  # nothing (no late heartbeat) may follow the outcome line
             self.stream.write(line + "\n")
             self.stream.flush()
 
     def on_train_begin(self, state: TrainState) -> None:
         self.state = state
-        self.emit(
-            "train_begin",
-            step=state.step,
-            total_steps=state.total_steps,
-            steps_per_epoch=state.steps_per_epoch,
-            resumed_from=state.resumed_from,
-        )
+        resumed_from = str(state.resumed_from) if state.resumed_from is not None else None
+        self.emit(protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from))
 
     def on_progress(self, event: ProgressEvent) -> None:
-        self.emit("progress", **event.to_json())
+        self.emit(protocol.Progress(**event.to_json()))
 
     def on_evaluate(self, step: int, metrics: Mapping[str, float]) -> None:
         learning_rate = self.state.learning_rate if self.state is not None else None
-        self.emit("evaluate", step=step, metrics=dict(metrics), learning_rate=learning_rate)
+        task_metrics = dict(metrics)
+        eval_loss = task_metrics.pop("eval_loss", None)
+        self.emit(protocol.Evaluate(step, eval_loss, task_metrics, learning_rate))
 
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
-        self.emit("checkpoint", step=step, path=path, metrics=dict(metrics or {}), is_best=is_best)
+        self.emit(protocol.Checkpoint(step, str(path), dict(metrics or {}), is_best))
 
     def on_heartbeat(self) -> None:
         pass  # the heartbeat thread below also covers model loading, tokenization and long evaluations
@@ -99,49 +73,50 @@ class EventWriter(TrainingCallback):
 
         def beat() -> None:
             while not stop.wait(every_seconds):
-                self.emit("heartbeat")
+                self.emit(protocol.Heartbeat())
 
         threading.Thread(target=beat, name="tunery-heartbeat", daemon=True).start()
         return stop
 
 
-def load_spec(path: Path) -> Any:
-    """Read SPEC.json and find the task through the installed packs."""
+def installed_task(vertical: str, task_id: str, version: str = "") -> tuple[VerticalPack, TaskDefinition]:
+    """The engine's one look-up of a pack: the installed pack and its task. ``version``, when
+    given, is the pack version the job was created with; a worker with another one installed
+    refuses the job for good (its data checks, head and metrics may differ)."""
     from tunery_contract.discovery import discover
-    from tunery_engine.config import JobSpec, TrainConfig
 
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the job spec {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError("the job spec must be a JSON object")
-    unknown = sorted(set(data) - SPEC_KEYS)
-    missing = sorted({"base_model", "vertical", "task", "train_file", "output_dir"} - set(data))
-    if unknown or missing:
-        raise ConfigError(f"job spec: unknown keys {unknown}, missing keys {missing}")
     found = discover()
-    pack = found.packs.get(data["vertical"])
+    pack = found.packs.get(vertical)
     if pack is None:
-        why = found.failures.get(data["vertical"], "not installed")
-        raise ConfigError(f"vertical {data['vertical']!r} is not available ({why})")
+        why = found.failures.get(vertical, "not installed")
+        raise ConfigError(f"vertical {vertical!r} is not available ({why})")
+    if version and pack.version != version:
+        raise ConfigError(
+            f"the job was created with pack {vertical} version {version}; this worker has version "
+            f"{pack.version} installed. Install version {version} on the worker, or create the job again."
+        )
     try:
-        task = pack.task(data["task"])
+        return pack, pack.task(task_id)
     except Exception as exc:  # PackError
         raise ConfigError(str(exc)) from exc
-    config = {**dict(task.default_hyperparameters), **(data.get("config") or {})}
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read SPEC.json and find the task through the installed packs."""
+    spec = JobSpecFile.read(path)
+    pack, task = installed_task(spec.vertical, spec.task, spec.vertical_version)
     return JobSpec(
-        base_model=data["base_model"],
+        base_model=spec.base_model,
         task=task,
-        train_file=data["train_file"],
-        validation_file=data.get("validation_file"),
-        output_dir=data["output_dir"],
-        config=TrainConfig.from_dict(config),
-        tenant_config=data.get("tenant_config") or {},
+        train_file=spec.train_file,
+        validation_file=spec.validation_file,
+        output_dir=spec.output_dir,
+        config=TrainConfig.from_dict({**dict(task.default_hyperparameters), **spec.config}),
+        tenant_config=spec.tenant_config,
         vertical_id=pack.id,
         vertical_version=pack.version,
-        teacher_model=data.get("teacher_model"),
-        column_mapping=data.get("column_mapping"),
+        teacher_model=spec.teacher_model,
+        column_mapping=spec.column_mapping,
     )
 
 
@@ -161,22 +136,20 @@ def run(spec_path: Path) -> int:
 
         result = train(spec, [writer, ControlFile(Path(spec.output_dir) / "CONTROL")])
     except Paused as stop:
-        writer.emit("paused", final=True, step=stop.step, checkpoint=stop.checkpoint)
-        return EXIT_PAUSED
+        writer.emit(protocol.Paused(stop.step, _path(stop.checkpoint)))
+        return ExitCode.PAUSED
     except Cancelled as stop:
-        writer.emit("cancelled", final=True, step=stop.step, checkpoint=stop.checkpoint)
-        return EXIT_CANCELLED
+        writer.emit(protocol.Cancelled(stop.step, _path(stop.checkpoint)))
+        return ExitCode.CANCELLED
     except EngineError as exc:
-        writer.emit("failed", final=True, **exc.to_json())
-        return EXIT_PERMANENT if exc.permanent else EXIT_TRANSIENT
+        writer.emit(protocol.Failed(**exc.to_json()))
+        return ExitCode.PERMANENT if exc.permanent else ExitCode.TRANSIENT
     except Exception as exc:
         logging.getLogger(__name__).exception("training failed")
-        writer.emit(
-            "failed", final=True, code="internal_error", message=f"{type(exc).__name__}: {exc}", permanent=False
-        )
-        return EXIT_TRANSIENT
-    writer.emit("succeeded", final=True, **result.to_json())
-    return EXIT_OK
+        writer.emit(protocol.Failed(code="internal_error", message=f"{type(exc).__name__}: {exc}", permanent=False))
+        return ExitCode.TRANSIENT
+    writer.emit(protocol.Succeeded(**result.to_json()))
+    return ExitCode.SUCCEEDED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,5 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         from tunery_engine.artifact import export_merged
 
         export_merged(args.artifact, args.out)
-        return EXIT_OK
+        return ExitCode.SUCCEEDED
     return run(args.spec)
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None

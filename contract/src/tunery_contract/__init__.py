@@ -13,14 +13,15 @@ Also here: ``tunery_contract.records`` (the one JSONL/CSV reader), ``tunery_cont
 (schema checks behind ``TaskDefinition.validate``), ``tunery_contract.discovery`` (entry points,
 ``discover().get(pack_id)``), ``tunery_contract.metrics`` (stdlib metric helpers the packs share,
 checked against scikit-learn and seqeval in tests/contract), ``tunery_contract.cards`` (model-card
-Markdown helpers) and ``tunery_contract.testing`` (``check_pack(pack)``: the contract test-kit).
+Markdown helpers), ``tunery_contract.testing`` (``check_pack(pack)``: the contract test-kit),
+``tunery_contract.vocabulary`` (every training knob's name, range and "auto" rule: ``TrainConfig``)
+and ``tunery_contract.protocol`` (the engine process's job spec, events and exit codes).
 """
 
 from __future__ import annotations
 
 from tunery_contract.types import (
     CONTRACT_VERSION,
-    ENGINE_HYPERPARAMETERS,
     Column,
     ColumnType,
     DatasetSchema,
@@ -34,6 +35,7 @@ from tunery_contract.types import (
     ValidationReport,
     VerticalPack,
 )
+from tunery_contract.vocabulary import ENGINE_HYPERPARAMETERS, TrainConfig
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -48,6 +50,7 @@ __all__ = [
     "TaskDefinition",
     "TaskKind",
     "TextFilter",
+    "TrainConfig",
     "ValidationReport",
     "VerticalPack",
 ]

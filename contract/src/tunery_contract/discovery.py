@@ -18,6 +18,13 @@ ENTRY_POINT_GROUP = "tunery.verticals"
 log = logging.getLogger(__name__)
 
 _extra: dict[str, VerticalPack] = {}
+_generation = 0
+
+
+def generation() -> int:
+    """Changes whenever :func:`registered` adds or removes a pack, so a cached discovery knows
+    it is stale (the installed distributions themselves change only with a restart)."""
+    return _generation
 
 
 @dataclass
@@ -85,9 +92,12 @@ def _compatibility_problems(pack: VerticalPack) -> list[str]:
 @contextlib.contextmanager
 def registered(pack: VerticalPack, name: str | None = None) -> Iterator[VerticalPack]:
     """Make ``pack`` discoverable for the duration of the block (tests, in-tree dummy packs)."""
+    global _generation
     key = name or pack.id
     _extra[key] = pack
+    _generation += 1
     try:
         yield pack
     finally:
         _extra.pop(key, None)
+        _generation += 1

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunery_contract.vocabulary import ENGINE_HYPERPARAMETERS, KNOBS
+
 #: Version of this contract. Packs declare which versions they support with a PEP 440
 #: specifier in ``VerticalPack.requires_contract`` (for example ``">=1,<2"``).
-CONTRACT_VERSION = "1.1"  # 1.1: TaskDefinition.text_filter
+CONTRACT_VERSION = "1.2"  # 1.1: TaskDefinition.text_filter; 1.2: vocabulary, protocol
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
@@ -55,38 +57,6 @@ ROLES_BY_KIND: dict[TaskKind, tuple[str, ...]] = {
 #: Optional roles any task may use: ``group`` names the column whose values the engine passes
 #: as ``EvalOutput.groups`` (the user, for ranking metrics).
 OPTIONAL_ROLES: tuple[str, ...] = ("group",)
-
-#: Hyperparameter names the training engine's TrainConfig understands. A pack's
-#: ``default_hyperparameters`` may only use these (values may also be "auto"); the engine's tests
-#: should check that its TrainConfig offers every one of them.
-ENGINE_HYPERPARAMETERS: frozenset[str] = frozenset(
-    {
-        "training_type",  # "full" | "lora"
-        "n_epochs",
-        "max_steps",
-        "batch_size",
-        "learning_rate",
-        "gradient_accumulation_steps",
-        "max_length",
-        "warmup_ratio",
-        "weight_decay",
-        "lr_scheduler",
-        "precision",
-        "gradient_checkpointing",
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "lora_target_modules",
-        "early_stopping_patience",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-        "seed",
-        "validation_split",
-        "max_grad_norm",
-        "group_by_length",
-        "packing",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -240,7 +210,7 @@ class TaskDefinition:
     greater_is_better: bool = True
     #: Fixed label set; None when labels come from the tenant's data.
     labels: tuple[str, ...] | None = None
-    #: Engine hyperparameters (names of the engine's TrainConfig); values may be "auto".
+    #: Engine hyperparameters (fields of ``tunery_contract.vocabulary.TrainConfig``, within its ranges).
     default_hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     row_validator: RowValidator | None = None
     postprocess: PostProcessor | None = None
@@ -358,6 +328,10 @@ class VerticalPack:
             unknown = sorted(set(task.default_hyperparameters) - ENGINE_HYPERPARAMETERS)
             if unknown:
                 found.append(f"task {task.id!r}: unknown hyperparameters {unknown}")
+            for name, value in task.default_hyperparameters.items():
+                problem = KNOBS[name].problem(value) if name in KNOBS else None
+                if problem is not None:
+                    found.append(f"task {task.id!r}: default hyperparameter {name} {problem}")
             names = [c.name for c in task.schema.columns]
             duplicated = sorted({n for n in names if names.count(n) > 1})
             if duplicated:

@@ -7,26 +7,14 @@ names the first problems. A job whose files pass moves to ``queued``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tunery.jobs import lifecycle
 from tunery.jobs.models import FineTuningJob, JobStatus
-from tunery_contract.discovery import discover
+from tunery.verticals.registry import pack_context
 from tunery_contract.records import RecordFormatError, iter_records
 from tunery_contract.types import PackError
 
 #: Row errors recorded as events per file (the message counts the rest).
 MAX_ERROR_EVENTS = 50
-
-
-def _pack_and_config(job: FineTuningJob) -> tuple[Any, dict[str, Any]]:
-    from tunery.verticals.models import VerticalEnablement
-
-    pack = discover().packs.get(job.vertical)
-    if pack is None:
-        raise PackError(f"vertical {job.vertical!r} is not installed on this worker")
-    enablement = VerticalEnablement.objects.filter(tenant_id=job.tenant_id, vertical=job.vertical).first()
-    return pack, {**pack.config_defaults, **((enablement.config or {}) if enablement else {})}
 
 
 def validate_job_files(job_id: str) -> str:
@@ -36,8 +24,7 @@ def validate_job_files(job_id: str) -> str:
     if job is None or job.status != JobStatus.VALIDATING_FILES:
         return ""
     try:
-        pack, config = _pack_and_config(job)
-        task = pack.task(job.task)
+        context = pack_context(job.tenant_id, job.vertical, job.task)
     except PackError as exc:
         lifecycle.fail_validation(job_id, str(exc), [], param="vertical")
         return JobStatus.FAILED
@@ -48,7 +35,7 @@ def validate_job_files(job_id: str) -> str:
     for param, file in files:
         try:
             with file.content.open("rb") as stream:
-                report = task.validate(iter_records(stream, file.format), config)
+                report = context.task.validate(iter_records(stream, file.format), context.config)
         except RecordFormatError as exc:
             row = {"file": file.pk, "row": exc.line, "column": None, "message": exc.message}
             lifecycle.fail_validation(job_id, f"{param} {file.pk}: {exc}", [row], param=param)

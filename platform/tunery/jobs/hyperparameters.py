@@ -3,100 +3,42 @@
 Clients send OpenAI's ``hyperparameters`` (``n_epochs``, ``batch_size``,
 ``learning_rate_multiplier``; also accepted under ``method.supervised.hyperparameters``) and
 Tunery's extra body fields (``training_type``, ``lora``: {r, alpha, dropout, target_modules},
-``gradient_accumulation_steps``, ``precision``, ...). Every knob accepts ``"auto"``. This module
-checks types and ranges (a 400 naming the parameter) and maps the request to the engine's
+``gradient_accumulation_steps``, ``precision``, ...). Every knob accepts ``"auto"``. The knobs, their
+API names and ranges are the contract's vocabulary (``tunery_contract.vocabulary``); this module
+checks a request against them (a 400 naming the parameter) and maps it to the engine's
 ``TrainConfig`` names, so ``requested_hyperparameters`` and ``resolved_config`` share one vocabulary.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from tunery.core.errors import InvalidRequest
+from tunery_contract.vocabulary import API_KNOBS, AUTO, Knob
+from tunery_contract.vocabulary import KNOBS as ENGINE_KNOBS
 
-AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class Knob:
-    #: Where the client puts it: "n_epochs" (in hyperparameters), "lora.r", "precision", ...
-    api_name: str
-    #: The engine's config field it sets (None: not an engine field, handled by resolve()).
-    engine_name: str | None
-    kind: type  # int, float, str or list
-    minimum: float | None = None
-    maximum: float | None = None
-    #: For floats: whether the minimum itself is allowed.
-    minimum_inclusive: bool = True
-    choices: tuple[str, ...] = ()
-    help: str = ""
-
-    def parse(self, value: Any) -> Any:
-        if value == AUTO:
-            return AUTO
-        if self.kind is str:
-            if value not in self.choices:
-                self._fail(f"must be one of {', '.join(self.choices)} or 'auto'; got {value!r}")
-            return value
-        if self.kind is list:
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-                self._fail("must be a non-empty list of module names or 'auto'")
-            return list(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self._fail(f"must be a number or 'auto'; got {value!r}")
-        if self.kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                self._fail(f"must be a whole number; got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
-            if not math.isfinite(value):
-                self._fail("must be a finite number")
-        if self.minimum is not None and (
-            value < self.minimum or (not self.minimum_inclusive and value == self.minimum)
-        ):
-            bound = ">=" if self.minimum_inclusive else ">"
-            self._fail(f"must be {bound} {self.minimum:g}; got {value:g}")
-        if self.maximum is not None and value > self.maximum:
-            self._fail(f"must be <= {self.maximum:g}; got {value:g}")
-        return value
-
-    def _fail(self, reason: str) -> None:
-        raise InvalidRequest(f"{self.api_name} {reason}.", param=self.api_name, code="invalid_hyperparameter")
-
-
-OPENAI_KNOBS = (
-    Knob("n_epochs", "n_epochs", int, 1, 100, help="Passes over the training data."),
-    Knob("batch_size", "batch_size", int, 1, 4096),
-    Knob("learning_rate_multiplier", None, float, 0, 100, minimum_inclusive=False, help="Scales the default rate."),
-)
-TUNERY_KNOBS = (
-    Knob("training_type", "training_type", str, choices=("lora", "full")),
-    Knob("learning_rate", "learning_rate", float, 0, 1, minimum_inclusive=False),
-    Knob("gradient_accumulation_steps", "gradient_accumulation_steps", int, 1, 1024),
-    Knob("max_length", "max_length", int, 8, 131072),
-    Knob("warmup_ratio", "warmup_ratio", float, 0, 1),
-    Knob("weight_decay", "weight_decay", float, 0, 1),
-    Knob("precision", "precision", str, choices=("fp32", "bf16", "fp16")),
-    Knob("early_stopping_patience", "early_stopping_patience", int, 0, 1000, help="Evaluations without gain; 0 = off"),
-    Knob("validation_split", "validation_split", float, 0, 0.5),
-    Knob("distillation_temperature", "distillation_temperature", float, 0, 100, minimum_inclusive=False),
-    Knob("distillation_alpha", "distillation_alpha", float, 0, 1),
-    Knob("lora.r", "lora_r", int, 1, 1024),
-    Knob("lora.alpha", "lora_alpha", float, 0, 4096, minimum_inclusive=False),
-    Knob("lora.dropout", "lora_dropout", float, 0, 0.9),
-    Knob("lora.target_modules", "lora_target_modules", list),
-)
-KNOBS = {knob.api_name: knob for knob in OPENAI_KNOBS + TUNERY_KNOBS}
+#: API name -> knob, for every knob a client may set ("n_epochs", "lora.r", ...).
+KNOBS: dict[str, Knob] = {api_name: knob for api_name, (_, knob) in API_KNOBS.items()}
+#: Tunery's knobs (extra body fields, ``lora`` ones inside the ``lora`` object); the rest are OpenAI's.
+TUNERY_KNOBS: tuple[str, ...] = tuple(api_name for api_name, knob in KNOBS.items() if not knob.openai)
 #: API name -> engine name, for every knob that maps one to one.
-ENGINE_NAMES = {knob.api_name: knob.engine_name for knob in KNOBS.values() if knob.engine_name}
+ENGINE_NAMES = {api_name: engine for api_name, (engine, _) in API_KNOBS.items() if engine}
 #: Inside ``hyperparameters`` the engine's names are accepted too (``lora_r`` for ``lora.r``).
 KNOB_BY_ENGINE_NAME = {engine: api for api, engine in ENGINE_NAMES.items()}
-SEED_RANGE = (0, 2**31 - 1)
+LORA_SETTINGS = tuple(name.removeprefix("lora.") for name in KNOBS if name.startswith("lora."))
+SEED_RANGE = (int(ENGINE_KNOBS["seed"].minimum or 0), int(ENGINE_KNOBS["seed"].maximum or 0))
 GPU_RANGE = (0, 64)
+
+
+def parse_knob(api_name: str, value: Any) -> Any:
+    """A knob's value checked against the vocabulary ("auto" is accepted for every knob: the
+    task's default, then the engine's rule, decides)."""
+    knob = KNOBS[api_name]
+    problem = knob.problem(value, auto=True)
+    if problem is not None:
+        raise InvalidRequest(f"{api_name} {problem}.", param=api_name, code="invalid_hyperparameter")
+    return knob.normalise(value)
 
 
 def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,24 +69,22 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
                 code="unknown_hyperparameter",
             )
         given[knob_name] = value
-    for knob in TUNERY_KNOBS:
-        if "." in knob.api_name or knob.api_name not in body:
+    for name in TUNERY_KNOBS:
+        if "." in name or name not in body:
             continue
-        if knob.api_name in given and given[knob.api_name] != body[knob.api_name]:
-            raise InvalidRequest(
-                f"{knob.api_name} is given twice with different values.", param=knob.api_name, code="conflict"
-            )
-        given[knob.api_name] = body[knob.api_name]
+        if name in given and given[name] != body[name]:
+            raise InvalidRequest(f"{name} is given twice with different values.", param=name, code="conflict")
+        given[name] = body[name]
     lora = _object(body.get("lora"), "lora")
     for name, value in lora.items():
         if f"lora.{name}" not in KNOBS:
             raise InvalidRequest(
-                f"Unknown LoRA setting {name!r}; known: r, alpha, dropout, target_modules.",
+                f"Unknown LoRA setting {name!r}; known: {', '.join(LORA_SETTINGS)}.",
                 param=f"lora.{name}",
                 code="unknown_hyperparameter",
             )
         given[f"lora.{name}"] = value
-    return {name: KNOBS[name].parse(value) for name, value in given.items() if value is not None}
+    return {name: parse_knob(name, value) for name, value in given.items() if value is not None}
 
 
 def _object(value: Any, param: str) -> dict[str, Any]:
@@ -188,7 +128,7 @@ def engine_overrides(requested: Mapping[str, Any], task_defaults: Mapping[str, A
                 param="learning_rate_multiplier",
                 code="invalid_hyperparameter",
             )
-        overrides["learning_rate"] = KNOBS["learning_rate"].parse(base * float(multiplier))
+        overrides["learning_rate"] = parse_knob("learning_rate", base * float(multiplier))
     return overrides
 
 

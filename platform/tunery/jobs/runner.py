@@ -3,8 +3,9 @@
 The engine (``python -m tunery_engine run SPEC.json``; under torchrun for several GPUs) is a fresh
 process per attempt, so the worker never touches CUDA and GPU memory is returned when it exits.
 It prints one JSON event per line, reads ``CONTROL`` ("pause"/"cancel") between steps, resumes by
-itself from the latest complete checkpoint in ``output_dir/checkpoints`` and exits with 0
-(succeeded), 3 (paused), 4 (cancelled), 2 (permanent error) or anything else (transient/crash).
+itself from the latest complete checkpoint in ``output_dir/checkpoints`` and exits with an
+``ExitCode`` (anything else is a crash: transient). Spec, events and exit codes are
+``tunery_contract.protocol``'s.
 
 The runner renews the job's lease on every event and on a timer; when a renewal finds the lease
 gone (the reconciler gave the job to another worker) it kills the engine and writes nothing more.
@@ -24,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,13 @@ from django.utils import timezone
 from tunery.jobs import lifecycle
 from tunery.jobs.lifecycle import LeaseLost, Outcome
 from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
+from tunery.verticals.registry import pack_context
+from tunery_contract import protocol
+from tunery_contract.protocol import ExitCode, JobSpecFile
+from tunery_contract.types import PackError
 
 log = logging.getLogger(__name__)
 
-EXIT_SUCCEEDED, EXIT_PERMANENT, EXIT_PAUSED, EXIT_CANCELLED = 0, 2, 3, 4
 DB_ERRORS = (OperationalError, InterfaceError)
 #: After asking the engine to pause or cancel, how long it may take to reach a step boundary.
 CONTROL_GRACE_SECONDS = 120.0
@@ -116,25 +120,27 @@ def _teacher_path(job: FineTuningJob) -> str | None:
     return resolve_base_model_path(base)
 
 
-def build_spec(job: FineTuningJob, out: Path) -> dict[str, Any]:
-    from tunery.verticals.models import VerticalEnablement
-
+def build_spec(job: FineTuningJob, out: Path) -> JobSpecFile:
     inputs = out / "inputs"
     config = dict(job.requested_hyperparameters or {})
     if job.seed is not None:
         config.setdefault("seed", job.seed)
-    enablement = VerticalEnablement.objects.filter(tenant_id=job.tenant_id, vertical=job.vertical).first()
-    return {
-        "base_model": resolve_base_model_path(job.base_model),
-        "vertical": job.vertical,
-        "task": job.task,
-        "train_file": materialise_file(job.training_file, inputs),
-        "validation_file": materialise_file(job.validation_file, inputs) if job.validation_file_id else None,
-        "output_dir": str(out),
-        "config": config,
-        "tenant_config": dict(enablement.config) if enablement else {},
-        "teacher_model": _teacher_path(job),
-    }
+    try:  # the tenant's pack config as file validation applied it: the pack's defaults under the tenant's
+        tenant_config = dict(pack_context(job.tenant_id, job.vertical, job.task).config)
+    except PackError as exc:
+        raise SpecError("vertical_not_installed", str(exc)) from exc
+    return JobSpecFile(
+        base_model=resolve_base_model_path(job.base_model),
+        vertical=job.vertical,
+        vertical_version=job.vertical_version,
+        task=job.task,
+        train_file=materialise_file(job.training_file, inputs),
+        validation_file=materialise_file(job.validation_file, inputs) if job.validation_file_id else None,
+        output_dir=str(out),
+        config=config,
+        tenant_config=tenant_config,
+        teacher_model=_teacher_path(job),
+    )
 
 
 def _die_with_parent() -> None:
@@ -159,7 +165,8 @@ class AttemptRunner:
         self.out = output_dir(job)
         self.control_path = self.out / "CONTROL"
         self.started = timezone.now()
-        self.final: dict[str, Any] = {}
+        #: the engine's outcome event (succeeded, failed, paused, cancelled), once it printed one
+        self.final: protocol.EngineEvent | None = None
         self.control_sent = ""
         self.control_sent_at = 0.0
         self.yielding = False  # the worker is shutting down: pause at a checkpoint, hand the job back
@@ -178,7 +185,7 @@ class AttemptRunner:
         except SpecError as exc:
             return self._finish(Outcome("failed", code=exc.code, message=exc.message))
         spec_path = self.out / "spec.json"
-        _write_atomically(spec_path, json.dumps(spec, indent=2))
+        _write_atomically(spec_path, json.dumps(spec.to_json(), indent=2))
         log_path = self.out / "logs" / f"attempt-{self.job.attempts}.log"
         command = engine_command(spec_path, self.job.gpus)
         log.info("job %s attempt %s: %s", self.job.pk, self.job.attempts, command)
@@ -224,12 +231,11 @@ class AttemptRunner:
             if now - last_output > silence_limit:
                 log.warning("job %s: no engine output for %.0f s; stopping it", self.job.pk, silence_limit)
                 _stop(process)
-                self.final = {
-                    "event": "failed",
-                    "code": "engine_stalled",
-                    "message": f"the training process sent nothing for {silence_limit:.0f} s and was stopped",
-                    "permanent": False,
-                }
+                self.final = protocol.Failed(
+                    code="engine_stalled",
+                    message=f"the training process sent nothing for {silence_limit:.0f} s and was stopped",
+                    permanent=False,
+                )
                 break
             if now >= next_renewal:
                 self._tolerating_db(lambda: self._act_on(lifecycle.renew_lease(self.job.pk, self.owner)))
@@ -260,24 +266,24 @@ class AttemptRunner:
 
     def _outcome(self, code: int, log_path: Path) -> Outcome:
         final = self.final
-        kind = final.get("event")
-        if code == EXIT_SUCCEEDED and kind == "succeeded":
+        if code == ExitCode.SUCCEEDED and isinstance(final, protocol.Succeeded):
             return Outcome(
                 "succeeded",
-                artifact_dir=str(final.get("artifact_dir") or ""),
-                metrics=final.get("metrics") or {},
-                resolved_config=final.get("resolved_config") or {},
-                trained_tokens=final.get("trained_tokens"),
+                artifact_dir=final.artifact_dir,
+                metrics=final.metrics,
+                resolved_config=final.resolved_config,
+                trained_tokens=final.trained_tokens,
             )
-        if self.yielding and (code == EXIT_PAUSED or code < 0):
+        if self.yielding and (code == ExitCode.PAUSED or code < 0):
             return Outcome("yielded")
-        if code == EXIT_PAUSED or (self.control_sent == "pause" and code < 0):
+        if code == ExitCode.PAUSED or (self.control_sent == "pause" and code < 0):
             return Outcome("paused")
-        if code == EXIT_CANCELLED or (self.control_sent == "cancel" and code < 0):
+        if code == ExitCode.CANCELLED or (self.control_sent == "cancel" and code < 0):
             return Outcome("cancelled")
-        message = str(final.get("message") or "") if kind == "failed" else ""
-        error_code = str(final.get("code") or "") if kind == "failed" else ""
-        if code == EXIT_PERMANENT or (kind == "failed" and final.get("permanent") is True and code != 0):
+        failed = final if isinstance(final, protocol.Failed) else None
+        message = failed.message if failed is not None else ""
+        error_code = failed.code if failed is not None else ""
+        if code == ExitCode.PERMANENT or (failed is not None and failed.permanent and code != 0):
             return Outcome("failed", code=error_code or "training_failed", message=message or _tail(log_path))
         if not message:
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
@@ -323,64 +329,58 @@ class AttemptRunner:
 
     def _handle_line(self, raw: bytes) -> None:
         try:
-            event = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            log.info("job %s engine: %s", self.job.pk, raw[:500].decode("utf-8", "replace"))
+            event = protocol.EngineEvent.from_line(raw)
+        except protocol.EventError as exc:
+            log.info("job %s engine (%s): %s", self.job.pk, exc, raw[:500].decode("utf-8", "replace"))
             return
-        if not isinstance(event, dict) or "event" not in event:
-            return
-        kind = event["event"]
-        handler = getattr(self, f"_on_{kind}", None)
-        if kind in ("succeeded", "failed", "paused", "cancelled"):
+        if event.final:
             self.final = event
+        handler: Callable[[Any], None] | None = getattr(self, f"_on_{event.name}", None)
         if handler is not None:
             handler(event)
-        else:
+        else:  # a heartbeat
             self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
 
-    def _on_train_begin(self, event: Mapping[str, Any]) -> None:
-        self.total_steps = event.get("total_steps") or self.total_steps
-        step = int(event.get("step") or 0)
+    def _on_train_begin(self, event: protocol.TrainBegin) -> None:
+        self.total_steps = event.total_steps or self.total_steps
+        step = event.step
         progress = {**(self.job.progress or {}), "total_steps": self.total_steps, "step": step}
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, progress=progress))
-        if event.get("resumed_from") and step:
+        if event.resumed_from and step:
             # a checkpoint written just before the previous attempt died may never have been reported
-            self._act_on(
-                lifecycle.record_checkpoint(self.job.pk, self.owner, step, str(event["resumed_from"]), None, False)
-            )
+            self._act_on(lifecycle.record_checkpoint(self.job.pk, self.owner, step, event.resumed_from, None, False))
         lifecycle.add_event(
             self.job.pk,
-            "Training started" + (f" (resuming from step {step})" if event.get("resumed_from") else ""),
-            data={k: v for k, v in event.items() if k != "event"},
+            "Training started" + (f" (resuming from step {step})" if event.resumed_from else ""),
+            data=_fields(event),
             dedupe_key=f"attempt:{self.job.attempts}:train_begin",
         )
 
-    def _on_stopped(self, event: Mapping[str, Any]) -> None:
+    def _on_stopped(self, event: protocol.Paused | protocol.Cancelled) -> None:
         """paused / cancelled: the checkpoint it names (a pause writes one) is listed."""
-        step = int(event.get("step") or 0)
-        if event.get("checkpoint") and step:
+        if event.checkpoint and event.step:
             self._act_on(
-                lifecycle.record_checkpoint(self.job.pk, self.owner, step, str(event["checkpoint"]), None, False)
+                lifecycle.record_checkpoint(self.job.pk, self.owner, event.step, event.checkpoint, None, False)
             )
 
     _on_paused = _on_cancelled = _on_stopped
 
-    def _on_progress(self, event: Mapping[str, Any]) -> None:
-        step = int(event.get("step") or 0)
-        total = event.get("total_steps") or self.total_steps
+    def _on_progress(self, event: protocol.Progress) -> None:
+        step = event.step
+        total = event.total_steps or self.total_steps
         self.total_steps = total
-        progress = {k: v for k, v in event.items() if k != "event"}
+        progress = _fields(event)
         fields: dict[str, Any] = {"progress": progress}
-        eta = event.get("eta_seconds")
+        eta = event.eta_seconds
         if isinstance(eta, (int, float)) and eta >= 0:
             fields["estimated_finish"] = timezone.now() + timedelta(seconds=float(eta))
         self.job.progress = progress
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, **fields))
-        loss = event.get("loss", event.get("train_loss"))
+        loss = event.loss
         data = {"step": step, "total_steps": total, "train_loss": loss}
-        for key in ("train_mean_token_accuracy", "learning_rate", "epoch"):
-            if event.get(key) is not None:
-                data[key] = event[key]
+        for key in ("learning_rate", "epoch"):
+            if progress.get(key) is not None:
+                data[key] = progress[key]
         lifecycle.add_event(
             self.job.pk,
             f"Step {step}/{total}: training loss={_fmt(loss)}",
@@ -389,17 +389,17 @@ class AttemptRunner:
             dedupe_key=f"metrics:step:{step}",
         )
 
-    def _on_evaluate(self, event: Mapping[str, Any]) -> None:
-        step = int(event.get("step") or 0)
-        metrics = dict(event.get("metrics") or {})
+    def _on_evaluate(self, event: protocol.Evaluate) -> None:
+        step = event.step
+        metrics = dict(event.metrics)
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
-        valid_loss = metrics.pop("eval_loss", metrics.pop("loss", metrics.pop("valid_loss", None)))
+        valid_loss = event.eval_loss
         data = {
             "step": step,
             "valid_loss": valid_loss,
             "full_valid_loss": valid_loss,
             **metrics,
-            "learning_rate": event.get("learning_rate"),
+            "learning_rate": event.learning_rate,
         }
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         lifecycle.add_event(
@@ -410,23 +410,20 @@ class AttemptRunner:
             dedupe_key=f"eval:step:{step}",
         )
 
-    def _on_checkpoint(self, event: Mapping[str, Any]) -> None:
-        step = int(event.get("step") or 0)
-        path = str(event.get("path") or "")
+    def _on_checkpoint(self, event: protocol.Checkpoint) -> None:
+        step = event.step
         self._act_on(
-            lifecycle.record_checkpoint(
-                self.job.pk, self.owner, step, path, event.get("metrics"), bool(event.get("is_best"))
-            )
+            lifecycle.record_checkpoint(self.job.pk, self.owner, step, event.path, event.metrics, event.is_best)
         )
         lifecycle.add_event(self.job.pk, f"Checkpoint saved at step {step}", dedupe_key=f"checkpoint:step:{step}")
 
-    def _on_failed(self, event: Mapping[str, Any]) -> None:
+    def _on_failed(self, event: protocol.Failed) -> None:
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
         lifecycle.add_event(
             self.job.pk,
-            f"Training error ({event.get('code', 'error')}): {event.get('message', '')}",
+            f"Training error ({event.code}): {event.message}",
             level=lifecycle.Level.ERROR,
-            data={k: v for k, v in event.items() if k != "event"},
+            data=_fields(event),
             dedupe_key=f"attempt:{self.job.attempts}:engine_failed",
         )
 
@@ -441,6 +438,13 @@ def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def _fields(event: protocol.EngineEvent) -> dict[str, Any]:
+    """An event's fields as stored in a job event's data or the job's progress (without its name)."""
+    data = event.to_json()
+    del data["event"]
+    return data
 
 
 def _fmt(value: Any) -> str:

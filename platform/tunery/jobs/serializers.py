@@ -8,11 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
-from tunery.jobs.hyperparameters import openai_hyperparameters
+from tunery.jobs.hyperparameters import GPU_RANGE, KNOBS, SEED_RANGE, TUNERY_KNOBS, openai_hyperparameters
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
 from tunery.verticals import registry
+from tunery_contract.vocabulary import AUTO, Knob
 
 
 def _epoch(moment: datetime | None) -> int | None:
@@ -99,47 +101,93 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
     }
 
 
-class HyperparametersSerializer(serializers.Serializer):
-    n_epochs = serializers.JSONField(help_text='An integer or "auto".')
-    batch_size = serializers.JSONField(help_text='An integer or "auto".')
-    learning_rate_multiplier = serializers.JSONField(help_text='A number or "auto".')
+class KnobField(serializers.Field):
+    """One training knob of the request: a value within the vocabulary's range or "auto".
+    Its OpenAPI schema (type, bounds, choices) comes from the same knob (:class:`KnobFieldSchema`)."""
+
+    def __init__(self, api_name: str, **kwargs: Any) -> None:
+        self.api_name = api_name
+        self.knob = KNOBS[api_name]
+        rule = ' "auto": the task\'s default' + (f", else {self.knob.auto_rule}." if self.knob.auto_rule else ".")
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", self.knob.help[:1].upper() + self.knob.help[1:] + "." + rule)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        problem = self.knob.problem(data, auto=True)
+        if problem is not None:
+            raise serializers.ValidationError(f"{self.api_name} {problem}.", code="invalid_hyperparameter")
+        return self.knob.normalise(data)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
 
 
-class LoraSerializer(serializers.Serializer):
-    r = serializers.JSONField(required=False, help_text='Rank (1-1024) or "auto".')
-    alpha = serializers.JSONField(required=False)
-    dropout = serializers.JSONField(required=False)
-    target_modules = serializers.JSONField(required=False, help_text='Module names or "auto".')
+class KnobFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = KnobField
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        return {**knob_schema(self.target.knob), "description": self.target.help_text}
+
+
+def knob_schema(knob: Knob) -> dict[str, Any]:
+    """OpenAPI 3.0 schema of a knob's values: its type with bounds or choices, or "auto"."""
+    value: dict[str, Any]
+    if knob.type == "choice":
+        value = {"type": "string", "enum": list(knob.choices)}
+    elif knob.type == "bool":
+        value = {"type": "boolean"}
+    elif knob.type == "names":
+        value = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+    else:
+        value = {"type": "integer" if knob.type == "int" else "number"}
+        if knob.minimum is not None:
+            value["minimum"] = knob.minimum
+            if knob.minimum_open:
+                value["exclusiveMinimum"] = True
+        if knob.maximum is not None:
+            value["maximum"] = knob.maximum
+            if knob.maximum_open:
+                value["exclusiveMaximum"] = True
+    return {"oneOf": [value, {"type": "string", "enum": [AUTO]}]}
+
+
+def _knob_fields(names: Any, prefix: str = "") -> dict[str, KnobField]:
+    return {name.removeprefix(prefix): KnobField(name) for name in names if name.startswith(prefix)}
+
+
+#: OpenAI's hyperparameters (the engine's names of Tunery's knobs are accepted there too).
+HyperparametersSerializer = type(
+    "HyperparametersSerializer",
+    (serializers.Serializer,),
+    _knob_fields(name for name, knob in KNOBS.items() if knob.openai),
+)
+LoraSerializer = type("LoraSerializer", (serializers.Serializer,), _knob_fields(KNOBS, prefix="lora."))
 
 
 class JobCreateSerializer(serializers.Serializer):
     """Request body of POST /v1/fine_tuning/jobs. Fields after ``method`` are Tunery's extra
-    body fields (``extra_body`` in the openai client). Every numeric one accepts "auto"."""
+    body fields (``extra_body`` in the openai client). Every knob accepts "auto"; the knobs and
+    their ranges come from the contract's vocabulary."""
 
     model = serializers.CharField(help_text="A base model id from GET /v1/models.")
     training_file = serializers.CharField()
     validation_file = serializers.CharField(required=False, allow_null=True)
     hyperparameters = HyperparametersSerializer(required=False)
     suffix = serializers.CharField(required=False, max_length=64)
-    seed = serializers.IntegerField(required=False, allow_null=True)
+    seed = serializers.IntegerField(required=False, allow_null=True, min_value=SEED_RANGE[0], max_value=SEED_RANGE[1])
     metadata = serializers.DictField(child=serializers.CharField(), required=False)
     method = serializers.JSONField(required=False, help_text='{"type": "supervised", "supervised": {...}}')
     vertical = serializers.CharField(required=False, help_text="Pack id from GET /v1/verticals.")
     task = serializers.CharField(required=False)
-    training_type = serializers.ChoiceField(choices=["lora", "full", "auto"], required=False)
     lora = LoraSerializer(required=False)
-    learning_rate = serializers.JSONField(required=False)
-    gradient_accumulation_steps = serializers.JSONField(required=False)
-    max_length = serializers.JSONField(required=False)
-    warmup_ratio = serializers.JSONField(required=False)
-    weight_decay = serializers.JSONField(required=False)
-    precision = serializers.ChoiceField(choices=["fp32", "bf16", "fp16", "auto"], required=False)
-    early_stopping_patience = serializers.JSONField(required=False)
-    validation_split = serializers.JSONField(required=False)
     teacher_model = serializers.CharField(required=False, help_text="Distillation teacher: base or ft: model id.")
-    distillation_temperature = serializers.JSONField(required=False)
-    distillation_alpha = serializers.JSONField(required=False)
-    gpus = serializers.JSONField(required=False)
+    gpus = serializers.JSONField(required=False, help_text=f'GPUs ({GPU_RANGE[0]}-{GPU_RANGE[1]}) or "auto".')
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        found = super().get_fields()
+        found.update(_knob_fields(name for name in TUNERY_KNOBS if "." not in name))
+        return found
 
 
 class JobSerializer(serializers.Serializer):

@@ -38,7 +38,7 @@ MAX_METADATA_KEYS = 16
 CREATE_FIELDS = frozenset(
     {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "metadata", "method"}
     | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora"}
-    | {knob.api_name for knob in TUNERY_KNOBS if "." not in knob.api_name}
+    | {name for name in TUNERY_KNOBS if "." not in name}
 )
 
 

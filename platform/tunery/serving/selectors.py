@@ -93,6 +93,4 @@ def pack_hooks(tenant: Tenant, model: FineTunedModel) -> PackHooks:
             param="model",
             code="vertical_task_not_found",
         )
-    enabled = registry.enabled_pack(tenant, model.vertical)
-    config = dict(enabled.config) if enabled is not None else dict(pack.config_defaults)
-    return PackHooks(task, config)
+    return PackHooks(task, registry.tenant_config(tenant.pk, pack, enabled_only=True))

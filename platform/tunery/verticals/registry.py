@@ -1,9 +1,11 @@
 """The one place the control plane asks which vertical packs exist and which a tenant may use.
 
-Packs are discovered once per process through ``tunery_contract.discovery`` (entry points plus
-packs registered in-process by tests) and cached; a pack that fails discovery is kept in
-:func:`failures` for the admin and skipped. A tenant may use a pack when it is installed and an
-enabled ``VerticalEnablement`` row exists for it (packs are switched on per customer)."""
+Packs are discovered through ``tunery_contract.discovery`` (entry points plus packs registered
+in-process by tests) and cached until the set of registered packs changes; a pack that fails
+discovery is kept in :func:`failures` for the admin and skipped. A tenant may use a pack when it is installed and an
+enabled ``VerticalEnablement`` row exists for it (packs are switched on per customer).
+:func:`pack_context` hands out what a job step needs: the pack, its task, its version and the
+tenant's configuration over the pack's defaults."""
 
 from __future__ import annotations
 
@@ -14,24 +16,28 @@ from typing import Any
 
 from tunery.tenants.models import Tenant
 from tunery.verticals.models import VerticalEnablement
-from tunery_contract.discovery import Discovery, discover
-from tunery_contract.types import VerticalPack
+from tunery_contract.discovery import Discovery, discover, generation
+from tunery_contract.types import PackError, TaskDefinition, VerticalPack
 
 _lock = threading.Lock()
-_cached: Discovery | None = None
+#: (discovery generation, what it found)
+_cached: tuple[int, Discovery] | None = None
 
 
 def discovery() -> Discovery:
     global _cached
-    if _cached is None:
+    current = _cached
+    if current is None or current[0] != generation():
         with _lock:
-            if _cached is None:
-                _cached = discover()
-    return _cached
+            current = _cached
+            if current is None or current[0] != generation():
+                current = _cached = (generation(), discover())
+    return current[1]
 
 
 def reload() -> Discovery:
-    """Forget the cached discovery (tests registering packs; an admin after installing one)."""
+    """Forget the cached discovery (an admin after installing a pack; packs registered in-process
+    with ``tunery_contract.discovery.registered`` are noticed without it)."""
     global _cached
     with _lock:
         _cached = None
@@ -49,6 +55,39 @@ def failures() -> dict[str, str]:
 
 def get_pack(pack_id: str) -> VerticalPack | None:
     return installed_packs().get(pack_id)
+
+
+@dataclass(frozen=True)
+class PackContext:
+    """A pack resolved for one tenant and task."""
+
+    pack: VerticalPack
+    task: TaskDefinition
+    #: The pack's config defaults overlaid with the tenant's configuration.
+    config: Mapping[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.pack.version
+
+
+def tenant_config(tenant_id: Any, pack: VerticalPack, *, enabled_only: bool = False) -> dict[str, Any]:
+    """The pack's config defaults overlaid with the tenant's; ``enabled_only``: ignore the
+    tenant's configuration while the pack is switched off for it."""
+    rows = VerticalEnablement.objects.filter(tenant_id=tenant_id, vertical=pack.id)
+    row = (rows.filter(enabled=True) if enabled_only else rows).first()
+    return {**pack.config_defaults, **((row.config or {}) if row is not None else {})}
+
+
+def pack_context(tenant_id: Any, pack_id: str, task_id: str, *, enabled_only: bool = False) -> PackContext:
+    """The installed pack, its task and the tenant's configuration of it. Raises PackError when
+    the pack is not installed (or not loadable) or lacks the task."""
+    pack = get_pack(pack_id)
+    if pack is None:
+        why = failures().get(pack_id, "not installed")
+        where = "is not installed on this worker" if why == "not installed" else f"cannot be loaded: {why}"
+        raise PackError(f"vertical {pack_id!r} {where}")
+    return PackContext(pack, pack.task(task_id), tenant_config(tenant_id, pack, enabled_only=enabled_only))
 
 
 @dataclass(frozen=True)
