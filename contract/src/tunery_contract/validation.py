@@ -6,12 +6,30 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from tunery_contract.types import ColumnType, RowError, TaskKind, ValidationReport
+from tunery_contract.schema import Column, ColumnType, DatasetSchema, RowError, RowValidator, TaskKind, ValidationReport
 
-if TYPE_CHECKING:
-    from tunery_contract.types import Column, TaskDefinition
+
+class TaskDefinition(Protocol):
+    """What validation reads of a task (``tunery_contract.types.TaskDefinition``; a protocol, so that
+    this module does not import ``types``, whose ``TaskDefinition.validate`` calls it)."""
+
+    @property
+    def kind(self) -> TaskKind: ...
+
+    @property
+    def schema(self) -> DatasetSchema: ...
+
+    @property
+    def labels(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def row_validator(self) -> RowValidator | None: ...
+
+    @property
+    def label_aliases(self) -> Mapping[str, str]: ...
+
 
 #: Past this many errors validation stops collecting (the file is clearly wrong).
 MAX_ERRORS = 100
