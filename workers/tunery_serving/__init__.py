@@ -5,6 +5,7 @@ separate inference process."""
 
 from tunery_engine.artifact import ARTIFACT_FILE, ArtifactInfo, read_artifact
 from tunery_engine.errors import ArtifactError
+from tunery_engine.heads import TaskHead, head_type
 from tunery_serving.batching import BatcherClosed, MicroBatcher
 from tunery_serving.cache import ModelCache
 from tunery_serving.runtime import (
@@ -27,5 +28,7 @@ __all__ = [
     "ModelCache",
     "PredictionInput",
     "RuntimeObserver",
+    "TaskHead",
+    "head_type",
     "read_artifact",
 ]

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
@@ -20,12 +20,13 @@ from tunery.tenants.models import Tenant
 from tunery.tenants.services import audit
 from tunery_contract import Prediction, TaskKind
 
+if TYPE_CHECKING:  # torch loads with the runtime, on first use
+    from tunery_serving import TaskHead
+
 log = logging.getLogger(__name__)
 
-ENCODER_KINDS = {k.value for k in TaskKind} - {TaskKind.CAUSAL_LM.value}
 #: Generations one prediction request may ask for (each is a full decode, run one after another).
 MAX_GENERATIONS_PER_REQUEST = 8
-PAIR_KINDS = {TaskKind.TEXT_PAIR_CLASSIFICATION.value, TaskKind.TEXT_PAIR_REGRESSION.value}
 
 
 class ModelUnavailable(ApiError):
@@ -125,12 +126,13 @@ def undeploy(*, deployment: Deployment, actor: str) -> None:
 def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, Any]:
     target = selectors.serving_target(tenant, request.model)
     hooks = selectors.pack_hooks(tenant, target.model)
-    if target.kind not in ENCODER_KINDS:
+    head = head_of(target)
+    if head.generates_text:
         return _predict_generations(target, hooks, request)
     text_column = _column(hooks, "text")
     pair_column = _column(hooks, "text_pair")
     if request.items is not None:
-        if target.kind not in PAIR_KINDS:
+        if not head.takes_pairs:
             raise InvalidRequest(
                 f"A ranking call (user + items) needs a text-pair model; '{request.model}' is {target.kind}.",
                 param="items",
@@ -151,7 +153,7 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
     model_inputs = [
         PredictionInput(
             text=_field(row, (text_column, "text"), f"inputs[{i}]"),
-            text_pair=_field(row, (pair_column, "text_pair"), f"inputs[{i}]") if target.kind in PAIR_KINDS else None,
+            text_pair=_field(row, (pair_column, "text_pair"), f"inputs[{i}]") if head.takes_pairs else None,
         )
         for i, row in enumerate(rows)
     ]
@@ -237,6 +239,13 @@ def _predict_generations(
     }
 
 
+def head_of(target: selectors.ServingTarget) -> type[TaskHead]:
+    """The task head of the served model's kind: what inputs it takes and how it answers."""
+    from tunery_serving import head_type
+
+    return head_type(TaskKind(target.kind))
+
+
 def _column(hooks: selectors.PackHooks, role: str) -> str:
     if hooks.task is not None:
         column = hooks.task.schema.column_for(role)
@@ -283,7 +292,7 @@ def _run(call: Any) -> Any:
 
 def _generation_target(tenant: Tenant, model: str) -> selectors.ServingTarget:
     target = selectors.serving_target(tenant, model)
-    if target.kind != TaskKind.CAUSAL_LM.value:
+    if not head_of(target).generates_text:
         raise InvalidRequest(
             f"The model '{model}' is a {target.kind} model, not a language model; call /v1/predictions.",
             param="model",

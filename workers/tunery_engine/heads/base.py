@@ -106,6 +106,8 @@ class TaskHead:
     has_label_names: ClassVar[bool] = True
     #: whether the model answers by generating text (chat/completions) rather than predictions
     generates_text: ClassVar[bool] = False
+    #: serving: whether a prediction input carries a second text (``PredictionInput.text_pair``)
+    takes_pairs: ClassVar[bool] = False
 
     def __init__(self, task: TaskDefinition) -> None:
         self.task = task
@@ -291,8 +293,6 @@ class EncoderHead(TaskHead):
     lora_task_type = "SEQ_CLS"
     auto_class = "AutoModelForSequenceClassification"
     problem_type: ClassVar[str | None] = "single_label_classification"
-    #: serving: whether a prediction input carries a second text (``PredictionInput.text_pair``)
-    takes_pairs: ClassVar[bool] = False
     #: serving: whether decoding needs character offsets (entities)
     needs_offsets: ClassVar[bool] = False
 
