@@ -40,7 +40,11 @@ def test_concurrent_job_creates_cannot_overrun_the_quota(acme, training_file, ba
     type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_concurrent_jobs=3)
     tenant = type(acme.tenant).objects.get(pk=acme.tenant.pk)
     body = {"model": base_model.name, "training_file": training_file, "vertical": "dummy", "task": "sentiment"}
-    results = race(lambda: job_services.create_job(tenant=tenant, body=dict(body), actor="test"))
+    results = race(
+        lambda: job_services.create_job(
+            tenant=tenant, checked=job_services.check_create_request(tenant, dict(body)), actor="test"
+        )
+    )
     assert sum(isinstance(r, FineTuningJob) for r in results) == 3
     assert sum(isinstance(r, QuotaExceeded) for r in results) == RACERS - 3
     assert FineTuningJob.objects.filter(tenant=tenant).count() == 3

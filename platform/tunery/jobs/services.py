@@ -125,8 +125,8 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
     )
 
 
-def create_job(*, tenant: Tenant, body: dict[str, Any], actor: str) -> FineTuningJob:
-    checked = check_create_request(tenant, body)
+def create_job(*, tenant: Tenant, checked: JobRequest, actor: str) -> FineTuningJob:
+    """Insert a job from a checked request (:func:`check_create_request`) and wake a validator."""
     with transaction.atomic():
         # The tenant row lock serialises concurrent creates, so quotas cannot be overrun by a race.
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)

@@ -62,7 +62,8 @@ class FineTuningJobViewSet(TenantScopedViewSet):
         return Response(cursor_page(request, jobs, job_object))
 
     def create(self, request: Request) -> Response:
-        job = services.create_job(tenant=self.tenant, body=request.data, actor=self.actor)
+        checked = services.check_create_request(self.tenant, request.data)
+        job = services.create_job(tenant=self.tenant, checked=checked, actor=self.actor)
         return Response(job_object(self.get_queryset().get(pk=job.pk)))
 
     def retrieve(self, request: Request, pk: str) -> Response:
