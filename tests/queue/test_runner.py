@@ -88,8 +88,35 @@ def test_a_missing_base_model_fails_the_job_without_starting_the_engine(
     assert tasks.run_job(job.pk) == f"{job.pk}:failed"
     job.refresh_from_db()
     assert job.error["code"] == "model_not_found"
-    assert "/nonexistent/model" in job.error["message"]
+    assert job.error["message"] == "base model 'tiny-bert': the base model's directory is missing"
     assert starts(job) == []
+
+
+def test_server_paths_in_engine_errors_never_reach_the_tenant(
+    queue_settings, new_tenant, make_job, base_model_row, caplog
+):
+    job = make_job(new_tenant(), behaviour="leaky_failure")
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    model_dir = base_model_row.local_path
+    assert job.error == {
+        "code": "model_load_failed",
+        "message": "model path tiny-model has no config.json",
+        "param": None,
+    }
+    shown = [(e.message, json.dumps(e.data)) for e in JobEvent.objects.filter(job=job)]
+    assert any("model path tiny-model has no config.json" in message for message, _ in shown)
+    assert not [event for event in shown if model_dir in "".join(event)]
+    assert f"model path {model_dir} has no config.json" in caplog.text  # the full detail: server log
+
+
+def test_server_paths_in_the_engine_log_tail_never_reach_the_tenant(queue_settings, new_tenant, make_job):
+    queue_settings.TUNERY_JOB_MAX_ATTEMPTS = 1
+    job = make_job(new_tenant(), behaviour="leaky_crash")
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    assert job.error["message"].endswith("No space left on device: 'step-000001'")
+    assert str(queue_settings.TUNERY_ARTIFACTS_DIR) not in job.error["message"]
 
 
 def test_a_message_for_a_finished_job_starts_nothing(queue_settings, new_tenant, make_job):
