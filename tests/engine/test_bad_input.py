@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -281,3 +284,55 @@ def test_a_base_model_teacher_without_the_jobs_head_is_refused(tmp_path, tiny_be
     spec.teacher_model = tiny_bert  # a plain encoder: its head knows none of the job's labels
     with pytest.raises(LabelError, match="teacher"):
         train(spec)
+
+
+def _replace_in_checkpoint(checkpoint: Path, name: str, content: bytes) -> None:
+    """Write ``content`` as the checkpoint's file ``name`` and update its manifest, so only the
+    loading (not the checksum) can find the file bad."""
+    (checkpoint / name).write_bytes(content)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256(content).hexdigest()
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _unsafe_pickle() -> bytes:
+    """A torch.save file that weights_only loading refuses (it holds an arbitrary object)."""
+    buffer = io.BytesIO()
+    torch.save({"state": argparse.Namespace(step=1)}, buffer)
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_refused_by_safe_loading_is_skipped_for_the_previous_one(tmp_path, tiny_bert):
+    spec = _pause_then_corrupt(tmp_path, tiny_bert)
+    checkpoints = list_checkpoints(Path(spec.output_dir) / "checkpoints")
+    _replace_in_checkpoint(checkpoints[-1], "rng.pt", _unsafe_pickle())
+    starts = []
+
+    class Begin(TrainingCallback):
+        def on_train_begin(self, state):
+            starts.append(state.resumed_from)
+
+    result = train(spec, [Begin()])
+    assert starts[0].name == checkpoints[-2].name
+    assert result.artifact_dir.is_dir()
+
+
+def test_a_lone_corrupt_checkpoint_fails_for_good_in_the_engines_own_words(tmp_path, tiny_bert):
+    spec = _pause_then_corrupt(tmp_path, tiny_bert)
+    checkpoints = list_checkpoints(Path(spec.output_dir) / "checkpoints")
+    for path in checkpoints[:-1]:
+        shutil.rmtree(path)
+    latest = checkpoints[-1]
+    truncated = (latest / "optimizer.pt").read_bytes()[:200]
+    _replace_in_checkpoint(latest, "optimizer.pt", truncated)
+    with pytest.raises(CheckpointError) as truncated_error:
+        train(spec)
+    assert truncated_error.value.permanent
+    assert f"checkpoint {latest.name} is corrupt: optimizer.pt is truncated" in truncated_error.value.message
+
+    _replace_in_checkpoint(latest, "optimizer.pt", _unsafe_pickle())
+    with pytest.raises(CheckpointError, match="no usable checkpoint") as refused:
+        train(spec)
+    assert refused.value.permanent
+    assert "weights_only" not in refused.value.message
+    assert str(latest.parent) not in refused.value.message
