@@ -86,7 +86,8 @@ def main() -> int:
         log.write(json.dumps({"pid": os.getpid(), "from_step": start, "time": time.time()}) + "\n")
     starts = len((out / "starts.jsonl").read_text().splitlines())
     resumed_from = str(checkpoints / f"step-{start:06d}") if start else None
-    emit(protocol.TrainBegin(step=start, total_steps=steps, resumed_from=resumed_from))
+    resolved = {**config, "n_epochs": 1, "batch_size": config.get("batch_size", 8), "learning_rate": 3e-4}
+    emit(protocol.TrainBegin(step=start, total_steps=steps, resumed_from=resumed_from, resolved_config=resolved))
 
     if behaviour == "poison":
         time.sleep(step_seconds)

@@ -13,6 +13,7 @@ from tunery.catalog.models import FineTunedModel
 from tunery.jobs import tasks
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.runner import engine_command, output_dir
+from tunery.jobs.serializers import job_object
 
 pytestmark = pytest.mark.usefixtures("installed_dummy_pack")
 
@@ -167,6 +168,21 @@ def test_a_hung_engine_is_stopped_and_the_job_queued_again(queue_settings, new_t
     assert time.monotonic() - began < 15
     retry = JobEvent.objects.get(job=job, dedupe_key="attempt:1:retry")
     assert "sent nothing for 1 s" in retry.message
+
+
+def test_the_resolved_hyperparameters_show_from_train_begin_on(queue_settings, new_tenant, make_job):
+    """The engine's train_begin carries the resolved configuration: an unfinished job (here one
+    whose engine hung after train_begin) shows resolved values, not "auto"."""
+    queue_settings.TUNERY_ENGINE_SILENCE_SECONDS = 1
+    job = make_job(new_tenant(), behaviour="hang", batch_size=4)
+    assert tasks.run_job(job.pk) == f"{job.pk}:queued"
+    job.refresh_from_db()
+    assert (job.resolved_config["n_epochs"], job.resolved_config["batch_size"]) == (1, 4)
+    hyperparameters = job_object(job)["hyperparameters"]
+    assert (hyperparameters["n_epochs"], hyperparameters["batch_size"]) == (1, 4)
+    assert hyperparameters["learning_rate_multiplier"] != "auto"
+    begin = JobEvent.objects.get(job=job, dedupe_key="attempt:1:train_begin")
+    assert "resolved_config" not in begin.data
 
 
 def test_when_a_job_ends_a_waiting_job_without_a_message_is_woken(

@@ -336,6 +336,7 @@ class FineTuneRecipe:
             model=self.model,
             learning_rate=float(self.scheduler.get_last_lr()[0]),
             resumed_from=resumed_from,
+            config=self.config,
         )
         self.wrap_model()
         self.setup_callbacks()

@@ -351,14 +351,17 @@ class AttemptRunner:
         self.total_steps = event.total_steps or self.total_steps
         step = event.step
         progress = {**(self.job.progress or {}), "total_steps": self.total_steps, "step": step}
-        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, progress=progress))
+        fields: dict[str, Any] = {"progress": progress}
+        if event.resolved_config:  # the job's hyperparameters show resolved values while it runs
+            fields["resolved_config"] = event.resolved_config
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, **fields))
         if event.resumed_from and step:
             # a checkpoint written just before the previous attempt died may never have been reported
             self._act_on(lifecycle.record_checkpoint(self.job.pk, self.owner, step, event.resumed_from, None, False))
         lifecycle.add_event(
             self.job.pk,
             "Training started" + (f" (resuming from step {step})" if event.resumed_from else ""),
-            data=_fields(event),
+            data={k: v for k, v in _fields(event).items() if k != "resolved_config"},  # the job shows it
             dedupe_key=f"attempt:{self.job.attempts}:train_begin",
         )
 
