@@ -112,6 +112,7 @@ def tenant_page_form(tenant) -> dict:
         "name": tenant.name,
         "is_active": "on",
         "max_concurrent_jobs": tenant.max_concurrent_jobs,
+        "max_queued_jobs": tenant.max_queued_jobs,
         "max_stored_bytes": tenant.max_stored_bytes,
         "max_training_hours": tenant.max_training_hours,
         "max_deployments": tenant.max_deployments,
@@ -141,6 +142,27 @@ def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pa
     assert response.status_code == 200
     assert "greeting must be at most 5 characters" in response.content.decode()
     assert not VerticalEnablement.objects.filter(vertical="strict").exists()
+
+
+def test_the_queue_limit_is_edited_on_the_tenant_page(staff, acme):
+    tenant = acme.tenant
+    form = tenant_page_form(tenant) | {"max_queued_jobs": 7}
+    enablements = list(VerticalEnablement.objects.filter(tenant=tenant))
+    counts = {"memberships": 0, "api_keys": 0, "verticals": len(enablements)}
+    for prefix, count in counts.items():
+        form |= {f"{prefix}-TOTAL_FORMS": count, f"{prefix}-INITIAL_FORMS": count}
+        form |= {f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000}
+    for i, row in enumerate(enablements):
+        form |= {
+            f"verticals-{i}-id": row.pk,
+            f"verticals-{i}-tenant": tenant.pk,
+            f"verticals-{i}-vertical": row.vertical,
+        }
+        form |= {f"verticals-{i}-enabled": "on", f"verticals-{i}-config": "{}"}
+    response = staff.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    tenant.refresh_from_db()
+    assert tenant.max_queued_jobs == 7
 
 
 def test_admin_pages_render(staff, acme, training_file, create_job, base_model):
