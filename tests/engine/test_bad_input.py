@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tunery_engine import (
     train,
 )
 from tunery_engine.checkpoint import list_checkpoints
+from tunery_engine.config import MAX_AUTO_PROGRESS_INTERVAL, progress_interval
 from tunery_engine.tiny_models import tiny_task, write_jsonl, write_synthetic
 
 QUICK = {"learning_rate": 3e-3, "batch_size": 16, "n_epochs": 1, "early_stopping_patience": None}
@@ -249,6 +251,23 @@ def test_auto_values_resolve_from_data_and_model_size():
     assert (small.n_epochs, small.batch_size, small.learning_rate, small.precision) == (10, 32, 1e-4, "fp32")
     assert small.eval_every_steps == 7  # one evaluation per epoch: ceil(200 / 32)
     assert small.checkpoint_every_steps == 7  # checkpoints follow evaluations
+
+
+@pytest.mark.parametrize(
+    ("total_steps", "interval"), [(1, 1), (60, 1), (199, 1), (200, 2), (950, 9), (1000, 10), (100_000, 10)]
+)
+def test_auto_progress_reports_every_step_of_a_short_run_and_about_a_hundred_times_a_longer_one(total_steps, interval):
+    assert progress_interval(total_steps) == interval
+    assert math.ceil(total_steps / interval) <= max(199, total_steps // MAX_AUTO_PROGRESS_INTERVAL)
+
+
+def test_auto_progress_interval_follows_the_runs_steps():
+    short = resolve(TrainConfig(n_epochs=12), n_train_rows=150, model_params=20_000_000)  # 60 steps
+    assert short.log_every_steps == 1
+    long = resolve(TrainConfig(n_epochs=2), n_train_rows=32_000, model_params=20_000_000)  # 2000 steps
+    assert long.log_every_steps == 10
+    assert resolve(TrainConfig(log_every_steps=3), n_train_rows=150, model_params=10).log_every_steps == 3
+    assert TrainConfig().log_every_steps == "auto"
 
 
 def test_auto_evaluation_is_once_per_epoch_but_at_most_ten_times_a_run():
