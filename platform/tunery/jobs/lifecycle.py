@@ -127,8 +127,8 @@ def add_event(
     """Append an event (absolute server paths in it cut to their names: tenants read events);
     with ``dedupe_key`` a second write of the same key does nothing. Returns whether a row was written."""
     shown = for_tenant(message)
-    if shown != message and level == Level.ERROR:
-        log.warning("job %s: %s", job_id, message)
+    if shown != message:  # the full text, paths included, stays in the server log
+        log.log(logging.WARNING if level == Level.ERROR else logging.INFO, "job %s: %s", job_id, message)
     fields = {
         "message": shown,
         "level": level,
