@@ -379,7 +379,8 @@ def _succeed(job: FineTuningJob, outcome: Outcome, fields: dict[str, Any], now: 
         finished_at=now,
         estimated_finish=None,
         requested_action="",
-        result_files=[outcome.artifact_dir] if outcome.artifact_dir else [],
+        # shown to the tenant: the artifact folder's name, not its server path (the model row has that)
+        result_files=[for_tenant(outcome.artifact_dir)] if outcome.artifact_dir else [],
         progress={**job.progress, "step": job.progress.get("total_steps", job.progress.get("step"))},
     )
     if outcome.resolved_config:
