@@ -12,15 +12,20 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tunery
 
 .PHONY: demo install install-test test test-fast test-engine lint format bench clean
 
+# One line per step says what runs; pip itself stays quiet (-q).
 $(VENV)/.installed: pyproject.toml contract/pyproject.toml $(PACKS)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(EDITABLES)
-	touch $@
+	@test -x $(PY) || { echo "creating the virtual environment $(VENV)…"; $(PYTHON) -m venv $(VENV); }
+	@echo "updating pip…"
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "installing the control plane, the engine (torch, transformers) and the $(words $(PACKS)) packs (a few minutes the first time)…"
+	@$(PY) -m pip install -q $(EDITABLES)
+	@touch $@
+	@echo "installed into $(VENV)"
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	@echo "installing the test and lint tools (pytest, ruff, mypy, import-linter, playwright)…"
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

@@ -105,28 +105,34 @@ def test_admin_refuses_a_bad_config_when_changing_and_keeps_the_old_one(staff, a
     assert row.config == {"greeting": "hi"}
 
 
-def tenant_page_form(tenant) -> dict:
-    """The tenant change page's own fields, as the admin would post them unchanged."""
-    return {
+def tenant_page_form(tenant, *, new_keys: int = 0, new_verticals: int = 0) -> dict:
+    """The tenant change page as the admin would post it unchanged: its own fields, the inlines'
+    management forms and their existing API key and vertical rows. ``new_*``: room for rows the
+    test adds (at the index of the existing rows' count)."""
+    form = {
         "slug": tenant.slug,
         "name": tenant.name,
         "is_active": "on",
         "max_concurrent_jobs": tenant.max_concurrent_jobs,
+        "max_queued_jobs": tenant.max_queued_jobs,
         "max_stored_bytes": tenant.max_stored_bytes,
         "max_training_hours": tenant.max_training_hours,
         "max_deployments": tenant.max_deployments,
         "requests_per_minute": tenant.requests_per_minute,
     }
-
-
-def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pack):
-    tenant = acme.tenant
-    form = tenant_page_form(tenant)
+    keys = list(ApiKey.objects.filter(tenant=tenant))
     enablements = list(VerticalEnablement.objects.filter(tenant=tenant))
-    counts = {"memberships": (0, 0), "api_keys": (0, 0), "verticals": (len(enablements) + 1, len(enablements))}
+    counts = {
+        "memberships": (0, 0),
+        "api_keys": (len(keys) + new_keys, len(keys)),
+        "verticals": (len(enablements) + new_verticals, len(enablements)),
+    }
     for prefix, (total, initial) in counts.items():
         form |= {f"{prefix}-TOTAL_FORMS": total, f"{prefix}-INITIAL_FORMS": initial}
         form |= {f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000}
+    for i, key in enumerate(keys):
+        form |= {f"api_keys-{i}-id": key.pk, f"api_keys-{i}-tenant": tenant.pk, f"api_keys-{i}-name": key.name}
+        form |= {f"api_keys-{i}-role": key.role}
     for i, row in enumerate(enablements):
         form |= {
             f"verticals-{i}-id": row.pk,
@@ -134,13 +140,29 @@ def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pa
             f"verticals-{i}-vertical": row.vertical,
         }
         form |= {f"verticals-{i}-enabled": "on", f"verticals-{i}-config": "{}"}
-    new = len(enablements)
+    return form
+
+
+def test_tenant_page_inline_refuses_a_bad_vertical_config(staff, acme, strict_pack):
+    tenant = acme.tenant
+    form = tenant_page_form(tenant, new_verticals=1)
+    new = VerticalEnablement.objects.filter(tenant=tenant).count()
     form |= {f"verticals-{new}-tenant": tenant.pk, f"verticals-{new}-vertical": "strict"}
     form |= {f"verticals-{new}-enabled": "on", f"verticals-{new}-config": '{"greeting": "good evening"}'}
     response = staff.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form)
     assert response.status_code == 200
     assert "greeting must be at most 5 characters" in response.content.decode()
     assert not VerticalEnablement.objects.filter(vertical="strict").exists()
+
+
+def test_the_queue_limit_is_edited_on_the_tenant_page(staff, acme):
+    tenant = acme.tenant
+    response = staff.post(
+        f"/admin/tenants/tenant/{tenant.pk}/change/", tenant_page_form(tenant) | {"max_queued_jobs": 7}
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    tenant.refresh_from_db()
+    assert tenant.max_queued_jobs == 7
 
 
 def test_admin_pages_render(staff, acme, training_file, create_job, base_model):
@@ -228,24 +250,9 @@ def test_openapi_schema_and_docs(client, db):
 
 def test_key_created_inline_on_the_tenant_page_is_shown_once(staff, acme, api):
     tenant = acme.tenant
-    form = tenant_page_form(tenant)
-    existing_keys = list(ApiKey.objects.filter(tenant=tenant))
-    enablements = list(VerticalEnablement.objects.filter(tenant=tenant))
-    for prefix, count in (("memberships", 0), ("api_keys", len(existing_keys) + 1), ("verticals", len(enablements))):
-        form |= {f"{prefix}-TOTAL_FORMS": count, f"{prefix}-INITIAL_FORMS": count - (prefix == "api_keys")}
-        form |= {f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000}
-    for i, key in enumerate(existing_keys):
-        form |= {f"api_keys-{i}-id": key.pk, f"api_keys-{i}-tenant": tenant.pk, f"api_keys-{i}-name": key.name}
-        form |= {f"api_keys-{i}-role": key.role}
-    new = len(existing_keys)
+    form = tenant_page_form(tenant, new_keys=1)
+    new = ApiKey.objects.filter(tenant=tenant).count()
     form |= {f"api_keys-{new}-tenant": tenant.pk, f"api_keys-{new}-name": "inline", f"api_keys-{new}-role": "member"}
-    for i, row in enumerate(enablements):
-        form |= {
-            f"verticals-{i}-id": row.pk,
-            f"verticals-{i}-tenant": tenant.pk,
-            f"verticals-{i}-vertical": row.vertical,
-        }
-        form |= {f"verticals-{i}-enabled": "on", f"verticals-{i}-config": "{}"}
 
     response = staff.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form, follow=True)
     assert response.status_code == 200

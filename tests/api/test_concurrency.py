@@ -37,7 +37,7 @@ def race(action) -> list[object]:
 
 
 def test_concurrent_job_creates_cannot_overrun_the_quota(acme, training_file, base_model):
-    type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_concurrent_jobs=3)
+    type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_queued_jobs=3)
     tenant = type(acme.tenant).objects.get(pk=acme.tenant.pk)
     body = {"model": base_model.name, "training_file": training_file, "vertical": "dummy", "task": "sentiment"}
     results = race(

@@ -164,13 +164,23 @@ def test_another_tenants_base_model_is_unknown(acme, globex, training_file, crea
     assert_refused(create_job(acme, training_file, model="globex-private"), 400, "model", "model_not_found")
 
 
-def test_concurrent_jobs_quota(acme, training_file, create_job):
-    type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_concurrent_jobs=1)
+def test_unfinished_jobs_quota(acme, training_file, create_job):
+    type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_queued_jobs=1)
     assert create_job(acme, training_file).status_code == 200
     response = create_job(acme, training_file)
     assert response.status_code == 429
-    assert response.json()["error"]["code"] == "concurrent_jobs_quota_exceeded"
+    error = response.json()["error"]
+    assert error["code"] == "queued_jobs_quota_exceeded"
+    assert "already has 1 unfinished jobs (validating, queued or running), its limit is 1" in error["message"]
     assert FineTuningJob.objects.count() == 1
+
+
+def test_jobs_beyond_the_running_limit_are_accepted_as_queued(acme, training_file, create_job):
+    type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_concurrent_jobs=1, max_queued_jobs=3)
+    created = [create_job(acme, training_file) for _ in range(3)]
+    assert [response.status_code for response in created] == [200, 200, 200]
+    assert create_job(acme, training_file).status_code == 429
+    assert FineTuningJob.objects.filter(tenant=acme.tenant).count() == 3
 
 
 def test_training_hours_quota(acme, training_file, create_job):
@@ -263,8 +273,8 @@ def test_resume_withdraws_a_pending_pause(acme, training_file, create_job, api):
     assert FineTuningJob.objects.get(pk=job_id).requested_action == ""
 
 
-def test_resume_respects_the_concurrent_jobs_quota(acme, training_file, create_job, api):
-    type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_concurrent_jobs=1)
+def test_resume_respects_the_unfinished_jobs_quota(acme, training_file, create_job, api):
+    type(acme.tenant).objects.filter(pk=acme.tenant.pk).update(max_queued_jobs=1)
     paused = create_job(acme, training_file).json()["id"]
     FineTuningJob.objects.filter(pk=paused).update(status=JobStatus.PAUSED)
     create_job(acme, training_file)

@@ -162,12 +162,12 @@ def test_errors_map_to_openai_exceptions(client, live_server, make_tenant, base_
 
     make_tenant("acme", role="admin")
     acme = member.tenant
-    type(acme).objects.filter(pk=acme.pk).update(max_concurrent_jobs=0)
+    type(acme).objects.filter(pk=acme.pk).update(max_queued_jobs=0)
     with pytest.raises(openai.RateLimitError) as over_quota:
         client.fine_tuning.jobs.create(
             model=base_model.name, training_file=training.id, extra_body={"vertical": "dummy", "task": "sentiment"}
         )
-    assert over_quota.value.code == "concurrent_jobs_quota_exceeded"
+    assert over_quota.value.code == "queued_jobs_quota_exceeded"
 
 
 def test_upload_errors_over_http(client, settings, media_root):

@@ -58,7 +58,13 @@ def test_a_spec_with_unknown_or_missing_keys_is_a_permanent_config_error():
 
 
 EXAMPLES = [
-    protocol.TrainBegin(step=4, total_steps=40, steps_per_epoch=10, resumed_from="/ck/step-00000004"),
+    protocol.TrainBegin(
+        step=4,
+        total_steps=40,
+        steps_per_epoch=10,
+        resumed_from="/ck/step-00000004",
+        resolved_config={"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-4},
+    ),
     protocol.Progress(4, 40, 0.4, 0.7, 1e-4, 8.0, 512.0, 12.5),
     protocol.Evaluate(step=10, eval_loss=0.31, metrics={"accuracy": 0.9}, learning_rate=5e-5),
     protocol.Checkpoint(step=10, path="/ck/step-00000010", metrics={"accuracy": 0.9}, is_best=True),
@@ -90,6 +96,12 @@ def test_non_finite_numbers_become_null_and_a_failed_event_without_rows_has_none
         "message": "m",
         "permanent": False,
     }
+
+
+def test_a_train_begin_line_of_an_older_engine_has_no_resolved_config():
+    event = EngineEvent.from_line('{"event": "train_begin", "step": 0, "total_steps": 12, "steps_per_epoch": 6}')
+    assert event == protocol.TrainBegin(step=0, total_steps=12, steps_per_epoch=6)
+    assert event.resolved_config is None
 
 
 def test_the_evaluate_event_has_one_key_for_the_validation_loss():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from tunery_engine import (
     train,
 )
 from tunery_engine.checkpoint import list_checkpoints
+from tunery_engine.config import MAX_AUTO_PROGRESS_INTERVAL, progress_interval
 from tunery_engine.tiny_models import tiny_task, write_jsonl, write_synthetic
 
 QUICK = {"learning_rate": 3e-3, "batch_size": 16, "n_epochs": 1, "early_stopping_patience": None}
@@ -248,6 +253,23 @@ def test_auto_values_resolve_from_data_and_model_size():
     assert small.checkpoint_every_steps == 7  # checkpoints follow evaluations
 
 
+@pytest.mark.parametrize(
+    ("total_steps", "interval"), [(1, 1), (60, 1), (199, 1), (200, 2), (950, 9), (1000, 10), (100_000, 10)]
+)
+def test_auto_progress_reports_every_step_of_a_short_run_and_about_a_hundred_times_a_longer_one(total_steps, interval):
+    assert progress_interval(total_steps) == interval
+    assert math.ceil(total_steps / interval) <= max(199, total_steps // MAX_AUTO_PROGRESS_INTERVAL)
+
+
+def test_auto_progress_interval_follows_the_runs_steps():
+    short = resolve(TrainConfig(n_epochs=12), n_train_rows=150, model_params=20_000_000)  # 60 steps
+    assert short.log_every_steps == 1
+    long = resolve(TrainConfig(n_epochs=2), n_train_rows=32_000, model_params=20_000_000)  # 2000 steps
+    assert long.log_every_steps == 10
+    assert resolve(TrainConfig(log_every_steps=3), n_train_rows=150, model_params=10).log_every_steps == 3
+    assert TrainConfig().log_every_steps == "auto"
+
+
 def test_auto_evaluation_is_once_per_epoch_but_at_most_ten_times_a_run():
     tiny = resolve(TrainConfig(n_epochs=12), n_train_rows=150, model_params=20_000_000)  # 5 steps an epoch
     assert (tiny.eval_every_steps, tiny.checkpoint_every_steps) == (6, 6)  # 60 steps: 10 evaluations, not 12
@@ -281,3 +303,55 @@ def test_a_base_model_teacher_without_the_jobs_head_is_refused(tmp_path, tiny_be
     spec.teacher_model = tiny_bert  # a plain encoder: its head knows none of the job's labels
     with pytest.raises(LabelError, match="teacher"):
         train(spec)
+
+
+def _replace_in_checkpoint(checkpoint: Path, name: str, content: bytes) -> None:
+    """Write ``content`` as the checkpoint's file ``name`` and update its manifest, so only the
+    loading (not the checksum) can find the file bad."""
+    (checkpoint / name).write_bytes(content)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256(content).hexdigest()
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _unsafe_pickle() -> bytes:
+    """A torch.save file that weights_only loading refuses (it holds an arbitrary object)."""
+    buffer = io.BytesIO()
+    torch.save({"state": argparse.Namespace(step=1)}, buffer)
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_refused_by_safe_loading_is_skipped_for_the_previous_one(tmp_path, tiny_bert):
+    spec = _pause_then_corrupt(tmp_path, tiny_bert)
+    checkpoints = list_checkpoints(Path(spec.output_dir) / "checkpoints")
+    _replace_in_checkpoint(checkpoints[-1], "rng.pt", _unsafe_pickle())
+    starts = []
+
+    class Begin(TrainingCallback):
+        def on_train_begin(self, state):
+            starts.append(state.resumed_from)
+
+    result = train(spec, [Begin()])
+    assert starts[0].name == checkpoints[-2].name
+    assert result.artifact_dir.is_dir()
+
+
+def test_a_lone_corrupt_checkpoint_fails_for_good_in_the_engines_own_words(tmp_path, tiny_bert):
+    spec = _pause_then_corrupt(tmp_path, tiny_bert)
+    checkpoints = list_checkpoints(Path(spec.output_dir) / "checkpoints")
+    for path in checkpoints[:-1]:
+        shutil.rmtree(path)
+    latest = checkpoints[-1]
+    truncated = (latest / "optimizer.pt").read_bytes()[:200]
+    _replace_in_checkpoint(latest, "optimizer.pt", truncated)
+    with pytest.raises(CheckpointError) as truncated_error:
+        train(spec)
+    assert truncated_error.value.permanent
+    assert f"checkpoint {latest.name} is corrupt: optimizer.pt is truncated" in truncated_error.value.message
+
+    _replace_in_checkpoint(latest, "optimizer.pt", _unsafe_pickle())
+    with pytest.raises(CheckpointError, match="no usable checkpoint") as refused:
+        train(spec)
+    assert refused.value.permanent
+    assert "weights_only" not in refused.value.message
+    assert str(latest.parent) not in refused.value.message

@@ -63,6 +63,9 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     begin = next(e for e in events if e["event"] == "train_begin")
     assert begin["step"] == paused_at
     assert begin["resumed_from"]
+    assert begin["resolved_config"]["batch_size"] == 16
+    assert begin["resolved_config"]["n_epochs"] == 2
+    assert "auto" not in (begin["resolved_config"]["learning_rate"], begin["resolved_config"]["warmup_ratio"])
     kinds = {e["event"] for e in events}
     assert {"progress", "evaluate", "checkpoint", "heartbeat", "succeeded"} <= kinds
     progress = next(e for e in events if e["event"] == "progress")

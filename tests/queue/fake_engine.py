@@ -5,7 +5,9 @@ contract's protocol only (the same event classes as the engine), so a start cost
 
 ``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, and ``behaviour``:
   ok | permanent (fails with a permanent error) | crash_once (exit 1 mid-way on the first start) |
-  poison (kills its parent, the worker process, every time) | hang (silent after train_begin).
+  poison (kills its parent, the worker process, every time) | hang (silent after train_begin) |
+  leaky_failure (fails permanently with the base model's path in its message) |
+  leaky_crash (exit 1 with a path in its last stderr line).
 Every start is appended to ``output_dir/starts.jsonl``; a start that finds another engine process
 of the same job alive (the job run twice at once) writes ``output_dir/OVERLAP`` and waits for it.
 """
@@ -84,7 +86,8 @@ def main() -> int:
         log.write(json.dumps({"pid": os.getpid(), "from_step": start, "time": time.time()}) + "\n")
     starts = len((out / "starts.jsonl").read_text().splitlines())
     resumed_from = str(checkpoints / f"step-{start:06d}") if start else None
-    emit(protocol.TrainBegin(step=start, total_steps=steps, resumed_from=resumed_from))
+    resolved = {**config, "n_epochs": 1, "batch_size": config.get("batch_size", 8), "learning_rate": 3e-4}
+    emit(protocol.TrainBegin(step=start, total_steps=steps, resumed_from=resumed_from, resolved_config=resolved))
 
     if behaviour == "poison":
         time.sleep(step_seconds)
@@ -93,6 +96,12 @@ def main() -> int:
         return ExitCode.TRANSIENT
     if behaviour == "hang":
         time.sleep(60)
+        return ExitCode.TRANSIENT
+    if behaviour == "leaky_failure":
+        emit(protocol.Failed(code="model_load_failed", message=f"model path {spec.base_model} has no config.json"))
+        return ExitCode.PERMANENT
+    if behaviour == "leaky_crash":
+        print(f"OSError: [Errno 28] No space left on device: '{out / 'checkpoints' / 'step-000001'}'", file=sys.stderr)
         return ExitCode.TRANSIENT
     if behaviour == "permanent":
         emit(protocol.Failed(code="invalid_config", message="learning_rate must be positive", permanent=True))

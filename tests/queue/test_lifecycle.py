@@ -189,6 +189,18 @@ def test_reconciler_sends_only_what_a_queue_lacks(queue_settings, new_tenant, ma
     assert dispatch.pending_messages("gpu.never-used") == 0
 
 
+def test_queued_jobs_of_a_tenant_run_one_at_a_time_at_a_running_limit_of_one(queue_settings, new_tenant, make_job):
+    tenant = new_tenant(max_concurrent_jobs=1)
+    jobs = [make_job(tenant) for _ in range(3)]
+    for index, job in enumerate(jobs):
+        claimed = lifecycle.claim_next_job("gpu", f"w{index}")
+        assert claimed.pk == job.pk  # oldest first
+        assert lifecycle.claim_next_job("gpu", "another worker") is None  # one at a time
+        assert FineTuningJob.objects.filter(tenant=tenant, status=JobStatus.RUNNING).count() == 1
+        assert lifecycle.finish_attempt(job.pk, f"w{index}", Outcome("failed", code="x"), None) == JobStatus.FAILED
+    assert lifecycle.claim_next_job("gpu", "w9") is None
+
+
 def test_a_tenant_with_a_huge_backlog_cannot_hide_another_tenants_job(queue_settings, new_tenant, make_job):
     busy, quiet = new_tenant("busy", max_concurrent_jobs=1), new_tenant("quiet")
     first = make_job(busy)

@@ -13,6 +13,7 @@ from tunery.catalog.models import FineTunedModel
 from tunery.jobs import tasks
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.runner import engine_command, output_dir
+from tunery.jobs.serializers import job_object
 
 pytestmark = pytest.mark.usefixtures("installed_dummy_pack")
 
@@ -30,7 +31,7 @@ def test_a_job_runs_to_success_with_metrics_checkpoints_and_one_model(queue_sett
     assert (job.attempts, job.lease_owner, job.trained_tokens) == (1, "", 600)
     model = FineTunedModel.objects.get(job=job)
     assert Path(model.artifact_path, "weights.safetensors").exists()
-    assert job.result_files == [model.artifact_path]
+    assert job.result_files == [Path(model.artifact_path).name]  # no server path in the job object
     assert list(job.checkpoints.values_list("step_number", flat=True)) == [6, 4, 2]
     assert job.current_checkpoint.endswith("step-000006")
     train = JobEvent.objects.filter(job=job, type="metrics", dedupe_key__startswith="metrics:step:")
@@ -88,8 +89,35 @@ def test_a_missing_base_model_fails_the_job_without_starting_the_engine(
     assert tasks.run_job(job.pk) == f"{job.pk}:failed"
     job.refresh_from_db()
     assert job.error["code"] == "model_not_found"
-    assert "/nonexistent/model" in job.error["message"]
+    assert job.error["message"] == "base model 'tiny-bert': the base model's directory is missing"
     assert starts(job) == []
+
+
+def test_server_paths_in_engine_errors_never_reach_the_tenant(
+    queue_settings, new_tenant, make_job, base_model_row, caplog
+):
+    job = make_job(new_tenant(), behaviour="leaky_failure")
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    model_dir = base_model_row.local_path
+    assert job.error == {
+        "code": "model_load_failed",
+        "message": "model path tiny-model has no config.json",
+        "param": None,
+    }
+    shown = [(e.message, json.dumps(e.data)) for e in JobEvent.objects.filter(job=job)]
+    assert any("model path tiny-model has no config.json" in message for message, _ in shown)
+    assert not [event for event in shown if model_dir in "".join(event)]
+    assert f"model path {model_dir} has no config.json" in caplog.text  # the full detail: server log
+
+
+def test_server_paths_in_the_engine_log_tail_never_reach_the_tenant(queue_settings, new_tenant, make_job):
+    queue_settings.TUNERY_JOB_MAX_ATTEMPTS = 1
+    job = make_job(new_tenant(), behaviour="leaky_crash")
+    assert tasks.run_job(job.pk) == f"{job.pk}:failed"
+    job.refresh_from_db()
+    assert job.error["message"].endswith("No space left on device: 'step-000001'")
+    assert str(queue_settings.TUNERY_ARTIFACTS_DIR) not in job.error["message"]
 
 
 def test_a_message_for_a_finished_job_starts_nothing(queue_settings, new_tenant, make_job):
@@ -140,6 +168,21 @@ def test_a_hung_engine_is_stopped_and_the_job_queued_again(queue_settings, new_t
     assert time.monotonic() - began < 15
     retry = JobEvent.objects.get(job=job, dedupe_key="attempt:1:retry")
     assert "sent nothing for 1 s" in retry.message
+
+
+def test_the_resolved_hyperparameters_show_from_train_begin_on(queue_settings, new_tenant, make_job):
+    """The engine's train_begin carries the resolved configuration: an unfinished job (here one
+    whose engine hung after train_begin) shows resolved values, not "auto"."""
+    queue_settings.TUNERY_ENGINE_SILENCE_SECONDS = 1
+    job = make_job(new_tenant(), behaviour="hang", batch_size=4)
+    assert tasks.run_job(job.pk) == f"{job.pk}:queued"
+    job.refresh_from_db()
+    assert (job.resolved_config["n_epochs"], job.resolved_config["batch_size"]) == (1, 4)
+    hyperparameters = job_object(job)["hyperparameters"]
+    assert (hyperparameters["n_epochs"], hyperparameters["batch_size"]) == (1, 4)
+    assert hyperparameters["learning_rate_multiplier"] != "auto"
+    begin = JobEvent.objects.get(job=job, dedupe_key="attempt:1:train_begin")
+    assert "resolved_config" not in begin.data
 
 
 def test_when_a_job_ends_a_waiting_job_without_a_message_is_woken(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import torch
 
+    from tunery_contract.vocabulary import TrainConfig
     from tunery_engine.checkpoint import RunState
 
 Control = Literal["pause", "cancel"] | None
@@ -40,6 +41,8 @@ class TrainState:
     learning_rate: float = 0.0
     model: torch.nn.Module | None = None
     resumed_from: Path | None = None
+    #: the run's hyperparameters with every "auto" resolved
+    config: TrainConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

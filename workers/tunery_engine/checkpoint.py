@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -188,7 +189,21 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _load_tensors(checkpoint: Path, name: str) -> Any:
+    """A ``torch.save`` file of the checkpoint, loaded safely (tensors and plain values only). A file
+    that fails that (truncated, or holding other objects) makes the checkpoint corrupt: for good."""
+    try:
+        return torch.load(checkpoint / name, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("checkpoint %s: %s does not load safely: %s", checkpoint, name, exc)
+        raise CheckpointError(
+            f"checkpoint {checkpoint.name} is corrupt: {name} is truncated or holds more than tensors and plain values",
+            permanent=True,
+        ) from exc
+
+
 def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    """Load and verify one checkpoint; CheckpointError (permanent) when it is corrupt."""
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         for name, digest in manifest["files"].items():
@@ -196,22 +211,22 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
                 raise CheckpointError(f"checkpoint {path.name}: {name} does not match its checksum")
         state = RunState.from_json(json.loads((path / "state.json").read_text(encoding="utf-8")))
         weights = load_file(str(path / "weights.safetensors"))
-        optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
-        scheduler = torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu")
-        scaler_file = path / "scaler.pt"
-        scaler = torch.load(scaler_file, weights_only=True) if scaler_file.is_file() else None
-        rng = torch.load(path / "rng.pt", weights_only=True, map_location="cpu")
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"checkpoint {path.name} is unreadable: {exc}") from exc
+    optimizer = _load_tensors(path, "optimizer.pt")
+    scheduler = _load_tensors(path, "scheduler.pt")
+    scaler = _load_tensors(path, "scaler.pt") if (path / "scaler.pt").is_file() else None
+    rng = _load_tensors(path, "rng.pt")
     return LoadedCheckpoint(path, state, weights, optimizer, scheduler, scaler, rng)
 
 
 def latest_valid_checkpoint(root: Path) -> LoadedCheckpoint | None:
     """The newest checkpoint that loads and verifies; corrupt ones are skipped (and reported).
 
-    Raises CheckpointError when checkpoints exist but none of them is usable.
+    Raises CheckpointError (permanent: a retry would meet the same files) when checkpoints exist
+    but none of them is usable.
     """
     candidates = list_checkpoints(root)
     problems = []
@@ -222,7 +237,7 @@ def latest_valid_checkpoint(root: Path) -> LoadedCheckpoint | None:
             log.warning("skipping corrupt checkpoint: %s", exc)
             problems.append(exc.message)
     if problems:
-        raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
+        raise CheckpointError("no usable checkpoint: " + "; ".join(problems), permanent=True)
     return None
 
 

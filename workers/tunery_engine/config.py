@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from tunery_contract.vocabulary import (
     AUTO,
     MAX_AUTO_EVALUATIONS,
+    MAX_AUTO_PROGRESS_EVENTS,
+    MAX_AUTO_PROGRESS_INTERVAL,
     POOLING_CHOICES,
     PRECISIONS,
     SCHEDULERS,
@@ -38,6 +40,7 @@ __all__ = [
     "Auto",
     "JobSpec",
     "TrainConfig",
+    "progress_interval",
     "resolve",
     "steps_per_epoch",
 ]
@@ -47,6 +50,13 @@ def steps_per_epoch(n_train_rows: int, batch_size: int, gradient_accumulation_st
     batches = math.ceil(n_train_rows / batch_size)
     per_rank = math.ceil(batches / world_size)
     return max(1, math.ceil(per_rank / gradient_accumulation_steps))
+
+
+def progress_interval(total_steps: int) -> int:
+    """Optimizer steps between progress events when log_every_steps is "auto": every step for short
+    runs, about MAX_AUTO_PROGRESS_EVENTS events for longer ones, never fewer than one per
+    MAX_AUTO_PROGRESS_INTERVAL steps."""
+    return max(1, min(MAX_AUTO_PROGRESS_INTERVAL, total_steps // MAX_AUTO_PROGRESS_EVENTS))
 
 
 def resolve(
@@ -119,6 +129,7 @@ def resolve(
         total_steps = min(total_steps, int(values["max_steps"]))
     pick("eval_every_steps", max(epoch_steps, math.ceil(total_steps / MAX_AUTO_EVALUATIONS)))
     pick("checkpoint_every_steps", values["eval_every_steps"])
+    pick("log_every_steps", progress_interval(total_steps))
     if values["precision"] == "fp16" and device_type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; this host trains in fp32 (or bf16 where supported)")
     if values["precision"] == "bf16" and not bf16_supported:

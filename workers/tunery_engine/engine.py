@@ -336,6 +336,7 @@ class FineTuneRecipe:
             model=self.model,
             learning_rate=float(self.scheduler.get_last_lr()[0]),
             resumed_from=resumed_from,
+            config=self.config,
         )
         self.wrap_model()
         self.setup_callbacks()
@@ -621,7 +622,7 @@ class FineTuneRecipe:
     def after_step(self) -> None:
         """Progress, evaluation, checkpoint, heartbeat and pause/cancel between optimizer steps."""
         step, config = self.run.step, self.config
-        if self.dist.is_main and (step % config.log_every_steps == 0 or step == self.total_steps):
+        if self.dist.is_main and (step % int(config.log_every_steps) == 0 or step == self.total_steps):
             self.hooks.on_progress(self.window.event(self.state, self.dist.world_size))
         metrics, improved = None, False
         if self.has_validation and (step % int(config.eval_every_steps) == 0 or step == self.total_steps):

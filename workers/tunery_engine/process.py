@@ -51,7 +51,8 @@ class EventWriter(TrainingCallback):
     def on_train_begin(self, state: TrainState) -> None:
         self.state = state
         resumed_from = str(state.resumed_from) if state.resumed_from is not None else None
-        self.emit(protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from))
+        resolved = state.config.to_dict() if state.config is not None else None
+        self.emit(protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from, resolved))
 
     def on_progress(self, event: ProgressEvent) -> None:
         self.emit(protocol.Progress(**event.to_json()))

@@ -150,6 +150,8 @@ class TrainBegin(EngineEvent):
     steps_per_epoch: int | None = None
     #: the checkpoint this run resumed from
     resumed_from: str | None = None
+    #: the hyperparameters with every "auto" resolved (engines before it sent none)
+    resolved_config: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,10 @@ def _knob(default: Any, knob: Knob) -> Any:
 
 #: evaluations (and so checkpoints) per run when eval_every_steps is "auto"
 MAX_AUTO_EVALUATIONS = 10
+#: progress events per run when log_every_steps is "auto" (about; short runs report every step) ...
+MAX_AUTO_PROGRESS_EVENTS = 100
+#: ... and the longest interval between them, in optimizer steps
+MAX_AUTO_PROGRESS_INTERVAL = 10
 _STEPS = 1 << 40
 
 
@@ -345,7 +349,18 @@ class TrainConfig:
     non_finite_retries: int = _knob(
         3, Knob("int", "NaN/inf losses tolerated (each skips the step and halves the lr)", 0, 1000)
     )
-    log_every_steps: int = _knob(10, Knob("int", "optimizer steps between progress events", 1, 1 << 30))
+    log_every_steps: int | str = _knob(
+        AUTO,
+        Knob(
+            "int",
+            "optimizer steps between progress events",
+            1,
+            1 << 30,
+            auto=True,
+            auto_rule=f"every step up to {2 * MAX_AUTO_PROGRESS_EVENTS - 1} steps, then about "
+            f"{MAX_AUTO_PROGRESS_EVENTS} events per run, at most every {MAX_AUTO_PROGRESS_INTERVAL} steps",
+        ),
+    )
     pos_weight: list[float] | str | None = _knob(  # noqa: RUF009 (_knob returns a field())
         AUTO,
         Knob(

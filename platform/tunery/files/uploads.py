@@ -2,7 +2,11 @@
 
 Django's default handlers would read the whole upload to memory or disk before a view could see
 its size. This one rejects a declared Content-Length over the limit before reading anything, and
-aborts (deleting its temporary file) as soon as the received bytes pass the limit."""
+aborts (deleting its temporary file) as soon as the received bytes pass the limit.
+
+A chunked body (``Transfer-Encoding: chunked``, no Content-Length: ``curl -T -``, streaming
+clients) streams the same way where the server de-chunks it and marks the end of the body
+(``wsgi.input_terminated``: gunicorn); elsewhere it is refused with a 411."""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.http import HttpRequest
 
-from tunery.core.errors import PayloadTooLarge
+from tunery.core.errors import ApiError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,49 @@ def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The file is larger than the {limit} bytes this server accepts.", param="file", code="file_too_large"
     )
+
+
+class _CappedBody:
+    """A request body that ends by itself (de-chunked by the server), refused once it passes ``cap``
+    bytes: the bound a Content-Length would have been checked against."""
+
+    def __init__(self, stream: Any, cap: int, limit: int) -> None:
+        self.stream, self.cap, self.limit = stream, cap, limit
+        self.received = 0
+
+    def _count(self, data: bytes) -> bytes:
+        self.received += len(data)
+        if self.received > self.cap:
+            raise too_large(self.limit)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._count(self.stream.read() if size is None or size < 0 else self.stream.read(size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._count(self.stream.readline() if size is None or size < 0 else self.stream.readline(size))
+
+
+def accept_chunked_body(request: HttpRequest, limit: int | None = None) -> None:
+    """Let an upload without Content-Length (chunked) be parsed like one with it: Django reads a
+    body only up to its Content-Length, so a chunked one would look empty. Where the server does
+    not end the de-chunked body for us, it is refused with 411. Call before the body is read."""
+    meta = request.META
+    if meta.get("CONTENT_LENGTH") or "chunked" not in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return
+    if not meta.get("wsgi.input_terminated"):
+        raise ApiError(
+            "This server needs a Content-Length header on uploads: send the file with a known length "
+            "(this server does not take chunked request bodies).",
+            param="file",
+            code="length_required",
+            status=411,
+        )
+    limit = limit if limit is not None else settings.TUNERY_MAX_UPLOAD_BYTES
+    cap = limit + MULTIPART_OVERHEAD_BYTES
+    request._stream = _CappedBody(meta["wsgi.input"], cap, limit)  # type: ignore[attr-defined]
+    # Django and DRF parse only a body with a length: the cap stands in for it (an upper bound).
+    meta["CONTENT_LENGTH"] = str(cap)
 
 
 class LimitedHashingUploadHandler(TemporaryFileUploadHandler):

@@ -18,7 +18,7 @@ from tunery.files.serializers import (
     FileUploadSerializer,
     file_object,
 )
-from tunery.files.uploads import LimitedHashingUploadHandler
+from tunery.files.uploads import LimitedHashingUploadHandler, accept_chunked_body
 
 CONTENT_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv"}
 
@@ -59,6 +59,7 @@ class FileViewSet(TenantScopedViewSet):
 
     def create(self, request: Request) -> Response:
         # Before request.data is touched: the size limit must apply while the body streams in.
+        accept_chunked_body(request._request)
         request._request.upload_handlers = [LimitedHashingUploadHandler(request._request)]
         created = services.upload_file(
             tenant=self.tenant,

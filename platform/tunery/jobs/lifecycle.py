@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 from typing import Any
 
 from django.conf import settings
@@ -76,6 +78,40 @@ def _jobs(job_id: str, *statuses: str, owner: str | None = None):
     return rows
 
 
+# -- what the tenant sees ---------------------------------------------------------------------
+
+#: An absolute POSIX path: a "/" not preceded by a word character, another "/", ":" (URLs) or ".".
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])/[^\s'\"`,;:()\[\]{}<>]+")
+
+
+def _path_name(match: re.Match[str]) -> str:
+    return PurePosixPath(match.group(0)).name or match.group(0)
+
+
+def for_tenant(text: str) -> str:
+    """``text`` with every absolute server path cut to its last component (file or folder name):
+    job errors and events are shown to the tenant, the server's layout is not theirs to see."""
+    return _ABSOLUTE_PATH.sub(_path_name, text)
+
+
+def _for_tenant_data(value: Any) -> Any:
+    if isinstance(value, str):
+        return for_tenant(value)
+    if isinstance(value, Mapping):
+        return {key: _for_tenant_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_for_tenant_data(item) for item in value]
+    return value
+
+
+def _error(job_id: str, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """A job's ``error`` object as the tenant sees it; the full message stays in the server log."""
+    shown = for_tenant(message)
+    if shown != message:
+        log.warning("job %s failed (%s): %s", job_id, code, message)
+    return {"code": code, "message": shown, "param": param}
+
+
 # -- events ------------------------------------------------------------------------------------
 
 
@@ -88,9 +124,17 @@ def add_event(
     data: Mapping[str, Any] | None = None,
     dedupe_key: str | None = None,
 ) -> bool:
-    """Append an event; with ``dedupe_key`` a second write of the same key does nothing.
-    Returns whether a row was written."""
-    fields = {"message": message, "level": level, "type": type, "data": dict(data) if data is not None else None}
+    """Append an event (absolute server paths in it cut to their names: tenants read events);
+    with ``dedupe_key`` a second write of the same key does nothing. Returns whether a row was written."""
+    shown = for_tenant(message)
+    if shown != message:  # the full text, paths included, stays in the server log
+        log.log(logging.WARNING if level == Level.ERROR else logging.INFO, "job %s: %s", job_id, message)
+    fields = {
+        "message": shown,
+        "level": level,
+        "type": type,
+        "data": _for_tenant_data(dict(data)) if data is not None else None,
+    }
     if dedupe_key is None:
         JobEvent.objects.create(job_id=job_id, **fields)
         return True
@@ -126,7 +170,7 @@ def fail_validation(job_id: str, message: str, row_errors: Iterable[Mapping[str,
     with transaction.atomic():
         won = _jobs(job_id, JobStatus.VALIDATING_FILES).update(
             status=JobStatus.FAILED,
-            error={"code": "invalid_file", "message": message, "param": param},
+            error=_error(job_id, "invalid_file", message, param),
             finished_at=timezone.now(),
         )
         if won:
@@ -305,7 +349,7 @@ def finish_attempt(job_id: str, owner: str, outcome: Outcome, attempt_started: d
                 message = f"training failed {job.attempts} times; last error: {message}"
             fields.update(
                 status=status,
-                error={"code": outcome.code or "training_failed", "message": message, "param": None},
+                error=_error(job_id, outcome.code or "training_failed", message),
                 finished_at=now,
                 estimated_finish=None,
             )
@@ -335,7 +379,8 @@ def _succeed(job: FineTuningJob, outcome: Outcome, fields: dict[str, Any], now: 
         finished_at=now,
         estimated_finish=None,
         requested_action="",
-        result_files=[outcome.artifact_dir] if outcome.artifact_dir else [],
+        # shown to the tenant: the artifact folder's name, not its server path (the model row has that)
+        result_files=[for_tenant(outcome.artifact_dir)] if outcome.artifact_dir else [],
         progress={**job.progress, "step": job.progress.get("total_steps", job.progress.get("step"))},
     )
     if outcome.resolved_config:
@@ -372,7 +417,7 @@ def take_back_expired(job: FineTuningJob) -> str:
     elif job.attempts >= settings.TUNERY_JOB_MAX_ATTEMPTS:
         status = JobStatus.FAILED
         message = f"worker died {job.attempts} times while running this job"
-        fields.update(finished_at=now, error={"code": "worker_died", "message": message, "param": None})
+        fields.update(finished_at=now, error=_error(job.pk, "worker_died", message))
     else:
         status, message = JobStatus.QUEUED, f"Attempt {job.attempts} lost its worker; the job is queued again"
         fields.update(dispatched_at=None)

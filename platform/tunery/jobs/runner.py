@@ -77,17 +77,23 @@ def engine_command(spec_path: Path, gpus: int) -> list[str]:
 
 
 def resolve_base_model_path(base_model: Any) -> str:
+    """The base model's folder on this host. Errors name the model, not the server's paths (the
+    tenant reads them); the path goes to the server log."""
     if base_model.local_path:
         path = Path(base_model.local_path)
         if not path.is_dir():
-            raise SpecError("model_not_found", f"base model {base_model.name!r}: {path} is not a directory")
+            log.error("base model %r: %s is not a directory", base_model.name, path)
+            raise SpecError("model_not_found", f"base model {base_model.name!r}: the base model's directory is missing")
         return str(path)
     if base_model.package:
         try:
             module = importlib.import_module(base_model.package.replace("-", "_"))
             return str(module.get_model_path())
         except (ImportError, AttributeError) as exc:
-            raise SpecError("model_not_found", f"base model {base_model.name!r}: package unusable ({exc})") from exc
+            log.error("base model %r: package %s unusable: %s", base_model.name, base_model.package, exc)
+            raise SpecError(
+                "model_not_found", f"base model {base_model.name!r}: its package {base_model.package!r} is unusable"
+            ) from exc
     raise SpecError("model_not_found", f"base model {base_model.name!r} has neither a local path nor a package")
 
 
@@ -345,14 +351,17 @@ class AttemptRunner:
         self.total_steps = event.total_steps or self.total_steps
         step = event.step
         progress = {**(self.job.progress or {}), "total_steps": self.total_steps, "step": step}
-        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, progress=progress))
+        fields: dict[str, Any] = {"progress": progress}
+        if event.resolved_config:  # the job's hyperparameters show resolved values while it runs
+            fields["resolved_config"] = event.resolved_config
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, **fields))
         if event.resumed_from and step:
             # a checkpoint written just before the previous attempt died may never have been reported
             self._act_on(lifecycle.record_checkpoint(self.job.pk, self.owner, step, event.resumed_from, None, False))
         lifecycle.add_event(
             self.job.pk,
             "Training started" + (f" (resuming from step {step})" if event.resumed_from else ""),
-            data=_fields(event),
+            data={k: v for k, v in _fields(event).items() if k != "resolved_config"},  # the job shows it
             dedupe_key=f"attempt:{self.job.attempts}:train_begin",
         )
 

@@ -218,12 +218,13 @@ def _metadata(value: Any) -> dict[str, str]:
 
 
 def _check_job_quotas(tenant: Tenant) -> None:
+    # Jobs beyond the running limit (max_concurrent_jobs, the claim's) wait queued; this bounds the queue.
     active = selectors.active_job_count(tenant)
-    if active >= tenant.max_concurrent_jobs:
+    if active >= tenant.max_queued_jobs:
         raise QuotaExceeded(
-            f"This tenant already has {active} unfinished jobs, its limit is {tenant.max_concurrent_jobs}; "
-            "wait for one to finish or cancel one.",
-            code="concurrent_jobs_quota_exceeded",
+            f"This tenant already has {active} unfinished jobs (validating, queued or running), its limit "
+            f"is {tenant.max_queued_jobs}; wait for one to finish or cancel one.",
+            code="queued_jobs_quota_exceeded",
         )
     used = selectors.training_hours_this_month(tenant)
     if used >= tenant.max_training_hours:

@@ -36,7 +36,15 @@ class ApiKeyInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(AuditedModelAdmin):
-    list_display = ["slug", "name", "is_active", "max_concurrent_jobs", "max_stored_bytes", "created_at"]
+    list_display = [
+        "slug",
+        "name",
+        "is_active",
+        "max_concurrent_jobs",
+        "max_queued_jobs",
+        "max_stored_bytes",
+        "created_at",
+    ]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline, ApiKeyInline, VerticalEnablementInline]

@@ -16,7 +16,12 @@ class Tenant(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Quotas, checked when work is created.
-    max_concurrent_jobs = models.PositiveIntegerField(default=2)
+    max_concurrent_jobs = models.PositiveIntegerField(default=2, help_text="Jobs that may train at the same time.")
+    max_queued_jobs = models.PositiveIntegerField(
+        default=20,
+        help_text="Unfinished jobs (validating, queued or running) a tenant may have; "
+        "those beyond the running limit wait in the queue.",
+    )
     max_stored_bytes = models.BigIntegerField(default=5 * 1024**3)
     max_training_hours = models.FloatField(default=100.0, help_text="Per calendar month.")
     max_deployments = models.PositiveIntegerField(default=5)
