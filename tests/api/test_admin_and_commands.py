@@ -119,6 +119,7 @@ def tenant_page_form(tenant, *, new_keys: int = 0, new_verticals: int = 0) -> di
         "max_training_hours": tenant.max_training_hours,
         "max_deployments": tenant.max_deployments,
         "requests_per_minute": tenant.requests_per_minute,
+        "predictions_per_minute": tenant.predictions_per_minute,
     }
     keys = list(ApiKey.objects.filter(tenant=tenant))
     enablements = list(VerticalEnablement.objects.filter(tenant=tenant))

@@ -317,8 +317,8 @@ def test_rate_limit_admits_exactly_the_limit_under_50_concurrent_requests(setup)
     client, model = setup["client"], setup["models"]["intents"]
     deploy(client, model)
     limit = 17
-    Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(requests_per_minute=limit)
-    limiter().reset(tenant_key(setup["acme"].tenant.pk))  # forget the deploy call
+    Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(predictions_per_minute=limit)
+    limiter().reset(f"{tenant_key(setup['acme'].tenant.pk)}:predictions")
     responses: list[httpx.Response] = []
     barrier = threading.Barrier(50)
 

@@ -53,3 +53,22 @@ def test_without_redis_the_api_falls_back_to_the_database(db, client, settings, 
     refused = client.get("/v1/deployments", **acme.headers)
     assert int(refused["Retry-After"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_predictions_and_the_control_plane_have_separate_budgets(db, client, settings, make_tenant):
+    from tunery.tenants.models import Tenant
+
+    settings.REDIS_URL = ""
+    acme = make_tenant("acme-split", verticals=())
+    Tenant.objects.filter(pk=acme.tenant.pk).update(requests_per_minute=2, predictions_per_minute=3)
+    assert [client.get("/v1/models", **acme.headers).status_code for _ in range(3)] == [200, 200, 429]
+
+    # the control-plane budget is spent; serving has its own (an unknown model is a 404, still counted)
+    body = {"model": "ft:unknown", "inputs": ["hello"]}
+    statuses = [
+        client.post("/v1/predictions", body, content_type="application/json", **acme.headers).status_code
+        for _ in range(4)
+    ]
+    assert statuses == [404, 404, 404, 429]
+    chat = {"model": "ft:unknown", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/v1/chat/completions", chat, content_type="application/json", **acme.headers).status_code == 429

@@ -178,14 +178,26 @@ def tenant_key(tenant_id: int) -> str:
     return f"tenant:{tenant_id}"
 
 
+#: Views with this ``rate_limit_scope`` count against ``Tenant.predictions_per_minute``.
+PREDICTIONS_SCOPE = "predictions"
+
+
 class TenantRateThrottle(BaseThrottle):
-    """DRF throttle: each tenant's requests per minute (``Tenant.requests_per_minute``)."""
+    """DRF throttle: each tenant's requests per minute, with two budgets. Serving views (those with
+    ``rate_limit_scope = PREDICTIONS_SCOPE``) count against ``Tenant.predictions_per_minute``; every
+    other call against ``Tenant.requests_per_minute``. A client scoring traffic at full speed does
+    not lock its own team out of the control plane, and a control-plane sized limit does not cap
+    serving at a few requests a second."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
         user = getattr(request, "user", None)
         if not isinstance(user, ApiKeyPrincipal):
             return True  # unauthenticated requests are refused by authentication, not counted here
-        decision = limiter().hit(tenant_key(user.tenant.pk), user.tenant.requests_per_minute)
+        tenant = user.tenant
+        if getattr(view, "rate_limit_scope", "") == PREDICTIONS_SCOPE:
+            decision = limiter().hit(f"{tenant_key(tenant.pk)}:{PREDICTIONS_SCOPE}", tenant.predictions_per_minute)
+        else:
+            decision = limiter().hit(tenant_key(tenant.pk), tenant.requests_per_minute)
         self._wait = decision.retry_after
         if not decision.allowed:
             from tunery.monitoring.prometheus import RATE_LIMITED

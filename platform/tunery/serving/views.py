@@ -25,6 +25,7 @@ from tunery.core.schema import ERRORS
 from tunery.core.scoping import TenantScopedViewSet, request_tenant
 from tunery.serving import conf, inputs, services
 from tunery.serving.models import Deployment
+from tunery.serving.ratelimit import PREDICTIONS_SCOPE
 
 DeploymentObject = inline_serializer(
     name="Deployment",
@@ -119,6 +120,8 @@ class DeploymentViewSet(TenantScopedViewSet):
 
 
 class PredictionView(APIView):
+    rate_limit_scope = PREDICTIONS_SCOPE
+
     @extend_schema(
         summary="Predict with a deployed classification, tagging or ranking model",
         description=(
@@ -134,6 +137,7 @@ class PredictionView(APIView):
 
 
 class _GenerationView(APIView):
+    rate_limit_scope = PREDICTIONS_SCOPE
     chat = True
 
     def post(self, request: Request) -> Response | StreamingHttpResponse:

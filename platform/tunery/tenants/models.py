@@ -25,7 +25,14 @@ class Tenant(models.Model):
     max_stored_bytes = models.BigIntegerField(default=5 * 1024**3)
     max_training_hours = models.FloatField(default=100.0, help_text="Per calendar month.")
     max_deployments = models.PositiveIntegerField(default=5)
-    requests_per_minute = models.PositiveIntegerField(default=600, help_text="Rate limit for API and predictions.")
+    requests_per_minute = models.PositiveIntegerField(
+        default=600, help_text="Rate limit for control-plane calls (files, jobs, models, keys, deployments)."
+    )
+    predictions_per_minute = models.PositiveIntegerField(
+        default=30_000,
+        help_text="Rate limit for predictions and completions; the default (500 requests/s) is above what one "
+        "host serves, so a tenant can use all of it unless you lower it.",
+    )
 
     def __str__(self) -> str:
         return self.slug
