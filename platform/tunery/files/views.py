@@ -78,7 +78,11 @@ class FileViewSet(TenantScopedViewSet):
 
     @extend_schema(
         summary="Download a file's content",
-        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
+        responses={
+            **{(200, media_type): OpenApiResponse(OpenApiTypes.BINARY) for media_type in CONTENT_TYPES.values()},
+            (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY),
+            **ERRORS,
+        },
     )
     def content(self, request: Request, pk: str) -> FileResponse:
         file = self.get_object()
