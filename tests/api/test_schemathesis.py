@@ -1,6 +1,6 @@
 """The published OpenAPI schema is honest: Schemathesis, with all its checks, finds no failure.
 
-It runs the CLI as documented for a running server (docs/api.md), against pytest-django's live
+It runs the CLI as documented for a running server (schemathesis.toml), against pytest-django's live
 server with a real tenant key, so every request takes the real HTTP path (middleware,
 authentication, rate limits, error handlers). Nothing is excluded: every operation, every check,
 every phase (examples, coverage, fuzzing, stateful). The repository's schemathesis.toml says where

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
@@ -88,7 +89,8 @@ class RawSchemaBodyExtension(OpenApiSerializerExtension):
     match_subclasses = True
 
     def map_serializer(self, auto_schema, direction):
-        return self.target.openapi_schema
+        # A copy: drf-spectacular's enum post-processing rewrites the schema it is given in place.
+        return copy.deepcopy(self.target.openapi_schema)
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

@@ -57,7 +57,9 @@ class CreatedApiKeySerializer(ApiKeySerializer):
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
     role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="Must be in the future (a 400 otherwise)."
+    )
 
 
 @extend_schema_view(
