@@ -26,11 +26,17 @@ ErrorSerializer = inline_serializer(
     },
 )
 
+
 #: Answers every authenticated operation can give: a bad query or body, no or a bad key, a key
 #: without the role, an unknown id, a state conflict, the tenant's rate limit.
-ERRORS = {status: OpenApiResponse(ErrorSerializer) for status in (400, 401, 403, 404, 409, 429)}
+def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
+    """OpenAI's error object documented for each of ``statuses``."""
+    return {status: OpenApiResponse(ErrorSerializer) for status in statuses}
+
+
+ERRORS = error_responses(400, 401, 403, 404, 409, 429)
 #: Operations that read a request body also refuse one that is too large or of another media type.
-BODY_ERRORS = {**ERRORS, **{status: OpenApiResponse(ErrorSerializer) for status in (413, 415)}}
+BODY_ERRORS = {**ERRORS, **error_responses(413, 415)}
 
 
 def page_parameters(*, max_limit: int = MAX_LIMIT, default_limit: int = DEFAULT_LIMIT, order: bool = False):

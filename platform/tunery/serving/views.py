@@ -14,14 +14,15 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tunery.core.errors import PayloadTooLarge
-from tunery.core.schema import BODY_ERRORS, ERRORS, list_of
+from tunery.core.schema import BODY_ERRORS, ERRORS, error_responses, list_of
 from tunery.core.scoping import TenantScopedViewSet, request_tenant
 from tunery.serving import conf, inputs, services
 from tunery.serving.models import Deployment
@@ -41,6 +42,8 @@ DeploymentObject = inline_serializer(
         "updated_at": serializers.IntegerField(),
     },
 )
+#: Inference also answers 503 ``model_unavailable`` when a deployed model cannot be loaded.
+INFERENCE_ERRORS = {**BODY_ERRORS, **error_responses(503)}
 #: What a chat or text completion answers (streamed as server-sent events when the body asks for it).
 GenerationObject = inline_serializer(
     name="Generation",
@@ -53,6 +56,12 @@ GenerationObject = inline_serializer(
         "usage": serializers.DictField(),
     },
 )
+#: A completion, or with ``"stream": true`` its chunks as server-sent events (``data: {...}`` lines).
+GENERATION_RESPONSES = {
+    (200, "application/json"): GenerationObject,
+    (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR),
+    **INFERENCE_ERRORS,
+}
 
 
 def deployment_object(deployment: Deployment) -> dict[str, Any]:
@@ -139,7 +148,7 @@ class PredictionView(APIView):
                     "data": serializers.ListField(child=serializers.DictField()),
                 },
             ),
-            **BODY_ERRORS,
+            **INFERENCE_ERRORS,
         },
     )
     def post(self, request: Request) -> Response:
@@ -167,7 +176,7 @@ class ChatCompletionView(_GenerationView):
     @extend_schema(
         summary="Chat completion with a fine-tuned causal LM (OpenAI shape)",
         request=ChatCompletionBody,
-        responses={200: GenerationObject, **BODY_ERRORS},
+        responses=GENERATION_RESPONSES,
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
@@ -179,7 +188,7 @@ class CompletionView(_GenerationView):
     @extend_schema(
         summary="Text completion with a fine-tuned causal LM (OpenAI shape)",
         request=CompletionBody,
-        responses={200: GenerationObject, **BODY_ERRORS},
+        responses=GENERATION_RESPONSES,
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
