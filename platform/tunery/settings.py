@@ -151,7 +151,13 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tunery API",
-    "DESCRIPTION": "Fine-tuning for business verticals. Speaks OpenAI's fine-tuning API under /v1.",
+    "DESCRIPTION": (
+        "Fine-tuning for business verticals. Speaks OpenAI's fine-tuning API under /v1.\n\n"
+        'Every error is OpenAI\'s error object, `{"error": {"message", "type", "param", "code"}}`. '
+        "No string in a request body may hold a NUL character (\\u0000): it is refused with a 400 "
+        '`invalid_characters`. List endpoints answer `{"object": "list", "data": [...], "has_more"}`; '
+        "cursor-paged ones add `first_id` and `last_id` and take `after` (an id on the list) and `limit`."
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -12,7 +12,7 @@ from tunery.catalog import services
 from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.core.errors import NotFound, PermissionDenied
 from tunery.core.permissions import IsTenantAdmin, IsTenantMember
-from tunery.core.schema import ERRORS
+from tunery.core.schema import ERRORS, list_of
 from tunery.core.scoping import request_tenant
 from tunery.jobs import selectors
 from tunery.tenants.models import Tenant
@@ -79,7 +79,7 @@ class ModelListView(APIView):
         summary="List base models you can fine-tune and your fine-tuned models",
         operation_id="list_models",
         responses={
-            200: inline_serializer(name="ModelList", fields={"object": serializers.CharField(), "data": ModelObject}),
+            200: list_of("ModelList", ModelObject),
             **ERRORS,
         },
     )
@@ -92,7 +92,7 @@ class ModelListView(APIView):
         data = [base_model_object(m, tenant) for m in by_name.values()]
         tuned = selectors.fine_tuned_models(tenant).select_related("base_model").order_by("-created_at")
         data += [fine_tuned_model_object(m, tenant) for m in tuned]
-        return Response({"object": "list", "data": data})
+        return Response({"object": "list", "data": data, "has_more": False})
 
 
 class ModelDetailView(APIView):

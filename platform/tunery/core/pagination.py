@@ -20,7 +20,7 @@ MAX_LIMIT = 100
 
 def parse_limit(request: Request, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     raw = request.query_params.get("limit")
-    if raw in (None, ""):
+    if raw is None:
         return default
     try:
         limit = int(raw)
@@ -32,7 +32,7 @@ def parse_limit(request: Request, default: int = DEFAULT_LIMIT, maximum: int = M
 
 
 def parse_order(request: Request, default: str = "desc") -> str:
-    order = request.query_params.get("order") or default
+    order = request.query_params.get("order", default)
     if order not in ("asc", "desc"):
         raise InvalidRequest("order must be 'asc' or 'desc'.", param="order", code="invalid_value")
     return order

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tunery.files.models import File
@@ -48,10 +49,15 @@ class FileObjectSerializer(serializers.Serializer):
         return file_object(instance)
 
 
+@extend_schema_field({"type": "string", "format": "binary"})
+class UploadedFileField(serializers.FileField):
+    """A multipart file part (drf-spectacular says ``format: uri`` for a FileField otherwise)."""
+
+
 class FileUploadSerializer(serializers.Serializer):
     """Request body of POST /v1/files (multipart/form-data)."""
 
-    file = serializers.FileField(help_text="A .jsonl or .csv file.")
+    file = UploadedFileField(help_text="A .jsonl or .csv file.")
     purpose = serializers.ChoiceField(choices=["fine-tune"])
     vertical = serializers.CharField(required=False, help_text="Check the rows against this pack's task.")
     task = serializers.CharField(required=False, help_text="The task whose schema the rows must fit.")

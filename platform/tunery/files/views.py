@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tunery.core.pagination import cursor_page, parse_order
-from tunery.core.schema import ERRORS, PAGE_PARAMETERS, list_of
+from tunery.core.schema import BODY_ERRORS, ERRORS, list_of, page_parameters
 from tunery.core.scoping import TenantScopedViewSet
 from tunery.files import services
 from tunery.files.models import File
@@ -27,8 +27,7 @@ CONTENT_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv"}
     list=extend_schema(
         summary="List files",
         parameters=[
-            *PAGE_PARAMETERS,
-            OpenApiParameter("order", str, enum=["asc", "desc"]),
+            *page_parameters(max_limit=10_000, order=True),
             OpenApiParameter("purpose", str),
         ],
         responses={200: list_of("FileList", FileObjectSerializer), **ERRORS},
@@ -36,7 +35,7 @@ CONTENT_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv"}
     create=extend_schema(
         summary="Upload a training file (JSONL or CSV)",
         request={"multipart/form-data": FileUploadSerializer},
-        responses={200: FileObjectSerializer, 413: ERRORS[400], **ERRORS},
+        responses={200: FileObjectSerializer, **BODY_ERRORS},
     ),
     retrieve=extend_schema(summary="Retrieve a file", responses={200: FileObjectSerializer, **ERRORS}),
     destroy=extend_schema(summary="Delete a file", responses={200: FileDeletedSerializer, **ERRORS}),
@@ -80,7 +79,11 @@ class FileViewSet(TenantScopedViewSet):
 
     @extend_schema(
         summary="Download a file's content",
-        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
+        responses={
+            **{(200, media_type): OpenApiResponse(OpenApiTypes.BINARY) for media_type in CONTENT_TYPES.values()},
+            (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY),
+            **ERRORS,
+        },
     )
     def content(self, request: Request, pk: str) -> FileResponse:
         file = self.get_object()

@@ -9,10 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tunery.jobs.hyperparameters import GPU_RANGE, KNOBS, SEED_RANGE, TUNERY_KNOBS, openai_hyperparameters
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
+from tunery.jobs.services import MAX_METADATA_KEYS, SUFFIX
 from tunery.verticals import registry
 from tunery_contract.vocabulary import AUTO, Knob
 
@@ -165,18 +167,35 @@ HyperparametersSerializer = type(
 LoraSerializer = type("LoraSerializer", (serializers.Serializer,), _knob_fields(KNOBS, prefix="lora."))
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": 512},
+        "maxProperties": MAX_METADATA_KEYS,
+        "nullable": True,
+    }
+)
+class MetadataField(serializers.DictField):
+    """A job's metadata: string values, a bounded number of keys (``services._metadata`` checks it)."""
+
+
 class JobCreateSerializer(serializers.Serializer):
     """Request body of POST /v1/fine_tuning/jobs. Fields after ``method`` are Tunery's extra
     body fields (``extra_body`` in the openai client). Every knob accepts "auto"; the knobs and
     their ranges come from the contract's vocabulary."""
 
-    model = serializers.CharField(help_text="A base model id from GET /v1/models.")
-    training_file = serializers.CharField()
+    model = serializers.CharField(min_length=1, help_text="A base model id from GET /v1/models.")
+    training_file = serializers.CharField(min_length=1)
     validation_file = serializers.CharField(required=False, allow_null=True)
     hyperparameters = HyperparametersSerializer(required=False)
-    suffix = serializers.CharField(required=False, max_length=64)
+    suffix = serializers.RegexField(SUFFIX.pattern, required=False, allow_blank=True, allow_null=True, max_length=64)
     seed = serializers.IntegerField(required=False, allow_null=True, min_value=SEED_RANGE[0], max_value=SEED_RANGE[1])
-    metadata = serializers.DictField(child=serializers.CharField(), required=False)
+    metadata = MetadataField(
+        child=serializers.CharField(allow_blank=True, max_length=512),
+        required=False,
+        allow_null=True,
+        help_text=f"At most {MAX_METADATA_KEYS} keys of at most 64 characters.",
+    )
     method = serializers.JSONField(required=False, help_text='{"type": "supervised", "supervised": {...}}')
     vertical = serializers.CharField(required=False, help_text="Pack id from GET /v1/verticals.")
     task = serializers.CharField(required=False)

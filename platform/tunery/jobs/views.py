@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from tunery.core.pagination import cursor_page
 from tunery.core.parsers import BoundedJSONParser
-from tunery.core.schema import ERRORS, PAGE_PARAMETERS, list_of
+from tunery.core.schema import BODY_ERRORS, ERRORS, PAGE_PARAMETERS, list_of, page_parameters
 from tunery.core.scoping import TenantScopedViewSet
 from tunery.jobs import services
 from tunery.jobs.models import FineTuningJob
@@ -40,7 +40,9 @@ JOB_RESPONSES = {200: JobSerializer, **ERRORS}
         ],
         responses={200: list_of("FineTuningJobList", JobSerializer), **ERRORS},
     ),
-    create=extend_schema(summary="Create a fine-tuning job", request=JobCreateSerializer, responses=JOB_RESPONSES),
+    create=extend_schema(
+        summary="Create a fine-tuning job", request=JobCreateSerializer, responses={200: JobSerializer, **BODY_ERRORS}
+    ),
     retrieve=extend_schema(summary="Retrieve a fine-tuning job", responses=JOB_RESPONSES),
 )
 class FineTuningJobViewSet(TenantScopedViewSet):
@@ -92,7 +94,7 @@ class FineTuningJobViewSet(TenantScopedViewSet):
 
     @extend_schema(
         summary="List a job's checkpoints",
-        parameters=PAGE_PARAMETERS,
+        parameters=page_parameters(default_limit=10),
         responses={200: list_of("FineTuningJobCheckpointList", CheckpointSerializer), **ERRORS},
     )
     def checkpoints(self, request: Request, pk: str) -> Response:

@@ -14,18 +14,20 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tunery.core.errors import PayloadTooLarge
-from tunery.core.schema import ERRORS
+from tunery.core.schema import BODY_ERRORS, ERRORS, error_responses, list_of
 from tunery.core.scoping import TenantScopedViewSet, request_tenant
 from tunery.serving import conf, inputs, services
 from tunery.serving.models import Deployment
 from tunery.serving.ratelimit import PREDICTIONS_SCOPE
+from tunery.serving.schema import ChatCompletionBody, CompletionBody, DeploymentBody, PredictionBody
 
 DeploymentObject = inline_serializer(
     name="Deployment",
@@ -41,14 +43,26 @@ DeploymentObject = inline_serializer(
         "updated_at": serializers.IntegerField(),
     },
 )
-JsonBody = inline_serializer(name="ServingRequest", fields={"model": serializers.CharField()})
-DeployBody = inline_serializer(
-    name="DeploymentRequest",
+#: Inference also answers 503 ``model_unavailable`` when a deployed model cannot be loaded.
+INFERENCE_ERRORS = {**BODY_ERRORS, **error_responses(503)}
+#: What a chat or text completion answers (streamed as server-sent events when the body asks for it).
+GenerationObject = inline_serializer(
+    name="Generation",
     fields={
+        "id": serializers.CharField(),
+        "object": serializers.CharField(),
+        "created": serializers.IntegerField(),
         "model": serializers.CharField(),
-        "precision": serializers.ChoiceField(choices=conf.PRECISIONS, required=False),
+        "choices": serializers.ListField(child=serializers.DictField()),
+        "usage": serializers.DictField(),
     },
 )
+#: A completion, or with ``"stream": true`` its chunks as server-sent events (``data: {...}`` lines).
+GENERATION_RESPONSES = {
+    (200, "application/json"): GenerationObject,
+    (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR),
+    **INFERENCE_ERRORS,
+}
 
 
 def deployment_object(deployment: Deployment) -> dict[str, Any]:
@@ -82,7 +96,7 @@ class DeploymentViewSet(TenantScopedViewSet):
 
     @extend_schema(
         summary="List deployments",
-        responses={200: inline_serializer(name="DeploymentList", fields={"data": serializers.ListField()}), **ERRORS},
+        responses={200: list_of("DeploymentList", DeploymentObject), **ERRORS},
     )
     def list(self, request: Request) -> Response:
         data = [deployment_object(d) for d in self.get_queryset()]
@@ -99,8 +113,8 @@ class DeploymentViewSet(TenantScopedViewSet):
             "'bf16' under bf16 autocast on CPUs with bf16 units (fp32 elsewhere), 'fp32' in full "
             "precision; without it the server's TUNERY_SERVING_PRECISION applies."
         ),
-        request=DeployBody,
-        responses={201: DeploymentObject, 200: DeploymentObject, **ERRORS},
+        request=DeploymentBody,
+        responses={201: DeploymentObject, 200: DeploymentObject, **BODY_ERRORS},
     )
     def create(self, request: Request) -> Response:
         body = inputs.require_object(request_body(request))
@@ -128,8 +142,17 @@ class PredictionView(APIView):
             "Body: {model, inputs: [text | {field: text, ...}]} or, for ranking models, "
             "{model, user, items: [text | {text, id, ...}]}. Results carry the pack's post-processing."
         ),
-        request=JsonBody,
-        responses={200: inline_serializer(name="Predictions", fields={"data": serializers.ListField()}), **ERRORS},
+        request=PredictionBody,
+        responses={
+            200: inline_serializer(
+                name="Predictions",
+                fields={
+                    "object": serializers.CharField(),
+                    "data": serializers.ListField(child=serializers.DictField()),
+                },
+            ),
+            **INFERENCE_ERRORS,
+        },
     )
     def post(self, request: Request) -> Response:
         parsed = inputs.prediction_request(request_body(request))
@@ -155,7 +178,9 @@ class ChatCompletionView(_GenerationView):
     chat = True
 
     @extend_schema(
-        summary="Chat completion with a fine-tuned causal LM (OpenAI shape)", request=JsonBody, responses=ERRORS
+        summary="Chat completion with a fine-tuned causal LM (OpenAI shape)",
+        request=ChatCompletionBody,
+        responses=GENERATION_RESPONSES,
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
@@ -165,7 +190,9 @@ class CompletionView(_GenerationView):
     chat = False
 
     @extend_schema(
-        summary="Text completion with a fine-tuned causal LM (OpenAI shape)", request=JsonBody, responses=ERRORS
+        summary="Text completion with a fine-tuned causal LM (OpenAI shape)",
+        request=CompletionBody,
+        responses=GENERATION_RESPONSES,
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from tunery.core.pagination import cursor_page
 from tunery.core.parsers import BoundedJSONParser
 from tunery.core.permissions import IsTenantAdmin
-from tunery.core.schema import ERRORS, PAGE_PARAMETERS, list_of
+from tunery.core.schema import BODY_ERRORS, ERRORS, PAGE_PARAMETERS, list_of
 from tunery.core.scoping import TenantScopedViewSet
 from tunery.tenants import services
 from tunery.tenants.models import ApiKey, Membership
@@ -57,7 +57,9 @@ class CreatedApiKeySerializer(ApiKeySerializer):
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
     role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="Must be in the future (a 400 otherwise)."
+    )
 
 
 @extend_schema_view(
@@ -69,7 +71,7 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     create=extend_schema(
         summary="Create an API key (admin); the secret is in the response only",
         request=ApiKeyCreateSerializer,
-        responses={200: CreatedApiKeySerializer, **ERRORS},
+        responses={200: CreatedApiKeySerializer, **BODY_ERRORS},
     ),
     retrieve=extend_schema(summary="Retrieve an API key (admin)", responses={200: ApiKeySerializer, **ERRORS}),
     destroy=extend_schema(summary="Revoke an API key (admin)", responses={200: ApiKeySerializer, **ERRORS}),
