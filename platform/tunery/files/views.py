@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tunery.core.pagination import cursor_page, parse_order
-from tunery.core.schema import BODY_ERRORS, ERRORS, list_of, page_parameters
+from tunery.core.schema import BODY_ERRORS, ERRORS, error_responses, list_of, page_parameters
 from tunery.core.scoping import TenantScopedViewSet
 from tunery.files import services
 from tunery.files.models import File
@@ -35,7 +35,8 @@ CONTENT_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv"}
     create=extend_schema(
         summary="Upload a training file (JSONL or CSV)",
         request={"multipart/form-data": FileUploadSerializer},
-        responses={200: FileObjectSerializer, **BODY_ERRORS},
+        # 411: a chunked body behind a server that cannot mark its end (gunicorn can)
+        responses={200: FileObjectSerializer, **BODY_ERRORS, **error_responses(411)},
     ),
     retrieve=extend_schema(summary="Retrieve a file", responses={200: FileObjectSerializer, **ERRORS}),
     destroy=extend_schema(summary="Delete a file", responses={200: FileDeletedSerializer, **ERRORS}),
