@@ -51,9 +51,11 @@ def intent_rows(refunds: int, greetings: int) -> list[dict]:
 
 def test_single_label_classes_lengths_and_imbalance():
     profile = profile_rows(INTENT, intent_rows(40, 1))
-    assert profile["rows"] == 41 and profile["length_unit"] == "words"
+    assert profile["rows"] == 41
+    assert profile["length_unit"] == "words"
     classes = profile["classes"]
-    assert classes["count"] == 2 and classes["counts"] == {"greeting": 1, "refund": 40}
+    assert classes["count"] == 2
+    assert classes["counts"] == {"greeting": 1, "refund": 40}
     assert classes["examples_per_class"] == {"min": 1, "median": 20.5, "max": 40}
     assert classes["rarest"][0] == {"class": "greeting", "examples": 1}
     assert classes["imbalance_ratio"] == 40
@@ -73,7 +75,8 @@ def test_a_single_class_blocks_and_a_missing_fixed_label_is_named():
 
 
 def test_duplicates_and_identical_texts_with_different_labels():
-    rows = intent_rows(5, 5) + [
+    rows = [
+        *intent_rows(5, 5),
         {"text": "money back 0", "label": "refund"},
         {"text": "money  back 1", "label": "greeting"},
     ]
@@ -85,12 +88,13 @@ def test_duplicates_and_identical_texts_with_different_labels():
 
 def test_validation_overlap_is_measured_and_most_is_warned():
     train = intent_rows(5, 5)
-    validation = train[:3] + [{"text": "something new", "label": "refund"}]
+    validation = [*train[:3], {"text": "something new", "label": "refund"}]
     profile = profile_rows(INTENT, train, validation)
     assert profile["validation"] == {"rows": 4, "overlapping_rows": 3, "overlap_share": 0.75}
     assert "most of its texts" in warning(profile, "validation_overlap")
     clean = profile_rows(INTENT, train, [{"text": "something new", "label": "refund"}])
-    assert clean["validation"]["overlapping_rows"] == 0 and clean["warnings"] == []
+    assert clean["validation"]["overlapping_rows"] == 0
+    assert clean["warnings"] == []
 
 
 def test_multi_label_counts_each_label_and_one_label_set_blocks():
@@ -110,7 +114,7 @@ def test_token_classification_counts_entities_and_uses_token_lengths():
     profile = profile_rows(NER, rows)
     assert profile["classes"]["counts"] == {"LOC": 1, "PER": 2}
     assert profile["text_length"]["max"] == 4
-    conflicting = rows + [{"tokens": ["in", "London"], "tags": ["O", "O"]}]
+    conflicting = [*rows, {"tokens": ["in", "London"], "tags": ["O", "O"]}]
     assert profile_rows(NER, conflicting)["conflicting_labels"] == 1
     assert codes(profile_rows(NER, [{"tokens": ["no"], "tags": ["O"]}])) == ["single_class"]
 
@@ -131,7 +135,8 @@ def test_pair_regression_reports_target_stats_and_a_constant_target_blocks():
     rows = [{"user": "u", "item": f"i{i}", "rating": float(i)} for i in range(1, 6)]
     profile = profile_rows(RATINGS, rows)
     assert profile["target"] == {"min": 1.0, "max": 5.0, "mean": 3.0, "stdev": 1.414214}
-    assert "classes" not in profile and "conflicting_labels" not in profile
+    assert "classes" not in profile
+    assert "conflicting_labels" not in profile
     flat = profile_rows(RATINGS, [{"user": "u", "item": f"i{i}", "rating": 3.0} for i in range(4)])
     assert [w["code"] for w in blocking_warnings(flat)] == ["constant_target"]
 
@@ -142,6 +147,8 @@ def test_causal_lm_has_rows_and_message_lengths_only():
         {"messages": [{"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]},
     ]
     profile = profile_rows(CHAT, rows, rows[:1])
-    assert profile["rows"] == 2 and profile["text_length"] == {"p50": 2, "p90": 5, "p99": 5, "max": 5}
-    assert "classes" not in profile and "conflicting_labels" not in profile
+    assert profile["rows"] == 2
+    assert profile["text_length"] == {"p50": 2, "p90": 5, "p99": 5, "max": 5}
+    assert "classes" not in profile
+    assert "conflicting_labels" not in profile
     assert profile["validation"]["overlap_share"] == 1.0
