@@ -213,7 +213,9 @@ def _input_key(task: TaskDefinition, row: Mapping[str, Any]) -> str:
 def _target_key(task: TaskDefinition, row: Mapping[str, Any]) -> str:
     role = "tags" if task.kind is TaskKind.TOKEN_CLASSIFICATION else "label"
     value = row.get(_column(task, role) or "")
-    return json.dumps(sorted(value) if task.kind is TaskKind.MULTI_LABEL_CLASSIFICATION else value)
+    if task.kind is TaskKind.MULTI_LABEL_CLASSIFICATION and isinstance(value, list):
+        value = sorted(value)  # a label set: the order carries nothing
+    return json.dumps(value)
 
 
 def _duplicates(rows: Sequence[Mapping[str, Any]], warnings: list[dict[str, str]]) -> int:
