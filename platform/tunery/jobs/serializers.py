@@ -256,7 +256,7 @@ class JobSerializer(serializers.Serializer):
 class DryRunSerializer(serializers.Serializer):
     """Answer of POST /v1/fine_tuning/jobs with ``dry_run: true``."""
 
-    object = serializers.ChoiceField(choices=["fine_tuning.job.dry_run"])
+    object = serializers.CharField(default="fine_tuning.job.dry_run")
     model = serializers.CharField()
     training_file = serializers.CharField()
     validation_file = serializers.CharField(allow_null=True)
