@@ -82,3 +82,16 @@ def test_a_dry_run_cannot_read_another_tenants_file(acme, globex, api, create_jo
     assert response.json()["error"]["code"] == "file_not_found"
     assert response.json()["error"]["code"] == create_job(acme, theirs).json()["error"]["code"]
     assert not FineTuningJob.objects.exists()
+
+
+def test_the_jobs_profile_is_on_the_job_object_after_file_validation(acme, api, create_job):
+    from tunery.jobs.file_validation import validate_job_files
+
+    training = upload_for_task(api, acme, jsonl(rows(10)))["id"]
+    job = create_job(acme, training).json()
+    assert job["data_profile"] is None  # not yet validated
+    assert validate_job_files(job["id"]) == "queued"
+    shown = api.get(f"/v1/fine_tuning/jobs/{job['id']}", **acme.headers).json()["data_profile"]
+    assert shown["rows"] == 10
+    assert shown["classes"]["counts"] == {"negative": 5, "positive": 5}
+    assert shown["warnings"] == []
