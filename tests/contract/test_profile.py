@@ -152,3 +152,10 @@ def test_causal_lm_has_rows_and_message_lengths_only():
     assert "classes" not in profile
     assert "conflicting_labels" not in profile
     assert profile["validation"]["overlap_share"] == 1.0
+
+
+def test_validation_classes_missing_from_training_are_named():
+    validation = [{"text": "hi", "label": "greeting"}]
+    profile = profile_rows(INTENT, intent_rows(6, 0), validation)
+    assert codes(profile) == ["single_class", "missing_classes", "validation_unseen_classes"]
+    assert "(greeting)" in warning(profile, "validation_unseen_classes")

@@ -57,6 +57,8 @@ def profile_rows(
         profile["conflicting_labels"] = _conflicts(task, rows, keys, warnings)
     if validation_rows is not None:
         profile["validation"] = _overlap(task, keys, validation_rows, warnings)
+        if task.kind in _CLASS_KINDS:
+            _unseen_in_training(task, profile["classes"].get("counts", {}), validation_rows, warnings)
     profile["warnings"] = warnings
     return profile
 
@@ -265,6 +267,22 @@ def _overlap(
             "rows): its metrics will look better than the model is; remove them from one of the files.",
         )
     return {"rows": len(validation_rows), "overlapping_rows": shared, "overlap_share": share}
+
+
+def _unseen_in_training(
+    task: TaskDefinition,
+    train_counts: Mapping[str, int],
+    validation_rows: Sequence[Mapping[str, Any]],
+    warnings: list[dict[str, str]],
+) -> None:
+    unseen = sorted(set(_class_counts(task, validation_rows)) - set(train_counts))
+    if unseen:
+        _warn(
+            warnings,
+            "validation_unseen_classes",
+            f"The validation file has {len(unseen)} classes no training row has ({_names(unseen)}): "
+            "the model cannot learn them; add training examples or drop those validation rows.",
+        )
 
 
 def _names(names: Any) -> str:
