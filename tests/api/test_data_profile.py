@@ -95,3 +95,21 @@ def test_the_jobs_profile_is_on_the_job_object_after_file_validation(acme, api, 
     assert shown["rows"] == 10
     assert shown["classes"]["counts"] == {"negative": 5, "positive": 5}
     assert shown["warnings"] == []
+
+
+def test_a_dry_run_without_a_validation_file_uses_the_profile_stored_at_upload(acme, api, create_job):
+    from tunery.files.models import File
+
+    training = upload_for_task(api, acme, jsonl(rows(10)))["id"]
+    stored = File.objects.get(pk=training)
+    stored.profile["warnings"] = [{"code": "duplicates", "message": "as stored at upload"}]
+    stored.save(update_fields=["profile"])
+    body = create_job(acme, training, dry_run=True).json()
+    assert body["warnings"] == [{"code": "duplicates", "message": "as stored at upload"}]
+    assert body["data_profile"]["rows"] == 10
+    # one class only, as a stored profile says: refused like the job's validation would
+    stored.profile["warnings"] = [{"code": "single_class", "message": "Every training row has the class 'x'."}]
+    stored.save(update_fields=["profile"])
+    response = create_job(acme, training, dry_run=True)
+    assert response.status_code == 400
+    assert "Every training row has the class 'x'." in response.json()["error"]["message"]

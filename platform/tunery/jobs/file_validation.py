@@ -68,11 +68,16 @@ def check_files(
         rows[param] = report.rows
         summaries.append(f"{param} {file.pk}: {report.row_count} rows")
     profile = profile_rows(task, rows["training_file"], rows.get("validation_file"))
+    refuse_blocking(profile, training_file)
+    return CheckedFiles(profile, summaries)
+
+
+def refuse_blocking(profile: dict[str, Any], training_file: File) -> None:
+    """Raise :class:`FilesRefused` when the profile says the data can only train a useless model."""
     blocking = blocking_warnings(profile)
     if blocking:
         message = f"training_file {training_file.pk}: {blocking[0]['message']}"
         raise FilesRefused(message, "training_file", profile=profile)
-    return CheckedFiles(profile, summaries)
 
 
 def validate_job_files(job_id: str) -> str:

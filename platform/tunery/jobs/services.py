@@ -18,7 +18,7 @@ from tunery.catalog.models import BaseModel
 from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs import dispatch, lifecycle, selectors
-from tunery.jobs.file_validation import FilesRefused, check_files
+from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
     SEED_RANGE,
@@ -170,15 +170,19 @@ DEVICE_DEPENDENT = ("precision", "compile")
 
 
 def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
-    """What a job from ``checked`` would train with, without creating it: the files validated
-    and profiled as the job's validation would, and the engine's "auto" rules applied to the
-    task's defaults merged with the request. A 400 where the job would fail validation."""
-    config = tenant_config(tenant.pk, checked.pack)
+    """What a job from ``checked`` would train with, without creating it: the files' profile (the
+    one stored at upload where it fits, else the files validated and profiled as the job's
+    validation does) and the engine's "auto" rules applied to the task's defaults merged with the
+    request. A 400 where the job would fail validation."""
+    profile = _stored_profile(checked)
     try:
-        files = check_files(checked.task, config, checked.training_file, checked.validation_file)
+        if profile is None:
+            config = tenant_config(tenant.pk, checked.pack)
+            profile = check_files(checked.task, config, checked.training_file, checked.validation_file).profile
+        else:
+            refuse_blocking(profile, checked.training_file)
     except FilesRefused as refused:
         raise InvalidRequest(refused.message, param=refused.param, code="invalid_training_data") from refused
-    profile = files.profile
     return {
         "object": "fine_tuning.job.dry_run",
         "model": checked.base_model.name,
@@ -190,6 +194,14 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
         "data_profile": profile,
         "warnings": profile["warnings"],
     }
+
+
+def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
+    """The training file's profile from its upload, when it was checked against this task and no
+    validation file needs the overlap measured: a dry run then reads no file."""
+    profile = checked.training_file.profile or {}
+    same_task = (profile.get("vertical"), profile.get("task")) == (checked.pack.id, checked.task.id)
+    return profile if same_task and checked.validation_file is None else None
 
 
 def _resolved_hyperparameters(checked: JobRequest, rows: int) -> dict[str, Any]:
