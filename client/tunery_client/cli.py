@@ -227,6 +227,7 @@ def job_body(
     hyperparameters: dict[str, Any] | None = None,
     training_type: str | None = None,
     seed: int | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """A create-job request: OpenAI's fields plus Tunery's extra body fields. Hyperparameters not
     given are left to the server, which fills them from the pack's defaults."""
@@ -241,6 +242,8 @@ def job_body(
         body["training_type"] = training_type
     if seed is not None:
         body["seed"] = seed
+    if dry_run:
+        body["dry_run"] = True
     return body
 
 
@@ -448,8 +451,11 @@ def _cmd_jobs_create(client: TuneryClient, args: argparse.Namespace) -> int:
         hyperparameters=overrides,
         training_type=args.training_type,
         seed=args.seed,
+        dry_run=args.dry_run,
     )
     job = client.create_job(body)
+    if args.dry_run:
+        return _report_dry_run(job, as_json=args.json)
     if args.watch:
         job = watch_job(client, job["id"])
         _report_finished_job(job)
@@ -459,6 +465,25 @@ def _cmd_jobs_create(client: TuneryClient, args: argparse.Namespace) -> int:
         print(f"{job['id']}  {job['status']}")
     if args.watch and job["status"] != "succeeded":
         return 1
+    return 0
+
+
+#: Resolved settings a dry run shows (``--json`` prints them all).
+DRY_RUN_SHOWN = ("training_type", "n_epochs", "batch_size", "learning_rate", "max_length", "eval_every_steps")
+
+
+def _report_dry_run(plan: dict[str, Any], *, as_json: bool) -> int:
+    if as_json:
+        _print_json(plan)
+        return 0
+    profile = plan.get("data_profile") or {}
+    classes = profile.get("classes") or {}
+    resolved = plan.get("resolved_hyperparameters") or {}
+    print(f"dry run: no job created; {profile.get('rows', 0)} training rows", end="")
+    print(f", {classes['count']} classes" if classes else "")
+    print("would train with: " + format_hp({k: resolved[k] for k in DRY_RUN_SHOWN if k in resolved}))
+    for warning in plan.get("warnings") or ():
+        print(f"warning ({warning['code']}): {warning['message']}")
     return 0
 
 
@@ -601,6 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--seed", type=int, help="for a reproducible run")
     create.add_argument("--hyperparameter", "-p", action="append", metavar="NAME=VALUE", help="override a default")
     create.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    create.add_argument(
+        "--dry-run", action="store_true", help="check the files and show the resolved settings; create nothing"
+    )
     create.set_defaults(run=_cmd_jobs_create)
     watch = jobs.add_parser("watch", help="progress bar and live metrics until the job ends")
     watch.add_argument("job_id")

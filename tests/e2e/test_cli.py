@@ -343,3 +343,17 @@ def test_predict_needs_input_and_a_known_model(cli):
     code, _, err = cli("predict", "--model", "ft:nope", "hello")
     assert code == 1
     assert "HTTP 404" in err
+
+
+def test_jobs_create_dry_run_shows_settings_and_warnings_and_creates_nothing(cli, tmp_path):
+    from tunery.jobs.models import FineTuningJob
+
+    path = tmp_path / "rare.jsonl"
+    rows = [{"text": f"good {i}", "label": "positive"} for i in range(6)] + [{"text": "bad", "label": "negative"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = cli("jobs", "create", "--vertical", "dummy", "--file", str(path), "-p", "n_epochs=3", "--dry-run")
+    assert code == 0, err
+    assert "dry run: no job created; 7 training rows, 2 classes" in out
+    assert "n_epochs=3" in out
+    assert "warning (few_examples_per_class)" in out
+    assert not FineTuningJob.objects.exists()

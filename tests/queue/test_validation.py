@@ -91,3 +91,44 @@ def test_eager_mode_runs_the_task_inline_although_dispatch_sends_by_name(
     assert dispatch.send_validation(job.pk)
     assert FineTuningJob.objects.get(pk=job.pk).status == JobStatus.FAILED
     assert broker_messages("cpu") == []
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_a_single_class_training_file_fails_validation_clearly(queue_settings, pack, new_tenant, make_job, make_file):
+    content = jsonl([{"text": f"fine {i}", "label": "positive"} for i in range(6)])
+    job = validating_job(make_job, make_file, new_tenant(), content)
+    assert tasks.validate_job_files(job.pk) == JobStatus.FAILED
+    job.refresh_from_db()
+    assert job.error["param"] == "training_file"
+    assert "all 6 rows have the same label 'positive'; at least two labels are needed" in job.error["message"]
+
+
+def test_the_profile_is_stored_on_the_job_and_overlap_is_a_warning(
+    queue_settings, pack, new_tenant, make_job, make_file
+):
+    tenant = new_tenant()
+    train = [{"text": f"example {i}", "label": ("negative", "positive")[i % 2]} for i in range(10)]
+    job = validating_job(make_job, make_file, tenant, jsonl(train))
+    job.validation_file = make_file(tenant, jsonl([*train[:3], {"text": "unseen", "label": "negative"}]))
+    job.save(update_fields=["validation_file"])
+    assert tasks.validate_job_files(job.pk) == JobStatus.QUEUED
+    job.refresh_from_db()
+    assert job.data_profile["rows"] == 10
+    assert job.data_profile["classes"]["counts"] == {"negative": 5, "positive": 5}
+    assert job.data_profile["validation"] == {"rows": 4, "overlapping_rows": 3, "overlap_share": 0.75}
+    warning = JobEvent.objects.get(job=job, dedupe_key="profile:validation_overlap")
+    assert warning.level == "warn"
+    assert "shares most of its texts with training (75%, 3 of 4 rows)" in warning.message
+    assert warning.data["code"] == "validation_overlap"
+
+
+def test_rare_classes_warn_but_do_not_fail(queue_settings, pack, new_tenant, make_job, make_file):
+    rows = [{"text": f"good {i}", "label": "positive"} for i in range(8)] + [{"text": "bad", "label": "negative"}]
+    job = validating_job(make_job, make_file, new_tenant(), jsonl(rows))
+    assert tasks.validate_job_files(job.pk) == JobStatus.QUEUED
+    warning = JobEvent.objects.get(job=job, dedupe_key="profile:few_examples_per_class")
+    assert warning.level == "warn"
+    assert "negative (1)" in warning.message

@@ -19,7 +19,18 @@ class FileAdmin(AuditedModelAdmin):
     list_display = ["id", "tenant", "filename", "purpose", "format", "bytes", "row_count", "created_at", "deleted_at"]
     list_filter = ["purpose", "format", "tenant"]
     search_fields = ["id", "filename", "sha256"]
-    readonly_fields = ["id", "tenant", "format", "bytes", "sha256", "row_count", "columns", "content", "created_at"]
+    readonly_fields = [
+        "id",
+        "tenant",
+        "format",
+        "bytes",
+        "sha256",
+        "row_count",
+        "columns",
+        "profile",
+        "content",
+        "created_at",
+    ]
 
     def has_add_permission(self, request):
         return False  # files come in through the API, which validates and checks quotas

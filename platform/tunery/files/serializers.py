@@ -27,6 +27,7 @@ def file_object(file: File) -> dict[str, Any]:
         "sha256": file.sha256,
         "row_count": file.row_count,
         "columns": file.columns,
+        "profile": file.profile or None,
     }
 
 
@@ -44,6 +45,11 @@ class FileObjectSerializer(serializers.Serializer):
     sha256 = serializers.CharField()
     row_count = serializers.IntegerField()
     columns = serializers.ListField(child=serializers.CharField())
+    profile = serializers.DictField(
+        allow_null=True,
+        help_text="Data profile when the upload named a vertical/task: rows, classes and examples per class, "
+        "text lengths in whitespace words, duplicates, conflicting labels, and warnings [{code, message}].",
+    )
 
     def to_representation(self, instance: File) -> dict[str, Any]:
         return file_object(instance)

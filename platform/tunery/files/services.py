@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -20,6 +20,7 @@ from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
 from tunery.tenants.models import Tenant
 from tunery.verticals import registry
 from tunery.verticals.selectors import task_for
+from tunery_contract.profile import profile_rows
 from tunery_contract.records import RecordFormatError, detect_format, iter_records
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ def upload_file(
     rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
     if rows == 0:
         raise InvalidRequest("The file holds no data rows.", param="file", code="empty_file")
-    if vertical or task:
-        _check_against_task(tenant, uploaded, fmt, vertical, task)
+    profile = _profile_against_task(tenant, uploaded, fmt, vertical, task) if vertical or task else {}
     sha256 = getattr(uploaded, "sha256", None)
     if sha256 is None:
         uploaded.seek(0)
@@ -110,6 +110,7 @@ def upload_file(
         sha256=sha256,
         row_count=rows,
         columns=columns,
+        profile=profile,
     )
     uploaded.seek(0)
     # Storage first, outside the transaction (it may be slow, e.g. S3); the row only if it worked.
@@ -126,7 +127,10 @@ def upload_file(
     return record
 
 
-def _check_against_task(tenant: Tenant, uploaded: UploadedFile, fmt: str, vertical: str | None, task_id: str | None):
+def _profile_against_task(
+    tenant: Tenant, uploaded: UploadedFile, fmt: str, vertical: str | None, task_id: str | None
+) -> dict[str, Any]:
+    """Validate the rows against the task (a 400 naming the first problems) and profile them."""
     pack, task = task_for(tenant, vertical or None, task_id or None)
     enabled = registry.enabled_pack(tenant, pack.id)
     uploaded.seek(0)
@@ -137,6 +141,7 @@ def _check_against_task(tenant: Tenant, uploaded: UploadedFile, fmt: str, vertic
             param="file",
             code="invalid_training_data",
         )
+    return {"vertical": pack.id, "task": task.id, **profile_rows(task, report.rows)}
 
 
 def _check_storage_quota(tenant: Tenant, incoming: int) -> None:

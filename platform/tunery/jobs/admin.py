@@ -61,6 +61,7 @@ class FineTuningJobAdmin(AuditedModelAdmin):
         "task",
         "requested_hyperparameters",
         "resolved_config",
+        "data_profile",
         "progress",
         "attempts",
         "lease_owner",

@@ -2,19 +2,82 @@
 
 The pack's task validator (``TaskDefinition.validate`` over ``tunery_contract.records``) checks every
 row; each bad row becomes a job event with its line number, and the job fails with a message that
-names the first problems. A job whose files pass moves to ``queued``.
+names the first problems. The valid rows are then profiled (``tunery_contract.profile``, with the
+train/validation overlap): the profile is stored on the job, its warnings become warn events, and
+data that can only train a useless model (a single class) fails the job. A job whose files pass
+moves to ``queued``. A dry run (``services.dry_run``) runs the same :func:`check_files`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunery.files.models import File
 from tunery.jobs import lifecycle
-from tunery.jobs.models import FineTuningJob, JobStatus
+from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
 from tunery.verticals.registry import pack_context
+from tunery_contract.profile import blocking_warnings, profile_rows
 from tunery_contract.records import RecordFormatError, iter_records
-from tunery_contract.types import PackError
+from tunery_contract.types import PackError, TaskDefinition
 
 #: Row errors recorded as events per file (the message counts the rest).
 MAX_ERROR_EVENTS = 50
+
+
+@dataclass
+class FilesRefused(Exception):
+    """The files cannot train this task: ``message`` for the job's error, ``rows`` the bad rows."""
+
+    message: str
+    param: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckedFiles:
+    profile: dict[str, Any]
+    #: "training_file file-...: N rows" per file
+    summaries: list[str]
+
+
+def check_files(
+    task: TaskDefinition, config: Mapping[str, Any], training_file: File, validation_file: File | None
+) -> CheckedFiles:
+    """Validate every row of the files and profile the valid training rows (with the validation
+    file's overlap). Raises :class:`FilesRefused` with the first problems."""
+    files = [("training_file", training_file)]
+    if validation_file is not None:
+        files.append(("validation_file", validation_file))
+    rows: dict[str, list[dict[str, Any]]] = {}
+    summaries = []
+    for param, file in files:
+        try:
+            with file.content.open("rb") as stream:
+                report = task.validate(iter_records(stream, file.format), config)
+        except RecordFormatError as exc:
+            row = {"file": file.pk, "row": exc.line, "column": None, "message": exc.message}
+            raise FilesRefused(f"{param} {file.pk}: {exc}", param, [row]) from exc
+        except FileNotFoundError as exc:
+            raise FilesRefused(f"{param} {file.pk}: the file's content is missing", param) from exc
+        if not report.ok:
+            bad = [{"file": file.pk, **error.to_json()} for error in report.errors[:MAX_ERROR_EVENTS]]
+            raise FilesRefused(f"{param} {file.pk}: {report.summary()}", param, bad)
+        rows[param] = report.rows
+        summaries.append(f"{param} {file.pk}: {report.row_count} rows")
+    profile = profile_rows(task, rows["training_file"], rows.get("validation_file"))
+    refuse_blocking(profile, training_file)
+    return CheckedFiles(profile, summaries)
+
+
+def refuse_blocking(profile: dict[str, Any], training_file: File) -> None:
+    """Raise :class:`FilesRefused` when the profile says the data can only train a useless model."""
+    blocking = blocking_warnings(profile)
+    if blocking:
+        message = f"training_file {training_file.pk}: {blocking[0]['message']}"
+        raise FilesRefused(message, "training_file", profile=profile)
 
 
 def validate_job_files(job_id: str) -> str:
@@ -28,25 +91,30 @@ def validate_job_files(job_id: str) -> str:
     except PackError as exc:
         lifecycle.fail_validation(job_id, str(exc), [], param="vertical")
         return JobStatus.FAILED
-    files = [("training_file", job.training_file)]
-    if job.validation_file is not None:
-        files.append(("validation_file", job.validation_file))
-    rows_seen = []
-    for param, file in files:
-        try:
-            with file.content.open("rb") as stream:
-                report = context.task.validate(iter_records(stream, file.format), context.config)
-        except RecordFormatError as exc:
-            row = {"file": file.pk, "row": exc.line, "column": None, "message": exc.message}
-            lifecycle.fail_validation(job_id, f"{param} {file.pk}: {exc}", [row], param=param)
-            return JobStatus.FAILED
-        except FileNotFoundError:
-            lifecycle.fail_validation(job_id, f"{param} {file.pk}: the file's content is missing", [], param=param)
-            return JobStatus.FAILED
-        if not report.ok:
-            rows = [{"file": file.pk, **error.to_json()} for error in report.errors[:MAX_ERROR_EVENTS]]
-            lifecycle.fail_validation(job_id, f"{param} {file.pk}: {report.summary()}", rows, param=param)
-            return JobStatus.FAILED
-        rows_seen.append(f"{param} {file.pk}: {report.row_count} rows")
-    summary = "Files validated (" + "; ".join(rows_seen) + "); the job is queued"
+    try:
+        checked = check_files(context.task, context.config, job.training_file, job.validation_file)
+    except FilesRefused as refused:
+        if refused.profile:
+            _record_profile(job_id, refused.profile)
+        lifecycle.fail_validation(job_id, refused.message, refused.rows, param=refused.param)
+        return JobStatus.FAILED
+    _record_profile(job_id, checked.profile)
+    summary = "Files validated (" + "; ".join(checked.summaries) + "); the job is queued"
     return JobStatus.QUEUED if lifecycle.pass_validation(job_id, summary) else ""
+
+
+def _record_profile(job_id: str, profile: dict[str, Any]) -> None:
+    """Store the profile on a job still validating; each warning (not the blocking ones, which
+    become the job's error) is a warn event."""
+    if not FineTuningJob.objects.filter(pk=job_id, status=JobStatus.VALIDATING_FILES).update(data_profile=profile):
+        return
+    blocking = blocking_warnings(profile)
+    for warning in profile.get("warnings", ()):
+        if warning not in blocking:
+            lifecycle.add_event(
+                job_id,
+                f"Data warning ({warning['code']}): {warning['message']}",
+                level=JobEvent.Level.WARN,
+                data=warning,
+                dedupe_key=f"profile:{warning['code']}",
+            )

@@ -70,6 +70,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "requested_action": job.requested_action or None,
         "requested_hyperparameters": job.requested_hyperparameters,
         "resolved_config": job.resolved_config or None,
+        "data_profile": job.data_profile or None,
         "progress": job.progress or None,
         "attempts": job.attempts,
     }
@@ -101,6 +102,12 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
         "metrics": metrics,
         "is_best": checkpoint.is_best,
     }
+
+
+PROFILE_HELP = (
+    "Profile of the training data: rows, classes and examples per class, text lengths in whitespace "
+    "words, duplicates, conflicting labels, overlap with the validation file, and warnings [{code, message}]."
+)
 
 
 class KnobField(serializers.Field):
@@ -202,6 +209,11 @@ class JobCreateSerializer(serializers.Serializer):
     lora = LoraSerializer(required=False)
     teacher_model = serializers.CharField(required=False, help_text="Distillation teacher: base or ft: model id.")
     gpus = serializers.JSONField(required=False, help_text=f'GPUs ({GPU_RANGE[0]}-{GPU_RANGE[1]}) or "auto".')
+    dry_run = serializers.BooleanField(
+        required=False,
+        help_text="Validate the request and its files and answer with a fine_tuning.job.dry_run object "
+        "(resolved hyperparameters, data profile, warnings); no job is created.",
+    )
 
     def get_fields(self) -> dict[str, serializers.Field]:
         found = super().get_fields()
@@ -236,8 +248,26 @@ class JobSerializer(serializers.Serializer):
     requested_action = serializers.CharField(allow_null=True)
     requested_hyperparameters = serializers.DictField()
     resolved_config = serializers.DictField(allow_null=True)
+    data_profile = serializers.DictField(allow_null=True, help_text=PROFILE_HELP)
     progress = serializers.DictField(allow_null=True)
     attempts = serializers.IntegerField()
+
+
+class DryRunSerializer(serializers.Serializer):
+    """Answer of POST /v1/fine_tuning/jobs with ``dry_run: true``."""
+
+    object = serializers.CharField(default="fine_tuning.job.dry_run")
+    model = serializers.CharField()
+    training_file = serializers.CharField()
+    validation_file = serializers.CharField(allow_null=True)
+    vertical = serializers.CharField()
+    task = serializers.CharField()
+    resolved_hyperparameters = serializers.DictField(
+        help_text='The engine\'s configuration with every "auto" the control plane can settle resolved '
+        "(precision and compile stay as asked: the training worker's device decides them)."
+    )
+    data_profile = serializers.DictField(help_text=PROFILE_HELP)
+    warnings = serializers.ListField(child=serializers.DictField(), help_text="[{code, message}], as in the profile.")
 
 
 class EventSerializer(serializers.Serializer):

@@ -18,6 +18,7 @@ from tunery.catalog.models import BaseModel
 from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs import dispatch, lifecycle, selectors
+from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
     SEED_RANGE,
@@ -29,15 +30,19 @@ from tunery.jobs.hyperparameters import (
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
 from tunery.jobs.queues import training_queue
 from tunery.tenants.models import Tenant
+from tunery.verticals.registry import tenant_config
 from tunery.verticals.selectors import task_for
+from tunery_contract.schema import TaskKind
 from tunery_contract.types import TaskDefinition, VerticalPack
+from tunery_contract.vocabulary import AUTO, ConfigError, TrainConfig
+from tunery_engine.config import resolve
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_METADATA_KEYS = 16
 #: Every top-level field a create request may carry (OpenAI's, then Tunery's extra body fields).
 CREATE_FIELDS = frozenset(
     {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "metadata", "method"}
-    | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora"}
+    | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora", "dry_run"}
     | {name for name in TUNERY_KNOBS if "." not in name}
 )
 
@@ -58,6 +63,8 @@ class JobRequest:
     metadata: dict[str, str]
     teacher_model: str
     gpus: int
+    #: Tunery's ``dry_run``: check and resolve everything, create nothing.
+    dry_run: bool = False
 
 
 def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
@@ -110,6 +117,9 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
     teacher = body.get("teacher_model") or ""
     if teacher:
         _check_teacher(tenant, teacher)
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidRequest("dry_run must be true or false.", param="dry_run", code="invalid_type")
     return JobRequest(
         base_model=base_model,
         training_file=training_file,
@@ -122,6 +132,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
         metadata=_metadata(body.get("metadata")),
         teacher_model=teacher,
         gpus=gpus,
+        dry_run=dry_run,
     )
 
 
@@ -152,6 +163,72 @@ def create_job(*, tenant: Tenant, checked: JobRequest, actor: str) -> FineTuning
         JobEvent.objects.create(job=job, message=f"Created fine-tuning job: {job.id}", dedupe_key="created")
         transaction.on_commit(lambda: dispatch.job_created(job.id))
     return job
+
+
+#: Settled by the training worker's device, so a dry run leaves them as asked.
+DEVICE_DEPENDENT = ("precision", "compile")
+
+
+def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
+    """What a job from ``checked`` would train with, without creating it: the files' profile (the
+    one stored at upload where it fits, else the files validated and profiled as the job's
+    validation does) and the engine's "auto" rules applied to the task's defaults merged with the
+    request. A 400 where the job would fail validation."""
+    profile = _stored_profile(checked)
+    try:
+        if profile is None:
+            config = tenant_config(tenant.pk, checked.pack)
+            profile = check_files(checked.task, config, checked.training_file, checked.validation_file).profile
+        else:
+            refuse_blocking(profile, checked.training_file)
+    except FilesRefused as refused:
+        raise InvalidRequest(refused.message, param=refused.param, code="invalid_training_data") from refused
+    return {
+        "object": "fine_tuning.job.dry_run",
+        "model": checked.base_model.name,
+        "training_file": checked.training_file.pk,
+        "validation_file": checked.validation_file.pk if checked.validation_file else None,
+        "vertical": checked.pack.id,
+        "task": checked.task.id,
+        "resolved_hyperparameters": _resolved_hyperparameters(checked, profile["rows"]),
+        "data_profile": profile,
+        "warnings": profile["warnings"],
+    }
+
+
+def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
+    """The training file's profile from its upload, when it was checked against this task and no
+    validation file needs the overlap measured: a dry run then reads no file."""
+    profile = checked.training_file.profile or {}
+    same_task = (profile.get("vertical"), profile.get("task")) == (checked.pack.id, checked.task.id)
+    return profile if same_task and checked.validation_file is None else None
+
+
+def _resolved_hyperparameters(checked: JobRequest, rows: int) -> dict[str, Any]:
+    """``tunery_engine.config.resolve`` over ``{**task defaults, **request}``, as the engine calls it
+    except for what only the worker knows: its device (``DEVICE_DEPENDENT`` stay as asked) and the
+    base model's own length limit (``max_length`` may come out lower). Without a validation file
+    the engine holds ``validation_split`` of the rows out; the count here is the expected share."""
+    try:
+        config = TrainConfig.from_dict(
+            {**dict(checked.task.default_hyperparameters), **checked.requested, "seed": checked.seed}
+        )
+        if checked.validation_file is None and isinstance(config.validation_split, float):
+            rows -= round(rows * config.validation_split)
+        resolved = resolve(
+            config,
+            max(rows, 1),
+            checked.base_model.parameters,
+            causal_lm=checked.task.kind is TaskKind.CAUSAL_LM,
+            device_type="cuda",
+            bf16_supported=True,
+            world_size=max(checked.gpus, 1),
+        ).to_dict()
+    except ConfigError as exc:
+        raise InvalidRequest(f"The configuration cannot train: {exc}.", code="invalid_hyperparameter") from exc
+    for name in DEVICE_DEPENDENT:
+        resolved[name] = getattr(config, name, AUTO)
+    return resolved
 
 
 def _required_string(body: dict[str, Any], name: str) -> str:

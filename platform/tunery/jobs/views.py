@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models.fields.json import KeyTransform
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, extend_schema_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -14,6 +14,7 @@ from tunery.jobs import services
 from tunery.jobs.models import FineTuningJob
 from tunery.jobs.serializers import (
     CheckpointSerializer,
+    DryRunSerializer,
     EventSerializer,
     JobCreateSerializer,
     JobSerializer,
@@ -41,7 +42,16 @@ JOB_RESPONSES = {200: JobSerializer, **ERRORS}
         responses={200: list_of("FineTuningJobList", JobSerializer), **ERRORS},
     ),
     create=extend_schema(
-        summary="Create a fine-tuning job", request=JobCreateSerializer, responses={200: JobSerializer, **BODY_ERRORS}
+        summary="Create a fine-tuning job (or, with dry_run, check it and show what it would train with)",
+        request=JobCreateSerializer,
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="FineTuningJobOrDryRun",
+                serializers=[JobSerializer, DryRunSerializer],
+                resource_type_field_name=None,
+            ),
+            **BODY_ERRORS,
+        },
     ),
     retrieve=extend_schema(summary="Retrieve a fine-tuning job", responses=JOB_RESPONSES),
 )
@@ -65,6 +75,8 @@ class FineTuningJobViewSet(TenantScopedViewSet):
 
     def create(self, request: Request) -> Response:
         checked = services.check_create_request(self.tenant, request.data)
+        if checked.dry_run:
+            return Response(services.dry_run(tenant=self.tenant, checked=checked))
         job = services.create_job(tenant=self.tenant, checked=checked, actor=self.actor)
         return Response(job_object(self.get_queryset().get(pk=job.pk)))
 

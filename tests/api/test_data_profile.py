@@ -1,0 +1,115 @@
+"""The data profile on the file object, and job-create dry runs: resolved hyperparameters, the
+profile and its warnings, nothing created; the same refusals as a real create."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from tunery.jobs.models import FineTuningJob
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def rows(n: int) -> list[dict]:
+    return [{"text": f"example number {i}", "label": ("negative", "positive")[i % 2]} for i in range(n)]
+
+
+def upload_for_task(api, tenant, content: bytes) -> dict:
+    data = {"file": SimpleUploadedFile("t.jsonl", content), "purpose": "fine-tune"}
+    data |= {"vertical": "dummy", "task": "sentiment"}
+    response = api.post("/v1/files", data, format="multipart", **tenant.headers)
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_an_upload_checked_against_a_task_carries_its_profile(acme, api):
+    body = upload_for_task(api, acme, jsonl([*rows(8), {"text": "example number 0", "label": "negative"}]))
+    profile = body["profile"]
+    assert (profile["vertical"], profile["task"], profile["rows"]) == ("dummy", "sentiment", 9)
+    assert profile["classes"]["counts"] == {"negative": 5, "positive": 4}
+    assert profile["text_length"]["max"] == 3
+    assert [w["code"] for w in profile["warnings"]] == ["few_examples_per_class", "duplicates"]
+    assert api.get(f"/v1/files/{body['id']}", **acme.headers).json()["profile"] == profile
+
+
+def test_an_upload_without_a_task_has_no_profile(acme, upload):
+    assert upload(acme).json()["profile"] is None
+
+
+def test_a_dry_run_resolves_and_profiles_without_creating_a_job(acme, api, create_job, base_model):
+    training = upload_for_task(api, acme, jsonl(rows(40)))["id"]
+    validation = upload_for_task(api, acme, jsonl([*rows(20)[:12], {"text": "new", "label": "negative"}]))["id"]
+    response = create_job(acme, training, validation_file=validation, dry_run=True, hyperparameters={"n_epochs": 3})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["object"] == "fine_tuning.job.dry_run"
+    resolved = body["resolved_hyperparameters"]
+    assert resolved["n_epochs"] == 3  # the request wins over the task's default (2)
+    assert resolved["learning_rate"] == 5e-5  # the task's default
+    assert resolved["batch_size"] == 32  # the engine's rule for a small model
+    assert resolved["eval_every_steps"] == 2  # ceil(40 rows / 32) steps per epoch
+    assert resolved["precision"] == "auto"  # the worker's device decides
+    assert body["data_profile"]["rows"] == 40
+    assert body["data_profile"]["validation"]["overlapping_rows"] == 12
+    assert [w["code"] for w in body["warnings"]] == ["validation_overlap"]
+    assert not FineTuningJob.objects.exists()
+
+
+def test_a_dry_run_refuses_what_the_job_would_fail_on(acme, api, create_job):
+    single = upload_for_task(api, acme, jsonl(rows(4)))["id"]
+    # same texts, one label: uploaded without a task, so only the job's checks see it
+    data = {"file": SimpleUploadedFile("t.jsonl", jsonl([{"text": "x", "label": "positive"}] * 3))}
+    one_class = api.post("/v1/files", data | {"purpose": "fine-tune"}, format="multipart", **acme.headers).json()["id"]
+    response = create_job(acme, one_class, dry_run=True)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_training_data", "training_file")
+    assert "at least two labels are needed" in error["message"]
+    response = create_job(acme, single, dry_run="yes")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "dry_run"
+    assert not FineTuningJob.objects.exists()
+
+
+def test_a_dry_run_cannot_read_another_tenants_file(acme, globex, api, create_job, upload):
+    theirs = upload(globex).json()["id"]
+    response = create_job(acme, theirs, dry_run=True)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "file_not_found"
+    assert response.json()["error"]["code"] == create_job(acme, theirs).json()["error"]["code"]
+    assert not FineTuningJob.objects.exists()
+
+
+def test_the_jobs_profile_is_on_the_job_object_after_file_validation(acme, api, create_job):
+    from tunery.jobs.file_validation import validate_job_files
+
+    training = upload_for_task(api, acme, jsonl(rows(10)))["id"]
+    job = create_job(acme, training).json()
+    assert job["data_profile"] is None  # not yet validated
+    assert validate_job_files(job["id"]) == "queued"
+    shown = api.get(f"/v1/fine_tuning/jobs/{job['id']}", **acme.headers).json()["data_profile"]
+    assert shown["rows"] == 10
+    assert shown["classes"]["counts"] == {"negative": 5, "positive": 5}
+    assert shown["warnings"] == []
+
+
+def test_a_dry_run_without_a_validation_file_uses_the_profile_stored_at_upload(acme, api, create_job):
+    from tunery.files.models import File
+
+    training = upload_for_task(api, acme, jsonl(rows(10)))["id"]
+    stored = File.objects.get(pk=training)
+    stored.profile["warnings"] = [{"code": "duplicates", "message": "as stored at upload"}]
+    stored.save(update_fields=["profile"])
+    body = create_job(acme, training, dry_run=True).json()
+    assert body["warnings"] == [{"code": "duplicates", "message": "as stored at upload"}]
+    assert body["data_profile"]["rows"] == 10
+    # one class only, as a stored profile says: refused like the job's validation would
+    stored.profile["warnings"] = [{"code": "single_class", "message": "Every training row has the class 'x'."}]
+    stored.save(update_fields=["profile"])
+    response = create_job(acme, training, dry_run=True)
+    assert response.status_code == 400
+    assert "Every training row has the class 'x'." in response.json()["error"]["message"]
