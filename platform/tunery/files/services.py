@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 from typing import IO, cast
 
+from django.core.files import File as DjangoFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Q, Sum
@@ -24,7 +26,7 @@ from tunery_contract.records import RecordFormatError, detect_format, iter_recor
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_PURPOSES = (File.Purpose.FINE_TUNE,)
+ACCEPTED_PURPOSES = (File.Purpose.FINE_TUNE, File.Purpose.BATCH)
 ACCEPTED_SUFFIXES = (".jsonl", ".csv")
 #: Column names kept per file (JSONL objects may vary; this is for schema checks, not a catalogue).
 MAX_COLUMNS = 200
@@ -54,6 +56,14 @@ def inspect_records(stream: IO[bytes], fmt: str) -> tuple[int, list[str]]:
             code="invalid_file_format",
         ) from exc
     return rows, list(columns)[:MAX_COLUMNS]
+
+
+def _batch_lines(uploaded: UploadedFile, fmt: str) -> int:
+    """A batch input is JSONL; its lines are checked one by one when the batch runs, so that a
+    malformed line fails alone (reported in the batch's error file) instead of the whole upload."""
+    if fmt != "jsonl":
+        raise InvalidRequest("A batch input must be a .jsonl file.", param="file", code="unsupported_file_type")
+    return sum(1 for line in cast(IO[bytes], uploaded.file) if line.strip())
 
 
 def stored_bytes(tenant: Tenant) -> int:
@@ -90,7 +100,10 @@ def upload_file(
     fmt = detect_format(filename)
     # Read through the open upload; closing it would delete a temporary file before it is stored.
     uploaded.seek(0)
-    rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
+    if purpose == File.Purpose.BATCH:
+        rows, columns = _batch_lines(uploaded, fmt), []
+    else:
+        rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
     if rows == 0:
         raise InvalidRequest("The file holds no data rows.", param="file", code="empty_file")
     if vertical or task:
@@ -123,6 +136,29 @@ def upload_file(
     except BaseException:
         record.content.storage.delete(cast(str, record.content.name))
         raise
+    return record
+
+
+def save_generated_file(*, tenant: Tenant, filename: str, purpose: str, source: Path) -> File:
+    """A file the platform wrote for a tenant (a batch's output or errors): stored, then recorded.
+    Call inside the transaction that publishes it (a rollback leaves an unreferenced object in
+    storage, harmless like a leftover of delete_file)."""
+    with source.open("rb") as stream:
+        sha256 = _sha256_of(stream)
+        stream.seek(0)
+        rows = sum(1 for line in stream if line.strip())
+    record = File(
+        tenant=tenant,
+        filename=filename,
+        purpose=purpose,
+        format=detect_format(filename),
+        bytes=source.stat().st_size,
+        sha256=sha256,
+        row_count=rows,
+    )
+    with source.open("rb") as stream:
+        record.content.save(f"{tenant.pk}/{record.id}.{record.format}", DjangoFile(stream), save=False)
+    record.save(force_insert=True)
     return record
 
 

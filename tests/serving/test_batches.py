@@ -1,0 +1,226 @@
+"""Batch scoring (/v1/batches) with the real openai client, a live server and a deployed tiny model:
+results and per-line errors, cancel, other tenants' ids, and a worker killed mid-batch."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+
+import openai
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from tests.serving import pack
+from tunery.batches import lifecycle, runner
+from tunery.batches.models import Batch
+from tunery.celery import app
+from tunery.serving import services as serving
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
+
+
+class WorkerKilled(BaseException):
+    """Stands for SIGKILL inside the scoring loop: no handler of the runner's catches it."""
+
+
+@pytest.fixture
+def setup(live_server, serving_pack, make_tenant, make_model, redis_rate_limits, artifacts, settings, tmp_path):
+    settings.TUNERY_BATCH_WORK_DIR = tmp_path / "batches"
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    for connection in connections.all():  # the live server's threads share the in-memory database
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():
+            connection.inc_thread_sharing()
+    acme = make_tenant("acme", verticals=(pack.PACK_ID,), max_deployments=10)
+    globex = make_tenant("globex", verticals=(pack.PACK_ID,), max_deployments=10)
+    model = make_model(acme.tenant, artifacts["intents"], "intents")
+    serving.deploy(tenant=acme.tenant, model_id=model.id, actor="test")
+    clients = {
+        name: openai.OpenAI(api_key=who.key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=60)
+        for name, who in (("acme", acme), ("globex", globex))
+    }
+    yield {"model": model, **clients}
+    for client in clients.values():
+        client.close()
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    """Tasks run inline once the batch row is committed (TUNERY_TASKS_EAGER)."""
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+
+
+def prediction_line(custom_id: str, model: str, text: str) -> dict:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/predictions",
+        "body": {"model": model, "inputs": [text]},
+    }
+
+
+def jsonl(lines: list) -> bytes:
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
+
+
+def results(client: openai.OpenAI, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).content.splitlines()]
+
+
+def create(client: openai.OpenAI, content: bytes, endpoint: str = "/v1/predictions"):
+    uploaded = client.files.create(file=("requests.jsonl", content), purpose="batch")
+    return client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
+
+
+def test_files_create_batches_create_retrieve_and_content(setup, eager):
+    client, model = setup["acme"], setup["model"]
+    texts = ["I was charged twice", "where is my parcel", "refund please"]
+    lines = [prediction_line(f"req-{i}", model.id, text) for i, text in enumerate(texts)]
+    uploaded = client.files.create(file=("requests.jsonl", jsonl(lines)), purpose="batch")
+    assert uploaded.purpose == "batch"
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/predictions", completion_window="24h", metadata={"team": "ops"}
+    )
+    assert batch.object == "batch"
+    assert batch.id.startswith("batch_")
+    assert batch.metadata == {"team": "ops"}
+
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed"
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (3, 3, 0)
+    assert done.error_file_id is None
+    assert done.in_progress_at is not None
+    assert done.completed_at is not None
+    output = results(client, done.output_file_id)
+    assert [r["custom_id"] for r in output] == ["req-0", "req-1", "req-2"]
+    direct = serving.predict(tenant=model.tenant, request=serving.inputs.prediction_request(lines[0]["body"]))
+    first = output[0]["response"]
+    assert first["status_code"] == 200
+    assert first["body"]["data"][0]["label"] == direct["data"][0]["label"]  # the API's own answer
+    assert first["body"]["data"][0]["label"] in pack.INTENTS
+    assert output[0]["error"] is None
+    assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
+    assert [b.id for b in client.batches.list()] == [batch.id]
+
+
+def test_each_bad_line_is_reported_and_the_others_go_on(setup, eager):
+    client, model = setup["acme"], setup["model"]
+    lines = [
+        prediction_line("good-1", model.id, "refund please"),
+        prediction_line("unknown-model", "ft:tiny-bert:acme:nope", "hi"),
+        b'{"custom_id": "broken", "url": ',
+        {**prediction_line("wrong-url", model.id, "hi"), "url": "/v1/completions"},
+        {"method": "POST", "url": "/v1/predictions", "body": {"model": model.id, "inputs": ["hi"]}},
+        prediction_line("empty-input", model.id, ""),
+        prediction_line("good-2", model.id, "where is my parcel"),
+    ]
+    batch = client.batches.retrieve(create(client, jsonl(lines)).id)
+    assert batch.status == "completed"
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (7, 2, 5)
+    assert [r["custom_id"] for r in results(client, batch.output_file_id)] == ["good-1", "good-2"]
+    errors = {r["error"]["code"]: r for r in results(client, batch.error_file_id)}
+    assert set(errors) == {"model_not_found", "invalid_json", "invalid_url", "missing_custom_id", "invalid_value"}
+    assert errors["model_not_found"]["custom_id"] == "unknown-model"
+    assert errors["model_not_found"]["response"]["status_code"] == 404
+    assert errors["model_not_found"]["response"]["body"]["error"]["code"] == "model_not_found"
+    assert "line 3" in errors["invalid_json"]["error"]["message"]
+    assert errors["invalid_url"]["custom_id"] == "wrong-url"
+    assert errors["invalid_value"]["custom_id"] == "empty-input"
+
+
+def test_cancel_before_and_during_scoring(setup, monkeypatch, settings):
+    client, model = setup["acme"], setup["model"]
+    content = jsonl([prediction_line(f"req-{i}", model.id, f"text {i}") for i in range(6)])
+    waiting = create(client, content)  # not eager: the message waits for a worker that never comes
+    cancelled = client.batches.cancel(waiting.id)
+    assert cancelled.status == "cancelled"
+    assert client.batches.cancel(waiting.id).status == "cancelled"  # again: no error
+    assert runner.run_batch(waiting.id) == ""  # a late worker leaves it alone
+
+    settings.TUNERY_BATCH_CHUNK_LINES = 2
+    running = create(client, content)
+    real_predict, calls = serving.predict, []
+
+    def cancel_after_first_chunk(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            assert client.batches.cancel(running.id).status == "cancelling"
+        return real_predict(**kwargs)
+
+    monkeypatch.setattr(serving, "predict", cancel_after_first_chunk)
+    assert runner.run_batch(running.id) == "cancelled"
+    batch = client.batches.retrieve(running.id)
+    assert batch.status == "cancelled"
+    assert batch.cancelled_at is not None
+    assert batch.request_counts.completed == 2  # the chunk in hand was finished, then it stopped
+    assert [r["custom_id"] for r in results(client, batch.output_file_id)] == ["req-0", "req-1"]
+
+    monkeypatch.setattr(serving, "predict", real_predict)
+    finished = create(client, content)
+    assert runner.run_batch(finished.id) == "completed"
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(finished.id)
+
+
+def test_other_tenants_batches_and_files_are_404(setup, eager):
+    acme, globex, model = setup["acme"], setup["globex"], setup["model"]
+    batch = acme.batches.retrieve(create(acme, jsonl([prediction_line("a", model.id, "hi")])).id)
+    for call in (
+        lambda: globex.batches.retrieve(batch.id),
+        lambda: globex.batches.cancel(batch.id),
+        lambda: globex.batches.create(
+            input_file_id=batch.input_file_id, endpoint="/v1/predictions", completion_window="24h"
+        ),
+        lambda: globex.files.content(batch.output_file_id),
+        lambda: globex.files.retrieve(batch.input_file_id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert globex.batches.list().data == []
+
+
+def test_a_killed_worker_resumes_without_scoring_a_line_twice(setup, monkeypatch, settings):
+    client, model = setup["acme"], setup["model"]
+    settings.TUNERY_BATCH_CHUNK_LINES = 4
+    custom_ids = [f"req-{i}" for i in range(14)]
+    batch = create(client, jsonl([prediction_line(c, model.id, f"text {c}") for c in custom_ids]))
+    real_predict, calls = serving.predict, []
+
+    def killed_on_the_tenth_line(**kwargs):
+        calls.append(1)
+        if len(calls) == 10:  # two chunks recorded, the third half scored
+            raise WorkerKilled
+        return real_predict(**kwargs)
+
+    monkeypatch.setattr(serving, "predict", killed_on_the_tenth_line)
+    with pytest.raises(WorkerKilled):
+        runner.run_batch(batch.id)
+    row = Batch.objects.get(pk=batch.id)
+    assert (row.status, row.lines_done, row.completed) == ("in_progress", 8, 8)
+    partial = runner.work_dir(batch.id) / "output.jsonl"
+    with partial.open("ab") as tail:  # the killed worker's unrecorded lines, the last one cut off
+        tail.write(b'{"id": "batch_req_x", "custom_id": "req-9", "resp')
+    assert partial.stat().st_size > row.output_bytes
+
+    monkeypatch.setattr(serving, "predict", real_predict)
+    assert runner.run_batch(batch.id) == ""  # the dead worker's lease still holds it
+    Batch.objects.filter(pk=batch.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert runner.run_batch(batch.id) == "completed"
+
+    done = client.batches.retrieve(batch.id)
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (14, 14, 0)
+    output = results(client, done.output_file_id)
+    assert Counter(r["custom_id"] for r in output) == Counter(custom_ids)  # every line exactly once
+    assert [r["custom_id"] for r in output] == custom_ids  # in input order
+    assert Batch.objects.get(pk=batch.id).attempts == 2
+    assert not runner.work_dir(batch.id).exists()
+
+
+def test_lease_is_held_while_claimed(setup):
+    client, model = setup["acme"], setup["model"]
+    batch = create(client, jsonl([prediction_line("a", model.id, "hi")]))
+    assert lifecycle.claim(batch.id, "worker-a") is not None
+    assert lifecycle.claim(batch.id, "worker-b") is None
