@@ -28,7 +28,6 @@ from tunery.serving.views import request_body
         responses={200: BatchObjectSerializer, **BODY_ERRORS},
     ),
     retrieve=extend_schema(summary="Retrieve a batch", responses={200: BatchObjectSerializer, **ERRORS}),
-    cancel=extend_schema(summary="Cancel a batch", request=None, responses={200: BatchObjectSerializer, **ERRORS}),
 )
 class BatchViewSet(TenantScopedViewSet):
     scoped_model = Batch
@@ -45,5 +44,6 @@ class BatchViewSet(TenantScopedViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(batch_object(self.get_object()))
 
+    @extend_schema(summary="Cancel a batch", request=None, responses={200: BatchObjectSerializer, **ERRORS})
     def cancel(self, request: Request, pk: str) -> Response:
         return Response(batch_object(services.cancel_batch(batch=self.get_object())))

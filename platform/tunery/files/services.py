@@ -100,8 +100,9 @@ def upload_file(
     fmt = detect_format(filename)
     # Read through the open upload; closing it would delete a temporary file before it is stored.
     uploaded.seek(0)
+    columns: list[str] = []
     if purpose == File.Purpose.BATCH:
-        rows, columns = _batch_lines(uploaded, fmt), []
+        rows = _batch_lines(uploaded, fmt)
     else:
         rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
     if rows == 0:
