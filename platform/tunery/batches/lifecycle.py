@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
@@ -55,6 +56,10 @@ def claim(batch_id: str, owner: str) -> Batch | None:
         if batch is None:
             return None
         taken_back = batch.status != BatchStatus.VALIDATING
+        if taken_back and batch.attempts >= settings.TUNERY_JOB_MAX_ATTEMPTS:  # e.g. a line that kills workers
+            message = f"The batch's worker died {batch.attempts} times; the lines scored so far are lost."
+            fail(batch_id, batch.lease_owner, "worker_died", message)
+            return None
         status = BatchStatus.IN_PROGRESS if batch.status == BatchStatus.VALIDATING else batch.status
         Batch.objects.filter(pk=batch_id, status=batch.status, lease_owner=batch.lease_owner).update(
             status=status,
