@@ -75,8 +75,10 @@ def create(client: openai.OpenAI, content: bytes, endpoint: str = "/v1/predictio
     return client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
 
 
-def test_files_create_batches_create_retrieve_and_content(setup, eager):
+def test_files_create_batches_create_retrieve_and_content(setup, eager, monkeypatch):
     client, model = setup["acme"], setup["model"]
+    real_predict, calls = serving.predict, []
+    monkeypatch.setattr(serving, "predict", lambda **kwargs: calls.append(1) or real_predict(**kwargs))
     texts = ["I was charged twice", "where is my parcel", "refund please"]
     lines = [prediction_line(f"req-{i}", model.id, text) for i, text in enumerate(texts)]
     uploaded = client.files.create(file=("requests.jsonl", jsonl(lines)), purpose="batch")
@@ -96,6 +98,7 @@ def test_files_create_batches_create_retrieve_and_content(setup, eager):
     assert done.completed_at is not None
     output = results(client, done.output_file_id)
     assert [r["custom_id"] for r in output] == ["req-0", "req-1", "req-2"]
+    assert len(calls) == 1  # the three requests were scored in one runtime batch
     direct = serving.predict(tenant=model.tenant, request=serving.inputs.prediction_request(lines[0]["body"]))
     first = output[0]["response"]
     assert first["status_code"] == 200
@@ -146,7 +149,7 @@ def test_cancel_before_and_during_scoring(setup, monkeypatch, settings):
 
     def cancel_after_first_chunk(**kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 1:  # the first chunk's lines, scored in one call
             assert client.batches.cancel(running.id).status == "cancelling"
         return real_predict(**kwargs)
 
@@ -187,25 +190,25 @@ def test_a_killed_worker_resumes_without_scoring_a_line_twice(setup, monkeypatch
     settings.TUNERY_BATCH_CHUNK_LINES = 4
     custom_ids = [f"req-{i}" for i in range(14)]
     batch = create(client, jsonl([prediction_line(c, model.id, f"text {c}") for c in custom_ids]))
-    real_predict, calls = serving.predict, []
+    real_record, records = lifecycle.record_progress, []
 
-    def killed_on_the_tenth_line(**kwargs):
-        calls.append(1)
-        if len(calls) == 10:  # two chunks recorded, the third half scored
+    def killed_before_the_third_chunk_is_recorded(batch_id, owner, **progress):
+        records.append(progress)
+        if len(records) == 4:  # the total, two chunks; the third is written and flushed, not recorded
             raise WorkerKilled
-        return real_predict(**kwargs)
+        return real_record(batch_id, owner, **progress)
 
-    monkeypatch.setattr(serving, "predict", killed_on_the_tenth_line)
+    monkeypatch.setattr(lifecycle, "record_progress", killed_before_the_third_chunk_is_recorded)
     with pytest.raises(WorkerKilled):
         runner.run_batch(batch.id)
     row = Batch.objects.get(pk=batch.id)
     assert (row.status, row.lines_done, row.completed) == ("in_progress", 8, 8)
     partial = runner.work_dir(batch.id) / "output.jsonl"
-    with partial.open("ab") as tail:  # the killed worker's unrecorded lines, the last one cut off
-        tail.write(b'{"id": "batch_req_x", "custom_id": "req-9", "resp')
-    assert partial.stat().st_size > row.output_bytes
+    assert len(partial.read_bytes()[row.output_bytes :].splitlines()) == 4  # the unrecorded chunk
+    with partial.open("ab") as tail:  # and a line the kill cut off halfway
+        tail.write(b'{"id": "batch_req_x", "custom_id": "req-12", "resp')
 
-    monkeypatch.setattr(serving, "predict", real_predict)
+    monkeypatch.setattr(lifecycle, "record_progress", real_record)
     assert runner.run_batch(batch.id) == ""  # the dead worker's lease still holds it
     Batch.objects.filter(pk=batch.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert runner.run_batch(batch.id) == "completed"

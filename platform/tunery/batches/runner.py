@@ -69,8 +69,7 @@ def _run(batch: Batch, owner: str) -> str:
         completed, failed, done = batch.completed, batch.failed, batch.lines_done
         chunk = max(1, settings.TUNERY_BATCH_CHUNK_LINES)
         while done < len(lines) and status != BatchStatus.CANCELLING:
-            for number, raw in lines[done : done + chunk]:
-                ok, record = score_line(batch, number, raw)
+            for ok, record in score_chunk(batch, lines[done : done + chunk]):
                 (output if ok else errors).write(json.dumps(record).encode() + b"\n")
                 completed, failed = completed + ok, failed + (not ok)
             done = min(done + chunk, len(lines))
@@ -136,57 +135,98 @@ def _publish_files(batch: Batch, folder: Path, completed: int, failed: int) -> d
     return fields
 
 
-# -- one line ----------------------------------------------------------------------------------
+# -- lines -----------------------------------------------------------------------------------
+
+Outcome = tuple[bool, dict[str, Any]]
 
 
-def score_line(batch: Batch, number: int, raw: bytes) -> tuple[bool, dict[str, Any]]:
-    """(succeeded, result line) for input line ``number``: OpenAI's batch output shape, with the
-    response of the line's endpoint or the error that kept it from one."""
-    custom_id = None
+def score_chunk(batch: Batch, lines: list[tuple[int, bytes]]) -> list[Outcome]:
+    """(succeeded, result line) for each input line, in order: OpenAI's batch output shape with
+    the response of the line's endpoint, or the error that kept it from one. Prediction lines are
+    answered together (serving.predict_many), so the runtime scores them in batches."""
+    outcomes: list[Outcome | None] = []
+    pending: list[tuple[int, int, str, inputs.PredictionRequest]] = []
+    for number, raw in lines:
+        try:
+            custom_id, body = _parse_line(raw, batch.endpoint)
+        except _LineError as exc:
+            outcomes.append(
+                (False, _result(exc.custom_id, None, {"code": exc.code, "message": f"line {number}: {exc}"}))
+            )
+            continue
+        if batch.endpoint == "/v1/predictions":
+            try:
+                pending.append((len(outcomes), number, custom_id, inputs.prediction_request(body)))
+                outcomes.append(None)
+            except ApiError as exc:
+                outcomes.append(_failure(custom_id, number, exc))
+        else:
+            outcomes.append(_generated(batch, number, custom_id, body))
+    for (slot, number, custom_id, _), answer in zip(pending, _predictions(batch, [p[3] for p in pending])):
+        outcomes[slot] = (
+            _failure(custom_id, number, answer)
+            if isinstance(answer, Exception)
+            else (True, _result(custom_id, _response(200, answer), None))
+        )
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _predictions(batch: Batch, requests: list[inputs.PredictionRequest]) -> list[dict[str, Any] | Exception]:
+    if not requests:
+        return []
     try:
-        request = json.loads(raw)
-        if not isinstance(request, dict):
-            raise _LineError("invalid_request", "A batch line must be a JSON object.")
-        custom_id = request.get("custom_id")
-        _check_line(request, batch.endpoint)
-        body = _respond(batch, request["url"], request["body"])
-    except json.JSONDecodeError as exc:
-        return False, _result(None, None, {"code": "invalid_json", "message": f"line {number}: {exc.msg}"})
-    except _LineError as exc:
-        return False, _result(custom_id, None, {"code": exc.code, "message": f"line {number}: {exc.message}"})
-    except ApiError as exc:
-        error = {"message": exc.message, "type": "invalid_request_error", "param": exc.param, "code": exc.code}
-        response = _response(exc.status_code, {"error": error})
-        return False, _result(custom_id, response, {"code": exc.code, "message": f"line {number}: {exc.message}"})
-    except Exception as exc:  # one line's crash must not end the others
-        log.exception("batch %s: line %s failed", batch.id, number)
-        return False, _result(custom_id, _response(500, None), {"code": "server_error", "message": str(exc)})
-    return True, _result(custom_id, _response(200, body), None)
+        return list(serving.predict_many(tenant=batch.tenant, requests=requests))
+    except Exception as exc:  # not the lines' fault (the runtime broke): each line reports it
+        log.exception("batch %s: scoring a chunk failed", batch.id)
+        return [exc] * len(requests)
+
+
+def _generated(batch: Batch, number: int, custom_id: str, body: dict[str, Any]) -> Outcome:
+    chat = batch.endpoint == "/v1/chat/completions"
+    try:
+        answer = serving.generate(tenant=batch.tenant, body={**body, "stream": False}, chat=chat)
+    except Exception as exc:
+        return _failure(custom_id, number, exc)
+    return True, _result(custom_id, _response(200, answer), None)
+
+
+def _failure(custom_id: str, number: int, exc: Exception) -> Outcome:
+    if not isinstance(exc, ApiError):
+        log.error("line %s failed: %s: %s", number, type(exc).__name__, exc)
+        return False, _result(custom_id, _response(500, None), {"code": "server_error", "message": f"line {number}"})
+    error = {"message": exc.message, "type": "invalid_request_error", "param": exc.param, "code": exc.code}
+    message = f"line {number}: {exc.message}"
+    return False, _result(
+        custom_id, _response(exc.status_code, {"error": error}), {"code": exc.code, "message": message}
+    )
 
 
 class _LineError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, custom_id: Any = None) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.custom_id = code, custom_id
 
 
-def _check_line(request: dict[str, Any], endpoint: str) -> None:
-    if not isinstance(request.get("custom_id"), str) or not request["custom_id"]:
+def _parse_line(raw: bytes, endpoint: str) -> tuple[str, dict[str, Any]]:
+    """(custom_id, body) of a well-formed request line for ``endpoint``."""
+    try:
+        request = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _LineError("invalid_json", f"not JSON: {exc}") from exc
+    if not isinstance(request, dict):
+        raise _LineError("invalid_request", "A batch line must be a JSON object.")
+    custom_id = request.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
         raise _LineError("missing_custom_id", "custom_id must be a non-empty string.")
     if request.get("method", "POST") != "POST":
-        raise _LineError("invalid_method", "method must be POST.")
+        raise _LineError("invalid_method", "method must be POST.", custom_id)
     if request.get("url") != endpoint:
-        raise _LineError("invalid_url", f"url must be this batch's endpoint {endpoint}, got {request.get('url')!r}.")
+        raise _LineError(
+            "invalid_url", f"url must be this batch's endpoint {endpoint}, not {request.get('url')!r}.", custom_id
+        )
     if not isinstance(request.get("body"), dict):
-        raise _LineError("invalid_body", "body must be a JSON object.")
-
-
-def _respond(batch: Batch, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    if url == "/v1/predictions":
-        return serving.predict(tenant=batch.tenant, request=inputs.prediction_request(body))
-    result = serving.generate(tenant=batch.tenant, body={**body, "stream": False}, chat=url == "/v1/chat/completions")
-    assert isinstance(result, dict)  # not streamed
-    return result
+        raise _LineError("invalid_body", "body must be a JSON object.", custom_id)
+    return custom_id, request["body"]
 
 
 def _response(status_code: int, body: Any) -> dict[str, Any]:
