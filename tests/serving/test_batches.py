@@ -99,11 +99,15 @@ def test_files_create_batches_create_retrieve_and_content(setup, eager, monkeypa
     output = results(client, done.output_file_id)
     assert [r["custom_id"] for r in output] == ["req-0", "req-1", "req-2"]
     assert len(calls) == 1  # the three requests were scored in one runtime batch
-    direct = serving.predict(tenant=model.tenant, request=serving.inputs.prediction_request(lines[0]["body"]))
-    first = output[0]["response"]
-    assert first["status_code"] == 200
-    assert first["body"]["data"][0]["label"] == direct["data"][0]["label"]  # the API's own answer
-    assert first["body"]["data"][0]["label"] in pack.INTENTS
+    for line, result in zip(lines, output):  # each answer is what the request alone gets from the API
+        alone = serving.predict(tenant=model.tenant, request=serving.inputs.prediction_request(line["body"]))
+        answer = result["response"]
+        assert answer["status_code"] == 200
+        assert answer["body"]["data"][0]["index"] == 0
+        assert answer["body"]["data"][0]["label"] == alone["data"][0]["label"]
+        assert answer["body"]["data"][0]["label"] in pack.INTENTS
+        for label, probability in alone["data"][0]["probabilities"].items():
+            assert answer["body"]["data"][0]["probabilities"][label] == pytest.approx(probability, abs=1e-4)
     assert output[0]["error"] is None
     assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
     assert [b.id for b in client.batches.list()] == [batch.id]
@@ -118,14 +122,23 @@ def test_each_bad_line_is_reported_and_the_others_go_on(setup, eager):
         {**prediction_line("wrong-url", model.id, "hi"), "url": "/v1/completions"},
         {"method": "POST", "url": "/v1/predictions", "body": {"model": model.id, "inputs": ["hi"]}},
         prediction_line("empty-input", model.id, ""),
+        {**prediction_line("no-text", model.id, ""), "body": {"model": model.id, "inputs": [{"note": "x"}]}},
         prediction_line("good-2", model.id, "where is my parcel"),
     ]
     batch = client.batches.retrieve(create(client, jsonl(lines)).id)
     assert batch.status == "completed"
-    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (7, 2, 5)
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (8, 2, 6)
     assert [r["custom_id"] for r in results(client, batch.output_file_id)] == ["good-1", "good-2"]
     errors = {r["error"]["code"]: r for r in results(client, batch.error_file_id)}
-    assert set(errors) == {"model_not_found", "invalid_json", "invalid_url", "missing_custom_id", "invalid_value"}
+    assert set(errors) == {
+        "model_not_found",
+        "invalid_json",
+        "invalid_url",
+        "missing_custom_id",
+        "invalid_value",
+        "missing_field",  # found only when scored: the lines scored with it in one call still succeed
+    }
+    assert errors["missing_field"]["custom_id"] == "no-text"
     assert errors["model_not_found"]["custom_id"] == "unknown-model"
     assert errors["model_not_found"]["response"]["status_code"] == 404
     assert errors["model_not_found"]["response"]["body"]["error"]["code"] == "model_not_found"

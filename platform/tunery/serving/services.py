@@ -200,7 +200,10 @@ def predict_many(*, tenant: Tenant, requests: list[inputs.PredictionRequest]) ->
             _predict_merged(tenant, requests, members[start : start + limit], answers, limit)
     for index, request in enumerate(requests):
         if answers[index] is None:
-            answers[index] = _answer_or_error(lambda r=request: predict(tenant=tenant, request=r))
+            try:
+                answers[index] = predict(tenant=tenant, request=request)
+            except ApiError as exc:
+                answers[index] = exc
     return cast("list[dict[str, Any] | ApiError]", answers)
 
 
@@ -231,13 +234,6 @@ def _predict_merged(
         data = [{**entry, "index": entry["index"] - offset} for entry in merged["data"][offset : offset + count]]
         answers[index] = {**merged, "id": prefixed_id("pred"), "data": data, "usage": {"items": count}}
         offset += count
-
-
-def _answer_or_error(call: Callable[[], dict[str, Any]]) -> dict[str, Any] | ApiError:
-    try:
-        return call()
-    except ApiError as exc:
-        return exc
 
 
 def _predict_generations(
