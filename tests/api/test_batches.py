@@ -72,6 +72,7 @@ def test_other_tenants_ids_are_404(api, acme, globex, batch_file):
     created = create(api, acme, input_file_id=batch_file).json()
     assert created["status"] == "validating"
     assert created["request_counts"] == {"total": 3, "completed": 0, "failed": 0}
+    assert created["expires_at"] - created["created_at"] in (86_399, 86_400)  # completion_window "24h"
     for method, path in (
         ("get", f"/v1/batches/{created['id']}"),
         ("post", f"/v1/batches/{created['id']}/cancel"),

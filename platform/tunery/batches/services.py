@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from tunery.batches import dispatch, lifecycle
 from tunery.batches.models import Batch
@@ -14,6 +16,8 @@ from tunery.files.models import File
 from tunery.jobs.queues import CPU_QUEUE
 from tunery.jobs.services import checked_metadata
 from tunery.tenants.models import Tenant
+
+COMPLETION_WINDOW = timedelta(hours=24)
 
 
 def create_batch(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Batch:
@@ -46,6 +50,7 @@ def create_batch(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Batch:
             metadata=metadata,
             queue=CPU_QUEUE,
             total=input_file.row_count,
+            expires_at=timezone.now() + COMPLETION_WINDOW,  # shown as OpenAI does; not enforced yet
             created_by=actor[:200],
         )
         dispatch.batch_created(batch.id, batch.queue)
