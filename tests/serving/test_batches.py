@@ -240,3 +240,37 @@ def test_lease_is_held_while_claimed(setup):
     batch = create(client, jsonl([prediction_line("a", model.id, "hi")]))
     assert lifecycle.claim(batch.id, "worker-a") is not None
     assert lifecycle.claim(batch.id, "worker-b") is None
+
+
+@pytest.mark.slow
+def test_throughput_of_a_batch_against_single_and_64_input_requests(setup, settings, capsys):
+    """The issue's benchmark, in-process on the tiny test model (no HTTP in any of the three): a
+    batch of N one-text lines, the same N texts as N predict calls, and as calls of 64 inputs."""
+    import time
+
+    client, model = setup["acme"], setup["model"]
+    settings.TUNERY_BATCH_CHUNK_LINES = 64
+    texts = [f"order {i}: my parcel has not arrived, please refund" for i in range(256)]
+    parse = serving.inputs.prediction_request
+
+    started = time.perf_counter()
+    for text in texts:
+        serving.predict(tenant=model.tenant, request=parse({"model": model.id, "inputs": [text]}))
+    single = len(texts) / (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    for start in range(0, len(texts), 64):
+        serving.predict(tenant=model.tenant, request=parse({"model": model.id, "inputs": texts[start : start + 64]}))
+    per_64 = len(texts) / (time.perf_counter() - started)
+
+    batch = create(client, jsonl([prediction_line(f"req-{i}", model.id, text) for i, text in enumerate(texts)]))
+    started = time.perf_counter()
+    assert runner.run_batch(batch.id) == "completed"
+    batched = len(texts) / (time.perf_counter() - started)
+
+    with capsys.disabled():
+        print(
+            f"\nbatch scoring, {len(texts)} texts: batch {batched:.0f}/s, one per request {single:.0f}/s, "
+            f"64 per request {per_64:.0f}/s"
+        )
+    assert batched > single  # lines are scored together, not one runtime call each
