@@ -131,3 +131,12 @@ def test_the_reconciler_sends_a_dead_workers_batch_again_and_gives_up_after_max_
     failed = api.get(f"/v1/batches/{again['id']}", **acme.headers).json()
     assert failed["status"] == "failed"
     assert failed["errors"]["data"][0]["code"] == "worker_died"
+
+
+def test_a_batch_can_ask_for_gpu_workers(api, acme, batch_file):
+    assert create(api, acme, input_file_id=batch_file).json()["queue"] == "cpu"
+    on_gpu = create(api, acme, input_file_id=batch_file, queue="gpu").json()
+    assert Batch.objects.get(pk=on_gpu["id"]).queue == on_gpu["queue"] == "gpu"
+    refused = create(api, acme, input_file_id=batch_file, queue="gpu.h100")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "queue"

@@ -6,6 +6,11 @@ import secrets
 
 from django.db import models
 
+from tunery.jobs.queues import CPU_QUEUE, GPU_QUEUE
+
+#: Where a batch runs (Tunery's extra body field ``queue``): a cpu worker, or a gpu worker's runtime.
+BATCH_QUEUES = (CPU_QUEUE, GPU_QUEUE)
+
 
 def new_batch_id() -> str:
     return f"batch_{secrets.token_hex(12)}"  # OpenAI's batch ids use "_", not the "-" of prefixed_id

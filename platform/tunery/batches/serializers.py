@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from tunery.batches.models import Batch, BatchStatus
+from tunery.batches.models import BATCH_QUEUES, Batch, BatchStatus
 from tunery.batches.runner import ENDPOINTS
 from tunery.jobs.serializers import MetadataField
 
@@ -38,6 +38,7 @@ def batch_object(batch: Batch) -> dict[str, Any]:
         "cancelled_at": _seconds(batch.cancelled_at),
         "request_counts": {"total": batch.total, "completed": batch.completed, "failed": batch.failed},
         "metadata": batch.metadata or None,
+        "queue": batch.queue,  # Tunery's addition
     }
 
 
@@ -68,6 +69,7 @@ class BatchObjectSerializer(serializers.Serializer):
     cancelled_at = serializers.IntegerField(allow_null=True)
     request_counts = RequestCountsSerializer()
     metadata = serializers.DictField(child=serializers.CharField(), allow_null=True)
+    queue = serializers.ChoiceField(choices=BATCH_QUEUES, help_text="Tunery: the worker queue it runs on.")
 
 
 class BatchCreateSerializer(serializers.Serializer):
@@ -78,4 +80,7 @@ class BatchCreateSerializer(serializers.Serializer):
     completion_window = serializers.ChoiceField(choices=["24h"])
     metadata = MetadataField(
         child=serializers.CharField(allow_blank=True, max_length=512), required=False, allow_null=True
+    )
+    queue = serializers.ChoiceField(
+        choices=BATCH_QUEUES, required=False, help_text="Tunery: 'cpu' (default) or 'gpu' workers score it."
     )

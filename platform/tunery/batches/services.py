@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tunery.batches import dispatch, lifecycle
-from tunery.batches.models import Batch
+from tunery.batches.models import BATCH_QUEUES, Batch
 from tunery.batches.runner import ENDPOINTS
 from tunery.core.errors import InvalidRequest, NotFound
 from tunery.files.models import File
@@ -41,6 +41,9 @@ def create_batch(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Batch:
             param="input_file_id",
             code="invalid_file_purpose",
         )
+    queue = body.get("queue", CPU_QUEUE)
+    if queue not in BATCH_QUEUES:
+        raise InvalidRequest(f"queue must be one of {', '.join(BATCH_QUEUES)}; got {queue!r}.", param="queue")
     metadata = checked_metadata(body.get("metadata"))
     with transaction.atomic():
         batch = Batch.objects.create(
@@ -48,7 +51,7 @@ def create_batch(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Batch:
             endpoint=endpoint,
             input_file=input_file,
             metadata=metadata,
-            queue=CPU_QUEUE,
+            queue=queue,
             total=input_file.row_count,
             expires_at=timezone.now() + COMPLETION_WINDOW,  # shown as OpenAI does; not enforced yet
             created_by=actor[:200],
