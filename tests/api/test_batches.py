@@ -140,3 +140,31 @@ def test_a_batch_can_ask_for_gpu_workers(api, acme, batch_file):
     refused = create(api, acme, input_file_id=batch_file, queue="gpu.h100")
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "queue"
+
+
+def test_a_batch_whose_worker_died_while_finalizing_is_finished_by_the_next(
+    api, acme, batch_file, settings, tmp_path, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tunery.batches import lifecycle
+
+    settings.TUNERY_BATCH_WORK_DIR = tmp_path / "work"
+    created = create(api, acme, input_file_id=batch_file).json()
+
+    def killed_while_writing_files(batch_id, owner, write_files):
+        raise KeyboardInterrupt  # the worker dies after every line was scored and recorded
+
+    with monkeypatch.context() as patched:
+        patched.setattr(lifecycle, "finish", killed_while_writing_files)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_batch(created["id"])
+    assert Batch.objects.get(pk=created["id"]).status == "finalizing"
+    Batch.objects.filter(pk=created["id"]).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert runner.run_batch(created["id"]) == "completed"
+    batch = api.get(f"/v1/batches/{created['id']}", **acme.headers).json()
+    assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": 3}
+    errors = api.get(f"/v1/files/{batch['error_file_id']}/content", **acme.headers)
+    assert len(b"".join(errors.streaming_content).splitlines()) == 3  # scored once, written once

@@ -85,12 +85,17 @@ def record_progress(batch_id: str, owner: str, **progress: Any) -> str:
 
 
 def finalize(batch_id: str, owner: str) -> None:
-    """Every line is scored: the result files are being written (a cancelling batch stays so)."""
+    """Every line is scored: the result files are being written. A batch taken back while
+    finalizing, or cancelling, stays so (``finish`` ends either)."""
     now = timezone.now()
     rows = Batch.objects.filter(pk=batch_id, lease_owner=owner, status=BatchStatus.IN_PROGRESS)
     if rows.update(status=BatchStatus.FINALIZING, finalizing_at=now, lease_expires_at=lease_deadline(now)):
         log.info("batch %s: in_progress -> finalizing", batch_id)
-    elif not Batch.objects.filter(pk=batch_id, lease_owner=owner, status=BatchStatus.CANCELLING).exists():
+        return
+    held = Batch.objects.filter(
+        pk=batch_id, lease_owner=owner, status__in=[BatchStatus.FINALIZING, BatchStatus.CANCELLING]
+    )
+    if not held.update(lease_expires_at=lease_deadline(now)):
         raise LeaseLost(batch_id)
 
 
