@@ -168,3 +168,13 @@ def test_a_batch_whose_worker_died_while_finalizing_is_finished_by_the_next(
     assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": 3}
     errors = api.get(f"/v1/files/{batch['error_file_id']}/content", **acme.headers)
     assert len(b"".join(errors.streaming_content).splitlines()) == 3  # scored once, written once
+
+
+def test_a_batch_input_cannot_be_deleted_until_the_batch_ends(api, acme, batch_file):
+    created = create(api, acme, input_file_id=batch_file).json()
+    refused = api.delete(f"/v1/files/{batch_file}", **acme.headers)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "file_in_use"
+    assert created["id"] in refused.json()["error"]["message"]
+    assert api.post(f"/v1/batches/{created['id']}/cancel", **acme.headers).json()["status"] == "cancelled"
+    assert api.delete(f"/v1/files/{batch_file}", **acme.headers).json()["deleted"] is True

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from tunery.batches.models import TERMINAL_BATCH_STATUSES, Batch
 from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
@@ -188,15 +189,18 @@ def _check_storage_quota(tenant: Tenant, incoming: int) -> None:
 
 
 def delete_file(*, file: File) -> None:
-    """Remove a file's content and hide it. Refused while an unfinished job still reads it."""
+    """Remove a file's content and hide it. Refused while an unfinished job or batch still reads it."""
     users = list(
         FineTuningJob.objects.filter(Q(training_file=file) | Q(validation_file=file), tenant=file.tenant_id)
         .exclude(status__in=TERMINAL_STATUSES)
         .values_list("id", flat=True)[:3]
     )
+    batches = Batch.objects.filter(input_file=file, tenant=file.tenant_id).exclude(status__in=TERMINAL_BATCH_STATUSES)
+    users += list(batches.values_list("id", flat=True)[:3])
     if users:
         raise Conflict(
-            f"File {file.id} is used by unfinished fine-tuning jobs ({', '.join(users)}); cancel them first.",
+            f"File {file.id} is used by unfinished fine-tuning jobs or batches ({', '.join(users)}); "
+            "cancel them first.",
             param="file_id",
             code="file_in_use",
         )
