@@ -274,3 +274,29 @@ def test_throughput_of_a_batch_against_single_and_64_input_requests(setup, setti
             f"64 per request {per_64:.0f}/s"
         )
     assert batched > single  # lines are scored together, not one runtime call each
+
+
+def test_chat_and_text_completion_batches(setup, eager, make_model, artifacts):
+    client, tenant = setup["acme"], setup["model"].tenant
+    assistant = make_model(tenant, artifacts["assistant"], "assistant")
+    serving.deploy(tenant=tenant, model_id=assistant.id, actor="test")
+    chat = {"model": assistant.id, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3, "seed": 1}
+    lines = [
+        {"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions", "body": chat},
+        {"custom_id": "streamed", "method": "POST", "url": "/v1/chat/completions", "body": {**chat, "stream": True}},
+        {"custom_id": "no-messages", "method": "POST", "url": "/v1/chat/completions", "body": {"model": assistant.id}},
+    ]
+    batch = client.batches.retrieve(create(client, jsonl(lines), endpoint="/v1/chat/completions").id)
+    assert (batch.status, batch.request_counts.completed, batch.request_counts.failed) == ("completed", 2, 1)
+    answers = {r["custom_id"]: r["response"]["body"] for r in results(client, batch.output_file_id)}
+    assert answers["chat-1"]["object"] == "chat.completion"  # a batch never streams
+    assert (
+        answers["streamed"]["choices"][0]["message"]["content"] == answers["chat-1"]["choices"][0]["message"]["content"]
+    )
+    assert [r["custom_id"] for r in results(client, batch.error_file_id)] == ["no-messages"]
+
+    prompt = {"custom_id": "text-1", "method": "POST", "url": "/v1/completions"}
+    prompt["body"] = {"model": assistant.id, "prompt": "Once", "max_tokens": 3}
+    text = client.batches.retrieve(create(client, jsonl([prompt]), endpoint="/v1/completions").id)
+    assert text.status == "completed"
+    assert results(client, text.output_file_id)[0]["response"]["body"]["object"] == "text_completion"
