@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "tunery.files",
     "tunery.catalog",
     "tunery.jobs",
+    "tunery.batches",
     "tunery.serving",
     "tunery.monitoring",
     "tunery.dashboard",
@@ -175,6 +176,10 @@ REDIS_URL = os.environ.get("TUNERY_REDIS_URL", "")  # rate limits; falls back to
 
 #: Seconds a running job's lease lasts without a heartbeat before the reconciler re-queues it.
 TUNERY_JOB_LEASE_SECONDS = env_int("TUNERY_JOB_LEASE_SECONDS", 120)
+#: A batch's partial output while it runs (on storage every worker sees, so another can resume it).
+TUNERY_BATCH_WORK_DIR = Path(os.environ.get("TUNERY_BATCH_WORK_DIR", DATA_DIR / "batches"))
+#: Lines a batch worker scores between two progress records (a resumed batch redoes at most these).
+TUNERY_BATCH_CHUNK_LINES = env_int("TUNERY_BATCH_CHUNK_LINES", 32)
 TUNERY_JOB_MAX_ATTEMPTS = env_int("TUNERY_JOB_MAX_ATTEMPTS", 3)
 TUNERY_RECONCILE_EVERY_SECONDS = env_int("TUNERY_RECONCILE_EVERY_SECONDS", 30)
 # Job queue (tunery.jobs): how the runner starts the engine and how often it renews and checks.

@@ -9,6 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("tunery.files.urls")),
     path("v1/", include("tunery.jobs.urls")),
+    path("v1/", include("tunery.batches.urls")),
     path("v1/", include("tunery.catalog.urls")),
     path("v1/", include("tunery.verticals.urls")),
     path("v1/", include("tunery.serving.urls")),

@@ -184,7 +184,7 @@ def test_upload_errors_over_http(client, settings, media_root):
         client.files.create(file=("bad.jsonl", b'{"text": "ok", "label": "positive"}\n{oops\n'), purpose="fine-tune")
     assert "line 2" in broken.value.message
     with pytest.raises(openai.BadRequestError) as wrong_purpose:
-        client.files.create(file=("t.jsonl", dummy_pack.sample_jsonl()), purpose="batch")
+        client.files.create(file=("t.jsonl", dummy_pack.sample_jsonl()), purpose="assistants")
     assert wrong_purpose.value.param == "purpose"
     assert client.files.list().data == []
     assert not media_root.exists() or not any(p.is_file() for p in media_root.rglob("*"))

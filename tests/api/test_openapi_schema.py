@@ -17,7 +17,15 @@ def resolve(schema: dict, node: dict) -> dict:
     return schema["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else node
 
 
-LISTS = ["/v1/files", "/v1/fine_tuning/jobs", "/v1/api_keys", "/v1/models", "/v1/verticals", "/v1/deployments"]
+LISTS = [
+    "/v1/files",
+    "/v1/fine_tuning/jobs",
+    "/v1/batches",
+    "/v1/api_keys",
+    "/v1/models",
+    "/v1/verticals",
+    "/v1/deployments",
+]
 
 
 @pytest.mark.parametrize("path", LISTS)

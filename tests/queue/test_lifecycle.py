@@ -221,18 +221,20 @@ def test_a_tenant_with_a_huge_backlog_cannot_hide_another_tenants_job(queue_sett
     assert lifecycle.claim_next_job("gpu", "w3") is None
 
 
-def test_only_the_lifecycle_writes_a_jobs_status():
-    """Every status change goes through tunery.jobs.lifecycle: no other control-plane module that
-    touches job rows passes, saves or assigns a ``status`` (reading and creating a row are fine)."""
+@pytest.mark.parametrize(("model", "lifecycle_module"), [("FineTuningJob", "jobs"), ("Batch", "batches")])
+def test_only_the_lifecycle_writes_a_status(model, lifecycle_module):
+    """Every status change goes through its app's lifecycle (tunery.jobs.lifecycle for jobs,
+    tunery.batches.lifecycle for batches): no other control-plane module that touches those rows
+    passes, saves or assigns a ``status`` (reading and creating a row are fine)."""
     platform = Path(tunery.__file__).resolve().parent
     reads_and_creates = {"filter", "exclude", "get", "create", "annotate", "values", "values_list"}
     writers = []
     for path in sorted(platform.rglob("*.py")):
-        if "migrations" in path.parts or path == platform / "jobs" / "lifecycle.py":
+        if "migrations" in path.parts or path == platform / lifecycle_module / "lifecycle.py":
             continue
         tree = ast.parse(path.read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
-        if "FineTuningJob" not in imported:
+        if model not in imported:
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -247,4 +249,4 @@ def test_only_the_lifecycle_writes_a_jobs_status():
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 if any(isinstance(target, ast.Attribute) and target.attr == "status" for target in targets):
                     writers.append(f"{path.relative_to(platform.parent)}:{node.lineno}")
-    assert writers == [], f"job status written outside tunery.jobs.lifecycle: {writers}"
+    assert writers == [], f"{model} status written outside tunery.{lifecycle_module}.lifecycle: {writers}"

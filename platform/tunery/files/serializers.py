@@ -64,7 +64,7 @@ class FileUploadSerializer(serializers.Serializer):
     """Request body of POST /v1/files (multipart/form-data)."""
 
     file = UploadedFileField(help_text="A .jsonl or .csv file.")
-    purpose = serializers.ChoiceField(choices=["fine-tune"])
+    purpose = serializers.ChoiceField(choices=["fine-tune", "batch"])
     vertical = serializers.CharField(required=False, help_text="Check the rows against this pack's task.")
     task = serializers.CharField(required=False, help_text="The task whose schema the rows must fit.")
 

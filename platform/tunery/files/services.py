@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 from typing import IO, Any, cast
 
+from django.core.files import File as DjangoFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from tunery.batches.models import TERMINAL_BATCH_STATUSES, Batch
 from tunery.core.errors import Conflict, InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
@@ -25,7 +28,7 @@ from tunery_contract.records import RecordFormatError, detect_format, iter_recor
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_PURPOSES = (File.Purpose.FINE_TUNE,)
+ACCEPTED_PURPOSES = (File.Purpose.FINE_TUNE, File.Purpose.BATCH)
 ACCEPTED_SUFFIXES = (".jsonl", ".csv")
 #: Column names kept per file (JSONL objects may vary; this is for schema checks, not a catalogue).
 MAX_COLUMNS = 200
@@ -55,6 +58,14 @@ def inspect_records(stream: IO[bytes], fmt: str) -> tuple[int, list[str]]:
             code="invalid_file_format",
         ) from exc
     return rows, list(columns)[:MAX_COLUMNS]
+
+
+def _batch_lines(uploaded: UploadedFile, fmt: str) -> int:
+    """A batch input is JSONL; its lines are checked one by one when the batch runs, so that a
+    malformed line fails alone (reported in the batch's error file) instead of the whole upload."""
+    if fmt != "jsonl":
+        raise InvalidRequest("A batch input must be a .jsonl file.", param="file", code="unsupported_file_type")
+    return sum(1 for line in cast(IO[bytes], uploaded.file) if line.strip())
 
 
 def stored_bytes(tenant: Tenant) -> int:
@@ -91,7 +102,11 @@ def upload_file(
     fmt = detect_format(filename)
     # Read through the open upload; closing it would delete a temporary file before it is stored.
     uploaded.seek(0)
-    rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
+    columns: list[str] = []
+    if purpose == File.Purpose.BATCH:
+        rows = _batch_lines(uploaded, fmt)
+    else:
+        rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
     if rows == 0:
         raise InvalidRequest("The file holds no data rows.", param="file", code="empty_file")
     profile = _profile_against_task(tenant, uploaded, fmt, vertical, task) if vertical or task else {}
@@ -127,6 +142,29 @@ def upload_file(
     return record
 
 
+def save_generated_file(*, tenant: Tenant, filename: str, purpose: str, source: Path) -> File:
+    """A file the platform wrote for a tenant (a batch's output or errors): stored, then recorded.
+    Call inside the transaction that publishes it (a rollback leaves an unreferenced object in
+    storage, harmless like a leftover of delete_file)."""
+    with source.open("rb") as stream:
+        sha256 = _sha256_of(stream)
+        stream.seek(0)
+        rows = sum(1 for line in stream if line.strip())
+    record = File(
+        tenant=tenant,
+        filename=filename,
+        purpose=purpose,
+        format=detect_format(filename),
+        bytes=source.stat().st_size,
+        sha256=sha256,
+        row_count=rows,
+    )
+    with source.open("rb") as stream:
+        record.content.save(f"{tenant.pk}/{record.id}.{record.format}", DjangoFile(stream), save=False)
+    record.save(force_insert=True)
+    return record
+
+
 def _profile_against_task(
     tenant: Tenant, uploaded: UploadedFile, fmt: str, vertical: str | None, task_id: str | None
 ) -> dict[str, Any]:
@@ -156,15 +194,18 @@ def _check_storage_quota(tenant: Tenant, incoming: int) -> None:
 
 
 def delete_file(*, file: File) -> None:
-    """Remove a file's content and hide it. Refused while an unfinished job still reads it."""
+    """Remove a file's content and hide it. Refused while an unfinished job or batch still reads it."""
     users = list(
         FineTuningJob.objects.filter(Q(training_file=file) | Q(validation_file=file), tenant=file.tenant_id)
         .exclude(status__in=TERMINAL_STATUSES)
         .values_list("id", flat=True)[:3]
     )
+    batches = Batch.objects.filter(input_file=file, tenant=file.tenant_id).exclude(status__in=TERMINAL_BATCH_STATUSES)
+    users += list(batches.values_list("id", flat=True)[:3])
     if users:
         raise Conflict(
-            f"File {file.id} is used by unfinished fine-tuning jobs ({', '.join(users)}); cancel them first.",
+            f"File {file.id} is used by unfinished fine-tuning jobs or batches ({', '.join(users)}); "
+            "cancel them first.",
             param="file_id",
             code="file_in_use",
         )

@@ -7,14 +7,15 @@ re-sends for validating or queued jobs whose last message is older than
 ``TUNERY_JOB_REDISPATCH_SECONDS`` (no more than the queue lacks), and messages expire after that
 long, so they do not pile up behind a busy worker.
 
-This is the one module that sends Celery messages. It sends by task name, so it needs no import of
-``tunery.jobs.tasks`` (which calls back into this module); the names are defined here and the
-tasks register under them.
+This is the one module that sends Celery messages (tunery.batches.dispatch sends through
+``publish``). It sends by task name, so it needs no import of ``tunery.jobs.tasks`` (which calls
+back into this module); the names are defined here and the tasks register under them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
@@ -50,7 +51,7 @@ def job_action_requested(job_id: str, action: str) -> None:
 
 
 def send_validation(job_id: str) -> bool:
-    return _publish(VALIDATE_JOB_FILES, job_id, CPU_QUEUE)
+    return publish(VALIDATE_JOB_FILES, job_id, CPU_QUEUE, lifecycle.mark_dispatched)
 
 
 def send_run(job_id: str, queue: str | None = None) -> bool:
@@ -58,7 +59,7 @@ def send_run(job_id: str, queue: str | None = None) -> bool:
         queue = FineTuningJob.objects.values_list("queue", flat=True).filter(pk=job_id).first()
         if queue is None:
             return False
-    return _publish(RUN_JOB, job_id, queue)
+    return publish(RUN_JOB, job_id, queue, lifecycle.mark_dispatched)
 
 
 def pending_messages(queue: str) -> int | None:
@@ -73,15 +74,18 @@ def pending_messages(queue: str) -> int | None:
         return None
 
 
-def _publish(task_name: str, job_id: str, queue: str) -> bool:
+def publish(task_name: str, object_id: str, queue: str, mark_dispatched: Callable[[str], None]) -> bool:
+    """Send ``task_name`` for a job or a batch (``object_id``) and record when (``mark_dispatched``)."""
     try:
         if app.conf.task_always_eager:  # TUNERY_TASKS_EAGER (debugging): send_task ignores it, run inline
             app.loader.import_default_modules()
-            app.tasks[task_name].apply(args=[job_id])
+            app.tasks[task_name].apply(args=[object_id])
         else:
-            app.send_task(task_name, args=[job_id], queue=queue, expires=float(settings.TUNERY_JOB_REDISPATCH_SECONDS))
+            app.send_task(
+                task_name, args=[object_id], queue=queue, expires=float(settings.TUNERY_JOB_REDISPATCH_SECONDS)
+            )
     except Exception as exc:  # broker down: the reconciler re-sends from the database
-        log.warning("could not send %s for job %s to queue %s: %s", task_name, job_id, queue, exc)
+        log.warning("could not send %s for %s to queue %s: %s", task_name, object_id, queue, exc)
         return False
-    lifecycle.mark_dispatched(job_id)
+    mark_dispatched(object_id)
     return True

@@ -183,7 +183,7 @@ LoraSerializer = type("LoraSerializer", (serializers.Serializer,), _knob_fields(
     }
 )
 class MetadataField(serializers.DictField):
-    """A job's metadata: string values, a bounded number of keys (``services._metadata`` checks it)."""
+    """A job's metadata: string values, a bounded number of keys (``services.checked_metadata`` checks it)."""
 
 
 class JobCreateSerializer(serializers.Serializer):

@@ -129,7 +129,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
         requested=requested,
         suffix=suffix,
         seed=seed,
-        metadata=_metadata(body.get("metadata")),
+        metadata=checked_metadata(body.get("metadata")),
         teacher_model=teacher,
         gpus=gpus,
         dry_run=dry_run,
@@ -275,7 +275,7 @@ def _check_teacher(tenant: Tenant, teacher: Any) -> None:
         )
 
 
-def _metadata(value: Any) -> dict[str, str]:
+def checked_metadata(value: Any) -> dict[str, str]:
     if value is None:
         return {}
     if (

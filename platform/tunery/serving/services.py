@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import transaction
 
@@ -182,6 +182,58 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         "data": data,
         "usage": {"items": len(data)},
     }
+
+
+def predict_many(*, tenant: Tenant, requests: list[inputs.PredictionRequest]) -> list[dict[str, Any] | ApiError]:
+    """Each request's answer (or the error it alone would get), as :func:`predict` gives it. Requests
+    for one encoder model that differ only in their ``inputs`` are scored in runtime calls of up to
+    ``max_items`` rows, so the runtime batches them (batch scoring: one request per input line)."""
+    answers: list[dict[str, Any] | ApiError | None] = [None] * len(requests)
+    groups: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        if request.inputs is not None and request.items is None:
+            rest = {k: v for k, v in (request.body or {}).items() if k != "inputs"}
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(index)
+    limit = conf.max_items()
+    for members in groups.values():
+        for start in range(0, len(members), limit):
+            _predict_merged(tenant, requests, members[start : start + limit], answers, limit)
+    for index, request in enumerate(requests):
+        if answers[index] is None:
+            try:
+                answers[index] = predict(tenant=tenant, request=request)
+            except ApiError as exc:
+                answers[index] = exc
+    return cast("list[dict[str, Any] | ApiError]", answers)
+
+
+def _predict_merged(
+    tenant: Tenant,
+    requests: list[inputs.PredictionRequest],
+    members: list[int],
+    answers: list[dict[str, Any] | ApiError | None],
+    limit: int,
+) -> None:
+    """Score ``members`` (same model and settings) in one call of at most ``limit`` rows; leave
+    them unanswered (answered one by one) where merging would not be the same as asking alone."""
+    rows = [row for index in members for row in requests[index].inputs or []]
+    first = requests[members[0]]
+    try:
+        if (
+            len(members) < 2
+            or len(rows) > limit
+            or head_of(selectors.serving_target(tenant, first.model)).generates_text
+        ):
+            return
+        merged = predict(tenant=tenant, request=inputs.PredictionRequest(first.model, inputs=rows, body=first.body))
+    except ApiError:
+        return  # one member's fault: the others must not share it
+    offset = 0
+    for index in members:
+        count = len(requests[index].inputs or [])
+        data = [{**entry, "index": entry["index"] - offset} for entry in merged["data"][offset : offset + count]]
+        answers[index] = {**merged, "id": prefixed_id("pred"), "data": data, "usage": {"items": count}}
+        offset += count
 
 
 def _predict_generations(

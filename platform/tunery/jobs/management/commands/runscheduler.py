@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, close_old_connections
 
+from tunery.batches import reconciler as batch_reconciler
 from tunery.jobs import reconciler
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Command(BaseCommand):
         interval = interval if interval is not None else float(settings.TUNERY_RECONCILE_EVERY_SECONDS)
         while True:
             try:
-                counts = reconciler.reconcile()
+                counts = {**reconciler.reconcile(), **batch_reconciler.reconcile()}
             except (OperationalError, InterfaceError) as exc:  # database away: try again next pass
                 if once:
                     raise

@@ -1,0 +1,16 @@
+"""The batch worker's Celery task: an id in, the runner does the rest (retries go through the
+lease, not Celery). Registered under the name tunery.batches.dispatch sends."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from tunery.batches import dispatch, runner
+
+
+@shared_task(
+    name=dispatch.RUN_BATCH, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True, max_retries=5
+)
+def run_batch(batch_id: str) -> str:
+    return runner.run_batch(batch_id)
