@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from rest_framework import serializers
 
 from tunery.batches.models import BATCH_QUEUES, Batch, BatchStatus
 from tunery.batches.runner import ENDPOINTS
+from tunery.core.timestamps import unix_seconds
 from tunery.jobs.serializers import MetadataField
-
-
-def _seconds(moment: datetime | None) -> int | None:
-    return int(moment.timestamp()) if moment is not None else None
 
 
 def batch_object(batch: Batch) -> dict[str, Any]:
@@ -27,15 +23,15 @@ def batch_object(batch: Batch) -> dict[str, Any]:
         "status": batch.status,
         "output_file_id": batch.output_file_id,
         "error_file_id": batch.error_file_id,
-        "created_at": _seconds(batch.created_at),
-        "in_progress_at": _seconds(batch.in_progress_at),
-        "expires_at": _seconds(batch.expires_at),
-        "finalizing_at": _seconds(batch.finalizing_at),
-        "completed_at": _seconds(batch.completed_at),
-        "failed_at": _seconds(batch.failed_at),
-        "expired_at": _seconds(batch.expired_at),
-        "cancelling_at": _seconds(batch.cancelling_at),
-        "cancelled_at": _seconds(batch.cancelled_at),
+        "created_at": unix_seconds(batch.created_at),
+        "in_progress_at": unix_seconds(batch.in_progress_at),
+        "expires_at": unix_seconds(batch.expires_at),
+        "finalizing_at": unix_seconds(batch.finalizing_at),
+        "completed_at": unix_seconds(batch.completed_at),
+        "failed_at": unix_seconds(batch.failed_at),
+        "expired_at": unix_seconds(batch.expired_at),
+        "cancelling_at": unix_seconds(batch.cancelling_at),
+        "cancelled_at": unix_seconds(batch.cancelled_at),
         "request_counts": {"total": batch.total, "completed": batch.completed, "failed": batch.failed},
         "metadata": batch.metadata or None,
         "queue": batch.queue,  # Tunery's addition

@@ -5,22 +5,18 @@ functions so list pages stay cheap."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from tunery.core.timestamps import unix_seconds
 from tunery.jobs.hyperparameters import GPU_RANGE, KNOBS, SEED_RANGE, TUNERY_KNOBS, openai_hyperparameters
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
 from tunery.jobs.services import MAX_METADATA_KEYS, SUFFIX
 from tunery.verticals import registry
 from tunery_contract.vocabulary import AUTO, Knob
-
-
-def _epoch(moment: datetime | None) -> int | None:
-    return int(moment.timestamp()) if moment is not None else None
 
 
 def fine_tuned_model_id(job: FineTuningJob) -> str | None:
@@ -43,9 +39,9 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
     return {
         "id": job.id,
         "object": "fine_tuning.job",
-        "created_at": _epoch(job.created_at),
-        "finished_at": _epoch(job.finished_at),
-        "estimated_finish": _epoch(job.estimated_finish),
+        "created_at": unix_seconds(job.created_at),
+        "finished_at": unix_seconds(job.finished_at),
+        "estimated_finish": unix_seconds(job.estimated_finish),
         "model": job.base_model.name,
         "fine_tuned_model": fine_tuned_model_id(job),
         "organization_id": job.tenant.slug,
@@ -80,7 +76,7 @@ def event_object(event: JobEvent) -> dict[str, Any]:
     return {
         "id": event.id,
         "object": "fine_tuning.job.event",
-        "created_at": _epoch(event.created_at),
+        "created_at": unix_seconds(event.created_at),
         "level": event.level,
         "message": event.message,
         "type": event.type,
@@ -95,7 +91,7 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
     return {
         "id": checkpoint.id,
         "object": "fine_tuning.job.checkpoint",
-        "created_at": _epoch(checkpoint.created_at),
+        "created_at": unix_seconds(checkpoint.created_at),
         "fine_tuning_job_id": job.id,
         "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-{checkpoint.step_number}",
         "step_number": checkpoint.step_number,

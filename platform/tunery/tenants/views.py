@@ -14,12 +14,9 @@ from tunery.core.parsers import BoundedJSONParser
 from tunery.core.permissions import IsTenantAdmin
 from tunery.core.schema import BODY_ERRORS, ERRORS, PAGE_PARAMETERS, list_of
 from tunery.core.scoping import TenantScopedViewSet
+from tunery.core.timestamps import unix_seconds
 from tunery.tenants import services
 from tunery.tenants.models import ApiKey, Membership
-
-
-def _epoch(moment) -> int | None:
-    return int(moment.timestamp()) if moment else None
 
 
 def api_key_object(key: ApiKey) -> dict[str, Any]:
@@ -30,10 +27,10 @@ def api_key_object(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix,
         "redacted_value": f"tny_{key.prefix}_…",
         "role": key.role,
-        "created_at": _epoch(key.created_at),
-        "expires_at": _epoch(key.expires_at),
-        "revoked_at": _epoch(key.revoked_at),
-        "last_used_at": _epoch(key.last_used_at),
+        "created_at": unix_seconds(key.created_at),
+        "expires_at": unix_seconds(key.expires_at),
+        "revoked_at": unix_seconds(key.revoked_at),
+        "last_used_at": unix_seconds(key.last_used_at),
     }
 
 
