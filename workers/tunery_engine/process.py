@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from tunery_contract import TaskDefinition, VerticalPack
 
 
+#: events a checkpoint keeps for a replay on resume (a runner lags by a few lines at most)
+RECENT_EVENTS_KEPT = 200
+
+
 class EventWriter(TrainingCallback):
     """Writes the engine's callbacks as the protocol's events, one JSON line each."""
 
@@ -53,18 +57,30 @@ class EventWriter(TrainingCallback):
         resumed_from = str(state.resumed_from) if state.resumed_from is not None else None
         resolved = state.config.to_dict() if state.config is not None else None
         self.emit(protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from, resolved))
+        for data in state.run.recent_events:  # events of the checkpoint's steps the runner may never have read
+            self.emit(protocol.EngineEvent.from_json(data))
 
     def on_progress(self, event: ProgressEvent) -> None:
-        self.emit(protocol.Progress(**event.to_json()))
+        self.emit_and_keep(protocol.Progress(**event.to_json()))
 
     def on_evaluate(self, step: int, metrics: Mapping[str, float]) -> None:
         learning_rate = self.state.learning_rate if self.state is not None else None
         task_metrics = dict(metrics)
         eval_loss = task_metrics.pop("eval_loss", None)
-        self.emit(protocol.Evaluate(step, eval_loss, task_metrics, learning_rate))
+        self.emit_and_keep(protocol.Evaluate(step, eval_loss, task_metrics, learning_rate))
 
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
+        if self.state is not None:  # the checkpoint just written holds them
+            self.state.run.recent_events.clear()
         self.emit(protocol.Checkpoint(step, str(path), dict(metrics or {}), is_best))
+
+    def emit_and_keep(self, event: protocol.EngineEvent) -> None:
+        """Emit, and keep the event in the run state until a checkpoint holds it."""
+        self.emit(event)
+        if self.state is not None:
+            kept = self.state.run.recent_events
+            kept.append(event.to_json())
+            del kept[:-RECENT_EVENTS_KEPT]
 
     def on_heartbeat(self) -> None:
         pass  # the heartbeat thread below also covers model loading, tokenization and long evaluations
