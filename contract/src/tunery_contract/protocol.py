@@ -53,6 +53,9 @@ class JobSpecFile:
     teacher_model: str | None = None
     #: file column -> schema column
     column_mapping: dict[str, str] | None = None
+    #: the job's key prefix in the object store the environment configures (``TUNERY_S3_*``):
+    #: checkpoints and the final artifact are uploaded under it. None: local files only.
+    object_store_prefix: str | None = None
 
     REQUIRED: ClassVar[frozenset[str]] = frozenset({"base_model", "vertical", "task", "train_file", "output_dir"})
 
