@@ -242,9 +242,11 @@ class ObjectStore:
                 code, waiting_helps = _classify(exc)
                 if code == "storage_error" and not _is_boto(exc):
                     raise
-                if waiting_helps and time.monotonic() + delay < deadline:
-                    log.warning("%s: %s; retrying in %.1f s", what, exc, delay)
-                    self._sleep(delay)
+                remaining = deadline - time.monotonic()
+                if waiting_helps and remaining > 0:
+                    pause = min(delay, remaining)
+                    log.warning("%s: %s; retrying in %.1f s", what, exc, pause)
+                    self._sleep(pause)
                     delay = min(delay * 2, 30.0)
                     continue
                 waited = f" (retried for {self.retry_seconds:.0f} s)" if waiting_helps else ""
@@ -317,7 +319,20 @@ class ObjectStore:
 
     def check(self) -> None:
         """Reach the bucket with these credentials (a HEAD of the bucket); StorageError if not."""
-        self._call(f"reaching {self.describe()}", lambda: self.client.head_bucket(Bucket=self.bucket))
+        from botocore.exceptions import ClientError
+
+        def head() -> None:
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:  # a HEAD has no error body: a 404 is the bucket's absence
+                if str(exc.response.get("Error", {}).get("Code")) == "404":
+                    raise StorageError(
+                        f"reaching {self.describe()}: {_EXPLAIN['storage_bucket_missing']}",
+                        code="storage_bucket_missing",
+                    ) from exc
+                raise
+
+        self._call(f"reaching {self.describe()}", head)
 
     # -- trees ------------------------------------------------------------------------------------
 
