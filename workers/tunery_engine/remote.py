@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def storage_failure(exc: StorageError) -> EngineError:
-    return EngineError(exc.message, code=exc.code, permanent=False)
+    """A transient engine error naming the cause (the keys and endpoint go to the log only)."""
+    log.error("object storage: %s", exc.message)
+    return EngineError(f"storing the job's files failed: {exc.summary}", code=exc.code, permanent=False)
 
 
 class CheckpointMirror(TrainingCallback):

@@ -78,6 +78,11 @@ class StorageError(Exception):
         self.message = message
         self.code = code
 
+    @property
+    def summary(self) -> str:
+        """The cause without keys, endpoints or bucket names (for a tenant's job error)."""
+        return _SUMMARY.get(self.code, "object storage failed")
+
 
 @dataclass(frozen=True)
 class S3Settings:
@@ -182,6 +187,17 @@ _EXPLAIN = {
     "storage_bucket_missing": "the object storage bucket does not exist (check TUNERY_S3_BUCKET)",
     "storage_full": "the object storage bucket is full or over its quota",
     "storage_error": "object storage refused the request",
+}
+
+
+_SUMMARY = {
+    "storage_unreachable": "object storage is unreachable",
+    "storage_credentials": "object storage refused the server's credentials",
+    "storage_bucket_missing": "the object storage bucket does not exist",
+    "storage_full": "the object storage bucket is full",
+    "storage_error": "object storage refused a request",
+    "artifact_missing": "the files are missing or incomplete in object storage",
+    "artifact_corrupt": "the files in object storage do not match their manifest",
 }
 
 

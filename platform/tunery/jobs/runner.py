@@ -195,7 +195,8 @@ class AttemptRunner:
             return self._finish(Outcome("failed", code=exc.code, message=exc.message))
         except artifacts.StorageError as exc:  # an outage or a misconfigured bucket: try again later
             log.warning("job %s: %s", self.job.pk, exc.message)
-            return self._finish(Outcome("transient", code=exc.code, message=exc.message))
+            message = f"fetching the job's checkpoints failed: {exc.summary}"
+            return self._finish(Outcome("transient", code=exc.code, message=message))
         spec_path = self.out / "spec.json"
         _write_atomically(spec_path, json.dumps(spec.to_json(), indent=2))
         log_path = self.out / "logs" / f"attempt-{self.job.attempts}.log"
