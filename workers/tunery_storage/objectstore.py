@@ -397,10 +397,13 @@ class ObjectStore:
 
         return self._call(f"reading {key}", get)
 
-    def get_tree(self, relative: str, target: Path) -> dict[str, Any]:
+    def get_tree(
+        self, relative: str, target: Path, *, on_object: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
         """Download a complete tree into ``target`` (created whole: built beside it and renamed in),
-        every object checked against the manifest. StorageError artifact_missing when the tree is
-        absent or incomplete, artifact_corrupt when an object does not match."""
+        every object checked against the manifest; ``on_object`` is called before each object (a
+        long download can renew a lease). StorageError artifact_missing when the tree is absent or
+        incomplete, artifact_corrupt when an object does not match."""
         manifest = self.read_manifest(relative)
         if manifest is None:
             raise StorageError(f"{self.describe(relative)} is missing or incomplete", code="artifact_missing")
@@ -416,6 +419,8 @@ class ObjectStore:
                         f"{root}: manifest names a file outside the tree: {name!r}", code="artifact_corrupt"
                     )
                 local.parent.mkdir(parents=True, exist_ok=True)
+                if on_object is not None:
+                    on_object(name)
                 self._get_file(f"{root}/{name}", local)
                 if local.stat().st_size != entry["size"] or _sha256_file(local) != entry["sha256"]:
                     raise StorageError(f"{root}/{name} does not match its manifest", code="artifact_corrupt")
@@ -452,19 +457,17 @@ class ObjectStore:
         return len(keys)
 
     def pull_children(
-        self, relative: str, local_root: Path, *, on_tree: Callable[[str], None] | None = None
+        self, relative: str, local_root: Path, *, on_object: Callable[[str], None] | None = None
     ) -> list[str]:
         """Download the complete trees under ``relative`` that ``local_root`` lacks (a resume on a
-        new host). Returns their names; ``on_tree`` is called before each (to renew a lease)."""
+        new host). Returns their names; ``on_object`` is called before each object (to renew a lease)."""
         pulled = []
         for name in self.complete_children(relative):
             target = Path(local_root) / name
             if target.exists():
                 continue
-            if on_tree is not None:
-                on_tree(name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            self.get_tree(f"{relative}/{name}", target)
+            self.get_tree(f"{relative}/{name}", target, on_object=on_object)
             pulled.append(name)
         return pulled
 

@@ -234,7 +234,7 @@ class AttemptRunner:
         pulled = store.pull_children(
             remote,
             self.out / "checkpoints",
-            on_tree=lambda name: self._tolerating_db(
+            on_object=lambda name: self._tolerating_db(
                 lambda: self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
             ),
         )
