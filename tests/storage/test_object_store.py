@@ -66,7 +66,7 @@ def test_a_tree_replaced_in_place_is_incomplete_until_its_new_manifest(store, tm
             if self.sent == 1:
                 raise KeyboardInterrupt
             self.sent += 1
-            super()._put_file(path, key)
+            return super()._put_file(path, key)
 
     dying = DiesAfterOneObject(store.settings, prefix=store.prefix, retry_seconds=1)
     with pytest.raises(KeyboardInterrupt):

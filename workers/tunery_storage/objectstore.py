@@ -270,12 +270,15 @@ class ObjectStore:
 
     # -- objects ----------------------------------------------------------------------------------
 
-    def _put_file(self, path: Path, key: str) -> None:
+    def _put_file(self, path: Path, key: str) -> str:
+        """Upload one file; returns the sha256 of the bytes sent."""
         size = path.stat().st_size
+        digest = hashlib.sha256()
         if size <= PART_BYTES:
             data = path.read_bytes()
+            digest.update(data)
             self._call(f"uploading {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
-            return
+            return digest.hexdigest()
         upload = self._call(
             f"uploading {key}", lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
         )
@@ -285,6 +288,7 @@ class ObjectStore:
             with path.open("rb") as f:
                 number = 1
                 while chunk := f.read(PART_BYTES):
+                    digest.update(chunk)
                     sent = self._call(
                         f"uploading {key} part {number}",
                         lambda c=chunk, n=number: self.client.upload_part(  # type: ignore[misc]
@@ -299,6 +303,7 @@ class ObjectStore:
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 ),
             )
+            return digest.hexdigest()
         except BaseException:
             try:  # the parts would otherwise take space until the bucket's lifecycle rules run
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -364,8 +369,8 @@ class ObjectStore:
             name = path.relative_to(local_dir).as_posix()
             if name == TREE_MANIFEST:
                 continue
-            self._put_file(path, f"{root}/{name}")
-            listed[name] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
+            sha256 = self._put_file(path, f"{root}/{name}")
+            listed[name] = {"size": path.stat().st_size, "sha256": sha256}
         manifest = {"format": MANIFEST_FORMAT, "files": listed, "total_bytes": sum(f["size"] for f in listed.values())}
         body = json.dumps(manifest, indent=1, sort_keys=True).encode()
         self._call(
