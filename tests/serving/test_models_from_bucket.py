@@ -5,11 +5,14 @@ those; a model whose objects are missing deploys as failed with the reason."""
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import pytest
 
 from tests.serving import pack
 from tests.storage.conftest import bucket, s3_server  # noqa: F401  (fixtures)
+from tests.storage.s3_server import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,7 +48,7 @@ def in_bucket(store, model, local_dir) -> str:
 
 
 def test_a_model_in_the_bucket_is_served_from_the_cache_and_deleted_with_its_objects(
-    models_in_bucket, acme, make_tenant, make_model, artifacts, settings
+    models_in_bucket, acme, make_tenant, make_model, artifacts, settings, monkeypatch
 ):
     store = models_in_bucket
     tenant, client = acme
@@ -70,6 +73,18 @@ def test_a_model_in_the_bucket_is_served_from_the_cache_and_deleted_with_its_obj
     assert [a["label"] for a in answers[0]] == [a["label"] for a in answers[1]]
     for ours, theirs in zip(answers[0], answers[1], strict=True):
         assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-6)
+
+    # storage down and the local copy gone: the loaded model still answers from memory
+    from tunery.core import artifacts as model_storage
+
+    shutil.rmtree(cached[0])
+    monkeypatch.setenv("TUNERY_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    model_storage.reset()
+    again = client.post("/v1/predictions", json={"model": stored.id, "inputs": texts})
+    assert again.status_code == 200, again.text
+    monkeypatch.setenv("TUNERY_S3_ENDPOINT_URL", store.settings.endpoint_url)
+    model_storage.reset()
+    assert model_storage.local_artifact_dir(key) == cached[0]  # fetched again
 
     # another tenant cannot reach it, and cannot delete it
     with httpx.Client(base_url=client.base_url, headers={"Authorization": f"Bearer {beta.key}"}) as other:

@@ -60,6 +60,11 @@ def reset_runtime() -> None:
 def artifact_dir(model: FineTunedModel) -> Path:
     """The model's files on this host (fetched from object storage on first use). A storage
     outage is a 503 the caller may retry."""
+    cache = artifacts.artifact_cache()
+    if cache is not None and not Path(model.artifact_path).is_absolute():
+        runtime = _runtime
+        if runtime is not None and model.pk in runtime.loaded():  # served from memory: no file is read
+            return cache.entry_path(model.artifact_path)
     try:
         return artifacts.local_artifact_dir(model.artifact_path)
     except artifacts.StorageError as exc:
