@@ -128,3 +128,17 @@ def test_deleting_a_tenant_deletes_its_objects_only(models_in_bucket, make_tenan
 
     assert store.children("gone") == []
     assert store.complete_children("gone2/ftjob-2") == ["final"]
+
+
+def test_readiness_reports_whether_the_models_bucket_answers(models_in_bucket, client, monkeypatch):
+    from tunery.core import artifacts
+
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.content
+    assert ready.json()["checks"]["model_storage"]["ok"] is True
+
+    monkeypatch.setenv("TUNERY_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    artifacts.reset()
+    down = client.get("/readyz")
+    assert down.status_code == 503
+    assert down.json()["checks"]["model_storage"] == {"ok": False, "detail": "storage_unreachable"}
