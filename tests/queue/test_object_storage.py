@@ -107,7 +107,9 @@ def test_a_job_whose_host_dies_resumes_from_the_bucket_on_an_empty_host(
     assert model.artifact_path == f"acme/{job.pk}/final"  # a key in the bucket, not a host's path
     assert store.read_manifest(model.artifact_path) is not None
 
-    shutil.rmtree(output_dir(job))  # a web host without the worker's disk
+    assert not (output_dir(job) / "checkpoints").exists()  # the worker's scratch copy is gone
+    assert not (output_dir(job) / "final").exists()
+    assert (output_dir(job) / "logs").is_dir()
     served = artifacts.local_artifact_dir(model.artifact_path)
     assert served.is_relative_to(tmp_path / "web-host-cache")
     assert (served / "tunery_artifact.json").is_file()

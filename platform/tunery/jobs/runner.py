@@ -246,6 +246,9 @@ class AttemptRunner:
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
+            if artifacts.object_store() is not None:  # the bucket holds the job: this host's copy is scratch
+                for scratch in ("checkpoints", "final", "cache"):
+                    shutil.rmtree(self.out / scratch, ignore_errors=True)
         return status
 
     def _supervise(self, process: subprocess.Popen, log_path: Path) -> Outcome:
