@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from tunery_storage import S3Settings
 
 from tunery.core.env import env_bool, env_int, env_list
 
@@ -104,18 +105,13 @@ WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = DATA_DIR / "static"
 MEDIA_ROOT = Path(os.environ.get("TUNERY_MEDIA_ROOT", DATA_DIR / "media"))
 
-# Storage: local filesystem by default; S3-compatible when TUNERY_S3_BUCKET is set.
-if os.environ.get("TUNERY_S3_BUCKET"):
+# Storage: local filesystem by default; S3-compatible when TUNERY_S3_BUCKET is set (the same
+# variables configure the models' object storage: tunery_storage.S3Settings, tunery.core.artifacts).
+_s3 = S3Settings.from_env()
+if _s3 is not None:
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": os.environ["TUNERY_S3_BUCKET"],
-            "endpoint_url": os.environ.get("TUNERY_S3_ENDPOINT_URL"),
-            "region_name": os.environ.get("TUNERY_S3_REGION"),
-            "access_key": os.environ.get("TUNERY_S3_ACCESS_KEY_ID"),
-            "secret_key": os.environ.get("TUNERY_S3_SECRET_ACCESS_KEY"),
-            "file_overwrite": False,
-        },
+        "OPTIONS": {**_s3.django_storage_options(), "file_overwrite": False},
     }
 else:
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
@@ -134,6 +130,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TUNERY_MAX_REQUEST_BYTES", 1024 * 1024)
 TUNERY_MAX_UPLOAD_BYTES = env_int("TUNERY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)
 #: Where fine-tuned models, checkpoints and logs of jobs are written (shared by web and workers).
 TUNERY_ARTIFACTS_DIR = Path(os.environ.get("TUNERY_ARTIFACTS_DIR", DATA_DIR / "artifacts"))
+#: With object storage for models: the local copies of models this host serves (LRU, size-bounded).
+TUNERY_ARTIFACT_CACHE_DIR = Path(os.environ.get("TUNERY_ARTIFACT_CACHE_DIR", DATA_DIR / "cache" / "artifacts"))
+TUNERY_ARTIFACT_CACHE_BYTES = env_int("TUNERY_ARTIFACT_CACHE_BYTES", 20 * 1024**3)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tunery.core.auth.ApiKeyAuthentication"],

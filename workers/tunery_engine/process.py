@@ -25,6 +25,8 @@ from tunery_engine.config import JobSpec, TrainConfig
 from tunery_engine.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
+    from tunery_storage import ObjectStore
+
     from tunery_contract import TaskDefinition, VerticalPack
 
 
@@ -151,7 +153,17 @@ def run(spec_path: Path) -> int:
         spec = load_spec(spec_path)
         from tunery_engine.engine import train
 
-        result = train(spec, [writer, ControlFile(Path(spec.output_dir) / "CONTROL")])
+        callbacks: list[TrainingCallback] = [writer, ControlFile(Path(spec.output_dir) / "CONTROL")]
+        remote = _object_store(spec_path) if is_main else None
+        if remote is not None:  # before the writer: a checkpoint is reported once it is in the bucket
+            from tunery_engine.remote import CheckpointMirror
+
+            callbacks.insert(0, CheckpointMirror(*remote))
+        result = train(spec, callbacks)
+        if remote is not None:
+            from tunery_engine.remote import upload_artifact
+
+            upload_artifact(*remote, Path(result.artifact_dir))
     except Paused as stop:
         writer.emit(protocol.Paused(stop.step, _path(stop.checkpoint)))
         return ExitCode.PAUSED
@@ -185,6 +197,23 @@ def main(argv: list[str] | None = None) -> int:
         export_merged(args.artifact, args.out)
         return ExitCode.SUCCEEDED
     return run(args.spec)
+
+
+def _object_store(spec_path: Path) -> tuple[ObjectStore, str] | None:
+    """The object store and the job's prefix in it, when the spec names one (ConfigError when the
+    environment does not configure a store)."""
+    prefix = JobSpecFile.read(spec_path).object_store_prefix
+    if not prefix:
+        return None
+    from tunery_storage import artifact_store_from_env
+
+    try:
+        store = artifact_store_from_env()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if store is None:
+        raise ConfigError("the job stores its files in object storage, but TUNERY_S3_BUCKET is not set on this worker")
+    return store, prefix
 
 
 def _path(path: Path | None) -> str | None:
