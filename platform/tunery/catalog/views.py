@@ -2,15 +2,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tunery.catalog import services
+from tunery.catalog import export, services
 from tunery.catalog.models import BaseModel, FineTunedModel
-from tunery.core.errors import NotFound, PermissionDenied
+from tunery.core.errors import InvalidRequest, NotFound, PermissionDenied
 from tunery.core.permissions import IsTenantAdmin, IsTenantMember
 from tunery.core.schema import ERRORS, list_of
 from tunery.core.scoping import request_tenant
@@ -132,3 +134,38 @@ class ModelDetailView(APIView):
             )
         services.delete_fine_tuned_model(model=model, actor=request.user.actor)
         return Response({"id": model.id, "object": "model", "deleted": True})
+
+
+class ModelContentView(APIView):
+    @extend_schema(
+        summary="Download a fine-tuned model (tar.gz in Hugging Face layout)",
+        description=(
+            "Safetensors weights (or the PEFT adapter plus the base model's reference), tokenizer, "
+            "config with id2label/label2id, `tunery.json` (thresholds, calibration, target scale) and a "
+            "model card README.md. Streamed; `merged=true` merges a LoRA adapter into its base first."
+        ),
+        operation_id="download_model",
+        parameters=[OpenApiParameter("merged", bool, description="Merge a LoRA adapter into its base model.")],
+        responses={(200, "application/gzip"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
+    )
+    def get(self, request: Request, model_id: str) -> StreamingHttpResponse:
+        tenant = request_tenant(request)
+        merged = parse_flag(request.query_params.get("merged"), "merged")
+        if not model_id.startswith("ft:") and selectors.base_model_by_name(tenant, model_id) is not None:
+            raise InvalidRequest(
+                f"'{model_id}' is a base model; only fine-tuned models can be downloaded.",
+                param="model",
+                code="not_a_fine_tuned_model",
+            )
+        prepared = export.download(export.find_fine_tuned(tenant, model_id), merged=merged)
+        response = StreamingHttpResponse(prepared.chunks, content_type="application/gzip")
+        response["Content-Disposition"] = f'attachment; filename="{prepared.filename}"'
+        return response
+
+
+def parse_flag(value: str | None, param: str) -> bool:
+    if value is None or value.lower() in ("false", "0", ""):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise InvalidRequest(f"{param} must be true or false, got {value!r}.", param=param, code="invalid_value")
