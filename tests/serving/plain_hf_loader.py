@@ -11,9 +11,9 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 
-def main() -> None:
-    export, base, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    card = json.load(open(f"{export}/tunery.json"))
+def probabilities(export: str, base: str, texts: list[str]) -> list[dict[str, float]]:
+    with open(f"{export}/tunery.json") as manifest:
+        card = json.load(manifest)
     config = AutoConfig.from_pretrained(export)
     tokenizer = AutoTokenizer.from_pretrained(export)
     batch = tokenizer(texts, padding=True, truncation=True, max_length=card["max_length"], return_tensors="pt")
@@ -41,11 +41,17 @@ def main() -> None:
             logits = pooled @ weight.T + bias
         elif card["exported_as"] == "lora":
             logits = model(**batch).logits
-    probabilities = torch.softmax(logits, dim=-1).tolist()
     labels = [config.id2label[i] for i in range(config.num_labels)]
+    return [dict(zip(labels, row)) for row in torch.softmax(logits, dim=-1).tolist()]
+
+
+def main() -> None:
+    """argv: BASE_MODEL_DIR TEXTS_JSON EXPORT_DIR... ; prints one JSON list per export."""
+    base, texts, exports = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+    results = [probabilities(export, base, texts) for export in exports]
     leaked = sorted(m for m in sys.modules if m.split(".")[0].startswith("tunery"))
     assert not leaked, f"the plain loader imported {leaked}"
-    print(json.dumps([dict(zip(labels, row)) for row in probabilities]))
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

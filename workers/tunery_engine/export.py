@@ -166,7 +166,10 @@ def _adapter(info: ArtifactInfo, staging: Path, reference: ExportReference) -> l
     config = _config(Path(str(info.base_model)), info)
     return [
         _write(staging / "config.json", json.dumps(config, indent=2)),
-        ExportFile("adapter_config.json", _write(staging_adapter / "adapter_config.json", json.dumps(adapter_config, indent=2)).source),
+        ExportFile(
+            "adapter_config.json",
+            _write(staging_adapter / "adapter_config.json", json.dumps(adapter_config, indent=2)).source,
+        ),
         ExportFile("adapter_model.safetensors", weights),
     ]
 
@@ -219,8 +222,7 @@ def model_card(info: ArtifactInfo, reference: ExportReference, merged: bool) -> 
         "",
         f"# {reference.model_id}",
         "",
-        f"Fine-tuned by Tunery from `{reference.base_model}` "
-        f"({'LoRA adapter' if adapter else 'LoRA merged into the base' if merged else info.training_type + ' fine-tuning'}).",
+        f"Fine-tuned by Tunery from `{reference.base_model}` ({_how(info, adapter, merged)}).",
         "",
         f"- task: {info.vertical or 'custom'} / {info.task} ({info.kind.value})",
     ]
@@ -237,8 +239,18 @@ def model_card(info: ArtifactInfo, reference: ExportReference, merged: bool) -> 
     return "\n".join(header + body) + "\n"
 
 
+def _how(info: ArtifactInfo, adapter: bool, merged: bool) -> str:
+    if adapter:
+        return "LoRA adapter"
+    return "LoRA merged into the base" if merged else f"{info.training_type} fine-tuning"
+
+
 def _usage(info: ArtifactInfo, adapter: bool) -> list[str]:
     auto_class = info.head.auto_class
+    batch = (
+        f'batch = tokenizer(["some text"], padding=True, truncation=True, max_length={info.max_length}, '
+        'return_tensors="pt")'
+    )
     mean = info.kind is not TaskKind.CAUSAL_LM and info.pooling == "mean"
     notes: list[str] = []
     if mean:
@@ -260,13 +272,13 @@ def _usage(info: ArtifactInfo, adapter: bool) -> list[str]:
             "",
             'export = "path/to/this/folder"',
             "config = AutoConfig.from_pretrained(export)",
-            f'model = {auto_class}.from_pretrained("BASE_MODEL_PATH", config=config)  # the base_model above',
+            f'model = {auto_class}.from_pretrained("BASE_MODEL", config=config)  # base_model above',
             "model = PeftModel.from_pretrained(model, export).merge_and_unload().eval()",
         ]
     elif mean:
-        load += ['', 'export = "path/to/this/folder"', "model = AutoModel.from_pretrained(export).eval()"]
+        load += ["", 'export = "path/to/this/folder"', "model = AutoModel.from_pretrained(export).eval()"]
     else:
-        load += ['', 'export = "path/to/this/folder"', f"model = {auto_class}.from_pretrained(export).eval()"]
+        load += ["", 'export = "path/to/this/folder"', f"model = {auto_class}.from_pretrained(export).eval()"]
     load.append("tokenizer = AutoTokenizer.from_pretrained(export)")
     if mean:
         encoder = "model.bert" if adapter else "model"
@@ -280,7 +292,7 @@ def _usage(info: ArtifactInfo, adapter: bool) -> list[str]:
                 if not adapter
                 else ["weight, bias = model.classifier.weight, model.classifier.bias"]
             ),
-            f'batch = tokenizer(["some text"], padding=True, truncation=True, max_length={info.max_length}, return_tensors="pt")',
+            batch,
             "with torch.no_grad():",
             f"    states = {encoder}(**batch).last_hidden_state",
             '    mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)',
@@ -289,13 +301,17 @@ def _usage(info: ArtifactInfo, adapter: bool) -> list[str]:
         ]
     elif info.kind is not TaskKind.CAUSAL_LM:
         load += [
-            f'batch = tokenizer(["some text"], padding=True, truncation=True, max_length={info.max_length}, return_tensors="pt")',
+            batch,
             "with torch.no_grad():",
             "    logits = model(**batch).logits",
         ]
     load.append("```")
     if info.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
-        load += ["", f"Each label's probability is `sigmoid(logit)`; `label_thresholds` in `{EXPORT_MANIFEST}` are the fitted cuts."]
+        load += [
+            "",
+            f"Each label's probability is `sigmoid(logit)`; `label_thresholds` in `{EXPORT_MANIFEST}` "
+            "are the fitted cuts.",
+        ]
     elif info.kind is TaskKind.TEXT_PAIR_REGRESSION:
         load += ["", f"The score is `logit * std + mean` with `target_scale` from `{EXPORT_MANIFEST}`."]
     elif info.kind is not TaskKind.CAUSAL_LM:

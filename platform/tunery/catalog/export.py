@@ -52,9 +52,7 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
 
     job = model.job
     datasets = tuple(f for f in (job.training_file_id, job.validation_file_id) if f)
-    reference = ExportReference(
-        model_id=model.id, base_model=base_model_reference(model.base_model), datasets=datasets
-    )
+    reference = ExportReference(model_id=model.id, base_model=base_model_reference(model.base_model), datasets=datasets)
     staging = Path(tempfile.mkdtemp(prefix="tunery-export-"))
     try:
         files = prepare_export(artifact_dir(model), staging, reference, merged=merged)
@@ -64,7 +62,9 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
             raise ApiError(str(exc), param="merged", code="not_a_lora_model") from exc
         log.exception("export of %s failed", model.id)
         raise ApiError(
-            f"The model {model.id} cannot be exported: its artifact is not readable.", code="artifact_unreadable", status=500
+            f"The model {model.id} cannot be exported: its artifact is not readable.",
+            code="artifact_unreadable",
+            status=500,
         ) from exc
     root = safe_name(model.id) + ("-merged" if merged else "")
 
