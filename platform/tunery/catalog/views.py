@@ -1,21 +1,25 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tunery.catalog import export, services
+from tunery.catalog import export, imports, services
 from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.core.errors import InvalidRequest, NotFound, PermissionDenied
 from tunery.core.permissions import IsTenantAdmin, IsTenantMember
-from tunery.core.schema import ERRORS, list_of
+from tunery.core.schema import BODY_ERRORS, ERRORS, list_of
 from tunery.core.scoping import request_tenant
+from tunery.files.uploads import LimitedHashingUploadHandler, accept_chunked_body
 from tunery.jobs import selectors
 from tunery.tenants.models import Tenant
 
@@ -76,7 +80,24 @@ def model_object(model: BaseModel | FineTunedModel, tenant: Tenant) -> dict[str,
     return base_model_object(model, tenant)
 
 
+ImportModelRequest = inline_serializer(
+    name="ImportModelRequest",
+    fields={
+        "file": serializers.FileField(help_text="A Hugging Face model folder as .tar.gz, .tgz, .tar or .zip."),
+        "name": serializers.CharField(help_text="The id your jobs pass as `model` (lowercase, digits, . _ -)."),
+        "description": serializers.CharField(required=False),
+    },
+)
+
+
 class ModelListView(APIView):
+    parser_classes = [MultiPartParser]  # POST is an upload; GET takes no body
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsTenantAdmin()]
+        return [IsTenantMember()]
+
     @extend_schema(
         summary="List base models you can fine-tune and your fine-tuned models",
         operation_id="list_models",
@@ -95,6 +116,35 @@ class ModelListView(APIView):
         tuned = selectors.fine_tuned_models(tenant).select_related("base_model").order_by("-created_at")
         data += [fine_tuned_model_object(m, tenant) for m in tuned]
         return Response({"object": "list", "data": data, "has_more": False})
+
+    @extend_schema(
+        summary="Import a base model of your own (admin keys)",
+        description=(
+            "A Hugging Face model folder (config.json, safetensors weights, tokenizer files) as an archive. "
+            "Pickle weights, remote code (.py files, auto_map) and architectures outside the allow-list are "
+            "refused. Only your tenant sees the model and can fine-tune it."
+        ),
+        operation_id="import_model",
+        request={"multipart/form-data": ImportModelRequest},
+        responses={201: ModelObject, **BODY_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        tenant = request_tenant(request)
+        limit = settings.TUNERY_MAX_MODEL_IMPORT_BYTES
+        accept_chunked_body(request._request, limit)
+        request._request.upload_handlers = [LimitedHashingUploadHandler(request._request, limit=limit)]
+        uploaded = request.FILES.get("file")
+        if uploaded is None:
+            raise InvalidRequest("Send the model archive as the multipart field 'file'.", param="file", code="missing")
+        model = imports.import_base_model(
+            tenant=tenant,
+            name=str(request.data.get("name") or ""),
+            archive=Path(uploaded.temporary_file_path()),
+            filename=uploaded.name or "",
+            actor=request.user.actor,
+            description=str(request.data.get("description") or ""),
+        )
+        return Response(base_model_object(model, tenant), status=201)
 
 
 class ModelDetailView(APIView):
