@@ -180,3 +180,29 @@ def test_importing_needs_an_admin_key(api, make_tenant, dummy_packs, base_model,
     response = send(api, member, tar_gz(model_folder))
     assert response.status_code == 403
     assert stored(artifacts_dir) == []
+
+
+def test_an_imported_model_is_deleted_with_its_files_unless_a_job_used_it(
+    api, acme, globex, artifacts_dir, model_folder, training_file, create_job, settings
+):
+    assert send(api, acme, tar_gz(model_folder), name="spare").status_code == 201
+    assert send(api, acme, tar_gz(model_folder), name="used").status_code == 201
+    assert create_job(acme, training_file, model="used").status_code == 200
+
+    settings.TUNERY_MAX_IMPORTED_MODELS = 2
+    over = send(api, acme, tar_gz(model_folder), name="third")
+    assert over.status_code == 429
+    assert over.json()["error"]["code"] == "quota_exceeded"
+
+    assert api.delete("/v1/models/spare", **globex.headers).status_code == 404
+    in_use = api.delete("/v1/models/used", **acme.headers)
+    assert in_use.status_code == 409
+    assert in_use.json()["error"]["code"] == "model_in_use"
+    deleted = api.delete("/v1/models/spare", **acme.headers)
+    assert deleted.status_code == 200
+    assert deleted.json()["deleted"] is True
+    assert api.get("/v1/models/spare", **acme.headers).status_code == 404
+    assert not [p for p in stored(artifacts_dir) if "/spare-" in str(p)]
+    assert [p for p in stored(artifacts_dir) if "/used-" in str(p)]
+    # platform-wide base models stay the operator's
+    assert api.delete("/v1/models/all-minilm-l6-v2", **acme.headers).status_code == 403

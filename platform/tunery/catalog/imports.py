@@ -30,7 +30,7 @@ from django.db import IntegrityError, transaction
 
 from tunery.catalog.models import BaseModel
 from tunery.catalog.services import check_loadable, describe_model_dir
-from tunery.core.errors import Conflict, InvalidRequest, PayloadTooLarge
+from tunery.core.errors import Conflict, InvalidRequest, PayloadTooLarge, QuotaExceeded
 from tunery.tenants.models import AuditLog, Tenant
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -66,6 +66,12 @@ def import_base_model(
         )
     if BaseModel.objects.filter(tenant=tenant, name=name).exists():
         raise Conflict(f"You already have a base model named '{name}'.", param="name", code="model_exists")
+    limit = settings.TUNERY_MAX_IMPORTED_MODELS
+    if BaseModel.objects.filter(tenant=tenant).count() >= limit:
+        raise QuotaExceeded(
+            f"You have {limit} base models of your own, the most this server keeps per tenant; delete one first.",
+            param="file",
+        )
     root = Path(settings.TUNERY_ARTIFACTS_DIR) / "base-models" / tenant.slug
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".tmp-{uuid.uuid4().hex}"
@@ -242,3 +248,22 @@ def _check_safetensors(path: Path) -> None:
         raise bad_archive(
             f"{path.name} is cut short: its tensors need {end} bytes after the header", "truncated_archive"
         )
+
+
+def delete_base_model(*, model: BaseModel, actor: str) -> None:
+    """Delete a tenant's own base model and its files; refused while a job refers to it."""
+    from tunery.jobs.models import FineTuningJob
+
+    if FineTuningJob.objects.filter(base_model=model).exists():
+        raise Conflict(
+            f"Fine-tuning jobs were trained from '{model.name}'; it stays while they exist.",
+            param="model",
+            code="model_in_use",
+        )
+    folder = Path(model.local_path)
+    root = (Path(settings.TUNERY_ARTIFACTS_DIR) / "base-models").resolve()
+    with transaction.atomic():
+        AuditLog.objects.create(tenant_id=model.tenant_id, actor=actor, action="base_model.delete", target=model.name)
+        model.delete()
+    if folder.resolve().is_relative_to(root):  # only what an import stored
+        shutil.rmtree(folder, ignore_errors=True)

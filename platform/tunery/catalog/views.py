@@ -159,7 +159,7 @@ class ModelDetailView(APIView):
         return Response(model_object(find_model(tenant, model_id), tenant))
 
     @extend_schema(
-        summary="Delete a fine-tuned model (admin keys)",
+        summary="Delete a fine-tuned model or a base model you imported (admin keys)",
         operation_id="delete_model",
         responses={
             200: inline_serializer(
@@ -176,6 +176,9 @@ class ModelDetailView(APIView):
     def delete(self, request: Request, model_id: str) -> Response:
         tenant = request_tenant(request)
         model = find_model(tenant, model_id)
+        if isinstance(model, BaseModel) and model.tenant_id == tenant.pk:  # the tenant's own upload
+            imports.delete_base_model(model=model, actor=request.user.actor)
+            return Response({"id": model_id, "object": "model", "deleted": True})
         if not isinstance(model, FineTunedModel):
             raise PermissionDenied(
                 f"'{model_id}' is a base model; base models are managed by the platform operator.",

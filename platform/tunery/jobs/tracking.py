@@ -320,5 +320,6 @@ class JobTracking:
 
             model = FineTunedModel.objects.filter(job_id=self.job.pk).first()
             if model is not None:
-                summary.update(fine_tuned_model=model.id, artifact=model.artifact_path)
+                # the API's reference, never the server's path
+                summary.update(fine_tuned_model=model.id, artifact=f"/v1/models/{model.id}/content")
         self._each("end", status, summary)
