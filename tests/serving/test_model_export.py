@@ -200,3 +200,20 @@ def test_bad_downloads_are_clear_errors(setup, make_tenant, tmp_path):
     FineTunedModel.objects.filter(pk=models["cls"].pk).update(deleted_at=running.created_at)
     assert error(client.get(f"/v1/models/{models['cls'].id}/content"), 404)
     other.close()
+
+
+def test_the_staging_folder_is_removed_whether_or_not_the_download_is_read(setup, tmp_path, monkeypatch):
+    import tempfile
+
+    from tunery.catalog import export
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = setup["models"]["lora"]
+    unread = export.download(model, merged=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("tunery-export-")]
+    unread.chunks.close()  # what Django does when a client leaves before the body
+    read = export.download(model)
+    archive = b"".join(read.chunks)
+    read.chunks.close()
+    assert archive[:2] == b"\x1f\x8b"  # gzip
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("tunery-export-")]

@@ -62,6 +62,10 @@ EXPORT_MANIFEST = "tunery.json"
 _CHUNK = 1 << 20
 
 
+class NothingToMerge(ArtifactError):
+    """``merged=True`` for a fully fine-tuned model: there is no adapter."""
+
+
 @dataclass(frozen=True)
 class ExportFile:
     """One file of the export: its name in the archive and where its bytes are."""
@@ -94,7 +98,7 @@ def prepare_export(
     staging.mkdir(parents=True, exist_ok=True)
     if merged:
         if not info.is_lora:
-            raise ArtifactError("this model was fully fine-tuned; there is no adapter to merge")
+            raise NothingToMerge("this model was fully fine-tuned; there is no adapter to merge")
         merged_dir = export_merged(info.path, staging / "merged", base_model)
         files = _full_weights(read_artifact(merged_dir), staging)
     elif info.is_lora:

