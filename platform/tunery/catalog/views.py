@@ -19,6 +19,7 @@ from tunery.core.errors import InvalidRequest, NotFound, PermissionDenied
 from tunery.core.permissions import IsTenantAdmin, IsTenantMember
 from tunery.core.schema import BODY_ERRORS, ERRORS, list_of
 from tunery.core.scoping import request_tenant
+from tunery.files.serializers import UploadedFileField
 from tunery.files.uploads import LimitedHashingUploadHandler, accept_chunked_body
 from tunery.jobs import selectors
 from tunery.tenants.models import Tenant
@@ -83,8 +84,10 @@ def model_object(model: BaseModel | FineTunedModel, tenant: Tenant) -> dict[str,
 ImportModelRequest = inline_serializer(
     name="ImportModelRequest",
     fields={
-        "file": serializers.FileField(help_text="A Hugging Face model folder as .tar.gz, .tgz, .tar or .zip."),
-        "name": serializers.CharField(help_text="The id your jobs pass as `model` (lowercase, digits, . _ -)."),
+        "file": UploadedFileField(help_text="A Hugging Face model folder as .tar.gz, .tgz, .tar or .zip."),
+        "name": serializers.RegexField(
+            imports.NAME_PATTERN.pattern, help_text="The id your jobs pass as `model` (lowercase, digits, . _ -)."
+        ),
         "description": serializers.CharField(required=False),
     },
 )
