@@ -217,3 +217,40 @@ def test_the_staging_folder_is_removed_whether_or_not_the_download_is_read(setup
     read.chunks.close()
     assert archive[:2] == b"\x1f\x8b"  # gzip
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("tunery-export-")]
+
+
+@pytest.mark.parametrize(
+    ("name", "auto_class", "pipeline_tag"),
+    [
+        ("entities", "AutoModelForTokenClassification", "token-classification"),
+        ("ranking", "AutoModelForSequenceClassification", "text-classification"),
+        ("assistant", "AutoModelForCausalLM", "text-generation"),
+    ],
+)
+def test_other_task_kinds_export_for_their_stock_auto_class(artifacts, tmp_path, name, auto_class, pipeline_tag):
+    """Token classification, pair regression and causal LMs: the stock auto class loads the export
+    and computes the same logits as the artifact Tunery serves."""
+    import tarfile as tar_module
+
+    import torch
+    import transformers
+
+    from tunery_engine.artifact import load_artifact
+    from tunery_engine.export import ExportReference, archive_chunks, prepare_export
+
+    files = prepare_export(artifacts[name], tmp_path / "staging", ExportReference(f"ft:{name}", "tiny-bert"))
+    archive = tmp_path / "export.tar.gz"
+    archive.write_bytes(b"".join(archive_chunks(files, "m")))
+    with tar_module.open(archive, "r:gz") as tar:
+        tar.extractall(tmp_path / "out", filter="data")
+    folder = tmp_path / "out" / "m"
+    assert card_header(folder)["pipeline_tag"] == pipeline_tag
+    manifest = json.loads((folder / "tunery.json").read_text())
+    assert "base_model" in manifest
+    assert not str(manifest["base_model"]).startswith("/")
+
+    served, tokenizer, _ = load_artifact(artifacts[name])
+    plain = getattr(transformers, auto_class).from_pretrained(str(folder)).eval()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(served(**batch).logits, plain(**batch).logits, atol=1e-5)
