@@ -130,6 +130,27 @@ class TuneryClient:
     def list_models(self) -> list[dict[str, Any]]:
         return self.request("GET", "/models")["data"]
 
+    def download_model(self, model: str, target: Path, merged: bool = False) -> int:
+        """Stream ``GET /models/{id}/content`` into ``target`` (written to a side file and renamed,
+        so an interrupted download leaves no half archive under the name). Returns the bytes."""
+        partial = target.with_name(target.name + ".part")
+        params = {"merged": "true"} if merged else None
+        try:
+            with self._http.stream("GET", f"/models/{model}/content", params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _api_error(response)
+                size = 0
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        size += len(chunk)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise CliError(f"download from {self.base_url} broke off: {exc}") from exc
+        partial.replace(target)
+        return size
+
     # jobs
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/fine_tuning/jobs", json=body)
@@ -538,6 +559,12 @@ def _cmd_models_list(client: TuneryClient, args: argparse.Namespace) -> None:
     _print_table(models, ["id", "owned_by", "created"])
 
 
+def _cmd_models_download(client: TuneryClient, args: argparse.Namespace) -> None:
+    target = Path(args.output or "".join(c if c.isalnum() or c in "-_." else "-" for c in args.model) + ".tar.gz")
+    size = client.download_model(args.model, target, merged=args.merged)
+    print(f"{target} ({size / 1e6:.1f} MB): Hugging Face layout, see README.md inside")
+
+
 def _cmd_deploy(client: TuneryClient, args: argparse.Namespace) -> None:
     deployment = client.deploy(args.model, args.precision)
     if args.json:
@@ -648,6 +675,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="base and fine-tuned models").add_subparsers(required=True)
     models.add_parser("list").set_defaults(run=_cmd_models_list)
+    download = models.add_parser("download", help="a fine-tuned model as a tar.gz in Hugging Face layout")
+    download.add_argument("model", help="fine-tuned model id (ft:...)")
+    download.add_argument("-o", "--output", help="archive path (default: MODEL.tar.gz here)")
+    download.add_argument("--merged", action="store_true", help="merge a LoRA adapter into its base model")
+    download.set_defaults(run=_cmd_models_download)
 
     deploy = commands.add_parser("deploy", help="deploy a fine-tuned model")
     deploy.add_argument("model", help="fine-tuned model id (ft:...)")

@@ -128,6 +128,11 @@ FILE_UPLOAD_TEMP_DIR = str(Path(os.environ.get("TUNERY_UPLOAD_TEMP_DIR", DATA_DI
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TUNERY_MAX_REQUEST_BYTES", 1024 * 1024)
 #: Largest training file a tenant may upload.
 TUNERY_MAX_UPLOAD_BYTES = env_int("TUNERY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)
+# a tenant's own base model (POST /v1/models): the archive and what it unpacks to
+# experiment tracking (jobs' `integrations`): the MLflow server jobs log to; empty = no mlflow integration
+TUNERY_MLFLOW_TRACKING_URI = os.environ.get("TUNERY_MLFLOW_TRACKING_URI", "")
+TUNERY_MAX_MODEL_IMPORT_BYTES = env_int("TUNERY_MAX_MODEL_IMPORT_BYTES", 2 * 1024 * 1024 * 1024)
+TUNERY_MAX_IMPORTED_MODELS = env_int("TUNERY_MAX_IMPORTED_MODELS", 10)
 #: Where fine-tuned models, checkpoints and logs of jobs are written (shared by web and workers).
 TUNERY_ARTIFACTS_DIR = Path(os.environ.get("TUNERY_ARTIFACTS_DIR", DATA_DIR / "artifacts"))
 #: With object storage for models: the local copies of models this host serves (LRU, size-bounded).

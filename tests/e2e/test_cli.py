@@ -357,3 +357,24 @@ def test_jobs_create_dry_run_shows_settings_and_warnings_and_creates_nothing(cli
     assert "n_epochs=3" in out
     assert "warning (few_examples_per_class)" in out
     assert not FineTuningJob.objects.exists()
+
+
+def test_models_download_writes_the_archive_and_refuses_unknown_models(cli, deployed_model_row, tmp_path):
+    import tarfile
+
+    target = tmp_path / "model.tar.gz"
+    code, out, err = cli("models", "download", deployed_model_row.id, "-o", str(target))
+    assert code == 0, err
+    assert str(target) in out
+    with tarfile.open(target, "r:gz") as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames()}
+    assert {"config.json", "model.safetensors", "README.md", "tunery.json"} <= names
+    assert not list(tmp_path.glob("*.part"))
+
+    missing = tmp_path / "missing.tar.gz"
+    code, _, err = cli("models", "download", "ft:nope", "-o", str(missing))
+    assert code == 1
+    assert "404" in err
+    assert "ft:nope" in err
+    assert not missing.exists()
+    assert not list(tmp_path.glob("*.part"))

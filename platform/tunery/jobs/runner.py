@@ -35,7 +35,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from tunery.core import artifacts
-from tunery.jobs import lifecycle
+from tunery.jobs import lifecycle, tracking
 from tunery.jobs.lifecycle import LeaseLost, Outcome
 from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
 from tunery.verticals.registry import pack_context
@@ -180,6 +180,7 @@ class AttemptRunner:
         self.yielding = False  # the worker is shutting down: pause at a checkpoint, hand the job back
         self.total_steps: int | None = job.progress.get("total_steps") if job.progress else None
         self.renewed_at = time.monotonic()  # the claim took the lease just now
+        self.tracking: tracking.JobTracking | None = None  # started with the attempt
 
     # -- the attempt -------------------------------------------------------------------------------
 
@@ -197,6 +198,7 @@ class AttemptRunner:
             log.warning("job %s: %s", self.job.pk, exc.message)
             message = f"fetching the job's checkpoints failed: {exc.summary}"
             return self._finish(Outcome("transient", code=exc.code, message=message))
+        self.tracking = tracking.JobTracking(self.job, self.out)
         spec_path = self.out / "spec.json"
         _write_atomically(spec_path, json.dumps(spec.to_json(), indent=2))
         log_path = self.out / "logs" / f"attempt-{self.job.attempts}.log"
@@ -243,6 +245,8 @@ class AttemptRunner:
 
     def _finish(self, outcome: Outcome) -> str:
         status = self._retrying_db(lifecycle.finish_attempt, self.job.pk, self.owner, outcome, self.started)
+        if self.tracking is not None and status:
+            self.tracking.finish(status)
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
@@ -371,6 +375,8 @@ class AttemptRunner:
             return
         if event.final:
             self.final = event
+        if self.tracking is not None:
+            self.tracking.event(event)
         handler: Callable[[Any], None] | None = getattr(self, f"_on_{event.name}", None)
         if handler is not None:
             handler(event)
