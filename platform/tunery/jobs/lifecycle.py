@@ -37,8 +37,8 @@ from django.utils import timezone
 from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, UsageRecord
-from tunery.jobs.result_files import write_results_file
 from tunery.jobs.queues import eligible_jobs
+from tunery.jobs.result_files import write_results_file
 from tunery.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
