@@ -321,3 +321,97 @@ def test_a_row_the_model_refuses_is_reported_and_the_others_are_scored(setup, se
     evaluation = evaluate(setup, setup["models"][1], file_id)
     assert evaluation["rows_scored"] == 4
     assert [(e["row"], e["code"]) for e in evaluation["row_errors"]] == [(3, "input_too_long")]
+
+
+def _sample_rows(package: str, filename: str, count: int) -> list[dict]:
+    from importlib import resources
+
+    lines = resources.files(package).joinpath(filename).read_text().splitlines()
+    return [json.loads(line) for line in lines[:count]]
+
+
+def _pack_model(setup, tmp_path, kind: TaskKind, vertical: str, task: str, labels=()):
+    from tunery.catalog.models import FineTunedModel
+    from tunery.verticals import registry
+
+    registry.enable(setup["acme"].tenant, vertical)
+    artifact = builders.full_artifact(tmp_path / task, kind, labels, vertical=vertical, task=task)
+    model = FineTunedModel.objects.get(pk=setup["make_model"](setup["acme"].tenant, artifact, task).pk)
+    FineTunedModel.objects.filter(pk=model.pk).update(vertical=vertical, task=task)
+    model.refresh_from_db()
+    serving.deploy(tenant=setup["acme"].tenant, model_id=model.id, actor="test")
+    return model
+
+
+def _served(setup, model, items: list[dict]) -> list[dict]:
+    """The deployed model's answers to ``items``, one request each (as a batch's lines are)."""
+    requests = [serving.inputs.prediction_request({"model": model.id, "inputs": [item]}) for item in items]
+    return [answer["data"][0] for answer in serving.predict_many(tenant=setup["acme"].tenant, requests=requests)]
+
+
+def test_multi_label_and_ranking_models_are_scored_with_their_packs_metrics(setup, make_model, tmp_path):
+    from sklearn.metrics import precision_recall_fscore_support as prfs
+    from tunery_legal import clause_metrics
+    from tunery_legal import pack as legal
+
+    from tunery.evaluations.report import eval_output
+
+    setup["make_model"] = make_model
+    api, acme = setup["api"], setup["acme"]
+    labels = legal.task("clause_classification").labels
+    clauses = _sample_rows("tunery_legal", "clauses_sample.jsonl", 30)
+    model = _pack_model(setup, tmp_path, TaskKind.MULTI_LABEL_CLASSIFICATION, "legal", "clause_classification", labels)
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in clauses).encode())["id"]
+    evaluation = evaluate(setup, model, file_id)
+    assert (evaluation["kind"], evaluation["handoff_threshold"], evaluation["report"]["handoff"]) == (
+        "multi_label_classification",
+        None,
+        None,
+    )
+    answers = _served(setup, model, [{"text": r["text"]} for r in clauses])
+    truth = np.array([[int(name in r["labels"]) for name in labels] for r in clauses])
+    predicted = np.array([[int(name in a["labels"]) for name in labels] for a in answers])
+    precision, recall, f1, support = prfs(truth, predicted, zero_division=0)
+    for i, name in enumerate(labels):
+        row = evaluation["report"]["per_label"]["labels"][name]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (precision[i], recall[i], f1[i], support[i])
+        )
+    expected = clause_metrics(eval_output(TaskKind.MULTI_LABEL_CLASSIFICATION, [r["labels"] for r in clauses], answers))
+    assert evaluation["metrics"] == pytest.approx(expected)
+    assert evaluation["report"]["calibration"]["expected_calibration_error"] >= 0
+
+    ratings = _sample_rows("tunery_recommendation", "ratings_sample.jsonl", 30)
+    ranker = _pack_model(setup, tmp_path, TaskKind.TEXT_PAIR_REGRESSION, "recommendation", "relevance")
+    rows = [{k: v for k, v in r.items() if k != "liked"} for r in ratings]
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+    evaluation = evaluate(setup, ranker, file_id)
+    assert (evaluation["selection_metric"], evaluation["greater_is_better"]) == ("rmse", False)
+    scores = np.array(
+        [a["score"] for a in _served(setup, ranker, [{"history": r["history"], "item": r["item"]} for r in rows])]
+    )
+    truth = np.array([float(r["rating"]) for r in rows])
+    assert evaluation["metrics"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((scores - truth) ** 2))), rel=1e-5)
+    assert evaluation["metrics"]["mae"] == pytest.approx(float(np.mean(np.abs(scores - truth))), rel=1e-5)
+    assert "ndcg@10" in evaluation["metrics"]  # the user column reached the pack's ranking metrics
+    assert evaluation["report"]["residuals"]["mean"] == pytest.approx(float(np.mean(scores - truth)), rel=1e-5)
+
+
+def test_the_reconciler_sends_lost_and_abandoned_evaluations_again(setup, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tunery.celery import app
+    from tunery.evaluations import lifecycle, reconciler
+
+    api, acme = setup["api"], setup["acme"]
+    created = create(api, acme, model=setup["models"][1].id, file=labelled_file(api, acme)).json()
+    long_ago = timezone.now() - timedelta(hours=1)
+    assert lifecycle.claim(created["id"], "worker-that-dies") is not None
+    Evaluation.objects.filter(pk=created["id"]).update(lease_expires_at=long_ago, dispatched_at=long_ago)
+    monkeypatch.setitem(app.conf, "task_always_eager", True)  # the re-sent message runs inline
+    assert reconciler.reconcile() == {"evaluations_taken_back": 1, "evaluations_resent": 0}
+    done = Evaluation.objects.get(pk=created["id"])
+    assert (done.status, done.attempts, done.rows_scored) == ("succeeded", 2, len(TEXTS))
+    assert reconciler.reconcile() == {"evaluations_taken_back": 0, "evaluations_resent": 0}
