@@ -415,3 +415,22 @@ def test_the_reconciler_sends_lost_and_abandoned_evaluations_again(setup, monkey
     done = Evaluation.objects.get(pk=created["id"])
     assert (done.status, done.attempts, done.rows_scored) == ("succeeded", 2, len(TEXTS))
     assert reconciler.reconcile() == {"evaluations_taken_back": 0, "evaluations_resent": 0}
+
+
+def test_the_admin_lists_evaluations_and_charts_one(setup, admin_client):
+    from django.contrib.admin.utils import quote
+
+    file_id = labelled_file(setup["api"], setup["acme"])
+    evaluation = evaluate(setup, setup["models"][1], file_id, handoff_threshold=0.6)
+    listing = admin_client.get("/admin/evaluations/evaluation/")
+    assert listing.status_code == 200
+    assert evaluation["id"] in listing.content.decode()
+    page = admin_client.get(f"/admin/evaluations/evaluation/{quote(evaluation['id'])}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert html.count('class="tunery-chart"') == 2
+    assert "Reliability (accuracy per confidence bin)" in html
+    assert "Coverage and accuracy by hand-off threshold" in html
+    for name, row in evaluation["report"]["per_label"]["labels"].items():
+        assert f"<td>{name}</td><td>{row['precision']:.3f}</td>" in html
+    assert admin_client.get("/admin/evaluations/evaluation/add/").status_code == 403

@@ -78,8 +78,11 @@ class EvaluationAdmin(AuditedModelAdmin):
             return mark_safe("")
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td><td>{}</td></tr>",
-            ((name, s["precision"], s["recall"], s["f1"], s["support"]) for name, s in labels.items()),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"])
+                for name, s in labels.items()
+            ),
         )
         return format_html(
             "<table><tr><th>label</th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>{}</table>",
