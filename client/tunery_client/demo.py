@@ -525,6 +525,8 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
         for event in events[-10:]:
             say(f"  [{event.get('level')}] {event.get('message')}")
         raise DemoError(f"job {job['id']} ended {job['status']}: {(job.get('error') or {}).get('message', '')}")
+    # The cpu worker loads the model for the evaluation (step 7) while step 6 draws the curves.
+    evaluation = client.create_evaluation({"model": job["fine_tuned_model"], "file": test_file["id"]})
     resolved = job.get("resolved_config") or {}
     shown = {k: resolved[k] for k in ("training_type", "n_epochs", "batch_size", "learning_rate") if k in resolved}
     say(f"  succeeded: {job['fine_tuned_model']}" + (f"  ({json.dumps(shown)})" if shown else ""))
@@ -544,9 +546,10 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     say(f"  curves ({points} points) saved to {curves}")
 
     step(7, f"Evaluating the model on the {held_back} held-back rows (POST /v1/evaluations)")
-    evaluation = client.create_evaluation({"model": job["fine_tuned_model"], "file": test_file["id"]})
+    say(f"  {evaluation['id']} (created when training ended, scored by the cpu worker)")
+    evaluation_id = evaluation["id"]
     evaluation = wait_for(
-        lambda: client.get_evaluation(evaluation["id"]), EVALUATION_ENDED, poll_seconds, timeout_minutes * 60
+        lambda: client.get_evaluation(evaluation_id), EVALUATION_ENDED, poll_seconds, timeout_minutes * 60
     )
     for line in evaluation_report(evaluation):
         say(line)
