@@ -434,3 +434,36 @@ def test_the_admin_lists_evaluations_and_charts_one(setup, admin_client):
     for name, row in evaluation["report"]["per_label"]["labels"].items():
         assert f"<td>{name}</td><td>{row['precision']:.3f}</td>" in html
     assert admin_client.get("/admin/evaluations/evaluation/add/").status_code == 403
+
+
+def test_a_file_over_the_row_limit_is_refused(setup, settings):
+    settings.TUNERY_EVALUATION_MAX_ROWS = 5
+    api, acme = setup["api"], setup["acme"]
+    response = create(api, acme, model=setup["models"][1].id, file=labelled_file(api, acme))
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "file_too_large")
+
+
+def test_the_paired_bootstrap_brackets_a_real_difference_and_not_a_fake_one():
+    import random
+
+    from tunery.evaluations.report import paired_bootstrap, resamples_for
+    from tunery_contract import EvalOutput
+
+    rng = random.Random(3)
+    truth = [rng.randrange(3) for _ in range(400)]
+    weak = [t if rng.random() < 0.6 else (t + 1) % 3 for t in truth]
+    strong = [t if rng.random() < 0.9 else (t + 1) % 3 for t in truth]
+
+    def output(predicted):
+        return EvalOutput(TaskKind.SEQUENCE_CLASSIFICATION, LABELS, truth, predicted, None)
+
+    def accuracy(out):
+        return {"accuracy": sum(t == p for t, p in zip(out.y_true, out.y_pred)) / len(out.y_true)}
+
+    better = paired_bootstrap(output(weak), output(strong), accuracy)["accuracy"]
+    assert better.difference == pytest.approx(better.b - better.a)
+    assert 0 < better.ci_low < better.difference < better.ci_high
+    same = paired_bootstrap(output(weak), output(list(weak)), accuracy)["accuracy"]
+    assert (same.ci_low, same.difference, same.ci_high) == (0.0, 0.0, 0.0)
+    assert resamples_for(100, 8) == 1000
+    assert resamples_for(100_000, 77) == 50

@@ -219,7 +219,7 @@ def compare(a: Evaluation, b: Evaluation) -> dict[str, Any]:
         "selection_metric": a.selection_metric,
         "greater_is_better": a.greater_is_better,
         "confidence": 0.95,
-        "resamples": report.resamples_for(len(out_a.y_true)),
+        "resamples": report.resamples_for(len(out_a.y_true), max(len(out_a.label_names), len(out_b.label_names))),
         "metrics": {name: difference.to_json() for name, difference in differences.items()},
     }
 
