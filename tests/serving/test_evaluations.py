@@ -436,11 +436,23 @@ def test_the_admin_lists_evaluations_and_charts_one(setup, admin_client):
     assert admin_client.get("/admin/evaluations/evaluation/add/").status_code == 403
 
 
-def test_a_file_over_the_row_limit_is_refused(setup, settings):
+def test_a_file_over_the_row_limit_and_too_many_pending_evaluations_are_refused(setup, settings):
     settings.TUNERY_EVALUATION_MAX_ROWS = 5
-    api, acme = setup["api"], setup["acme"]
+    api, acme, globex = setup["api"], setup["acme"], setup["globex"]
     response = create(api, acme, model=setup["models"][1].id, file=labelled_file(api, acme))
     assert (response.status_code, response.json()["error"]["code"]) == (400, "file_too_large")
+
+    settings.TUNERY_EVALUATION_MAX_ROWS = 100
+    settings.TUNERY_EVALUATION_MAX_PENDING = 2
+    file_id = labelled_file(api, acme)
+    for _ in range(2):  # no worker takes them: they stay queued
+        assert create(api, acme, model=setup["models"][1].id, file=file_id).status_code == 200
+    refused = create(api, acme, model=setup["models"][1].id, file=file_id)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "evaluation_quota_exceeded")
+    assert Evaluation.objects.filter(tenant=acme.tenant).count() == 2
+    assert runner.run_evaluation(Evaluation.objects.filter(tenant=acme.tenant).first().pk) == "succeeded"
+    assert create(api, acme, model=setup["models"][1].id, file=file_id).status_code == 200
+    assert not Evaluation.objects.filter(tenant=globex.tenant).exists()
 
 
 def test_the_paired_bootstrap_brackets_a_real_difference_and_not_a_fake_one():

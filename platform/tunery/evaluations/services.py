@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from tunery.catalog.models import FineTunedModel
-from tunery.core.errors import ApiError, Conflict, InvalidRequest, NotFound
+from tunery.core.errors import ApiError, Conflict, InvalidRequest, NotFound, QuotaExceeded
 from tunery.evaluations import dispatch, lifecycle, report, runner
 from tunery.evaluations.models import EVALUATION_QUEUES, Evaluation, EvaluationStatus
 from tunery.files.models import File
@@ -29,6 +29,8 @@ from tunery.tenants.models import Tenant
 from tunery.verticals.registry import PackContext, pack_context
 from tunery_contract import TaskKind
 from tunery_contract.types import PackError
+
+PENDING = (EvaluationStatus.QUEUED, EvaluationStatus.RUNNING)
 
 
 def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Evaluation:
@@ -44,6 +46,14 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
     if queue not in EVALUATION_QUEUES:
         raise InvalidRequest(f"queue must be one of {', '.join(EVALUATION_QUEUES)}; got {queue!r}.", param="queue")
     metadata = checked_metadata(body.get("metadata"))
+    pending = Evaluation.objects.filter(tenant=tenant, status__in=PENDING).count()
+    if pending >= settings.TUNERY_EVALUATION_MAX_PENDING:
+        raise QuotaExceeded(
+            f"Your organisation has {pending} evaluations queued or running, the most it may have at once; "
+            "wait for one to finish.",
+            param="model",
+            code="evaluation_quota_exceeded",
+        )
     evaluation = _new_evaluation(
         tenant=tenant,
         model_id=model.strip(),
