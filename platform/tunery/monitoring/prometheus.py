@@ -59,6 +59,36 @@ RATE_LIMIT_FALLBACKS = Counter(
 )
 
 
+#: A deployment's traffic per model and role (champion, challenger, shadow): tunery.serving.traffic.record.
+_DEPLOYMENT_LABELS = ["deployment", "model", "role"]
+DEPLOYMENT_REQUESTS = Counter(
+    "tunery_deployment_requests", "Prediction requests a deployment's model answered (or shadowed)", _DEPLOYMENT_LABELS
+)
+DEPLOYMENT_ITEMS = Counter("tunery_deployment_items", "Inputs a deployment's model scored", _DEPLOYMENT_LABELS)
+DEPLOYMENT_HANDOFFS = Counter(
+    "tunery_deployment_handoffs", "Inputs the pack handed off to a person", _DEPLOYMENT_LABELS
+)
+DEPLOYMENT_CONFIDENCE = Counter(
+    "tunery_deployment_confidence_sum",
+    "Sum of top-label confidences (divide by items for the mean)",
+    _DEPLOYMENT_LABELS,
+)
+DEPLOYMENT_SHADOW_COMPARED = Counter(
+    "tunery_deployment_shadow_compared", "Inputs a shadow challenger answered next to the champion", _DEPLOYMENT_LABELS
+)
+DEPLOYMENT_SHADOW_AGREED = Counter(
+    "tunery_deployment_shadow_agreed", "Shadow inputs where the challenger agreed with the champion", _DEPLOYMENT_LABELS
+)
+SHADOW_DROPPED = Counter("tunery_shadow_dropped", "Shadow copies dropped because the shadow backlog was full")
+SHADOW_FAILED = Counter("tunery_shadow_failed", "Shadow copies whose challenger prediction failed")
+DEPLOYMENT_LATENCY = Histogram(
+    "tunery_deployment_prediction_duration_seconds",
+    "Server-side time of one prediction call per deployment model",
+    _DEPLOYMENT_LABELS,
+    buckets=LATENCY_BUCKETS,
+)
+
+
 def observe_batch(kind: str, size: int, seconds: float, waited: float) -> None:
     BATCH_SIZE.labels(kind).observe(size)
     BATCH_SECONDS.labels(kind).observe(seconds)

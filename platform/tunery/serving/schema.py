@@ -9,7 +9,7 @@ from typing import Any
 
 from tunery.core.schema import NOT_BLANK, RawSchemaBody
 from tunery.serving import conf
-from tunery.serving.inputs import CHAT_ROLES
+from tunery.serving.inputs import CHAT_ROLES, DEPLOYMENT_MODES
 
 
 def _text() -> dict[str, Any]:
@@ -111,12 +111,34 @@ class PredictionBody(RawSchemaBody):
     }
 
 
+def _deployment_settings() -> dict[str, Any]:
+    nullable_id = {"type": "string", "minLength": 1, "pattern": r"\S", "nullable": True}
+    return {
+        "name": {
+            "type": "string",
+            "pattern": r"^((?!deploy-)[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
+            "nullable": True,
+            "description": "A stable name clients may send as 'model' instead of the deployment id.",
+        },
+        "challenger": {**nullable_id, "description": "A fine-tuned model id ('ft:...') of the champion's task."},
+        "mode": {"type": "string", "enum": list(DEPLOYMENT_MODES)},
+        "canary_share": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+        "evaluation_file": {**nullable_id, "description": "The file the promotion gate evaluates on."},
+        "gate_margin": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+
+
 class DeploymentBody(RawSchemaBody):
     openapi_schema = {
         "type": "object",
         "required": ["model"],
         "properties": {
-            "model": {**NOT_BLANK, "description": "A fine-tuned model id ('ft:...')."},
+            "model": {**NOT_BLANK, "description": "A fine-tuned model id ('ft:...'): the champion."},
             "precision": {"type": "string", "enum": list(conf.PRECISIONS), "nullable": True},
+            **_deployment_settings(),
         },
     }
+
+
+class DeploymentChangeBody(RawSchemaBody):
+    openapi_schema = {"type": "object", "properties": _deployment_settings()}

@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from django.db import transaction
+from django.utils import timezone
 
-from tunery.core.errors import ApiError, InvalidRequest, QuotaExceeded
+from tunery.core.errors import ApiError, Conflict, InvalidRequest, QuotaExceeded
 from tunery.core.ids import prefixed_id
+from tunery.files.models import File
 from tunery.monitoring import prometheus
-from tunery.serving import conf, inputs, selectors
+from tunery.serving import conf, inputs, promotion, routing, selectors, traffic
 from tunery.serving.models import Deployment
 from tunery.serving.process_runtime import artifact_dir, get_runtime
 from tunery.tenants.models import Tenant
@@ -73,6 +75,8 @@ def deploy(*, tenant: Tenant, model_id: str, actor: str, precision: str | None =
                 "created_by": actor[:200],
             },
         )
+        if created:
+            promotion.first_champion(deployment, actor)
         audit(
             actor=actor,
             action="deployment.create",
@@ -114,17 +118,114 @@ def _load(model_id: str, model: Any, precision: str) -> tuple[str, str, str]:
 
 def undeploy(*, deployment: Deployment, actor: str) -> None:
     model_id, deployment_id = deployment.model_id, deployment.id  # delete() clears the pk
+    challenger_id = deployment.challenger_id
     with transaction.atomic():
         deployment.delete()
         audit(actor=actor, action="deployment.delete", tenant=deployment.tenant, target=deployment_id, model=model_id)
     get_runtime().unload(model_id)
+    if challenger_id is not None:
+        get_runtime().unload(challenger_id)
+    traffic.forget(deployment_id)
+
+
+def change(*, tenant: Tenant, deployment: Deployment, changes: inputs.DeploymentChanges, actor: str) -> Deployment:
+    """Apply a create or PATCH body's settings: the stable name, the gate's pinned file and margin,
+    and the challenger (loaded here before it is recorded, so a broken artifact is refused)."""
+    _change_settings(tenant, deployment, changes, actor)
+    if changes.touches_challenger:
+        _change_challenger(tenant, deployment, changes, actor)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def _change_settings(tenant: Tenant, deployment: Deployment, changes: inputs.DeploymentChanges, actor: str) -> None:
+    updates: dict[str, Any] = {}
+    if not isinstance(changes.name, inputs.Unset):
+        updates["name"] = changes.name
+    if not isinstance(changes.evaluation_file, inputs.Unset):
+        updates["evaluation_file"] = _evaluation_file(tenant, changes.evaluation_file)
+    if not isinstance(changes.gate_margin, inputs.Unset):
+        updates["gate_margin"] = changes.gate_margin
+    if not updates:
+        return
+    with transaction.atomic():
+        name = updates.get("name")
+        if name and Deployment.objects.filter(tenant=tenant, name=name).exclude(pk=deployment.pk).exists():
+            raise Conflict(
+                f"Another of your deployments is named '{name}'.", param="name", code="deployment_name_taken"
+            )
+        Deployment.objects.filter(pk=deployment.pk).update(**updates, updated_at=timezone.now())
+        shown = {k: (v.pk if isinstance(v, File) else v) for k, v in updates.items()}
+        audit(actor=actor, action="deployment.settings", tenant=tenant, target=deployment.id, **shown)
+
+
+def _evaluation_file(tenant: Tenant, file_id: str | None) -> File | None:
+    if file_id is None:
+        return None
+    found = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
+    if found is None:
+        raise InvalidRequest(f"No file with id '{file_id}' found.", param="evaluation_file", code="file_not_found")
+    return found
+
+
+def _change_challenger(tenant: Tenant, deployment: Deployment, changes: inputs.DeploymentChanges, actor: str) -> None:
+    challenger_id = deployment.challenger_id if isinstance(changes.challenger, inputs.Unset) else changes.challenger
+    mode = deployment.mode if isinstance(changes.mode, inputs.Unset) else changes.mode
+    share = deployment.canary_share if isinstance(changes.canary_share, inputs.Unset) else changes.canary_share
+    if challenger_id is None:
+        promotion.set_challenger(
+            tenant=tenant, deployment_id=deployment.id, challenger=None, mode="", canary_share=share, actor=actor
+        )
+        return
+    if not mode:
+        raise InvalidRequest("A challenger needs a mode: 'shadow' or 'canary'.", param="mode", code="missing_mode")
+    challenger = _challenger_model(tenant, deployment, challenger_id)
+    if challenger.pk != deployment.challenger_id:
+        _check_quota(tenant)
+        status, error, kind = _load(challenger.pk, challenger, deployment.precision)
+        if status != Deployment.Status.READY:
+            raise Conflict(f"The challenger could not be loaded: {error}", param="challenger", code="model_unavailable")
+        if kind != deployment.kind:
+            raise Conflict(
+                f"The challenger is a {kind} model; the deployment serves {deployment.kind} models.",
+                param="challenger",
+                code="challenger_mismatch",
+            )
+    promotion.set_challenger(
+        tenant=tenant, deployment_id=deployment.id, challenger=challenger, mode=mode, canary_share=share, actor=actor
+    )
+
+
+def _challenger_model(tenant: Tenant, deployment: Deployment, model_id: str) -> Any:
+    challenger = selectors.tenant_model(tenant, model_id)
+    champion = deployment.model
+    if (challenger.vertical, challenger.task) != (champion.vertical, champion.task):
+        raise Conflict(
+            f"The challenger was trained for {challenger.vertical or '-'}/{challenger.task or '-'}; the champion for "
+            f"{champion.vertical or '-'}/{champion.task or '-'}. Only models of one task can replace each other.",
+            param="challenger",
+            code="challenger_mismatch",
+        )
+    elsewhere = Deployment.objects.filter(model=challenger).exclude(pk=deployment.pk).first()
+    if elsewhere is not None:
+        raise Conflict(
+            f"'{model_id}' is the champion of another deployment ('{elsewhere.pk}'); undeploy it there first.",
+            param="challenger",
+            code="model_already_deployed",
+        )
+    return challenger
+
+
+def rollback(*, tenant: Tenant, deployment: Deployment, actor: str) -> Deployment:
+    return promotion.rollback(tenant=tenant, deployment_id=deployment.id, actor=actor)
 
 
 # -- predictions -------------------------------------------------------------------------------
 
 
 def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, Any]:
-    target = selectors.serving_target(tenant, request.model)
+    chosen = routing.route(tenant, request.model)
+    target = chosen.target
     hooks = selectors.pack_hooks(tenant, target.model)
     head = head_of(target)
     if head.generates_text:
@@ -160,13 +261,15 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
     started = time.perf_counter()
     precision = target.deployment.precision or None
     predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
-    prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
-    data = []
-    for index, (prediction, row) in enumerate(zip(predictions, rows)):
-        result = {"index": index, **decoded(prediction)}
-        if hooks.task is not None and hooks.task.postprocess is not None:
-            result.update(hooks.task.postprocess(prediction, row, hooks.config))
-        data.append(result)
+    elapsed = time.perf_counter() - started
+    prometheus.PREDICTION_LATENCY.labels(target.kind).observe(elapsed)
+    data = _entries(predictions, rows, hooks)
+
+    def shadow_answer(challenger: Any) -> list[dict[str, Any]]:
+        shadowed = get_runtime().predict(challenger.id, artifact_dir(challenger), model_inputs, precision)
+        return _entries(shadowed, rows, hooks)
+
+    routing.answered(chosen, data, elapsed, shadow_answer)
     if request.items is not None:
         for entry, item in zip(data, request.items):
             entry.setdefault("item", item)
@@ -178,10 +281,25 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         "object": "prediction",
         "created": int(time.time()),
         "model": target.model.id,
+        "deployment": target.deployment.id,
+        "served_by": chosen.role,
         "kind": target.kind,
         "data": data,
         "usage": {"items": len(data)},
     }
+
+
+def _entries(
+    predictions: Iterable[Prediction], rows: list[dict[str, Any]], hooks: selectors.PackHooks
+) -> list[dict[str, Any]]:
+    """Each prediction in API form, with the pack's post-processing of its input row."""
+    data = []
+    for index, (prediction, row) in enumerate(zip(predictions, rows)):
+        result = {"index": index, **decoded(prediction)}
+        if hooks.task is not None and hooks.task.postprocess is not None:
+            result.update(hooks.task.postprocess(prediction, row, hooks.config))
+        data.append(result)
+    return data
 
 
 def predict_many(*, tenant: Tenant, requests: list[inputs.PredictionRequest]) -> list[dict[str, Any] | ApiError]:
@@ -219,11 +337,7 @@ def _predict_merged(
     rows = [row for index in members for row in requests[index].inputs or []]
     first = requests[members[0]]
     try:
-        if (
-            len(members) < 2
-            or len(rows) > limit
-            or head_of(selectors.serving_target(tenant, first.model)).generates_text
-        ):
+        if len(members) < 2 or len(rows) > limit or head_of(routing.route(tenant, first.model).target).generates_text:
             return
         merged = predict(tenant=tenant, request=inputs.PredictionRequest(first.model, inputs=rows, body=first.body))
     except ApiError:
@@ -343,7 +457,7 @@ def _run(call: Any) -> Any:
 
 
 def _generation_target(tenant: Tenant, model: str) -> selectors.ServingTarget:
-    target = selectors.serving_target(tenant, model)
+    target = routing.route(tenant, model).target  # a deployment's name works too; canary applies, shadow does not
     if not head_of(target).generates_text:
         raise InvalidRequest(
             f"The model '{model}' is a {target.kind} model, not a language model; call /v1/predictions.",
