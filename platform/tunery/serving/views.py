@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db.models import Q
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -22,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tunery.core.errors import PayloadTooLarge
+from tunery.core.errors import NotFound, PayloadTooLarge
 from tunery.core.schema import BODY_ERRORS, ERRORS, error_responses, list_of
 from tunery.core.scoping import TenantScopedViewSet, request_tenant
 from tunery.serving import conf, gate, inputs, routing, selectors, services, traffic
@@ -155,6 +156,14 @@ class DeploymentViewSet(TenantScopedViewSet):
 
     def refine_queryset(self, queryset):
         return queryset.select_related("model").order_by("-created_at", "-id")
+
+    def get_object(self) -> Deployment:
+        """By id or by the deployment's stable name (within the tenant's deployments only)."""
+        key = self.kwargs[self.lookup_url_kwarg]
+        found = self.get_queryset().filter(Q(pk=key) | Q(name=key)).first() if key else None
+        if found is None:
+            raise NotFound(f"No deployment with id or name '{key}' found.", param="id")
+        return found
 
     @extend_schema(
         summary="List deployments",
