@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "tunery.catalog",
     "tunery.jobs",
     "tunery.batches",
+    "tunery.evaluations",
     "tunery.serving",
     "tunery.monitoring",
     "tunery.dashboard",
@@ -180,6 +181,8 @@ TUNERY_JOB_LEASE_SECONDS = env_int("TUNERY_JOB_LEASE_SECONDS", 120)
 TUNERY_BATCH_WORK_DIR = Path(os.environ.get("TUNERY_BATCH_WORK_DIR", DATA_DIR / "batches"))
 #: Lines a batch worker scores between two progress records (a resumed batch redoes at most these).
 TUNERY_BATCH_CHUNK_LINES = env_int("TUNERY_BATCH_CHUNK_LINES", 32)
+#: Most rows an evaluation file (/v1/evaluations) may hold.
+TUNERY_EVALUATION_MAX_ROWS = env_int("TUNERY_EVALUATION_MAX_ROWS", 50_000)
 TUNERY_JOB_MAX_ATTEMPTS = env_int("TUNERY_JOB_MAX_ATTEMPTS", 3)
 TUNERY_RECONCILE_EVERY_SECONDS = env_int("TUNERY_RECONCILE_EVERY_SECONDS", 30)
 # Job queue (tunery.jobs): how the runner starts the engine and how often it renews and checks.

@@ -57,12 +57,14 @@ class Route:
     shadow: FineTunedModel | None = None
 
 
-def route(tenant: Tenant, name: str) -> Route:
-    """The model that answers a request addressed to ``name``; 404/409 as ``serving_target`` gives them."""
+def route(tenant: Tenant, name: str, *, deployed_only: bool = True) -> Route:
+    """The model that answers a request addressed to ``name``; 404/409 as ``serving_target`` gives
+    them. ``deployed_only=False`` (offline scoring) also reads a model that is not deployed."""
     deployment = selectors.addressed_deployment(tenant, name)
     if deployment is None:
-        target = selectors.serving_target(tenant, name)
-        return Route(target, CHAMPION, _shadow_of(target.deployment))
+        target = selectors.serving_target(tenant, name, deployed_only=deployed_only)
+        shadow = _shadow_of(target.deployment) if target.deployment is not None and deployed_only else None
+        return Route(target, CHAMPION, shadow)
     if deployment.status != Deployment.Status.READY:
         raise Conflict(
             f"The deployment '{name}' failed to deploy: {deployment.error}",
@@ -106,6 +108,8 @@ def answered(
     """Count the answer, then (shadow mode) hand the challenger its copy: ``shadow_answer(challenger)``
     runs in the background and its entries are compared with ``entries``."""
     deployment = chosen.target.deployment
+    if deployment is None:  # offline scoring of a model that is not deployed
+        return
     traffic.record(deployment.id, chosen.target.model.id, chosen.role, traffic.observe(entries, latency))
     if chosen.shadow is None or shadow_answer is None:
         return

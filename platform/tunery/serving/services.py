@@ -223,8 +223,11 @@ def rollback(*, tenant: Tenant, deployment: Deployment, actor: str) -> Deploymen
 # -- predictions -------------------------------------------------------------------------------
 
 
-def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, Any]:
-    chosen = routing.route(tenant, request.model)
+def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only: bool = True) -> dict[str, Any]:
+    """One prediction request's answer. ``deployed_only=False`` (offline scoring: evaluations)
+    also answers for a model that is not deployed, at the server's default precision, and is
+    not counted as the deployment's traffic."""
+    chosen = routing.route(tenant, request.model, deployed_only=deployed_only)
     target = chosen.target
     hooks = selectors.pack_hooks(tenant, target.model)
     head = head_of(target)
@@ -259,7 +262,7 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         for i, row in enumerate(rows)
     ]
     started = time.perf_counter()
-    precision = target.deployment.precision or None
+    precision = (target.deployment.precision if target.deployment is not None else "") or None
     predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
     elapsed = time.perf_counter() - started
     prometheus.PREDICTION_LATENCY.labels(target.kind).observe(elapsed)
@@ -269,7 +272,8 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         shadowed = get_runtime().predict(challenger.id, artifact_dir(challenger), model_inputs, precision)
         return _entries(shadowed, rows, hooks)
 
-    routing.answered(chosen, data, elapsed, shadow_answer)
+    if deployed_only:
+        routing.answered(chosen, data, elapsed, shadow_answer)
     if request.items is not None:
         for entry, item in zip(data, request.items):
             entry.setdefault("item", item)
@@ -281,7 +285,7 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         "object": "prediction",
         "created": int(time.time()),
         "model": target.model.id,
-        "deployment": target.deployment.id,
+        "deployment": target.deployment.id if target.deployment is not None else None,
         "served_by": chosen.role,
         "kind": target.kind,
         "data": data,
@@ -302,7 +306,9 @@ def _entries(
     return data
 
 
-def predict_many(*, tenant: Tenant, requests: list[inputs.PredictionRequest]) -> list[dict[str, Any] | ApiError]:
+def predict_many(
+    *, tenant: Tenant, requests: list[inputs.PredictionRequest], deployed_only: bool = True
+) -> list[dict[str, Any] | ApiError]:
     """Each request's answer (or the error it alone would get), as :func:`predict` gives it. Requests
     for one encoder model that differ only in their ``inputs`` are scored in runtime calls of up to
     ``max_items`` rows, so the runtime batches them (batch scoring: one request per input line)."""
@@ -315,11 +321,11 @@ def predict_many(*, tenant: Tenant, requests: list[inputs.PredictionRequest]) ->
     limit = conf.max_items()
     for members in groups.values():
         for start in range(0, len(members), limit):
-            _predict_merged(tenant, requests, members[start : start + limit], answers, limit)
+            _predict_merged(tenant, requests, members[start : start + limit], answers, limit, deployed_only)
     for index, request in enumerate(requests):
         if answers[index] is None:
             try:
-                answers[index] = predict(tenant=tenant, request=request)
+                answers[index] = predict(tenant=tenant, request=request, deployed_only=deployed_only)
             except ApiError as exc:
                 answers[index] = exc
     return cast("list[dict[str, Any] | ApiError]", answers)
@@ -331,15 +337,24 @@ def _predict_merged(
     members: list[int],
     answers: list[dict[str, Any] | ApiError | None],
     limit: int,
+    deployed_only: bool = True,
 ) -> None:
     """Score ``members`` (same model and settings) in one call of at most ``limit`` rows; leave
     them unanswered (answered one by one) where merging would not be the same as asking alone."""
     rows = [row for index in members for row in requests[index].inputs or []]
     first = requests[members[0]]
     try:
-        if len(members) < 2 or len(rows) > limit or head_of(routing.route(tenant, first.model).target).generates_text:
+        if (
+            len(members) < 2
+            or len(rows) > limit
+            or head_of(routing.route(tenant, first.model, deployed_only=deployed_only).target).generates_text
+        ):
             return
-        merged = predict(tenant=tenant, request=inputs.PredictionRequest(first.model, inputs=rows, body=first.body))
+        merged = predict(
+            tenant=tenant,
+            request=inputs.PredictionRequest(first.model, inputs=rows, body=first.body),
+            deployed_only=deployed_only,
+        )
     except ApiError:
         return  # one member's fault: the others must not share it
     offset = 0
