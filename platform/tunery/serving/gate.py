@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from tunery.core.errors import Conflict
+from tunery.evaluations import services as evaluations
+from tunery.evaluations.models import EvaluationStatus
 from tunery.serving import promotion
 from tunery.serving.models import Deployment
 from tunery.tenants.models import Tenant
@@ -47,9 +49,7 @@ def promote(*, tenant: Tenant, deployment: Deployment, actor: str, override: boo
     )
 
 
-def verdict(
-    *, metric: str, greater_is_better: bool, margin: float, champion: float, challenger: float
-) -> tuple[float, bool]:
+def verdict(*, greater_is_better: bool, margin: float, champion: float, challenger: float) -> tuple[float, bool]:
     """(improvement, passed): how much better the challenger is (negative: worse) and whether
     it is within the margin."""
     improvement = challenger - champion if greater_is_better else champion - challenger
@@ -57,7 +57,45 @@ def verdict(
 
 
 def compare(*, tenant: Tenant, deployment: Deployment, challenger_id: str) -> dict[str, Any]:
-    raise Conflict(
-        "The promotion gate needs the evaluations service, which this server does not have yet.",
-        code="gate_unavailable",
+    """Evaluate champion and challenger on the pinned file now (in this process, with the
+    evaluation worker's code) and compare them on the pack's selection metric. The verdict, the
+    two evaluations' ids and every metric's paired difference (challenger - champion) are returned."""
+    file_id = deployment.evaluation_file_id
+    assert file_id is not None  # the caller checked that a file is pinned
+    actor = f"gate:{deployment.id}"
+    champion = evaluations.evaluate_now(tenant=tenant, model_id=deployment.model_id, file_id=file_id, actor=actor)
+    challenger = evaluations.evaluate_now(tenant=tenant, model_id=challenger_id, file_id=file_id, actor=actor)
+    for evaluation in (champion, challenger):
+        if evaluation.status != EvaluationStatus.SUCCEEDED:
+            reason = (evaluation.error or {}).get("message", evaluation.status)
+            raise Conflict(
+                f"The gate's evaluation {evaluation.id} of '{evaluation.model_id}' did not succeed: {reason}",
+                param="evaluation_file",
+                code="gate_evaluation_failed",
+            )
+    paired = evaluations.compare(champion, challenger)
+    metric, greater_is_better = evaluations.selection_metric(champion)
+    if metric not in paired["metrics"]:
+        raise Conflict(
+            f"The evaluations do not report the pack's selection metric '{metric}'; the gate cannot decide.",
+            param="evaluation_file",
+            code="gate_metric_missing",
+        )
+    row = paired["metrics"][metric]
+    improvement, passed = verdict(
+        greater_is_better=greater_is_better, margin=deployment.gate_margin, champion=row["a"], challenger=row["b"]
     )
+    return {
+        "object": "deployment.gate",
+        "file": file_id,
+        "metric": metric,
+        "greater_is_better": greater_is_better,
+        "margin": deployment.gate_margin,
+        "champion": {"model": deployment.model_id, "evaluation": champion.id, "value": row["a"]},
+        "challenger": {"model": challenger_id, "evaluation": challenger.id, "value": row["b"]},
+        "improvement": improvement,
+        "difference_ci": [row.get("ci_low"), row.get("ci_high")],
+        "rows": paired.get("rows"),
+        "metrics": paired["metrics"],
+        "passed": passed,
+    }

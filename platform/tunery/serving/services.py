@@ -165,6 +165,13 @@ def _evaluation_file(tenant: Tenant, file_id: str | None) -> File | None:
     found = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
     if found is None:
         raise InvalidRequest(f"No file with id '{file_id}' found.", param="evaluation_file", code="file_not_found")
+    if found.purpose != File.Purpose.FINE_TUNE:
+        raise InvalidRequest(
+            f"File {file_id} has purpose '{found.purpose}'; the gate evaluates a labelled file uploaded with "
+            "purpose 'fine-tune' in the model's task schema.",
+            param="evaluation_file",
+            code="invalid_file_purpose",
+        )
     return found
 
 
