@@ -286,3 +286,41 @@ def test_agreement_rules():
     assert not agrees({"tags": ["O", "B-PER"]}, {"tags": ["O", "O"]})
     assert agrees({"score": 3.02}, {"score": 3.0})
     assert not agrees({"score": 0.5}, {"score": 0.0})
+
+
+def test_only_the_promotion_module_writes_the_champion_and_challenger():
+    """tunery.serving.promotion is the one writer of a deployment's model, challenger, mode and
+    canary share: no other module that imports Deployment updates, saves or assigns them
+    (creating a deployment with its first champion in services.deploy is the one exception)."""
+    import ast
+    from pathlib import Path
+
+    import tunery
+
+    fields = {"model", "model_id", "challenger", "challenger_id", "mode", "canary_share"}
+    platform = Path(tunery.__file__).resolve().parent
+    writers = []
+    for path in sorted(platform.rglob("*.py")):
+        if "migrations" in path.parts or path == platform / "serving" / "promotion.py":
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+        if "Deployment" not in imported:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+                updates = name in ("update", "bulk_update") and any(k.arg in fields for k in node.keywords)
+                saves = any(
+                    k.arg in ("fields", "update_fields") and fields & set(ast.literal_eval(k.value))
+                    for k in node.keywords
+                    if isinstance(k.value, ast.List | ast.Tuple)
+                )
+                if updates or saves:
+                    writers.append(f"{path.name}:{node.lineno}")
+            elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Attribute) and target.attr in fields - {"model"}:
+                        writers.append(f"{path.name}:{node.lineno}")
+    assert writers == [], f"champion/challenger written outside tunery.serving.promotion: {writers}"
