@@ -324,3 +324,27 @@ def test_only_the_promotion_module_writes_the_champion_and_challenger():
                     if isinstance(target, ast.Attribute) and target.attr in fields - {"model"}:
                         writers.append(f"{path.name}:{node.lineno}")
     assert writers == [], f"champion/challenger written outside tunery.serving.promotion: {writers}"
+
+
+def test_the_admin_shows_traffic_and_history_and_rolls_back(setup, admin_client):
+    from tunery.serving.models import Deployment
+
+    client, deployment = setup["client"], setup["deployment"]
+    champion, challenger = setup["champion"], setup["challenger"]
+    set_challenger(client, deployment["id"], challenger=challenger.id, mode="shadow")
+    predict(client, "support-bot")
+    traffic_of(client, deployment["id"])  # the shadow copy has been counted
+    client.post(f"/v1/deployments/{deployment['id']}/promote")
+    page = admin_client.get(f"/admin/serving/deployment/{deployment['id']}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Traffic per model" in html
+    assert f"{challenger.id} (shadow): 1 requests" in html
+    assert f"{champion.id} (champion): 1 requests" in html
+    assert "promote" in html  # the history inline
+    rolled = admin_client.post(
+        "/admin/serving/deployment/", {"action": "roll_back", "_selected_action": [deployment["id"]]}, follow=True
+    )
+    assert rolled.status_code == 200
+    assert Deployment.objects.get(pk=deployment["id"]).model_id == champion.id
+    assert client.get(f"/v1/deployments/{deployment['id']}/history").json()["data"][-1]["actor"].startswith("admin:")
