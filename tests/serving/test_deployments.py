@@ -135,6 +135,9 @@ def test_shadow_traffic_never_changes_the_answer_and_is_counted(setup):
     scraped = httpx.get(f"{setup['url']}/metrics").text
     labels = f'deployment="{deployment["id"]}",model="{challenger.id}",role="shadow"'
     assert f"tunery_deployment_requests_total{{{labels}}} {float(2 * rounds)}" in scraped
+    assert f"tunery_deployment_shadow_compared_total{{{labels}}} {float(shadow['shadow_compared'])}" in scraped
+    agreed = round(shadow["agreement"] * shadow["shadow_compared"])
+    assert f"tunery_deployment_shadow_agreed_total{{{labels}}} {float(agreed)}" in scraped
 
 
 def test_canary_share_is_honoured_with_a_seed(setup):

@@ -4,8 +4,9 @@ confidence, hand-off rate, latency), kept off the database.
 A prediction adds to this process's pending tallies (a dict under a lock, no I/O). With Redis
 (``TUNERY_REDIS_URL``) a daemon thread flushes them every ``FLUSH_SECONDS`` into one hash per
 deployment, so every web process's traffic is summed and a read is at most that far behind;
-without Redis (the embedded setup: one process) the tallies stay in this process. Prometheus
-counters are incremented in the same call, so /metrics sees each prediction as it happens."""
+without Redis (the embedded setup: one process) the tallies stay in this process. /metrics reads
+the same totals at scrape time (``tunery_deployment_*{deployment, model, role}``), so a prediction
+adds to one dict and takes no other lock."""
 
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-
-from tunery.monitoring import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -74,40 +73,42 @@ def record(deployment_id: str, model_id: str, role: str, seen: Observation) -> N
         tally = _pending[(deployment_id, model_id, role)]
         for field, amount in amounts.items():
             tally[field] += amount
-    labels = (deployment_id, model_id, role)
-    prometheus.DEPLOYMENT_REQUESTS.labels(*labels).inc()
-    prometheus.DEPLOYMENT_ITEMS.labels(*labels).inc(seen.items)
-    prometheus.DEPLOYMENT_HANDOFFS.labels(*labels).inc(seen.handoffs)
-    prometheus.DEPLOYMENT_CONFIDENCE.labels(*labels).inc(amounts["confidence_sum"])
-    prometheus.DEPLOYMENT_LATENCY.labels(*labels).observe(seen.latency)
-    if seen.compared:
-        prometheus.DEPLOYMENT_SHADOW_COMPARED.labels(*labels).inc(seen.compared)
-        prometheus.DEPLOYMENT_SHADOW_AGREED.labels(*labels).inc(seen.agreed)
     if _redis_url():
         _start_flusher()
 
 
 def stats(deployment_id: str) -> list[dict[str, Any]]:
     """Each model's counters on the deployment (one entry per model and role), with the means."""
-    totals: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    try:
+        found = totals(deployment_id)
+    except Exception:  # counters are best effort: an unreachable Redis shows none rather than a 500
+        log.warning("cannot read deployment counters from Redis", exc_info=True)
+        found = {}
+    return [_summary(model_id, role, tally) for (_, model_id, role), tally in sorted(found.items())]
+
+
+def totals(deployment_id: str | None = None) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(deployment, model, role) -> field -> total, for one deployment or (None) all of them:
+    from Redis (after flushing this process's tallies) or, without Redis, this process's."""
+    found: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     url = _redis_url()
-    if url:
-        flush()
-        try:
-            stored = _client(url).hgetall(_key(deployment_id))
-        except Exception:  # counters are best effort: an unreachable Redis shows none rather than a 500
-            log.warning("cannot read deployment counters from Redis", exc_info=True)
-            stored = {}
-        for raw_field, raw_value in stored.items():
-            model_id, role, field = raw_field.decode().rsplit("|", 2)
-            totals[(model_id, role)][field] += float(raw_value)
-    else:
+    if not url:
         with _lock:
-            for (deployment, model_id, role), tally in _pending.items():
-                if deployment == deployment_id:
+            for key, tally in _pending.items():
+                if deployment_id is None or key[0] == deployment_id:
                     for field, amount in tally.items():
-                        totals[(model_id, role)][field] += amount
-    return [_summary(model_id, role, tally) for (model_id, role), tally in sorted(totals.items())]
+                        found[key][field] += amount
+        return found
+    flush()
+    client = _client(url)
+    keys = [_key(deployment_id)] if deployment_id is not None else list(client.scan_iter(match=f"{_prefix()}:*"))
+    for key in keys:
+        name = key.decode() if isinstance(key, bytes) else key
+        deployment = name[len(_prefix()) + 1 :]
+        for raw_field, raw_value in client.hgetall(name).items():
+            model_id, role, field = raw_field.decode().rsplit("|", 2)
+            found[(deployment, model_id, role)][field] += float(raw_value)
+    return found
 
 
 def _summary(model_id: str, role: str, tally: dict[str, float]) -> dict[str, Any]:
