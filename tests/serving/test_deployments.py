@@ -351,3 +351,24 @@ def test_the_admin_shows_traffic_and_history_and_rolls_back(setup, admin_client)
     assert rolled.status_code == 200
     assert Deployment.objects.get(pk=deployment["id"]).model_id == champion.id
     assert client.get(f"/v1/deployments/{deployment['id']}/history").json()["data"][-1]["actor"].startswith("admin:")
+
+
+def test_deleting_the_challenger_model_takes_it_off_the_deployment(setup):
+    client, deployment, challenger = setup["client"], setup["deployment"], setup["challenger"]
+    set_challenger(client, deployment["id"], challenger=challenger.id, mode="canary", canary_share=1.0)
+    assert predict(client, "support-bot")["served_by"] == "challenger"
+    deleted = client.delete(f"/v1/models/{challenger.id}")
+    assert deleted.status_code == 200, deleted.text
+    after = client.get(f"/v1/deployments/{deployment['id']}").json()
+    assert after["challenger"] is None
+    assert after["mode"] is None
+    assert predict(client, "support-bot")["served_by"] == "champion"
+
+
+def test_a_create_naming_an_unknown_challenger_deploys_nothing(setup, make_model, artifacts):
+    client = setup["client"]
+    other = make_model(setup["acme"].tenant, artifacts["intents"], "intents")
+    refused = client.post("/v1/deployments", json={"model": other.id, "challenger": "ft:nope", "mode": "shadow"})
+    assert refused.status_code == 404
+    assert refused.json()["error"]["code"] == "model_not_found"
+    assert [d["model"] for d in client.get("/v1/deployments").json()["data"]] == [setup["champion"].id]

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.serving.models import Deployment
-from tunery.serving.services import undeploy
+from tunery.serving.services import remove_challenger, undeploy
 from tunery.tenants.models import AuditLog, Tenant
 
 #: The packaged default base model (sentence-transformers/all-MiniLM-L6-v2, BERT).
@@ -95,5 +95,7 @@ def delete_fine_tuned_model(*, model: FineTunedModel, actor: str) -> None:
     with transaction.atomic():
         for deployment in Deployment.objects.filter(model=model).select_related("tenant"):
             undeploy(deployment=deployment, actor=actor)
+        for deployment in Deployment.objects.filter(challenger=model).select_related("tenant"):
+            remove_challenger(deployment=deployment, actor=actor)
         FineTunedModel.objects.filter(pk=model.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
         AuditLog.objects.create(tenant_id=model.tenant_id, actor=actor, action="model.delete", target=model.id)

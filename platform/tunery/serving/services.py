@@ -223,6 +223,26 @@ def _challenger_model(tenant: Tenant, deployment: Deployment, model_id: str) -> 
     return challenger
 
 
+def remove_challenger(*, deployment: Deployment, actor: str) -> None:
+    """Take the deployment's challenger away (e.g. the challenger model is being deleted)."""
+    promotion.set_challenger(
+        tenant=deployment.tenant,
+        deployment_id=deployment.id,
+        challenger=None,
+        mode="",
+        canary_share=deployment.canary_share,
+        actor=actor,
+    )
+
+
+def precheck(*, tenant: Tenant, changes: inputs.DeploymentChanges) -> None:
+    """Refuse a create body's unknown challenger or file before anything is deployed."""
+    if isinstance(changes.challenger, str):
+        selectors.tenant_model(tenant, changes.challenger)
+    if isinstance(changes.evaluation_file, str):
+        _evaluation_file(tenant, changes.evaluation_file)
+
+
 def rollback(*, tenant: Tenant, deployment: Deployment, actor: str) -> Deployment:
     return promotion.rollback(tenant=tenant, deployment_id=deployment.id, actor=actor)
 

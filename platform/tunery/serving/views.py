@@ -191,6 +191,7 @@ class DeploymentViewSet(TenantScopedViewSet):
         body = inputs.require_object(request_body(request))
         precision = inputs.deployment_precision(body) if "precision" in body else None
         changes = inputs.deployment_changes(body)  # all checked before anything is loaded
+        services.precheck(tenant=self.tenant, changes=changes)
         deployment, created = services.deploy(
             tenant=self.tenant, model_id=inputs.model_id(body), actor=self.actor, precision=precision
         )
