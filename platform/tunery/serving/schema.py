@@ -31,7 +31,10 @@ def _messages() -> dict[str, Any]:
 def _generation_properties() -> dict[str, Any]:
     tokens = {"type": "integer", "minimum": 1, "maximum": conf.max_new_tokens(), "nullable": True}
     return {
-        "model": {**NOT_BLANK, "description": "A deployed fine-tuned causal LM ('ft:...')."},
+        "model": {
+            **NOT_BLANK,
+            "description": "A deployed fine-tuned causal LM ('ft:...') or a deployment's id or name.",
+        },
         "max_tokens": tokens,
         "max_completion_tokens": tokens,
         "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
@@ -97,7 +100,10 @@ class PredictionBody(RawSchemaBody):
         "description": "Either inputs (classification, tagging) or user (or query) and items (ranking).",
         "required": ["model"],
         "properties": {
-            "model": {**NOT_BLANK, "description": "A deployed fine-tuned model ('ft:...')."},
+            "model": {
+                **NOT_BLANK,
+                "description": "A deployed fine-tuned model ('ft:...') or a deployment's id or name.",
+            },
             "inputs": _items("Texts, or objects of named text fields (or a conversation under 'messages')."),
             "user": _text(),
             "query": _text(),

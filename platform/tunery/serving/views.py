@@ -265,7 +265,9 @@ class PredictionView(APIView):
         summary="Predict with a deployed classification, tagging or ranking model",
         description=(
             "Body: {model, inputs: [text | {field: text, ...}]} or, for ranking models, "
-            "{model, user, items: [text | {text, id, ...}]}. Results carry the pack's post-processing."
+            "{model, user, items: [text | {text, id, ...}]}. Results carry the pack's post-processing. "
+            "model: a deployed model's id ('ft:...', that model answers) or a deployment's id or name "
+            "(its champion answers, or in canary mode sometimes its challenger: see served_by)."
         ),
         request=PredictionBody,
         responses={
@@ -273,6 +275,11 @@ class PredictionView(APIView):
                 name="Predictions",
                 fields={
                     "object": serializers.CharField(),
+                    "model": serializers.CharField(help_text="The model that answered."),
+                    "deployment": serializers.CharField(allow_null=True),
+                    "served_by": serializers.ChoiceField(
+                        choices=[routing.CHAMPION, routing.CHALLENGER], help_text="Which of the deployment's models."
+                    ),
                     "data": serializers.ListField(child=serializers.DictField()),
                 },
             ),
