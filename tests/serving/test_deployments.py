@@ -372,3 +372,20 @@ def test_a_create_naming_an_unknown_challenger_deploys_nothing(setup, make_model
     assert refused.status_code == 404
     assert refused.json()["error"]["code"] == "model_not_found"
     assert [d["model"] for d in client.get("/v1/deployments").json()["data"]] == [setup["champion"].id]
+
+
+def test_the_openai_client_reaches_a_language_model_by_its_deployment_name(setup, make_model, artifacts):
+    import openai
+
+    client = setup["client"]
+    model = make_model(setup["acme"].tenant, artifacts["assistant"], "assistant")
+    created = client.post("/v1/deployments", json={"model": model.id, "name": "writer"})
+    assert created.status_code == 201, created.text
+    oa = openai.OpenAI(base_url=f"{setup['url']}/v1", api_key=setup["acme"].key, max_retries=0)
+    messages = [{"role": "user", "content": "hello"}]
+    by_name = oa.chat.completions.create(model="writer", messages=messages, max_tokens=4, temperature=0)
+    by_id = oa.chat.completions.create(model=model.id, messages=messages, max_tokens=4, temperature=0)
+    assert by_name.model == model.id
+    assert by_name.choices[0].message.content == by_id.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):
+        oa.chat.completions.create(model="no-such-writer", messages=messages, max_tokens=4)
