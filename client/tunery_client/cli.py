@@ -8,7 +8,10 @@ Configuration, strongest first: ``--api-key``/``--base-url``; ``TUNERY_API_KEY``
     tunery files upload data.jsonl
     tunery jobs create --vertical customer_service --file data.jsonl --watch
     tunery jobs watch ftjob-...
-    tunery deploy ft:...
+    tunery deploy ft:... --name support-bot
+    tunery deploy ft:current... --name support-bot --challenger ft:new... --mode shadow
+    tunery deployments set support-bot --challenger ft:... --mode canary --share 0.1
+    tunery deploy promote support-bot      (or: rollback, history, show)
     tunery predict --model ft:... "Where is my parcel?"
 """
 
@@ -170,9 +173,23 @@ class TuneryClient:
         return list(reversed(list(self._paginate(f"/fine_tuning/jobs/{job_id}/events"))))
 
     # serving
-    def deploy(self, model: str, precision: str | None = None) -> dict[str, Any]:
-        body = {"model": model} if precision is None else {"model": model, "precision": precision}
-        return self.request("POST", "/deployments", json=body)
+    def deploy(self, model: str, precision: str | None = None, **settings: Any) -> dict[str, Any]:
+        """Deploy ``model`` as a deployment's champion; ``settings``: name, challenger, mode,
+        canary_share, evaluation_file, gate_margin (None: not sent)."""
+        body = {"model": model, "precision": precision, **settings}
+        return self.request("POST", "/deployments", json={k: v for k, v in body.items() if v is not None})
+
+    def change_deployment(self, deployment: str, **settings: Any) -> dict[str, Any]:
+        return self.request("PATCH", f"/deployments/{deployment}", json=settings)
+
+    def promote(self, deployment: str) -> dict[str, Any]:
+        return self.request("POST", f"/deployments/{deployment}/promote")
+
+    def rollback(self, deployment: str) -> dict[str, Any]:
+        return self.request("POST", f"/deployments/{deployment}/rollback")
+
+    def deployment_history(self, deployment: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/deployments/{deployment}/history")["data"]
 
     def get_deployment(self, deployment_id: str) -> dict[str, Any]:
         return self.request("GET", f"/deployments/{deployment_id}")
@@ -599,20 +616,76 @@ def _cmd_models_download(client: TuneryClient, args: argparse.Namespace) -> None
     print(f"{target} ({size / 1e6:.1f} MB): Hugging Face layout, see README.md inside")
 
 
+def _deployment_settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings = {
+        "name": getattr(args, "name", None),
+        "challenger": args.challenger,
+        "mode": args.mode,
+        "canary_share": args.share,
+        "evaluation_file": args.evaluation_file,
+        "gate_margin": args.gate_margin,
+    }
+    if args.challenger is not None and args.mode is None:
+        settings["mode"] = "canary" if args.share is not None else "shadow"
+    return {k: v for k, v in settings.items() if v is not None}
+
+
 def _cmd_deploy(client: TuneryClient, args: argparse.Namespace) -> None:
-    deployment = client.deploy(args.model, args.precision)
-    if args.json:
+    deployment = client.deploy(args.model, args.precision, **_deployment_settings(args))
+    _report_deployment(deployment, args.json)
+
+
+def _report_deployment(deployment: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         return _print_json(deployment)
     print(
-        f"{deployment.get('id')}  {deployment.get('model')}  {deployment.get('status')}  {deployment.get('precision')}"
+        f"{deployment.get('id')}  {deployment.get('name') or '-'}  {deployment.get('model')}  "
+        f"{deployment.get('status')}  {deployment.get('precision')}"
     )
+    if deployment.get("challenger"):
+        share = f" {deployment.get('canary_share'):g}" if deployment.get("mode") == "canary" else ""
+        print(f"challenger: {deployment['challenger']} ({deployment.get('mode')}{share})")
+    if deployment.get("evaluation_file"):
+        print(f"gate: {deployment['evaluation_file']} (margin {deployment.get('gate_margin'):g})")
+    for row in deployment.get("traffic") or []:
+        agreement = f", agreement {row['agreement']:.3f}" if row.get("agreement") is not None else ""
+        print(f"  {row['role']:<10} {row['model']}  {row['requests']} requests{agreement}")
 
 
 def _cmd_deployments_list(client: TuneryClient, args: argparse.Namespace) -> None:
     deployments = client.list_deployments()
     if args.json:
         return _print_json(deployments)
-    _print_table(deployments, ["id", "model", "status"])
+    _print_table(deployments, ["id", "name", "model", "challenger", "mode", "status"])
+
+
+def _cmd_deployments_show(client: TuneryClient, args: argparse.Namespace) -> None:
+    _report_deployment(client.get_deployment(args.deployment), args.json)
+
+
+def _cmd_deployments_set(client: TuneryClient, args: argparse.Namespace) -> None:
+    settings = _deployment_settings(args)
+    if args.no_challenger:
+        settings["challenger"] = None
+    if args.no_gate:
+        settings["evaluation_file"] = None
+    _report_deployment(client.change_deployment(args.deployment, **settings), args.json)
+
+
+def _cmd_deployments_promote(client: TuneryClient, args: argparse.Namespace) -> None:
+    _report_deployment(client.promote(args.deployment), args.json)
+
+
+def _cmd_deployments_rollback(client: TuneryClient, args: argparse.Namespace) -> None:
+    _report_deployment(client.rollback(args.deployment), args.json)
+
+
+def _cmd_deployments_history(client: TuneryClient, args: argparse.Namespace) -> None:
+    history = client.deployment_history(args.deployment)
+    if args.json:
+        return _print_json(history)
+    rows = [{**h, "started": format_time(h["started_at"]), "ended": format_time(h["ended_at"])} for h in history]
+    _print_table(rows, ["started", "ended", "model", "action", "actor"])
 
 
 def _cmd_predict(client: TuneryClient, args: argparse.Namespace) -> None:
@@ -852,9 +925,31 @@ def build_parser() -> argparse.ArgumentParser:
         "bf16: under bf16 autocast on CPUs with bf16 units (about as fast, closer to fp32); "
         "default: the server's TUNERY_SERVING_PRECISION",
     )
+    deploy.add_argument("--name", help="a stable name to send as 'model' instead of the deployment id")
+    _challenger_options(deploy)
     deploy.set_defaults(run=_cmd_deploy)
-    deployments = commands.add_parser("deployments", help="your deployments").add_subparsers(required=True)
+    deployments = commands.add_parser(
+        "deployments", help="your deployments: challengers, promotion, rollback (also as 'tunery deploy promote ...')"
+    ).add_subparsers(required=True)
     deployments.add_parser("list").set_defaults(run=_cmd_deployments_list)
+    show = deployments.add_parser("show", help="a deployment, its challenger, gate and traffic counters")
+    show.add_argument("deployment", help="deployment id or name")
+    show.set_defaults(run=_cmd_deployments_show)
+    change = deployments.add_parser("set", help="change a deployment's name, challenger or gate")
+    change.add_argument("deployment", help="deployment id or name")
+    change.add_argument("--name", help="a new stable name")
+    _challenger_options(change)
+    change.add_argument("--no-challenger", action="store_true", help="take the challenger away")
+    change.add_argument("--no-gate", action="store_true", help="unpin the evaluation file")
+    change.set_defaults(run=_cmd_deployments_set)
+    for name, helptext, run in (
+        ("promote", "make the challenger the champion (through the gate)", _cmd_deployments_promote),
+        ("rollback", "serve the previous champion again", _cmd_deployments_rollback),
+        ("history", "which model served when, and who put it there", _cmd_deployments_history),
+    ):
+        sub = deployments.add_parser(name, help=helptext)
+        sub.add_argument("deployment", help="deployment id or name")
+        sub.set_defaults(run=run)
 
     predict = commands.add_parser("predict", help="predictions from a deployed model")
     predict.add_argument("--model", required=True)
@@ -896,7 +991,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _challenger_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--challenger", help="a fine-tuned model (ft:...) of the same task to try on live traffic")
+    parser.add_argument(
+        "--mode",
+        choices=("shadow", "canary"),
+        help="shadow: the challenger answers a copy of the traffic, never returned; canary: it answers --share "
+        "of it (default: canary with --share, else shadow)",
+    )
+    parser.add_argument("--share", type=float, help="canary: the share of requests the challenger answers (0-1]")
+    parser.add_argument("--evaluation-file", help="file id the promotion gate evaluates both models on")
+    parser.add_argument("--gate-margin", type=float, help="how much worse a challenger may score and be promoted")
+
+
+#: ``tunery deploy promote NAME`` reads as ``tunery deployments promote NAME``.
+DEPLOY_ALIASES = ("promote", "rollback", "history", "show", "set", "list")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for index, word in enumerate(argv[:-1]):
+        if word == "deploy" and argv[index + 1] in DEPLOY_ALIASES:
+            argv[index] = "deployments"
+            break
     args = build_parser().parse_args(argv)
     try:
         client = TuneryClient.from_settings(load_settings(args.api_key, args.base_url))

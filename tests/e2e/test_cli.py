@@ -425,3 +425,47 @@ def test_models_download_writes_the_archive_and_refuses_unknown_models(cli, depl
     assert "ft:nope" in err
     assert not missing.exists()
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_deploy_with_a_challenger_then_promote_and_roll_back(cli, deployed_model_row):
+    """`tunery deploy MODEL --challenger`, `tunery deploy promote`/`rollback`/`history` over HTTP."""
+    from tunery.catalog.models import FineTunedModel
+    from tunery.jobs.models import FineTuningJob
+
+    champion = deployed_model_row
+    job = FineTuningJob.objects.get(pk=champion.job_id)
+    job.pk = None  # a second succeeded job of the same task, for the challenger
+    job.id = None
+    job.save()
+    challenger = FineTunedModel.objects.create(
+        id=f"{champion.id}-v2",
+        tenant=champion.tenant,
+        job=job,
+        base_model=champion.base_model,
+        artifact_path=champion.artifact_path,
+        vertical=champion.vertical,
+        task=champion.task,
+    )
+    code, out, err = cli("deploy", champion.id, "--name", "bot", "--challenger", challenger.id, "--share", "0.25")
+    assert code == 0, err
+    assert f"challenger: {challenger.id} (canary 0.25)" in out
+    code, out, err = cli("deployments", "set", "bot", "--mode", "shadow")
+    assert code == 0, err
+    assert f"challenger: {challenger.id} (shadow)" in out
+    code, out, err = cli("deploy", "promote", "bot")
+    assert code == 0, err
+    assert challenger.id in out.split()
+    assert "challenger:" not in out
+    code, out, err = cli("deploy", "rollback", "bot")
+    assert code == 0, err
+    assert champion.id in out.split()
+    code, out, err = cli("--json", "deploy", "history", "bot")
+    assert code == 0, err
+    assert [(h["model"], h["action"]) for h in json.loads(out)] == [
+        (champion.id, "deploy"),
+        (challenger.id, "promote"),
+        (champion.id, "rollback"),
+    ]
+    code, _, err = cli("deploy", "rollback", "nobody")
+    assert code == 1
+    assert "404" in err

@@ -14,7 +14,7 @@ from django.utils import timezone
 from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.core import artifacts
 from tunery.serving.models import Deployment
-from tunery.serving.services import undeploy
+from tunery.serving.services import remove_challenger, undeploy
 from tunery.tenants.models import AuditLog, Tenant
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ def delete_fine_tuned_model(*, model: FineTunedModel, actor: str) -> None:
     with transaction.atomic():
         for deployment in Deployment.objects.filter(model=model).select_related("tenant"):
             undeploy(deployment=deployment, actor=actor)
+        for deployment in Deployment.objects.filter(challenger=model).select_related("tenant"):
+            remove_challenger(deployment=deployment, actor=actor)
         FineTunedModel.objects.filter(pk=model.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
         AuditLog.objects.create(tenant_id=model.tenant_id, actor=actor, action="model.delete", target=model.id)
         transaction.on_commit(lambda: _delete_artifact_objects(artifact_path))

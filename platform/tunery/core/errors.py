@@ -46,6 +46,8 @@ class ApiError(drf_exceptions.APIException):
 
     status_code = 400
     default_code = "invalid_request"
+    #: More fields for the error object (e.g. a refused promotion's comparison); never message/type/param/code.
+    extra: dict[str, Any] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None):
         super().__init__(detail=message, code=code)
@@ -135,7 +137,10 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         status, message, param, code = 500, "The server had an error processing your request.", None, "server_error"
     if isinstance(exc, QuotaExceeded):
         headers["x-should-retry"] = "false"
-    return Response(error_body(status, message, param=param, code=code), status=status, headers=headers)
+    body = error_body(status, message, param=param, code=code)
+    if isinstance(exc, ApiError) and exc.extra:
+        body["error"] = {**exc.extra, **body["error"]}
+    return Response(body, status=status, headers=headers)
 
 
 # Django-level handlers (root urls' handler404/500/400/403): JSON under /v1, Django's pages elsewhere

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ RATE_LIMIT_FALLBACKS = Counter(
 )
 
 
+SHADOW_DROPPED = Counter("tunery_shadow_dropped", "Shadow copies dropped because the shadow backlog was full")
+SHADOW_FAILED = Counter("tunery_shadow_failed", "Shadow copies whose challenger prediction failed")
+
+
 def observe_batch(kind: str, size: int, seconds: float, waited: float) -> None:
     BATCH_SIZE.labels(kind).observe(size)
     BATCH_SECONDS.labels(kind).observe(seconds)
@@ -71,6 +75,29 @@ class RuntimeStats(Protocol):
 
 #: This process's inference runtime, once tunery.serving.process_runtime has started one.
 _watched_runtime: RuntimeStats | None = None
+
+
+#: Reads every deployment's traffic totals at scrape time: (deployment, model, role) -> field -> total.
+TrafficTotals = Callable[[], Mapping[tuple[str, str, str], Mapping[str, float]]]
+_traffic_totals: TrafficTotals | None = None
+#: The counters a deployment's traffic is reported as (field of the totals -> metric name, help).
+TRAFFIC_COUNTERS = {
+    "requests": ("tunery_deployment_requests", "Prediction requests a deployment's model answered (or shadowed)"),
+    "items": ("tunery_deployment_items", "Inputs a deployment's model scored"),
+    "handoffs": ("tunery_deployment_handoffs", "Inputs the pack handed off to a person"),
+    "confidence_sum": ("tunery_deployment_confidence_sum", "Sum of top-label confidences (per confidence_count)"),
+    "confidence_count": ("tunery_deployment_confidence_count", "Inputs with a top-label confidence"),
+    "compared": ("tunery_deployment_shadow_compared", "Inputs a shadow challenger answered next to the champion"),
+    "agreed": ("tunery_deployment_shadow_agreed", "Shadow inputs where the challenger agreed with the champion"),
+    "latency_sum": ("tunery_deployment_latency_seconds", "Server-side seconds spent answering (per request)"),
+}
+
+
+def watch_traffic(totals: TrafficTotals) -> None:
+    """Report deployments' traffic at scrape time from ``totals`` (the serving side registers it,
+    so monitoring never imports serving and a prediction never touches a Prometheus lock)."""
+    global _traffic_totals
+    _traffic_totals = totals
 
 
 def watch_runtime(runtime: RuntimeStats | None) -> None:
@@ -90,6 +117,25 @@ class StateCollector(Collector):
         yield from self._jobs()
         yield from self._runtime()
         yield from self._gpu()
+        yield from self._traffic()
+
+    def _traffic(self) -> Iterator[CounterMetricFamily]:
+        if _traffic_totals is None:
+            return
+        try:
+            totals = _traffic_totals()
+        except Exception:  # a scrape must not fail because Redis is down
+            log.warning("cannot read deployment traffic for /metrics", exc_info=True)
+            return
+        labels = ["deployment", "model", "role"]
+        families = {
+            field: CounterMetricFamily(name, helptext, labels=labels)
+            for field, (name, helptext) in TRAFFIC_COUNTERS.items()
+        }
+        for key, fields in sorted(totals.items()):
+            for field, family in families.items():
+                family.add_metric(list(key), float(fields.get(field, 0.0)))
+        yield from families.values()
 
     def _jobs(self) -> Iterator[GaugeMetricFamily]:
         from django.db.models import Count

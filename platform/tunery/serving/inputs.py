@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,3 +205,87 @@ def completion_prompt(body: dict[str, Any]) -> str:
     if isinstance(prompt, list):
         raise _invalid("Only one prompt per request is supported.", "prompt")
     return text(prompt, "prompt")
+
+
+# -- deployment settings -------------------------------------------------------------------------
+
+#: A deployment's stable name: letters, digits, '.', '_' and '-', starting with a letter or digit.
+DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DEPLOYMENT_MODES = ("shadow", "canary")
+
+
+class Unset:
+    """A field the body did not mention (as opposed to one it set to null)."""
+
+
+UNSET = Unset()
+
+
+@dataclass(frozen=True)
+class DeploymentChanges:
+    """What a create or PATCH body asks to change (UNSET: leave as it is)."""
+
+    name: str | Unset = UNSET
+    evaluation_file: str | Unset | None = UNSET
+    gate_margin: float | Unset = UNSET
+    challenger: str | Unset | None = UNSET
+    mode: str | Unset = UNSET
+    canary_share: float | Unset = UNSET
+
+    @property
+    def touches_challenger(self) -> bool:
+        return not all(isinstance(v, Unset) for v in (self.challenger, self.mode, self.canary_share))
+
+
+def _share(data: dict[str, Any], field: str, low: float, low_inclusive: bool) -> float | Unset:
+    if field not in data:
+        return UNSET
+    value = data[field]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(f"{field} must be a number, got {type(value).__name__}.", field)
+    if not (low <= value <= 1) or (value == low and not low_inclusive):
+        bound = f"{'from' if low_inclusive else 'above'} {low:g} to 1"
+        raise _invalid(f"{field} must be a number {bound}, got {value!r}.", field)
+    return float(value)
+
+
+def deployment_changes(data: dict[str, Any]) -> DeploymentChanges:
+    """The deployment settings in a body (name, evaluation_file, gate_margin, challenger, mode, canary_share)."""
+    name: str | Unset = UNSET
+    if "name" in data:
+        value = data["name"]
+        if value is None or value == "":
+            name = ""
+        elif not isinstance(value, str) or not DEPLOYMENT_NAME.fullmatch(value) or value.startswith("deploy-"):
+            raise _invalid(
+                "name must be 1-64 letters, digits, '.', '_' or '-', start with a letter or digit and not "
+                f"with 'deploy-' (deployment ids do), got {value!r}.",
+                "name",
+            )
+        else:
+            name = value
+    evaluation_file: str | Unset | None = UNSET
+    if "evaluation_file" in data:
+        value = data["evaluation_file"]
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _invalid("evaluation_file must be a file id or null.", "evaluation_file")
+        evaluation_file = value.strip() if isinstance(value, str) else None
+    challenger: str | Unset | None = UNSET
+    if "challenger" in data:
+        value = data["challenger"]
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _invalid("challenger must be a fine-tuned model id ('ft:...') or null.", "challenger")
+        challenger = value.strip() if isinstance(value, str) else None
+    mode: str | Unset = UNSET
+    if "mode" in data:
+        if data["mode"] not in DEPLOYMENT_MODES:
+            raise _invalid(f"mode must be one of {', '.join(DEPLOYMENT_MODES)}, got {data['mode']!r}.", "mode")
+        mode = str(data["mode"])
+    return DeploymentChanges(
+        name=name,
+        evaluation_file=evaluation_file,
+        gate_margin=_share(data, "gate_margin", 0.0, True),
+        challenger=challenger,
+        mode=mode,
+        canary_share=_share(data, "canary_share", 0.0, False),
+    )

@@ -9,7 +9,7 @@ from typing import Any
 
 from tunery.core.schema import NOT_BLANK, RawSchemaBody
 from tunery.serving import conf
-from tunery.serving.inputs import CHAT_ROLES
+from tunery.serving.inputs import CHAT_ROLES, DEPLOYMENT_MODES
 
 
 def _text() -> dict[str, Any]:
@@ -31,7 +31,10 @@ def _messages() -> dict[str, Any]:
 def _generation_properties() -> dict[str, Any]:
     tokens = {"type": "integer", "minimum": 1, "maximum": conf.max_new_tokens(), "nullable": True}
     return {
-        "model": {**NOT_BLANK, "description": "A deployed fine-tuned causal LM ('ft:...')."},
+        "model": {
+            **NOT_BLANK,
+            "description": "A deployed fine-tuned causal LM ('ft:...') or a deployment's id or name.",
+        },
         "max_tokens": tokens,
         "max_completion_tokens": tokens,
         "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
@@ -97,7 +100,10 @@ class PredictionBody(RawSchemaBody):
         "description": "Either inputs (classification, tagging) or user (or query) and items (ranking).",
         "required": ["model"],
         "properties": {
-            "model": {**NOT_BLANK, "description": "A deployed fine-tuned model ('ft:...')."},
+            "model": {
+                **NOT_BLANK,
+                "description": "A deployed fine-tuned model ('ft:...') or a deployment's id or name.",
+            },
             "inputs": _items("Texts, or objects of named text fields (or a conversation under 'messages')."),
             "user": _text(),
             "query": _text(),
@@ -111,12 +117,34 @@ class PredictionBody(RawSchemaBody):
     }
 
 
+def _deployment_settings() -> dict[str, Any]:
+    nullable_id = {"type": "string", "minLength": 1, "pattern": r"\S", "nullable": True}
+    return {
+        "name": {
+            "type": "string",
+            "pattern": r"^((?!deploy-)[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
+            "nullable": True,
+            "description": "A stable name clients may send as 'model' instead of the deployment id.",
+        },
+        "challenger": {**nullable_id, "description": "A fine-tuned model id ('ft:...') of the champion's task."},
+        "mode": {"type": "string", "enum": list(DEPLOYMENT_MODES)},
+        "canary_share": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+        "evaluation_file": {**nullable_id, "description": "The file the promotion gate evaluates on."},
+        "gate_margin": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+
+
 class DeploymentBody(RawSchemaBody):
     openapi_schema = {
         "type": "object",
         "required": ["model"],
         "properties": {
-            "model": {**NOT_BLANK, "description": "A fine-tuned model id ('ft:...')."},
+            "model": {**NOT_BLANK, "description": "A fine-tuned model id ('ft:...'): the champion."},
             "precision": {"type": "string", "enum": list(conf.PRECISIONS), "nullable": True},
+            **_deployment_settings(),
         },
     }
+
+
+class DeploymentChangeBody(RawSchemaBody):
+    openapi_schema = {"type": "object", "properties": _deployment_settings()}

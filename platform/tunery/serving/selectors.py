@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict, NotFound
 from tunery.jobs.selectors import fine_tuned_models
-from tunery.serving.models import Deployment
+from tunery.serving.models import ChampionPeriod, Deployment
 from tunery.serving.process_runtime import artifact_dir
 from tunery.tenants.models import Tenant
 from tunery_contract import TaskDefinition
@@ -22,10 +22,26 @@ def deployments(tenant: Tenant) -> QuerySet[Deployment]:
 
 
 def ready_deployment_count(tenant: Tenant) -> int:
-    """Deployments counted against the quota (a deleted model's deployment no longer counts)."""
-    return Deployment.objects.filter(
-        tenant=tenant, status=Deployment.Status.READY, model__deleted_at__isnull=True
-    ).count()
+    """Models loaded for serving, counted against the quota: each ready deployment's champion and
+    challenger (a deleted model no longer counts)."""
+    ready = Deployment.objects.filter(tenant=tenant, status=Deployment.Status.READY, model__deleted_at__isnull=True)
+    return ready.count() + ready.filter(challenger__isnull=False, challenger__deleted_at__isnull=True).count()
+
+
+def addressed_deployment(tenant: Tenant, name: str) -> Deployment | None:
+    """The tenant's deployment whose id or stable name is ``name`` (None: ``name`` is no deployment's)."""
+    if name.startswith("ft:"):
+        return None
+    return (
+        Deployment.objects.filter(tenant=tenant)
+        .filter(Q(pk=name) | Q(name=name))
+        .select_related("model", "challenger")
+        .first()
+    )
+
+
+def deployment_history(deployment: Deployment) -> QuerySet[ChampionPeriod]:
+    return ChampionPeriod.objects.filter(deployment=deployment).order_by("started_at", "id")
 
 
 def tenant_model(tenant: Tenant, model_id: str) -> FineTunedModel:

@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from django.db import transaction
+from django.utils import timezone
 
-from tunery.core.errors import ApiError, InvalidRequest, QuotaExceeded
+from tunery.core.errors import ApiError, Conflict, InvalidRequest, QuotaExceeded
 from tunery.core.ids import prefixed_id
+from tunery.files.models import File
 from tunery.monitoring import prometheus
-from tunery.serving import conf, inputs, selectors
+from tunery.serving import conf, inputs, promotion, routing, selectors, traffic
 from tunery.serving.models import Deployment
 from tunery.serving.process_runtime import artifact_dir, get_runtime
 from tunery.tenants.models import Tenant
@@ -73,6 +75,8 @@ def deploy(*, tenant: Tenant, model_id: str, actor: str, precision: str | None =
                 "created_by": actor[:200],
             },
         )
+        if created:
+            promotion.first_champion(deployment, actor)
         audit(
             actor=actor,
             action="deployment.create",
@@ -114,10 +118,133 @@ def _load(model_id: str, model: Any, precision: str) -> tuple[str, str, str]:
 
 def undeploy(*, deployment: Deployment, actor: str) -> None:
     model_id, deployment_id = deployment.model_id, deployment.id  # delete() clears the pk
+    challenger_id = deployment.challenger_id
     with transaction.atomic():
         deployment.delete()
         audit(actor=actor, action="deployment.delete", tenant=deployment.tenant, target=deployment_id, model=model_id)
     get_runtime().unload(model_id)
+    if challenger_id is not None:
+        get_runtime().unload(challenger_id)
+    traffic.forget(deployment_id)
+
+
+def change(*, tenant: Tenant, deployment: Deployment, changes: inputs.DeploymentChanges, actor: str) -> Deployment:
+    """Apply a create or PATCH body's settings: the stable name, the gate's pinned file and margin,
+    and the challenger (loaded here before it is recorded, so a broken artifact is refused)."""
+    _change_settings(tenant, deployment, changes, actor)
+    if changes.touches_challenger:
+        _change_challenger(tenant, deployment, changes, actor)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def _change_settings(tenant: Tenant, deployment: Deployment, changes: inputs.DeploymentChanges, actor: str) -> None:
+    updates: dict[str, Any] = {}
+    if not isinstance(changes.name, inputs.Unset):
+        updates["name"] = changes.name
+    if not isinstance(changes.evaluation_file, inputs.Unset):
+        updates["evaluation_file"] = _evaluation_file(tenant, changes.evaluation_file)
+    if not isinstance(changes.gate_margin, inputs.Unset):
+        updates["gate_margin"] = changes.gate_margin
+    if not updates:
+        return
+    with transaction.atomic():
+        name = updates.get("name")
+        if name and Deployment.objects.filter(tenant=tenant, name=name).exclude(pk=deployment.pk).exists():
+            raise Conflict(
+                f"Another of your deployments is named '{name}'.", param="name", code="deployment_name_taken"
+            )
+        Deployment.objects.filter(pk=deployment.pk).update(**updates, updated_at=timezone.now())
+        shown = {k: (v.pk if isinstance(v, File) else v) for k, v in updates.items()}
+        audit(actor=actor, action="deployment.settings", tenant=tenant, target=deployment.id, **shown)
+
+
+def _evaluation_file(tenant: Tenant, file_id: str | None) -> File | None:
+    if file_id is None:
+        return None
+    found = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
+    if found is None:
+        raise InvalidRequest(f"No file with id '{file_id}' found.", param="evaluation_file", code="file_not_found")
+    if found.purpose != File.Purpose.FINE_TUNE:
+        raise InvalidRequest(
+            f"File {file_id} has purpose '{found.purpose}'; the gate evaluates a labelled file uploaded with "
+            "purpose 'fine-tune' in the model's task schema.",
+            param="evaluation_file",
+            code="invalid_file_purpose",
+        )
+    return found
+
+
+def _change_challenger(tenant: Tenant, deployment: Deployment, changes: inputs.DeploymentChanges, actor: str) -> None:
+    challenger_id = deployment.challenger_id if isinstance(changes.challenger, inputs.Unset) else changes.challenger
+    mode = deployment.mode if isinstance(changes.mode, inputs.Unset) else changes.mode
+    share = deployment.canary_share if isinstance(changes.canary_share, inputs.Unset) else changes.canary_share
+    if challenger_id is None:
+        promotion.set_challenger(
+            tenant=tenant, deployment_id=deployment.id, challenger=None, mode="", canary_share=share, actor=actor
+        )
+        return
+    if not mode:
+        raise InvalidRequest("A challenger needs a mode: 'shadow' or 'canary'.", param="mode", code="missing_mode")
+    challenger = _challenger_model(tenant, deployment, challenger_id)
+    if challenger.pk != deployment.challenger_id:
+        _check_quota(tenant)
+        status, error, kind = _load(challenger.pk, challenger, deployment.precision)
+        if status != Deployment.Status.READY:
+            raise Conflict(f"The challenger could not be loaded: {error}", param="challenger", code="model_unavailable")
+        if kind != deployment.kind:
+            raise Conflict(
+                f"The challenger is a {kind} model; the deployment serves {deployment.kind} models.",
+                param="challenger",
+                code="challenger_mismatch",
+            )
+    promotion.set_challenger(
+        tenant=tenant, deployment_id=deployment.id, challenger=challenger, mode=mode, canary_share=share, actor=actor
+    )
+
+
+def _challenger_model(tenant: Tenant, deployment: Deployment, model_id: str) -> Any:
+    challenger = selectors.tenant_model(tenant, model_id)
+    champion = deployment.model
+    if (challenger.vertical, challenger.task) != (champion.vertical, champion.task):
+        raise Conflict(
+            f"The challenger was trained for {challenger.vertical or '-'}/{challenger.task or '-'}; the champion for "
+            f"{champion.vertical or '-'}/{champion.task or '-'}. Only models of one task can replace each other.",
+            param="challenger",
+            code="challenger_mismatch",
+        )
+    elsewhere = Deployment.objects.filter(model=challenger).exclude(pk=deployment.pk).first()
+    if elsewhere is not None:
+        raise Conflict(
+            f"'{model_id}' is the champion of another deployment ('{elsewhere.pk}'); undeploy it there first.",
+            param="challenger",
+            code="model_already_deployed",
+        )
+    return challenger
+
+
+def remove_challenger(*, deployment: Deployment, actor: str) -> None:
+    """Take the deployment's challenger away (e.g. the challenger model is being deleted)."""
+    promotion.set_challenger(
+        tenant=deployment.tenant,
+        deployment_id=deployment.id,
+        challenger=None,
+        mode="",
+        canary_share=deployment.canary_share,
+        actor=actor,
+    )
+
+
+def precheck(*, tenant: Tenant, changes: inputs.DeploymentChanges) -> None:
+    """Refuse a create body's unknown challenger or file before anything is deployed."""
+    if isinstance(changes.challenger, str):
+        selectors.tenant_model(tenant, changes.challenger)
+    if isinstance(changes.evaluation_file, str):
+        _evaluation_file(tenant, changes.evaluation_file)
+
+
+def rollback(*, tenant: Tenant, deployment: Deployment, actor: str) -> Deployment:
+    return promotion.rollback(tenant=tenant, deployment_id=deployment.id, actor=actor)
 
 
 # -- predictions -------------------------------------------------------------------------------
@@ -125,8 +252,10 @@ def undeploy(*, deployment: Deployment, actor: str) -> None:
 
 def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only: bool = True) -> dict[str, Any]:
     """One prediction request's answer. ``deployed_only=False`` (offline scoring: evaluations)
-    also answers for a model that is not deployed, at the server's default precision."""
-    target = selectors.serving_target(tenant, request.model, deployed_only=deployed_only)
+    also answers for a model that is not deployed, at the server's default precision, and is
+    not counted as the deployment's traffic."""
+    chosen = routing.route(tenant, request.model, deployed_only=deployed_only)
+    target = chosen.target
     hooks = selectors.pack_hooks(tenant, target.model)
     head = head_of(target)
     if head.generates_text:
@@ -162,13 +291,16 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only:
     started = time.perf_counter()
     precision = (target.deployment.precision if target.deployment is not None else "") or None
     predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
-    prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
-    data = []
-    for index, (prediction, row) in enumerate(zip(predictions, rows)):
-        result = {"index": index, **decoded(prediction)}
-        if hooks.task is not None and hooks.task.postprocess is not None:
-            result.update(hooks.task.postprocess(prediction, row, hooks.config))
-        data.append(result)
+    elapsed = time.perf_counter() - started
+    prometheus.PREDICTION_LATENCY.labels(target.kind).observe(elapsed)
+    data = _entries(predictions, rows, hooks)
+
+    def shadow_answer(challenger: Any) -> list[dict[str, Any]]:
+        shadowed = get_runtime().predict(challenger.id, artifact_dir(challenger), model_inputs, precision)
+        return _entries(shadowed, rows, hooks)
+
+    if deployed_only:
+        routing.answered(chosen, data, elapsed, shadow_answer)
     if request.items is not None:
         for entry, item in zip(data, request.items):
             entry.setdefault("item", item)
@@ -180,10 +312,25 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only:
         "object": "prediction",
         "created": int(time.time()),
         "model": target.model.id,
+        "deployment": target.deployment.id if target.deployment is not None else None,
+        "served_by": chosen.role,
         "kind": target.kind,
         "data": data,
         "usage": {"items": len(data)},
     }
+
+
+def _entries(
+    predictions: Iterable[Prediction], rows: list[dict[str, Any]], hooks: selectors.PackHooks
+) -> list[dict[str, Any]]:
+    """Each prediction in API form, with the pack's post-processing of its input row."""
+    data = []
+    for index, (prediction, row) in enumerate(zip(predictions, rows)):
+        result = {"index": index, **decoded(prediction)}
+        if hooks.task is not None and hooks.task.postprocess is not None:
+            result.update(hooks.task.postprocess(prediction, row, hooks.config))
+        data.append(result)
+    return data
 
 
 def predict_many(
@@ -227,7 +374,7 @@ def _predict_merged(
         if (
             len(members) < 2
             or len(rows) > limit
-            or head_of(selectors.serving_target(tenant, first.model, deployed_only=deployed_only)).generates_text
+            or head_of(routing.route(tenant, first.model, deployed_only=deployed_only).target).generates_text
         ):
             return
         merged = predict(
@@ -352,7 +499,7 @@ def _run(call: Any) -> Any:
 
 
 def _generation_target(tenant: Tenant, model: str) -> selectors.ServingTarget:
-    target = selectors.serving_target(tenant, model)
+    target = routing.route(tenant, model).target  # a deployment's name works too; canary applies, shadow does not
     if not head_of(target).generates_text:
         raise InvalidRequest(
             f"The model '{model}' is a {target.kind} model, not a language model; call /v1/predictions.",
