@@ -26,10 +26,11 @@ def write_through() -> Iterator[None]:
     except ImportError:  # the engine's Django-free environment (make test-engine)
         yield
         return
-    from tunery.core import writebehind
+    from tunery.core import auth, writebehind
 
     with writebehind.write_through():
         yield
+    auth.forget_cached_keys()  # the next test's database has other keys and tenants
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.serving import pack
+from tunery.core.auth import forget_cached_keys
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]  # rate limits in the real Redis
 
@@ -120,6 +121,7 @@ def test_deployment_quota_is_enforced(setup, make_model, artifacts):
 
     client, models = setup["client"], setup["models"]
     Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(max_deployments=1)
+    forget_cached_keys()  # a bare UPDATE: this process's cached tenant would see it only after its TTL
     deploy(client, models["intents"])
     refused = client.post("/v1/deployments", json={"model": models["entities"].id})
     assert refused.status_code == 429
@@ -318,6 +320,7 @@ def test_rate_limit_admits_exactly_the_limit_under_50_concurrent_requests(setup)
     deploy(client, model)
     limit = 17
     Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(predictions_per_minute=limit)
+    forget_cached_keys()  # a bare UPDATE: this process's cached tenant would see it only after its TTL
     limiter().reset(f"{tenant_key(setup['acme'].tenant.pk)}:predictions")
     responses: list[httpx.Response] = []
     barrier = threading.Barrier(50)
