@@ -147,7 +147,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["tunery.core.permissions.IsTenantMember"],
     "EXCEPTION_HANDLER": "tunery.core.errors.openai_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["tunery.core.renderers.OrjsonRenderer"],
     # JSON bodies only, size-, depth- and NUL-checked; uploads set MultiPartParser on their view.
     "DEFAULT_PARSER_CLASSES": ["tunery.core.parsers.BoundedJSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tunery.core.negotiation.IgnoreClientAccept",
