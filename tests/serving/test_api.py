@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.serving import pack
 from tunery.core.auth import forget_cached_keys
+from tunery.serving.conf import host_default_precision
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]  # rate limits in the real Redis
 
@@ -75,7 +76,7 @@ def test_deploy_with_int8_precision_and_switch_back(setup):
     texts = ["I was charged twice", "where is my parcel", "refund please"]
     created = client.post("/v1/deployments", json={"model": model.id})
     assert created.status_code == 201
-    assert created.json()["precision"] == "fp32"  # the server's default
+    assert created.json()["precision"] == host_default_precision()  # fp32 here, bf16 on CPUs with bf16 units
     fp32 = predict(client, model=model.id, inputs=texts).json()["data"]
 
     switched = client.post("/v1/deployments", json={"model": model.id, "precision": "int8"})
@@ -104,7 +105,7 @@ def test_deploy_with_int8_precision_and_switch_back(setup):
     from tunery.tenants.models import AuditLog
 
     precisions = AuditLog.objects.filter(action="deployment.create", target=created.json()["id"]).order_by("id")
-    assert [entry.details["precision"] for entry in precisions] == ["fp32", "int8", "fp32"]
+    assert [entry.details["precision"] for entry in precisions] == [host_default_precision(), "int8", "fp32"]
 
 
 def test_an_unknown_precision_is_a_clear_400(setup):
