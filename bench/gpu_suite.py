@@ -38,7 +38,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 #: ../shared (the benchmark baseline and data sets), from the repository or a worktree beside it.
-SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if p.is_dir()), ROOT.parent / "shared")
+_SHARED_CANDIDATES = (ROOT.parent / "shared", ROOT.parent.parent / "shared")
+SHARED = next((p for p in _SHARED_CANDIDATES if p.is_dir()), _SHARED_CANDIDATES[0])
 sys.path.insert(0, str(ROOT / "bench"))
 
 #: Dense bf16 tensor-core peak (FLOP/s) of GPUs we may meet, by a substring of the device name.
