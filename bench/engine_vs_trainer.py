@@ -331,6 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run both sides at once (on a shared, busy machine both then see the same load; use --threads 1)",
     )
+    ap.add_argument("--baseline-script", type=Path, default=BASELINE_SCRIPT, help="the tutorial Trainer script")
     ap.add_argument("--work-dir", type=Path, help="where data copies, logs and artifacts go (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--runs", type=int, default=1, help="measure both sides this many times, in turn")
@@ -399,7 +400,7 @@ def run_pair(
     baseline = engine = None
     children: dict[str, Child] = {}
     if args.only != "engine":
-        command = [sys.executable, "-c", BASELINE_CPU_TIMER, str(BASELINE_SCRIPT), "--model-dir", model_dir]
+        command = [sys.executable, "-c", BASELINE_CPU_TIMER, str(args.baseline_script), "--model-dir", model_dir]
         command += ["--train", str(train_path)]
         command += ["--test", str(test_path), "--epochs", str(args.epochs), "--lr", str(args.lr)]
         command += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]

@@ -28,7 +28,8 @@ RUN python manage.py collectstatic --noinput && mkdir -p /var/lib/tunery && chow
 USER tunery
 EXPOSE 8000
 
-# The control plane: gunicorn, one process per worker, threads for slow clients. WEB_CONCURRENCY
-# is set here (not only defaulted in the command) so that serving sees it and shares the cores out.
+# The control plane: gunicorn with tunery.gunicorn_conf (threaded workers, preloaded app; the demo
+# runs the same). WEB_CONCURRENCY processes, TUNERY_WEB_THREADS threads each; serving sees
+# WEB_CONCURRENCY and shares the cores out.
 ENV WEB_CONCURRENCY=4
-CMD ["sh", "-c", "exec gunicorn tunery.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_CONCURRENCY:-4} --threads ${WEB_THREADS:-4} --timeout 120 --limit-request-line 8190 --access-logfile - --forwarded-allow-ips='*'"]
+CMD ["sh", "-c", "exec gunicorn -c python:tunery.gunicorn_conf tunery.wsgi:application --bind 0.0.0.0:8000 --access-logfile - --forwarded-allow-ips='*'"]

@@ -230,13 +230,10 @@ def ensure_server(paths: Paths, state: dict[str, Any], preferred_port: int | Non
     pid = spawn(
         "server",
         [
-            sys.executable, "-m", "gunicorn", "tunery.wsgi:application",
+            # the production server's settings (threaded workers, one process per core, preloaded
+            # app, long timeout for a first prediction's model load, 8 KB request lines)
+            sys.executable, "-m", "gunicorn", "-c", "python:tunery.gunicorn_conf", "tunery.wsgi:application",
             "--bind", f"127.0.0.1:{port}",
-            "--workers", "2", "--threads", "4",
-            "--timeout", "300",  # the first prediction loads the model
-            # gunicorn's largest bounded request line (default 4094): longer URLs up to it get the
-            # API's JSON errors instead of gunicorn's HTML 414 page
-            "--limit-request-line", "8190",
         ],
         paths,
     )  # fmt: skip
@@ -251,7 +248,7 @@ def ensure_server(paths: Paths, state: dict[str, Any], preferred_port: int | Non
         if time.monotonic() > deadline:
             raise DemoError(f"the server did not answer /healthz within 90 s; see {paths.log('server')}")
         time.sleep(0.5)
-    say(f"  gunicorn (2 processes) on {base_url}  (log: {paths.log('server')})")
+    say(f"  gunicorn (tunery.gunicorn_conf) on {base_url}  (log: {paths.log('server')})")
     return base_url
 
 

@@ -94,6 +94,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+#: Records the request path hands off (usage counts, last-use times, log rows) are written by a
+#: background thread at most this many seconds later (tunery.core.writebehind; 0: at once).
+TUNERY_WRITE_BEHIND_SECONDS = float(os.environ.get("TUNERY_WRITE_BEHIND_SECONDS") or 1.0)
+TUNERY_WRITE_BEHIND_MAX_ITEMS = env_int("TUNERY_WRITE_BEHIND_MAX_ITEMS", 1000)
+#: Seconds an API key looked up by one process is reused without a query (tunery.core.auth.KeyCache):
+#: the bound within which a revoked key stops working in other processes (0: no cache).
+TUNERY_API_KEY_CACHE_SECONDS = float(os.environ.get("TUNERY_API_KEY_CACHE_SECONDS") or 2.0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -145,7 +152,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["tunery.core.permissions.IsTenantMember"],
     "EXCEPTION_HANDLER": "tunery.core.errors.openai_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["tunery.core.renderers.OrjsonRenderer"],
     # JSON bodies only, size-, depth- and NUL-checked; uploads set MultiPartParser on their view.
     "DEFAULT_PARSER_CLASSES": ["tunery.core.parsers.BoundedJSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tunery.core.negotiation.IgnoreClientAccept",

@@ -52,7 +52,7 @@ def test_web_and_workers_share_the_artifacts_volume():
 
 def test_web_runs_a_production_wsgi_server():
     image_cmd = (ROOT / "docker" / "web.Dockerfile").read_text()
-    assert "gunicorn tunery.wsgi:application" in image_cmd
+    assert "gunicorn -c python:tunery.gunicorn_conf tunery.wsgi:application" in image_cmd
     assert "command" not in SERVICES["web"] or "runserver" not in str(SERVICES["web"]["command"])
 
 

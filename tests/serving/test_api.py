@@ -11,6 +11,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.serving import pack
+from tunery.core.auth import forget_cached_keys
+from tunery.serving.conf import host_default_precision
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]  # rate limits in the real Redis
 
@@ -74,7 +76,7 @@ def test_deploy_with_int8_precision_and_switch_back(setup):
     texts = ["I was charged twice", "where is my parcel", "refund please"]
     created = client.post("/v1/deployments", json={"model": model.id})
     assert created.status_code == 201
-    assert created.json()["precision"] == "fp32"  # the server's default
+    assert created.json()["precision"] == host_default_precision()  # fp32 here, bf16 on CPUs with bf16 units
     fp32 = predict(client, model=model.id, inputs=texts).json()["data"]
 
     switched = client.post("/v1/deployments", json={"model": model.id, "precision": "int8"})
@@ -103,7 +105,7 @@ def test_deploy_with_int8_precision_and_switch_back(setup):
     from tunery.tenants.models import AuditLog
 
     precisions = AuditLog.objects.filter(action="deployment.create", target=created.json()["id"]).order_by("id")
-    assert [entry.details["precision"] for entry in precisions] == ["fp32", "int8", "fp32"]
+    assert [entry.details["precision"] for entry in precisions] == [host_default_precision(), "int8", "fp32"]
 
 
 def test_an_unknown_precision_is_a_clear_400(setup):
@@ -120,6 +122,7 @@ def test_deployment_quota_is_enforced(setup, make_model, artifacts):
 
     client, models = setup["client"], setup["models"]
     Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(max_deployments=1)
+    forget_cached_keys()  # a bare UPDATE: this process's cached tenant would see it only after its TTL
     deploy(client, models["intents"])
     refused = client.post("/v1/deployments", json={"model": models["entities"].id})
     assert refused.status_code == 429
@@ -318,6 +321,7 @@ def test_rate_limit_admits_exactly_the_limit_under_50_concurrent_requests(setup)
     deploy(client, model)
     limit = 17
     Tenant.objects.filter(pk=setup["acme"].tenant.pk).update(predictions_per_minute=limit)
+    forget_cached_keys()  # a bare UPDATE: this process's cached tenant would see it only after its TTL
     limiter().reset(f"{tenant_key(setup['acme'].tenant.pk)}:predictions")
     responses: list[httpx.Response] = []
     barrier = threading.Barrier(50)

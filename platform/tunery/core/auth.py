@@ -5,27 +5,45 @@ safe (nothing to brute-force) and each request costs one indexed lookup, not a s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, cast
 
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
+from tunery.core import writebehind
 from tunery.tenants.models import ApiKey, Membership, Tenant
 
 KEY_SCHEME = "tny"
 #: last_used_at is refreshed at most this often, so a busy key does not write on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+#: The write-behind sink of keys' last-use times, keyed by the key's pk.
+LAST_USED_SINK = "tenants.api_key_last_used"
 ADMIN_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
 
 
 def hash_key(full_key: str) -> str:
     return hashlib.sha256(full_key.encode()).hexdigest()
+
+
+def write_last_used(times: Mapping[Hashable, datetime]) -> None:
+    """The sink: each key's ``last_used_at`` moves forward to the recorded time, never back."""
+    for pk, when in times.items():
+        stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)
+        ApiKey.objects.filter(stale, pk=cast(Any, pk)).update(last_used_at=when)
 
 
 def generate_key() -> tuple[str, str]:
@@ -60,6 +78,72 @@ class ApiKeyPrincipal:
         return f"{self.tenant.slug}/{self.actor}"
 
 
+class KeyCache:
+    """Keys (with their tenant) looked up in the last ``TUNERY_API_KEY_CACHE_SECONDS``, by hash.
+
+    A request with a cached key asks the database nothing. Each request gets its own copies of the
+    cached rows (views may change them). Revoking a key, saving or deleting a key or a tenant
+    (API, admin, services) empties this process's cache at once (``forget_cached_keys``, on
+    commit); other processes see the change when their entry expires. So a revoked key, a
+    deactivated tenant or a changed rate limit takes effect in every process within the TTL (2 s
+    by default) and at once in the process that made the change. ``0`` turns the cache off."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[str, tuple[float, ApiKey]] = {}
+
+    @staticmethod
+    def ttl() -> float:
+        return float(getattr(settings, "TUNERY_API_KEY_CACHE_SECONDS", 2.0))
+
+    def get(self, digest: str) -> ApiKey | None:
+        entry = self.entries.get(digest)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] >= self.ttl():
+            with self.lock:
+                self.entries.pop(digest, None)
+            return None
+        cached = entry[1]
+        key = copy.copy(cached)  # Model.__getstate__ copies the field cache too: no shared tenant
+        key.tenant = copy.copy(cached.tenant)
+        return key
+
+    def put(self, digest: str, key: ApiKey) -> None:
+        if self.ttl() <= 0:
+            return
+        with self.lock:
+            if len(self.entries) >= self.MAX_ENTRIES:
+                self.entries.clear()
+            self.entries[digest] = (time.monotonic(), copy.copy(key))
+
+    def note_used(self, digest: str, when: datetime) -> None:
+        entry = self.entries.get(digest)
+        if entry is not None:
+            entry[1].last_used_at = when
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+key_cache = KeyCache()
+
+
+def forget_cached_keys(**_: object) -> None:
+    """Empties this process's key cache (a key or tenant changed). Also a signal receiver."""
+    key_cache.clear()
+
+
+def forget_cached_keys_on_commit(**_: object) -> None:
+    """After the change commits (and at once as well: a request in between must not re-cache the
+    old row for a whole TTL after it)."""
+    key_cache.clear()
+    transaction.on_commit(key_cache.clear)
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
         header = get_authorization_header(request).split()
@@ -77,11 +161,14 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not presented.startswith(f"{KEY_SCHEME}_") or presented.count("_") < 2:
             raise AuthenticationFailed("Incorrect API key provided.")
         digest = hash_key(presented)
-        key = ApiKey.objects.select_related("tenant").filter(hashed_key=digest).first()
-        # The lookup is by the hash, never by the secret; compare_digest keeps the final check
-        # independent of where two digests first differ.
-        if key is None or not hmac.compare_digest(key.hashed_key, digest):
-            raise AuthenticationFailed("Incorrect API key provided.")
+        key = key_cache.get(digest)
+        if key is None:
+            key = ApiKey.objects.select_related("tenant").filter(hashed_key=digest).first()
+            # The lookup is by the hash, never by the secret; compare_digest keeps the final check
+            # independent of where two digests first differ.
+            if key is None or not hmac.compare_digest(key.hashed_key, digest):
+                raise AuthenticationFailed("Incorrect API key provided.")
+            key_cache.put(digest, key)
         now = timezone.now()
         if key.revoked_at is not None:
             raise AuthenticationFailed("This API key has been revoked.")
@@ -90,7 +177,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not key.tenant.is_active:
             raise AuthenticationFailed("This tenant is deactivated.")
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            writebehind.record_latest(LAST_USED_SINK, key.pk, now)
+            key_cache.note_used(digest, now)
             key.last_used_at = now
         return ApiKeyPrincipal(tenant=key.tenant, api_key=key), key
 

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from tunery.core.auth import generate_key, hash_key
+from tunery.core.auth import forget_cached_keys_on_commit, generate_key, hash_key
 from tunery.core.errors import InvalidRequest, PermissionDenied
 from tunery.tenants.models import ApiKey, AuditLog, Membership, Tenant
 
@@ -85,6 +85,7 @@ def revoke_api_key(*, key: ApiKey, actor: str) -> ApiKey:
     with transaction.atomic():
         ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         audit(actor=actor, action="api_key.revoke", tenant=key.tenant, target=key.prefix)
+        forget_cached_keys_on_commit()  # an update() sends no post_save
     key.refresh_from_db()
     return key
 
