@@ -13,6 +13,7 @@ urlpatterns = [
     path("v1/", include("tunery.catalog.urls")),
     path("v1/", include("tunery.verticals.urls")),
     path("v1/", include("tunery.serving.urls")),
+    path("v1/", include("tunery.feedback.urls")),
     path("v1/", include("tunery.tenants.urls")),
     re_path(r"^v1(/.*)?$", unknown_api_url),  # last under /v1: unknown URLs answer in OpenAI's error shape
     path("", include("tunery.monitoring.urls")),

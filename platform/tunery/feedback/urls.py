@@ -1,0 +1,13 @@
+from django.urls import path
+
+from tunery.feedback.views import ChatCompletionFeedbackView, CompletionFeedbackView, PredictionFeedbackView
+
+urlpatterns = [
+    path("predictions/<str:request_id>/feedback", PredictionFeedbackView.as_view(), name="prediction-feedback"),
+    path(
+        "chat/completions/<str:request_id>/feedback",
+        ChatCompletionFeedbackView.as_view(),
+        name="chat-completion-feedback",
+    ),
+    path("completions/<str:request_id>/feedback", CompletionFeedbackView.as_view(), name="completion-feedback"),
+]

@@ -1,0 +1,152 @@
+"""Feedback endpoints: thin views that parse, call a service, serialize.
+
+- ``POST /v1/predictions/{id}/feedback``, ``/v1/chat/completions/{id}/feedback`` and
+  ``/v1/completions/{id}/feedback``: correct one answered item (201; 200 when it replaces one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tunery.core.schema import BODY_ERRORS
+from tunery.core.scoping import request_tenant
+from tunery.core.timestamps import unix_seconds
+from tunery.feedback import inputs, services
+from tunery.feedback.models import Feedback, PredictionRecord
+from tunery.serving.views import request_body
+
+FeedbackBodySerializer = inline_serializer(
+    name="FeedbackBody",
+    fields={
+        "index": serializers.IntegerField(required=False, min_value=0, help_text="The item of the prediction (0)."),
+        "label": serializers.CharField(required=False, help_text="The right label (classification)."),
+        "labels": serializers.ListField(child=serializers.CharField(), required=False, help_text="Multi-label."),
+        "entities": serializers.ListField(
+            child=serializers.DictField(), required=False, help_text="The right entities: [{type, text, start?, end?}]."
+        ),
+        "reply": serializers.CharField(required=False, help_text="A corrected reply (language models)."),
+        "rating": serializers.IntegerField(required=False, min_value=1, max_value=5),
+        "preference": inline_serializer(
+            name="FeedbackPreference",
+            fields={"preferred": serializers.CharField(), "rejected": serializers.CharField()},
+            required=False,
+        ),
+    },
+)
+FeedbackObject = inline_serializer(
+    name="Feedback",
+    fields={
+        "id": serializers.CharField(),
+        "object": serializers.CharField(default="feedback"),
+        "prediction": serializers.CharField(),
+        "index": serializers.IntegerField(),
+        "model": serializers.CharField(),
+        "predicted": serializers.DictField(),
+        "label": serializers.CharField(allow_null=True),
+        "labels": serializers.ListField(child=serializers.CharField(), allow_null=True),
+        "entities": serializers.ListField(child=serializers.DictField(), allow_null=True),
+        "reply": serializers.CharField(allow_null=True),
+        "rating": serializers.IntegerField(allow_null=True),
+        "preference": serializers.DictField(allow_null=True),
+        "correct": serializers.BooleanField(allow_null=True),
+        "new_labels": serializers.ListField(child=serializers.CharField()),
+        "replaced": serializers.BooleanField(),
+        "source": serializers.CharField(),
+        "created_at": serializers.IntegerField(),
+        "updated_at": serializers.IntegerField(),
+    },
+)
+
+
+def feedback_object(feedback: Feedback, replaced: bool = False) -> dict[str, Any]:
+    record: PredictionRecord = feedback.record
+    return {
+        "id": feedback.id,
+        "object": "feedback",
+        "prediction": record.request_id,
+        "index": record.index,
+        "model": record.model_id,
+        "predicted": {
+            "label": record.label or None,
+            "labels": record.labels,
+            "confidence": record.confidence,
+            "handoff": record.handoff,
+        },
+        "label": feedback.label or None,
+        "labels": feedback.labels or None,
+        "entities": feedback.entities,
+        "reply": feedback.reply or None,
+        "rating": feedback.rating,
+        "preference": feedback.preference,
+        "correct": feedback.correct,
+        "new_labels": feedback.new_labels,
+        "replaced": replaced,
+        "source": feedback.source,
+        "created_at": unix_seconds(feedback.created_at),
+        "updated_at": unix_seconds(feedback.updated_at),
+    }
+
+
+class _FeedbackView(APIView):
+    endpoint: str = PredictionRecord.Endpoint.PREDICTION
+
+    def post(self, request: Request, request_id: str) -> Response:
+        body = inputs.feedback_body(request_body(request))
+        recorded = services.record_feedback(
+            tenant=request_tenant(request), request_id=request_id, endpoint=self.endpoint, body=body
+        )
+        return Response(
+            feedback_object(recorded.feedback, recorded.replaced),
+            status=status.HTTP_200_OK if recorded.replaced else status.HTTP_201_CREATED,
+        )
+
+
+_DESCRIPTION = (
+    "One correction per answered item (``index``, default 0): the right label (classification), "
+    "labels (multi-label), entities (tagging), a corrected reply, a preferred answer between two "
+    "(language models), or a rating 1-5 (any model). A second post for the same item replaces the "
+    "first (200, ``replaced``: true). A label the model does not know is accepted and listed in "
+    "``new_labels``. An unknown, expired or another organisation's id is a 404."
+)
+_RESPONSES = {201: FeedbackObject, 200: FeedbackObject, **BODY_ERRORS}
+
+
+class PredictionFeedbackView(_FeedbackView):
+    endpoint = PredictionRecord.Endpoint.PREDICTION
+
+    @extend_schema(
+        summary="Correct a prediction", description=_DESCRIPTION, request=FeedbackBodySerializer, responses=_RESPONSES
+    )
+    def post(self, request: Request, request_id: str) -> Response:
+        return super().post(request, request_id)
+
+
+class ChatCompletionFeedbackView(_FeedbackView):
+    endpoint = PredictionRecord.Endpoint.CHAT
+
+    @extend_schema(
+        summary="Correct a chat completion",
+        description=_DESCRIPTION,
+        request=FeedbackBodySerializer,
+        responses=_RESPONSES,
+    )
+    def post(self, request: Request, request_id: str) -> Response:
+        return super().post(request, request_id)
+
+
+class CompletionFeedbackView(_FeedbackView):
+    endpoint = PredictionRecord.Endpoint.COMPLETION
+
+    @extend_schema(
+        summary="Correct a text completion",
+        description=_DESCRIPTION,
+        request=FeedbackBodySerializer,
+        responses=_RESPONSES,
+    )
+    def post(self, request: Request, request_id: str) -> Response:
+        return super().post(request, request_id)

@@ -1,0 +1,195 @@
+"""The prediction log and feedback on it, through the real API and the real runtime on tiny models."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.serving import pack
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def served(serving_pack, make_tenant, make_model, artifacts, media_root):
+    """Tenant 'acme' with its intents, entities and assistant models deployed, and tenant 'globex'."""
+    acme = make_tenant("acme", verticals=(pack.PACK_ID,), max_deployments=10)
+    globex = make_tenant("globex", verticals=(pack.PACK_ID,))
+    api = APIClient()
+    models = {task: make_model(acme.tenant, artifacts[task], task) for task in ("intents", "entities", "assistant")}
+    for model in models.values():
+        deployed = api.post("/v1/deployments", {"model": model.id}, format="json", **acme.headers)
+        assert deployed.status_code == 201, deployed.content
+    return {"api": api, "acme": acme, "globex": globex, "models": models}
+
+
+def post(served, path, body, tenant="acme"):
+    return served["api"].post(path, body, format="json", **served[tenant].headers)
+
+
+def predict(served, texts, task="intents"):
+    response = post(served, "/v1/predictions", {"model": served["models"][task].id, "inputs": texts})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_every_answered_item_is_logged_with_its_decision_and_screened_input(served):
+    from tunery.feedback.models import PredictionRecord
+
+    answer = predict(served, ["I was charged twice", "where is my parcel"])
+    rows = list(PredictionRecord.objects.filter(request_id=answer["id"]).order_by("index"))
+    assert [r.index for r in rows] == [0, 1]
+    for row, item in zip(rows, answer["data"]):
+        assert row.tenant_id == served["acme"].tenant.pk
+        assert row.model_id == served["models"]["intents"].id
+        assert row.label == item["label"]
+        assert row.confidence == pytest.approx(item["score"])
+        assert row.handoff == item["handoff"]
+        assert row.kind == "sequence_classification"
+    # the pack screens what it keeps (its text_filter, like the medical pack's PHI screening)
+    assert rows[0].input == {"text": "[screened] I WAS CHARGED TWICE"}
+    assert rows[0].input_length == len("I was charged twice")
+    assert rows[0].input_expires_at - rows[0].created_at == timedelta(days=30)
+
+
+def test_a_tenant_that_keeps_no_text_keeps_only_the_decision(served):
+    from tunery.feedback.models import PredictionRecord
+    from tunery.tenants.models import Tenant
+
+    Tenant.objects.filter(pk=served["acme"].tenant.pk).update(prediction_text_retention_days=0)
+    answer = predict(served, ["I was charged twice"])
+    row = PredictionRecord.objects.get(request_id=answer["id"])
+    assert row.input is None
+    assert row.input_expires_at is None
+    assert row.label == answer["data"][0]["label"]
+    assert row.input_length == len("I was charged twice")
+
+
+def test_feedback_is_recorded_replaced_and_flags_a_new_label(served):
+    answer = predict(served, ["I was charged twice", "where is my parcel"])
+    predicted = answer["data"][1]["label"]
+    other = next(label for label in pack.INTENTS if label != predicted)
+    path = f"/v1/predictions/{answer['id']}/feedback"
+
+    first = post(served, path, {"index": 1, "label": other})
+    assert first.status_code == 201, first.content
+    body = first.json()
+    assert body["object"] == "feedback"
+    assert body["prediction"] == answer["id"]
+    assert body["index"] == 1
+    assert body["predicted"]["label"] == predicted
+    assert body["correct"] is False
+    assert body["replaced"] is False
+    assert body["new_labels"] == []
+
+    again = post(served, path, {"index": 1, "label": predicted})
+    assert again.status_code == 200
+    assert again.json()["id"] == body["id"]
+    assert again.json()["replaced"] is True
+    assert again.json()["correct"] is True
+
+    new = post(served, path, {"index": 0, "label": "cancel_subscription", "rating": 2})
+    assert new.status_code == 201
+    assert new.json()["new_labels"] == ["cancel_subscription"]
+    assert new.json()["rating"] == 2
+
+    from tunery.feedback.models import Feedback
+
+    assert Feedback.objects.filter(record__request_id=answer["id"]).count() == 2
+
+
+def test_feedback_on_unknown_expired_or_another_tenants_prediction_is_404(served):
+    from tunery.feedback.models import PredictionRecord
+
+    answer = predict(served, ["refund please"])
+    path = f"/v1/predictions/{answer['id']}/feedback"
+    theirs = post(served, path, {"label": "refund"}, tenant="globex")
+    assert theirs.status_code == 404
+    assert theirs.json()["error"]["code"] == "prediction_not_found"
+    unknown = post(served, "/v1/predictions/pred-doesnotexist/feedback", {"label": "refund"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "prediction_not_found"
+    no_item = post(served, path, {"index": 3, "label": "refund"})
+    assert no_item.status_code == 404
+    assert no_item.json()["error"]["param"] == "index"
+    wrong_endpoint = post(served, f"/v1/chat/completions/{answer['id']}/feedback", {"reply": "hello"})
+    assert wrong_endpoint.status_code == 404
+
+    PredictionRecord.objects.filter(request_id=answer["id"]).update(
+        created_at=PredictionRecord.objects.get(request_id=answer["id"]).created_at - timedelta(days=91)
+    )
+    expired = post(served, path, {"label": "refund"})
+    assert expired.status_code == 404
+    assert expired.json()["error"]["code"] == "prediction_expired"
+    from tunery.feedback.models import Feedback
+
+    assert not Feedback.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "label"),
+        ({"label": ""}, "label"),
+        ({"label": "refund", "colour": "red"}, "colour"),
+        ({"rating": 9}, "rating"),
+        ({"index": -1, "label": "refund"}, "index"),
+        ({"reply": "a better reply"}, "reply"),  # a classifier takes no reply
+        ({"labels": "refund"}, "labels"),
+    ],
+)
+def test_bad_feedback_is_a_clear_400_and_records_nothing(served, body, param):
+    answer = predict(served, ["refund please"])
+    refused = post(served, f"/v1/predictions/{answer['id']}/feedback", body)
+    assert refused.status_code == 400, refused.content
+    assert refused.json()["error"]["param"] == param
+    from tunery.feedback.models import Feedback
+
+    assert not Feedback.objects.exists()
+
+
+def test_chat_completion_feedback_takes_a_reply_or_a_preference(served):
+    from tunery.feedback.models import PredictionRecord
+
+    model = served["models"]["assistant"].id
+    messages = [{"role": "user", "content": "Where is my parcel?"}]
+    completion = post(served, "/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": 4})
+    assert completion.status_code == 200, completion.content
+    chat_id = completion.json()["id"]
+    row = PredictionRecord.objects.get(request_id=chat_id)
+    assert row.endpoint == "chat.completion"
+    answered = completion.json()["choices"][0]["message"]["content"]
+    assert row.output_text == f"[screened] {answered.upper()}"  # kept through the pack's screening
+    path = f"/v1/chat/completions/{chat_id}/feedback"
+
+    reply = post(served, path, {"reply": "It ships tomorrow."})
+    assert reply.status_code == 201
+    assert reply.json()["correct"] is False
+    pair = post(served, path, {"preference": {"preferred": "It ships tomorrow.", "rejected": "No idea."}})
+    assert pair.status_code == 200
+    assert pair.json()["preference"]["rejected"] == "No idea."
+    malformed = post(served, path, {"preference": {"preferred": "same", "rejected": "same"}})
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "invalid_preference"
+    half = post(served, path, {"preference": {"preferred": "only one"}})
+    assert half.status_code == 400
+    assert half.json()["error"]["code"] == "invalid_preference"
+    label = post(served, path, {"label": "billing"})
+    assert label.status_code == 400
+    assert label.json()["error"]["code"] == "correction_not_for_kind"
+
+    text = post(served, "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 3})
+    assert text.status_code == 200
+    rated = post(served, f"/v1/completions/{text.json()['id']}/feedback", {"rating": 5})
+    assert rated.status_code == 201
+    assert rated.json()["rating"] == 5
+
+
+def test_entity_feedback_flags_an_unknown_entity_type(served):
+    answer = predict(served, ["Alice works at Acme"], task="entities")
+    path = f"/v1/predictions/{answer['id']}/feedback"
+    fixed = post(served, path, {"entities": [{"type": "PER", "text": "Alice"}, {"type": "PRODUCT", "text": "Acme"}]})
+    assert fixed.status_code == 201, fixed.content
+    assert fixed.json()["new_labels"] == ["PRODUCT"]
