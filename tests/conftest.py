@@ -17,6 +17,21 @@ from tunery_contract.discovery import registered
 from tunery_contract.types import VerticalPack
 
 
+@pytest.fixture(autouse=True)
+def write_through() -> Iterator[None]:
+    """Buffered records (usage counts, last-used times, log rows) are written at once in tests,
+    inside the test's transaction; tests/api/test_writebehind.py covers the buffered path."""
+    try:
+        import django  # noqa: F401
+    except ImportError:  # the engine's Django-free environment (make test-engine)
+        yield
+        return
+    from tunery.core import writebehind
+
+    with writebehind.write_through():
+        yield
+
+
 @pytest.fixture
 def dummy_packs() -> Iterator[dict[str, VerticalPack]]:
     """Two dummy packs discoverable for the test: 'dummy' and 'dummy_other'."""

@@ -93,6 +93,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+#: Records the request path hands off (usage counts, last-use times, log rows) are written by a
+#: background thread at most this many seconds later (tunery.core.writebehind; 0: at once).
+TUNERY_WRITE_BEHIND_SECONDS = float(os.environ.get("TUNERY_WRITE_BEHIND_SECONDS") or 1.0)
+TUNERY_WRITE_BEHIND_MAX_ITEMS = env_int("TUNERY_WRITE_BEHIND_MAX_ITEMS", 1000)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -6,4 +6,8 @@ class CoreConfig(AppConfig):
     label = "core"
 
     def ready(self) -> None:
-        from tunery.core import schema  # noqa: F401  (registers the OpenAPI auth scheme)
+        from tunery.core import auth, schema, writebehind
+
+        del schema  # imported for its side effect: it registers the OpenAPI auth scheme
+
+        writebehind.register_latest_sink(auth.LAST_USED_SINK, auth.write_last_used)

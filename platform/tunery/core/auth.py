@@ -8,24 +8,37 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, cast
 
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
+from tunery.core import writebehind
 from tunery.tenants.models import ApiKey, Membership, Tenant
 
 KEY_SCHEME = "tny"
 #: last_used_at is refreshed at most this often, so a busy key does not write on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+#: The write-behind sink of keys' last-use times, keyed by the key's pk.
+LAST_USED_SINK = "tenants.api_key_last_used"
 ADMIN_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
 
 
 def hash_key(full_key: str) -> str:
     return hashlib.sha256(full_key.encode()).hexdigest()
+
+
+def write_last_used(times: Mapping[Hashable, datetime]) -> None:
+    """The sink: each key's ``last_used_at`` moves forward to the recorded time, never back."""
+    for pk, when in times.items():
+        stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)
+        ApiKey.objects.filter(stale, pk=cast(Any, pk)).update(last_used_at=when)
 
 
 def generate_key() -> tuple[str, str]:
@@ -90,7 +103,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not key.tenant.is_active:
             raise AuthenticationFailed("This tenant is deactivated.")
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            writebehind.record_latest(LAST_USED_SINK, key.pk, now)
             key.last_used_at = now
         return ApiKeyPrincipal(tenant=key.tenant, api_key=key), key
 

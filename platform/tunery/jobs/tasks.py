@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown, worker_shutting_down
 from django.db import InterfaceError, OperationalError
 
 from tunery.batches import reconciler as batch_reconciler
+from tunery.core import writebehind
 from tunery.jobs import dispatch, file_validation, reconciler, runner
 from tunery.jobs.models import FineTuningJob, JobStatus
 from tunery.jobs.queues import eligible_jobs
@@ -67,3 +68,10 @@ def _hand_running_jobs_back(**_: object) -> None:
     """A warm shutdown (deploy, preemption notice) waits for running tasks: make them quick by
     pausing their jobs at a checkpoint; the jobs go back to the queue for another worker."""
     runner.notify_pool_of_shutdown()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _flush_write_behind(**_: object) -> None:
+    """Prefork children end with os._exit (no atexit): write what they buffered first."""
+    writebehind.shutdown()

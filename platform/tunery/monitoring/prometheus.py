@@ -57,6 +57,10 @@ RATE_LIMIT_FALLBACKS = Counter(
     "tunery_rate_limit_store_fallbacks",
     "Rate-limit decisions counted in the database because Redis was unreachable",
 )
+WRITE_BEHIND_DROPPED = Counter(
+    "tunery_write_behind_dropped",
+    "Buffered rows dropped because the database refused them longer than the write-behind bound",
+)
 
 
 def observe_batch(kind: str, size: int, seconds: float, waited: float) -> None:

@@ -4,7 +4,9 @@ With Redis (``TUNERY_REDIS_URL``) each tenant has a sliding 60-second log kept b
 trim, count, admit and expire happen atomically in Redis, with Redis's own clock, so any number
 of web processes on any number of hosts share the limit and 50 simultaneous requests admit
 exactly the limit. Without Redis (the embedded setup) a fixed one-minute window is counted in the
-database with a conditional UPDATE, which is atomic in SQLite and PostgreSQL alike.
+database with conditional UPDATEs (atomic in SQLite and PostgreSQL alike), each claiming a lease
+of up to 2% of the limit that the process then spends in memory: one write per lease, not per
+request, never more than the limit, and at most 2% per other process refused early.
 
 When Redis is unreachable the limit is not dropped and the request does not fail: decisions fall
 back to the database counter (logged as a warning at most once a minute, counted in the metric
@@ -83,7 +85,17 @@ class RedisRateLimiter:
 
 
 class DatabaseRateLimiter:
-    """Fixed windows counted in ``RateLimitWindow`` rows (old rows are pruned as it goes)."""
+    """Fixed windows counted in ``RateLimitWindow`` rows (old rows are pruned as it goes), claimed
+    in leases: a process takes up to ``lease_size(limit)`` admissions of the window in one
+    conditional UPDATE and hands them out from memory, so a busy tenant costs one database write
+    per lease, not one per request. The window never admits more than the limit across all
+    processes (a claim that would overshoot falls back to single admissions); what a process has
+    claimed and not used is lost to the others, so with P processes a window may refuse up to
+    (P - 1) x (lease - 1) requests early: 2% of the limit per other process at most."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.leases: dict[str, tuple[int, int]] = {}  # key -> (window start, admissions left)
 
     def hit(self, key: str, limit: int, window: int = WINDOW_SECONDS) -> Decision:
         now = time.time()
@@ -91,25 +103,46 @@ class DatabaseRateLimiter:
         retry_after = start + window - now
         if limit <= 0:
             return Decision(False, retry_after)
-        rows = RateLimitWindow.objects.filter(key=key, window_start=start, count__lt=limit)
-        if rows.update(count=F("count") + 1):
-            return Decision(True)
+        with self.lock:
+            lease = self.leases.get(key)
+            if lease is not None and lease[0] == start and lease[1] > 0:
+                self.leases[key] = (start, lease[1] - 1)
+                return Decision(True)
+        claimed = self._claim(key, start, limit, lease_size(limit), window)
+        if not claimed:
+            return Decision(False, retry_after)
+        with self.lock:
+            lease = self.leases.get(key)
+            left = lease[1] if lease is not None and lease[0] == start else 0
+            self.leases[key] = (start, left + claimed - 1)
+        return Decision(True)
+
+    def _claim(self, key: str, start: int, limit: int, size: int, window: int) -> int:
+        """Admissions taken from the window's row: ``size``, else 1 (the window's last few), else 0."""
+        rows = RateLimitWindow.objects.filter(key=key, window_start=start)
+        if size > 1 and rows.filter(count__lte=limit - size).update(count=F("count") + size):
+            return size
+        if rows.filter(count__lt=limit).update(count=F("count") + 1):
+            return 1
         # No row yet, or the window is full: creating tells which (a full window raises
         # IntegrityError). Checking existence instead would refuse a request racing the first one.
         try:
             with transaction.atomic():
-                RateLimitWindow.objects.create(key=key, window_start=start, count=1)
+                RateLimitWindow.objects.create(key=key, window_start=start, count=min(size, limit))
         except IntegrityError:  # another request opened the window first: count against it
-            if RateLimitWindow.objects.filter(key=key, window_start=start, count__lt=limit).update(
-                count=F("count") + 1
-            ):
-                return Decision(True)
-            return Decision(False, retry_after)
+            return 1 if rows.filter(count__lt=limit).update(count=F("count") + 1) else 0
         RateLimitWindow.objects.filter(key=key, window_start__lt=start - window).delete()
-        return Decision(True)
+        return min(size, limit)
 
     def reset(self, key: str) -> None:
+        with self.lock:
+            self.leases.pop(key, None)
         RateLimitWindow.objects.filter(key=key).delete()
+
+
+def lease_size(limit: int) -> int:
+    """Admissions one process claims at a time from a database window: 2% of the limit, 1 to 100."""
+    return max(1, min(limit // 50, 100))
 
 
 class RedisWithDatabaseFallback:
