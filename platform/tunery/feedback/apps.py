@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class FeedbackConfig(AppConfig):
     name = "tunery.feedback"
     label = "feedback"
+
+    def ready(self) -> None:
+        from tunery.core import writebehind
+        from tunery.feedback import prediction_log
+
+        writebehind.register_row_sink(prediction_log.SINK, prediction_log.write_rows)

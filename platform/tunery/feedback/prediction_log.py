@@ -1,8 +1,9 @@
 """The prediction log: what each answered item leaves behind for feedback and monitoring.
 
-Serving calls :func:`record` once per request, after answering. Writing goes through
-:func:`_write`, the one place that touches the database, so the write can move behind a
-buffer without changing a caller. A failure to log never fails the prediction."""
+Serving calls :func:`record` once per request, after answering. The rows go to the process's
+write-behind buffer (``tunery.core.writebehind``), which inserts them in batches off the request
+path, at most ``TUNERY_WRITE_BEHIND_SECONDS`` later: feedback on an id posted within that second
+may still find no row (a 404). A failure to log never fails the prediction."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from tunery.core import writebehind
 from tunery.feedback.models import PredictionRecord
 from tunery.tenants.models import Tenant
 from tunery_contract import TaskDefinition, VerticalPack
@@ -72,8 +74,18 @@ def record(
         log.exception("could not log prediction %s", request_id)
 
 
+#: The write-behind sink of the log's rows (registered in FeedbackConfig.ready).
+SINK = "feedback.prediction_log"
+
+
 def _write(rows: list[PredictionRecord]) -> None:
-    PredictionRecord.objects.bulk_create(rows, ignore_conflicts=True)
+    for row in rows:
+        writebehind.append(SINK, row)
+
+
+def write_rows(rows: Sequence[PredictionRecord]) -> None:
+    """The sink: one insert for a flush's rows (a row already there, e.g. written twice, is skipped)."""
+    PredictionRecord.objects.bulk_create(list(rows), ignore_conflicts=True)
 
 
 def _row(
