@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -193,3 +194,99 @@ def test_entity_feedback_flags_an_unknown_entity_type(served):
     fixed = post(served, path, {"entities": [{"type": "PER", "text": "Alice"}, {"type": "PRODUCT", "text": "Acme"}]})
     assert fixed.status_code == 201, fixed.content
     assert fixed.json()["new_labels"] == ["PRODUCT"]
+
+
+def upload(served, content: bytes, purpose: str, name: str = "data.jsonl"):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    data = {"file": SimpleUploadedFile(name, content), "purpose": purpose}
+    response = served["api"].post("/v1/files", data, format="multipart", **served["acme"].headers)
+    assert response.status_code == 200, response.content
+    return response.json()["id"]
+
+
+def jsonl(rows) -> bytes:
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+def test_bulk_feedback_from_a_file_records_good_lines_and_reports_bad_ones(served):
+    answer = predict(served, ["I was charged twice", "where is my parcel"])
+    lines = [
+        {"prediction": answer["id"], "index": 0, "label": "billing"},
+        {"prediction": answer["id"], "index": 1, "label": "late_delivery"},
+        {"prediction": "pred-unknown", "label": "billing"},
+        {"prediction": answer["id"], "index": 0, "rating": 11},
+        {"prediction": 42, "label": "billing"},
+    ]
+    file_id = upload(served, jsonl(lines), "feedback")
+    imported = post(served, "/v1/feedback/imports", {"file": file_id})
+    assert imported.status_code == 200, imported.content
+    body = imported.json()
+    assert (body["recorded"], body["failed"]) == (2, 3)
+    assert [(e["line"], e["code"]) for e in body["errors"]] == [
+        (3, "prediction_not_found"),
+        (4, "invalid_value"),
+        (5, "invalid_value"),
+    ]
+    assert body["new_labels"] == ["late_delivery"]
+    from tunery.feedback.models import Feedback
+
+    assert Feedback.objects.filter(source="file").count() == 2
+
+    wrong_purpose = post(served, "/v1/feedback/imports", {"file": upload(served, jsonl(lines[:1]), "batch")})
+    assert wrong_purpose.status_code == 400
+    assert wrong_purpose.json()["error"]["code"] == "invalid_purpose"
+    theirs = served["api"].post("/v1/feedback/imports", {"file": file_id}, format="json", **served["globex"].headers)
+    assert theirs.status_code == 404
+
+
+def test_export_writes_a_training_file_in_the_packs_schema_without_the_training_rows(served):
+    from tunery.files.models import File
+    from tunery.verticals.registry import pack_context
+    from tunery_contract.records import iter_records
+
+    model = served["models"]["intents"]
+    # the model's training data already holds one of the corrected inputs (as the log keeps it)
+    training = upload(
+        served,
+        jsonl(
+            [{"message": "[screened] REFUND PLEASE", "intent": "refund"}] * 3
+            + [{"message": "hello", "intent": "billing"}, {"message": "parcel", "intent": "shipping"}]
+        ),
+        "fine-tune",
+    )
+    model.job.training_file = File.objects.get(pk=training)
+    model.job.save(update_fields=["training_file"])
+    nothing = post(served, "/v1/feedback/exports", {"model": model.id})
+    assert nothing.status_code == 409
+    assert nothing.json()["error"]["code"] == "nothing_to_export"
+
+    answer = predict(served, ["refund please", "I was charged twice", "where is my parcel", "cancel my plan"])
+    for index, label in enumerate(["refund", "billing", "shipping", "cancellation"]):
+        assert (
+            post(served, f"/v1/predictions/{answer['id']}/feedback", {"index": index, "label": label}).status_code
+            == 201
+        )
+    exported = post(served, "/v1/feedback/exports", {"model": model.id})
+    assert exported.status_code == 201, exported.content
+    body = exported.json()
+    assert body["rows"] == 2
+    assert body["duplicates"] == 1
+    assert body["new_labels"] == ["cancellation"]
+    assert [r["row"] for r in body["rejected"]] == [3]  # a fixed-label task refuses a label it lacks
+    assert body["file"]["purpose"] == "fine-tune"
+
+    file = File.objects.get(pk=body["file"]["id"], tenant=served["acme"].tenant)
+    with file.content.open("rb") as stream:
+        rows = list(iter_records(stream, file.format))
+    assert [row for _, row in rows] == [
+        {"message": "[screened] I WAS CHARGED TWICE", "intent": "billing"},
+        {"message": "[screened] WHERE IS MY PARCEL", "intent": "shipping"},
+    ]
+    context = pack_context(served["acme"].tenant.pk, pack.PACK_ID, "intents")
+    with file.content.open("rb") as stream:
+        report = context.task.validate(iter_records(stream, file.format), context.config)
+    assert [e for e in report.errors if e.row > 0] == []
+
+    theirs = served["api"].post("/v1/feedback/exports", {"model": model.id}, format="json", **served["globex"].headers)
+    assert theirs.status_code == 404

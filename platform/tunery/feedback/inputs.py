@@ -39,9 +39,14 @@ class FeedbackBody:
         return [name for name in FIELDS[1:] if getattr(self, name) is not None]
 
 
-def feedback_body(data: Any) -> FeedbackBody:
+def require_object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
+    return data
+
+
+def feedback_body(data: Any) -> FeedbackBody:
+    data = require_object(data)
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise _invalid(

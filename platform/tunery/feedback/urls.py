@@ -1,6 +1,12 @@
 from django.urls import path
 
-from tunery.feedback.views import ChatCompletionFeedbackView, CompletionFeedbackView, PredictionFeedbackView
+from tunery.feedback.views import (
+    ChatCompletionFeedbackView,
+    CompletionFeedbackView,
+    FeedbackExportView,
+    FeedbackImportView,
+    PredictionFeedbackView,
+)
 
 urlpatterns = [
     path("predictions/<str:request_id>/feedback", PredictionFeedbackView.as_view(), name="prediction-feedback"),
@@ -10,4 +16,6 @@ urlpatterns = [
         name="chat-completion-feedback",
     ),
     path("completions/<str:request_id>/feedback", CompletionFeedbackView.as_view(), name="completion-feedback"),
+    path("feedback/imports", FeedbackImportView.as_view(), name="feedback-imports"),
+    path("feedback/exports", FeedbackExportView.as_view(), name="feedback-exports"),
 ]

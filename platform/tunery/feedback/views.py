@@ -13,10 +13,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tunery.core.errors import InvalidRequest
 from tunery.core.schema import BODY_ERRORS
 from tunery.core.scoping import request_tenant
 from tunery.core.timestamps import unix_seconds
-from tunery.feedback import inputs, services
+from tunery.feedback import exports, inputs, services
 from tunery.feedback.models import Feedback, PredictionRecord
 from tunery.serving.views import request_body
 
@@ -150,3 +151,93 @@ class CompletionFeedbackView(_FeedbackView):
     )
     def post(self, request: Request, request_id: str) -> Response:
         return super().post(request, request_id)
+
+
+ImportObject = inline_serializer(
+    name="FeedbackImport",
+    fields={
+        "object": serializers.CharField(default="feedback.import"),
+        "file": serializers.CharField(),
+        "recorded": serializers.IntegerField(),
+        "replaced": serializers.IntegerField(),
+        "failed": serializers.IntegerField(),
+        "errors": serializers.ListField(child=serializers.DictField()),
+        "new_labels": serializers.ListField(child=serializers.CharField()),
+    },
+)
+ExportObject = inline_serializer(
+    name="FeedbackExport",
+    fields={
+        "object": serializers.CharField(default="feedback.export"),
+        "model": serializers.CharField(),
+        "file": serializers.DictField(help_text="The training file (purpose fine-tune), as GET /v1/files/{id}."),
+        "rows": serializers.IntegerField(),
+        "duplicates": serializers.IntegerField(help_text="Corrections already in the training data, left out."),
+        "without_text": serializers.IntegerField(help_text="Corrections whose input is no longer kept."),
+        "rejected": serializers.ListField(child=serializers.DictField(), help_text="Rows the pack refused."),
+        "new_labels": serializers.ListField(child=serializers.CharField()),
+    },
+)
+
+
+class FeedbackImportView(APIView):
+    @extend_schema(
+        summary="Record corrections in bulk from an uploaded file",
+        description=(
+            "Upload a JSONL file with purpose 'feedback', one correction per line: "
+            '{"prediction": "pred-..." | "chatcmpl-..." | "cmpl-...", "index"?: 0, <label|labels|entities|'
+            "reply|rating|preference>}. Each line is recorded as if posted alone; bad lines are listed "
+            "with their number and the others are kept."
+        ),
+        request=inline_serializer(name="FeedbackImportBody", fields={"file": serializers.CharField()}),
+        responses={200: ImportObject, **BODY_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        body = inputs.require_object(request_body(request))
+        report = exports.import_feedback(tenant=request_tenant(request), file_id=body.get("file"))
+        return Response(
+            {
+                "object": "feedback.import",
+                "file": body.get("file"),
+                "recorded": report.recorded,
+                "replaced": report.replaced,
+                "failed": report.error_count,
+                "errors": report.errors,
+                "new_labels": sorted(report.new_labels),
+            }
+        )
+
+
+class FeedbackExportView(APIView):
+    @extend_schema(
+        summary="Write a training file from a model's corrected predictions",
+        description=(
+            "Body: {model}. The corrections of the model's logged predictions whose input is still kept "
+            "become rows of its pack's schema in a new file (purpose fine-tune), ready for a new job; "
+            "rows already in the model's training file are left out; rows the pack's validation "
+            "refuses (e.g. a label a fixed-label task does not have) are listed, not written."
+        ),
+        request=inline_serializer(name="FeedbackExportBody", fields={"model": serializers.CharField()}),
+        responses={201: ExportObject, **BODY_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        from tunery.files.serializers import file_object
+
+        body = inputs.require_object(request_body(request))
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("model is required: the id of a fine-tuned model ('ft:...').", param="model")
+        report = exports.export_feedback(tenant=request_tenant(request), model_id=model)
+        return Response(
+            {
+                "object": "feedback.export",
+                "model": model,
+                "file": file_object(report.file),
+                "rows": report.rows,
+                "duplicates": report.duplicates,
+                "without_text": report.without_text,
+                "rejected": report.rejected,
+                "new_labels": report.new_labels,
+            },
+            status=status.HTTP_201_CREATED,
+        )
