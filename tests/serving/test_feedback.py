@@ -290,3 +290,80 @@ def test_export_writes_a_training_file_in_the_packs_schema_without_the_training_
 
     theirs = served["api"].post("/v1/feedback/exports", {"model": model.id}, format="json", **served["globex"].headers)
     assert theirs.status_code == 404
+
+
+def log_answers(served, labels, handoff=False, confidence=0.9):
+    """Items the prediction log records for the intents deployment, through its real writer."""
+    from tunery.feedback import prediction_log
+    from tunery.serving.models import Deployment
+
+    model = served["models"]["intents"]
+    deployment = Deployment.objects.get(model=model)
+    for start in range(0, len(labels), 50):
+        chunk = labels[start : start + 50]
+        prediction_log.record(
+            tenant=served["acme"].tenant,
+            request_id=f"pred-test{start}-{len(labels)}-{labels[0]}",
+            endpoint="prediction",
+            model_id=model.id,
+            deployment_id=deployment.id,
+            kind="sequence_classification",
+            items=[
+                prediction_log.AnsweredItem(
+                    {"text": "x" * 10}, {"label": label, "score": confidence, "handoff": handoff}
+                )
+                for label in chunk
+            ],
+            screen=None,
+        )
+    return deployment
+
+
+def test_drift_is_detected_on_a_shifted_label_distribution_and_not_on_an_unshifted_one(served):
+    from tunery.feedback.models import PredictionRecord
+
+    job = served["models"]["intents"].job
+    job.data_profile = {"classes": {"count": 3, "counts": {"billing": 50, "shipping": 30, "refund": 20}}}
+    job.save(update_fields=["data_profile"])
+    deployment = log_answers(served, ["billing"] * 48 + ["shipping"] * 31 + ["refund"] * 21)
+    path = f"/v1/deployments/{deployment.id}/monitoring"
+    same = served["api"].get(path, **served["acme"].headers)
+    assert same.status_code == 200, same.content
+    current = same.json()["current"]
+    assert current["volume"] == 100
+    assert current["labels"] == {"billing": 48, "shipping": 31, "refund": 21}
+    assert current["psi"] < 0.01
+    assert current["drift"] is False
+    assert current["handoff_rate"] == 0.0
+    assert current["mean_confidence"] == pytest.approx(0.9)
+    assert current["confidence_histogram"][9] == 100
+    assert current["mean_input_length"] == 10
+    assert sum(w["volume"] for w in same.json()["series"]) == 100
+
+    PredictionRecord.objects.all().delete()
+    log_answers(served, ["billing"] * 10 + ["shipping"] * 10 + ["refund"] * 80, handoff=True, confidence=0.4)
+    shifted = served["api"].get(path, **served["acme"].headers).json()["current"]
+    assert shifted["psi"] > 0.2
+    assert shifted["drift"] is True
+    assert shifted["handoff_rate"] == 1.0
+    assert shifted["confidence_histogram"][4] == 100
+
+    theirs = served["api"].get(path, **served["globex"].headers)
+    assert theirs.status_code == 404
+    bad = served["api"].get(path + "?window=5", **served["acme"].headers)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "window"
+
+
+def test_live_accuracy_comes_from_feedback(served):
+    answer = predict(served, ["a", "b", "c", "d"])
+    for index, item in enumerate(answer["data"]):
+        right = item["label"] if index < 3 else next(lb for lb in pack.INTENTS if lb != item["label"])
+        post(served, f"/v1/predictions/{answer['id']}/feedback", {"index": index, "label": right})
+    from tunery.serving.models import Deployment
+
+    deployment = Deployment.objects.get(model=served["models"]["intents"])
+    health = served["api"].get(f"/v1/deployments/{deployment.id}/monitoring", **served["acme"].headers).json()
+    assert health["current"]["feedback"] == 4
+    assert health["current"]["live_accuracy"] == pytest.approx(0.75)
+    assert health["current"]["psi"] is None  # too few items to speak of drift

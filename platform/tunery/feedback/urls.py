@@ -3,6 +3,7 @@ from django.urls import path
 from tunery.feedback.views import (
     ChatCompletionFeedbackView,
     CompletionFeedbackView,
+    DeploymentMonitoringView,
     FeedbackExportView,
     FeedbackImportView,
     PredictionFeedbackView,
@@ -17,5 +18,6 @@ urlpatterns = [
     ),
     path("completions/<str:request_id>/feedback", CompletionFeedbackView.as_view(), name="completion-feedback"),
     path("feedback/imports", FeedbackImportView.as_view(), name="feedback-imports"),
+    path("deployments/<str:pk>/monitoring", DeploymentMonitoringView.as_view(), name="deployment-monitoring"),
     path("feedback/exports", FeedbackExportView.as_view(), name="feedback-exports"),
 ]

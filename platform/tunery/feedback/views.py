@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tunery.core.errors import InvalidRequest
-from tunery.core.schema import BODY_ERRORS
-from tunery.core.scoping import request_tenant
+from tunery.core.errors import InvalidRequest, NotFound
+from tunery.core.schema import BODY_ERRORS, ERRORS
+from tunery.core.scoping import request_tenant, scope_to_tenant
 from tunery.core.timestamps import unix_seconds
-from tunery.feedback import exports, inputs, services
+from tunery.feedback import exports, inputs, monitoring, services
 from tunery.feedback.models import Feedback, PredictionRecord
+from tunery.serving.models import Deployment
 from tunery.serving.views import request_body
 
 FeedbackBodySerializer = inline_serializer(
@@ -241,3 +242,81 @@ class FeedbackExportView(APIView):
             },
             status=status.HTTP_201_CREATED,
         )
+
+
+MonitoringWindow = inline_serializer(
+    name="MonitoringWindow",
+    fields={
+        "start": serializers.IntegerField(),
+        "end": serializers.IntegerField(),
+        "volume": serializers.IntegerField(),
+        "mean_confidence": serializers.FloatField(allow_null=True),
+        "confidence_histogram": serializers.ListField(child=serializers.IntegerField()),
+        "handoff_rate": serializers.FloatField(allow_null=True),
+        "labels": serializers.DictField(child=serializers.IntegerField()),
+        "psi": serializers.FloatField(allow_null=True),
+        "drift": serializers.BooleanField(),
+        "mean_input_length": serializers.FloatField(allow_null=True),
+        "feedback": serializers.IntegerField(),
+        "live_accuracy": serializers.FloatField(allow_null=True),
+    },
+)
+MonitoringObject = inline_serializer(
+    name="DeploymentMonitoring",
+    fields={
+        "object": serializers.CharField(default="deployment.monitoring"),
+        "deployment": serializers.CharField(),
+        "model": serializers.CharField(),
+        "window_seconds": serializers.IntegerField(),
+        "drift_threshold": serializers.FloatField(),
+        "training_labels": serializers.DictField(child=serializers.IntegerField()),
+        "evaluation_accuracy": serializers.FloatField(allow_null=True),
+        "current": MonitoringWindow,
+        "series": serializers.ListField(child=MonitoringWindow),
+    },
+)
+MAX_WINDOW_SECONDS = 7 * 24 * 3600
+MAX_BUCKETS = 48
+
+
+def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be a whole number from {low} to {high}.", param=name, code="invalid_value")
+    return value
+
+
+class DeploymentMonitoringView(APIView):
+    @extend_schema(
+        summary="Drift and quality of a deployment's live traffic",
+        description=(
+            "The last `window` seconds (default 3600) of the deployment's logged predictions: volume, "
+            "confidence (mean, 10-bin histogram), hand-off rate, predicted labels against the training "
+            "labels (population stability index; `drift` when it reaches `drift_threshold` on at least 30 "
+            "labelled items), mean input length and live accuracy from feedback; `series` splits the same "
+            "span into `buckets` windows (default 12) for charts."
+        ),
+        parameters=[
+            OpenApiParameter("window", {"type": "integer", "minimum": 60, "maximum": MAX_WINDOW_SECONDS}),
+            OpenApiParameter("buckets", {"type": "integer", "minimum": 1, "maximum": MAX_BUCKETS}),
+        ],
+        responses={200: MonitoringObject, **ERRORS},
+    )
+    def get(self, request: Request, pk: str) -> Response:
+        deployment = (
+            scope_to_tenant(Deployment.objects.all(), request_tenant(request))
+            .select_related("model__job", "tenant")
+            .filter(pk=pk)
+            .first()
+        )
+        if deployment is None:
+            raise NotFound(f"No deployment with id '{pk}' found.", param="id")
+        window = _int_query(request, "window", 3600, 60, MAX_WINDOW_SECONDS)
+        buckets = _int_query(request, "buckets", 12, 1, MAX_BUCKETS)
+        return Response(monitoring.deployment_health(deployment, window, buckets).to_json())
