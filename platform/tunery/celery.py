@@ -89,11 +89,16 @@ def _configure() -> None:
                 "task": "tunery.jobs.tasks.reconcile_jobs",
                 "schedule": float(settings.TUNERY_RECONCILE_EVERY_SECONDS),
                 "options": {"queue": "cpu", "expires": float(settings.TUNERY_RECONCILE_EVERY_SECONDS)},
-            }
+            },
+            "evaluate-alerts": {
+                "task": "tunery.feedback.tasks.evaluate_alerts",
+                "schedule": float(settings.TUNERY_ALERTS_EVERY_SECONDS),
+                "options": {"queue": "cpu", "expires": float(settings.TUNERY_ALERTS_EVERY_SECONDS)},
+            },
         },
         **_broker_settings(),
     )
 
 
 _configure()
-app.autodiscover_tasks(["tunery.jobs", "tunery.batches"])
+app.autodiscover_tasks(["tunery.jobs", "tunery.batches", "tunery.feedback"])

@@ -94,3 +94,77 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} on {self.record_id}"
+
+
+def new_alert_rule_id() -> str:
+    return prefixed_id("alertrule")
+
+
+def new_webhook_secret() -> str:
+    return prefixed_id("whsec", 32)
+
+
+class AlertRule(models.Model):
+    """A tenant's rule over a deployment's live traffic, checked every TUNERY_ALERTS_EVERY_SECONDS.
+    It fires once when its condition becomes true (one signed webhook) and again only after the
+    condition was false at a later check."""
+
+    class Kind(models.TextChoices):
+        HANDOFF_RATE = "handoff_rate"  # hand-off rate above threshold over the window
+        DRIFT = "drift"  # label PSI against the training labels above threshold
+        ACCURACY_DROP = "accuracy_drop"  # live accuracy below the evaluation's by more than threshold
+        NEGATIVE_SURGE = "negative_surge"  # share of `label` at least threshold and higher than the window before
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_alert_rule_id, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    deployment = models.ForeignKey("serving.Deployment", on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    threshold = models.FloatField()
+    window_minutes = models.PositiveIntegerField(default=15)
+    #: The label a negative_surge rule counts.
+    label = models.CharField(max_length=200, blank=True)
+    webhook_url = models.URLField(max_length=2000)
+    #: Signs each delivery (HMAC-SHA256); shown once, when the rule is created.
+    secret = models.CharField(max_length=64, default=new_webhook_secret)
+    enabled = models.BooleanField(default=True)
+    firing = models.BooleanField(default=False)
+    last_value = models.FloatField(null=True, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.kind} > {self.threshold}"
+
+
+def new_delivery_id() -> str:
+    return prefixed_id("whdel")
+
+
+class WebhookDelivery(models.Model):
+    """One alert sent to a rule's webhook: the delivery log, with its attempts."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_delivery_id, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="deliveries")
+    url = models.URLField(max_length=2000)
+    payload = models.JSONField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.status} ({self.attempts} attempts)"

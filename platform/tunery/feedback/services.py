@@ -1,15 +1,20 @@
-"""Writes for feedback: corrections of logged predictions."""
+"""Writes for feedback: corrections of logged predictions, alert rules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from tunery.feedback import selectors
+from tunery.core.errors import InvalidRequest, NotFound, QuotaExceeded
+from tunery.core.scoping import scope_to_tenant
+from tunery.feedback import alerts, selectors, webhooks
 from tunery.feedback.inputs import FeedbackBody, check_fits
-from tunery.feedback.models import Feedback, PredictionRecord
+from tunery.feedback.models import AlertRule, Feedback, PredictionRecord
+from tunery.serving.models import Deployment
 from tunery.tenants.models import Tenant
+from tunery.tenants.services import audit
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,61 @@ def _new_labels(tenant: Tenant, record: PredictionRecord, body: FeedbackBody) ->
         return []
     known = selectors.known_labels(tenant, record.model_id)
     return sorted(given - known) if known is not None else []
+
+
+# -- alert rules -------------------------------------------------------------------------------
+
+MAX_RULES_PER_TENANT = 50
+
+
+def create_alert_rule(*, tenant: Tenant, body: dict[str, Any], actor: str) -> AlertRule:
+    """A rule on one of the tenant's deployments. ``threshold``, ``window_minutes`` and ``label``
+    default to the deployment's pack defaults for the rule's kind."""
+    deployment = (
+        scope_to_tenant(Deployment.objects.all(), tenant)
+        .select_related("model")
+        .filter(pk=str(body.get("deployment") or ""))
+        .first()
+    )
+    if deployment is None:
+        raise NotFound(f"No deployment with id '{body.get('deployment')}' found.", param="deployment")
+    kind = body.get("kind")
+    if kind not in AlertRule.Kind.values:
+        raise InvalidRequest(f"kind must be one of {', '.join(AlertRule.Kind.values)}.", param="kind")
+    default = alerts.default_for(deployment.model.vertical, kind)
+    threshold = _number(body, "threshold", default.threshold if default else None, 0.0, 1e6)
+    window = int(_number(body, "window_minutes", default.window_minutes if default else 15, 1, 7 * 24 * 60))
+    label = body.get("label", default.label if default else "")
+    if kind == AlertRule.Kind.NEGATIVE_SURGE and (not isinstance(label, str) or not label.strip()):
+        raise InvalidRequest("A negative_surge rule needs the label it counts (label).", param="label")
+    url = webhooks.checked_url(body.get("webhook_url"))
+    with transaction.atomic():
+        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+        if scope_to_tenant(AlertRule.objects.all(), tenant).count() >= MAX_RULES_PER_TENANT:
+            raise QuotaExceeded(f"An organisation may have {MAX_RULES_PER_TENANT} alert rules.", param="kind")
+        rule = AlertRule.objects.create(
+            tenant=tenant,
+            deployment=deployment,
+            kind=kind,
+            threshold=threshold,
+            window_minutes=window,
+            label=str(label or "")[:200],
+            webhook_url=url,
+        )
+        audit(actor=actor, action="alert_rule.create", tenant=tenant, target=rule.id, kind=kind, url=url)
+    return rule
+
+
+def delete_alert_rule(*, rule: AlertRule, actor: str) -> None:
+    with transaction.atomic():
+        audit(actor=actor, action="alert_rule.delete", tenant=rule.tenant, target=rule.id)
+        rule.delete()
+
+
+def _number(body: dict[str, Any], name: str, default: float | None, low: float, high: float) -> float:
+    value = body.get(name, default)
+    if value is None:
+        raise InvalidRequest(f"{name} is required for this kind of rule.", param=name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRequest(f"{name} must be a number from {low:g} to {high:g}.", param=name)
+    return float(value)

@@ -1,6 +1,8 @@
 from django.urls import path
 
 from tunery.feedback.views import (
+    AlertDefaultsView,
+    AlertRuleViewSet,
     ChatCompletionFeedbackView,
     CompletionFeedbackView,
     DeploymentMonitoringView,
@@ -19,5 +21,13 @@ urlpatterns = [
     path("completions/<str:request_id>/feedback", CompletionFeedbackView.as_view(), name="completion-feedback"),
     path("feedback/imports", FeedbackImportView.as_view(), name="feedback-imports"),
     path("deployments/<str:pk>/monitoring", DeploymentMonitoringView.as_view(), name="deployment-monitoring"),
+    path("alert_rules", AlertRuleViewSet.as_view({"get": "list", "post": "create"}), name="alert-rules"),
+    path("alert_rules/defaults", AlertDefaultsView.as_view(), name="alert-rule-defaults"),
+    path("alert_rules/<str:pk>", AlertRuleViewSet.as_view({"get": "retrieve", "delete": "destroy"}), name="alert-rule"),
+    path(
+        "alert_rules/<str:pk>/deliveries",
+        AlertRuleViewSet.as_view({"get": "deliveries"}),
+        name="alert-rule-deliveries",
+    ),
     path("feedback/exports", FeedbackExportView.as_view(), name="feedback-exports"),
 ]

@@ -14,11 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tunery.core.errors import InvalidRequest, NotFound
-from tunery.core.schema import BODY_ERRORS, ERRORS
-from tunery.core.scoping import request_tenant, scope_to_tenant
+from tunery.core.schema import BODY_ERRORS, ERRORS, list_of
+from tunery.core.scoping import TenantScopedViewSet, request_tenant, scope_to_tenant
 from tunery.core.timestamps import unix_seconds
-from tunery.feedback import exports, inputs, monitoring, services
-from tunery.feedback.models import Feedback, PredictionRecord
+from tunery.feedback import alerts, exports, inputs, monitoring, services
+from tunery.feedback.models import AlertRule, Feedback, PredictionRecord, WebhookDelivery
 from tunery.serving.models import Deployment
 from tunery.serving.views import request_body
 
@@ -320,3 +320,170 @@ class DeploymentMonitoringView(APIView):
         window = _int_query(request, "window", 3600, 60, MAX_WINDOW_SECONDS)
         buckets = _int_query(request, "buckets", 12, 1, MAX_BUCKETS)
         return Response(monitoring.deployment_health(deployment, window, buckets).to_json())
+
+
+AlertRuleObject = inline_serializer(
+    name="AlertRule",
+    fields={
+        "id": serializers.CharField(),
+        "object": serializers.CharField(default="alert_rule"),
+        "deployment": serializers.CharField(),
+        "kind": serializers.ChoiceField(choices=AlertRule.Kind.choices),
+        "threshold": serializers.FloatField(),
+        "window_minutes": serializers.IntegerField(),
+        "label": serializers.CharField(allow_null=True),
+        "webhook_url": serializers.CharField(),
+        "secret": serializers.CharField(required=False, help_text="Only in the answer that creates the rule."),
+        "enabled": serializers.BooleanField(),
+        "firing": serializers.BooleanField(),
+        "last_value": serializers.FloatField(allow_null=True),
+        "last_checked_at": serializers.IntegerField(allow_null=True),
+        "created_at": serializers.IntegerField(),
+    },
+)
+AlertRuleBody = inline_serializer(
+    name="AlertRuleBody",
+    fields={
+        "deployment": serializers.CharField(),
+        "kind": serializers.ChoiceField(choices=AlertRule.Kind.choices),
+        "webhook_url": serializers.URLField(),
+        "threshold": serializers.FloatField(required=False, help_text="Default: the pack's for this kind."),
+        "window_minutes": serializers.IntegerField(required=False, min_value=1),
+        "label": serializers.CharField(required=False, help_text="The label a negative_surge rule counts."),
+    },
+)
+DeliveryObject = inline_serializer(
+    name="WebhookDelivery",
+    fields={
+        "id": serializers.CharField(),
+        "object": serializers.CharField(default="webhook_delivery"),
+        "rule": serializers.CharField(),
+        "url": serializers.CharField(),
+        "payload": serializers.DictField(),
+        "status": serializers.ChoiceField(choices=WebhookDelivery.Status.choices),
+        "attempts": serializers.IntegerField(),
+        "last_status_code": serializers.IntegerField(allow_null=True),
+        "last_error": serializers.CharField(allow_null=True),
+        "created_at": serializers.IntegerField(),
+        "delivered_at": serializers.IntegerField(allow_null=True),
+    },
+)
+
+
+def alert_rule_object(rule: AlertRule, with_secret: bool = False) -> dict[str, Any]:
+    data = {
+        "id": rule.id,
+        "object": "alert_rule",
+        "deployment": rule.deployment_id,
+        "kind": rule.kind,
+        "threshold": rule.threshold,
+        "window_minutes": rule.window_minutes,
+        "label": rule.label or None,
+        "webhook_url": rule.webhook_url,
+        "enabled": rule.enabled,
+        "firing": rule.firing,
+        "last_value": rule.last_value,
+        "last_checked_at": unix_seconds(rule.last_checked_at),
+        "created_at": unix_seconds(rule.created_at),
+    }
+    if with_secret:
+        data["secret"] = rule.secret
+    return data
+
+
+def delivery_object(delivery: WebhookDelivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "object": "webhook_delivery",
+        "rule": delivery.rule_id,
+        "url": delivery.url,
+        "payload": delivery.payload,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error or None,
+        "created_at": unix_seconds(delivery.created_at),
+        "delivered_at": unix_seconds(delivery.delivered_at),
+    }
+
+
+class AlertRuleViewSet(TenantScopedViewSet):
+    scoped_model = AlertRule
+    object_name = "alert rule"
+
+    def refine_queryset(self, queryset):
+        return queryset.order_by("-created_at", "-id")
+
+    @extend_schema(summary="List alert rules", responses={200: list_of("AlertRuleList", AlertRuleObject), **ERRORS})
+    def list(self, request: Request) -> Response:
+        return Response(
+            {"object": "list", "data": [alert_rule_object(r) for r in self.get_queryset()], "has_more": False}
+        )
+
+    @extend_schema(
+        summary="Create an alert rule (a signed webhook when it fires)",
+        description=(
+            "Kinds: handoff_rate (above threshold over window_minutes), drift (label PSI above threshold), "
+            "accuracy_drop (live accuracy below the evaluation's by more than threshold), negative_surge "
+            "(share of `label` at least threshold and higher than the window before). Omitted threshold, "
+            "window and label take the pack's defaults (GET /v1/alert_rules/defaults). Each delivery is "
+            "a JSON POST with the header Tunery-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "
+            "'<t>.' + body, keyed with the rule's secret>, shown once in this answer. Webhook URLs on "
+            "loopback or private addresses are refused unless the operator allows them."
+        ),
+        request=AlertRuleBody,
+        responses={201: AlertRuleObject, **BODY_ERRORS},
+    )
+    def create(self, request: Request) -> Response:
+        body = inputs.require_object(request_body(request))
+        rule = services.create_alert_rule(tenant=self.tenant, body=body, actor=self.actor)
+        return Response(alert_rule_object(rule, with_secret=True), status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Retrieve an alert rule", responses={200: AlertRuleObject, **ERRORS})
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(alert_rule_object(self.get_object()))
+
+    @extend_schema(summary="Delete an alert rule", responses={200: AlertRuleObject, **ERRORS})
+    def destroy(self, request: Request, pk: str) -> Response:
+        rule = self.get_object()
+        services.delete_alert_rule(rule=rule, actor=self.actor)
+        return Response({"id": pk, "object": "alert_rule", "deleted": True})
+
+    @extend_schema(
+        summary="An alert rule's webhook deliveries (newest first)",
+        responses={200: list_of("WebhookDeliveryList", DeliveryObject), **ERRORS},
+    )
+    def deliveries(self, request: Request, pk: str) -> Response:
+        rule = self.get_object()
+        data = [delivery_object(d) for d in rule.deliveries.order_by("-created_at", "-id")[:100]]
+        return Response({"object": "list", "data": data, "has_more": False})
+
+
+class AlertDefaultsView(APIView):
+    @extend_schema(
+        summary="The default alert rules of a vertical pack",
+        parameters=[OpenApiParameter("vertical", str, description="A pack id; omitted: the rules of every pack.")],
+        responses={
+            200: list_of(
+                "AlertRuleDefaults",
+                inline_serializer(
+                    name="AlertRuleDefault",
+                    fields={
+                        "kind": serializers.CharField(),
+                        "threshold": serializers.FloatField(),
+                        "window_minutes": serializers.IntegerField(),
+                        "label": serializers.CharField(allow_null=True),
+                    },
+                ),
+            ),
+            **ERRORS,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        request_tenant(request)
+        rules = alerts.defaults_for(request.query_params.get("vertical", ""))
+        data = [
+            {"kind": r.kind, "threshold": r.threshold, "window_minutes": r.window_minutes, "label": r.label or None}
+            for r in rules
+        ]
+        return Response({"object": "list", "data": data, "has_more": False})
