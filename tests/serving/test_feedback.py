@@ -367,3 +367,26 @@ def test_live_accuracy_comes_from_feedback(served):
     assert health["current"]["feedback"] == 4
     assert health["current"]["live_accuracy"] == pytest.approx(0.75)
     assert health["current"]["psi"] is None  # too few items to speak of drift
+
+
+def test_the_purge_forgets_text_past_retention_and_rows_past_the_logs_lifetime(served):
+    from django.utils import timezone
+
+    from tunery.feedback.models import PredictionRecord
+    from tunery.feedback.services import purge_prediction_log
+    from tunery.tenants.models import Tenant
+
+    kept = predict(served, ["refund please"])["id"]
+    old = predict(served, ["I was charged twice"])["id"]
+    ancient = predict(served, ["where is my parcel"])["id"]
+    now = timezone.now()
+    PredictionRecord.objects.filter(request_id=old).update(created_at=now - timedelta(days=10))
+    PredictionRecord.objects.filter(request_id=ancient).update(created_at=now - timedelta(days=100))
+    Tenant.objects.filter(pk=served["acme"].tenant.pk).update(prediction_text_retention_days=7)  # lowered later
+
+    assert purge_prediction_log(now) == (2, 1)  # texts of the 10- and 100-day-old rows; the latter deleted
+    assert PredictionRecord.objects.get(request_id=kept).input is not None
+    forgotten = PredictionRecord.objects.get(request_id=old)
+    assert forgotten.input is None
+    assert forgotten.label
+    assert not PredictionRecord.objects.filter(request_id=ancient).exists()

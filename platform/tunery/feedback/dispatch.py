@@ -10,6 +10,7 @@ from tunery.jobs.queues import CPU_QUEUE
 
 DELIVER_WEBHOOK = "tunery.feedback.tasks.deliver_webhook"
 EVALUATE_ALERTS = "tunery.feedback.tasks.evaluate_alerts"
+PURGE_PREDICTION_LOG = "tunery.feedback.tasks.purge_prediction_log"
 
 
 def delivery_created(delivery_id: str) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from tunery.core.errors import InvalidRequest, NotFound, QuotaExceeded
 from tunery.core.scoping import scope_to_tenant
@@ -130,3 +134,24 @@ def _number(body: dict[str, Any], name: str, default: float | None, low: float, 
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidRequest(f"{name} must be a number from {low:g} to {high:g}.", param=name)
     return float(value)
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def purge_prediction_log(now: datetime | None = None) -> tuple[int, int]:
+    """Forget inputs past each tenant's retention (its current setting: lowering it takes effect
+    at the next purge) and delete log rows past TUNERY_PREDICTION_LOG_DAYS (their feedback with
+    them). Returns (rows whose text was cleared, rows deleted)."""
+    now = now or timezone.now()
+    cleared = 0
+    for tenant_id, days in Tenant.objects.values_list("pk", "prediction_text_retention_days"):
+        cleared += PredictionRecord.objects.filter(
+            Q(created_at__lt=now - timedelta(days=days)) | Q(input_expires_at__lt=now),
+            tenant_id=tenant_id,
+            input__isnull=False,
+        ).update(input=None, output_text="", input_expires_at=None)
+    deleted, _ = PredictionRecord.objects.filter(
+        created_at__lt=now - timedelta(days=settings.TUNERY_PREDICTION_LOG_DAYS)
+    ).delete()
+    return cleared, deleted

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from tunery.feedback import alerts, dispatch, webhooks
+from tunery.feedback import alerts, dispatch, services, webhooks
 
 
 @shared_task(name=dispatch.DELIVER_WEBHOOK, autoretry_for=(OperationalError, InterfaceError), max_retries=5)
@@ -20,3 +20,9 @@ def deliver_webhook(delivery_id: str) -> bool:
 @shared_task(name=dispatch.EVALUATE_ALERTS)
 def evaluate_alerts() -> int:
     return len(alerts.evaluate_rules())
+
+
+@shared_task(name=dispatch.PURGE_PREDICTION_LOG)
+def purge_prediction_log() -> int:
+    cleared, deleted = services.purge_prediction_log()
+    return cleared + deleted
