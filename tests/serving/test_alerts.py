@@ -171,3 +171,16 @@ def test_rules_take_the_packs_defaults_and_bad_rules_are_400(served, webhooks_al
         **served["globex"].headers,
     )
     assert other.status_code == 404
+
+
+def test_metrics_show_each_deployments_drift_and_hand_off(served, client):  # noqa: F811
+    job = served["models"]["intents"].job
+    job.data_profile = {"classes": {"counts": {"billing": 50, "shipping": 30, "refund": 20}}}
+    job.save(update_fields=["data_profile"])
+    deployment = log_answers(served, ["refund"] * 40, handoff=True)
+    text = client.get("/metrics").content.decode()
+    labels = f'deployment="{deployment.id}",model="{deployment.model_id}",tenant="acme"'
+    assert f"tunery_deployment_predictions{{{labels}}} 40.0" in text
+    assert f"tunery_deployment_handoff_rate{{{labels}}} 1.0" in text
+    psi = next(line for line in text.splitlines() if line.startswith(f"tunery_deployment_label_psi{{{labels}}}"))
+    assert float(psi.rsplit(" ", 1)[1]) > 0.2

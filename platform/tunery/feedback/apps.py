@@ -7,6 +7,8 @@ class FeedbackConfig(AppConfig):
 
     def ready(self) -> None:
         from tunery.core import writebehind
-        from tunery.feedback import prediction_log
+        from tunery.feedback import metrics, prediction_log
+        from tunery.monitoring import prometheus
 
         writebehind.register_row_sink(prediction_log.SINK, prediction_log.write_rows)
+        prometheus.register_collector(metrics.collector)
