@@ -3,9 +3,11 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from tunery.core.errors import unknown_api_url
+from tunery.feedback.admin import health_urls
 
 urlpatterns = [
     path("admin/dashboard/", include("tunery.dashboard.urls")),
+    path("admin/deployment-health/", include(health_urls())),
     path("admin/", admin.site.urls),
     path("v1/", include("tunery.files.urls")),
     path("v1/", include("tunery.jobs.urls")),

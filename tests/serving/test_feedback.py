@@ -390,3 +390,17 @@ def test_the_purge_forgets_text_past_retention_and_rows_past_the_logs_lifetime(s
     assert forgotten.input is None
     assert forgotten.label
     assert not PredictionRecord.objects.filter(request_id=ancient).exists()
+
+
+def test_the_admin_shows_feedback_volume_and_live_error_rate_per_deployment(served, admin_client):
+    answer = predict(served, ["a", "b"])
+    wrong = next(label for label in pack.INTENTS if label != answer["data"][1]["label"])
+    post(served, f"/v1/predictions/{answer['id']}/feedback", {"index": 0, "label": answer["data"][0]["label"]})
+    post(served, f"/v1/predictions/{answer['id']}/feedback", {"index": 1, "label": wrong})
+    page = admin_client.get("/admin/deployment-health/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    row = html[html.index(served["models"]["intents"].id) :]
+    assert '<td class="feedback-volume">2</td>' in row
+    assert '<td class="live-error-rate">0.500</td>' in row
+    assert "<svg" in html
