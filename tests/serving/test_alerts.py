@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.serving.test_feedback import log_answers, served  # noqa: F401  # the deployed models fixture
+from tests.serving import pack
+from tests.serving.test_feedback import log_answers, post, predict, served  # noqa: F401  # served: a fixture
 from tunery.celery import app
 
 pytestmark = pytest.mark.django_db
@@ -184,3 +185,32 @@ def test_metrics_show_each_deployments_drift_and_hand_off(served, client):  # no
     assert f"tunery_deployment_handoff_rate{{{labels}}} 1.0" in text
     psi = next(line for line in text.splitlines() if line.startswith(f"tunery_deployment_label_psi{{{labels}}}"))
     assert float(psi.rsplit(" ", 1)[1]) > 0.2
+
+
+def test_negative_surge_and_accuracy_drop_rules_fire(
+    served,  # noqa: F811
+    webhooks_allowed,
+    django_capture_on_commit_callbacks,
+):
+    good = Receiver([])
+    try:
+        surge = create_rule(served, kind="negative_surge", label="billing", threshold=0.6, webhook_url=good.url)
+        assert surge.status_code == 201, surge.content
+        model = served["models"]["intents"]
+        model.metrics = {"accuracy": 0.9}
+        model.save(update_fields=["metrics"])
+        drop = create_rule(served, kind="accuracy_drop", webhook_url=good.url)
+        assert drop.json()["threshold"] == 0.1  # the default for every pack
+
+        log_answers(served, ["billing"] * 2 + ["refund"] * 8)  # 20% billing: no surge
+        assert evaluate(django_capture_on_commit_callbacks) == []
+        log_answers(served, ["billing"] * 40)  # 42 of 50: a surge
+        answer = predict(served, ["a", "b"])  # feedback says half of these are wrong: 0.5 < 0.9 - 0.1
+        wrong = next(label for label in pack.INTENTS if label != answer["data"][1]["label"])
+        post(served, f"/v1/predictions/{answer['id']}/feedback", {"index": 0, "label": answer["data"][0]["label"]})
+        post(served, f"/v1/predictions/{answer['id']}/feedback", {"index": 1, "label": wrong})
+        assert len(evaluate(django_capture_on_commit_callbacks)) == 2
+        kinds = sorted(json.loads(body)["kind"] for _, body in good.received)
+        assert kinds == ["accuracy_drop", "negative_surge"]
+    finally:
+        good.close()
