@@ -404,3 +404,17 @@ def test_the_admin_shows_feedback_volume_and_live_error_rate_per_deployment(serv
     assert '<td class="feedback-volume">2</td>' in row
     assert '<td class="live-error-rate">0.500</td>' in row
     assert "<svg" in html
+
+
+def test_feedback_right_after_a_buffered_prediction_finds_it(served, settings):
+    from tunery.core import writebehind
+    from tunery.feedback.models import PredictionRecord
+
+    settings.TUNERY_WRITE_BEHIND_SECONDS = 3600  # buffered, and no timed flush during the test
+    try:
+        answer = predict(served, ["refund please"])
+        assert not PredictionRecord.objects.filter(request_id=answer["id"]).exists()  # not on the request path
+        recorded = post(served, f"/v1/predictions/{answer['id']}/feedback", {"label": "refund"})
+        assert recorded.status_code == 201, recorded.content
+    finally:
+        writebehind.flush()

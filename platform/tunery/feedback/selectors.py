@@ -9,6 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from tunery.catalog.models import FineTunedModel
+from tunery.core import writebehind
 from tunery.core.errors import NotFound
 from tunery.core.scoping import scope_to_tenant
 from tunery.feedback.models import PredictionRecord
@@ -32,6 +33,8 @@ def answered_item(tenant: Tenant, request_id: str, index: int, endpoint: str) ->
         .only("index", "created_at")
     )
     indexes = {row.index: row for row in found}
+    if not indexes and writebehind.flush():  # answered by this process a moment ago, still buffered
+        indexes = {row.index: row for row in found.all()}
     if not indexes:
         raise NotFound(
             f"No {endpoint.replace('_', ' ')} with id '{request_id}' is in your prediction log.",
