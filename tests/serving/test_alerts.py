@@ -214,3 +214,23 @@ def test_negative_surge_and_accuracy_drop_rules_fire(
         assert kinds == ["accuracy_drop", "negative_surge"]
     finally:
         good.close()
+
+
+def test_a_delivery_whose_message_was_lost_is_sent_by_the_next_check(served, receiver, webhooks_allowed):  # noqa: F811
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tunery.feedback import alerts
+    from tunery.feedback.models import WebhookDelivery
+
+    receiver.statuses = []  # answers 200
+    assert create_rule(served, kind="handoff_rate", threshold=0.1, webhook_url=receiver.url).status_code == 201
+    log_answers(served, ["refund"] * 10, handoff=True)
+    (delivery_id,) = alerts.evaluate_rules()  # its on-commit message never goes out (as if the broker were down)
+    assert receiver.received == []
+    assert alerts.resend_overdue() == []  # not overdue yet
+    assert alerts.resend_overdue(timezone.now() + timedelta(minutes=5)) == [delivery_id]
+    assert len(receiver.received) == 1
+    assert WebhookDelivery.objects.get(pk=delivery_id).status == "delivered"
+    assert alerts.resend_overdue(timezone.now() + timedelta(minutes=5)) == []  # delivered: never again

@@ -104,6 +104,23 @@ def evaluate_rules(now: datetime | None = None) -> list[str]:
     return created
 
 
+#: A pending delivery this long past its due time lost its message: it is sent again.
+OVERDUE = timedelta(minutes=2)
+
+
+def resend_overdue(now: datetime | None = None) -> list[str]:
+    """Wake deliveries whose retry (or first) message was lost, e.g. while the broker was down."""
+    now = now or timezone.now()
+    overdue = list(
+        WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=now - OVERDUE
+        ).values_list("pk", flat=True)[:500]
+    )
+    for delivery_id in overdue:
+        dispatch.retry_later(delivery_id, 0)
+    return overdue
+
+
 def _payload(rule: AlertRule, value: float | None, now: datetime) -> dict[str, Any]:
     return {
         "object": "alert",

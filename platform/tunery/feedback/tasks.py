@@ -19,6 +19,7 @@ def deliver_webhook(delivery_id: str) -> bool:
 
 @shared_task(name=dispatch.EVALUATE_ALERTS)
 def evaluate_alerts() -> int:
+    alerts.resend_overdue()
     return len(alerts.evaluate_rules())
 
 

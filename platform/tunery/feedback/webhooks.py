@@ -80,6 +80,12 @@ def attempt(delivery_id: str) -> Attempt:
     delivery = WebhookDelivery.objects.select_related("rule").filter(pk=delivery_id).first()
     if delivery is None or delivery.status != WebhookDelivery.Status.PENDING:
         return Attempt(delivery is not None and delivery.status == WebhookDelivery.Status.DELIVERED, None)
+    lease = timezone.now() + timedelta(seconds=2 * settings.TUNERY_WEBHOOK_TIMEOUT_SECONDS + 30)
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery.pk, status=WebhookDelivery.Status.PENDING, next_attempt_at=delivery.next_attempt_at
+    ).update(next_attempt_at=lease)
+    if not claimed:  # another worker (a re-sent message) is attempting it
+        return Attempt(False, None)
     body = json.dumps(delivery.payload, sort_keys=True).encode()
     status_code, error = None, ""
     try:
@@ -102,6 +108,7 @@ def attempt(delivery_id: str) -> Attempt:
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
     attempts = delivery.attempts + 1
+    retry_in = float(FIRST_RETRY_SECONDS * 2 ** (attempts - 1))
     delivered = status_code is not None and 200 <= status_code < 300
     give_up = not delivered and (attempts >= settings.TUNERY_WEBHOOK_MAX_ATTEMPTS or error.startswith("refused"))
     status = (
@@ -111,13 +118,12 @@ def attempt(delivery_id: str) -> Attempt:
         if give_up
         else WebhookDelivery.Status.PENDING
     )
-    WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookDelivery.Status.PENDING).update(
+    WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookDelivery.Status.PENDING, next_attempt_at=lease).update(
         attempts=F("attempts") + 1,
         status=status,
         last_status_code=status_code,
         last_error=error or (f"HTTP {status_code}" if not delivered else ""),
         delivered_at=timezone.now() if delivered else None,
+        next_attempt_at=timezone.now() + timedelta(seconds=retry_in),
     )
-    if delivered or give_up:
-        return Attempt(delivered, None)
-    return Attempt(False, float(timedelta(seconds=FIRST_RETRY_SECONDS * 2 ** (attempts - 1)).total_seconds()))
+    return Attempt(delivered, None if delivered or give_up else retry_in)
