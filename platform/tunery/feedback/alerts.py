@@ -62,7 +62,7 @@ def measure(rule: AlertRule, now: datetime) -> tuple[float | None, bool]:
     if rule.kind == AlertRule.Kind.DRIFT:
         return current.psi, current.psi is not None and current.psi > rule.threshold
     if rule.kind == AlertRule.Kind.ACCURACY_DROP:
-        evaluated = monitoring.deployment_health(deployment, 60, 1, now).evaluation_accuracy
+        evaluated = monitoring.evaluation_accuracy(deployment)
         if evaluated is None or current.live_accuracy is None:
             return None, False
         drop = evaluated - current.live_accuracy

@@ -24,6 +24,8 @@ from tunery_contract.records import RecordFormatError, iter_records
 
 #: Lines one feedback file may hold (each is checked and recorded in the request).
 MAX_IMPORT_LINES = 10_000
+#: Corrections one export reads at most (the oldest first; a bound on its memory and time).
+MAX_EXPORT_ROWS = 100_000
 #: Errors listed in an import's answer (the count covers all).
 MAX_LISTED_ERRORS = 100
 ENDPOINT_BY_PREFIX = {
@@ -138,12 +140,14 @@ def export_feedback(*, tenant: Tenant, model_id: str) -> ExportReport:
         scope_to_tenant(Feedback.objects.all(), tenant)
         .filter(record__model_id=model.id)
         .select_related("record")
-        .order_by("created_at", "id")
+        .order_by("created_at", "id")[:MAX_EXPORT_ROWS]
     )
     seen = _training_keys(model, task, config)
     rows: list[dict[str, Any]] = []
     duplicates = without_text = 0
-    for item in feedback:
+    new_labels: set[str] = set()
+    for item in feedback.iterator():
+        new_labels.update(item.new_labels)
         row = training_row(task, item)
         if row is None:
             without_text += int(item.record.input is None)
@@ -173,8 +177,7 @@ def export_feedback(*, tenant: Tenant, model_id: str) -> ExportReport:
             file = save_generated_file(
                 tenant=tenant, filename=f"feedback-{model.job_id}.jsonl", purpose=File.Purpose.FINE_TUNE, source=path
             )
-    new_labels = sorted({label for item in feedback for label in item.new_labels})
-    return ExportReport(file, len(kept), duplicates, without_text, rejected[:MAX_LISTED_ERRORS], new_labels)
+    return ExportReport(file, len(kept), duplicates, without_text, rejected[:MAX_LISTED_ERRORS], sorted(new_labels))
 
 
 def training_row(task: TaskDefinition, feedback: Feedback) -> dict[str, Any] | None:

@@ -144,16 +144,21 @@ def deployment_health(
     start = now - timedelta(seconds=window_seconds)
     step = timedelta(seconds=window_seconds / buckets)
     series = [window_health(records, start + step * i, start + step * (i + 1), training) for i in range(buckets)]
-    metrics = deployment.model.metrics or {}
-    accuracy = metrics.get("accuracy", metrics.get("eval_accuracy"))
     return DeploymentHealth(
         deployment=deployment,
         window_seconds=window_seconds,
         current=window_health(records, start, now + timedelta(microseconds=1), training),
         series=series,
         training_labels=training,
-        evaluation_accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
+        evaluation_accuracy=evaluation_accuracy(deployment),
     )
+
+
+def evaluation_accuracy(deployment: Deployment) -> float | None:
+    """The deployed model's accuracy on its evaluation data, as its job measured it."""
+    metrics = deployment.model.metrics or {}
+    accuracy = metrics.get("accuracy", metrics.get("eval_accuracy"))
+    return float(accuracy) if isinstance(accuracy, (int, float)) else None
 
 
 def feedback_volume(deployment: Deployment, since: datetime) -> dict[str, Any]:

@@ -29,6 +29,10 @@ class UnsafeUrl(ValueError):
     """A webhook URL Tunery will not call."""
 
 
+class UnresolvedHost(UnsafeUrl):
+    """The URL's host does not resolve (now): refused for a new rule, retried for a delivery."""
+
+
 def check_url(url: str) -> None:
     """Refuse what is not http(s), and hosts that resolve to loopback, private, link-local or
     reserved addresses (the platform's own network) unless TUNERY_WEBHOOKS_ALLOW_PRIVATE."""
@@ -40,7 +44,7 @@ def check_url(url: str) -> None:
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
     except (socket.gaierror, UnicodeError) as exc:
-        raise UnsafeUrl(f"its host {parts.hostname!r} does not resolve") from exc
+        raise UnresolvedHost(f"its host {parts.hostname!r} does not resolve") from exc
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if not ip.is_global or ip.is_multicast:
@@ -103,6 +107,8 @@ def attempt(delivery_id: str) -> Attempt:
             follow_redirects=False,
         )
         status_code = response.status_code
+    except UnresolvedHost as exc:  # DNS may be back at the next attempt
+        error = f"unresolved: {exc}"
     except UnsafeUrl as exc:
         error = f"refused: {exc}"
     except httpx.HTTPError as exc:
