@@ -89,11 +89,21 @@ def _configure() -> None:
                 "task": "tunery.jobs.tasks.reconcile_jobs",
                 "schedule": float(settings.TUNERY_RECONCILE_EVERY_SECONDS),
                 "options": {"queue": "cpu", "expires": float(settings.TUNERY_RECONCILE_EVERY_SECONDS)},
-            }
+            },
+            "evaluate-alerts": {
+                "task": "tunery.feedback.tasks.evaluate_alerts",
+                "schedule": float(settings.TUNERY_ALERTS_EVERY_SECONDS),
+                "options": {"queue": "cpu", "expires": float(settings.TUNERY_ALERTS_EVERY_SECONDS)},
+            },
+            "purge-prediction-log": {
+                "task": "tunery.feedback.tasks.purge_prediction_log",
+                "schedule": 3600.0,
+                "options": {"queue": "cpu", "expires": 3600.0},
+            },
         },
         **_broker_settings(),
     )
 
 
 _configure()
-app.autodiscover_tasks(["tunery.jobs", "tunery.batches", "tunery.evaluations"])
+app.autodiscover_tasks(["tunery.jobs", "tunery.batches", "tunery.evaluations", "tunery.feedback"])

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "tunery.batches",
     "tunery.evaluations",
     "tunery.serving",
+    "tunery.feedback",
     "tunery.monitoring",
     "tunery.dashboard",
 ]
@@ -196,6 +197,17 @@ TUNERY_BATCH_CHUNK_LINES = env_int("TUNERY_BATCH_CHUNK_LINES", 32)
 TUNERY_EVALUATION_MAX_ROWS = env_int("TUNERY_EVALUATION_MAX_ROWS", 20_000)
 #: Evaluations a tenant may have queued or running at once.
 TUNERY_EVALUATION_MAX_PENDING = env_int("TUNERY_EVALUATION_MAX_PENDING", 10)
+# Learning from production (tunery.feedback): the prediction log, monitoring and alert webhooks.
+#: Days a prediction's log row (label, confidence, hand-off) is kept; feedback is accepted this long.
+TUNERY_PREDICTION_LOG_DAYS = env_int("TUNERY_PREDICTION_LOG_DAYS", 90)
+#: Allow alert webhooks to loopback, private and link-local addresses (off: an SSRF guard).
+TUNERY_WEBHOOKS_ALLOW_PRIVATE = env_bool("TUNERY_WEBHOOKS_ALLOW_PRIVATE", False)
+#: Seconds one webhook delivery attempt may take (connect and answer).
+TUNERY_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("TUNERY_WEBHOOK_TIMEOUT_SECONDS") or 5)
+#: Attempts per webhook delivery (retried with exponential backoff: 10 s, 20 s, 40 s, ...).
+TUNERY_WEBHOOK_MAX_ATTEMPTS = env_int("TUNERY_WEBHOOK_MAX_ATTEMPTS", 5)
+#: Seconds between two evaluations of the tenants' alert rules (celery beat).
+TUNERY_ALERTS_EVERY_SECONDS = env_int("TUNERY_ALERTS_EVERY_SECONDS", 60)
 TUNERY_JOB_MAX_ATTEMPTS = env_int("TUNERY_JOB_MAX_ATTEMPTS", 3)
 TUNERY_RECONCILE_EVERY_SECONDS = env_int("TUNERY_RECONCILE_EVERY_SECONDS", 30)
 # Job queue (tunery.jobs): how the runner starts the engine and how often it renews and checks.

@@ -3,9 +3,11 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from tunery.core.errors import unknown_api_url
+from tunery.feedback.admin import health_urls
 
 urlpatterns = [
     path("admin/dashboard/", include("tunery.dashboard.urls")),
+    path("admin/deployment-health/", include(health_urls())),
     path("admin/", admin.site.urls),
     path("v1/", include("tunery.files.urls")),
     path("v1/", include("tunery.jobs.urls")),
@@ -14,6 +16,7 @@ urlpatterns = [
     path("v1/", include("tunery.catalog.urls")),
     path("v1/", include("tunery.verticals.urls")),
     path("v1/", include("tunery.serving.urls")),
+    path("v1/", include("tunery.feedback.urls")),
     path("v1/", include("tunery.tenants.urls")),
     re_path(r"^v1(/.*)?$", unknown_api_url),  # last under /v1: unknown URLs answer in OpenAI's error shape
     path("", include("tunery.monitoring.urls")),

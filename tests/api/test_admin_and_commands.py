@@ -120,6 +120,7 @@ def tenant_page_form(tenant, *, new_keys: int = 0, new_verticals: int = 0) -> di
         "max_deployments": tenant.max_deployments,
         "requests_per_minute": tenant.requests_per_minute,
         "predictions_per_minute": tenant.predictions_per_minute,
+        "prediction_text_retention_days": tenant.prediction_text_retention_days,
     }
     keys = list(ApiKey.objects.filter(tenant=tenant))
     enablements = list(VerticalEnablement.objects.filter(tenant=tenant))

@@ -77,8 +77,8 @@ def create(client: openai.OpenAI, content: bytes, endpoint: str = "/v1/predictio
 
 def test_files_create_batches_create_retrieve_and_content(setup, eager, monkeypatch):
     client, model = setup["acme"], setup["model"]
-    real_predict, calls = serving.predict, []
-    monkeypatch.setattr(serving, "predict", lambda **kwargs: calls.append(1) or real_predict(**kwargs))
+    real_predict, calls = serving._predict, []  # one scoring call per runtime batch (logged per request)
+    monkeypatch.setattr(serving, "_predict", lambda *args: calls.append(1) or real_predict(*args))
     texts = ["I was charged twice", "where is my parcel", "refund please"]
     lines = [prediction_line(f"req-{i}", model.id, text) for i, text in enumerate(texts)]
     uploaded = client.files.create(file=("requests.jsonl", jsonl(lines)), purpose="batch")
@@ -162,15 +162,15 @@ def test_cancel_before_and_during_scoring(setup, monkeypatch, settings):
 
     settings.TUNERY_BATCH_CHUNK_LINES = 2
     running = create(client, content)
-    real_predict, calls = serving.predict, []
+    real_predict, calls = serving._predict, []
 
-    def cancel_after_first_chunk(**kwargs):
+    def cancel_after_first_chunk(*args):
         calls.append(1)
         if len(calls) == 1:  # the first chunk's lines, scored in one call
             assert client.batches.cancel(running.id).status == "cancelling"
-        return real_predict(**kwargs)
+        return real_predict(*args)
 
-    monkeypatch.setattr(serving, "predict", cancel_after_first_chunk)
+    monkeypatch.setattr(serving, "_predict", cancel_after_first_chunk)
     assert runner.run_batch(running.id) == "cancelled"
     batch = client.batches.retrieve(running.id)
     assert batch.status == "cancelled"
@@ -178,7 +178,7 @@ def test_cancel_before_and_during_scoring(setup, monkeypatch, settings):
     assert batch.request_counts.completed == 2  # the chunk in hand was finished, then it stopped
     assert [r["custom_id"] for r in results(client, batch.output_file_id)] == ["req-0", "req-1"]
 
-    monkeypatch.setattr(serving, "predict", real_predict)
+    monkeypatch.setattr(serving, "_predict", real_predict)
     finished = create(client, content)
     assert runner.run_batch(finished.id) == "completed"
     with pytest.raises(openai.ConflictError):

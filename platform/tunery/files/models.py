@@ -17,6 +17,7 @@ class File(models.Model):
         FINE_TUNE_RESULTS = "fine-tune-results"
         BATCH = "batch"  # a JSONL of requests for /v1/batches
         BATCH_OUTPUT = "batch_output"  # a batch's results or errors, written by the platform
+        FEEDBACK = "feedback"  # corrections of logged predictions, one per line (POST /v1/feedback/imports)
 
     id = models.CharField(primary_key=True, max_length=40, default=new_file_id, editable=False)
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="files")

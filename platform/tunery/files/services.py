@@ -28,7 +28,7 @@ from tunery_contract.records import RecordFormatError, detect_format, iter_recor
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_PURPOSES = (File.Purpose.FINE_TUNE, File.Purpose.BATCH)
+ACCEPTED_PURPOSES = (File.Purpose.FINE_TUNE, File.Purpose.BATCH, File.Purpose.FEEDBACK)
 ACCEPTED_SUFFIXES = (".jsonl", ".csv")
 #: Column names kept per file (JSONL objects may vary; this is for schema checks, not a catalogue).
 MAX_COLUMNS = 200

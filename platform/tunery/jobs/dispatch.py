@@ -74,16 +74,22 @@ def pending_messages(queue: str) -> int | None:
         return None
 
 
-def publish(task_name: str, object_id: str, queue: str, mark_dispatched: Callable[[str], None]) -> bool:
-    """Send ``task_name`` for a job or a batch (``object_id``) and record when (``mark_dispatched``)."""
+def publish(
+    task_name: str,
+    object_id: str,
+    queue: str,
+    mark_dispatched: Callable[[str], None],
+    countdown: float | None = None,
+) -> bool:
+    """Send ``task_name`` for a job, a batch or a webhook delivery (``object_id``), ``countdown``
+    seconds from now if given, and record when (``mark_dispatched``)."""
+    expires = float(settings.TUNERY_JOB_REDISPATCH_SECONDS) + (countdown or 0.0)
     try:
         if app.conf.task_always_eager:  # TUNERY_TASKS_EAGER (debugging): send_task ignores it, run inline
             app.loader.import_default_modules()
             app.tasks[task_name].apply(args=[object_id])
         else:
-            app.send_task(
-                task_name, args=[object_id], queue=queue, expires=float(settings.TUNERY_JOB_REDISPATCH_SECONDS)
-            )
+            app.send_task(task_name, args=[object_id], queue=queue, expires=expires, countdown=countdown)
     except Exception as exc:  # broker down: the reconciler re-sends from the database
         log.warning("could not send %s for %s to queue %s: %s", task_name, object_id, queue, exc)
         return False

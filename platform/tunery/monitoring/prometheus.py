@@ -201,6 +201,15 @@ class StateCollector(Collector):
 
 _state_collector = StateCollector()
 REGISTRY.register(_state_collector)
+#: Scrape-time collectors other apps add (register_collector), so monitoring imports none of them.
+_app_collectors: list[Collector] = []
+
+
+def register_collector(collector: Collector) -> None:
+    """Add an app's scrape-time gauges to /metrics (once, from its AppConfig.ready)."""
+    if collector not in _app_collectors:
+        _app_collectors.append(collector)
+        REGISTRY.register(collector)
 
 
 def render() -> bytes:
@@ -210,5 +219,7 @@ def render() -> bytes:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(_state_collector)
+        for collector in _app_collectors:
+            registry.register(collector)
         return generate_latest(registry)
     return generate_latest(REGISTRY)

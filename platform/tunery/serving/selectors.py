@@ -14,7 +14,7 @@ from tunery.jobs.selectors import fine_tuned_models
 from tunery.serving.models import ChampionPeriod, Deployment
 from tunery.serving.process_runtime import artifact_dir
 from tunery.tenants.models import Tenant
-from tunery_contract import TaskDefinition
+from tunery_contract import TaskDefinition, VerticalPack
 
 
 def deployments(tenant: Tenant) -> QuerySet[Deployment]:
@@ -99,6 +99,7 @@ class PackHooks:
 
     task: TaskDefinition | None
     config: dict[str, Any]
+    pack: VerticalPack | None = None
 
 
 def pack_hooks(tenant: Tenant, model: FineTunedModel) -> PackHooks:
@@ -125,4 +126,4 @@ def pack_hooks(tenant: Tenant, model: FineTunedModel) -> PackHooks:
             param="model",
             code="vertical_task_not_found",
         )
-    return PackHooks(task, registry.tenant_config(tenant.pk, pack, enabled_only=True))
+    return PackHooks(task, registry.tenant_config(tenant.pk, pack, enabled_only=True), pack)

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from tunery.core.errors import ApiError, Conflict, InvalidRequest, QuotaExceeded
 from tunery.core.ids import prefixed_id
+from tunery.feedback import prediction_log
 from tunery.files.models import File
 from tunery.monitoring import prometheus
 from tunery.serving import conf, inputs, promotion, routing, selectors, traffic
@@ -253,13 +254,46 @@ def rollback(*, tenant: Tenant, deployment: Deployment, actor: str) -> Deploymen
 def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only: bool = True) -> dict[str, Any]:
     """One prediction request's answer. ``deployed_only=False`` (offline scoring: evaluations)
     also answers for a model that is not deployed, at the server's default precision, and is
-    not counted as the deployment's traffic."""
+    neither counted as the deployment's traffic nor logged."""
+    answer, target, hooks, seen = _predict(tenant, request, deployed_only)
+    _log(tenant, target, hooks, answer, seen)
+    return answer
+
+
+def _log(
+    tenant: Tenant,
+    target: selectors.ServingTarget,
+    hooks: selectors.PackHooks,
+    answer: dict[str, Any],
+    seen: list[dict[str, Any]],
+) -> None:
+    """Leave each answered item in the prediction log (for feedback and monitoring); offline
+    scoring of an undeployed model is not live traffic and is not logged."""
+    if target.deployment is None:
+        return
+    prediction_log.record(
+        tenant=tenant,
+        request_id=answer["id"],
+        endpoint=str(answer.get("object", "prediction")),
+        model_id=target.model.id,
+        deployment_id=target.deployment.id,
+        kind=target.kind,
+        items=[prediction_log.AnsweredItem(item, entry) for item, entry in zip(seen, answer["data"])],
+        screen=prediction_log.input_screen(hooks.pack, hooks.task, hooks.config),
+    )
+
+
+def _predict(
+    tenant: Tenant, request: inputs.PredictionRequest, deployed_only: bool = True
+) -> tuple[dict[str, Any], selectors.ServingTarget, selectors.PackHooks, list[dict[str, Any]]]:
+    """The answer, with what each of its items saw (in the order of its ``data``), unlogged."""
     chosen = routing.route(tenant, request.model, deployed_only=deployed_only)
     target = chosen.target
     hooks = selectors.pack_hooks(tenant, target.model)
     head = head_of(target)
     if head.generates_text:
-        return _predict_generations(target, hooks, request)
+        generated, seen = _predict_generations(target, hooks, request)
+        return generated, target, hooks, seen
     text_column = _column(hooks, "text")
     pair_column = _column(hooks, "text_pair")
     if request.items is not None:
@@ -301,13 +335,18 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only:
 
     if deployed_only:
         routing.answered(chosen, data, elapsed, shadow_answer)
+    seen = [
+        {"text": item.text, **({"text_pair": item.text_pair} if item.text_pair is not None else {})}
+        for item in model_inputs
+    ]
     if request.items is not None:
         for entry, item in zip(data, request.items):
             entry.setdefault("item", item)
-        data.sort(key=lambda r: r.get("score", 0.0), reverse=True)
+        order = sorted(range(len(data)), key=lambda i: data[i].get("score", 0.0), reverse=True)
+        data, seen = [data[i] for i in order], [seen[i] for i in order]
         for rank, entry in enumerate(data, start=1):
             entry["rank"] = rank
-    return {
+    answer = {
         "id": prefixed_id("pred"),
         "object": "prediction",
         "created": int(time.time()),
@@ -318,6 +357,7 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only:
         "data": data,
         "usage": {"items": len(data)},
     }
+    return answer, target, hooks, seen
 
 
 def _entries(
@@ -377,10 +417,8 @@ def _predict_merged(
             or head_of(routing.route(tenant, first.model, deployed_only=deployed_only).target).generates_text
         ):
             return
-        merged = predict(
-            tenant=tenant,
-            request=inputs.PredictionRequest(first.model, inputs=rows, body=first.body),
-            deployed_only=deployed_only,
+        merged, target, hooks, seen = _predict(
+            tenant, inputs.PredictionRequest(first.model, inputs=rows, body=first.body), deployed_only
         )
     except ApiError:
         return  # one member's fault: the others must not share it
@@ -388,13 +426,14 @@ def _predict_merged(
     for index in members:
         count = len(requests[index].inputs or [])
         data = [{**entry, "index": entry["index"] - offset} for entry in merged["data"][offset : offset + count]]
-        answers[index] = {**merged, "id": prefixed_id("pred"), "data": data, "usage": {"items": count}}
+        answers[index] = answer = {**merged, "id": prefixed_id("pred"), "data": data, "usage": {"items": count}}
+        _log(tenant, target, hooks, answer, seen[offset : offset + count])
         offset += count
 
 
 def _predict_generations(
     target: selectors.ServingTarget, hooks: selectors.PackHooks, request: inputs.PredictionRequest
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A causal LM behind /v1/predictions: each input (a text for the user turn, {"messages"} or
     {"prompt"}) is generated, decoded into a Prediction and given to the pack's post-processing
     (the customer-service reply and hand-off, the medical summary's PHI screening, ...)."""
@@ -410,7 +449,7 @@ def _predict_generations(
             code="too_many_items",
         )
     params = inputs.generation_parameters({**(request.body or {}), "stream": False})
-    data, prompt_tokens, completion_tokens = [], 0, 0
+    data, seen, prompt_tokens, completion_tokens = [], [], 0, 0
     started = time.perf_counter()
     for index, row in enumerate(request.inputs):
         messages = row.get("messages")
@@ -429,6 +468,7 @@ def _predict_generations(
         result = _run(lambda g=generation: get_runtime().generate(target.model.id, target.path, g))
         prompt_tokens += result.prompt_tokens
         completion_tokens += result.completion_tokens
+        seen.append({"messages": list(messages)} if messages is not None else {"prompt": prompt})
         prediction = Prediction(kind=TaskKind.CAUSAL_LM, text=result.text)
         entry = {"index": index, **decoded(prediction), "finish_reason": result.finish_reason}
         if hooks.task is not None and hooks.task.postprocess is not None:
@@ -436,7 +476,7 @@ def _predict_generations(
         data.append(entry)
     prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
     prometheus.GENERATED_TOKENS.inc(completion_tokens)
-    return {
+    answer = {
         "id": prefixed_id("pred"),
         "object": "prediction",
         "created": int(time.time()),
@@ -445,6 +485,7 @@ def _predict_generations(
         "data": data,
         "usage": {"items": len(data), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
     }
+    return answer, seen
 
 
 def head_of(target: selectors.ServingTarget) -> type[TaskHead]:
@@ -530,14 +571,21 @@ def generate(*, tenant: Tenant, body: dict[str, Any], chat: bool) -> dict[str, A
         seed=params.seed,
     )
     shape = _Shape(chat=chat, model=target.model.id)
+
+    def log_generation(text: str) -> None:
+        seen = {"messages": list(messages)} if messages is not None else {"prompt": prompt}
+        answer = {"id": shape.id, "object": shape.object, "data": [{"text": text}]}
+        _log(tenant, target, hooks, answer, [seen])
+
     if params.stream and screen is None:
-        return _stream(target, request, shape, params.include_usage)
+        return _stream(target, request, shape, params.include_usage, log_generation)
     started = time.perf_counter()
     result = _run(lambda: get_runtime().generate(target.model.id, target.path, request))
     prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
     prometheus.GENERATED_TOKENS.inc(result.completion_tokens)
     if screen is not None:
         result.text = screen(result.text)
+    log_generation(result.text)
     if params.stream:  # screened text is only known whole: one content chunk
         return _whole_as_stream(result, shape, params.include_usage)
     return shape.whole(result)
@@ -617,7 +665,13 @@ def _whole_as_stream(result: Any, shape: _Shape, include_usage: bool) -> Iterato
     yield "data: [DONE]\n\n"
 
 
-def _stream(target: selectors.ServingTarget, request: Any, shape: _Shape, include_usage: bool) -> Iterator[str]:
+def _stream(
+    target: selectors.ServingTarget,
+    request: Any,
+    shape: _Shape,
+    include_usage: bool,
+    finished: Callable[[str], None],
+) -> Iterator[str]:
     from tunery_serving import GenerationResult
 
     # Load (and fail) before the first byte, so a broken model is a proper error response.
@@ -630,6 +684,7 @@ def _stream(target: selectors.ServingTarget, request: Any, shape: _Shape, includ
         try:
             pieces = runtime.stream(target.model.id, target.path, request, result)
             yield from _framed(shape, pieces, result, include_usage)
+            finished(result.text)
         except Exception as exc:  # headers are gone: report in-band, as OpenAI does
             log.exception("generation failed mid-stream for %s", target.model.id)
             yield _event(

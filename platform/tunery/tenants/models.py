@@ -33,6 +33,11 @@ class Tenant(models.Model):
         help_text="Rate limit for predictions and completions; the default (500 requests/s) is above what one "
         "host serves, so a tenant can use all of it unless you lower it.",
     )
+    prediction_text_retention_days = models.PositiveIntegerField(
+        default=30,
+        help_text="Days the prediction log keeps each input's text for feedback and exports (0: keep none; "
+        "labels, confidences and lengths are kept either way).",
+    )
 
     def __str__(self) -> str:
         return self.slug
