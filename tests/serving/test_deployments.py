@@ -248,6 +248,7 @@ def test_another_tenants_deployment_is_404_everywhere(setup, make_tenant, make_m
         ({"challenger": "ENTITIES", "mode": "shadow"}, "challenger", 409, "challenger_mismatch"),
         ({"challenger": "ft:nope", "mode": "shadow"}, "model", 404, "model_not_found"),
         ({"evaluation_file": "file-nope"}, "evaluation_file", 400, "file_not_found"),
+        ({"mode": "canary", "canary_share": 0.5}, "challenger", 400, "missing_challenger"),
     ],
 )
 def test_bad_changes_are_clear_errors_and_change_nothing(setup, make_model, artifacts, body, param, status, code):

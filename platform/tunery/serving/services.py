@@ -180,6 +180,12 @@ def _change_challenger(tenant: Tenant, deployment: Deployment, changes: inputs.D
     challenger_id = deployment.challenger_id if isinstance(changes.challenger, inputs.Unset) else changes.challenger
     mode = deployment.mode if isinstance(changes.mode, inputs.Unset) else changes.mode
     share = deployment.canary_share if isinstance(changes.canary_share, inputs.Unset) else changes.canary_share
+    if challenger_id is None and isinstance(changes.challenger, inputs.Unset):
+        raise InvalidRequest(
+            "The deployment has no challenger; pass challenger (a fine-tuned model id) with mode and canary_share.",
+            param="challenger",
+            code="missing_challenger",
+        )
     if challenger_id is None:
         promotion.set_challenger(
             tenant=tenant, deployment_id=deployment.id, challenger=None, mode="", canary_share=share, actor=actor
