@@ -52,7 +52,10 @@ class EventWriter(TrainingCallback):
         self.state = state
         resumed_from = str(state.resumed_from) if state.resumed_from is not None else None
         resolved = state.config.to_dict() if state.config is not None else None
-        self.emit(protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from, resolved))
+        reasons = dict(state.auto_reasons) or None
+        self.emit(
+            protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from, resolved, reasons)
+        )
 
     def on_progress(self, event: ProgressEvent) -> None:
         self.emit(protocol.Progress(**event.to_json()))
@@ -62,6 +65,11 @@ class EventWriter(TrainingCallback):
         task_metrics = dict(metrics)
         eval_loss = task_metrics.pop("eval_loss", None)
         self.emit(protocol.Evaluate(step, eval_loss, task_metrics, learning_rate))
+
+    def on_probe(self, metrics: Mapping[str, float]) -> None:
+        task_metrics = dict(metrics)
+        eval_loss = task_metrics.pop("eval_loss", None)
+        self.emit(protocol.Evaluate(0, eval_loss, task_metrics, None, model="linear_probe"))
 
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
         self.emit(protocol.Checkpoint(step, str(path), dict(metrics or {}), is_best))
