@@ -12,6 +12,7 @@ usage (from the repository root):
   python bench/quality_suite.py --sets banking77 --regimes 10 --seeds 0          # one few-shot run
   python bench/quality_suite.py --regimes 10 20 --seeds 0 1 2 --json few.json    # the few-shot table
   python bench/quality_suite.py --regimes full --seeds 0                          # hours on 2 CPU cores
+  python bench/quality_suite.py --sets banking77 --regimes 10 --max-steps 1       # smoke: probe + calibration
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def Progress() -> Any:
     return Printer()
 
 
-def run_one(name: str, regime: str, seed: int, base: Path, work: Path) -> dict[str, Any]:
+def run_one(name: str, regime: str, seed: int, base: Path, work: Path, max_steps: int | None = None) -> dict[str, Any]:
     from tunery_customer_service import pack
 
     from tunery_engine import JobSpec, TrainConfig, train
@@ -140,7 +141,7 @@ def run_one(name: str, regime: str, seed: int, base: Path, work: Path) -> dict[s
     data = out / "train.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in train_rows), encoding="utf-8")
-    config = TrainConfig(**{**task.default_hyperparameters, "seed": seed})
+    config = TrainConfig(**{**task.default_hyperparameters, "seed": seed, "max_steps": max_steps})
     spec = JobSpec(
         base_model=base,
         task=task,
@@ -243,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=None, help="base model (default: the packaged MiniLM)")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="smoke mode: stop fine-tuning after N steps (the probe is then usually shipped; checks the "
+        "probe, calibration and hand-off path on a busy host, not the fine-tuning targets)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -257,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         for regime in args.regimes:
             for seed in args.seeds:
-                result = run_one(name, regime, seed, args.model_dir, work)
+                result = run_one(name, regime, seed, args.model_dir, work, args.max_steps)
                 results.append(result)
                 print(
                     json.dumps(
