@@ -34,7 +34,7 @@ def profile(rows: int, classes: int, p99_words: int = 20) -> dict:
 
 def test_auto_takes_the_few_shot_path_for_few_examples_per_class_and_says_why():
     few, why = auto.resolve(TrainConfig(), profile(770, 77), MINILM)
-    assert (few.n_epochs, few.batch_size, few.learning_rate, few.warmup_ratio) == (20, 16, 5e-5, 0.1)
+    assert (few.n_epochs, few.batch_size, few.learning_rate, few.warmup_ratio) == (10, 16, 5e-5, 0.1)
     assert "few-shot" in why["n_epochs"]
     assert "few-shot" in why["learning_rate"]
     assert few.max_length == 40  # 20 words x 1.5 + 3 special tokens, up to a multiple of 8
