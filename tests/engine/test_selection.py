@@ -40,8 +40,13 @@ def test_evaluate_events_carry_the_current_learning_rate(tmp_path, tiny_bert):
     train(spec, [EventWriter(stream)])
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     progress = {e["step"]: e["learning_rate"] for e in events if e["event"] == "progress"}
-    evaluations = [e for e in events if e["event"] == "evaluate"]
+    evaluations = [e for e in events if e["event"] == "evaluate" and not e.get("model")]
     assert evaluations
+    probe = [e for e in events if e["event"] == "evaluate" and e.get("model") == "linear_probe"]
+    assert len(probe) == 1  # the linear probe: the first evaluation, at step 0
+    assert probe[0]["step"] == 0
+    assert "accuracy" in probe[0]["metrics"]
+    assert events.index(probe[0]) < events.index(evaluations[0])
     for evaluation in evaluations:
         assert evaluation["learning_rate"] == progress[evaluation["step"]]
     assert evaluations[0]["learning_rate"] > 0  # mid-run: the linear decay has not reached zero

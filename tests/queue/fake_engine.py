@@ -98,11 +98,18 @@ def main() -> int:
     starts = len((out / "starts.jsonl").read_text().splitlines())
     resumed_from = str(checkpoints / f"step-{start:06d}") if start else None
     resolved = {**config, "n_epochs": 1, "batch_size": config.get("batch_size", 8), "learning_rate": 3e-4}
-    emit(protocol.TrainBegin(step=start, total_steps=steps, resumed_from=resumed_from, resolved_config=resolved))
+    reasons = {"n_epochs": "1: the fake engine's rule"} if config.get("probe") else None
+    emit(
+        protocol.TrainBegin(
+            step=start, total_steps=steps, resumed_from=resumed_from, resolved_config=resolved, auto_reasons=reasons
+        )
+    )
     if start:
         replayed = json.loads((checkpoints / f"step-{start:06d}" / "state.json").read_text())["recent_events"]
         for data in replayed:
             emit_and_keep(protocol.EngineEvent.from_json(data))
+    if config.get("probe"):  # the real engine's linear-probe floor: evaluated before training
+        emit(protocol.Evaluate(step=0, eval_loss=0.9, metrics={"accuracy": 0.7}, model="linear_probe"))
 
     if behaviour == "poison":
         time.sleep(step_seconds)
@@ -166,6 +173,7 @@ def main() -> int:
             metrics={"accuracy": 1.0},
             resolved_config={**config, "n_epochs": 1},
             trained_tokens=steps * 100,
+            warnings=list(config.get("warnings") or []),
         )
     )
     return ExitCode.SUCCEEDED

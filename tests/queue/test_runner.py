@@ -261,3 +261,19 @@ def test_the_runner_takes_the_validation_loss_from_eval_loss_only(queue_settings
     typed = JobEvent.objects.get(job=job, dedupe_key="eval:step:4")
     assert (typed.data["valid_loss"], typed.data["accuracy"]) == (0.25, 0.9)
     assert typed.message == "Step 4: validation loss=0.2500, accuracy=0.9000"
+
+
+def test_the_linear_probe_the_auto_reasons_and_the_engine_warnings_become_job_events(
+    queue_settings, new_tenant, make_job
+):
+    warning = "the fine-tuned model did not beat the linear probe on the validation split"
+    job = make_job(new_tenant(), steps=2, probe=True, warnings=[warning])
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    probe = JobEvent.objects.get(job=job, dedupe_key="eval:linear_probe")
+    assert probe.type == "metrics"
+    assert probe.message.startswith("Linear probe")
+    assert (probe.data["model"], probe.data["accuracy"], probe.data["valid_loss"]) == ("linear_probe", 0.7, 0.9)
+    begin = JobEvent.objects.get(job=job, dedupe_key="attempt:1:train_begin")
+    assert begin.data["auto_reasons"] == {"n_epochs": "1: the fake engine's rule"}
+    warned = JobEvent.objects.get(job=job, dedupe_key="attempt:1:warning:0")
+    assert (warned.level, warned.message) == (JobEvent.Level.WARN, warning)

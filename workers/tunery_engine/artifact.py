@@ -63,6 +63,10 @@ class ArtifactInfo:
     label_thresholds: LabelThresholds = field(default_factory=LabelThresholds)
     #: sequence classification: "mean" or "model" (``tunery_engine.modeling.POOLINGS``)
     pooling: str = "model"
+    #: single-label classification: the hand-off threshold chosen on validation (``handoff`` in the manifest)
+    handoff_threshold: float | None = None
+    #: "fine_tuned", or "linear_probe" when fine-tuning did not beat the probe (None: no probe was fitted)
+    shipped: str | None = None
     #: the manifest as written (export_merged copies it)
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -102,6 +106,22 @@ def model_card(
         f"- max length: {config.max_length} tokens; best step: {manifest['best_step']}",
         f"- selected by: {task.selection_metric} ({'higher' if task.greater_is_better else 'lower'} is better)",
         *([f"- classifier input: {MEAN_POOLING_NOTE}"] if config.pooling == "mean" else []),
+        *(
+            [
+                "- shipped: the linear probe (the base model, frozen, with a logistic-regression head): "
+                "fine-tuning did not beat it on validation"
+            ]
+            if manifest.get("shipped") == "linear_probe"
+            else []
+        ),
+        *(
+            [
+                f"- hand-off below confidence {manifest['handoff']['threshold']:.4f} "
+                f"(target {manifest['handoff']['target']}, chosen on validation)"
+            ]
+            if manifest.get("handoff")
+            else []
+        ),
         "",
         "## Validation metrics",
         "",
@@ -211,10 +231,22 @@ def read_artifact(path: str | Path, base_model: str | Path | None = None) -> Art
         target_scale=TargetScale.from_manifest(manifest),
         label_thresholds=LabelThresholds.from_manifest(manifest),
         pooling=str(manifest.get("pooling") or "model"),
+        handoff_threshold=_handoff_threshold(manifest),
+        shipped=manifest.get("shipped"),
         manifest=manifest,
     )
     _check_files(info)
     return info
+
+
+def _handoff_threshold(manifest: Mapping[str, Any]) -> float | None:
+    handoff = manifest.get("handoff")
+    if handoff is None:
+        return None
+    value = handoff.get("threshold") if isinstance(handoff, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ArtifactError(f"handoff.threshold must be a number from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def _check_files(info: ArtifactInfo) -> None:

@@ -43,6 +43,8 @@ class TrainState:
     resumed_from: Path | None = None
     #: the run's hyperparameters with every "auto" resolved
     config: TrainConfig | None = None
+    #: knob -> the rule that chose its "auto" value (``tunery_engine.auto.resolve``)
+    auto_reasons: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,6 +91,9 @@ class TrainingCallback:
 
     def on_evaluate(self, step: int, metrics: Mapping[str, float]) -> None:
         pass
+
+    def on_probe(self, metrics: Mapping[str, float]) -> None:
+        """The linear probe's validation metrics (eval_loss included), before the first training step."""
 
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
         pass

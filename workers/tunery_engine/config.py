@@ -25,9 +25,13 @@ from tunery_contract.vocabulary import (
     Auto,
     TrainConfig,
 )
+from tunery_engine.auto import ModelInfo
+from tunery_engine.auto import resolve as resolve_auto
 from tunery_engine.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from tunery_contract import TaskDefinition
 
 __all__ = [
@@ -70,49 +74,26 @@ def resolve(
     bf16_supported: bool = False,
     bf16_native: bool = False,
     world_size: int = 1,
+    profile: Mapping[str, Any] | None = None,
+    model_info: ModelInfo | None = None,
 ) -> TrainConfig:
     """A copy of ``config`` with every ``"auto"`` replaced by a concrete value.
 
-    The rules are deliberately simple and recorded in ``training_config.json``: small data gets more
-    epochs, big models get a smaller learning rate and batch, LoRA gets a larger learning rate.
+    The data and model rules are :func:`tunery_engine.auto.resolve`'s (``profile``: the data profile,
+    which the recipe passes, with ``model_info``); this adds the device and interval knobs.
     ``bf16_supported``: the device can train in bf16 at all; ``bf16_native``: a CPU with bf16
     arithmetic (AVX-512 BF16, AMX), where ``"auto"`` precision picks bf16 instead of fp32.
     """
     if n_train_rows < 1:
         raise ConfigError("no training rows")
+    model = ModelInfo(parameters=model_params, max_length=model_max_length, causal_lm=causal_lm)
+    config, _ = resolve_auto(config, {"rows": n_train_rows, **(profile or {})}, model_info or model)
     values = config.to_dict()
-    lora = config.training_type == "lora"
-    big = model_params > 1_000_000_000
 
     def pick(name: str, value: Any) -> None:
         if values[name] == AUTO:
             values[name] = value
 
-    if n_train_rows <= 500:
-        pick("n_epochs", 10)
-    elif n_train_rows <= 3000:
-        pick("n_epochs", 6)
-    elif n_train_rows <= 20000:
-        pick("n_epochs", 4)
-    else:
-        pick("n_epochs", 2)
-    pick("batch_size", 8 if (big or causal_lm) else 32)
-    pick("gradient_accumulation_steps", 1)
-    if lora:
-        pick("learning_rate", 2e-4 if big else 5e-4)
-    elif model_params < 50_000_000:
-        pick("learning_rate", 1e-4)
-    elif model_params < 400_000_000:
-        pick("learning_rate", 5e-5)
-    else:
-        pick("learning_rate", 2e-5)
-    cap = 1024 if causal_lm else 512
-    pick("max_length", min(model_max_length or cap, cap))
-    pick("warmup_ratio", 0.06)
-    pick("weight_decay", 0.01)
-    pick("lora_r", 16)
-    pick("lora_alpha", 2 * int(values["lora_r"]))
-    pick("lora_dropout", 0.05)
     if values["precision"] == AUTO:
         if device_type == "cuda":
             values["precision"] = "bf16" if bf16_supported else "fp16"

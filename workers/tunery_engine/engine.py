@@ -10,6 +10,7 @@ dynamic shapes on CUDA.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -22,9 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tunery_contract import TaskKind
+from tunery_contract.profile import profile_rows
+from tunery_contract.vocabulary import AUTO
+from tunery_engine import auto
 from tunery_engine import checkpoint as ckpt
+from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
 from tunery_engine.config import JobSpec, TrainConfig, resolve, steps_per_epoch
@@ -251,6 +257,41 @@ class _ProgressWindow:
         return event
 
 
+@dataclass
+class ProbeResult:
+    """A fitted linear probe: the head's weights and its validation metrics."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    metrics: dict[str, float]
+    seconds: float = 0.0
+
+    def save(self, folder: Path, key: Mapping[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"weight": self.weight.contiguous()}
+        if self.bias is not None:
+            tensors["bias"] = self.bias.contiguous()
+        save_file(tensors, str(folder / "head.safetensors"))
+        saved = {"metrics": self.metrics, "seconds": self.seconds, "key": dict(key)}
+        (folder / "probe.json").write_text(json.dumps(saved))
+
+    @classmethod
+    def load(cls, folder: Path, key: Mapping[str, Any]) -> ProbeResult | None:
+        """The probe an earlier attempt of this run saved for the same data, labels and length, or None."""
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(folder / "head.safetensors"))
+            saved = json.loads((folder / "probe.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if saved.get("key") != json.loads(json.dumps(dict(key))):
+            return None
+        return cls(tensors["weight"], tensors.get("bias"), dict(saved["metrics"]), float(saved.get("seconds", 0.0)))
+
+
 class FineTuneRecipe:
     """One fine-tuning job as named steps: :meth:`setup` (device, data, model, LoRA, optimizer,
     scheduler, teacher, :meth:`restore`), :meth:`train` (:meth:`train_step` per optimizer step,
@@ -307,6 +348,13 @@ class FineTuneRecipe:
         self.warnings: list[str] = []
         self.last_checkpoint: Path | None = None
         self.last_eval_step = -1
+        self.auto_reasons: dict[str, str] = {}
+        self.few_shot = False
+        self.probe: ProbeResult | None = None
+        #: what the artifact holds: "fine_tuned", or "linear_probe" when fine-tuning did not beat it
+        self.shipped = "fine_tuned"
+        self.calibration: dict[str, Any] | None = None
+        self.handoff: lp.Handoff | None = None
         # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
         # the run needs no disk read
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -317,8 +365,9 @@ class FineTuneRecipe:
         self.load_data()
         self.build_model()
         self.resolve_config()
-        self.prepare_model()
         self.encode_data()
+        self.fit_probe()  # on the plain model, before LoRA wraps it: the probe is the head fine-tuning starts from
+        self.prepare_model()
         self.teacher = None
         if self.spec.teacher_model is not None:
             self.teacher = _load_teacher(
@@ -337,6 +386,7 @@ class FineTuneRecipe:
             learning_rate=float(self.scheduler.get_last_lr()[0]),
             resumed_from=resumed_from,
             config=self.config,
+            auto_reasons=self.auto_reasons,
         )
         self.wrap_model()
         self.setup_callbacks()
@@ -390,10 +440,23 @@ class FineTuneRecipe:
         )
         if max_positions and max_positions > 1_000_000:
             max_positions = None
+        parameters = count_parameters(self.model)
+        model_info = auto.ModelInfo(
+            parameters=parameters,
+            max_length=max_positions,
+            causal_lm=self.task.kind is TaskKind.CAUSAL_LM,
+            sentence_encoder=self.pooling == "mean",
+            task_kind=self.task.kind,
+        )
+        profile = profile_rows(self.task, self.train_rows)
+        self.few_shot = auto.is_few_shot(auto.DataShape.from_profile(profile), model_info)
+        requested, self.auto_reasons = auto.resolve(
+            replace(self.spec.config, pooling=self.pooling), profile, model_info
+        )
         self.config = resolve(
-            replace(self.spec.config, pooling=self.pooling),
+            requested,
             len(self.train_rows),
-            count_parameters(self.model),
+            parameters,
             model_max_length=max_positions,
             causal_lm=self.task.kind is TaskKind.CAUSAL_LM,
             device_type=self.device.type,
@@ -433,6 +496,50 @@ class FineTuneRecipe:
         self.config = self.head.fit_loss(self.config, self.train_data, self.label_names)
         self.train_lengths = self.train_data.lengths
         self.has_validation = len(self.val_data.features) > 0
+
+    def fit_probe(self) -> None:
+        """The linear-probe floor: a logistic regression on the frozen base's features, written into
+        the head (fine-tuning starts from it) and evaluated on validation (reported first). Fitted
+        once; a resumed run reads it from ``output_dir/probe``."""
+        layer = lp.linear_head(self.model)
+        eligible = self.task.kind is TaskKind.SEQUENCE_CLASSIFICATION and self.has_validation and layer is not None
+        wanted = eligible if self.config.linear_probe == AUTO else bool(self.config.linear_probe)
+        if wanted and not eligible:
+            self.warnings.append(
+                "linear_probe needs single-label classification, a validation split and a one-layer head: skipped"
+            )
+            wanted = False
+        self.config = replace(self.config, linear_probe=wanted)
+        if not wanted or layer is None:
+            return
+        self.model.to(self.device)
+        self.batch_size = int(self.config.batch_size)
+        initial = (layer.weight.detach().clone(), layer.bias.detach().clone() if layer.bias is not None else None)
+        key = {
+            "data": data_fingerprint(self.train_rows),
+            "labels": list(self.label_names),
+            "max_length": self.config.max_length,
+        }
+        self.probe = ProbeResult.load(self.output_dir / "probe", key)
+        if self.probe is None:
+            started = time.monotonic()
+            features = lp.forward_rows(
+                self.model, self.train_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id, layer
+            )
+            labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.train_data.features]))
+            weight, bias = lp.fit_logistic_regression(
+                features, labels, len(self.label_names), bias=layer.bias is not None
+            )
+            lp.set_linear(layer, weight, bias)
+            self.probe = ProbeResult(weight, bias, self.evaluate(), time.monotonic() - started)
+            if self.dist.is_main:
+                self.probe.save(self.output_dir / "probe", key)
+        log.info("linear probe: %s", self.probe.metrics)
+        if self.few_shot:  # LP-FT: with few examples, fine-tuning from the probe's head keeps what the base knows
+            lp.set_linear(layer, self.probe.weight, self.probe.bias)
+            self.auto_reasons["initial_head"] = "linear probe: few-shot (fine-tuning starts from the probe's head)"
+        else:
+            lp.set_linear(layer, *initial)
 
     def setup_optimizer(self) -> None:
         """Step counts, AdamW, the learning-rate schedule and (fp16 on CUDA) the gradient scaler."""
@@ -508,6 +615,8 @@ class FineTuneRecipe:
             items = [cb for cb in items if isinstance(cb, EarlyStopping)]
         self.hooks = _Callbacks(items)
         self.hooks.on_train_begin(self.state)
+        if self.probe is not None and self.dist.is_main:
+            self.hooks.on_probe(self.probe.metrics)
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -527,6 +636,8 @@ class FineTuneRecipe:
                 self.advance(len(group), len(batches), tokens)
                 self.after_step()
         self.select_best()
+        self.keep_floor()
+        self.calibrate()
         self.fit_thresholds()
         self.hooks.on_train_end(self.state)
         return self.save_artifact()
@@ -728,6 +839,100 @@ class FineTuneRecipe:
             ckpt.load_trainable_state(self.model, weights)
         self.best_weights = None
 
+    def keep_floor(self) -> None:
+        """Ship the linear probe instead of the fine-tuned weights unless fine-tuning beat it on
+        validation by the task's selection metric."""
+        if self.probe is None:
+            return
+        metric, greater = self.task.selection_metric, self.task.greater_is_better
+        tuned, floor = self.run.best_metric, float(self.probe.metrics[metric])
+        if tuned is not None and ((tuned > floor) if greater else (tuned < floor)):
+            return
+        self.shipped = "linear_probe"
+        fresh = self.head.build_model(self.base_model, self.label_names, pooling=self.pooling)
+        originals = dict(fresh.named_parameters())
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if "lora_B" in name:  # LoRA's B at zero: the adapter adds nothing to the base
+                    param.zero_()
+                elif self.config.training_type == "full" and name in originals:
+                    param.copy_(originals[name].to(param.device))
+        layer = lp.linear_head(self.model)
+        assert layer is not None  # the probe was fitted on it
+        lp.set_linear(layer, self.probe.weight, self.probe.bias)
+        self.run.best_metrics, self.run.best_step, self.run.best_metric = dict(self.probe.metrics), 0, floor
+        shown = "no evaluation" if tuned is None else f"{metric} {tuned:.4f}"
+        self.warnings.append(
+            f"the fine-tuned model ({shown}) did not beat the linear probe ({metric} {floor:.4f}) on the validation "
+            "split: the artifact holds the linear probe (the base model, frozen, with a logistic-regression head)"
+        )
+        log.warning(self.warnings[-1])
+
+    def calibrate(self) -> None:
+        """Single-label classification: temperature scaling fitted on validation and folded into the
+        head, then the hand-off threshold chosen on validation for the job's target; the final
+        metrics report coverage and accuracy at that threshold."""
+        layer = lp.linear_head(self.model)
+        single = self.task.kind is TaskKind.SEQUENCE_CLASSIFICATION and self.has_validation
+        method = str(self.config.calibration)
+        if method == AUTO:
+            method = "temperature" if single and layer is not None else "none"
+        elif method == "temperature" and not (single and layer is not None):
+            self.warnings.append(
+                "calibration needs single-label classification, a validation split and a one-layer head: skipped"
+            )
+            method = "none"
+        self.config = replace(self.config, calibration=method)
+        if not single:
+            return
+        logits = lp.forward_rows(
+            self.model, self.val_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id
+        )
+        labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.val_data.features]))
+        if method == "temperature" and layer is not None:
+            temperature = lp.fit_temperature(logits, labels)
+            before = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
+            logits = logits / temperature
+            after = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
+            lp.fold_temperature(layer, temperature)
+            self.calibration = {
+                "method": "temperature",
+                "temperature": temperature,
+                "folded_into_head": True,
+                "validation_nll": {"before": before[0], "after": after[0]},
+                "validation_ece": {"before": before[1], "after": after[1]},
+            }
+            self.run.best_metrics = self.evaluate()  # the served model's numbers (its loss changed)
+        coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
+        self.handoff = lp.choose_handoff(logits.softmax(-1), labels, coverage, precision)
+        if self.handoff is None:
+            return
+        self.run.best_metrics = {
+            **self.run.best_metrics,
+            "handoff_threshold": self.handoff.threshold,
+            "coverage_at_handoff": self.handoff.coverage,
+            "accuracy_at_handoff": self.handoff.accuracy if self.handoff.accuracy is not None else 0.0,
+        }
+        if self.handoff.missed:
+            self.warnings.append(self.handoff.missed)
+        if len(labels) < 50:
+            self.warnings.append(
+                f"the hand-off threshold was chosen on {len(labels)} validation rows: expect its coverage to "
+                "differ on live traffic; a larger validation split makes it reliable"
+            )
+
+    def quality_manifest(self) -> dict[str, Any]:
+        """The floor, calibration and hand-off decisions, for ``tunery_artifact.json``."""
+        fields: dict[str, Any] = {}
+        if self.probe is not None:
+            fields["shipped"] = self.shipped
+            fields["linear_probe"] = {"metrics": self.probe.metrics, "seconds": round(self.probe.seconds, 3)}
+        if self.calibration is not None:
+            fields["calibration"] = self.calibration
+        if self.handoff is not None:
+            fields["handoff"] = self.handoff.manifest()
+        return fields
+
     def fit_thresholds(self) -> None:
         """Multi-label "auto" thresholds, fitted on validation with the selected weights."""
         if self.config.label_thresholds != "auto":
@@ -770,7 +975,7 @@ class FineTuneRecipe:
                     "validation_rows": len(self.val_data.features),
                     "teacher_model": str(spec.teacher_model) if spec.teacher_model else None,
                 },
-                manifest_fields=self.head.manifest_fields(),
+                manifest_fields={**self.head.manifest_fields(), **self.quality_manifest()},
             )
         self.dist.barrier()
         return TrainResult(

@@ -58,7 +58,10 @@ class EventWriter(TrainingCallback):
         self.state = state
         resumed_from = str(state.resumed_from) if state.resumed_from is not None else None
         resolved = state.config.to_dict() if state.config is not None else None
-        self.emit(protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from, resolved))
+        reasons = dict(state.auto_reasons) or None
+        self.emit(
+            protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from, resolved, reasons)
+        )
         for data in state.run.recent_events:  # events of the checkpoint's steps the runner may never have read
             self.emit(protocol.EngineEvent.from_json(data))
 
@@ -70,6 +73,11 @@ class EventWriter(TrainingCallback):
         task_metrics = dict(metrics)
         eval_loss = task_metrics.pop("eval_loss", None)
         self.emit_and_keep(protocol.Evaluate(step, eval_loss, task_metrics, learning_rate))
+
+    def on_probe(self, metrics: Mapping[str, float]) -> None:
+        task_metrics = dict(metrics)
+        eval_loss = task_metrics.pop("eval_loss", None)
+        self.emit(protocol.Evaluate(0, eval_loss, task_metrics, None, model="linear_probe"))
 
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
         if self.state is not None:  # the checkpoint just written holds them

@@ -156,6 +156,8 @@ class TrainBegin(EngineEvent):
     resumed_from: str | None = None
     #: the hyperparameters with every "auto" resolved (engines before it sent none)
     resolved_config: dict[str, Any] | None = None
+    #: knob -> the rule that chose its "auto" value ("n_epochs": "20: few-shot (...)")
+    auto_reasons: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,9 @@ class Evaluate(EngineEvent):
     #: the task's metrics (the pack's names), without the loss
     metrics: dict[str, float] = field(default_factory=dict)
     learning_rate: float | None = None
+    #: what was evaluated when it is not the model being trained ("linear_probe": the frozen base
+    #: with a logistic-regression head, before fine-tuning)
+    model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,9 @@ class Prediction:
     tokens: list[str] | None = None
     tags: list[str] | None = None
     text: str | None = None
+    #: single-label classification: the confidence below which the model's job chose to hand off
+    #: (fitted on validation for a coverage or precision target); None: the model has none
+    handoff_threshold: float | None = None
 
     def top_label(self) -> tuple[str, float]:
         if not self.probabilities:

@@ -390,6 +390,60 @@ class TrainConfig:
         ),
     )
 
+    linear_probe: bool | str = _knob(
+        AUTO,
+        Knob(
+            "bool",
+            "single-label classification: fit a logistic regression on the frozen base model's features "
+            "before fine-tuning; it is the first evaluation, the fine-tune's initial head, and the model "
+            "shipped when fine-tuning does not beat it on validation",
+            auto=True,
+            auto_rule="on for single-label classification with a validation split and a linear head",
+            api_name="linear_probe",
+        ),
+    )
+    calibration: str = _knob(
+        AUTO,
+        Knob(
+            "choice",
+            "single-label classification: 'temperature' scaling fitted on the validation split, folded "
+            "into the head, so that reported confidences match accuracy; 'none' keeps the raw softmax",
+            choices=("temperature", "none"),
+            auto=True,
+            auto_rule="temperature for single-label classification with a validation split, else none",
+            api_name="calibration",
+        ),
+    )
+    handoff_coverage: float | None = _knob(
+        None,
+        Knob(
+            "float",
+            "single-label classification: share of requests the model should answer itself; the "
+            "hand-off threshold is the confidence that answers this share of the validation split; "
+            "null = no coverage target",
+            0,
+            1,
+            minimum_open=True,
+            nullable=True,
+            api_name="handoff_coverage",
+        ),
+    )
+    handoff_precision: float | None = _knob(
+        None,
+        Knob(
+            "float",
+            "single-label classification: minimum accuracy of the requests the model answers; the "
+            "hand-off threshold is the lowest confidence that reaches it on the validation split "
+            "(takes precedence over handoff_coverage); null = no precision target",
+            0,
+            1,
+            minimum_open=True,
+            maximum_open=False,
+            nullable=True,
+            api_name="handoff_precision",
+        ),
+    )
+
     def __post_init__(self) -> None:
         for name, knob in knobs():
             found = knob.problem(getattr(self, name))
@@ -412,7 +466,8 @@ class TrainConfig:
         # pooling is settled from the base model's directory (modeling.resolve_pooling) before resolve(),
         # pos_weight from the encoded training split (TaskHead.fit_loss) after it,
         # label_thresholds after training (TaskHead.fit_thresholds)
-        settled_elsewhere = ("pooling", "pos_weight", "label_thresholds")
+        # linear_probe and calibration are settled by the recipe, which knows the head and the splits
+        settled_elsewhere = ("pooling", "pos_weight", "label_thresholds", "linear_probe", "calibration")
         return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name not in settled_elsewhere)
 
     @staticmethod

@@ -37,7 +37,7 @@ from django.utils import timezone
 from tunery.core import artifacts
 from tunery.jobs import lifecycle, tracking
 from tunery.jobs.lifecycle import LeaseLost, Outcome
-from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
+from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobEvent
 from tunery.verticals.registry import pack_context
 from tunery_contract import protocol
 from tunery_contract.protocol import ExitCode, JobSpecFile
@@ -447,6 +447,21 @@ class AttemptRunner:
             "learning_rate": event.learning_rate,
         }
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        if event.model:  # a baseline evaluated before training: the linear probe of the frozen base
+            data["model"] = event.model
+            title = (
+                "Linear probe (frozen base model + logistic regression)"
+                if event.model == "linear_probe"
+                else event.model
+            )
+            lifecycle.add_event(
+                self.job.pk,
+                f"{title}: validation loss={_fmt(valid_loss)}" + (f", {shown}" if shown else ""),
+                type="metrics",
+                data=data,
+                dedupe_key=f"eval:{event.model}",
+            )
+            return
         lifecycle.add_event(
             self.job.pk,
             f"Step {step}: validation loss={_fmt(valid_loss)}" + (f", {shown}" if shown else ""),
@@ -454,6 +469,17 @@ class AttemptRunner:
             data=data,
             dedupe_key=f"eval:step:{step}",
         )
+
+    def _on_succeeded(self, event: protocol.Succeeded) -> None:
+        """The engine's warnings (the probe shipped, a hand-off target missed, ...) as job events."""
+        for index, warning in enumerate(event.warnings):
+            lifecycle.add_event(
+                self.job.pk,
+                warning,
+                level=JobEvent.Level.WARN,
+                data={"code": "engine_warning"},
+                dedupe_key=f"attempt:{self.job.attempts}:warning:{index}",
+            )
 
     def _on_checkpoint(self, event: protocol.Checkpoint) -> None:
         step = event.step

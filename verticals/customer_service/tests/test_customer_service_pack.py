@@ -84,8 +84,8 @@ def test_asking_for_a_task_the_pack_does_not_offer():
 @pytest.mark.parametrize(
     ("config", "problem"),
     [
-        ({"handoff_threshold": 1.5}, "handoff_threshold must be a number from 0 to 1, got 1.5"),
-        ({"handoff_threshold": "high"}, "handoff_threshold must be a number from 0 to 1, got 'high'"),
+        ({"handoff_threshold": 1.5}, 'handoff_threshold must be "auto" or a number from 0 to 1, got 1.5'),
+        ({"handoff_threshold": "high"}, "handoff_threshold must be \"auto\" or a number from 0 to 1, got 'high'"),
         ({"reply_templates": {"card_arrival": ""}}, "reply_templates must map intent names to non-empty reply texts"),
         ({"handoff_reply": None}, "handoff_reply must be a non-empty text"),
     ],

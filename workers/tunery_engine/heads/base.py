@@ -47,6 +47,9 @@ class ArtifactInfo(Protocol):
     @property
     def label_thresholds(self) -> Any: ...  # heads.multi_label.LabelThresholds
 
+    @property
+    def handoff_threshold(self) -> float | None: ...
+
 
 Feature = dict[str, np.ndarray]
 Batch = dict[str, torch.Tensor]

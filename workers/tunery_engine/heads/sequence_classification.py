@@ -63,7 +63,12 @@ class SequenceClassificationHead(EncoderHead):
         cls, info: ArtifactInfo, item: PredictionInput, encoded: BatchEncoding, row: int, logits: torch.Tensor
     ) -> Prediction:
         probabilities = class_probabilities(logits).tolist()
-        return Prediction(kind=cls.kind, label_names=info.label_names, probabilities=probabilities)
+        return Prediction(
+            kind=cls.kind,
+            label_names=info.label_names,
+            probabilities=probabilities,
+            handoff_threshold=info.handoff_threshold,
+        )
 
 
 register_head(SequenceClassificationHead.kind, SequenceClassificationHead)

@@ -4,8 +4,13 @@ agent below a confidence threshold, plus generative replies for causal-LM base m
 Tenant configuration (the admin edits it per tenant)::
 
     {"reply_templates": {"<intent>": "<reply text>"},
-     "handoff_threshold": 0.5,
+     "handoff_threshold": "auto",
      "handoff_reply": "Let me connect you with a colleague who can help."}
+
+``handoff_threshold`` "auto" (the default) is the model's own: chosen on validation by the engine to
+meet the job's ``handoff_coverage`` (default 0.9 of requests answered) or ``handoff_precision`` on
+calibrated confidences, stored in the artifact (``DEFAULT_HANDOFF_THRESHOLD`` for a model without
+one). A number fixes it.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from tunery_contract import (
 from tunery_contract import metrics as m
 from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 DEFAULT_HANDOFF_THRESHOLD = 0.5
+#: the job's default target: the hand-off threshold answers this share of the validation split
+DEFAULT_HANDOFF_COVERAGE = 0.9
 DEFAULT_HANDOFF_REPLY = "Let me connect you with a colleague who can help you with this."
 #: Replies for the sample data's intents; a tenant replaces them with its own.
 SAMPLE_REPLY_TEMPLATES = {
@@ -61,10 +68,19 @@ def intent_metrics(out: EvalOutput) -> dict[str, float]:
     return summary
 
 
+def handoff_threshold(prediction: Prediction, config: Mapping[str, Any]) -> float:
+    """The tenant's fixed threshold, or with "auto" the one fitted for the model's target."""
+    configured = config.get("handoff_threshold", "auto")
+    if configured == "auto" or configured is None:
+        fitted = prediction.handoff_threshold
+        return DEFAULT_HANDOFF_THRESHOLD if fitted is None else float(fitted)
+    return float(configured)
+
+
 def select_reply(prediction: Prediction, item: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """The intent, and the tenant's reply for it, or a hand-off when the model is not confident
     enough or the tenant has no reply for that intent."""
-    threshold = float(config.get("handoff_threshold", DEFAULT_HANDOFF_THRESHOLD))
+    threshold = handoff_threshold(prediction, config)
     templates: Mapping[str, str] = config.get("reply_templates") or {}
     intent, confidence = prediction.top_label()
     probabilities = prediction.probabilities or []
@@ -99,7 +115,8 @@ intent_card = section(
     "Limitations: intents outside the training labels are forced onto the nearest known intent; "
     "keep a hand-off threshold so such requests reach a person.",
     intro="Predicts the customer's intent. Replies come from the tenant's templates; below the "
-    f"hand-off threshold (default {DEFAULT_HANDOFF_THRESHOLD}) the request goes to a human agent.",
+    "hand-off threshold (chosen on validation for the job's coverage or precision target) the request goes to "
+    "a human agent.",
 )
 
 reply_card = section(
@@ -112,7 +129,15 @@ reply_card = section(
 )
 
 
-ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults(max_length=64)
+#: epochs, learning rate, length and warm-up follow the data ("auto": tunery_engine.auto), the
+#: hand-off threshold a 0.9 coverage target
+ENCODER_DEFAULTS: dict[str, Any] = encoder_defaults(
+    n_epochs="auto",
+    learning_rate="auto",
+    max_length="auto",
+    warmup_ratio="auto",
+    handoff_coverage=DEFAULT_HANDOFF_COVERAGE,
+)
 CAUSAL_DEFAULTS: dict[str, Any] = {
     "training_type": "lora",
     "n_epochs": 2,
@@ -169,8 +194,10 @@ def check_config(config: Mapping[str, Any]) -> list[str]:
     """Tenant configuration problems (see the module docstring)."""
     problems = []
     threshold = config.get("handoff_threshold")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        problems.append(f"handoff_threshold must be a number from 0 to 1, got {threshold!r}")
+    if threshold != "auto" and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1
+    ):
+        problems.append(f'handoff_threshold must be "auto" or a number from 0 to 1, got {threshold!r}')
     templates = config.get("reply_templates")
     if not isinstance(templates, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in templates.items()
@@ -191,7 +218,7 @@ pack = VerticalPack(
     "optional generated replies from past conversations.",
     config_defaults={
         "reply_templates": SAMPLE_REPLY_TEMPLATES,
-        "handoff_threshold": DEFAULT_HANDOFF_THRESHOLD,
+        "handoff_threshold": "auto",
         "handoff_reply": DEFAULT_HANDOFF_REPLY,
     },
     license="Apache-2.0; sample data written for the project (CC0)",
