@@ -86,9 +86,10 @@ class EvaluationObjectSerializer(serializers.Serializer):
 class EvaluationCreateSerializer(serializers.Serializer):
     """Request body of POST /v1/evaluations."""
 
-    model = serializers.CharField(help_text="One of your fine-tuned models ('ft:...').")
+    model = serializers.CharField(min_length=1, help_text="One of your fine-tuned models ('ft:...').")
     file = serializers.CharField(
-        help_text="A file uploaded with purpose 'fine-tune' in the model's task schema (text and label columns)."
+        min_length=1,
+        help_text="A file uploaded with purpose 'fine-tune' in the model's task schema (text and label columns).",
     )
     handoff_threshold = serializers.FloatField(
         required=False,

@@ -38,9 +38,9 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
     the options, insert the row and wake a worker once it is committed."""
     model = body.get("model")
     file_id = body.get("file")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not model:
         raise InvalidRequest("model is required: the id of one of your fine-tuned models.", param="model")
-    if not isinstance(file_id, str) or not file_id.strip():
+    if not isinstance(file_id, str) or not file_id:
         raise InvalidRequest("file is required: the id of a labelled file in the model's task schema.", param="file")
     queue = body.get("queue", CPU_QUEUE)
     if queue not in EVALUATION_QUEUES:
@@ -56,8 +56,8 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
         )
     evaluation = _new_evaluation(
         tenant=tenant,
-        model_id=model.strip(),
-        file_id=file_id.strip(),
+        model_id=model,
+        file_id=file_id,
         actor=actor,
         handoff_threshold=body.get("handoff_threshold"),
         queue=queue,
