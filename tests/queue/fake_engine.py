@@ -3,7 +3,8 @@ events on stdout, ``CONTROL`` read between steps, atomic checkpoints in ``output
 it resumes from, the contract's exit codes. Training is ``time.sleep``. Standard library and the
 contract's protocol only (the same event classes as the engine), so a start costs milliseconds.
 
-``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, and ``behaviour``:
+``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, the samples_per_second and
+tokens_per_second its progress events report, and ``behaviour``:
   ok | permanent (fails with a permanent error) | crash_once (exit 1 mid-way on the first start) |
   poison (kills its parent, the worker process, every time) | hang (silent after train_begin) |
   leaky_failure (fails permanently with the base model's path in its message) |
@@ -130,8 +131,8 @@ def main() -> int:
                 epoch=step / steps,
                 loss=1.0 / step,
                 learning_rate=1e-4,
-                samples_per_second=8.0,
-                tokens_per_second=512.0,
+                samples_per_second=float(config.get("samples_per_second", 8.0)),
+                tokens_per_second=float(config.get("tokens_per_second", 512.0)),
                 eta_seconds=rate * (steps - step),
             )
         )

@@ -47,6 +47,20 @@ def test_a_job_runs_to_success_with_metrics_checkpoints_and_one_model(queue_sett
     assert spec["base_model"] == job.base_model.local_path
 
 
+def test_a_finished_job_teaches_the_estimates_its_throughput(queue_settings, new_tenant, make_job):
+    from tunery.jobs.models import MeasuredThroughput
+
+    tenant = new_tenant()
+    for speed in (1000.0, 3000.0):
+        job = make_job(tenant, steps=3, tokens_per_second=speed, samples_per_second=speed / 50)
+        assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    measured = MeasuredThroughput.objects.get(base_model="tiny-bert", queue="gpu", task_kind="sequence_classification")
+    assert (measured.jobs, measured.tokens_per_second, measured.samples_per_second) == (2, 2000.0, 40.0)
+    failed = make_job(tenant, steps=3, tokens_per_second=10.0, behaviour="permanent")
+    tasks.run_job(failed.pk)
+    assert MeasuredThroughput.objects.get(pk=measured.pk).jobs == 2  # only succeeded runs count
+
+
 def test_a_crashed_attempt_is_retried_and_resumes_from_its_checkpoint(
     queue_settings, new_tenant, make_job, broker_messages
 ):

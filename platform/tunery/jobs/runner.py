@@ -22,6 +22,7 @@ import os
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -34,9 +35,9 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
-from tunery.jobs import lifecycle
+from tunery.jobs import estimates, lifecycle
 from tunery.jobs.lifecycle import LeaseLost, Outcome
-from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
+from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobStatus
 from tunery.verticals.registry import pack_context
 from tunery_contract import protocol
 from tunery_contract.protocol import ExitCode, JobSpecFile
@@ -178,6 +179,8 @@ class AttemptRunner:
         self.yielding = False  # the worker is shutting down: pause at a checkpoint, hand the job back
         self.total_steps: int | None = job.progress.get("total_steps") if job.progress else None
         self.renewed_at = time.monotonic()  # the claim took the lease just now
+        #: (samples/s, tokens/s) of each progress event, for the estimates of later jobs
+        self.speeds: list[tuple[float, float]] = []
 
     # -- the attempt -------------------------------------------------------------------------------
 
@@ -219,6 +222,11 @@ class AttemptRunner:
 
     def _finish(self, outcome: Outcome) -> str:
         status = self._retrying_db(lifecycle.finish_attempt, self.job.pk, self.owner, outcome, self.started)
+        if status == JobStatus.SUCCEEDED and self.speeds:
+            try:
+                self._record_throughput()
+            except DB_ERRORS as exc:  # a lost sample only makes the next estimate less informed
+                log.warning("job %s: throughput not recorded: %s", self.job.pk, exc)
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
@@ -295,6 +303,22 @@ class AttemptRunner:
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             message = f"the training process {how}" + (f": {_tail(log_path)}" if _tail(log_path) else "")
         return Outcome("transient", code=error_code or "engine_crashed", message=message)
+
+    def _record_throughput(self) -> None:
+        """The attempt's median training speed, for the estimates of the next jobs like this one."""
+        samples = statistics.median(speed[0] for speed in self.speeds)
+        tokens = statistics.median(speed[1] for speed in self.speeds)
+        try:
+            kind = pack_context(self.job.tenant_id, self.job.vertical, self.job.task).task.kind.value
+        except PackError:
+            return
+        estimates.record_throughput(
+            base_model=self.job.base_model.name,
+            queue=self.job.queue,
+            task_kind=kind,
+            tokens_per_second=tokens,
+            samples_per_second=samples,
+        )
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -384,6 +408,8 @@ class AttemptRunner:
         if isinstance(eta, (int, float)) and eta >= 0:
             fields["estimated_finish"] = timezone.now() + timedelta(seconds=float(eta))
         self.job.progress = progress
+        if event.samples_per_second and event.tokens_per_second:
+            self.speeds.append((float(event.samples_per_second), float(event.tokens_per_second)))
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, **fields))
         loss = event.loss
         data = {"step": step, "total_steps": total, "train_loss": loss}

@@ -67,6 +67,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "requested_hyperparameters": job.requested_hyperparameters,
         "resolved_config": job.resolved_config or None,
         "data_profile": job.data_profile or None,
+        "estimate": job.estimate or None,
         "progress": job.progress or None,
         "attempts": job.attempts,
     }
@@ -103,6 +104,14 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
 PROFILE_HELP = (
     "Profile of the training data: rows, classes and examples per class, text lengths in whitespace "
     "words, duplicates, conflicting labels, overlap with the validation file, and warnings [{code, message}]."
+)
+
+
+ESTIMATE_HELP = (
+    "The expected run on the job's worker class (training queue): seconds, memory_bytes, "
+    "fits_in_memory, cost and currency (the queue's hourly price), the tokens_per_second it assumes "
+    "and whether that was measured on earlier jobs of this base model, queue and task kind or a "
+    "conservative default, and the rows, epochs and tokens per row it counted."
 )
 
 
@@ -245,6 +254,7 @@ class JobSerializer(serializers.Serializer):
     requested_hyperparameters = serializers.DictField()
     resolved_config = serializers.DictField(allow_null=True)
     data_profile = serializers.DictField(allow_null=True, help_text=PROFILE_HELP)
+    estimate = serializers.DictField(allow_null=True, help_text=ESTIMATE_HELP)
     progress = serializers.DictField(allow_null=True)
     attempts = serializers.IntegerField()
 
@@ -264,6 +274,7 @@ class DryRunSerializer(serializers.Serializer):
     )
     data_profile = serializers.DictField(help_text=PROFILE_HELP)
     warnings = serializers.ListField(child=serializers.DictField(), help_text="[{code, message}], as in the profile.")
+    estimate = serializers.DictField(help_text=ESTIMATE_HELP)
 
 
 class EventSerializer(serializers.Serializer):

@@ -17,7 +17,7 @@ from django.db import transaction
 from tunery.catalog.models import BaseModel
 from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
-from tunery.jobs import dispatch, lifecycle, selectors
+from tunery.jobs import dispatch, estimates, lifecycle, selectors
 from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
@@ -32,10 +32,8 @@ from tunery.jobs.queues import training_queue
 from tunery.tenants.models import Tenant
 from tunery.verticals.registry import tenant_config
 from tunery.verticals.selectors import task_for
-from tunery_contract.schema import TaskKind
 from tunery_contract.types import TaskDefinition, VerticalPack
-from tunery_contract.vocabulary import AUTO, ConfigError, TrainConfig
-from tunery_engine.config import resolve
+from tunery_contract.vocabulary import AUTO, ConfigError
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_METADATA_KEYS = 16
@@ -183,6 +181,16 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
             refuse_blocking(profile, checked.training_file)
     except FilesRefused as refused:
         raise InvalidRequest(refused.message, param=refused.param, code="invalid_training_data") from refused
+    resolved = _resolved_hyperparameters(checked, profile["rows"])
+    expected = estimates.estimate(
+        base_model=checked.base_model,
+        task=checked.task,
+        queue=training_queue(checked.gpus),
+        gpus=checked.gpus,
+        profile=profile,
+        config=resolved,
+        has_validation_file=checked.validation_file is not None,
+    )
     return {
         "object": "fine_tuning.job.dry_run",
         "model": checked.base_model.name,
@@ -190,8 +198,9 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
         "validation_file": checked.validation_file.pk if checked.validation_file else None,
         "vertical": checked.pack.id,
         "task": checked.task.id,
-        "resolved_hyperparameters": _resolved_hyperparameters(checked, profile["rows"]),
+        "resolved_hyperparameters": resolved,
         "data_profile": profile,
+        "estimate": expected.to_json(),
         "warnings": profile["warnings"],
     }
 
@@ -205,29 +214,24 @@ def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
 
 
 def _resolved_hyperparameters(checked: JobRequest, rows: int) -> dict[str, Any]:
-    """``tunery_engine.config.resolve`` over ``{**task defaults, **request}``, as the engine calls it
-    except for what only the worker knows: its device (``DEVICE_DEPENDENT`` stay as asked) and the
-    base model's own length limit (``max_length`` may come out lower). Without a validation file
-    the engine holds ``validation_split`` of the rows out; the count here is the expected share."""
+    """The configuration the engine would resolve (``estimates.expected_config``); precision and
+    compile (``DEVICE_DEPENDENT``) stay as asked, and ``max_length`` may come out lower on the
+    worker (the base model's own limit)."""
     try:
-        config = TrainConfig.from_dict(
-            {**dict(checked.task.default_hyperparameters), **checked.requested, "seed": checked.seed}
+        resolved = estimates.expected_config(
+            checked.task,
+            checked.requested,
+            seed=checked.seed,
+            base_model=checked.base_model,
+            gpus=checked.gpus,
+            rows=rows,
+            has_validation_file=checked.validation_file is not None,
         )
-        if checked.validation_file is None and isinstance(config.validation_split, float):
-            rows -= round(rows * config.validation_split)
-        resolved = resolve(
-            config,
-            max(rows, 1),
-            checked.base_model.parameters,
-            causal_lm=checked.task.kind is TaskKind.CAUSAL_LM,
-            device_type="cuda",
-            bf16_supported=True,
-            world_size=max(checked.gpus, 1),
-        ).to_dict()
     except ConfigError as exc:
         raise InvalidRequest(f"The configuration cannot train: {exc}.", code="invalid_hyperparameter") from exc
+    config = {**dict(checked.task.default_hyperparameters), **checked.requested}
     for name in DEVICE_DEPENDENT:
-        resolved[name] = getattr(config, name, AUTO)
+        resolved[name] = config.get(name, AUTO)
     return resolved
 
 
