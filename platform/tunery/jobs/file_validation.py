@@ -19,6 +19,7 @@ from tunery.files.models import File
 from tunery.jobs import estimates, lifecycle
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
 from tunery.verticals.registry import pack_context
+from tunery_contract.columns import map_records
 from tunery_contract.profile import blocking_warnings, profile_rows
 from tunery_contract.records import RecordFormatError, iter_records
 from tunery_contract.types import PackError, TaskDefinition
@@ -48,10 +49,15 @@ class CheckedFiles:
 
 
 def check_files(
-    task: TaskDefinition, config: Mapping[str, Any], training_file: File, validation_file: File | None
+    task: TaskDefinition,
+    config: Mapping[str, Any],
+    training_file: File,
+    validation_file: File | None,
+    column_mapping: Mapping[str, str] | None = None,
 ) -> CheckedFiles:
-    """Validate every row of the files and profile the valid training rows (with the validation
-    file's overlap). Raises :class:`FilesRefused` with the first problems."""
+    """Validate every row of the files (their columns renamed by ``column_mapping``, as the engine
+    reads them) and profile the valid training rows (with the validation file's overlap). Raises
+    :class:`FilesRefused` with the first problems."""
     files = [("training_file", training_file)]
     if validation_file is not None:
         files.append(("validation_file", validation_file))
@@ -60,7 +66,7 @@ def check_files(
     for param, file in files:
         try:
             with file.content.open("rb") as stream:
-                report = task.validate(iter_records(stream, file.format), config)
+                report = task.validate(map_records(iter_records(stream, file.format), column_mapping), config)
         except RecordFormatError as exc:
             row = {"file": file.pk, "row": exc.line, "column": None, "message": exc.message}
             raise FilesRefused(f"{param} {file.pk}: {exc}", param, [row]) from exc
@@ -98,7 +104,9 @@ def validate_job_files(job_id: str) -> str:
         lifecycle.fail_validation(job_id, str(exc), [], param="vertical")
         return JobStatus.FAILED
     try:
-        checked = check_files(context.task, context.config, job.training_file, job.validation_file)
+        checked = check_files(
+            context.task, context.config, job.training_file, job.validation_file, job.column_mapping or None
+        )
     except FilesRefused as refused:
         if refused.profile:
             _record_profile(job_id, refused.profile)

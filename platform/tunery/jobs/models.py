@@ -51,6 +51,8 @@ class FineTuningJob(models.Model):
     requested_hyperparameters = models.JSONField(default=dict, blank=True)
     #: The exact configuration the engine ran with (every "auto" resolved).
     resolved_config = models.JSONField(default=dict, blank=True)
+    #: The files' columns renamed to the task's (file column -> schema column); {} = none.
+    column_mapping = models.JSONField(default=dict, blank=True)
     #: Profile of the training data (and its overlap with the validation file), set at file validation.
     data_profile = models.JSONField(default=dict, blank=True)
     teacher_model = models.CharField(max_length=200, blank=True, help_text="Distillation teacher model id.")

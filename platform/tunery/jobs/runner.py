@@ -147,6 +147,7 @@ def build_spec(job: FineTuningJob, out: Path) -> JobSpecFile:
         config=config,
         tenant_config=tenant_config,
         teacher_model=_teacher_path(job),
+        column_mapping=dict(job.column_mapping) or None,
     )
 
 

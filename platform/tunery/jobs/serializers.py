@@ -66,6 +66,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "requested_action": job.requested_action or None,
         "requested_hyperparameters": job.requested_hyperparameters,
         "resolved_config": job.resolved_config or None,
+        "column_mapping": job.column_mapping or None,
         "data_profile": job.data_profile or None,
         "estimate": job.estimate or None,
         "progress": job.progress or None,
@@ -214,6 +215,13 @@ class JobCreateSerializer(serializers.Serializer):
     lora = LoraSerializer(required=False)
     teacher_model = serializers.CharField(required=False, help_text="Distillation teacher: base or ft: model id.")
     gpus = serializers.JSONField(required=False, help_text=f'GPUs ({GPU_RANGE[0]}-{GPU_RANGE[1]}) or "auto".')
+    column_mapping = serializers.DictField(
+        child=serializers.CharField(),
+        required=False,
+        help_text='Your files\' columns renamed to the task\'s: {"<file column>": "<task column>"}, e.g. '
+        '{"label": "sentiment"} for a file whose column "label" holds what the task calls "sentiment". '
+        "Validation and training read the files through it.",
+    )
     dry_run = serializers.BooleanField(
         required=False,
         help_text="Validate the request and its files and answer with a fine_tuning.job.dry_run object "
@@ -253,6 +261,7 @@ class JobSerializer(serializers.Serializer):
     requested_action = serializers.CharField(allow_null=True)
     requested_hyperparameters = serializers.DictField()
     resolved_config = serializers.DictField(allow_null=True)
+    column_mapping = serializers.DictField(child=serializers.CharField(), allow_null=True)
     data_profile = serializers.DictField(allow_null=True, help_text=PROFILE_HELP)
     estimate = serializers.DictField(allow_null=True, help_text=ESTIMATE_HELP)
     progress = serializers.DictField(allow_null=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
@@ -32,6 +32,7 @@ from tunery.jobs.queues import training_queue
 from tunery.tenants.models import Tenant
 from tunery.verticals.registry import tenant_config
 from tunery.verticals.selectors import task_for
+from tunery_contract.columns import mapped_columns, mapping_problems
 from tunery_contract.types import TaskDefinition, VerticalPack
 from tunery_contract.vocabulary import AUTO, ConfigError
 
@@ -40,7 +41,7 @@ MAX_METADATA_KEYS = 16
 #: Every top-level field a create request may carry (OpenAI's, then Tunery's extra body fields).
 CREATE_FIELDS = frozenset(
     {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "metadata", "method"}
-    | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora", "dry_run"}
+    | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora", "dry_run", "column_mapping"}
     | {name for name in TUNERY_KNOBS if "." not in name}
 )
 
@@ -63,6 +64,8 @@ class JobRequest:
     gpus: int
     #: Tunery's ``dry_run``: check and resolve everything, create nothing.
     dry_run: bool = False
+    #: The files' columns renamed to the task's (file column -> schema column).
+    column_mapping: dict[str, str] = field(default_factory=dict)
 
 
 def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
@@ -93,10 +96,15 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             code="model_not_found",
         )
     pack, task = task_for(tenant, body.get("vertical"), body.get("task"))
-    training_file = _tenant_file(tenant, _required_string(body, "training_file"), "training_file", task)
+    column_mapping = body.get("column_mapping") or {}
+    training_file = _tenant_file(
+        tenant, _required_string(body, "training_file"), "training_file", task, column_mapping, check_mapping=True
+    )
     validation_file = None
     if body.get("validation_file"):
-        validation_file = _tenant_file(tenant, _required_string(body, "validation_file"), "validation_file", task)
+        validation_file = _tenant_file(
+            tenant, _required_string(body, "validation_file"), "validation_file", task, column_mapping
+        )
     if task.suitable_architectures and base_model.architecture not in task.suitable_architectures:
         raise InvalidRequest(
             f"Task '{task.id}' needs a base model of architecture {', '.join(task.suitable_architectures)}; "
@@ -131,6 +139,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
         teacher_model=teacher,
         gpus=gpus,
         dry_run=dry_run,
+        column_mapping=dict(column_mapping),
     )
 
 
@@ -154,6 +163,7 @@ def create_job(*, tenant: Tenant, checked: JobRequest, actor: str) -> FineTuning
             metadata=checked.metadata,
             requested_hyperparameters=checked.requested,
             teacher_model=checked.teacher_model,
+            column_mapping=checked.column_mapping,
             gpus=checked.gpus,
             queue=training_queue(checked.gpus),
             status=JobStatus.VALIDATING_FILES,
@@ -176,7 +186,9 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
     try:
         if profile is None:
             config = tenant_config(tenant.pk, checked.pack)
-            profile = check_files(checked.task, config, checked.training_file, checked.validation_file).profile
+            profile = check_files(
+                checked.task, config, checked.training_file, checked.validation_file, checked.column_mapping
+            ).profile
         else:
             refuse_blocking(profile, checked.training_file)
     except FilesRefused as refused:
@@ -207,7 +219,9 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
 
 def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
     """The training file's profile from its upload, when it was checked against this task and no
-    validation file needs the overlap measured: a dry run then reads no file."""
+    validation file needs the overlap measured (nor columns renamed): a dry run then reads no file."""
+    if checked.column_mapping:
+        return None
     profile = checked.training_file.profile or {}
     same_task = (profile.get("vertical"), profile.get("task")) == (checked.pack.id, checked.task.id)
     return profile if same_task and checked.validation_file is None else None
@@ -242,7 +256,17 @@ def _required_string(body: dict[str, Any], name: str) -> str:
     return value
 
 
-def _tenant_file(tenant: Tenant, file_id: str, param: str, task: TaskDefinition) -> File:
+def _tenant_file(
+    tenant: Tenant,
+    file_id: str,
+    param: str,
+    task: TaskDefinition,
+    column_mapping: Any,
+    *,
+    check_mapping: bool = False,
+) -> File:
+    """The tenant's fine-tune file ``file_id`` with the columns ``task`` needs (after
+    ``column_mapping``; ``check_mapping``: its keys must be columns of this file)."""
     file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
     if file is None:
         raise InvalidRequest(f"No file with id '{file_id}' found.", param=param, code="file_not_found")
@@ -252,12 +276,17 @@ def _tenant_file(tenant: Tenant, file_id: str, param: str, task: TaskDefinition)
             param=param,
             code="invalid_file_purpose",
         )
+    problems = mapping_problems(column_mapping, task.schema, file.columns if check_mapping else None)
+    if problems:
+        raise InvalidRequest(problems[0] + ".", param="column_mapping", code="invalid_column_mapping")
     required = [c.name for c in task.schema.columns if c.required]
-    missing = [name for name in required if name not in (file.columns or [])]
+    columns = mapped_columns(file.columns or [], column_mapping)
+    missing = [name for name in required if name not in columns]
     if missing:
+        hint = "" if column_mapping else ' (column_mapping {"<your column>": "<task column>"} renames yours)'
         raise InvalidRequest(
             f"{param} '{file_id}' lacks the column(s) {', '.join(missing)} that task '{task.id}' needs "
-            f"(it needs {', '.join(required)}; the file has {', '.join(file.columns or []) or 'none'}).",
+            f"(it needs {', '.join(required)}; the file has {', '.join(columns) or 'none'}){hint}.",
             param=param,
             code="missing_columns",
         )
