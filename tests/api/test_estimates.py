@@ -107,3 +107,18 @@ def test_the_estimate_is_documented_on_the_job_and_the_dry_run():
 
     assert "estimate" in DryRunSerializer().fields
     assert "estimate" in JobSerializer().fields
+
+
+def test_a_search_budget_is_a_checked_knob_and_counts_in_the_estimate(acme, api, create_job):
+    file_id = upload(api, acme, jsonl(rows(40)))
+    plain = dry_estimate(api, acme, create_job, file_id)
+    response = create_job(acme, file_id, hyperparameters={"n_epochs": 2, "search": {"budget_minutes": 10}})
+    assert response.status_code == 200, response.content
+    job = FineTuningJob.objects.get(pk=response.json()["id"])
+    assert job.requested_hyperparameters["search_budget_minutes"] == 10
+    searched = dry_estimate(api, acme, create_job, file_id, search={"budget_minutes": 10})
+    assert searched["seconds"] == pytest.approx(plain["seconds"] + 600, abs=0.2)
+    for bad in ({"budget_minutes": 0}, {"budget_minutes": "long"}, {"minutes": 5}):
+        refused = create_job(acme, file_id, hyperparameters={"search": bad})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == f"search.{next(iter(bad))}"

@@ -141,6 +141,10 @@ def main() -> int:
             metrics = {"eval_loss": 1.0 / step, "accuracy": step / steps}
             emit(protocol.Evaluate(step=step, eval_loss=metrics["eval_loss"], metrics={"accuracy": step / steps}))
             emit(protocol.Checkpoint(step=step, path=str(path), metrics=metrics, is_best=True))
+    if config.get("search_budget_minutes"):  # a budgeted search: two trials, the second kept
+        for index, overrides, value in ((0, {}, 0.5), (1, {"learning_rate": 3e-4}, 0.75)):
+            emit(protocol.SearchTrial(index, overrides, "accuracy", value, {"accuracy": value}, 1.5))
+        emit(protocol.SearchEnd(1, 2, {"learning_rate": 3e-4}, "accuracy", 0.75))
     model = out / "model"
     model.mkdir(exist_ok=True)
     (model / "weights.safetensors").write_bytes(b"fake")

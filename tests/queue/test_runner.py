@@ -61,6 +61,17 @@ def test_a_finished_job_teaches_the_estimates_its_throughput(queue_settings, new
     assert MeasuredThroughput.objects.get(pk=measured.pk).jobs == 2  # only succeeded runs count
 
 
+def test_search_trials_and_the_choice_become_job_events(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant(), steps=3, search_budget_minutes=5)
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    trials = JobEvent.objects.filter(job=job, dedupe_key__startswith="search:trial:").order_by("dedupe_key")
+    assert [e.data["index"] for e in trials] == [0, 1]
+    assert trials[1].data["overrides"] == {"learning_rate": 3e-4}
+    assert "Search trial 1 (learning_rate=0.0003): validation accuracy=0.7500" in trials[1].message
+    kept = JobEvent.objects.get(job=job, dedupe_key="search:end")
+    assert kept.message.startswith("Search kept trial 1 of 2 (learning_rate=0.0003)")
+
+
 def test_a_crashed_attempt_is_retried_and_resumes_from_its_checkpoint(
     queue_settings, new_tenant, make_job, broker_messages
 ):

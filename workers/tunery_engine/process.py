@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from tunery_contract import protocol
 from tunery_contract.protocol import ExitCode, JobSpecFile
@@ -26,6 +26,7 @@ from tunery_engine.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
     from tunery_contract import TaskDefinition, VerticalPack
+    from tunery_engine.engine import TrainResult
 
 
 class EventWriter(TrainingCallback):
@@ -135,7 +136,11 @@ def run(spec_path: Path) -> int:
         spec = load_spec(spec_path)
         from tunery_engine.engine import train
 
-        result = train(spec, [writer, ControlFile(Path(spec.output_dir) / "CONTROL")])
+        callbacks = [writer, ControlFile(Path(spec.output_dir) / "CONTROL")]
+        if spec.config.search_budget_minutes is not None:
+            result = _search(spec, callbacks, writer)
+        else:
+            result = train(spec, callbacks)
     except Paused as stop:
         writer.emit(protocol.Paused(stop.step, _path(stop.checkpoint)))
         return ExitCode.PAUSED
@@ -151,6 +156,21 @@ def run(spec_path: Path) -> int:
         return ExitCode.TRANSIENT
     writer.emit(protocol.Succeeded(**result.to_json()))
     return ExitCode.SUCCEEDED
+
+
+def _search(spec: JobSpec, callbacks: list[TrainingCallback], writer: EventWriter) -> TrainResult:
+    """A budgeted search instead of one run: each trial and the choice become events."""
+    from tunery_engine.search import search
+
+    def report(trial: Any) -> None:
+        writer.emit(
+            protocol.SearchTrial(trial.index, trial.overrides, trial.metric, trial.value, trial.metrics, trial.seconds)
+        )
+
+    found = search(spec, callbacks, on_trial=report)
+    chosen = next(t for t in found.trials if t.index == found.chosen)
+    writer.emit(protocol.SearchEnd(chosen.index, len(found.trials), chosen.overrides, chosen.metric, chosen.value))
+    return found.result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,9 @@ def estimate(
         source, jobs = "default", 0
     work_rows = training_rows * epochs + validation_rows * evaluations * EVALUATION_COST
     seconds = STARTUP_SECONDS[device] + work_rows * tokens_per_row / max(tokens_per_second, 1e-6)
+    search_minutes = config.get("search_budget_minutes")
+    if isinstance(search_minutes, (int, float)):  # the candidates a budgeted search may add
+        seconds += float(search_minutes) * 60
 
     batch = config.get("batch_size")
     memory = _memory_bytes(

@@ -453,6 +453,29 @@ class AttemptRunner:
         )
         lifecycle.add_event(self.job.pk, f"Checkpoint saved at step {step}", dedupe_key=f"checkpoint:step:{step}")
 
+    def _on_search_trial(self, event: protocol.SearchTrial) -> None:
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+        tried = ", ".join(f"{k}={_fmt(v)}" for k, v in event.overrides.items()) or "the auto-resolved configuration"
+        lifecycle.add_event(
+            self.job.pk,
+            f"Search trial {event.index} ({tried}): validation {event.metric}={_fmt(event.value)} "
+            f"in {_fmt(event.seconds)} s",
+            type="metrics",
+            data=_fields(event),
+            dedupe_key=f"search:trial:{event.index}",
+        )
+
+    def _on_search_end(self, event: protocol.SearchEnd) -> None:
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+        kept = ", ".join(f"{k}={_fmt(v)}" for k, v in event.overrides.items()) or "the auto-resolved configuration"
+        lifecycle.add_event(
+            self.job.pk,
+            f"Search kept trial {event.chosen} of {event.trials} ({kept}): validation {event.metric}="
+            f"{_fmt(event.value)}",
+            data=_fields(event),
+            dedupe_key="search:end",
+        )
+
     def _on_failed(self, event: protocol.Failed) -> None:
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
         lifecycle.add_event(

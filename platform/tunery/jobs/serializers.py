@@ -178,6 +178,7 @@ HyperparametersSerializer = type(
     _knob_fields(name for name, knob in KNOBS.items() if knob.openai),
 )
 LoraSerializer = type("LoraSerializer", (serializers.Serializer,), _knob_fields(KNOBS, prefix="lora."))
+SearchSerializer = type("SearchSerializer", (serializers.Serializer,), _knob_fields(KNOBS, prefix="search."))
 
 
 @extend_schema_field(
@@ -213,6 +214,11 @@ class JobCreateSerializer(serializers.Serializer):
     vertical = serializers.CharField(required=False, help_text="Pack id from GET /v1/verticals.")
     task = serializers.CharField(required=False)
     lora = LoraSerializer(required=False)
+    search = SearchSerializer(
+        required=False,
+        help_text="Budgeted hyperparameter search (also accepted under hyperparameters.search); every trial "
+        "is a job event.",
+    )
     teacher_model = serializers.CharField(required=False, help_text="Distillation teacher: base or ft: model id.")
     gpus = serializers.JSONField(required=False, help_text=f'GPUs ({GPU_RANGE[0]}-{GPU_RANGE[1]}) or "auto".')
     column_mapping = serializers.DictField(

@@ -21,6 +21,7 @@ from tunery.jobs import dispatch, estimates, lifecycle, selectors
 from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
+    KNOB_GROUPS,
     SEED_RANGE,
     TUNERY_KNOBS,
     engine_overrides,
@@ -41,7 +42,8 @@ MAX_METADATA_KEYS = 16
 #: Every top-level field a create request may carry (OpenAI's, then Tunery's extra body fields).
 CREATE_FIELDS = frozenset(
     {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "metadata", "method"}
-    | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora", "dry_run", "column_mapping"}
+    | {"integrations", "vertical", "task", "teacher_model", "gpus", "dry_run", "column_mapping"}
+    | set(KNOB_GROUPS)
     | {name for name in TUNERY_KNOBS if "." not in name}
 )
 
