@@ -91,3 +91,42 @@ def test_a_mapping_onto_a_column_the_file_already_has_is_refused(acme, api, crea
     response = create_job(acme, upload(api, acme, content), column_mapping={"message": "text"})
     assert response.status_code == 400
     assert "already has a 'text' column" in response.json()["error"]["message"]
+
+
+def upload_mapped(api, tenant, content: bytes, mapping) -> object:
+    data = {"file": SimpleUploadedFile("renamed.jsonl", content), "purpose": "fine-tune", "vertical": "dummy"}
+    data |= {"task": "sentiment", "column_mapping": mapping if isinstance(mapping, str) else json.dumps(mapping)}
+    return api.post("/v1/files", data, format="multipart", **tenant.headers)
+
+
+def test_a_mapping_given_at_upload_profiles_the_file_and_is_the_jobs_default(acme, api, create_job):
+    response = upload_mapped(api, acme, renamed_rows(), MAPPING)
+    assert response.status_code == 200, response.content
+    file = response.json()
+    assert file["column_mapping"] == MAPPING
+    assert file["profile"]["classes"]["counts"] == {"negative": 6, "positive": 6}
+    dry = create_job(acme, file["id"], dry_run=True).json()  # no mapping in the request: the file's
+    assert dry["data_profile"]["rows"] == 12
+    job = create_job(acme, file["id"]).json()
+    assert job["column_mapping"] == MAPPING
+    assert validate_job_files(job["id"]) == "queued"
+    override = create_job(acme, file["id"], column_mapping={"message": "text"})  # a job's own wins
+    assert override.status_code == 400
+    assert override.json()["error"]["code"] == "missing_columns"
+
+
+@pytest.mark.parametrize(
+    ("mapping", "fragment"),
+    [("{not json", "must be a JSON object"), ("[]", "non-empty JSON object"), ({"verdict": "mood"}, "'mood'")],
+)
+def test_a_bad_mapping_at_upload_is_a_400_and_stores_nothing(acme, api, mapping, fragment, media_root):
+    from tests.api.conftest import stored_files
+    from tunery.files.models import File
+
+    response = upload_mapped(api, acme, renamed_rows(), mapping)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("column_mapping", "invalid_column_mapping")
+    assert fragment in error["message"]
+    assert not File.objects.exists()
+    assert stored_files(media_root) == []

@@ -98,7 +98,9 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             code="model_not_found",
         )
     pack, task = task_for(tenant, body.get("vertical"), body.get("task"))
-    column_mapping = body.get("column_mapping") or {}
+    column_mapping = body.get("column_mapping")
+    if column_mapping is None:  # the mapping the training file was uploaded with, if any
+        column_mapping = _stored_mapping(tenant, body.get("training_file"))
     training_file = _tenant_file(
         tenant, _required_string(body, "training_file"), "training_file", task, column_mapping, check_mapping=True
     )
@@ -222,7 +224,7 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
 def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
     """The training file's profile from its upload, when it was checked against this task and no
     validation file needs the overlap measured (nor columns renamed): a dry run then reads no file."""
-    if checked.column_mapping:
+    if checked.column_mapping != (checked.training_file.column_mapping or {}):
         return None
     profile = checked.training_file.profile or {}
     same_task = (profile.get("vertical"), profile.get("task")) == (checked.pack.id, checked.task.id)
@@ -256,6 +258,15 @@ def _required_string(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{name} is required (a string).", param=name, code="missing_required_parameter")
     return value
+
+
+def _stored_mapping(tenant: Tenant, file_id: Any) -> dict[str, str]:
+    if not isinstance(file_id, str):
+        return {}
+    found = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).values_list(
+        "column_mapping", flat=True
+    )
+    return dict(found.first() or {})
 
 
 def _tenant_file(
