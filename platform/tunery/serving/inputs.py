@@ -10,6 +10,8 @@ from tunery.core.errors import InvalidRequest
 from tunery.serving import conf
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
+#: The input field of a token classifier's pre-split words (the training rows' ``tokens``).
+TOKENS = "tokens"
 
 
 def _invalid(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
@@ -98,14 +100,15 @@ def _input_item(value: Any, param: str) -> dict[str, Any]:
     for key, field in value.items():
         if key == "messages":  # a conversation, for a causal LM's prediction
             value = {**value, "messages": list(chat_messages({"messages": field}, f"{param}.messages"))}
-        elif isinstance(field, list):  # pre-split words, for a token classifier ("tokens")
+        elif key == TOKENS and isinstance(field, list):  # pre-split words, for a token classifier
             value = {**value, key: token_list(field, f"{param}.{key}")}
         elif isinstance(field, str):
             if field:
                 text(field, f"{param}.{key}")
         elif field is not None and not isinstance(field, (int, float, bool)):
             raise _invalid(
-                f"{param}.{key} must be a string, a number or a list of words, got {type(field).__name__}.",
+                f"{param}.{key} must be a string or a number (a list of words goes under '{TOKENS}'), "
+                f"got {type(field).__name__}.",
                 f"{param}.{key}",
             )
     return dict(value)

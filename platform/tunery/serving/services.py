@@ -150,10 +150,9 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
         rows = request.inputs or []
     from tunery_serving import PredictionInput
 
-    tokens_column = _column(hooks, "tokens")
     model_inputs = []
     for i, row in enumerate(rows):
-        words = row.get(tokens_column, row.get("tokens"))
+        words = row.get(inputs.TOKENS)
         if isinstance(words, list):
             model_inputs.append(_pre_split(target, row, words, (text_column, "text"), f"inputs[{i}]"))
             continue
