@@ -130,6 +130,27 @@ class TuneryClient:
     def list_models(self) -> list[dict[str, Any]]:
         return self.request("GET", "/models")["data"]
 
+    def download_model(self, model: str, target: Path, merged: bool = False) -> int:
+        """Stream ``GET /models/{id}/content`` into ``target`` (written to a side file and renamed,
+        so an interrupted download leaves no half archive under the name). Returns the bytes."""
+        partial = target.with_name(target.name + ".part")
+        params = {"merged": "true"} if merged else None
+        try:
+            with self._http.stream("GET", f"/models/{model}/content", params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _api_error(response)
+                size = 0
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        size += len(chunk)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise CliError(f"download from {self.base_url} broke off: {exc}") from exc
+        partial.replace(target)
+        return size
+
     # jobs
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/fine_tuning/jobs", json=body)
@@ -161,6 +182,40 @@ class TuneryClient:
 
     def predict(self, model: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         return self.request("POST", "/predictions", json={"model": model, "inputs": inputs})
+
+    # evaluations and batches
+    def create_evaluation(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/evaluations", json=body)
+
+    def get_evaluation(self, evaluation_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/evaluations/{evaluation_id}")
+
+    def list_evaluations(self, model: str | None = None) -> list[dict[str, Any]]:
+        return self.request("GET", "/evaluations", params={"model": model} if model else {})["data"]
+
+    def compare_evaluations(self, a: str, b: str) -> dict[str, Any]:
+        return self.request("GET", f"/evaluations/{a}/compare", params={"with": b})
+
+    def create_batch(self, input_file_id: str, endpoint: str) -> dict[str, Any]:
+        body = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h"}
+        return self.request("POST", "/batches", json=body)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/batches/{batch_id}")
+
+    def download_file(self, file_id: str, path: Path) -> int:
+        """Write a file's content to ``path``; its size in bytes."""
+        try:
+            with self._http.stream("GET", f"/files/{file_id}/content") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _api_error(response)
+                with path.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach {self.base_url}: {exc}") from exc
+        return path.stat().st_size
 
     def _paginate(self, path: str, page_size: int = 100) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"limit": page_size}
@@ -556,6 +611,12 @@ def _cmd_models_list(client: TuneryClient, args: argparse.Namespace) -> None:
     _print_table(models, ["id", "owned_by", "created"])
 
 
+def _cmd_models_download(client: TuneryClient, args: argparse.Namespace) -> None:
+    target = Path(args.output or "".join(c if c.isalnum() or c in "-_." else "-" for c in args.model) + ".tar.gz")
+    size = client.download_model(args.model, target, merged=args.merged)
+    print(f"{target} ({size / 1e6:.1f} MB): Hugging Face layout, see README.md inside")
+
+
 def _cmd_deploy(client: TuneryClient, args: argparse.Namespace) -> None:
     deployment = client.deploy(args.model, args.precision)
     if args.json:
@@ -612,6 +673,134 @@ def prediction_rows(inputs: list[dict[str, Any]], answers: list[dict[str, Any]])
     return rows
 
 
+# ------------------------------------------------------------------------ evaluations and batches
+
+EVALUATION_ENDED = ("succeeded", "failed")
+BATCH_ENDED = ("completed", "failed", "expired", "cancelled")
+
+
+def wait_for(
+    fetch: Callable[[], dict[str, Any]], ended: Sequence[str], poll: float, timeout: float | None = None
+) -> dict[str, Any]:
+    """Poll ``fetch`` until the object's status is one of ``ended`` (CliError after ``timeout`` s)."""
+    started = time.monotonic()
+    while True:
+        current = fetch()
+        if current.get("status") in ended:
+            return current
+        if timeout is not None and time.monotonic() - started > timeout:
+            raise CliError(f"{current.get('id')} is still {current.get('status')} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def evaluation_report(evaluation: dict[str, Any], max_labels: int = 30) -> list[str]:
+    """An evaluation as text: its metrics, the per-label table, calibration and the hand-off point."""
+    lines = [f"evaluation {evaluation.get('id')} of {evaluation.get('model')} on {evaluation.get('file')}: "
+             f"{evaluation.get('rows_scored')} rows, {evaluation.get('status')}"]  # fmt: skip
+    if evaluation.get("status") == "failed":
+        error = evaluation.get("error") or {}
+        return [*lines, f"  failed ({error.get('code')}): {error.get('message')}"]
+    metrics = evaluation.get("metrics") or {}
+    selection = evaluation.get("selection_metric")
+    if selection in metrics:
+        lines.append(f"  {selection} (selects models): {metrics[selection]:.4f}")
+    lines.append("  metrics: " + format_metrics({k: v for k, v in metrics.items() if "/" not in k}))
+    report = evaluation.get("report") or {}
+    per_label = (report.get("per_label") or {}).get("labels") or {}
+    if per_label:
+        width = max(12, *(len(name) for name in per_label))
+        lines.append(f"  {'label':<{width}}  precision  recall     f1  support")
+        shown = sorted(per_label.items(), key=lambda item: -item[1]["support"])[:max_labels]
+        for name, row in shown:
+            scores = f"{row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
+            lines.append(f"  {name:<{width}}  {scores}")
+        if len(per_label) > max_labels:
+            lines.append(f"  ... and {len(per_label) - max_labels} more labels (--json shows all)")
+    calibration = report.get("calibration")
+    if calibration:
+        lines.append(f"  expected calibration error: {calibration['expected_calibration_error']:.4f}")
+    handoff = report.get("handoff")
+    if handoff:
+        lines.append(
+            f"  hand-off threshold {handoff['threshold']:.2f}: {handoff['coverage']:.1%} answered automatically "
+            f"with accuracy {handoff['accuracy']:.1%}; {handoff['handed_off']} handed to a person"
+        )
+    for error in (evaluation.get("row_errors") or [])[:5]:
+        lines.append(f"  not scored: {error.get('message')}")
+    return lines
+
+
+def _cmd_evaluate(client: TuneryClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"model": args.model, "file": _training_file_id(client, args.file)}
+    if args.handoff_threshold is not None:
+        body["handoff_threshold"] = args.handoff_threshold
+    evaluation = client.create_evaluation(body)
+    print(f"evaluation {evaluation['id']} {evaluation['status']}", file=sys.stderr)
+    if not args.no_wait:
+        evaluation = wait_for(
+            lambda: client.get_evaluation(evaluation["id"]), EVALUATION_ENDED, args.poll, args.timeout
+        )
+    if args.json:
+        _print_json(evaluation)
+    else:
+        print("\n".join(evaluation_report(evaluation)))
+    return 1 if evaluation.get("status") == "failed" else 0
+
+
+def _cmd_evaluations_list(client: TuneryClient, args: argparse.Namespace) -> None:
+    evaluations = client.list_evaluations(args.model)
+    if args.json:
+        return _print_json(evaluations)
+    rows = [{**e, "value": (e.get("metrics") or {}).get(e.get("selection_metric"))} for e in evaluations]
+    _print_table(rows, ["id", "model", "file", "status", "selection_metric", "value", "created_at"])
+
+
+def _cmd_evaluations_get(client: TuneryClient, args: argparse.Namespace) -> None:
+    evaluation = client.get_evaluation(args.evaluation_id)
+    if args.json:
+        return _print_json(evaluation)
+    print("\n".join(evaluation_report(evaluation)))
+
+
+def _cmd_evaluations_compare(client: TuneryClient, args: argparse.Namespace) -> None:
+    comparison = client.compare_evaluations(args.a, args.b)
+    if args.json:
+        return _print_json(comparison)
+    print(f"{comparison['model_b']} ({comparison['b']}) minus {comparison['model_a']} ({comparison['a']}), "
+          f"{comparison['rows']} rows, {comparison['confidence']:.0%} paired bootstrap intervals:")  # fmt: skip
+    rows = [
+        {"metric": name + (" *" if name == comparison["selection_metric"] else ""), **values}
+        for name, values in comparison["metrics"].items()
+    ]
+    _print_table(rows, ["metric", "a", "b", "difference", "ci_low", "ci_high"])
+
+
+def _cmd_batch(client: TuneryClient, args: argparse.Namespace) -> int:
+    source = Path(args.input)
+    uploaded = client.upload_file(source, purpose="batch")
+    batch = client.create_batch(uploaded["id"], args.endpoint)
+    print(f"batch {batch['id']} over {uploaded['id']} ({source.name}): {batch['status']}", file=sys.stderr)
+    if args.no_wait:
+        _print_json(batch) if args.json else print(batch["id"])
+        return 0
+    batch = wait_for(lambda: client.get_batch(batch["id"]), BATCH_ENDED, args.poll, args.timeout)
+    counts = batch.get("request_counts") or {}
+    written = []
+    for id_field, name in (("output_file_id", "output"), ("error_file_id", "errors")):
+        if batch.get(id_field):
+            target = Path(getattr(args, name) or f"{batch['id']}_{name}.jsonl")
+            client.download_file(batch[id_field], target)
+            written.append(str(target))
+    if args.json:
+        _print_json(batch)
+    else:
+        print(
+            f"batch {batch['id']} {batch['status']}: {counts.get('completed', 0)} of {counts.get('total', 0)} "
+            f"lines answered, {counts.get('failed', 0)} failed" + (f"; wrote {', '.join(written)}" if written else "")
+        )
+    return 0 if batch["status"] == "completed" else 1
+
+
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -666,6 +855,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="base and fine-tuned models").add_subparsers(required=True)
     models.add_parser("list").set_defaults(run=_cmd_models_list)
+    download = models.add_parser("download", help="a fine-tuned model as a tar.gz in Hugging Face layout")
+    download.add_argument("model", help="fine-tuned model id (ft:...)")
+    download.add_argument("-o", "--output", help="archive path (default: MODEL.tar.gz here)")
+    download.add_argument("--merged", action="store_true", help="merge a LoRA adapter into its base model")
+    download.set_defaults(run=_cmd_models_download)
 
     deploy = commands.add_parser("deploy", help="deploy a fine-tuned model")
     deploy.add_argument("model", help="fine-tuned model id (ft:...)")
@@ -685,6 +879,38 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("text", nargs="*", help="texts to classify")
     predict.add_argument("--input-json", help="input objects as JSON (for pair or token tasks)")
     predict.set_defaults(run=_cmd_predict)
+
+    evaluate = commands.add_parser("evaluate", help="score a fine-tuned model on a labelled file and print the report")
+    evaluate.add_argument("--model", required=True, help="fine-tuned model id (ft:...)")
+    evaluate.add_argument("--file", required=True, help="labelled file id, or a local file to upload")
+    evaluate.add_argument("--handoff-threshold", type=float, help="report coverage/accuracy at this confidence")
+    evaluate.add_argument("--no-wait", action="store_true", help="create it and return")
+    evaluate.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
+    evaluate.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    evaluate.set_defaults(run=_cmd_evaluate)
+    evaluations = commands.add_parser("evaluations", help="your evaluations").add_subparsers(required=True)
+    ev_list = evaluations.add_parser("list", help="evaluations, newest first")
+    ev_list.add_argument("--model", help="only this model's")
+    ev_list.set_defaults(run=_cmd_evaluations_list)
+    ev_get = evaluations.add_parser("get", help="an evaluation's report")
+    ev_get.add_argument("evaluation_id")
+    ev_get.set_defaults(run=_cmd_evaluations_get)
+    ev_compare = evaluations.add_parser("compare", help="b - a per metric, with paired bootstrap intervals")
+    ev_compare.add_argument("a")
+    ev_compare.add_argument("b")
+    ev_compare.set_defaults(run=_cmd_evaluations_compare)
+
+    batch = commands.add_parser("batch", help="score a JSONL of requests offline and download the results")
+    batch.add_argument("input", help="JSONL of OpenAI batch request lines {custom_id, method, url, body}")
+    batch.add_argument(
+        "--endpoint", default="/v1/predictions", choices=("/v1/predictions", "/v1/chat/completions", "/v1/completions")
+    )
+    batch.add_argument("--output", help="where to write the results (default: <batch id>_output.jsonl)")
+    batch.add_argument("--errors", help="where to write the failed lines (default: <batch id>_errors.jsonl)")
+    batch.add_argument("--no-wait", action="store_true", help="create it and print its id")
+    batch.add_argument("--poll", type=float, default=2.0, help="seconds between polls")
+    batch.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    batch.set_defaults(run=_cmd_batch)
     return parser
 
 

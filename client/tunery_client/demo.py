@@ -13,6 +13,7 @@ Running it again reuses the running server, the tenant and its key, and trains a
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import os
@@ -28,7 +29,18 @@ from typing import Any
 
 import httpx
 
-from tunery_client.cli import CliError, TuneryClient, format_hp, job_body, metrics_of, resolve_task, watch_job
+from tunery_client.cli import (
+    EVALUATION_ENDED,
+    CliError,
+    TuneryClient,
+    evaluation_report,
+    format_hp,
+    job_body,
+    metrics_of,
+    resolve_task,
+    wait_for,
+    watch_job,
+)
 
 TENANT = "demo"
 VERTICAL = "customer_service"
@@ -46,6 +58,10 @@ DEMO_HYPERPARAMETERS = {
     "validation_split": 0.2,
     "early_stopping_patience": 100,
 }
+#: Share of each intent's sample rows held back from training, to evaluate the model on afterwards.
+HELD_BACK_SHARE = 0.15
+#: Hand-off thresholds whose coverage/accuracy the demo prints next to the tenant's own.
+SHOWN_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 #: Customer messages that are not in the sample data: the model has to generalise.
 SAMPLE_QUESTIONS = (
     "It has been two weeks and my new card still has not arrived",
@@ -71,7 +87,7 @@ def say(message: str = "") -> None:
 
 
 def step(number: int, title: str) -> None:
-    say(f"\n[{number}/9] {title}")
+    say(f"\n[{number}/10] {title}")
 
 
 # --------------------------------------------------------------------------------------- state
@@ -312,6 +328,40 @@ def sample_data_path() -> Path:
     return Path(str(resources.files(pack.package or f"tunery_{pack.id}").joinpath(filename)))
 
 
+def split_sample(source: Path, train: Path, held_back: Path) -> tuple[int, int]:
+    """Write the sample's rows into a training file and a held-back file: the last
+    ``HELD_BACK_SHARE`` of each intent's rows (at least one) are held back. (rows kept, held back)"""
+    with source.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    by_label: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_label.setdefault(row["label"], []).append(index)
+    held = {i for members in by_label.values() for i in members[-max(1, round(len(members) * HELD_BACK_SHARE)) :]}
+    for path, chosen in ((train, [r for i, r in enumerate(rows) if i not in held]),
+                         (held_back, [r for i, r in enumerate(rows) if i in held])):  # fmt: skip
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(chosen)
+    return len(rows) - len(held), len(held)
+
+
+def handoff_lines(evaluation: dict[str, Any]) -> list[str]:
+    """Where the tenant's hand-off threshold sits, against a few others from the evaluation's curve."""
+    handoff = (evaluation.get("report") or {}).get("handoff")
+    if not handoff:
+        return []
+    points = {round(p["threshold"], 2): p for p in handoff.get("curve") or []}
+    shown = [
+        f"{t:.1f}: {points[t]['coverage']:.0%} answered, {points[t]['accuracy']:.0%} right"
+        for t in SHOWN_THRESHOLDS
+        if t in points
+    ]
+    return ["  by threshold: " + "; ".join(shown)] if shown else []
+
+
 # ------------------------------------------------------------------------------------- results
 
 
@@ -444,8 +494,12 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
 
     step(4, "Uploading the pack's sample data through the API")
     task = resolve_task(client.list_verticals(), VERTICAL, TASK)
-    uploaded = client.upload_file(sample_data_path())
-    say(f"  {uploaded['id']}: {uploaded.get('filename')}, {uploaded.get('bytes')} bytes")
+    train_path, held_back_path = paths.demo_dir / "intent_train.csv", paths.demo_dir / "intent_held_back.csv"
+    kept, held_back = split_sample(sample_data_path(), train_path, held_back_path)
+    uploaded = client.upload_file(train_path)
+    say(f"  {uploaded['id']}: {uploaded.get('filename')}, {uploaded.get('bytes')} bytes ({kept} rows)")
+    test_file = client.upload_file(held_back_path)
+    say(f"  {test_file['id']}: {held_back} rows held back from training, to evaluate the model on")
     say(f"  task '{task['id']}' ({task.get('kind')}), best checkpoint by {task.get('selection_metric')}")
 
     step(5, f"Fine-tuning {BASE_MODEL} on it")
@@ -471,6 +525,8 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
         for event in events[-10:]:
             say(f"  [{event.get('level')}] {event.get('message')}")
         raise DemoError(f"job {job['id']} ended {job['status']}: {(job.get('error') or {}).get('message', '')}")
+    # The cpu worker loads the model for the evaluation (step 7) while step 6 draws the curves.
+    evaluation = client.create_evaluation({"model": job["fine_tuned_model"], "file": test_file["id"]})
     resolved = job.get("resolved_config") or {}
     shown = {k: resolved[k] for k in ("training_type", "n_epochs", "batch_size", "learning_rate") if k in resolved}
     say(f"  succeeded: {job['fine_tuned_model']}" + (f"  ({json.dumps(shown)})" if shown else ""))
@@ -489,13 +545,26 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
     points = save_curves_png(events, curves, f"{job['fine_tuned_model']}")
     say(f"  curves ({points} points) saved to {curves}")
 
-    step(7, "Deploying the model")
+    step(7, f"Evaluating the model on the {held_back} held-back rows (POST /v1/evaluations)")
+    say(f"  {evaluation['id']} (created when training ended, scored by the cpu worker)")
+    evaluation_id = evaluation["id"]
+    evaluation = wait_for(
+        lambda: client.get_evaluation(evaluation_id), EVALUATION_ENDED, poll_seconds, timeout_minutes * 60
+    )
+    for line in evaluation_report(evaluation):
+        say(line)
+    for line in handoff_lines(evaluation):
+        say(line)
+    if evaluation["status"] != "succeeded":
+        raise DemoError(f"evaluation {evaluation['id']} failed: {(evaluation.get('error') or {}).get('message')}")
+
+    step(8, "Deploying the model")
     deployment = redeploy(client, job["fine_tuned_model"])
     say(f"  {deployment['id']}: {deployment['status']}")
     if deployment["status"] != "ready":
         raise DemoError(f"deployment failed: {deployment.get('error')}")
 
-    step(8, "Answering customer questions the model has not seen")
+    step(9, "Answering customer questions the model has not seen")
     answers = client.predict(job["fine_tuned_model"], [{"text": q} for q in SAMPLE_QUESTIONS])["data"]
     for question, answer in zip(SAMPLE_QUESTIONS, answers):
         handoff = " -> hand-off to a human" if answer.get("handoff") else ""
@@ -503,7 +572,7 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
         say(f"     intent {answer.get('intent')} ({answer.get('confidence', 0):.0%}){handoff}")
         say(f"     reply: {answer.get('reply')}")
 
-    step(9, "Done")
+    step(10, "Done")
     print_usage(base_url, key, job["fine_tuned_model"], job["id"], paths)
     elapsed = time.monotonic() - started
     say(f"\nFinished in {elapsed / 60:.1f} min. The server keeps running on {base_url};")
@@ -512,6 +581,7 @@ def run(port: int | None, timeout_minutes: float, poll_seconds: float, epochs: i
         "base_url": base_url,
         "job": job,
         "metrics": metrics,
+        "evaluation": evaluation,
         "answers": answers,
         "curves": str(curves),
         "elapsed_seconds": elapsed,

@@ -96,4 +96,4 @@ def _configure() -> None:
 
 
 _configure()
-app.autodiscover_tasks(["tunery.jobs", "tunery.batches"])
+app.autodiscover_tasks(["tunery.jobs", "tunery.batches", "tunery.evaluations"])

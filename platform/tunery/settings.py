@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from tunery_storage import S3Settings
 
 from tunery.core.env import env_bool, env_int, env_list
 
@@ -40,6 +41,7 @@ INSTALLED_APPS = [
     "tunery.catalog",
     "tunery.jobs",
     "tunery.batches",
+    "tunery.evaluations",
     "tunery.serving",
     "tunery.monitoring",
     "tunery.dashboard",
@@ -104,18 +106,13 @@ WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = DATA_DIR / "static"
 MEDIA_ROOT = Path(os.environ.get("TUNERY_MEDIA_ROOT", DATA_DIR / "media"))
 
-# Storage: local filesystem by default; S3-compatible when TUNERY_S3_BUCKET is set.
-if os.environ.get("TUNERY_S3_BUCKET"):
+# Storage: local filesystem by default; S3-compatible when TUNERY_S3_BUCKET is set (the same
+# variables configure the models' object storage: tunery_storage.S3Settings, tunery.core.artifacts).
+_s3 = S3Settings.from_env()
+if _s3 is not None:
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": os.environ["TUNERY_S3_BUCKET"],
-            "endpoint_url": os.environ.get("TUNERY_S3_ENDPOINT_URL"),
-            "region_name": os.environ.get("TUNERY_S3_REGION"),
-            "access_key": os.environ.get("TUNERY_S3_ACCESS_KEY_ID"),
-            "secret_key": os.environ.get("TUNERY_S3_SECRET_ACCESS_KEY"),
-            "file_overwrite": False,
-        },
+        "OPTIONS": {**_s3.django_storage_options(), "file_overwrite": False},
     }
 else:
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
@@ -132,8 +129,16 @@ FILE_UPLOAD_TEMP_DIR = str(Path(os.environ.get("TUNERY_UPLOAD_TEMP_DIR", DATA_DI
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TUNERY_MAX_REQUEST_BYTES", 1024 * 1024)
 #: Largest training file a tenant may upload.
 TUNERY_MAX_UPLOAD_BYTES = env_int("TUNERY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)
+# a tenant's own base model (POST /v1/models): the archive and what it unpacks to
+# experiment tracking (jobs' `integrations`): the MLflow server jobs log to; empty = no mlflow integration
+TUNERY_MLFLOW_TRACKING_URI = os.environ.get("TUNERY_MLFLOW_TRACKING_URI", "")
+TUNERY_MAX_MODEL_IMPORT_BYTES = env_int("TUNERY_MAX_MODEL_IMPORT_BYTES", 2 * 1024 * 1024 * 1024)
+TUNERY_MAX_IMPORTED_MODELS = env_int("TUNERY_MAX_IMPORTED_MODELS", 10)
 #: Where fine-tuned models, checkpoints and logs of jobs are written (shared by web and workers).
 TUNERY_ARTIFACTS_DIR = Path(os.environ.get("TUNERY_ARTIFACTS_DIR", DATA_DIR / "artifacts"))
+#: With object storage for models: the local copies of models this host serves (LRU, size-bounded).
+TUNERY_ARTIFACT_CACHE_DIR = Path(os.environ.get("TUNERY_ARTIFACT_CACHE_DIR", DATA_DIR / "cache" / "artifacts"))
+TUNERY_ARTIFACT_CACHE_BYTES = env_int("TUNERY_ARTIFACT_CACHE_BYTES", 20 * 1024**3)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tunery.core.auth.ApiKeyAuthentication"],
@@ -180,6 +185,10 @@ TUNERY_JOB_LEASE_SECONDS = env_int("TUNERY_JOB_LEASE_SECONDS", 120)
 TUNERY_BATCH_WORK_DIR = Path(os.environ.get("TUNERY_BATCH_WORK_DIR", DATA_DIR / "batches"))
 #: Lines a batch worker scores between two progress records (a resumed batch redoes at most these).
 TUNERY_BATCH_CHUNK_LINES = env_int("TUNERY_BATCH_CHUNK_LINES", 32)
+#: Most rows an evaluation file (/v1/evaluations) may hold.
+TUNERY_EVALUATION_MAX_ROWS = env_int("TUNERY_EVALUATION_MAX_ROWS", 20_000)
+#: Evaluations a tenant may have queued or running at once.
+TUNERY_EVALUATION_MAX_PENDING = env_int("TUNERY_EVALUATION_MAX_PENDING", 10)
 TUNERY_JOB_MAX_ATTEMPTS = env_int("TUNERY_JOB_MAX_ATTEMPTS", 3)
 TUNERY_RECONCILE_EVERY_SECONDS = env_int("TUNERY_RECONCILE_EVERY_SECONDS", 30)
 # Job queue (tunery.jobs): how the runner starts the engine and how often it renews and checks.

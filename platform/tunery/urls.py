@@ -10,6 +10,7 @@ urlpatterns = [
     path("v1/", include("tunery.files.urls")),
     path("v1/", include("tunery.jobs.urls")),
     path("v1/", include("tunery.batches.urls")),
+    path("v1/", include("tunery.evaluations.urls")),
     path("v1/", include("tunery.catalog.urls")),
     path("v1/", include("tunery.verticals.urls")),
     path("v1/", include("tunery.serving.urls")),

@@ -118,10 +118,10 @@ def test_the_reconciler_sends_a_dead_workers_batch_again_and_gives_up_after_max_
     Batch.objects.filter(pk=created["id"]).update(lease_expires_at=long_ago, dispatched_at=long_ago)
 
     monkeypatch.setitem(app.conf, "task_always_eager", True)  # the re-sent message runs inline
-    assert reconciler.reconcile() == {"batches_taken_back": 1, "batches_resent": 0}
+    assert reconciler.reconcile() == {"batches_taken_back": 1, "batches_resent": 0, "batches_expired": 0}
     batch = Batch.objects.get(pk=created["id"])
     assert (batch.status, batch.attempts, batch.failed) == ("completed", 2, 3)
-    assert reconciler.reconcile() == {"batches_taken_back": 0, "batches_resent": 0}
+    assert reconciler.reconcile() == {"batches_taken_back": 0, "batches_resent": 0, "batches_expired": 0}
 
     again = create(api, acme, input_file_id=batch_file).json()
     Batch.objects.filter(pk=again["id"]).update(

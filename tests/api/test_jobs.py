@@ -132,7 +132,7 @@ def test_multiplier_without_a_default_rate_asks_for_learning_rate():
         ({"validation_file": "file-nope"}, "validation_file", "file_not_found"),
         ({"teacher_model": "ft:nothing"}, "teacher_model", "model_not_found"),
         ({"traning_type": "lora"}, "traning_type", "unknown_parameter"),
-        ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations", "unsupported_parameter"),
+        ({"integrations": [{"type": "comet", "comet": {"project": "p"}}]}, "integrations", "invalid_integration"),
     ],
 )
 def test_bad_requests_are_400_naming_the_param(acme, training_file, create_job, fields, param, code):

@@ -41,8 +41,16 @@ def test_the_job_spec_survives_a_json_round_trip():
         "tenant_config",
         "teacher_model",
         "column_mapping",
+        "object_store_prefix",
     }
     assert JobSpecFile.from_json(data) == SPEC
+
+
+def test_an_object_store_prefix_must_be_a_string():
+    data = SPEC.to_json()
+    assert JobSpecFile.from_json({**data, "object_store_prefix": "acme/ftjob-1"}).object_store_prefix == "acme/ftjob-1"
+    with pytest.raises(ConfigError, match="object_store_prefix"):
+        JobSpecFile.from_json({**data, "object_store_prefix": ["acme"]})
 
 
 def test_a_spec_with_unknown_or_missing_keys_is_a_permanent_config_error():

@@ -336,6 +336,53 @@ def test_deploy_then_predict(cli, deployed_model_row):
     assert usage["acme"].predictions == 2
 
 
+def test_evaluate_prints_the_report_and_batch_downloads_the_results(cli, deployed_model_row, tmp_path, monkeypatch):
+    from tests.serving import pack as serving_pack
+    from tunery.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)  # the worker's task runs on commit
+    model = deployed_model_row.id
+    labelled = tmp_path / "test.jsonl"
+    rows = [("where is my parcel", "shipping"), ("refund me please", "refund"), ("invoice is wrong", "billing")]
+    labelled.write_text("".join(json.dumps({"message": t, "intent": i}) + "\n" for t, i in rows))
+    code, out, err = cli("evaluate", "--model", model, "--file", str(labelled), "--handoff-threshold", "0.3")
+    assert code == 0, err
+    assert "3 rows, succeeded" in out
+    header = next(line for line in out.splitlines() if "precision" in line)
+    assert header.split() == ["label", "precision", "recall", "f1", "support"]
+    for intent in serving_pack.INTENTS:
+        assert any(line.split()[:1] == [intent] for line in out.splitlines())
+    assert "hand-off threshold 0.30" in out
+    assert "expected calibration error" in out
+    code, out, err = cli("--json", "evaluations", "list", "--model", model)
+    assert code == 0, err
+    (listed,) = json.loads(out)
+    code, out, err = cli("evaluations", "compare", listed["id"], listed["id"])
+    assert code == 0, err
+    assert "accuracy" in out
+
+    code, out, err = cli("evaluate", "--model", "ft:nope", "--file", str(labelled))
+    assert code == 1
+    assert "404" in err
+
+    assert cli("deploy", model)[0] == 0
+    requests = tmp_path / "requests.jsonl"
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/predictions", "body": {"model": model, "inputs": [t]}}
+             for i, (t, _) in enumerate(rows)]  # fmt: skip
+    lines.append(
+        {"custom_id": "bad", "method": "POST", "url": "/v1/predictions", "body": {"model": "ft:nope", "inputs": ["x"]}}
+    )
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output, errors = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    code, out, err = cli("batch", str(requests), "--output", str(output), "--errors", str(errors), "--poll", "0.1")
+    assert code == 0, err
+    assert "3 of 4 lines answered, 1 failed" in out
+    answered = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [a["custom_id"] for a in answered] == ["r0", "r1", "r2"]
+    assert all(a["response"]["body"]["data"][0]["label"] in serving_pack.INTENTS for a in answered)
+    assert json.loads(errors.read_text())["custom_id"] == "bad"
+
+
 def test_predict_needs_input_and_a_known_model(cli):
     code, _, err = cli("predict", "--model", "ft:nope")
     assert code == 1
@@ -359,3 +406,24 @@ def test_jobs_create_dry_run_shows_settings_and_warnings_and_creates_nothing(cli
     assert "a conservative default" in out
     assert "warning (few_examples_per_class)" in out
     assert not FineTuningJob.objects.exists()
+
+
+def test_models_download_writes_the_archive_and_refuses_unknown_models(cli, deployed_model_row, tmp_path):
+    import tarfile
+
+    target = tmp_path / "model.tar.gz"
+    code, out, err = cli("models", "download", deployed_model_row.id, "-o", str(target))
+    assert code == 0, err
+    assert str(target) in out
+    with tarfile.open(target, "r:gz") as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames()}
+    assert {"config.json", "model.safetensors", "README.md", "tunery.json"} <= names
+    assert not list(tmp_path.glob("*.part"))
+
+    missing = tmp_path / "missing.tar.gz"
+    code, _, err = cli("models", "download", "ft:nope", "-o", str(missing))
+    assert code == 1
+    assert "404" in err
+    assert "ft:nope" in err
+    assert not missing.exists()
+    assert not list(tmp_path.glob("*.part"))

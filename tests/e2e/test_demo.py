@@ -69,6 +69,19 @@ def test_demo_trains_deploys_and_answers_then_runs_again(demo_dir):
     labels = {line.split(",")[-1] for line in _sample_rows()}
     assert {intent for intent, _ in answers} <= labels
 
+    # Rows held back from training were evaluated through the evaluations API; the printed report is its.
+    evaluation_id = re.search(r"evaluation (eval-\w+) of", out).group(1)
+    evaluation = httpx.get(f"{base_url}/v1/evaluations/{evaluation_id}", headers=headers).json()
+    assert evaluation["status"] == "succeeded"
+    assert evaluation["model"] == job["fine_tuned_model"]
+    held_back, trained = (_csv_rows(demo_dir / "demo" / f"intent_{name}.csv") for name in ("held_back", "train"))
+    assert evaluation["rows_scored"] == len(held_back) == 16
+    assert not set(held_back) & set(trained)
+    handoff = evaluation["report"]["handoff"]
+    assert f"hand-off threshold {handoff['threshold']:.2f}: {handoff['coverage']:.1%} answered" in out
+    for name, row in evaluation["report"]["per_label"]["labels"].items():
+        assert re.search(rf"^\s+{name}\s+{row['precision']:.3f}\s+{row['recall']:.3f}\s", out, re.MULTILINE), name
+
     # A long URL reaches the application (gunicorn's default limit is 4 KB): an OpenAI error object.
     long_url = httpx.get(f"{base_url}/v1/files/file-{'x' * 6000}", headers=headers)
     assert long_url.status_code == 404
@@ -130,6 +143,13 @@ def _server_goes_away(url: str, seconds: float = 20) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def _csv_rows(path: Path) -> list[tuple[str, ...]]:
+    import csv
+
+    with path.open(newline="") as handle:
+        return [tuple(row.values()) for row in csv.DictReader(handle)]
 
 
 def _sample_rows() -> list[str]:

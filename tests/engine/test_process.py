@@ -56,6 +56,8 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     assert events[-1]["event"] == "paused"
     paused_at = events[-1]["step"]
     assert Path(events[-1]["checkpoint"]).name == f"step-{paused_at:08d}"
+    before_pause = [e for e in events if e["event"] in ("progress", "evaluate")]
+    assert before_pause
 
     control.unlink()
     code, events = run_worker(tmp_path, spec)
@@ -63,6 +65,9 @@ def test_pause_through_the_control_file_then_resume_to_success(tmp_path, tiny_be
     begin = next(e for e in events if e["event"] == "train_begin")
     assert begin["step"] == paused_at
     assert begin["resumed_from"]
+    # the checkpoint's own events come again (a runner killed before reading them gets them)
+    replayed = [e for e in events if e["event"] in ("progress", "evaluate") and e["step"] <= paused_at]
+    assert replayed == before_pause
     assert begin["resolved_config"]["batch_size"] == 16
     assert begin["resolved_config"]["n_epochs"] == 2
     assert "auto" not in (begin["resolved_config"]["learning_rate"], begin["resolved_config"]["warmup_ratio"])

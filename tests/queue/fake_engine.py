@@ -42,13 +42,24 @@ def _latest(folder: Path) -> Path | None:
     return folder / f"step-{step:06d}" if step else None
 
 
+#: progress and evaluation events since the last checkpoint: each checkpoint keeps them and a resume
+#: emits them again, as the real engine does (the runner may not have read them before a kill)
+recent_events: list[dict] = []
+
+
+def emit_and_keep(event: protocol.EngineEvent) -> None:
+    emit(event)
+    recent_events.append(event.to_json())
+
+
 def write_checkpoint(folder: Path, step: int) -> Path:
     target = folder / f"step-{step:06d}"
     if target.exists():
         return target
     partial = folder / f".tmp-step-{step:06d}-{os.getpid()}"
     partial.mkdir(parents=True)
-    (partial / "state.json").write_text(json.dumps({"step": step}))
+    (partial / "state.json").write_text(json.dumps({"step": step, "recent_events": recent_events}))
+    recent_events.clear()
     partial.rename(target)
     return target
 
@@ -89,6 +100,10 @@ def main() -> int:
     resumed_from = str(checkpoints / f"step-{start:06d}") if start else None
     resolved = {**config, "n_epochs": 1, "batch_size": config.get("batch_size", 8), "learning_rate": 3e-4}
     emit(protocol.TrainBegin(step=start, total_steps=steps, resumed_from=resumed_from, resolved_config=resolved))
+    if start:
+        replayed = json.loads((checkpoints / f"step-{start:06d}" / "state.json").read_text())["recent_events"]
+        for data in replayed:
+            emit_and_keep(protocol.EngineEvent.from_json(data))
 
     if behaviour == "poison":
         time.sleep(step_seconds)
@@ -124,7 +139,7 @@ def main() -> int:
             print("simulated crash", file=sys.stderr)
             return ExitCode.TRANSIENT
         rate = (time.monotonic() - began) / (step - start)
-        emit(
+        emit_and_keep(
             protocol.Progress(
                 step=step,
                 total_steps=steps,
@@ -137,9 +152,11 @@ def main() -> int:
             )
         )
         if step % every == 0 or step == steps:
-            path = write_checkpoint(checkpoints, step)
             metrics = {"eval_loss": 1.0 / step, "accuracy": step / steps}
-            emit(protocol.Evaluate(step=step, eval_loss=metrics["eval_loss"], metrics={"accuracy": step / steps}))
+            emit_and_keep(
+                protocol.Evaluate(step=step, eval_loss=metrics["eval_loss"], metrics={"accuracy": step / steps})
+            )
+            path = write_checkpoint(checkpoints, step)
             emit(protocol.Checkpoint(step=step, path=str(path), metrics=metrics, is_best=True))
     if config.get("search_budget_minutes"):  # a budgeted search: two trials, the second kept
         for index, overrides, value in ((0, {}, 0.5), (1, {"learning_rate": 3e-4}, 0.75)):

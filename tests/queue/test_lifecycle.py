@@ -221,7 +221,9 @@ def test_a_tenant_with_a_huge_backlog_cannot_hide_another_tenants_job(queue_sett
     assert lifecycle.claim_next_job("gpu", "w3") is None
 
 
-@pytest.mark.parametrize(("model", "lifecycle_module"), [("FineTuningJob", "jobs"), ("Batch", "batches")])
+@pytest.mark.parametrize(
+    ("model", "lifecycle_module"), [("FineTuningJob", "jobs"), ("Batch", "batches"), ("Evaluation", "evaluations")]
+)
 def test_only_the_lifecycle_writes_a_status(model, lifecycle_module):
     """Every status change goes through its app's lifecycle (tunery.jobs.lifecycle for jobs,
     tunery.batches.lifecycle for batches): no other control-plane module that touches those rows

@@ -3,6 +3,8 @@ the database and ends the attempt; the reconciler's and the task's follow-ups ar
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tunery.catalog.models import FineTunedModel
+from tunery.files.models import File
 from tunery.jobs import tasks
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.runner import engine_command, output_dir
@@ -23,6 +26,30 @@ def starts(job) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def test_result_files_are_file_ids_the_openai_client_downloads(queue_settings, new_tenant, make_job, live_server):
+    from django.db import connections
+    from openai import OpenAI
+
+    from tunery.tenants.services import create_api_key
+
+    for connection in connections.all():  # the live server's threads share the in-memory database
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():
+            connection.inc_thread_sharing()
+    tenant = new_tenant()
+    key = create_api_key(tenant=tenant, role="member", name="results").secret
+    job = make_job(tenant, steps=4, checkpoint_every=2)
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    with OpenAI(api_key=key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=30) as client:
+        retrieved = client.fine_tuning.jobs.retrieve(job.pk)
+        (file_id,) = retrieved.result_files
+        assert file_id.startswith("file-")
+        assert client.files.retrieve(file_id).purpose == "fine-tune-results"
+        lines = client.files.content(file_id).text.splitlines()
+    assert lines[0].startswith("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,")
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4"]
+    assert "/" not in "".join(retrieved.result_files)
+
+
 def test_a_job_runs_to_success_with_metrics_checkpoints_and_one_model(queue_settings, new_tenant, make_job):
     job = make_job(new_tenant(), steps=6, checkpoint_every=2)
     assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
@@ -31,7 +58,17 @@ def test_a_job_runs_to_success_with_metrics_checkpoints_and_one_model(queue_sett
     assert (job.attempts, job.lease_owner, job.trained_tokens) == (1, "", 600)
     model = FineTunedModel.objects.get(job=job)
     assert Path(model.artifact_path, "weights.safetensors").exists()
-    assert job.result_files == [Path(model.artifact_path).name]  # no server path in the job object
+    (results_id,) = job.result_files  # a file id, never a server path
+    results = File.objects.get(pk=results_id, tenant=job.tenant)
+    assert results.purpose == "fine-tune-results"
+    with results.content.open("rb") as stream:
+        rows = list(csv.DictReader(io.StringIO(stream.read().decode())))
+    assert list(rows[0])[:5] == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert float(rows[3]["train_loss"]) == 0.25
+    assert float(rows[3]["valid_loss"]) == 0.25
+    assert float(rows[3]["valid_accuracy"]) == pytest.approx(4 / 6)
+    assert rows[2]["valid_loss"] == ""  # no evaluation at step 3
     assert list(job.checkpoints.values_list("step_number", flat=True)) == [6, 4, 2]
     assert job.current_checkpoint.endswith("step-000006")
     train = JobEvent.objects.filter(job=job, type="metrics", dedupe_key__startswith="metrics:step:")

@@ -137,3 +137,18 @@ def lora_artifact(
     tokenizer().save_pretrained(str(directory))
     write_manifest(directory, kind, labels, base_model=str(base), training_type="lora", **extra)
     return directory
+
+
+def mean_pooled_artifact(directory: Path, labels: Sequence[str], seed: int = 0, **extra: Any) -> Path:
+    """A fully fine-tuned classifier that reads the mean of the token states (the engine's
+    ``MeanPooledBertForSequenceClassification``, what a MiniLM base trains into)."""
+    from tunery_engine.modeling import mean_pooled_bert_class
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    kind = TaskKind.SEQUENCE_CLASSIFICATION
+    model = mean_pooled_bert_class()(tiny_bert_config(**head_arguments(kind, labels)))
+    model.save_pretrained(str(directory))
+    tokenizer().save_pretrained(str(directory))
+    write_manifest(directory, kind, labels, pooling="mean", **extra)
+    return directory

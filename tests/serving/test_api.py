@@ -469,7 +469,7 @@ def test_healthz_and_readyz(setup, settings):
     ready = httpx.get(f"{setup['url']}/readyz")
     assert ready.status_code == 200, ready.text
     checks = ready.json()["checks"]
-    assert set(checks) == {"database", "broker", "storage", "packs", "rate_limits"}
+    assert set(checks) == {"database", "broker", "storage", "model_storage", "packs", "rate_limits"}
     assert pack.PACK_ID in checks["packs"]["detail"]["loaded"]
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     down = httpx.get(f"{setup['url']}/readyz")

@@ -111,6 +111,10 @@ def test_files_create_batches_create_retrieve_and_content(setup, eager, monkeypa
     assert output[0]["error"] is None
     assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
     assert [b.id for b in client.batches.list()] == [batch.id]
+    from tunery.dashboard.selectors import tenant_usage
+
+    usage = {row.tenant.slug: row for row in tenant_usage()}
+    assert usage["acme"].predictions == 3  # each answered line is a served prediction
 
 
 def test_each_bad_line_is_reported_and_the_others_go_on(setup, eager):
@@ -233,6 +237,43 @@ def test_a_killed_worker_resumes_without_scoring_a_line_twice(setup, monkeypatch
     assert [r["custom_id"] for r in output] == custom_ids  # in input order
     assert Batch.objects.get(pk=batch.id).attempts == 2
     assert not runner.work_dir(batch.id).exists()
+
+
+def test_a_batch_past_its_completion_window_expires_with_its_answers_and_the_rest_as_errors(
+    setup, monkeypatch, settings
+):
+    from tunery.dashboard.selectors import tenant_usage
+
+    client, model = setup["acme"], setup["model"]
+    settings.TUNERY_BATCH_CHUNK_LINES = 2
+    batch = create(client, jsonl([prediction_line(f"req-{i}", model.id, f"text {i}") for i in range(6)]))
+    real_score = runner.score_chunk
+
+    def window_ends_after_the_first_chunk(running, lines):
+        answered = real_score(running, lines)
+        running.expires_at = timezone.now() - timedelta(seconds=1)
+        return answered
+
+    monkeypatch.setattr(runner, "score_chunk", window_ends_after_the_first_chunk)
+    assert runner.run_batch(batch.id) == "expired"
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "expired"
+    assert done.expired_at is not None
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (6, 2, 4)
+    assert [r["custom_id"] for r in results(client, done.output_file_id)] == ["req-0", "req-1"]
+    unanswered = results(client, done.error_file_id)
+    assert [(r["custom_id"], r["error"]["code"]) for r in unanswered] == [
+        (f"req-{i}", "batch_expired") for i in range(2, 6)
+    ]
+    usage = {row.tenant.slug: row for row in tenant_usage()}
+    assert usage["acme"].predictions == 2  # the answered lines count as served predictions
+
+    waiting = create(client, jsonl([prediction_line("late", model.id, "hi")]))  # no worker takes it
+    Batch.objects.filter(pk=waiting.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert app.tasks["tunery.jobs.tasks.reconcile_jobs"].apply().get()["batches_expired"] == 1
+    assert client.batches.retrieve(waiting.id).status == "expired"
+    assert runner.run_batch(waiting.id) == ""
+    assert {row.tenant.slug: row for row in tenant_usage()}["acme"].predictions == 2
 
 
 def test_lease_is_held_while_claimed(setup):

@@ -60,6 +60,9 @@ class RunState:
     #: optimizer steps skipped for a non-finite loss or gradient
     non_finite: int = 0
     trained_tokens: int = 0
+    #: progress and evaluation events (protocol JSON) since the checkpoint before this one: a worker
+    #: killed before its runner read them gets them again on resume (the runner drops duplicates)
+    recent_events: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, **asdict(self)}

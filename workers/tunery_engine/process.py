@@ -25,8 +25,14 @@ from tunery_engine.config import JobSpec, TrainConfig
 from tunery_engine.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
+    from tunery_storage import ObjectStore
+
     from tunery_contract import TaskDefinition, VerticalPack
     from tunery_engine.engine import TrainResult
+
+
+#: events a checkpoint keeps for a replay on resume (a runner lags by a few lines at most)
+RECENT_EVENTS_KEPT = 200
 
 
 class EventWriter(TrainingCallback):
@@ -54,18 +60,30 @@ class EventWriter(TrainingCallback):
         resumed_from = str(state.resumed_from) if state.resumed_from is not None else None
         resolved = state.config.to_dict() if state.config is not None else None
         self.emit(protocol.TrainBegin(state.step, state.total_steps, state.steps_per_epoch, resumed_from, resolved))
+        for data in state.run.recent_events:  # events of the checkpoint's steps the runner may never have read
+            self.emit(protocol.EngineEvent.from_json(data))
 
     def on_progress(self, event: ProgressEvent) -> None:
-        self.emit(protocol.Progress(**event.to_json()))
+        self.emit_and_keep(protocol.Progress(**event.to_json()))
 
     def on_evaluate(self, step: int, metrics: Mapping[str, float]) -> None:
         learning_rate = self.state.learning_rate if self.state is not None else None
         task_metrics = dict(metrics)
         eval_loss = task_metrics.pop("eval_loss", None)
-        self.emit(protocol.Evaluate(step, eval_loss, task_metrics, learning_rate))
+        self.emit_and_keep(protocol.Evaluate(step, eval_loss, task_metrics, learning_rate))
 
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
+        if self.state is not None:  # the checkpoint just written holds them
+            self.state.run.recent_events.clear()
         self.emit(protocol.Checkpoint(step, str(path), dict(metrics or {}), is_best))
+
+    def emit_and_keep(self, event: protocol.EngineEvent) -> None:
+        """Emit, and keep the event in the run state until a checkpoint holds it."""
+        self.emit(event)
+        if self.state is not None:
+            kept = self.state.run.recent_events
+            kept.append(event.to_json())
+            del kept[:-RECENT_EVENTS_KEPT]
 
     def on_heartbeat(self) -> None:
         pass  # the heartbeat thread below also covers model loading, tokenization and long evaluations
@@ -136,11 +154,20 @@ def run(spec_path: Path) -> int:
         spec = load_spec(spec_path)
         from tunery_engine.engine import train
 
-        callbacks = [writer, ControlFile(Path(spec.output_dir) / "CONTROL")]
+        callbacks: list[TrainingCallback] = [writer, ControlFile(Path(spec.output_dir) / "CONTROL")]
+        remote = _object_store(spec_path) if is_main else None
+        if remote is not None:  # before the writer: a checkpoint is reported once it is in the bucket
+            from tunery_engine.remote import CheckpointMirror
+
+            callbacks.insert(0, CheckpointMirror(*remote))
         if spec.config.search_budget_minutes is not None:
             result = _search(spec, callbacks, writer)
         else:
             result = train(spec, callbacks)
+        if remote is not None:
+            from tunery_engine.remote import upload_artifact
+
+            upload_artifact(*remote, Path(result.artifact_dir))
     except Paused as stop:
         writer.emit(protocol.Paused(stop.step, _path(stop.checkpoint)))
         return ExitCode.PAUSED
@@ -189,6 +216,23 @@ def main(argv: list[str] | None = None) -> int:
         export_merged(args.artifact, args.out)
         return ExitCode.SUCCEEDED
     return run(args.spec)
+
+
+def _object_store(spec_path: Path) -> tuple[ObjectStore, str] | None:
+    """The object store and the job's prefix in it, when the spec names one (ConfigError when the
+    environment does not configure a store)."""
+    prefix = JobSpecFile.read(spec_path).object_store_prefix
+    if not prefix:
+        return None
+    from tunery_storage import artifact_store_from_env
+
+    try:
+        store = artifact_store_from_env()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if store is None:
+        raise ConfigError("the job stores its files in object storage, but TUNERY_S3_BUCKET is not set on this worker")
+    return store, prefix
 
 
 def _path(path: Path | None) -> str | None:

@@ -53,6 +53,9 @@ class JobSpecFile:
     teacher_model: str | None = None
     #: file column -> schema column
     column_mapping: dict[str, str] | None = None
+    #: the job's key prefix in the object store the environment configures (``TUNERY_S3_*``):
+    #: checkpoints and the final artifact are uploaded under it. None: local files only.
+    object_store_prefix: str | None = None
 
     REQUIRED: ClassVar[frozenset[str]] = frozenset({"base_model", "vertical", "task", "train_file", "output_dir"})
 
@@ -71,6 +74,7 @@ class JobSpecFile:
             raise ConfigError(f"job spec: unknown keys {unknown}, missing keys {missing}")
         wrong = sorted(name for name in cls.REQUIRED | {"vertical_version"} if not isinstance(data.get(name, ""), str))
         wrong += [name for name in ("config", "tenant_config") if not isinstance(data.get(name) or {}, dict)]
+        wrong += [name for name in ("object_store_prefix",) if not isinstance(data.get(name) or "", str)]
         if wrong:
             raise ConfigError(f"job spec: wrong types for {wrong}")
         values = {**data, "config": data.get("config") or {}, "tenant_config": data.get("tenant_config") or {}}

@@ -3,6 +3,7 @@
     validating -> in_progress -> finalizing -> completed
     validating | in_progress -> failed
     validating -> cancelled;  in_progress -> cancelling -> cancelled
+    validating | in_progress | finalizing -> expired  (past ``expires_at``, the completion window)
 
 The only writer of ``Batch.status`` (the API through tunery.batches.services, the runner). A
 transition is ``UPDATE ... WHERE id = %s AND status = <expected> [AND lease_owner = <me>]``: of two
@@ -25,11 +26,23 @@ from django.utils import timezone
 from tunery.batches.models import TERMINAL_BATCH_STATUSES as _ENDED
 from tunery.batches.models import Batch, BatchStatus
 from tunery.core.errors import Conflict
+from tunery.dashboard.services import count_prediction
 from tunery.jobs.lifecycle import LeaseLost, lease_deadline
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LeaseLost", "claim", "fail", "finalize", "finish", "mark_dispatched", "record_progress", "request_cancel"]
+__all__ = [
+    "LeaseLost",
+    "claim",
+    "expire",
+    "expire_unstarted",
+    "fail",
+    "finalize",
+    "finish",
+    "mark_dispatched",
+    "record_progress",
+    "request_cancel",
+]
 
 
 def _transitioned(batch_id: str, to: str, frm: str, **fields: Any) -> bool:
@@ -113,7 +126,41 @@ def finish(batch_id: str, owner: str, write_files: Callable[[], dict[str, Any]])
             status, stamp = BatchStatus.CANCELLED, {"cancelled_at": now}
         files = write_files()
         _transitioned(batch_id, status, batch.status, lease_owner="", lease_expires_at=None, **stamp, **files)
+        _count_usage(batch)
     return status
+
+
+def expire(batch_id: str, owner: str, write_files: Callable[[], dict[str, Any]]) -> str:
+    """End a batch its worker found past ``expires_at``: expired, with the result files
+    ``write_files`` creates (the answered lines, and the unanswered ones as ``batch_expired``
+    errors). A batch being cancelled ends cancelled instead."""
+    now = timezone.now()
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().filter(pk=batch_id, lease_owner=owner).first()
+        running = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
+        if batch is None or batch.status not in running:
+            raise LeaseLost(batch_id)
+        if batch.status == BatchStatus.CANCELLING:
+            status, stamp = BatchStatus.CANCELLED, {"cancelled_at": now}
+        else:
+            status, stamp = BatchStatus.EXPIRED, {"expired_at": now}
+        files = write_files()
+        _transitioned(batch_id, status, batch.status, lease_owner="", lease_expires_at=None, **stamp, **files)
+        _count_usage(batch)
+    return status
+
+
+def expire_unstarted(batch_id: str) -> bool:
+    """A batch no worker started before its completion window ended: expired, with no files."""
+    now = timezone.now()
+    return _transitioned(batch_id, BatchStatus.EXPIRED, BatchStatus.VALIDATING, expired_at=now)
+
+
+def _count_usage(batch: Batch) -> None:
+    """The batch's answered lines count as served predictions, once (with its final transition)."""
+    completed = Batch.objects.values_list("completed", flat=True).get(pk=batch.pk)
+    if completed:
+        count_prediction(batch.tenant, requests=completed)
 
 
 def fail(batch_id: str, owner: str, code: str, message: str, line: int | None = None) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from tunery.batches import lifecycle
 from tunery.batches.models import Batch, BatchStatus
@@ -68,7 +69,11 @@ def _run(batch: Batch, owner: str) -> str:
     ):
         completed, failed, done = batch.completed, batch.failed, batch.lines_done
         chunk = max(1, settings.TUNERY_BATCH_CHUNK_LINES)
+        expired = False
         while done < len(lines) and status != BatchStatus.CANCELLING:
+            if _past_window(batch):
+                expired = True
+                break
             for ok, record in score_chunk(batch, lines[done : done + chunk]):
                 (output if ok else errors).write(json.dumps(record).encode() + b"\n")
                 completed, failed = completed + ok, failed + (not ok)
@@ -84,10 +89,34 @@ def _run(batch: Batch, owner: str) -> str:
                 output_bytes=output.tell(),
                 error_bytes=errors.tell(),
             )
+        if expired:  # OpenAI's way: the lines not reached are errors "batch_expired"
+            for number, raw in lines[done:]:
+                errors.write(json.dumps(_expired_line(number, raw)).encode() + b"\n")
+            failed += len(lines) - done
+            _flush(errors)
+            lifecycle.record_progress(batch.id, owner, lines_done=len(lines), failed=failed, error_bytes=errors.tell())
+    if expired:
+        final = lifecycle.expire(batch.id, owner, lambda: _publish_files(batch, folder, completed, failed))
+        shutil.rmtree(folder, ignore_errors=True)
+        return final
     lifecycle.finalize(batch.id, owner)
     final = lifecycle.finish(batch.id, owner, lambda: _publish_files(batch, folder, completed, failed))
     shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _past_window(batch: Batch) -> bool:
+    return batch.expires_at is not None and timezone.now() >= batch.expires_at
+
+
+def _expired_line(number: int, raw: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(raw)
+        custom_id = request.get("custom_id") if isinstance(request, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        custom_id = None
+    message = f"line {number}: the batch expired (its completion window ended) before this line was scored."
+    return _result(custom_id, None, {"code": "batch_expired", "message": message})
 
 
 def _request_lines(input_file: File) -> list[tuple[int, bytes]]:

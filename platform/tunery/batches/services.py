@@ -53,7 +53,7 @@ def create_batch(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Batch:
             metadata=metadata,
             queue=queue,
             total=input_file.row_count,
-            expires_at=timezone.now() + COMPLETION_WINDOW,  # shown as OpenAI does; not enforced yet
+            expires_at=timezone.now() + COMPLETION_WINDOW,  # enforced by the worker and the reconciler
             created_by=actor[:200],
         )
         dispatch.batch_created(batch.id, batch.queue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from tunery.catalog.models import BaseModel, FineTunedModel
+from tunery.core import artifacts
 from tunery.serving.models import Deployment
 from tunery.serving.services import undeploy
 from tunery.tenants.models import AuditLog, Tenant
+
+log = logging.getLogger(__name__)
 
 #: The packaged default base model (sentence-transformers/all-MiniLM-L6-v2, BERT).
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
@@ -90,10 +94,21 @@ def register_base_model(
 
 
 def delete_fine_tuned_model(*, model: FineTunedModel, actor: str) -> None:
-    """Undeploy the model and hide it from the API (artifacts stay for audit; its job keeps
-    pointing at it). A deleted model must not keep a deployment slot or its memory."""
+    """Undeploy the model and hide it from the API (the row stays for audit; its job keeps
+    pointing at it). A deleted model must not keep a deployment slot or its memory. With object
+    storage its artifact's objects (and cached copies here) are deleted once this commits; a local
+    artifact folder stays."""
+    artifact_path = model.artifact_path
     with transaction.atomic():
         for deployment in Deployment.objects.filter(model=model).select_related("tenant"):
             undeploy(deployment=deployment, actor=actor)
         FineTunedModel.objects.filter(pk=model.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
         AuditLog.objects.create(tenant_id=model.tenant_id, actor=actor, action="model.delete", target=model.id)
+        transaction.on_commit(lambda: _delete_artifact_objects(artifact_path))
+
+
+def _delete_artifact_objects(artifact_path: str) -> None:
+    try:
+        artifacts.delete_objects(artifact_path)
+    except artifacts.StorageError as exc:  # the model is gone from the API; the objects are logged for cleanup
+        log.error("could not delete the objects of %s: %s", artifact_path, exc.message)

@@ -1,19 +1,26 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tunery.catalog import services
+from tunery.catalog import export, imports, services
 from tunery.catalog.models import BaseModel, FineTunedModel
-from tunery.core.errors import NotFound, PermissionDenied
+from tunery.core.errors import InvalidRequest, NotFound, PermissionDenied
 from tunery.core.permissions import IsTenantAdmin, IsTenantMember
-from tunery.core.schema import ERRORS, list_of
+from tunery.core.schema import BODY_ERRORS, ERRORS, list_of
 from tunery.core.scoping import request_tenant
+from tunery.files.serializers import UploadedFileField
+from tunery.files.uploads import LimitedHashingUploadHandler, accept_chunked_body
 from tunery.jobs import selectors
 from tunery.tenants.models import Tenant
 
@@ -74,7 +81,26 @@ def model_object(model: BaseModel | FineTunedModel, tenant: Tenant) -> dict[str,
     return base_model_object(model, tenant)
 
 
+ImportModelRequest = inline_serializer(
+    name="ImportModelRequest",
+    fields={
+        "file": UploadedFileField(help_text="A Hugging Face model folder as .tar.gz, .tgz, .tar or .zip."),
+        "name": serializers.RegexField(
+            imports.NAME_PATTERN.pattern, help_text="The id your jobs pass as `model` (lowercase, digits, . _ -)."
+        ),
+        "description": serializers.CharField(required=False),
+    },
+)
+
+
 class ModelListView(APIView):
+    parser_classes = [MultiPartParser]  # POST is an upload; GET takes no body
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsTenantAdmin()]
+        return [IsTenantMember()]
+
     @extend_schema(
         summary="List base models you can fine-tune and your fine-tuned models",
         operation_id="list_models",
@@ -94,6 +120,35 @@ class ModelListView(APIView):
         data += [fine_tuned_model_object(m, tenant) for m in tuned]
         return Response({"object": "list", "data": data, "has_more": False})
 
+    @extend_schema(
+        summary="Import a base model of your own (admin keys)",
+        description=(
+            "A Hugging Face model folder (config.json, safetensors weights, tokenizer files) as an archive. "
+            "Pickle weights, remote code (.py files, auto_map) and architectures outside the allow-list are "
+            "refused. Only your tenant sees the model and can fine-tune it."
+        ),
+        operation_id="import_model",
+        request={"multipart/form-data": ImportModelRequest},
+        responses={201: ModelObject, **BODY_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        tenant = request_tenant(request)
+        limit = settings.TUNERY_MAX_MODEL_IMPORT_BYTES
+        accept_chunked_body(request._request, limit)
+        request._request.upload_handlers = [LimitedHashingUploadHandler(request._request, limit=limit)]
+        uploaded = request.FILES.get("file")
+        if uploaded is None:
+            raise InvalidRequest("Send the model archive as the multipart field 'file'.", param="file", code="missing")
+        model = imports.import_base_model(
+            tenant=tenant,
+            name=str(request.data.get("name") or ""),
+            archive=Path(uploaded.temporary_file_path()),
+            filename=uploaded.name or "",
+            actor=request.user.actor,
+            description=str(request.data.get("description") or ""),
+        )
+        return Response(base_model_object(model, tenant), status=201)
+
 
 class ModelDetailView(APIView):
     def get_permissions(self):
@@ -107,7 +162,7 @@ class ModelDetailView(APIView):
         return Response(model_object(find_model(tenant, model_id), tenant))
 
     @extend_schema(
-        summary="Delete a fine-tuned model (admin keys)",
+        summary="Delete a fine-tuned model or a base model you imported (admin keys)",
         operation_id="delete_model",
         responses={
             200: inline_serializer(
@@ -124,6 +179,9 @@ class ModelDetailView(APIView):
     def delete(self, request: Request, model_id: str) -> Response:
         tenant = request_tenant(request)
         model = find_model(tenant, model_id)
+        if isinstance(model, BaseModel) and model.tenant_id == tenant.pk:  # the tenant's own upload
+            imports.delete_base_model(model=model, actor=request.user.actor)
+            return Response({"id": model_id, "object": "model", "deleted": True})
         if not isinstance(model, FineTunedModel):
             raise PermissionDenied(
                 f"'{model_id}' is a base model; base models are managed by the platform operator.",
@@ -132,3 +190,38 @@ class ModelDetailView(APIView):
             )
         services.delete_fine_tuned_model(model=model, actor=request.user.actor)
         return Response({"id": model.id, "object": "model", "deleted": True})
+
+
+class ModelContentView(APIView):
+    @extend_schema(
+        summary="Download a fine-tuned model (tar.gz in Hugging Face layout)",
+        description=(
+            "Safetensors weights (or the PEFT adapter plus the base model's reference), tokenizer, "
+            "config with id2label/label2id, `tunery.json` (thresholds, calibration, target scale) and a "
+            "model card README.md. Streamed; `merged=true` merges a LoRA adapter into its base first."
+        ),
+        operation_id="download_model",
+        parameters=[OpenApiParameter("merged", bool, description="Merge a LoRA adapter into its base model.")],
+        responses={(200, "application/gzip"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
+    )
+    def get(self, request: Request, model_id: str) -> StreamingHttpResponse:
+        tenant = request_tenant(request)
+        merged = parse_flag(request.query_params.get("merged"), "merged")
+        if not model_id.startswith("ft:") and selectors.base_model_by_name(tenant, model_id) is not None:
+            raise InvalidRequest(
+                f"'{model_id}' is a base model; only fine-tuned models can be downloaded.",
+                param="model",
+                code="not_a_fine_tuned_model",
+            )
+        prepared = export.download(export.find_fine_tuned(tenant, model_id), merged=merged)
+        response = StreamingHttpResponse(prepared.chunks, content_type="application/gzip")
+        response["Content-Disposition"] = f'attachment; filename="{prepared.filename}"'
+        return response
+
+
+def parse_flag(value: str | None, param: str) -> bool:
+    if value is None or value.lower() in ("false", "0", ""):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise InvalidRequest(f"{param} must be true or false, got {value!r}.", param=param, code="invalid_value")

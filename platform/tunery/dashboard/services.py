@@ -37,13 +37,14 @@ def set_vertical_enabled(*, tenant: Tenant, vertical: str, enabled: bool, actor:
     return row
 
 
-def count_prediction(tenant: Tenant) -> None:
-    """One more served request today for the tenant (an atomic increment; safe under concurrency)."""
+def count_prediction(tenant: Tenant, requests: int = 1) -> None:
+    """``requests`` more served requests today for the tenant (an atomic increment; safe under
+    concurrency). A batch counts its answered lines when it ends."""
     today = timezone.now().date()
-    if PredictionUsage.objects.filter(tenant=tenant, day=today).update(requests=F("requests") + 1):
+    if PredictionUsage.objects.filter(tenant=tenant, day=today).update(requests=F("requests") + requests):
         return
     try:
         with transaction.atomic():
-            PredictionUsage.objects.create(tenant=tenant, day=today, requests=1)
+            PredictionUsage.objects.create(tenant=tenant, day=today, requests=requests)
     except IntegrityError:  # another request created today's row first
-        PredictionUsage.objects.filter(tenant=tenant, day=today).update(requests=F("requests") + 1)
+        PredictionUsage.objects.filter(tenant=tenant, day=today).update(requests=F("requests") + requests)

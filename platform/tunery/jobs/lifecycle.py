@@ -38,6 +38,7 @@ from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.queues import eligible_jobs
+from tunery.jobs.result_files import write_results_file
 from tunery.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -397,8 +398,8 @@ def _succeed(job: FineTuningJob, outcome: Outcome, fields: dict[str, Any], now: 
         finished_at=now,
         estimated_finish=None,
         requested_action="",
-        # shown to the tenant: the artifact folder's name, not its server path (the model row has that)
-        result_files=[for_tenant(outcome.artifact_dir)] if outcome.artifact_dir else [],
+        # file ids (OpenAI's per-step metrics CSV), never a server path (the model row has that)
+        result_files=[write_results_file(job).id],
         progress={**job.progress, "step": job.progress.get("total_steps", job.progress.get("step"))},
     )
     if outcome.resolved_config:

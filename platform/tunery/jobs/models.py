@@ -55,6 +55,8 @@ class FineTuningJob(models.Model):
     column_mapping = models.JSONField(default=dict, blank=True)
     #: Profile of the training data (and its overlap with the validation file), set at file validation.
     data_profile = models.JSONField(default=dict, blank=True)
+    #: OpenAI's ``integrations`` as parsed by ``tracking.parse_integrations`` (wandb, mlflow, tensorboard)
+    integrations = models.JSONField(default=list, blank=True)
     teacher_model = models.CharField(max_length=200, blank=True, help_text="Distillation teacher model id.")
     gpus = models.PositiveSmallIntegerField(default=0)
     queue = models.CharField(max_length=50, default="gpu")

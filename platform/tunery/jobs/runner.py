@@ -35,7 +35,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
-from tunery.jobs import estimates, lifecycle
+from tunery.core import artifacts
+from tunery.jobs import estimates, lifecycle, tracking
 from tunery.jobs.lifecycle import LeaseLost, Outcome
 from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobStatus
 from tunery.verticals.registry import pack_context
@@ -120,7 +121,7 @@ def _teacher_path(job: FineTuningJob) -> str | None:
 
     tuned = FineTunedModel.objects.filter(pk=job.teacher_model, tenant_id=job.tenant_id).first()
     if tuned is not None:
-        return tuned.artifact_path
+        return str(artifacts.local_artifact_dir(tuned.artifact_path))
     base = BaseModel.objects.filter(name=job.teacher_model, is_active=True).first()
     if base is None:
         raise SpecError("model_not_found", f"teacher model {job.teacher_model!r} does not exist")
@@ -148,6 +149,7 @@ def build_spec(job: FineTuningJob, out: Path) -> JobSpecFile:
         tenant_config=tenant_config,
         teacher_model=_teacher_path(job),
         column_mapping=dict(job.column_mapping) or None,
+        object_store_prefix=artifacts.job_prefix(job.tenant.slug, job.pk) if artifacts.object_store() else None,
     )
 
 
@@ -182,6 +184,7 @@ class AttemptRunner:
         self.renewed_at = time.monotonic()  # the claim took the lease just now
         #: (samples/s, tokens/s) of each progress event, for the estimates of later jobs
         self.speeds: list[tuple[float, float]] = []
+        self.tracking: tracking.JobTracking | None = None  # started with the attempt
 
     # -- the attempt -------------------------------------------------------------------------------
 
@@ -192,8 +195,14 @@ class AttemptRunner:
         self.control_path.unlink(missing_ok=True)  # a pause request of an earlier attempt is done
         try:
             spec = build_spec(self.job, self.out)
+            self._pull_checkpoints()
         except SpecError as exc:
             return self._finish(Outcome("failed", code=exc.code, message=exc.message))
+        except artifacts.StorageError as exc:  # an outage or a misconfigured bucket: try again later
+            log.warning("job %s: %s", self.job.pk, exc.message)
+            message = f"fetching the job's checkpoints failed: {exc.summary}"
+            return self._finish(Outcome("transient", code=exc.code, message=message))
+        self.tracking = tracking.JobTracking(self.job, self.out)
         spec_path = self.out / "spec.json"
         _write_atomically(spec_path, json.dumps(spec.to_json(), indent=2))
         log_path = self.out / "logs" / f"attempt-{self.job.attempts}.log"
@@ -221,8 +230,27 @@ class AttemptRunner:
                 _stop(process)
         return self._finish(outcome)
 
+    def _pull_checkpoints(self) -> None:
+        """With object storage: the job's complete checkpoints this host lacks (the attempt before
+        ran elsewhere, or this host lost its disk), so the engine resumes where the job was."""
+        store = artifacts.object_store()
+        if store is None:
+            return
+        remote = f"{artifacts.job_prefix(self.job.tenant.slug, self.job.pk)}/checkpoints"
+        pulled = store.pull_children(
+            remote,
+            self.out / "checkpoints",
+            on_object=lambda name: self._tolerating_db(
+                lambda: self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+            ),
+        )
+        if pulled:
+            log.info("job %s: fetched checkpoints %s from %s", self.job.pk, pulled, store.describe(remote))
+
     def _finish(self, outcome: Outcome) -> str:
         status = self._retrying_db(lifecycle.finish_attempt, self.job.pk, self.owner, outcome, self.started)
+        if self.tracking is not None and status:
+            self.tracking.finish(status)
         if status == JobStatus.SUCCEEDED and self.speeds:
             try:
                 self._record_throughput()
@@ -231,6 +259,9 @@ class AttemptRunner:
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
+            if artifacts.object_store() is not None:  # the bucket holds the job: this host's copy is scratch
+                for scratch in ("checkpoints", "final", "cache"):
+                    shutil.rmtree(self.out / scratch, ignore_errors=True)
         return status
 
     def _supervise(self, process: subprocess.Popen, log_path: Path) -> Outcome:
@@ -282,9 +313,12 @@ class AttemptRunner:
     def _outcome(self, code: int, log_path: Path) -> Outcome:
         final = self.final
         if code == ExitCode.SUCCEEDED and isinstance(final, protocol.Succeeded):
+            stored = artifacts.object_store() is not None  # the engine uploaded it: the key, not this host's path
             return Outcome(
                 "succeeded",
-                artifact_dir=final.artifact_dir,
+                artifact_dir=artifacts.final_artifact_key(self.job.tenant.slug, self.job.pk)
+                if stored
+                else final.artifact_dir,
                 metrics=final.metrics,
                 resolved_config=final.resolved_config,
                 trained_tokens=final.trained_tokens,
@@ -366,6 +400,8 @@ class AttemptRunner:
             return
         if event.final:
             self.final = event
+        if self.tracking is not None:
+            self.tracking.event(event)
         handler: Callable[[Any], None] | None = getattr(self, f"_on_{event.name}", None)
         if handler is not None:
             handler(event)

@@ -55,7 +55,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "error": job.error or None,
         "seed": job.seed,
         "metadata": job.metadata or None,
-        "integrations": [],
+        "integrations": list(job.integrations or []),
         "user_provided_suffix": job.suffix or None,
         # Tunery's additions
         "vertical": job.vertical,

@@ -17,7 +17,7 @@ from django.db import transaction
 from tunery.catalog.models import BaseModel
 from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
-from tunery.jobs import dispatch, estimates, lifecycle, selectors
+from tunery.jobs import dispatch, estimates, lifecycle, selectors, tracking
 from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
@@ -64,6 +64,7 @@ class JobRequest:
     metadata: dict[str, str]
     teacher_model: str
     gpus: int
+    integrations: list[dict[str, Any]] = field(default_factory=list)
     #: Tunery's ``dry_run``: check and resolve everything, create nothing.
     dry_run: bool = False
     #: The files' columns renamed to the task's (file column -> schema column).
@@ -81,12 +82,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             param=unknown[0],
             code="unknown_parameter",
         )
-    if body.get("integrations"):
-        raise InvalidRequest(
-            "integrations are not supported (this server cannot reach external services).",
-            param="integrations",
-            code="unsupported_parameter",
-        )
+    integrations = tracking.parse_integrations(body.get("integrations"))
     model_name = _required_string(body, "model")
     base_model = selectors.base_model_by_name(tenant, model_name)
     if base_model is None:
@@ -142,6 +138,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
         metadata=checked_metadata(body.get("metadata")),
         teacher_model=teacher,
         gpus=gpus,
+        integrations=integrations,
         dry_run=dry_run,
         column_mapping=dict(column_mapping),
     )
@@ -169,6 +166,7 @@ def create_job(*, tenant: Tenant, checked: JobRequest, actor: str) -> FineTuning
             teacher_model=checked.teacher_model,
             column_mapping=checked.column_mapping,
             gpus=checked.gpus,
+            integrations=checked.integrations,
             queue=training_queue(checked.gpus),
             status=JobStatus.VALIDATING_FILES,
         )

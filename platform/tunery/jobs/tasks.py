@@ -11,6 +11,7 @@ from celery.signals import worker_process_init, worker_shutting_down
 from django.db import InterfaceError, OperationalError
 
 from tunery.batches import reconciler as batch_reconciler
+from tunery.evaluations import reconciler as evaluation_reconciler
 from tunery.jobs import dispatch, file_validation, reconciler, runner
 from tunery.jobs.models import FineTuningJob, JobStatus
 from tunery.jobs.queues import eligible_jobs
@@ -53,8 +54,8 @@ def run_job(job_id: str) -> str:
 
 @shared_task(name=dispatch.RECONCILE_JOBS, autoretry_for=TRANSIENT, max_retries=2)
 def reconcile_jobs() -> dict[str, int]:
-    """Jobs and batches: one beat entry brings both back in line with the queue."""
-    return {**reconciler.reconcile(), **batch_reconciler.reconcile()}
+    """Jobs, batches and evaluations: one beat entry brings them back in line with the queue."""
+    return {**reconciler.reconcile(), **batch_reconciler.reconcile(), **evaluation_reconciler.reconcile()}
 
 
 @worker_process_init.connect

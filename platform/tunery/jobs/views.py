@@ -1,8 +1,15 @@
 from __future__ import annotations
 
 from django.db.models.fields.json import KeyTransform
+from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -10,7 +17,7 @@ from tunery.core.pagination import cursor_page
 from tunery.core.parsers import BoundedJSONParser
 from tunery.core.schema import BODY_ERRORS, ERRORS, PAGE_PARAMETERS, list_of, page_parameters
 from tunery.core.scoping import TenantScopedViewSet
-from tunery.jobs import services
+from tunery.jobs import runner, services, tracking
 from tunery.jobs.models import FineTuningJob
 from tunery.jobs.serializers import (
     CheckpointSerializer,
@@ -103,6 +110,18 @@ class FineTuningJobViewSet(TenantScopedViewSet):
     def events(self, request: Request, pk: str) -> Response:
         job = self.get_object()
         return Response(cursor_page(request, job.events.all(), event_object))
+
+    @extend_schema(
+        summary="Download a job's TensorBoard event files (tar.gz; the tensorboard integration)",
+        responses={(200, "application/gzip"): OpenApiResponse(OpenApiTypes.BINARY), **ERRORS},
+    )
+    def tensorboard(self, request: Request, pk: str) -> StreamingHttpResponse:
+        job = self.get_object()
+        response = StreamingHttpResponse(
+            tracking.tensorboard_archive(job, runner.output_dir(job)), content_type="application/gzip"
+        )
+        response["Content-Disposition"] = f'attachment; filename="{job.pk}-tensorboard.tar.gz"'
+        return response
 
     @extend_schema(
         summary="List a job's checkpoints",

@@ -51,6 +51,24 @@ def check_storage() -> tuple[bool, Any]:
     return True, type(default_storage).__name__
 
 
+def check_model_storage() -> tuple[bool, Any]:
+    """With object storage for models: the bucket answers with these credentials (one HEAD, no
+    retries); otherwise the local artifacts folder is used and there is nothing to reach."""
+    from tunery_storage import ObjectStore, StorageError
+
+    from tunery.core import artifacts
+
+    store = artifacts.object_store()
+    if store is None:
+        return True, "local folder (TUNERY_ARTIFACT_STORAGE=local)"
+    client = store.settings.client(connect_timeout=CHECK_TIMEOUT_SECONDS, read_timeout=CHECK_TIMEOUT_SECONDS)
+    try:
+        ObjectStore(store.settings, prefix=store.prefix, retry_seconds=0, client=client).check()
+    except StorageError as exc:
+        return False, exc.code
+    return True, store.describe()
+
+
 def check_packs() -> tuple[bool, Any]:
     from tunery.verticals import registry
 
@@ -81,6 +99,7 @@ CHECKS: dict[str, Callable[[], tuple[bool, Any]]] = {
     "database": check_database,
     "broker": check_broker,
     "storage": check_storage,
+    "model_storage": check_model_storage,
     "packs": check_packs,
     "rate_limits": check_rate_limit_store,
 }

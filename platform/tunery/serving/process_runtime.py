@@ -3,18 +3,21 @@ process that never serves never imports torch."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from django.conf import settings
-
+from tunery.core import artifacts
+from tunery.core.errors import ApiError
 from tunery.monitoring import prometheus
 from tunery.serving import conf
 
 if TYPE_CHECKING:
     from tunery.catalog.models import FineTunedModel
     from tunery_serving import InferenceRuntime
+
+log = logging.getLogger(__name__)
 
 _runtime: InferenceRuntime | None = None
 _lock = threading.Lock()
@@ -55,6 +58,19 @@ def reset_runtime() -> None:
 
 
 def artifact_dir(model: FineTunedModel) -> Path:
-    """Artifact paths are stored absolute or relative to TUNERY_ARTIFACTS_DIR."""
-    path = Path(model.artifact_path)
-    return path if path.is_absolute() else Path(settings.TUNERY_ARTIFACTS_DIR) / path
+    """The model's files on this host (fetched from object storage on first use). A storage
+    outage is a 503 the caller may retry."""
+    cache = artifacts.artifact_cache()
+    if cache is not None and not Path(model.artifact_path).is_absolute():
+        runtime = _runtime
+        if runtime is not None and model.pk in runtime.loaded():  # served from memory: no file is read
+            return cache.entry_path(model.artifact_path)
+    try:
+        return artifacts.local_artifact_dir(model.artifact_path)
+    except artifacts.StorageError as exc:
+        log.warning("model %s: %s", model.pk, exc.message)
+        raise ApiError(
+            f"The model's files cannot be fetched from storage right now ({exc.code}); try again shortly.",
+            code=exc.code,
+            status=503,
+        ) from exc

@@ -43,14 +43,20 @@ def tenant_model(tenant: Tenant, model_id: str) -> FineTunedModel:
 @dataclass(frozen=True)
 class ServingTarget:
     model: FineTunedModel
-    deployment: Deployment
+    #: None when an offline scorer (an evaluation) reads a model that is not deployed.
+    deployment: Deployment | None
     path: Path
     kind: str
 
 
-def serving_target(tenant: Tenant, model_id: str) -> ServingTarget:
+def serving_target(tenant: Tenant, model_id: str, *, deployed_only: bool = True) -> ServingTarget:
+    """The model a prediction runs on. Live traffic (``deployed_only``) needs a ready deployment;
+    offline scoring (evaluations) also reads a model that is not deployed, from its artifact."""
     model = tenant_model(tenant, model_id)
     deployment = Deployment.objects.filter(model=model, tenant=tenant).first()
+    ready = deployment is not None and deployment.status == Deployment.Status.READY
+    if not deployed_only and not ready:
+        return ServingTarget(model, None, artifact_dir(model), artifact_kind(model))
     if deployment is None or deployment.status != Deployment.Status.READY:
         state = "failed to deploy" if deployment is not None else "is not deployed"
         raise Conflict(
@@ -59,6 +65,16 @@ def serving_target(tenant: Tenant, model_id: str) -> ServingTarget:
             code="model_not_deployed",
         )
     return ServingTarget(model, deployment, artifact_dir(model), deployment.kind)
+
+
+def artifact_kind(model: FineTunedModel) -> str:
+    """The task kind recorded in a model's artifact (a 409 when the artifact cannot be read)."""
+    from tunery_serving import ArtifactError, read_artifact
+
+    try:
+        return read_artifact(artifact_dir(model)).kind.value
+    except ArtifactError as exc:
+        raise Conflict(f"The model '{model.id}' cannot be read: {exc}", param="model", code="model_unreadable") from exc
 
 
 @dataclass(frozen=True)

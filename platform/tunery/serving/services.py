@@ -123,8 +123,10 @@ def undeploy(*, deployment: Deployment, actor: str) -> None:
 # -- predictions -------------------------------------------------------------------------------
 
 
-def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, Any]:
-    target = selectors.serving_target(tenant, request.model)
+def predict(*, tenant: Tenant, request: inputs.PredictionRequest, deployed_only: bool = True) -> dict[str, Any]:
+    """One prediction request's answer. ``deployed_only=False`` (offline scoring: evaluations)
+    also answers for a model that is not deployed, at the server's default precision."""
+    target = selectors.serving_target(tenant, request.model, deployed_only=deployed_only)
     hooks = selectors.pack_hooks(tenant, target.model)
     head = head_of(target)
     if head.generates_text:
@@ -163,7 +165,7 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
             )
         )
     started = time.perf_counter()
-    precision = target.deployment.precision or None
+    precision = (target.deployment.precision if target.deployment is not None else "") or None
     predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
     prometheus.PREDICTION_LATENCY.labels(target.kind).observe(time.perf_counter() - started)
     data = []
@@ -189,7 +191,9 @@ def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, A
     }
 
 
-def predict_many(*, tenant: Tenant, requests: list[inputs.PredictionRequest]) -> list[dict[str, Any] | ApiError]:
+def predict_many(
+    *, tenant: Tenant, requests: list[inputs.PredictionRequest], deployed_only: bool = True
+) -> list[dict[str, Any] | ApiError]:
     """Each request's answer (or the error it alone would get), as :func:`predict` gives it. Requests
     for one encoder model that differ only in their ``inputs`` are scored in runtime calls of up to
     ``max_items`` rows, so the runtime batches them (batch scoring: one request per input line)."""
@@ -202,11 +206,11 @@ def predict_many(*, tenant: Tenant, requests: list[inputs.PredictionRequest]) ->
     limit = conf.max_items()
     for members in groups.values():
         for start in range(0, len(members), limit):
-            _predict_merged(tenant, requests, members[start : start + limit], answers, limit)
+            _predict_merged(tenant, requests, members[start : start + limit], answers, limit, deployed_only)
     for index, request in enumerate(requests):
         if answers[index] is None:
             try:
-                answers[index] = predict(tenant=tenant, request=request)
+                answers[index] = predict(tenant=tenant, request=request, deployed_only=deployed_only)
             except ApiError as exc:
                 answers[index] = exc
     return cast("list[dict[str, Any] | ApiError]", answers)
@@ -218,6 +222,7 @@ def _predict_merged(
     members: list[int],
     answers: list[dict[str, Any] | ApiError | None],
     limit: int,
+    deployed_only: bool = True,
 ) -> None:
     """Score ``members`` (same model and settings) in one call of at most ``limit`` rows; leave
     them unanswered (answered one by one) where merging would not be the same as asking alone."""
@@ -227,10 +232,14 @@ def _predict_merged(
         if (
             len(members) < 2
             or len(rows) > limit
-            or head_of(selectors.serving_target(tenant, first.model)).generates_text
+            or head_of(selectors.serving_target(tenant, first.model, deployed_only=deployed_only)).generates_text
         ):
             return
-        merged = predict(tenant=tenant, request=inputs.PredictionRequest(first.model, inputs=rows, body=first.body))
+        merged = predict(
+            tenant=tenant,
+            request=inputs.PredictionRequest(first.model, inputs=rows, body=first.body),
+            deployed_only=deployed_only,
+        )
     except ApiError:
         return  # one member's fault: the others must not share it
     offset = 0

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from tunery.batches import reconciler as batch_reconciler
+from tunery.evaluations import reconciler as evaluation_reconciler
 from tunery.jobs import reconciler
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,11 @@ class Command(BaseCommand):
         interval = interval if interval is not None else float(settings.TUNERY_RECONCILE_EVERY_SECONDS)
         while True:
             try:
-                counts = {**reconciler.reconcile(), **batch_reconciler.reconcile()}
+                counts = {
+                    **reconciler.reconcile(),
+                    **batch_reconciler.reconcile(),
+                    **evaluation_reconciler.reconcile(),
+                }
             except (OperationalError, InterfaceError) as exc:  # database away: try again next pass
                 if once:
                     raise

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0003_finetuningjob_data_profile'),
+        ('jobs', '0004_finetuningjob_integrations'),
     ]
 
     operations = [

@@ -1,0 +1,297 @@
+"""What an evaluation computes from a file's truths and a model's answers (no Django, no torch):
+the pack's metrics on an ``EvalOutput`` built the way the engine builds it, a per-label report, a
+confusion matrix, calibration, coverage/accuracy at a hand-off threshold, and the paired bootstrap
+that compares two evaluations of the same rows."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tunery_contract import EvalOutput, TaskKind
+from tunery_contract import metrics as m
+
+#: Task kinds an evaluation scores through /v1/predictions (token classification and language
+#: models are not scored offline yet).
+SCORED_KINDS = (
+    TaskKind.SEQUENCE_CLASSIFICATION,
+    TaskKind.TEXT_PAIR_CLASSIFICATION,
+    TaskKind.MULTI_LABEL_CLASSIFICATION,
+    TaskKind.TEXT_PAIR_REGRESSION,
+)
+SINGLE_LABEL = (TaskKind.SEQUENCE_CLASSIFICATION, TaskKind.TEXT_PAIR_CLASSIFICATION)
+CALIBRATION_BINS = 10
+#: Thresholds of the coverage/accuracy curve (0.00, 0.05, ..., 0.95).
+CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
+DEFAULT_HANDOFF_THRESHOLD = 0.5
+BOOTSTRAP_RESAMPLES = 1000
+#: A pack's metrics run in pure Python in about rows x (labels + 4) steps; the resamples shrink with
+#: that (never below the minimum) so that a comparison answers within seconds: on a loaded 2-core
+#: EPYC, 1,000 rows of 8 intents take ~5 s at 333 resamples, 3,000 rows of 77 ~6 s at 50.
+BOOTSTRAP_BUDGET = 4_000_000
+BOOTSTRAP_MIN_RESAMPLES = 50
+
+
+class ScoringError(ValueError):
+    """The answers cannot be read as this task's outputs."""
+
+
+def eval_output(
+    kind: TaskKind,
+    truths: Sequence[Any],
+    answers: Sequence[Mapping[str, Any]],
+    groups: Sequence[str] | None = None,
+) -> EvalOutput:
+    """The ``EvalOutput`` the engine would hand the pack's metrics for these rows: label indices
+    into the model's labels (a truth the model was never trained on is appended, with probability
+    0), probabilities as ``scores``; regression scores as floats."""
+    if kind in SINGLE_LABEL or kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+        names: list[str] = list(answers[0]["probabilities"]) if answers else []
+        seen = set(names)
+        for truth in truths:
+            for label in truth if kind is TaskKind.MULTI_LABEL_CLASSIFICATION else [truth]:
+                if str(label) not in seen:
+                    seen.add(str(label))
+                    names.append(str(label))
+        index = {name: i for i, name in enumerate(names)}
+        scores = [[float(a["probabilities"].get(name, 0.0)) for name in names] for a in answers]
+        if kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+            y_true: list[Any] = [[int(name in {str(t) for t in truth}) for name in names] for truth in truths]
+            y_pred: list[Any] = [[int(name in set(a["labels"])) for name in names] for a in answers]
+        else:
+            y_true = [index[str(truth)] for truth in truths]
+            y_pred = [index[str(a["label"])] for a in answers]
+        return EvalOutput(kind, tuple(names), y_true, y_pred, scores, groups)
+    if kind is TaskKind.TEXT_PAIR_REGRESSION:
+        return EvalOutput(kind, (), [float(t) for t in truths], [float(a["score"]) for a in answers], None, groups)
+    raise ScoringError(f"a {kind.value} model cannot be evaluated offline yet")
+
+
+def finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric, finite entries of a metrics dict (a pack may give None for undefined ones)."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def build_report(out: EvalOutput, handoff_threshold: float | None) -> dict[str, Any]:
+    """per_label, confusion_matrix, calibration and handoff (the parts that fit the task kind)."""
+    if out.kind in SINGLE_LABEL:
+        return {
+            "per_label": per_label_report(out),
+            "confusion_matrix": confusion_matrix(out),
+            "calibration": calibration(
+                [max(s) for s in out.scores or []], [int(t == p) for t, p in zip(out.y_true, out.y_pred)]
+            ),
+            "handoff": handoff(out, DEFAULT_HANDOFF_THRESHOLD if handoff_threshold is None else handoff_threshold),
+        }
+    if out.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+        flat_scores = [p for row in out.scores or [] for p in row]
+        flat_truth = [t for row in out.y_true for t in row]
+        return {
+            "per_label": per_label_report(out),
+            "confusion_matrix": multilabel_counts(out),
+            "calibration": calibration(flat_scores, flat_truth),
+            "handoff": None,
+        }
+    residuals = [p - t for t, p in zip(out.y_true, out.y_pred)]
+    return {
+        "per_label": None,
+        "confusion_matrix": None,
+        "calibration": None,
+        "handoff": None,
+        "residuals": {
+            "mean": sum(residuals) / len(residuals) if residuals else 0.0,
+            "mean_absolute": sum(abs(r) for r in residuals) / len(residuals) if residuals else 0.0,
+        },
+    }
+
+
+def _prf(score: m.PRF) -> dict[str, Any]:
+    return {"precision": score.precision, "recall": score.recall, "f1": score.f1, "support": score.support}
+
+
+def per_label_report(out: EvalOutput) -> dict[str, Any]:
+    """Precision, recall, F1 and support per label, with macro and weighted averages (and the
+    micro average for multi-label), like scikit-learn's classification_report."""
+    if out.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
+        micro, macro, per_label = m.multilabel_prf(out.y_true, out.y_pred, out.label_names)
+        labels = {name: _prf(score) for name, score in per_label.items()}
+        averages = {"micro": _prf(micro), "macro": _prf(macro)}
+    else:
+        per_class = m.per_class_prf(out.y_true, out.y_pred, range(len(out.label_names)))
+        labels = {out.label_names[int(i)]: _prf(score) for i, score in per_class.items()}  # type: ignore[call-overload]
+        count = len(labels) or 1
+        macro = {k: sum(v[k] for v in labels.values()) / count for k in ("precision", "recall", "f1")}
+        total = sum(v["support"] for v in labels.values()) or 1
+        weighted = {k: sum(v[k] * v["support"] for v in labels.values()) / total for k in ("precision", "recall", "f1")}
+        averages = {"macro": {**macro, "support": total}, "weighted": {**weighted, "support": total}}
+        averages["accuracy"] = m.accuracy(out.y_true, out.y_pred)  # type: ignore[assignment]
+    return {"labels": labels, "averages": averages}
+
+
+def confusion_matrix(out: EvalOutput) -> dict[str, Any]:
+    """``matrix[i][j]``: rows of true label ``labels[i]`` predicted as ``labels[j]``."""
+    size = len(out.label_names)
+    matrix = [[0] * size for _ in range(size)]
+    for truth, predicted in zip(out.y_true, out.y_pred):
+        matrix[truth][predicted] += 1
+    return {"labels": list(out.label_names), "matrix": matrix}
+
+
+def multilabel_counts(out: EvalOutput) -> dict[str, Any]:
+    """One 2x2 table per label: true/false positives and negatives."""
+    tables = {}
+    for j, name in enumerate(out.label_names):
+        pairs = [(t[j], p[j]) for t, p in zip(out.y_true, out.y_pred)]
+        tables[name] = {
+            "tp": sum(1 for t, p in pairs if t and p),
+            "fp": sum(1 for t, p in pairs if p and not t),
+            "fn": sum(1 for t, p in pairs if t and not p),
+            "tn": sum(1 for t, p in pairs if not t and not p),
+        }
+    return {"labels": list(out.label_names), "per_label": tables}
+
+
+def calibration(confidences: Sequence[float], correct: Sequence[int], bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Expected calibration error over ``bins`` equal-width confidence bins (the weighted mean gap
+    between a bin's mean confidence and its accuracy), and the bins (reliability diagram)."""
+    total = len(confidences)
+    members: list[list[int]] = [[] for _ in range(bins)]
+    for i, value in enumerate(confidences):  # bins [lower, upper), the last one closed
+        members[min(max(int(value * bins), 0), bins - 1)].append(i)
+    table = []
+    ece = 0.0
+    for b, rows in enumerate(members):
+        count = len(rows)
+        confidence = sum(confidences[i] for i in rows) / count if count else None
+        accuracy = sum(correct[i] for i in rows) / count if count else None
+        if confidence is not None and accuracy is not None:
+            ece += count / total * abs(accuracy - confidence)
+        table.append(
+            {"lower": b / bins, "upper": (b + 1) / bins, "count": count, "confidence": confidence, "accuracy": accuracy}
+        )
+    return {"expected_calibration_error": ece, "bins": table}
+
+
+def coverage_accuracy(out: EvalOutput, threshold: float) -> tuple[float, float]:
+    return m.coverage_and_accuracy_at(list(out.y_true), [list(s) for s in out.scores or []], threshold)
+
+
+def handoff(out: EvalOutput, threshold: float) -> dict[str, Any]:
+    """Coverage (share answered automatically: top probability at or above ``threshold``) and the
+    accuracy of those answers, at the threshold and along a curve of thresholds."""
+    coverage, accuracy = coverage_accuracy(out, threshold)
+    curve = []
+    for cut in CURVE_THRESHOLDS:
+        cut_coverage, cut_accuracy = coverage_accuracy(out, cut)
+        curve.append({"threshold": cut, "coverage": cut_coverage, "accuracy": cut_accuracy})
+    return {
+        "threshold": threshold,
+        "coverage": coverage,
+        "accuracy": accuracy,
+        "handed_off": len(out.y_true) - round(coverage * len(out.y_true)),
+        "curve": curve,
+    }
+
+
+# -- stored outputs and the paired comparison -----------------------------------------------------
+
+
+def to_json(out: EvalOutput) -> dict[str, Any]:
+    """The per-row outputs an evaluation keeps (probabilities rounded to 6 places)."""
+    scores = [[round(float(p), 6) for p in row] for row in out.scores] if out.scores is not None else None
+    return {
+        "kind": out.kind.value,
+        "label_names": list(out.label_names),
+        "y_true": list(out.y_true),
+        "y_pred": list(out.y_pred),
+        "scores": scores,
+        "groups": list(out.groups) if out.groups is not None else None,
+    }
+
+
+def from_json(data: Mapping[str, Any]) -> EvalOutput:
+    return EvalOutput(
+        kind=TaskKind(data["kind"]),
+        label_names=tuple(data["label_names"]),
+        y_true=data["y_true"],
+        y_pred=data["y_pred"],
+        scores=data.get("scores"),
+        groups=data.get("groups"),
+    )
+
+
+def subset(out: EvalOutput, rows: Sequence[int]) -> EvalOutput:
+    return EvalOutput(
+        kind=out.kind,
+        label_names=out.label_names,
+        y_true=[out.y_true[i] for i in rows],
+        y_pred=[out.y_pred[i] for i in rows],
+        scores=[out.scores[i] for i in rows] if out.scores is not None else None,
+        groups=[out.groups[i] for i in rows] if out.groups is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class MetricDifference:
+    a: float
+    b: float
+    difference: float  # b - a
+    ci_low: float
+    ci_high: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"a": self.a, "b": self.b, "difference": self.difference, "ci_low": self.ci_low, "ci_high": self.ci_high}
+
+
+def resamples_for(rows: int, labels: int = 0) -> int:
+    cost = max(rows, 1) * (labels + 4)
+    return max(BOOTSTRAP_MIN_RESAMPLES, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_BUDGET // cost))
+
+
+def paired_bootstrap(
+    a: EvalOutput,
+    b: EvalOutput,
+    metrics: Callable[[EvalOutput], Mapping[str, Any]],
+    *,
+    resamples: int | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, MetricDifference]:
+    """Per metric both give: b - a on all rows, and a percentile confidence interval of that
+    difference over ``resamples`` paired resamples of the rows (the same rows for both models)."""
+    if len(a.y_true) != len(b.y_true):
+        raise ScoringError(f"the evaluations scored {len(a.y_true)} and {len(b.y_true)} rows; they cannot be paired")
+    count = len(a.y_true)
+    full_a, full_b = finite_metrics(metrics(a)), finite_metrics(metrics(b))
+    shared = [k for k in full_a if k in full_b]
+    draws: dict[str, list[float]] = {k: [] for k in shared}
+    rng = random.Random(seed)
+    labels = max(len(a.label_names), len(b.label_names))
+    for _ in range(resamples if resamples is not None else resamples_for(count, labels)):
+        rows = [rng.randrange(count) for _ in range(count)]
+        sample_a, sample_b = finite_metrics(metrics(subset(a, rows))), finite_metrics(metrics(subset(b, rows)))
+        for key in shared:
+            if key in sample_a and key in sample_b:
+                draws[key].append(sample_b[key] - sample_a[key])
+    tail = (1 - confidence) / 2
+    result = {}
+    for key in shared:
+        values = sorted(draws[key])
+        low, high = (_percentile(values, tail), _percentile(values, 1 - tail)) if values else (math.nan, math.nan)
+        result[key] = MetricDifference(full_a[key], full_b[key], full_b[key] - full_a[key], low, high)
+    return result
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    position = q * (len(sorted_values) - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, len(sorted_values) - 1)
+    return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * (position - lower)

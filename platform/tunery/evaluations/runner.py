@@ -1,0 +1,193 @@
+"""Scoring an evaluation: the file's rows, validated with the model's pack as a training file is,
+go through the serving path (``serving.services.predict_many``, as batch lines do, so the model
+answers exactly as it does for clients), then the pack's metrics and the report are computed.
+
+The same code runs in a worker (``run_evaluation``, sent through tunery.evaluations.dispatch) and
+in the caller's process (``services.evaluate_now``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunery.core.errors import ApiError
+from tunery.evaluations import lifecycle, report
+from tunery.evaluations.models import Evaluation, EvaluationStatus
+from tunery.files.models import File
+from tunery.jobs.lifecycle import new_lease_owner
+from tunery.serving import conf, inputs
+from tunery.serving import services as serving
+from tunery.verticals.registry import pack_context
+from tunery_contract import TaskDefinition, TaskKind
+from tunery_contract.records import RecordFormatError, iter_records
+from tunery_contract.types import PackError
+
+log = logging.getLogger(__name__)
+
+#: Row errors kept on an evaluation (the count says how many more).
+MAX_ROW_ERRORS = 50
+
+
+class EvaluationFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def run_evaluation(evaluation_id: str) -> str:
+    """Claim ``evaluation_id`` and score it; its final status ("" if another worker has it)."""
+    owner = new_lease_owner()
+    evaluation = lifecycle.claim(evaluation_id, owner)
+    if evaluation is None:
+        return ""
+    return run_claimed(evaluation, owner)
+
+
+def run_claimed(evaluation: Evaluation, owner: str) -> str:
+    try:
+        results = score(evaluation)
+    except EvaluationFailed as exc:
+        lifecycle.fail(evaluation.id, owner, exc.code, exc.message)
+        return EvaluationStatus.FAILED
+    except Exception as exc:  # a bug or a broken runtime: the evaluation says so, the worker goes on
+        log.exception("evaluation %s failed", evaluation.id)
+        lifecycle.fail(evaluation.id, owner, "server_error", f"{type(exc).__name__}: {exc}")
+        return EvaluationStatus.FAILED
+    try:
+        lifecycle.succeed(evaluation.id, owner, **results)
+    except lifecycle.LeaseLost:
+        log.warning("evaluation %s: lease lost by %s, leaving it to its new owner", evaluation.id, owner)
+        return ""
+    return EvaluationStatus.SUCCEEDED
+
+
+@dataclass
+class LabelledRows:
+    """A file's rows as prediction inputs, with their truths (and groups for ranking metrics)."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    truths: list[Any] = field(default_factory=list)
+    groups: list[str] | None = None
+
+
+def labelled_rows(task: TaskDefinition, config: dict[str, Any], file: File) -> LabelledRows:
+    """Validate ``file`` against ``task`` (the pack's schema, labels and aliases, as for training)
+    and split each row into the prediction input and its truth. Raises EvaluationFailed."""
+    try:
+        with file.content.open("rb") as stream:
+            checked = task.validate(iter_records(stream, file.format), config)
+    except RecordFormatError as exc:
+        raise EvaluationFailed("invalid_file", f"file {file.pk}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise EvaluationFailed("file_unreadable", f"file {file.pk}: the file's content is missing") from exc
+    if checked.row_count == 0 and not checked.errors:
+        raise EvaluationFailed("empty_file", f"file {file.pk} holds no data rows.")
+    if not checked.ok:
+        raise EvaluationFailed(
+            "invalid_evaluation_file",
+            f"file {file.pk} does not fit task '{task.id}': {checked.summary()}",
+        )
+    label = task.role_column("label")
+    group = task.schema.column_for("group")
+    rows = LabelledRows(groups=[] if group is not None else None)
+    for row in checked.rows:
+        rows.items.append(
+            {
+                k: v
+                for k, v in row.items()
+                if k != label and (v is None or isinstance(v, (str, int, float, bool))) and v != ""
+            }
+        )
+        rows.truths.append(row[label])
+        if rows.groups is not None and group is not None:
+            rows.groups.append(str(row.get(group.name, "")))
+    return rows
+
+
+def score(evaluation: Evaluation) -> dict[str, Any]:
+    """The fields a succeeded evaluation gets: metrics, report, outputs, rows_scored, row_errors."""
+    model = evaluation.model
+    if model.deleted_at is not None:
+        raise EvaluationFailed("model_not_found", f"The model '{model.id}' was deleted.")
+    if evaluation.file.deleted_at is not None:
+        raise EvaluationFailed("file_not_found", f"The file '{evaluation.file_id}' was deleted.")
+    try:
+        context = pack_context(evaluation.tenant_id, model.vertical, model.task)
+    except PackError as exc:
+        raise EvaluationFailed("vertical_unavailable", str(exc)) from exc
+    rows = labelled_rows(context.task, dict(context.config), evaluation.file)
+    answers, errors = predictions(evaluation, rows.items)
+    scored = [i for i, answer in enumerate(answers) if answer is not None]
+    if not scored:
+        first = errors[0]["message"] if errors else "no answer"
+        raise EvaluationFailed("no_row_scored", f"No row of file {evaluation.file_id} could be scored: {first}")
+    kind = TaskKind(evaluation.kind)
+    try:
+        out = report.eval_output(
+            kind,
+            [rows.truths[i] for i in scored],
+            [answers[i] for i in scored],  # type: ignore[misc]
+            [rows.groups[i] for i in scored] if rows.groups is not None else None,
+        )
+    except (KeyError, TypeError, report.ScoringError) as exc:
+        raise EvaluationFailed("unexpected_answer", f"The model's answers cannot be scored: {exc}") from exc
+    outputs = report.to_json(out)
+    outputs["rows"] = scored
+    return {
+        "metrics": report.finite_metrics(context.task.metrics(out)),
+        "report": report.build_report(out, evaluation.handoff_threshold),
+        "outputs": outputs,
+        "rows_scored": len(scored),
+        "row_errors": errors[:MAX_ROW_ERRORS],
+    }
+
+
+def predictions(
+    evaluation: Evaluation, items: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]]]:
+    """Each row's decoded answer (None where the row alone was refused) and the row errors. Rows go
+    in requests of the serving limit; a refused request is asked again row by row, so one bad
+    row (a text over the length limit) does not cost its neighbours their answers."""
+    limit = conf.max_items()
+    chunks = [list(range(start, min(start + limit, len(items)))) for start in range(0, len(items), limit)]
+    answers: list[dict[str, Any] | None] = [None] * len(items)
+    errors: list[dict[str, Any]] = []
+    retry: list[int] = []
+    requests, asked = [], []
+    for chunk in chunks:
+        try:
+            requests.append(_request(evaluation.model_id, [items[i] for i in chunk]))
+            asked.append(chunk)
+        except ApiError:
+            retry.extend(chunk)
+    for chunk, answer in zip(asked, _predict(evaluation, requests)):
+        if isinstance(answer, ApiError):
+            retry.extend(chunk)
+        else:
+            for i, entry in zip(chunk, answer["data"]):
+                answers[i] = entry
+    for i in sorted(retry):
+        try:
+            (answer,) = _predict(evaluation, [_request(evaluation.model_id, [items[i]])])
+        except ApiError as exc:
+            answer = exc
+        if isinstance(answer, ApiError):
+            errors.append({"row": i + 1, "code": answer.code, "message": f"row {i + 1}: {answer.message}"})
+        else:
+            answers[i] = answer["data"][0]
+    return answers, errors
+
+
+def _request(model_id: str, rows: list[dict[str, Any]]) -> inputs.PredictionRequest:
+    return inputs.prediction_request({"model": model_id, "inputs": rows})
+
+
+def _predict(evaluation: Evaluation, requests: list[inputs.PredictionRequest]) -> list[dict[str, Any] | ApiError]:
+    """Answers of ``requests``; an error that is the model's, not the rows' (it cannot be loaded,
+    its pack is gone), ends the evaluation."""
+    answers = serving.predict_many(tenant=evaluation.tenant, requests=requests, deployed_only=False)
+    for answer in answers:
+        if isinstance(answer, ApiError) and not str(answer.param or "").startswith("inputs"):
+            raise EvaluationFailed(answer.code or "model_unavailable", answer.message)
+    return answers

@@ -1,0 +1,246 @@
+"""Writes and calls for evaluations: create one for a worker, run one now (the promotion gate's
+way in), and compare two evaluations of the same file.
+
+For other apps (the deployment gate)::
+
+    evaluation = evaluate_now(tenant=t, model_id="ft:...", file_id="file-...", actor="...")
+    evaluation.status                      # "succeeded" or "failed" (evaluation.error says why)
+    evaluation.metrics[evaluation.selection_metric], evaluation.greater_is_better
+    compare(champion_evaluation, challenger_evaluation)["metrics"][name]["difference"]  # b - a
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from tunery.catalog.models import FineTunedModel
+from tunery.core.errors import ApiError, Conflict, InvalidRequest, NotFound, QuotaExceeded
+from tunery.evaluations import dispatch, lifecycle, report, runner
+from tunery.evaluations.models import EVALUATION_QUEUES, Evaluation, EvaluationStatus
+from tunery.files.models import File
+from tunery.jobs.lifecycle import new_lease_owner
+from tunery.jobs.queues import CPU_QUEUE
+from tunery.jobs.services import checked_metadata
+from tunery.serving import selectors as serving_selectors
+from tunery.tenants.models import Tenant
+from tunery.verticals.registry import PackContext, pack_context
+from tunery_contract import TaskKind
+from tunery_contract.types import PackError
+
+PENDING = (EvaluationStatus.QUEUED, EvaluationStatus.RUNNING)
+
+
+def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Evaluation:
+    """POST /v1/evaluations: check the model, the file (every row, against the model's pack) and
+    the options, insert the row and wake a worker once it is committed."""
+    model = body.get("model")
+    file_id = body.get("file")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("model is required: the id of one of your fine-tuned models.", param="model")
+    if not isinstance(file_id, str) or not file_id.strip():
+        raise InvalidRequest("file is required: the id of a labelled file in the model's task schema.", param="file")
+    queue = body.get("queue", CPU_QUEUE)
+    if queue not in EVALUATION_QUEUES:
+        raise InvalidRequest(f"queue must be one of {', '.join(EVALUATION_QUEUES)}; got {queue!r}.", param="queue")
+    metadata = checked_metadata(body.get("metadata"))
+    pending = Evaluation.objects.filter(tenant=tenant, status__in=PENDING).count()
+    if pending >= settings.TUNERY_EVALUATION_MAX_PENDING:
+        raise QuotaExceeded(
+            f"Your organisation has {pending} evaluations queued or running, the most it may have at once; "
+            "wait for one to finish.",
+            param="model",
+            code="evaluation_quota_exceeded",
+        )
+    evaluation = _new_evaluation(
+        tenant=tenant,
+        model_id=model.strip(),
+        file_id=file_id.strip(),
+        actor=actor,
+        handoff_threshold=body.get("handoff_threshold"),
+        queue=queue,
+        metadata=metadata,
+    )
+    dispatch.evaluation_created(evaluation.id, evaluation.queue)
+    return evaluation
+
+
+def evaluate_now(
+    *, tenant: Tenant, model_id: str, file_id: str, actor: str, handoff_threshold: float | None = None
+) -> Evaluation:
+    """Create an evaluation and score it in this process (the worker's code), e.g. for a promotion
+    gate. Bad arguments raise the API's errors (404 unknown model or file, 400 wrong schema or
+    empty file); a scoring failure is the returned evaluation's ``status``/``error``."""
+    evaluation = _new_evaluation(
+        tenant=tenant, model_id=model_id, file_id=file_id, actor=actor, handoff_threshold=handoff_threshold
+    )
+    owner = new_lease_owner()
+    claimed = lifecycle.claim(evaluation.id, owner)
+    if claimed is not None:
+        runner.run_claimed(claimed, owner)
+    evaluation.refresh_from_db()
+    return evaluation
+
+
+def selection_metric(evaluation: Evaluation) -> tuple[str, bool]:
+    """The pack's metric that decides between models, and whether greater is better."""
+    return evaluation.selection_metric, evaluation.greater_is_better
+
+
+def _new_evaluation(
+    *,
+    tenant: Tenant,
+    model_id: str,
+    file_id: str,
+    actor: str,
+    handoff_threshold: Any = None,
+    queue: str = CPU_QUEUE,
+    metadata: dict[str, str] | None = None,
+) -> Evaluation:
+    model = serving_selectors.tenant_model(tenant, model_id)
+    file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
+    if file is None:
+        raise NotFound(f"No file with id '{file_id}' found.", param="file", code="file_not_found")
+    context = _model_context(model)
+    kind = _scored_kind(model)
+    threshold = _threshold(handoff_threshold, context, kind)
+    _check_file(file, context)
+    with transaction.atomic():
+        return Evaluation.objects.create(
+            tenant=tenant,
+            model=model,
+            file=file,
+            queue=queue,
+            vertical=model.vertical,
+            task=model.task,
+            kind=kind.value,
+            selection_metric=context.task.selection_metric,
+            greater_is_better=context.task.greater_is_better,
+            handoff_threshold=threshold,
+            metadata=metadata or None,
+            created_by=actor[:200],
+        )
+
+
+def _model_context(model: FineTunedModel) -> PackContext:
+    try:
+        return pack_context(model.tenant_id, model.vertical, model.task)
+    except PackError as exc:
+        raise Conflict(
+            f"The model '{model.id}' cannot be evaluated: {exc}.", param="model", code="vertical_unavailable"
+        ) from exc
+
+
+def _scored_kind(model: FineTunedModel) -> TaskKind:
+    kind = TaskKind(serving_selectors.artifact_kind(model))
+    if kind not in report.SCORED_KINDS:
+        raise InvalidRequest(
+            f"The model '{model.id}' is a {kind.value} model; evaluations score classification, "
+            "multi-label and pair-regression models.",
+            param="model",
+            code="evaluation_not_supported",
+        )
+    return kind
+
+
+def _threshold(value: Any, context: PackContext, kind: TaskKind) -> float | None:
+    """The request's hand-off threshold, else the tenant's pack setting, else the report's default
+    (single-label classifiers only: the others hand nothing off)."""
+    if value is None:
+        configured = context.config.get("handoff_threshold")
+        if isinstance(configured, (int, float)) and not isinstance(configured, bool) and 0 <= configured <= 1:
+            value = configured
+        else:
+            value = report.DEFAULT_HANDOFF_THRESHOLD
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidRequest("handoff_threshold must be a number from 0 to 1.", param="handoff_threshold")
+    return float(value) if kind in report.SINGLE_LABEL else None
+
+
+def _check_file(file: File, context: PackContext) -> None:
+    if file.purpose != File.Purpose.FINE_TUNE:
+        raise InvalidRequest(
+            f"File {file.id} has purpose '{file.purpose}'; an evaluation reads a labelled file uploaded "
+            "with purpose 'fine-tune'.",
+            param="file",
+            code="invalid_file_purpose",
+        )
+    limit = settings.TUNERY_EVALUATION_MAX_ROWS
+    if file.row_count > limit:
+        raise InvalidRequest(
+            f"File {file.id} has {file.row_count} rows; an evaluation scores at most {limit} "
+            "(TUNERY_EVALUATION_MAX_ROWS).",
+            param="file",
+            code="file_too_large",
+        )
+    try:
+        runner.labelled_rows(context.task, dict(context.config), file)
+    except runner.EvaluationFailed as exc:
+        raise InvalidRequest(exc.message, param="file", code=exc.code) from exc
+
+
+# -- comparison -----------------------------------------------------------------------------------
+
+
+def compare(a: Evaluation, b: Evaluation) -> dict[str, Any]:
+    """Metric by metric, ``b - a`` on the rows both scored, with a paired bootstrap confidence
+    interval (the same resampled rows for both). Both must have succeeded on the same file content
+    for the same vertical and task."""
+    for evaluation in (a, b):
+        if evaluation.status != EvaluationStatus.SUCCEEDED:
+            raise Conflict(
+                f"Evaluation {evaluation.id} is {evaluation.status}; only succeeded evaluations can be compared.",
+                param="with",
+                code="evaluation_not_succeeded",
+            )
+    same_file = a.file_id == b.file_id or a.file.sha256 == b.file.sha256
+    if not same_file:
+        raise InvalidRequest(
+            f"Evaluations {a.id} and {b.id} scored different files ({a.file_id}, {b.file_id}); "
+            "a paired comparison needs the same rows.",
+            param="with",
+            code="different_files",
+        )
+    if (a.vertical, a.task) != (b.vertical, b.task):
+        raise InvalidRequest(
+            f"Evaluation {a.id} is for {a.vertical}/{a.task}, {b.id} for {b.vertical}/{b.task}.",
+            param="with",
+            code="different_tasks",
+        )
+    try:
+        task = pack_context(a.tenant_id, a.vertical, a.task).task
+    except PackError as exc:
+        raise Conflict(str(exc), param="with", code="vertical_unavailable") from exc
+    out_a, out_b = _paired_outputs(a, b)
+    try:
+        differences = report.paired_bootstrap(out_a, out_b, task.metrics)
+    except report.ScoringError as exc:
+        raise ApiError(str(exc), param="with", code="not_comparable") from exc
+    return {
+        "object": "evaluation.comparison",
+        "a": a.id,
+        "b": b.id,
+        "model_a": a.model_id,
+        "model_b": b.model_id,
+        "file": a.file_id,
+        "rows": len(out_a.y_true),
+        "selection_metric": a.selection_metric,
+        "greater_is_better": a.greater_is_better,
+        "confidence": 0.95,
+        "resamples": report.resamples_for(len(out_a.y_true), max(len(out_a.label_names), len(out_b.label_names))),
+        "metrics": {name: difference.to_json() for name, difference in differences.items()},
+    }
+
+
+def _paired_outputs(a: Evaluation, b: Evaluation) -> tuple[Any, Any]:
+    """Both evaluations' outputs on the rows both scored, in the same order."""
+    outputs_a, outputs_b = a.outputs or {}, b.outputs or {}
+    rows_a, rows_b = outputs_a.get("rows", []), outputs_b.get("rows", [])
+    shared = sorted(set(rows_a) & set(rows_b))
+    position_a = {row: i for i, row in enumerate(rows_a)}
+    position_b = {row: i for i, row in enumerate(rows_b)}
+    out_a = report.subset(report.from_json(outputs_a), [position_a[r] for r in shared])
+    out_b = report.subset(report.from_json(outputs_b), [position_b[r] for r in shared])
+    return out_a, out_b
