@@ -554,9 +554,27 @@ def _report_dry_run(plan: dict[str, Any], *, as_json: bool) -> int:
     print(f"dry run: no job created; {profile.get('rows', 0)} training rows", end="")
     print(f", {classes['count']} classes" if classes else "")
     print("would train with: " + format_hp({k: resolved[k] for k in DRY_RUN_SHOWN if k in resolved}))
+    if plan.get("estimate"):
+        print(format_estimate(plan["estimate"]))
     for warning in plan.get("warnings") or ():
         print(f"warning ({warning['code']}): {warning['message']}")
     return 0
+
+
+def format_estimate(estimate: dict[str, Any]) -> str:
+    """One line: time, memory and cost on the worker class, and where the speed came from."""
+    minutes = float(estimate.get("seconds") or 0) / 60
+    memory = float(estimate.get("memory_bytes") or 0) / 1024**3
+    line = f"estimate on {estimate.get('worker_class')} ({estimate.get('device')}): about {minutes:.1f} min"
+    line += f", {memory:.1f} GiB memory"
+    if estimate.get("fits_in_memory") is False:
+        line += " (more than this worker class has)"
+    if estimate.get("cost") is not None:
+        line += f", cost {estimate['cost']:.2f} {estimate.get('currency') or ''}".rstrip()
+    speed = f"{estimate.get('tokens_per_second')} tokens/s"
+    if estimate.get("throughput_source") == "measured":
+        return line + f" ({speed} measured on {estimate.get('measured_jobs')} earlier jobs)"
+    return line + f" ({speed}, a conservative default: nothing measured yet)"
 
 
 def format_hp(values: dict[str, Any]) -> str:

@@ -83,8 +83,9 @@ def boundary_values(value_schema: dict[str, Any]) -> tuple[list[Any], list[Any]]
 def request_body(api_name: str, value: Any) -> dict[str, Any]:
     if API_KNOBS[api_name][1].openai:
         return {"hyperparameters": {api_name: value}}
-    if api_name.startswith("lora."):
-        return {"lora": {api_name.removeprefix("lora."): value}}
+    if "." in api_name:  # a knob group's object: {"lora": {"r": 8}}, {"search": {"budget_minutes": 5}}
+        group, name = api_name.split(".", 1)
+        return {group: {name: value}}
     return {api_name: value}
 
 

@@ -77,6 +77,8 @@ EXAMPLES = [
     protocol.Evaluate(step=10, eval_loss=0.31, metrics={"accuracy": 0.9}, learning_rate=5e-5),
     protocol.Checkpoint(step=10, path="/ck/step-00000010", metrics={"accuracy": 0.9}, is_best=True),
     protocol.Heartbeat(),
+    protocol.SearchTrial(index=1, overrides={"learning_rate": 3e-4}, metric="accuracy", value=0.8, seconds=12.5),
+    protocol.SearchEnd(chosen=1, trials=3, overrides={"learning_rate": 3e-4}, metric="accuracy", value=0.8),
     protocol.Failed(code="invalid_data", message="line 3: bad", permanent=True, row_errors=[{"row": 3}]),
     protocol.Paused(step=7, checkpoint="/ck/step-00000007"),
     protocol.Cancelled(step=7, checkpoint=None),

@@ -158,3 +158,25 @@ def test_a_spec_for_another_pack_version_is_refused_for_good(tmp_path):
         spec_file.write_text(json.dumps({**spec, "vertical_version": "0.1.0"}))
         loaded = load_spec(spec_file)
     assert (loaded.vertical_id, loaded.vertical_version, loaded.config.n_epochs) == ("tiny", "0.1.0", 2)
+
+
+@pytest.mark.slow
+def test_a_budgeted_search_reports_each_trial_and_the_choice(tmp_path, tiny_bert):
+    code, events = run_worker(tmp_path, make_spec(tmp_path, tiny_bert, search_budget_minutes=1))
+    assert code == ExitCode.SUCCEEDED
+    names = [e["event"] for e in events if e["event"] != "heartbeat"]
+    trials = [e for e in events if e["event"] == "search_trial"]
+    assert trials
+    assert trials[0]["overrides"] == {}
+    indices = [e["index"] for e in trials]
+    assert indices[0] == 0
+    assert indices == sorted(set(indices))  # candidates that would overrun the budget are skipped
+    (end,) = [e for e in events if e["event"] == "search_end"]
+    assert end["trials"] == len(trials)
+    assert names[-2:] == ["search_end", "succeeded"]
+    succeeded = events[-1]
+    assert succeeded["artifact_dir"] == str(tmp_path / "job" / "final")
+    assert succeeded["resolved_config"]["search_budget_minutes"] == 1
+    (chosen,) = [t for t in trials if t["index"] == end["chosen"]]
+    assert succeeded["metrics"] == chosen["metrics"]
+    assert not [n for n in names if n in ("evaluate", "checkpoint", "train_begin")]  # the trials' own

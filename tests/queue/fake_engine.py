@@ -3,7 +3,8 @@ events on stdout, ``CONTROL`` read between steps, atomic checkpoints in ``output
 it resumes from, the contract's exit codes. Training is ``time.sleep``. Standard library and the
 contract's protocol only (the same event classes as the engine), so a start costs milliseconds.
 
-``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, and ``behaviour``:
+``spec["config"]`` drives it: steps, step_seconds, checkpoint_every, the samples_per_second and
+tokens_per_second its progress events report, and ``behaviour``:
   ok | permanent (fails with a permanent error) | crash_once (exit 1 mid-way on the first start) |
   poison (kills its parent, the worker process, every time) | hang (silent after train_begin) |
   leaky_failure (fails permanently with the base model's path in its message) |
@@ -152,8 +153,8 @@ def main() -> int:
                 epoch=step / steps,
                 loss=1.0 / step,
                 learning_rate=1e-4,
-                samples_per_second=8.0,
-                tokens_per_second=512.0,
+                samples_per_second=float(config.get("samples_per_second", 8.0)),
+                tokens_per_second=float(config.get("tokens_per_second", 512.0)),
                 eta_seconds=rate * (steps - step),
             )
         )
@@ -164,6 +165,10 @@ def main() -> int:
             )
             path = write_checkpoint(checkpoints, step)
             emit(protocol.Checkpoint(step=step, path=str(path), metrics=metrics, is_best=True))
+    if config.get("search_budget_minutes"):  # a budgeted search: two trials, the second kept
+        for index, overrides, value in ((0, {}, 0.5), (1, {"learning_rate": 3e-4}, 0.75)):
+            emit(protocol.SearchTrial(index, overrides, "accuracy", value, {"accuracy": value}, 1.5))
+        emit(protocol.SearchEnd(1, 2, {"learning_rate": 3e-4}, "accuracy", 0.75))
     model = out / "model"
     model.mkdir(exist_ok=True)
     (model / "weights.safetensors").write_bytes(b"fake")

@@ -252,3 +252,21 @@ def test_only_the_lifecycle_writes_a_status(model, lifecycle_module):
                 if any(isinstance(target, ast.Attribute) and target.attr == "status" for target in targets):
                     writers.append(f"{path.relative_to(platform.parent)}:{node.lineno}")
     assert writers == [], f"{model} status written outside tunery.{lifecycle_module}.lifecycle: {writers}"
+
+
+def test_a_claim_restarts_estimated_finish_from_the_estimate_and_a_resume_counts_what_is_left(new_tenant, make_job):
+    tenant = new_tenant()
+    fresh = make_job(tenant)
+    FineTuningJob.objects.filter(pk=fresh.pk).update(estimate={"seconds": 600.0})
+    before = timezone.now()
+    claimed = lifecycle.claim_next_job("gpu", "w1")
+    assert claimed.pk == fresh.pk
+    stored = FineTuningJob.objects.get(pk=fresh.pk).estimated_finish
+    assert before + timedelta(seconds=599) <= stored <= timezone.now() + timedelta(seconds=601)
+    resumed = make_job(tenant)
+    FineTuningJob.objects.filter(pk=resumed.pk).update(
+        estimate={"seconds": 600.0}, progress={"step": 30, "total_steps": 40}
+    )
+    lifecycle.claim_next_job("gpu", "w2")
+    left = FineTuningJob.objects.get(pk=resumed.pk).estimated_finish - timezone.now()
+    assert timedelta(seconds=140) <= left <= timedelta(seconds=151)  # a quarter of the run is left

@@ -84,6 +84,31 @@ def test_a_job_runs_to_success_with_metrics_checkpoints_and_one_model(queue_sett
     assert spec["base_model"] == job.base_model.local_path
 
 
+def test_a_finished_job_teaches_the_estimates_its_throughput(queue_settings, new_tenant, make_job):
+    from tunery.jobs.models import MeasuredThroughput
+
+    tenant = new_tenant()
+    for speed in (1000.0, 3000.0):
+        job = make_job(tenant, steps=3, tokens_per_second=speed, samples_per_second=speed / 50)
+        assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    measured = MeasuredThroughput.objects.get(base_model="tiny-bert", queue="gpu", task_kind="sequence_classification")
+    assert (measured.jobs, measured.tokens_per_second, measured.samples_per_second) == (2, 2000.0, 40.0)
+    failed = make_job(tenant, steps=3, tokens_per_second=10.0, behaviour="permanent")
+    tasks.run_job(failed.pk)
+    assert MeasuredThroughput.objects.get(pk=measured.pk).jobs == 2  # only succeeded runs count
+
+
+def test_search_trials_and_the_choice_become_job_events(queue_settings, new_tenant, make_job):
+    job = make_job(new_tenant(), steps=3, search_budget_minutes=5)
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    trials = JobEvent.objects.filter(job=job, dedupe_key__startswith="search:trial:").order_by("dedupe_key")
+    assert [e.data["index"] for e in trials] == [0, 1]
+    assert trials[1].data["overrides"] == {"learning_rate": 3e-4}
+    assert "Search trial 1 (learning_rate=0.0003): validation accuracy=0.7500" in trials[1].message
+    kept = JobEvent.objects.get(job=job, dedupe_key="search:end")
+    assert kept.message.startswith("Search kept trial 1 of 2 (learning_rate=0.0003)")
+
+
 def test_a_crashed_attempt_is_retried_and_resumes_from_its_checkpoint(
     queue_settings, new_tenant, make_job, broker_messages
 ):

@@ -179,6 +179,49 @@ def test_token_classification_returns_entities_with_character_offsets(setup):
     assert sum(len(e["text"].split()) for e in result["entities"]) == tagged_words
 
 
+def test_token_classification_takes_pre_split_words_as_training_rows_hold_them(setup):
+    client, model = setup["client"], setup["models"]["entities"]
+    deploy(client, model)
+    text = "Grace Hopper met the Acme Corporation board in Paris"
+    response = predict(client, model=model.id, inputs=[text, {"tokens": text.split()}, {"tokens": ["Paris", ","]}])
+    assert response.status_code == 200, response.text
+    as_text, as_words, with_comma = response.json()["data"]
+    assert as_words["tokens"] == text.split()
+    assert as_words["tags"] == as_text["tags"]  # the same words give the same tags either way
+    assert as_words["entities"] == as_text["entities"]
+    assert with_comma["tokens"] == ["Paris", ","]
+    assert len(with_comma["tags"]) == 2  # one tag per given word, as in training
+
+
+@pytest.mark.parametrize(
+    ("item", "param", "code"),
+    [
+        ({"tokens": []}, "inputs[0].tokens", "invalid_value"),
+        ({"tokens": ["Grace", 3]}, "inputs[0].tokens[1]", "invalid_value"),
+        ({"tokens": ["Grace Hopper"]}, "inputs[0].tokens[0]", "invalid_value"),
+        ({"tokens": ["Grace"], "text": "Grace"}, "inputs[0]", "invalid_value"),
+        ({"tokens": ["x" * 6000, "y" * 6000]}, "inputs[0].tokens", "input_too_long"),
+    ],
+)
+def test_bad_pre_split_words_are_a_clear_400(setup, item, param, code):
+    client, model = setup["client"], setup["models"]["entities"]
+    deploy(client, model)
+    response = predict(client, model=model.id, inputs=[item])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, code)
+
+
+def test_words_are_refused_by_a_model_that_takes_text(setup):
+    client, model = setup["client"], setup["models"]["intents"]
+    deploy(client, model)
+    response = predict(client, model=model.id, inputs=[{"tokens": ["refund", "please"]}])
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("tokens_not_supported", "inputs[0].tokens")
+    assert "token-classification" in error["message"]
+
+
 def test_ranking_returns_items_sorted_by_the_models_score(setup, artifacts):
     client, model = setup["client"], setup["models"]["ranking"]
     deploy(client, model)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunery_contract import TaskDefinition, TaskKind
+from tunery_contract.columns import map_records
 from tunery_contract.records import RecordFormatError, read_records
 from tunery_engine.errors import DataError, LabelError
 from tunery_engine.heads import Encoded, Feature, TaskHead
@@ -42,9 +43,7 @@ def load_rows(
         records = read_records(path)
     except RecordFormatError as exc:
         raise DataError(f"{path.name}: {exc}") from exc
-    if column_mapping:
-        records = [(line, {column_mapping.get(k, k): v for k, v in record.items()}) for line, record in records]
-    report = task.validate(records, tenant_config or {})
+    report = task.validate(map_records(records, column_mapping), tenant_config or {})
     if report.row_count == 0:
         raise DataError(f"{path.name} holds no data rows")
     if report.errors:

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from tunery_contract import protocol
 from tunery_contract.protocol import ExitCode, JobSpecFile
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tunery_storage import ObjectStore
 
     from tunery_contract import TaskDefinition, VerticalPack
+    from tunery_engine.engine import TrainResult
 
 
 #: events a checkpoint keeps for a replay on resume (a runner lags by a few lines at most)
@@ -167,7 +168,10 @@ def run(spec_path: Path) -> int:
             from tunery_engine.remote import CheckpointMirror
 
             callbacks.insert(0, CheckpointMirror(*remote))
-        result = train(spec, callbacks)
+        if spec.config.search_budget_minutes is not None:
+            result = _search(spec, callbacks, writer)
+        else:
+            result = train(spec, callbacks)
         if remote is not None:
             from tunery_engine.remote import upload_artifact
 
@@ -187,6 +191,21 @@ def run(spec_path: Path) -> int:
         return ExitCode.TRANSIENT
     writer.emit(protocol.Succeeded(**result.to_json()))
     return ExitCode.SUCCEEDED
+
+
+def _search(spec: JobSpec, callbacks: list[TrainingCallback], writer: EventWriter) -> TrainResult:
+    """A budgeted search instead of one run: each trial and the choice become events."""
+    from tunery_engine.search import search
+
+    def report(trial: Any) -> None:
+        writer.emit(
+            protocol.SearchTrial(trial.index, trial.overrides, trial.metric, trial.value, trial.metrics, trial.seconds)
+        )
+
+    found = search(spec, callbacks, on_trial=report)
+    chosen = next(t for t in found.trials if t.index == found.chosen)
+    writer.emit(protocol.SearchEnd(chosen.index, len(found.trials), chosen.overrides, chosen.metric, chosen.value))
+    return found.result
 
 
 def main(argv: list[str] | None = None) -> int:

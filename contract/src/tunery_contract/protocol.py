@@ -203,6 +203,33 @@ class Heartbeat(EngineEvent):
 
 
 @dataclass(frozen=True)
+class SearchTrial(EngineEvent):
+    """A budgeted search trained one candidate (``search_budget_minutes``)."""
+
+    name: ClassVar[str] = "search_trial"
+    index: int = 0
+    #: what differs from the auto-resolved configuration (empty for trial 0)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: the task's selection metric and its value on validation
+    metric: str = ""
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchEnd(EngineEvent):
+    """The search kept trial ``chosen`` of ``trials`` (its artifact is the job's)."""
+
+    name: ClassVar[str] = "search_end"
+    chosen: int = 0
+    trials: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    metric: str = ""
+    value: float | None = None
+
+
+@dataclass(frozen=True)
 class Failed(EngineEvent):
     name: ClassVar[str] = "failed"
     final: ClassVar[bool] = True
@@ -254,5 +281,17 @@ class Succeeded(EngineEvent):
 
 EVENTS: dict[str, type[EngineEvent]] = {
     kind.name: kind
-    for kind in (TrainBegin, Progress, Evaluate, Checkpoint, Heartbeat, Failed, Paused, Cancelled, Succeeded)
+    for kind in (
+        TrainBegin,
+        Progress,
+        Evaluate,
+        Checkpoint,
+        Heartbeat,
+        SearchTrial,
+        SearchEnd,
+        Failed,
+        Paused,
+        Cancelled,
+        Succeeded,
+    )
 }

@@ -317,6 +317,19 @@ class TrainConfig:
     max_steps: int | None = _knob(
         None, Knob("int", "stop after this many optimizer steps; null = no limit", 1, _STEPS, nullable=True)
     )
+    search_budget_minutes: float | None = _knob(
+        None,
+        Knob(
+            "float",
+            "budgeted hyperparameter search: minutes it may spend training candidate configurations around "
+            "the auto-resolved one (which always trains); the best by the task's selection metric on "
+            "validation is kept; null = no search",
+            1,
+            24 * 60,
+            nullable=True,
+            api_name="search.budget_minutes",
+        ),
+    )
     max_grad_norm: float = _knob(1.0, Knob("float", "gradient clipping norm; 0 = off", 0, 1e6))
     distillation_temperature: float = _knob(
         2.0,

@@ -30,6 +30,8 @@ class File(models.Model):
     columns = models.JSONField(default=list, blank=True)
     #: Data profile (tunery_contract.profile) against the task the upload was checked with; {} when none.
     profile = models.JSONField(default=dict, blank=True)
+    #: The columns renamed to the task's when the upload was checked (file column -> task column).
+    column_mapping = models.JSONField(default=dict, blank=True)
     content = models.FileField(upload_to="files/%Y/%m/", max_length=500)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     deleted_at = models.DateTimeField(null=True, blank=True)

@@ -28,6 +28,7 @@ def file_object(file: File) -> dict[str, Any]:
         "row_count": file.row_count,
         "columns": file.columns,
         "profile": file.profile or None,
+        "column_mapping": file.column_mapping or None,
     }
 
 
@@ -51,6 +52,10 @@ class FileObjectSerializer(serializers.Serializer):
         "text lengths in whitespace words, duplicates, conflicting labels, and warnings [{code, message}].",
     )
 
+    column_mapping = serializers.DictField(
+        child=serializers.CharField(), allow_null=True, help_text="File column -> task column, as uploaded."
+    )
+
     def to_representation(self, instance: File) -> dict[str, Any]:
         return file_object(instance)
 
@@ -67,6 +72,12 @@ class FileUploadSerializer(serializers.Serializer):
     purpose = serializers.ChoiceField(choices=["fine-tune", "batch"])
     vertical = serializers.CharField(required=False, help_text="Check the rows against this pack's task.")
     task = serializers.CharField(required=False, help_text="The task whose schema the rows must fit.")
+    column_mapping = serializers.CharField(
+        required=False,
+        help_text='A JSON object renaming the file\'s columns to the task\'s ({"label": "sentiment"}: '
+        "file column -> task column); the rows are checked through it, and jobs on this file use it "
+        "unless they give their own.",
+    )
 
 
 class FileDeletedSerializer(serializers.Serializer):

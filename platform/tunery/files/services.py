@@ -6,6 +6,7 @@ before anything is stored, and a stored object whose row could not be written is
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import IO, Any, cast
@@ -23,6 +24,7 @@ from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob
 from tunery.tenants.models import Tenant
 from tunery.verticals import registry
 from tunery.verticals.selectors import task_for
+from tunery_contract.columns import map_records, mapping_problems
 from tunery_contract.profile import profile_rows
 from tunery_contract.records import RecordFormatError, detect_format, iter_records
 
@@ -79,6 +81,7 @@ def upload_file(
     purpose: str | None,
     vertical: str | None = None,
     task: str | None = None,
+    column_mapping: str | None = None,
 ) -> File:
     """Store an upload after parsing it whole. With ``vertical``/``task`` (optional form fields)
     the rows are also checked against that task's schema, so a bad file fails here, not in a job."""
@@ -109,7 +112,12 @@ def upload_file(
         rows, columns = inspect_records(cast(IO[bytes], uploaded.file), fmt)
     if rows == 0:
         raise InvalidRequest("The file holds no data rows.", param="file", code="empty_file")
-    profile = _profile_against_task(tenant, uploaded, fmt, vertical, task) if vertical or task else {}
+    mapping = _parse_mapping(column_mapping)
+    profile = (
+        _profile_against_task(tenant, uploaded, fmt, vertical, task, columns, mapping)
+        if vertical or task or mapping
+        else {}
+    )
     sha256 = getattr(uploaded, "sha256", None)
     if sha256 is None:
         uploaded.seek(0)
@@ -126,6 +134,7 @@ def upload_file(
         row_count=rows,
         columns=columns,
         profile=profile,
+        column_mapping=mapping,
     )
     uploaded.seek(0)
     # Storage first, outside the transaction (it may be slow, e.g. S3); the row only if it worked.
@@ -165,14 +174,46 @@ def save_generated_file(*, tenant: Tenant, filename: str, purpose: str, source: 
     return record
 
 
+def _parse_mapping(value: str | None) -> dict[str, str]:
+    """The ``column_mapping`` form field: a JSON object (checked against the task later)."""
+    if value in (None, ""):
+        return {}
+    try:
+        mapping = json.loads(str(value))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"column_mapping must be a JSON object of file column -> task column ({exc}).",
+            param="column_mapping",
+            code="invalid_column_mapping",
+        ) from exc
+    if not isinstance(mapping, dict) or not mapping:
+        raise InvalidRequest(
+            "column_mapping must be a non-empty JSON object of file column -> task column.",
+            param="column_mapping",
+            code="invalid_column_mapping",
+        )
+    return mapping
+
+
 def _profile_against_task(
-    tenant: Tenant, uploaded: UploadedFile, fmt: str, vertical: str | None, task_id: str | None
+    tenant: Tenant,
+    uploaded: UploadedFile,
+    fmt: str,
+    vertical: str | None,
+    task_id: str | None,
+    columns: list[str],
+    mapping: dict[str, str],
 ) -> dict[str, Any]:
-    """Validate the rows against the task (a 400 naming the first problems) and profile them."""
+    """Validate the rows (through ``mapping``) against the task (a 400 naming the first problems)
+    and profile them."""
     pack, task = task_for(tenant, vertical or None, task_id or None)
+    problems = mapping_problems(mapping, task.schema, columns) if mapping else []
+    if problems:
+        raise InvalidRequest(problems[0] + ".", param="column_mapping", code="invalid_column_mapping")
     enabled = registry.enabled_pack(tenant, pack.id)
     uploaded.seek(0)
-    report = task.validate(iter_records(cast(IO[bytes], uploaded.file), fmt), enabled.config if enabled else {})
+    records = map_records(iter_records(cast(IO[bytes], uploaded.file), fmt), mapping)
+    report = task.validate(records, enabled.config if enabled else {})
     if not report.ok:
         raise InvalidRequest(
             f"The file does not fit task '{task.id}' of vertical '{pack.id}': {report.summary()}",

@@ -67,6 +67,7 @@ class FileViewSet(TenantScopedViewSet):
             purpose=request.data.get("purpose"),
             vertical=request.data.get("vertical"),
             task=request.data.get("task"),
+            column_mapping=request.data.get("column_mapping"),
         )
         return Response(file_object(created))
 

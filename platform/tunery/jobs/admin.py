@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from tunery.core.admin import AuditedModelAdmin, audit_admin
 from tunery.core.errors import ApiError
 from tunery.jobs import services
-from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, UsageRecord
+from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, MeasuredThroughput, UsageRecord, WorkerClass
 
 
 class JobEventInline(admin.TabularInline):
@@ -62,6 +62,7 @@ class FineTuningJobAdmin(AuditedModelAdmin):
         "requested_hyperparameters",
         "resolved_config",
         "data_profile",
+        "estimate",
         "progress",
         "attempts",
         "lease_owner",
@@ -122,3 +123,22 @@ class FineTuningJobAdmin(AuditedModelAdmin):
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = ["tenant", "job", "kind", "training_seconds", "trained_tokens", "gpu_count", "created_at"]
     list_filter = ["kind", "tenant"]
+
+
+@admin.register(WorkerClass)
+class WorkerClassAdmin(AuditedModelAdmin):
+    """Device, memory and hourly price of a training queue's hosts: what job estimates assume."""
+
+    list_display = ["queue", "device", "memory_bytes", "hourly_price", "currency", "updated_at"]
+
+
+@admin.register(MeasuredThroughput)
+class MeasuredThroughputAdmin(admin.ModelAdmin):
+    """Training speed measured on finished jobs (written by the workers; delete a row to start over)."""
+
+    list_display = ["base_model", "queue", "task_kind", "tokens_per_second", "samples_per_second", "jobs", "updated_at"]
+    list_filter = ["queue", "task_kind"]
+    readonly_fields = ["base_model", "queue", "task_kind", "tokens_per_second", "samples_per_second", "jobs"]
+
+    def has_add_permission(self, request):
+        return False

@@ -10,17 +10,22 @@ moves to ``queued``. A dry run (``services.dry_run``) runs the same :func:`check
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunery.files.models import File
-from tunery.jobs import lifecycle
+from tunery.jobs import estimates, lifecycle
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
 from tunery.verticals.registry import pack_context
+from tunery_contract.columns import map_records
 from tunery_contract.profile import blocking_warnings, profile_rows
 from tunery_contract.records import RecordFormatError, iter_records
 from tunery_contract.types import PackError, TaskDefinition
+from tunery_contract.vocabulary import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Row errors recorded as events per file (the message counts the rest).
 MAX_ERROR_EVENTS = 50
@@ -44,10 +49,15 @@ class CheckedFiles:
 
 
 def check_files(
-    task: TaskDefinition, config: Mapping[str, Any], training_file: File, validation_file: File | None
+    task: TaskDefinition,
+    config: Mapping[str, Any],
+    training_file: File,
+    validation_file: File | None,
+    column_mapping: Mapping[str, str] | None = None,
 ) -> CheckedFiles:
-    """Validate every row of the files and profile the valid training rows (with the validation
-    file's overlap). Raises :class:`FilesRefused` with the first problems."""
+    """Validate every row of the files (their columns renamed by ``column_mapping``, as the engine
+    reads them) and profile the valid training rows (with the validation file's overlap). Raises
+    :class:`FilesRefused` with the first problems."""
     files = [("training_file", training_file)]
     if validation_file is not None:
         files.append(("validation_file", validation_file))
@@ -56,7 +66,7 @@ def check_files(
     for param, file in files:
         try:
             with file.content.open("rb") as stream:
-                report = task.validate(iter_records(stream, file.format), config)
+                report = task.validate(map_records(iter_records(stream, file.format), column_mapping), config)
         except RecordFormatError as exc:
             row = {"file": file.pk, "row": exc.line, "column": None, "message": exc.message}
             raise FilesRefused(f"{param} {file.pk}: {exc}", param, [row]) from exc
@@ -83,7 +93,9 @@ def refuse_blocking(profile: dict[str, Any], training_file: File) -> None:
 def validate_job_files(job_id: str) -> str:
     """Validate the job's files. Returns the status this moved the job to, or '' when the job was
     not (or no longer) validating, e.g. on a duplicate delivery."""
-    job = FineTuningJob.objects.select_related("training_file", "validation_file").filter(pk=job_id).first()
+    job = (
+        FineTuningJob.objects.select_related("training_file", "validation_file", "base_model").filter(pk=job_id).first()
+    )
     if job is None or job.status != JobStatus.VALIDATING_FILES:
         return ""
     try:
@@ -92,7 +104,9 @@ def validate_job_files(job_id: str) -> str:
         lifecycle.fail_validation(job_id, str(exc), [], param="vertical")
         return JobStatus.FAILED
     try:
-        checked = check_files(context.task, context.config, job.training_file, job.validation_file)
+        checked = check_files(
+            context.task, context.config, job.training_file, job.validation_file, job.column_mapping or None
+        )
     except FilesRefused as refused:
         if refused.profile:
             _record_profile(job_id, refused.profile)
@@ -100,7 +114,35 @@ def validate_job_files(job_id: str) -> str:
         return JobStatus.FAILED
     _record_profile(job_id, checked.profile)
     summary = "Files validated (" + "; ".join(checked.summaries) + "); the job is queued"
-    return JobStatus.QUEUED if lifecycle.pass_validation(job_id, summary) else ""
+    expected = _estimate(job, context.task, checked.profile)
+    return JobStatus.QUEUED if lifecycle.pass_validation(job_id, summary, expected) else ""
+
+
+def _estimate(job: FineTuningJob, task: TaskDefinition, profile: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's expected run on its queue; None (logged) when the configuration cannot be
+    resolved here: the engine then reports the problem itself."""
+    try:
+        config = estimates.expected_config(
+            task,
+            job.requested_hyperparameters or {},
+            seed=job.seed,
+            base_model=job.base_model,
+            gpus=job.gpus,
+            rows=int(profile.get("rows") or 0),
+            has_validation_file=job.validation_file_id is not None,
+        )
+    except ConfigError as exc:
+        log.warning("job %s: no estimate: %s", job.pk, exc)
+        return None
+    return estimates.estimate(
+        base_model=job.base_model,
+        task=task,
+        queue=job.queue,
+        gpus=job.gpus,
+        profile=profile,
+        config=config,
+        has_validation_file=job.validation_file_id is not None,
+    ).to_json()
 
 
 def _record_profile(job_id: str, profile: dict[str, Any]) -> None:

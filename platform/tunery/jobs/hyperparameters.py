@@ -26,6 +26,8 @@ TUNERY_KNOBS: tuple[str, ...] = tuple(api_name for api_name, knob in KNOBS.items
 ENGINE_NAMES = {api_name: engine for api_name, (engine, _) in API_KNOBS.items() if engine}
 #: Inside ``hyperparameters`` the engine's names are accepted too (``lora_r`` for ``lora.r``).
 KNOB_BY_ENGINE_NAME = {engine: api for api, engine in ENGINE_NAMES.items()}
+#: Knobs set as an object of their own ("lora": {"r": 8}, "search": {"budget_minutes": 10}).
+KNOB_GROUPS: tuple[str, ...] = tuple(dict.fromkeys(name.split(".")[0] for name in KNOBS if "." in name))
 LORA_SETTINGS = tuple(name.removeprefix("lora.") for name in KNOBS if name.startswith("lora."))
 SEED_RANGE = (int(ENGINE_KNOBS["seed"].minimum or 0), int(ENGINE_KNOBS["seed"].maximum or 0))
 GPU_RANGE = (0, 64)
@@ -59,7 +61,12 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
             )
         supervised = _object(method.get("supervised"), "method.supervised")
         hyper = {**_object(supervised.get("hyperparameters"), "method.supervised.hyperparameters"), **hyper}
+    for group in KNOB_GROUPS:  # {"hyperparameters": {"search": {"budget_minutes": 10}}}
+        if group in hyper:
+            given.update(_group(hyper[group], f"hyperparameters.{group}", group))
     for name, value in hyper.items():
+        if name in KNOB_GROUPS:
+            continue
         knob_name = name if name in KNOBS and "." not in name else KNOB_BY_ENGINE_NAME.get(name)
         if knob_name is None:
             known = sorted({k for k in KNOBS if "." not in k} | set(KNOB_BY_ENGINE_NAME))
@@ -75,16 +82,27 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
         if name in given and given[name] != body[name]:
             raise InvalidRequest(f"{name} is given twice with different values.", param=name, code="conflict")
         given[name] = body[name]
-    lora = _object(body.get("lora"), "lora")
-    for name, value in lora.items():
-        if f"lora.{name}" not in KNOBS:
+    for group in KNOB_GROUPS:
+        for name, value in _group(body.get(group), group, group).items():
+            if name in given and given[name] != value:
+                raise InvalidRequest(f"{name} is given twice with different values.", param=name, code="conflict")
+            given[name] = value
+    return {name: parse_knob(name, value) for name, value in given.items() if value is not None}
+
+
+def _group(value: Any, param: str, group: str) -> dict[str, Any]:
+    """``{"r": 8}`` of the ``lora`` group as ``{"lora.r": 8}``; unknown settings are a 400."""
+    found = {}
+    for name, setting in _object(value, param).items():
+        if f"{group}.{name}" not in KNOBS:
+            known = [k.removeprefix(f"{group}.") for k in KNOBS if k.startswith(f"{group}.")]
             raise InvalidRequest(
-                f"Unknown LoRA setting {name!r}; known: {', '.join(LORA_SETTINGS)}.",
-                param=f"lora.{name}",
+                f"Unknown {group} setting {name!r}; known: {', '.join(known)}.",
+                param=f"{group}.{name}",
                 code="unknown_hyperparameter",
             )
-        given[f"lora.{name}"] = value
-    return {name: parse_knob(name, value) for name, value in given.items() if value is not None}
+        found[f"{group}.{name}"] = setting
+    return found
 
 
 def _object(value: Any, param: str) -> dict[str, Any]:

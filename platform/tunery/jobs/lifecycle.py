@@ -157,10 +157,16 @@ def mark_dispatched(job_id: str) -> None:
     FineTuningJob.objects.filter(pk=job_id).update(dispatched_at=timezone.now())
 
 
-def pass_validation(job_id: str, summary: str) -> bool:
-    """validating_files -> queued."""
+def pass_validation(job_id: str, summary: str, estimate: Mapping[str, Any] | None = None) -> bool:
+    """validating_files -> queued; with the run's ``estimate`` (``tunery.jobs.estimates``) the job
+    gets OpenAI's ``estimated_finish``: now plus the expected training time (the queue's wait is
+    not known yet; the first progress event of the run replaces it)."""
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": JobStatus.QUEUED, "dispatched_at": now}
+    if estimate:
+        fields.update(estimate=dict(estimate), estimated_finish=now + timedelta(seconds=float(estimate["seconds"])))
     with transaction.atomic():
-        won = _jobs(job_id, JobStatus.VALIDATING_FILES).update(status=JobStatus.QUEUED, dispatched_at=timezone.now())
+        won = _jobs(job_id, JobStatus.VALIDATING_FILES).update(**fields)
         if won:
             add_event(job_id, summary, dedupe_key="validation:passed")
     return bool(won)
@@ -226,6 +232,7 @@ def claim_next_job(queue: str, owner: str) -> FineTuningJob | None:
             )
             if won:
                 claimed = FineTuningJob.objects.select_related("tenant", "base_model").get(pk=job.pk)
+                _restart_estimated_finish(claimed, now)
                 add_event(
                     job.pk,
                     f"Fine-tuning job started (attempt {claimed.attempts})",
@@ -233,6 +240,17 @@ def claim_next_job(queue: str, owner: str) -> FineTuningJob | None:
                 )
                 return claimed
     return None
+
+
+def _restart_estimated_finish(job: FineTuningJob, now: datetime) -> None:
+    """The estimate's training time counts from now; a resumed job only has its remaining share."""
+    seconds = (job.estimate or {}).get("seconds")
+    if not isinstance(seconds, (int, float)):
+        return
+    step, total = (job.progress or {}).get("step") or 0, (job.progress or {}).get("total_steps") or 0
+    remaining = seconds * (1 - step / total) if total and 0 < step <= total else seconds
+    job.estimated_finish = now + timedelta(seconds=remaining)
+    FineTuningJob.objects.filter(pk=job.pk).update(estimated_finish=job.estimated_finish)
 
 
 def renew_lease(job_id: str, owner: str, **fields: Any) -> str:

@@ -51,6 +51,8 @@ class FineTuningJob(models.Model):
     requested_hyperparameters = models.JSONField(default=dict, blank=True)
     #: The exact configuration the engine ran with (every "auto" resolved).
     resolved_config = models.JSONField(default=dict, blank=True)
+    #: The files' columns renamed to the task's (file column -> schema column); {} = none.
+    column_mapping = models.JSONField(default=dict, blank=True)
     #: Profile of the training data (and its overlap with the validation file), set at file validation.
     data_profile = models.JSONField(default=dict, blank=True)
     #: OpenAI's ``integrations`` as parsed by ``tracking.parse_integrations`` (wandb, mlflow, tensorboard)
@@ -74,6 +76,8 @@ class FineTuningJob(models.Model):
     trained_tokens = models.BigIntegerField(null=True, blank=True)
     training_seconds = models.FloatField(default=0)
     result_files = models.JSONField(default=list, blank=True)
+    #: Time, memory and cost expected before the run (``tunery.jobs.estimates``), set when queued.
+    estimate = models.JSONField(default=dict, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -146,3 +150,47 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.kind} {self.training_seconds:.0f}s"
+
+
+class WorkerClass(models.Model):
+    """What the operator says about the hosts behind one training queue: their device, memory and
+    hourly price. Estimates use it; a queue without a row is estimated as a CPU host, unpriced."""
+
+    class Device(models.TextChoices):
+        CPU = "cpu"
+        CUDA = "cuda"
+
+    queue = models.CharField(max_length=50, unique=True, help_text="A training queue, e.g. 'gpu' or 'gpu.h100.x2'.")
+    device = models.CharField(max_length=10, choices=Device.choices, default=Device.CPU)
+    memory_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="Memory a job may use on one device (GPU memory, or host RAM on CPU)."
+    )
+    hourly_price = models.DecimalField(
+        max_digits=12, decimal_places=4, null=True, blank=True, help_text="Price of one host-hour; empty: no cost."
+    )
+    currency = models.CharField(max_length=3, default="USD")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.queue} ({self.device})"
+
+
+class MeasuredThroughput(models.Model):
+    """Training speed seen on finished jobs, per base model, training queue and task kind (a moving
+    average), so the next estimate for the same combination starts from what the hosts did."""
+
+    base_model = models.CharField(max_length=100)
+    queue = models.CharField(max_length=50)
+    task_kind = models.CharField(max_length=40)
+    tokens_per_second = models.FloatField()
+    samples_per_second = models.FloatField()
+    jobs = models.PositiveIntegerField(default=0, help_text="Finished jobs averaged in.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["base_model", "queue", "task_kind"], name="one_throughput_per_combination")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.base_model} on {self.queue} ({self.task_kind}): {self.tokens_per_second:.0f} tokens/s"

@@ -22,6 +22,7 @@ import os
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -35,9 +36,9 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from tunery.core import artifacts
-from tunery.jobs import lifecycle, tracking
+from tunery.jobs import estimates, lifecycle, tracking
 from tunery.jobs.lifecycle import LeaseLost, Outcome
-from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobEvent
+from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobEvent, JobStatus
 from tunery.verticals.registry import pack_context
 from tunery_contract import protocol
 from tunery_contract.protocol import ExitCode, JobSpecFile
@@ -147,6 +148,7 @@ def build_spec(job: FineTuningJob, out: Path) -> JobSpecFile:
         config=config,
         tenant_config=tenant_config,
         teacher_model=_teacher_path(job),
+        column_mapping=dict(job.column_mapping) or None,
         object_store_prefix=artifacts.job_prefix(job.tenant.slug, job.pk) if artifacts.object_store() else None,
     )
 
@@ -180,6 +182,8 @@ class AttemptRunner:
         self.yielding = False  # the worker is shutting down: pause at a checkpoint, hand the job back
         self.total_steps: int | None = job.progress.get("total_steps") if job.progress else None
         self.renewed_at = time.monotonic()  # the claim took the lease just now
+        #: (samples/s, tokens/s) of each progress event, for the estimates of later jobs
+        self.speeds: list[tuple[float, float]] = []
         self.tracking: tracking.JobTracking | None = None  # started with the attempt
 
     # -- the attempt -------------------------------------------------------------------------------
@@ -247,6 +251,11 @@ class AttemptRunner:
         status = self._retrying_db(lifecycle.finish_attempt, self.job.pk, self.owner, outcome, self.started)
         if self.tracking is not None and status:
             self.tracking.finish(status)
+        if status == JobStatus.SUCCEEDED and self.speeds:
+            try:
+                self._record_throughput()
+            except DB_ERRORS as exc:  # a lost sample only makes the next estimate less informed
+                log.warning("job %s: throughput not recorded: %s", self.job.pk, exc)
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
@@ -329,6 +338,22 @@ class AttemptRunner:
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             message = f"the training process {how}" + (f": {_tail(log_path)}" if _tail(log_path) else "")
         return Outcome("transient", code=error_code or "engine_crashed", message=message)
+
+    def _record_throughput(self) -> None:
+        """The attempt's median training speed, for the estimates of the next jobs like this one."""
+        samples = statistics.median(speed[0] for speed in self.speeds)
+        tokens = statistics.median(speed[1] for speed in self.speeds)
+        try:
+            kind = pack_context(self.job.tenant_id, self.job.vertical, self.job.task).task.kind.value
+        except PackError:
+            return
+        estimates.record_throughput(
+            base_model=self.job.base_model.name,
+            queue=self.job.queue,
+            task_kind=kind,
+            tokens_per_second=tokens,
+            samples_per_second=samples,
+        )
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -420,6 +445,8 @@ class AttemptRunner:
         if isinstance(eta, (int, float)) and eta >= 0:
             fields["estimated_finish"] = timezone.now() + timedelta(seconds=float(eta))
         self.job.progress = progress
+        if event.samples_per_second and event.tokens_per_second:
+            self.speeds.append((float(event.samples_per_second), float(event.tokens_per_second)))
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner, **fields))
         loss = event.loss
         data = {"step": step, "total_steps": total, "train_loss": loss}
@@ -487,6 +514,29 @@ class AttemptRunner:
             lifecycle.record_checkpoint(self.job.pk, self.owner, step, event.path, event.metrics, event.is_best)
         )
         lifecycle.add_event(self.job.pk, f"Checkpoint saved at step {step}", dedupe_key=f"checkpoint:step:{step}")
+
+    def _on_search_trial(self, event: protocol.SearchTrial) -> None:
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+        tried = ", ".join(f"{k}={_fmt(v)}" for k, v in event.overrides.items()) or "the auto-resolved configuration"
+        lifecycle.add_event(
+            self.job.pk,
+            f"Search trial {event.index} ({tried}): validation {event.metric}={_fmt(event.value)} "
+            f"in {_fmt(event.seconds)} s",
+            type="metrics",
+            data=_fields(event),
+            dedupe_key=f"search:trial:{event.index}",
+        )
+
+    def _on_search_end(self, event: protocol.SearchEnd) -> None:
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+        kept = ", ".join(f"{k}={_fmt(v)}" for k, v in event.overrides.items()) or "the auto-resolved configuration"
+        lifecycle.add_event(
+            self.job.pk,
+            f"Search kept trial {event.chosen} of {event.trials} ({kept}): validation {event.metric}="
+            f"{_fmt(event.value)}",
+            data=_fields(event),
+            dedupe_key="search:end",
+        )
 
     def _on_failed(self, event: protocol.Failed) -> None:
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))

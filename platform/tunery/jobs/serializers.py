@@ -66,7 +66,9 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "requested_action": job.requested_action or None,
         "requested_hyperparameters": job.requested_hyperparameters,
         "resolved_config": job.resolved_config or None,
+        "column_mapping": job.column_mapping or None,
         "data_profile": job.data_profile or None,
+        "estimate": job.estimate or None,
         "progress": job.progress or None,
         "attempts": job.attempts,
     }
@@ -103,6 +105,14 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
 PROFILE_HELP = (
     "Profile of the training data: rows, classes and examples per class, text lengths in whitespace "
     "words, duplicates, conflicting labels, overlap with the validation file, and warnings [{code, message}]."
+)
+
+
+ESTIMATE_HELP = (
+    "The expected run on the job's worker class (training queue): seconds, memory_bytes, "
+    "fits_in_memory, cost and currency (the queue's hourly price), the tokens_per_second it assumes "
+    "and whether that was measured on earlier jobs of this base model, queue and task kind or a "
+    "conservative default, and the rows, epochs and tokens per row it counted."
 )
 
 
@@ -168,6 +178,7 @@ HyperparametersSerializer = type(
     _knob_fields(name for name, knob in KNOBS.items() if knob.openai),
 )
 LoraSerializer = type("LoraSerializer", (serializers.Serializer,), _knob_fields(KNOBS, prefix="lora."))
+SearchSerializer = type("SearchSerializer", (serializers.Serializer,), _knob_fields(KNOBS, prefix="search."))
 
 
 @extend_schema_field(
@@ -203,8 +214,20 @@ class JobCreateSerializer(serializers.Serializer):
     vertical = serializers.CharField(required=False, help_text="Pack id from GET /v1/verticals.")
     task = serializers.CharField(required=False)
     lora = LoraSerializer(required=False)
+    search = SearchSerializer(
+        required=False,
+        help_text="Budgeted hyperparameter search (also accepted under hyperparameters.search); every trial "
+        "is a job event.",
+    )
     teacher_model = serializers.CharField(required=False, help_text="Distillation teacher: base or ft: model id.")
     gpus = serializers.JSONField(required=False, help_text=f'GPUs ({GPU_RANGE[0]}-{GPU_RANGE[1]}) or "auto".')
+    column_mapping = serializers.DictField(
+        child=serializers.CharField(),
+        required=False,
+        help_text='Your files\' columns renamed to the task\'s: {"<file column>": "<task column>"}, e.g. '
+        '{"label": "sentiment"} for a file whose column "label" holds what the task calls "sentiment". '
+        "Validation and training read the files through it.",
+    )
     dry_run = serializers.BooleanField(
         required=False,
         help_text="Validate the request and its files and answer with a fine_tuning.job.dry_run object "
@@ -244,7 +267,9 @@ class JobSerializer(serializers.Serializer):
     requested_action = serializers.CharField(allow_null=True)
     requested_hyperparameters = serializers.DictField()
     resolved_config = serializers.DictField(allow_null=True)
+    column_mapping = serializers.DictField(child=serializers.CharField(), allow_null=True)
     data_profile = serializers.DictField(allow_null=True, help_text=PROFILE_HELP)
+    estimate = serializers.DictField(allow_null=True, help_text=ESTIMATE_HELP)
     progress = serializers.DictField(allow_null=True)
     attempts = serializers.IntegerField()
 
@@ -264,6 +289,7 @@ class DryRunSerializer(serializers.Serializer):
     )
     data_profile = serializers.DictField(help_text=PROFILE_HELP)
     warnings = serializers.ListField(child=serializers.DictField(), help_text="[{code, message}], as in the profile.")
+    estimate = serializers.DictField(help_text=ESTIMATE_HELP)
 
 
 class EventSerializer(serializers.Serializer):

@@ -17,10 +17,11 @@ from django.db import transaction
 from tunery.catalog.models import BaseModel
 from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
-from tunery.jobs import dispatch, lifecycle, selectors, tracking
+from tunery.jobs import dispatch, estimates, lifecycle, selectors, tracking
 from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
+    KNOB_GROUPS,
     SEED_RANGE,
     TUNERY_KNOBS,
     engine_overrides,
@@ -32,17 +33,17 @@ from tunery.jobs.queues import training_queue
 from tunery.tenants.models import Tenant
 from tunery.verticals.registry import tenant_config
 from tunery.verticals.selectors import task_for
-from tunery_contract.schema import TaskKind
+from tunery_contract.columns import mapped_columns, mapping_problems
 from tunery_contract.types import TaskDefinition, VerticalPack
-from tunery_contract.vocabulary import AUTO, ConfigError, TrainConfig
-from tunery_engine.config import resolve
+from tunery_contract.vocabulary import AUTO, ConfigError
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_METADATA_KEYS = 16
 #: Every top-level field a create request may carry (OpenAI's, then Tunery's extra body fields).
 CREATE_FIELDS = frozenset(
     {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "metadata", "method"}
-    | {"integrations", "vertical", "task", "teacher_model", "gpus", "lora", "dry_run"}
+    | {"integrations", "vertical", "task", "teacher_model", "gpus", "dry_run", "column_mapping"}
+    | set(KNOB_GROUPS)
     | {name for name in TUNERY_KNOBS if "." not in name}
 )
 
@@ -66,6 +67,8 @@ class JobRequest:
     integrations: list[dict[str, Any]] = field(default_factory=list)
     #: Tunery's ``dry_run``: check and resolve everything, create nothing.
     dry_run: bool = False
+    #: The files' columns renamed to the task's (file column -> schema column).
+    column_mapping: dict[str, str] = field(default_factory=dict)
 
 
 def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
@@ -91,10 +94,17 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             code="model_not_found",
         )
     pack, task = task_for(tenant, body.get("vertical"), body.get("task"))
-    training_file = _tenant_file(tenant, _required_string(body, "training_file"), "training_file", task)
+    column_mapping = body.get("column_mapping")
+    if column_mapping is None:  # the mapping the training file was uploaded with, if any
+        column_mapping = _stored_mapping(tenant, body.get("training_file"))
+    training_file = _tenant_file(
+        tenant, _required_string(body, "training_file"), "training_file", task, column_mapping, check_mapping=True
+    )
     validation_file = None
     if body.get("validation_file"):
-        validation_file = _tenant_file(tenant, _required_string(body, "validation_file"), "validation_file", task)
+        validation_file = _tenant_file(
+            tenant, _required_string(body, "validation_file"), "validation_file", task, column_mapping
+        )
     if task.suitable_architectures and base_model.architecture not in task.suitable_architectures:
         raise InvalidRequest(
             f"Task '{task.id}' needs a base model of architecture {', '.join(task.suitable_architectures)}; "
@@ -130,6 +140,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
         gpus=gpus,
         integrations=integrations,
         dry_run=dry_run,
+        column_mapping=dict(column_mapping),
     )
 
 
@@ -153,6 +164,7 @@ def create_job(*, tenant: Tenant, checked: JobRequest, actor: str) -> FineTuning
             metadata=checked.metadata,
             requested_hyperparameters=checked.requested,
             teacher_model=checked.teacher_model,
+            column_mapping=checked.column_mapping,
             gpus=checked.gpus,
             integrations=checked.integrations,
             queue=training_queue(checked.gpus),
@@ -176,11 +188,23 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
     try:
         if profile is None:
             config = tenant_config(tenant.pk, checked.pack)
-            profile = check_files(checked.task, config, checked.training_file, checked.validation_file).profile
+            profile = check_files(
+                checked.task, config, checked.training_file, checked.validation_file, checked.column_mapping
+            ).profile
         else:
             refuse_blocking(profile, checked.training_file)
     except FilesRefused as refused:
         raise InvalidRequest(refused.message, param=refused.param, code="invalid_training_data") from refused
+    resolved = _resolved_hyperparameters(checked, profile["rows"])
+    expected = estimates.estimate(
+        base_model=checked.base_model,
+        task=checked.task,
+        queue=training_queue(checked.gpus),
+        gpus=checked.gpus,
+        profile=profile,
+        config=resolved,
+        has_validation_file=checked.validation_file is not None,
+    )
     return {
         "object": "fine_tuning.job.dry_run",
         "model": checked.base_model.name,
@@ -188,44 +212,42 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
         "validation_file": checked.validation_file.pk if checked.validation_file else None,
         "vertical": checked.pack.id,
         "task": checked.task.id,
-        "resolved_hyperparameters": _resolved_hyperparameters(checked, profile["rows"]),
+        "resolved_hyperparameters": resolved,
         "data_profile": profile,
+        "estimate": expected.to_json(),
         "warnings": profile["warnings"],
     }
 
 
 def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
     """The training file's profile from its upload, when it was checked against this task and no
-    validation file needs the overlap measured: a dry run then reads no file."""
+    validation file needs the overlap measured (nor columns renamed): a dry run then reads no file."""
+    if checked.column_mapping != (checked.training_file.column_mapping or {}):
+        return None
     profile = checked.training_file.profile or {}
     same_task = (profile.get("vertical"), profile.get("task")) == (checked.pack.id, checked.task.id)
     return profile if same_task and checked.validation_file is None else None
 
 
 def _resolved_hyperparameters(checked: JobRequest, rows: int) -> dict[str, Any]:
-    """``tunery_engine.config.resolve`` over ``{**task defaults, **request}``, as the engine calls it
-    except for what only the worker knows: its device (``DEVICE_DEPENDENT`` stay as asked) and the
-    base model's own length limit (``max_length`` may come out lower). Without a validation file
-    the engine holds ``validation_split`` of the rows out; the count here is the expected share."""
+    """The configuration the engine would resolve (``estimates.expected_config``); precision and
+    compile (``DEVICE_DEPENDENT``) stay as asked, and ``max_length`` may come out lower on the
+    worker (the base model's own limit)."""
     try:
-        config = TrainConfig.from_dict(
-            {**dict(checked.task.default_hyperparameters), **checked.requested, "seed": checked.seed}
+        resolved = estimates.expected_config(
+            checked.task,
+            checked.requested,
+            seed=checked.seed,
+            base_model=checked.base_model,
+            gpus=checked.gpus,
+            rows=rows,
+            has_validation_file=checked.validation_file is not None,
         )
-        if checked.validation_file is None and isinstance(config.validation_split, float):
-            rows -= round(rows * config.validation_split)
-        resolved = resolve(
-            config,
-            max(rows, 1),
-            checked.base_model.parameters,
-            causal_lm=checked.task.kind is TaskKind.CAUSAL_LM,
-            device_type="cuda",
-            bf16_supported=True,
-            world_size=max(checked.gpus, 1),
-        ).to_dict()
     except ConfigError as exc:
         raise InvalidRequest(f"The configuration cannot train: {exc}.", code="invalid_hyperparameter") from exc
+    config = {**dict(checked.task.default_hyperparameters), **checked.requested}
     for name in DEVICE_DEPENDENT:
-        resolved[name] = getattr(config, name, AUTO)
+        resolved[name] = config.get(name, AUTO)
     return resolved
 
 
@@ -236,7 +258,26 @@ def _required_string(body: dict[str, Any], name: str) -> str:
     return value
 
 
-def _tenant_file(tenant: Tenant, file_id: str, param: str, task: TaskDefinition) -> File:
+def _stored_mapping(tenant: Tenant, file_id: Any) -> dict[str, str]:
+    if not isinstance(file_id, str):
+        return {}
+    found = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).values_list(
+        "column_mapping", flat=True
+    )
+    return dict(found.first() or {})
+
+
+def _tenant_file(
+    tenant: Tenant,
+    file_id: str,
+    param: str,
+    task: TaskDefinition,
+    column_mapping: Any,
+    *,
+    check_mapping: bool = False,
+) -> File:
+    """The tenant's fine-tune file ``file_id`` with the columns ``task`` needs (after
+    ``column_mapping``; ``check_mapping``: its keys must be columns of this file)."""
     file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
     if file is None:
         raise InvalidRequest(f"No file with id '{file_id}' found.", param=param, code="file_not_found")
@@ -246,12 +287,17 @@ def _tenant_file(tenant: Tenant, file_id: str, param: str, task: TaskDefinition)
             param=param,
             code="invalid_file_purpose",
         )
+    problems = mapping_problems(column_mapping, task.schema, file.columns if check_mapping else None)
+    if problems:
+        raise InvalidRequest(problems[0] + ".", param="column_mapping", code="invalid_column_mapping")
     required = [c.name for c in task.schema.columns if c.required]
-    missing = [name for name in required if name not in (file.columns or [])]
+    columns = mapped_columns(file.columns or [], column_mapping)
+    missing = [name for name in required if name not in columns]
     if missing:
+        hint = "" if column_mapping else ' (column_mapping {"<your column>": "<task column>"} renames yours)'
         raise InvalidRequest(
             f"{param} '{file_id}' lacks the column(s) {', '.join(missing)} that task '{task.id}' needs "
-            f"(it needs {', '.join(required)}; the file has {', '.join(file.columns or []) or 'none'}).",
+            f"(it needs {', '.join(required)}; the file has {', '.join(columns) or 'none'}){hint}.",
             param=param,
             code="missing_columns",
         )

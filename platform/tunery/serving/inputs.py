@@ -11,6 +11,8 @@ from tunery.core.errors import InvalidRequest
 from tunery.serving import conf
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
+#: The input field of a token classifier's pre-split words (the training rows' ``tokens``).
+TOKENS = "tokens"
 
 
 def _invalid(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
@@ -99,12 +101,35 @@ def _input_item(value: Any, param: str) -> dict[str, Any]:
     for key, field in value.items():
         if key == "messages":  # a conversation, for a causal LM's prediction
             value = {**value, "messages": list(chat_messages({"messages": field}, f"{param}.messages"))}
+        elif key == TOKENS and isinstance(field, list):  # pre-split words, for a token classifier
+            value = {**value, key: token_list(field, f"{param}.{key}")}
         elif isinstance(field, str):
             if field:
                 text(field, f"{param}.{key}")
         elif field is not None and not isinstance(field, (int, float, bool)):
-            raise _invalid(f"{param}.{key} must be a string or a number, got {type(field).__name__}.", f"{param}.{key}")
+            raise _invalid(
+                f"{param}.{key} must be a string or a number (a list of words goes under '{TOKENS}'), "
+                f"got {type(field).__name__}.",
+                f"{param}.{key}",
+            )
     return dict(value)
+
+
+def token_list(value: list[Any], param: str) -> list[str]:
+    """Pre-split words, as token-classification training rows hold them: non-empty strings without
+    whitespace, as many characters in all as one input text may have."""
+    if not value:
+        raise _invalid(f"{param} is empty.", param)
+    for index, word in enumerate(value):
+        if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+            raise _invalid(
+                f"{param}[{index}] must be a non-empty word without spaces, got {word!r:.40}.", f"{param}[{index}]"
+            )
+    limit = conf.max_chars()
+    total = sum(len(word) for word in value) + len(value) - 1
+    if total > limit:
+        raise _invalid(f"{param} has {total} characters; at most {limit} are allowed.", param, "input_too_long")
+    return list(value)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,18 @@ class CompletionBody(RawSchemaBody):
     }
 
 
+def _words() -> dict[str, Any]:
+    """A token classifier's input as words (the training rows' shape), within the text limit."""
+    longest = 100
+    return {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": longest, "pattern": r"^\S+$"},
+        "minItems": 1,
+        "maxItems": max(1, conf.max_chars() // (longest + 1)),
+        "description": "Pre-split words for a token-classification model (one tag per word), instead of text.",
+    }
+
+
 def _items(description: str) -> dict[str, Any]:
     field_value = {
         "oneOf": [
@@ -88,7 +100,11 @@ def _items(description: str) -> dict[str, Any]:
     item = {
         "oneOf": [
             _text(),
-            {"type": "object", "properties": {"messages": _messages()}, "additionalProperties": field_value},
+            {
+                "type": "object",
+                "properties": {"messages": _messages(), "tokens": _words()},
+                "additionalProperties": field_value,
+            },
         ]
     }
     return {"type": "array", "items": item, "minItems": 1, "maxItems": conf.max_items(), "description": description}
@@ -104,7 +120,10 @@ class PredictionBody(RawSchemaBody):
                 **NOT_BLANK,
                 "description": "A deployed fine-tuned model ('ft:...') or a deployment's id or name.",
             },
-            "inputs": _items("Texts, or objects of named text fields (or a conversation under 'messages')."),
+            "inputs": _items(
+                "Texts, or objects of named text fields (or a conversation under 'messages', or a token "
+                "classifier's pre-split words under 'tokens')."
+            ),
             "user": _text(),
             "query": _text(),
             "items": _items("The items to rank for user (or query)."),

@@ -321,13 +321,18 @@ def _predict(
         rows = request.inputs or []
     from tunery_serving import PredictionInput
 
-    model_inputs = [
-        PredictionInput(
-            text=_field(row, (text_column, "text"), f"inputs[{i}]"),
-            text_pair=_field(row, (pair_column, "text_pair"), f"inputs[{i}]") if head.takes_pairs else None,
+    model_inputs = []
+    for i, row in enumerate(rows):
+        words = row.get(inputs.TOKENS)
+        if isinstance(words, list):
+            model_inputs.append(_pre_split(target, row, words, (text_column, "text"), f"inputs[{i}]"))
+            continue
+        model_inputs.append(
+            PredictionInput(
+                text=_field(row, (text_column, "text"), f"inputs[{i}]"),
+                text_pair=_field(row, (pair_column, "text_pair"), f"inputs[{i}]") if head.takes_pairs else None,
+            )
         )
-        for i, row in enumerate(rows)
-    ]
     started = time.perf_counter()
     precision = (target.deployment.precision if target.deployment is not None else "") or None
     predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
@@ -507,6 +512,26 @@ def _column(hooks: selectors.PackHooks, role: str) -> str:
         if column is not None:
             return column.name
     return role
+
+
+def _pre_split(
+    target: selectors.ServingTarget, row: dict[str, Any], words: list[str], text_names: tuple[str, ...], param: str
+) -> Any:
+    """A token classifier's input given as words (the training rows' shape): tags come one per word."""
+    from tunery_serving import PredictionInput
+
+    if target.kind != TaskKind.TOKEN_CLASSIFICATION.value:
+        raise InvalidRequest(
+            f"{param}: a list of words is input for token-classification models; '{target.model.id}' is "
+            f"{target.kind} and takes text.",
+            param=f"{param}.tokens",
+            code="tokens_not_supported",
+        )
+    if any(isinstance(row.get(name), str) and row[name].strip() for name in text_names):
+        raise InvalidRequest(
+            f"{param}: give either the text or its words (tokens), not both.", param=param, code="invalid_value"
+        )
+    return PredictionInput.from_tokens(words)
 
 
 def _field(row: dict[str, Any], names: tuple[str, ...], param: str) -> str:

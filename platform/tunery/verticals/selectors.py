@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from tunery.core.errors import InvalidRequest
+from tunery.core.timestamps import unix_seconds
 from tunery.tenants.models import Tenant
 from tunery.verticals import registry
+from tunery.verticals.models import VerticalEnablement
 from tunery_contract.types import PackError, TaskDefinition, VerticalPack
 
 
@@ -51,3 +53,22 @@ def task_for(tenant: Tenant, vertical: Any, task_id: Any) -> tuple[VerticalPack,
         return pack, pack.task(str(task_id))
     except PackError as exc:
         raise InvalidRequest(str(exc), param="task", code="unknown_task") from exc
+
+
+def pack_settings(tenant: Tenant, pack_id: str) -> dict[str, Any] | None:
+    """A pack's settings for the tenant (``vertical.settings``): in effect, the pack's defaults and
+    the tenant's overrides; None when the pack is not installed or not enabled for the tenant."""
+    pack = registry.get_pack(pack_id)
+    row = VerticalEnablement.objects.filter(tenant=tenant, vertical=pack_id, enabled=True).first()
+    if pack is None or row is None:
+        return None
+    overrides = dict(row.config or {})
+    return {
+        "object": "vertical.settings",
+        "vertical": pack.id,
+        "version": pack.version,
+        "settings": {**pack.config_defaults, **overrides},
+        "defaults": dict(pack.config_defaults),
+        "overrides": overrides,
+        "updated_at": unix_seconds(row.updated_at),
+    }

@@ -1,0 +1,224 @@
+"""Time, memory and cost of a job before it runs, on the worker class (training queue) it goes to.
+
+The estimate multiplies what the data profile says (rows, text lengths in words) by the resolved
+configuration (epochs, batch, max length, evaluations) and divides by a throughput in tokens per
+second: the moving average measured on finished jobs of the same base model, queue and task kind
+(:class:`~tunery.jobs.models.MeasuredThroughput`, written by the runner when a job succeeds), or
+a deliberately conservative default from the model size and the queue's device
+(:class:`~tunery.jobs.models.WorkerClass`; a queue without a row counts as a CPU host). Memory is
+a rule of thumb (weights, gradients and AdamW state, activations growing with batch and length);
+cost is the hours times the queue's hourly price. Every input and the basis of the throughput are
+in the answer, so a tenant can see why a number is what it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.db import transaction
+
+from tunery.catalog.models import BaseModel
+from tunery.jobs.models import MeasuredThroughput, WorkerClass
+from tunery_contract.schema import TaskKind
+from tunery_contract.types import TaskDefinition
+from tunery_contract.vocabulary import AUTO, MAX_AUTO_EVALUATIONS, TrainConfig
+from tunery_engine.config import resolve
+
+#: Effective training FLOP/s of one device before any job was measured: low on purpose (an
+#: estimate that comes in early is a better surprise than one that comes in late).
+DEFAULT_FLOPS: dict[str, float] = {WorkerClass.Device.CPU: 5e10, WorkerClass.Device.CUDA: 5e12}
+#: Loading the model and data, tokenizing and writing the artifact.
+STARTUP_SECONDS: dict[str, float] = {WorkerClass.Device.CPU: 20.0, WorkerClass.Device.CUDA: 40.0}
+#: Subword tokens per whitespace word (BERT WordPiece and BPE vocabularies on English text).
+TOKENS_PER_WORD = 1.4
+SPECIAL_TOKENS = 2
+#: An evaluation row costs a forward pass: about a third of a training row's forward + backward.
+EVALUATION_COST = 1 / 3
+#: Weight of a newly finished job in the moving average of a combination's throughput.
+MEASUREMENT_WEIGHT = 0.5
+#: Bytes of activations per token for the reference encoder (all-MiniLM-L6-v2: 6 layers of 384,
+#: fp32, about 34 values per hidden unit per layer); other sizes scale by parameters ** 0.75.
+REFERENCE_PARAMETERS = 22_700_000
+REFERENCE_ACTIVATION_BYTES_PER_TOKEN = 157_000
+#: torch, the tokenizer and the runtime's own buffers.
+RUNTIME_BYTES = 600 * 1024**2
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One job's expected run; ``to_json`` is the API's ``estimate`` object."""
+
+    worker_class: str
+    device: str
+    seconds: float
+    memory_bytes: int
+    #: None when the queue's memory is not configured
+    fits_in_memory: bool | None
+    cost: float | None
+    currency: str | None
+    hourly_price: float | None
+    tokens_per_second: float
+    #: "measured" (averaged over ``measured_jobs`` finished jobs) or "default"
+    throughput_source: str
+    measured_jobs: int
+    tokens_per_row: int
+    training_rows: int
+    validation_rows: int
+    epochs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": "fine_tuning.job.estimate", **asdict(self)}
+
+
+def expected_config(
+    task: TaskDefinition,
+    requested: Mapping[str, Any],
+    *,
+    seed: int | None,
+    base_model: BaseModel,
+    gpus: int,
+    rows: int,
+    has_validation_file: bool,
+) -> dict[str, Any]:
+    """``tunery_engine.config.resolve`` over ``{**task defaults, **requested}`` as the engine calls
+    it, except for what only the worker knows (its device; the base model's own length limit).
+    Without a validation file the engine holds ``validation_split`` of the rows out; the count used
+    is the expected share. Raises ConfigError."""
+    values = {**dict(task.default_hyperparameters), **dict(requested)}
+    if seed is not None:
+        values["seed"] = seed
+    config = TrainConfig.from_dict(values)
+    if not has_validation_file and isinstance(config.validation_split, float):
+        rows -= round(rows * config.validation_split)
+    return resolve(
+        config,
+        max(rows, 1),
+        base_model.parameters,
+        causal_lm=task.kind is TaskKind.CAUSAL_LM,
+        device_type="cuda",
+        bf16_supported=True,
+        world_size=max(gpus, 1),
+    ).to_dict()
+
+
+def estimate(
+    *,
+    base_model: BaseModel,
+    task: TaskDefinition,
+    queue: str,
+    gpus: int,
+    profile: Mapping[str, Any],
+    config: Mapping[str, Any],
+    has_validation_file: bool,
+) -> Estimate:
+    """The expected run of a job whose files have ``profile`` and whose resolved configuration is
+    ``config`` (:func:`expected_config`), on the hosts of ``queue``."""
+    worker = WorkerClass.objects.filter(queue=queue).first()
+    device = str(worker.device if worker is not None else WorkerClass.Device.CPU)
+    parameters = max(int(base_model.parameters or 0), 1_000_000)
+    rows = int(profile.get("rows") or 0)
+    training_rows, validation_rows = _split(rows, profile, config, has_validation_file)
+    max_length = config.get("max_length")
+    limit = int(max_length) if isinstance(max_length, int) else 512
+    lengths = profile.get("text_length") or {}
+    typical_words = (int(lengths.get("p50", 0)) + int(lengths.get("p90", 0))) / 2
+    tokens_per_row = min(limit, math.ceil(typical_words * TOKENS_PER_WORD) + SPECIAL_TOKENS)
+    longest_in_batch = min(limit, math.ceil(int(lengths.get("p90", 0)) * TOKENS_PER_WORD) + SPECIAL_TOKENS)
+    epochs = _epochs(config, training_rows)
+    evaluations = min(epochs, MAX_AUTO_EVALUATIONS) if config.get("eval_every_steps", AUTO) == AUTO else epochs
+
+    measured = MeasuredThroughput.objects.filter(
+        base_model=base_model.name, queue=queue, task_kind=task.kind.value
+    ).first()
+    if measured is not None:
+        tokens_per_second, source, jobs = measured.tokens_per_second, "measured", measured.jobs
+    else:
+        flops_per_token = (4 if config.get("training_type") == "lora" else 6) * parameters
+        tokens_per_second = DEFAULT_FLOPS[device] * max(gpus, 1) / flops_per_token
+        source, jobs = "default", 0
+    work_rows = training_rows * epochs + validation_rows * evaluations * EVALUATION_COST
+    seconds = STARTUP_SECONDS[device] + work_rows * tokens_per_row / max(tokens_per_second, 1e-6)
+    search_minutes = config.get("search_budget_minutes")
+    if isinstance(search_minutes, (int, float)):  # the candidates a budgeted search may add
+        seconds += float(search_minutes) * 60
+
+    batch = config.get("batch_size")
+    memory = _memory_bytes(
+        parameters,
+        lora=config.get("training_type") == "lora",
+        batch=int(batch) if isinstance(batch, int) else 32,
+        tokens=longest_in_batch,
+    )
+    price = float(worker.hourly_price) if worker is not None and worker.hourly_price is not None else None
+    return Estimate(
+        worker_class=queue,
+        device=device,
+        seconds=round(seconds, 1),
+        memory_bytes=memory,
+        fits_in_memory=memory <= worker.memory_bytes if worker is not None and worker.memory_bytes else None,
+        cost=round(seconds / 3600 * price, 4) if price is not None else None,
+        currency=worker.currency if price is not None and worker is not None else None,
+        hourly_price=price,
+        tokens_per_second=round(tokens_per_second, 1),
+        throughput_source=source,
+        measured_jobs=jobs,
+        tokens_per_row=tokens_per_row,
+        training_rows=training_rows,
+        validation_rows=validation_rows,
+        epochs=epochs,
+    )
+
+
+def record_throughput(
+    *, base_model: str, queue: str, task_kind: str, tokens_per_second: float, samples_per_second: float
+) -> None:
+    """Fold one finished job's training speed into its combination's moving average."""
+    if not (tokens_per_second > 0 and samples_per_second > 0):
+        return
+    with transaction.atomic():
+        row, created = MeasuredThroughput.objects.select_for_update().get_or_create(
+            base_model=base_model,
+            queue=queue,
+            task_kind=task_kind,
+            defaults={"tokens_per_second": tokens_per_second, "samples_per_second": samples_per_second, "jobs": 1},
+        )
+        if created:
+            return
+        keep = 1 - MEASUREMENT_WEIGHT
+        row.tokens_per_second = keep * row.tokens_per_second + MEASUREMENT_WEIGHT * tokens_per_second
+        row.samples_per_second = keep * row.samples_per_second + MEASUREMENT_WEIGHT * samples_per_second
+        row.jobs += 1
+        row.save(update_fields=["tokens_per_second", "samples_per_second", "jobs", "updated_at"])
+
+
+def _split(
+    rows: int, profile: Mapping[str, Any], config: Mapping[str, Any], has_validation_file: bool
+) -> tuple[int, int]:
+    if has_validation_file:
+        return rows, int((profile.get("validation") or {}).get("rows") or 0)
+    share = config.get("validation_split")
+    held = round(rows * share) if isinstance(share, float) else 0
+    return rows - held, held
+
+
+def _epochs(config: Mapping[str, Any], training_rows: int) -> int:
+    epochs = config.get("n_epochs")
+    epochs = int(epochs) if isinstance(epochs, int) else 1
+    max_steps = config.get("max_steps")
+    batch = config.get("batch_size")
+    if isinstance(max_steps, int) and isinstance(batch, int) and training_rows:
+        accumulation = config.get("gradient_accumulation_steps")
+        per_step = batch * (accumulation if isinstance(accumulation, int) else 1)
+        epochs = min(epochs, max(1, math.ceil(max_steps * per_step / training_rows)))
+    return max(epochs, 1)
+
+
+def _memory_bytes(parameters: int, *, lora: bool, batch: int, tokens: int) -> int:
+    """fp32 weights (4 bytes a parameter) plus, for full fine-tuning, gradients and AdamW's two
+    moments (12 more); LoRA trains about 1% of that. Activations grow with batch and padded length."""
+    state = parameters * (4 + (0.12 if lora else 12))
+    per_token = REFERENCE_ACTIVATION_BYTES_PER_TOKEN * (parameters / REFERENCE_PARAMETERS) ** 0.75
+    return int(state + batch * max(tokens, 1) * per_token + RUNTIME_BYTES)
