@@ -192,6 +192,7 @@ class AttemptRunner:
         try:
             spec = build_spec(self.job, self.out)
             self._pull_checkpoints()
+            tracking.pull_logs(self.job, self.out)
         except SpecError as exc:
             return self._finish(Outcome("failed", code=exc.code, message=exc.message))
         except artifacts.StorageError as exc:  # an outage or a misconfigured bucket: try again later
@@ -247,6 +248,7 @@ class AttemptRunner:
         status = self._retrying_db(lifecycle.finish_attempt, self.job.pk, self.owner, outcome, self.started)
         if self.tracking is not None and status:
             self.tracking.finish(status)
+            tracking.push_logs(self.job, self.out)
         log.info("job %s attempt %s ended: %s -> %s", self.job.pk, self.job.attempts, outcome.kind, status)
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
