@@ -50,7 +50,7 @@ def test_an_unreachable_bucket_requeues_the_job_with_a_clear_reason(s3_env, new_
     job = make_job(new_tenant())
     assert tasks.run_job(job.pk) == f"{job.pk}:queued", FineTuningJob.objects.get(pk=job.pk).error
     retry = JobEvent.objects.get(job=job, dedupe_key="attempt:1:retry")
-    assert "fetching the job's checkpoints failed: object storage is unreachable" in retry.message
+    assert "fetching the job's files failed: object storage is unreachable" in retry.message
     assert "127.0.0.1" not in retry.message  # no endpoint in what the tenant reads
     assert not (output_dir(job) / "starts.jsonl").exists()  # the engine never started
 
