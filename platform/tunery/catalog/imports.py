@@ -32,7 +32,7 @@ from django.db import IntegrityError, transaction
 from tunery.catalog.models import BaseModel
 from tunery.catalog.services import check_loadable, describe_model_dir
 from tunery.core import artifacts
-from tunery.core.errors import ApiError, Conflict, InvalidRequest, PayloadTooLarge, QuotaExceeded
+from tunery.core.errors import Conflict, InvalidRequest, PayloadTooLarge, QuotaExceeded, ServiceUnavailable
 from tunery.tenants.models import AuditLog, Tenant
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,8 @@ def _store(tenant: Tenant, folder: Path) -> str:
         store.put_tree(folder, key)
     except artifacts.StorageError as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        raise ApiError(
-            f"The model could not be stored right now ({exc.code}); try again shortly.", code=exc.code, status=503
+        raise ServiceUnavailable(
+            f"The model could not be stored right now ({exc.code}); try again shortly.", code=exc.code
         ) from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the bucket holds it

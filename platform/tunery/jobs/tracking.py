@@ -32,7 +32,7 @@ from django.conf import settings
 from tunery_storage import TREE_MANIFEST
 
 from tunery.core import artifacts
-from tunery.core.errors import ApiError, InvalidRequest, NotFound
+from tunery.core.errors import InvalidRequest, NotFound, ServiceUnavailable
 from tunery.jobs.models import FineTuningJob
 from tunery_contract import protocol
 
@@ -164,10 +164,9 @@ def tensorboard_archive(job: FineTuningJob, job_output: Path) -> Iterator[bytes]
         try:
             manifest = store.read_manifest(_logs_key(job))
         except artifacts.StorageError as exc:
-            raise ApiError(
+            raise ServiceUnavailable(
                 f"The job's TensorBoard logs cannot be fetched from storage right now ({exc.code}); try again shortly.",
                 code=exc.code,
-                status=503,
             ) from exc
         if manifest is not None:
             return _fetched_archive(job, store)
@@ -246,7 +245,7 @@ class MlflowTracker(Tracker):
             self.client.set_tag(self.run_id, f"tunery.{key}", str(value))
         ended = {"succeeded": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
         if ended:  # paused or queued again: the next attempt continues this run
-            self.client.set_terminated(self.run_id, status=ended)
+            self.client.set_terminated(self.run_id, ended)  # (run_id, status)
 
 
 class WandbTracker(Tracker):
