@@ -15,6 +15,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.serving import builders
+from tests.storage.conftest import bucket, s3_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,42 @@ def test_an_imported_model_is_deleted_with_its_files_unless_a_job_used_it(
     assert [p for p in stored(artifacts_dir) if "/used-" in str(p)]
     # platform-wide base models stay the operator's
     assert api.delete("/v1/models/all-minilm-l6-v2", **acme.headers).status_code == 403
+
+
+def test_with_object_storage_an_import_lives_in_the_bucket_and_reaches_any_worker(
+    api,
+    acme,
+    artifacts_dir,
+    model_folder,
+    settings,
+    tmp_path,
+    monkeypatch,
+    s3_server,  # noqa: F811
+    bucket,  # noqa: F811
+):
+    from tunery.catalog.models import BaseModel
+    from tunery.core import artifacts
+    from tunery.jobs.runner import resolve_base_model_path
+
+    for name, value in s3_server.env(bucket).items():
+        monkeypatch.setenv(name, value)
+    settings.TUNERY_ARTIFACT_CACHE_DIR = tmp_path / "worker-cache"
+    artifacts.reset()
+    try:
+        response = send(api, acme, tar_gz(model_folder))
+        assert response.status_code == 201, response.content
+        row = BaseModel.objects.get(tenant=acme.tenant, name="legal-bert")
+        assert row.local_path.startswith("acme/base-models/legal-bert-")  # a key, not this host's folder
+        assert stored(artifacts_dir) == []  # nothing kept on the web host
+        store = artifacts.object_store()
+        assert store.read_manifest(row.local_path)["files"]["model.safetensors"]["size"] > 0
+
+        on_worker = Path(resolve_base_model_path(row))  # a worker host fetches it on first use
+        assert on_worker.is_relative_to(tmp_path / "worker-cache")
+        assert (on_worker / "model.safetensors").read_bytes() == (model_folder / "model.safetensors").read_bytes()
+
+        assert api.delete("/v1/models/legal-bert", **acme.headers).status_code == 200
+        assert store.read_manifest(row.local_path) is None
+        assert store.children("acme/base-models") == []
+    finally:
+        artifacts.reset()

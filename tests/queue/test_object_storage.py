@@ -50,7 +50,7 @@ def test_an_unreachable_bucket_requeues_the_job_with_a_clear_reason(s3_env, new_
     job = make_job(new_tenant())
     assert tasks.run_job(job.pk) == f"{job.pk}:queued", FineTuningJob.objects.get(pk=job.pk).error
     retry = JobEvent.objects.get(job=job, dedupe_key="attempt:1:retry")
-    assert "fetching the job's checkpoints failed: object storage is unreachable" in retry.message
+    assert "fetching the job's files failed: object storage is unreachable" in retry.message
     assert "127.0.0.1" not in retry.message  # no endpoint in what the tenant reads
     assert not (output_dir(job) / "starts.jsonl").exists()  # the engine never started
 
@@ -114,3 +114,45 @@ def test_a_job_whose_host_dies_resumes_from_the_bucket_on_an_empty_host(
     assert served.is_relative_to(tmp_path / "web-host-cache")
     assert (served / "tunery_artifact.json").is_file()
     assert len(read_artifact(served).label_names) >= 2  # the one artifact reader takes it
+
+
+def test_tensorboard_logs_follow_the_job_through_the_bucket(
+    s3_server,  # noqa: F811
+    bucket,  # noqa: F811
+    s3_env,
+    new_tenant,
+    make_job,
+    installed_dummy_pack,
+    tmp_path,
+):
+    import io
+    import tarfile
+
+    from rest_framework.test import APIClient
+
+    from tunery.jobs import tracking
+    from tunery.tenants.services import create_api_key
+
+    s3_env(s3_server.env(bucket))
+    tenant = new_tenant()
+    job = make_job(tenant, steps=6, checkpoint_every=2, behaviour="crash_once")
+    FineTuningJob.objects.filter(pk=job.pk).update(integrations=tracking.parse_integrations([{"type": "tensorboard"}]))
+    assert tasks.run_job(job.pk) == f"{job.pk}:queued"  # the first attempt crashed; its logs went up
+    shutil.rmtree(output_dir(job) / "tensorboard")  # the next attempt runs on another host
+    assert tasks.run_job(job.pk) == f"{job.pk}:succeeded"
+    shutil.rmtree(output_dir(job) / "tensorboard")  # a web host has none of the worker's files
+
+    key = create_api_key(tenant=tenant, role="member", name="reader").secret
+    response = APIClient().get(f"/v1/fine_tuning/jobs/{job.pk}/tensorboard", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(b"".join(response.streaming_content)), mode="r:gz") as tar:
+        tar.extractall(tmp_path / "downloaded", filter="data")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = {}
+    for events in sorted((tmp_path / "downloaded").rglob("events.out.tfevents*")):
+        reader = EventAccumulator(str(events))
+        reader.Reload()
+        logged[events.name] = sorted({e.step for e in reader.Scalars("train/loss")})
+    assert len(logged) == 2  # both attempts' event files, the first one fetched back by the second host
+    assert set().union(*logged.values()) == {1, 2, 3, 4, 5, 6}

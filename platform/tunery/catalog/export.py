@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.catalog.models import BaseModel, FineTunedModel
-from tunery.core.errors import ApiError, Conflict, NotFound
+from tunery.core.errors import ApiError, Conflict, NotFound, ServerError
 from tunery.jobs.models import FineTuningJob, JobStatus
 from tunery.serving.process_runtime import artifact_dir
 from tunery.tenants.models import Tenant
@@ -62,10 +62,9 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
     except ArtifactError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         log.exception("export of %s failed", model.id)
-        raise ApiError(
+        raise ServerError(
             f"The model {model.id} cannot be exported: its artifact is not readable.",
             code="artifact_unreadable",
-            status=500,
         ) from exc
     root = safe_name(model.id) + ("-merged" if merged else "")
 

@@ -13,6 +13,7 @@ broken upload leaves nothing behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,8 +31,11 @@ from django.db import IntegrityError, transaction
 
 from tunery.catalog.models import BaseModel
 from tunery.catalog.services import check_loadable, describe_model_dir
-from tunery.core.errors import Conflict, InvalidRequest, PayloadTooLarge, QuotaExceeded
+from tunery.core import artifacts
+from tunery.core.errors import Conflict, InvalidRequest, PayloadTooLarge, QuotaExceeded, ServiceUnavailable
 from tunery.tenants.models import AuditLog, Tenant
+
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_FILES = 200
@@ -82,22 +86,51 @@ def import_base_model(
         _check_model(model_dir)
         described = describe_model_dir(model_dir)
         os.replace(model_dir, final)
+        local_path = _store(tenant, final)
         try:
             with transaction.atomic():
                 model = BaseModel.objects.create(
                     tenant=tenant,
                     name=name,
-                    local_path=str(final),
+                    local_path=local_path,
                     description=description[:2000],
                     **described,
                 )
                 AuditLog.objects.create(tenant=tenant, actor=actor, action="base_model.import", target=name)
         except IntegrityError as exc:  # the same name imported at the same moment
             shutil.rmtree(final, ignore_errors=True)
+            _delete_stored(local_path)
             raise Conflict(f"You already have a base model named '{name}'.", param="name", code="model_exists") from exc
         return model
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _store(tenant: Tenant, folder: Path) -> str:
+    """The model's ``local_path``: the folder, or with object storage for models its key in the
+    bucket (``<tenant>/base-models/<name>-<id>``; workers on any host fetch it into their cache)."""
+    store = artifacts.object_store()
+    if store is None:
+        return str(folder)
+    key = f"{tenant.slug}/base-models/{folder.name}"
+    try:
+        store.put_tree(folder, key)
+    except artifacts.StorageError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ServiceUnavailable(
+            f"The model could not be stored right now ({exc.code}); try again shortly.", code=exc.code
+        ) from exc
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the bucket holds it
+    return key
+
+
+def _delete_stored(local_path: str) -> None:
+    if local_path and not Path(local_path).is_absolute():
+        try:
+            artifacts.delete_objects(local_path)
+        except artifacts.StorageError as exc:
+            log.error("could not delete the objects of %s: %s", local_path, exc.message)
 
 
 def _check_name(raw: str) -> PurePosixPath:
@@ -265,5 +298,7 @@ def delete_base_model(*, model: BaseModel, actor: str) -> None:
     with transaction.atomic():
         AuditLog.objects.create(tenant_id=model.tenant_id, actor=actor, action="base_model.delete", target=model.name)
         model.delete()
-    if folder.resolve().is_relative_to(root):  # only what an import stored
+    if not folder.is_absolute():  # a key in the object store
+        _delete_stored(model.local_path)
+    elif folder.resolve().is_relative_to(root):  # only what an import stored
         shutil.rmtree(folder, ignore_errors=True)

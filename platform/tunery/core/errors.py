@@ -81,6 +81,18 @@ class PayloadTooLarge(ApiError):
     status_code = 413
 
 
+class ServiceUnavailable(ApiError):
+    """A dependency (object storage) is down for now; the client may retry."""
+
+    status_code = 503
+
+
+class ServerError(ApiError):
+    """The server cannot do what was asked, through no fault of the request."""
+
+    status_code = 500
+
+
 class QuotaExceeded(ApiError):
     """A tenant quota is spent. 429 as OpenAI's ``insufficient_quota``, but marked not retryable
     (the openai client honours ``x-should-retry``) since waiting a second will not help."""

@@ -82,6 +82,8 @@ def resolve_base_model_path(base_model: Any) -> str:
     """The base model's folder on this host. Errors name the model, not the server's paths (the
     tenant reads them); the path goes to the server log."""
     if base_model.local_path:
+        if not Path(base_model.local_path).is_absolute():  # a tenant's import in the object store
+            return str(artifacts.local_artifact_dir(base_model.local_path))
         path = Path(base_model.local_path)
         if not path.is_dir():
             log.error("base model %r: %s is not a directory", base_model.name, path)
@@ -196,11 +198,12 @@ class AttemptRunner:
         try:
             spec = build_spec(self.job, self.out)
             self._pull_checkpoints()
+            tracking.pull_logs(self.job, self.out)
         except SpecError as exc:
             return self._finish(Outcome("failed", code=exc.code, message=exc.message))
         except artifacts.StorageError as exc:  # an outage or a misconfigured bucket: try again later
             log.warning("job %s: %s", self.job.pk, exc.message)
-            message = f"fetching the job's checkpoints failed: {exc.summary}"
+            message = f"fetching the job's files failed: {exc.summary}"
             return self._finish(Outcome("transient", code=exc.code, message=message))
         self.tracking = tracking.JobTracking(self.job, self.out)
         spec_path = self.out / "spec.json"
@@ -251,6 +254,7 @@ class AttemptRunner:
         status = self._retrying_db(lifecycle.finish_attempt, self.job.pk, self.owner, outcome, self.started)
         if self.tracking is not None and status:
             self.tracking.finish(status)
+            tracking.push_logs(self.job, self.out)
         if status == JobStatus.SUCCEEDED and self.speeds:
             try:
                 self._record_throughput()

@@ -22,14 +22,17 @@ import importlib.util
 import json
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from tunery_storage import TREE_MANIFEST
 
-from tunery.core.errors import InvalidRequest, NotFound
+from tunery.core import artifacts
+from tunery.core.errors import InvalidRequest, NotFound, ServiceUnavailable
 from tunery.jobs.models import FineTuningJob
 from tunery_contract import protocol
 
@@ -121,12 +124,67 @@ def tensorboard_dir(job_output: Path) -> Path:
     return job_output / TENSORBOARD_DIR
 
 
+def _logs_key(job: FineTuningJob) -> str:
+    return f"{artifacts.job_prefix(job.tenant.slug, job.pk)}/{TENSORBOARD_DIR}"
+
+
+def pull_logs(job: FineTuningJob, job_output: Path) -> None:
+    """With object storage: the event files earlier attempts (maybe on another host) uploaded, so
+    this attempt's run continues them. A failure is logged, never the job's."""
+    store = artifacts.object_store()
+    folder = tensorboard_dir(job_output)
+    if store is None or folder.exists():
+        return
+    try:
+        if store.read_manifest(_logs_key(job)) is not None:
+            store.get_tree(_logs_key(job), folder)
+    except artifacts.StorageError as exc:
+        log.warning("job %s: TensorBoard logs not fetched: %s", job.pk, exc.message)
+
+
+def push_logs(job: FineTuningJob, job_output: Path) -> None:
+    """With object storage: upload the job's event files after each attempt, so any web host can
+    serve them (the worker's folder is scratch). A failure is logged, never the job's."""
+    store = artifacts.object_store()
+    folder = tensorboard_dir(job_output)
+    if store is None or not folder.is_dir():
+        return
+    try:
+        store.put_tree(folder, _logs_key(job))
+    except artifacts.StorageError as exc:
+        log.warning("job %s: TensorBoard logs not uploaded: %s", job.pk, exc.message)
+
+
 def tensorboard_archive(job: FineTuningJob, job_output: Path) -> Iterator[bytes]:
-    """The job's TensorBoard event files as a streamed tar.gz (404 when it logged none)."""
+    """The job's TensorBoard event files as a streamed tar.gz (404 when it logged none): from the
+    job's folder, or with object storage from the bucket (fetched into a temporary folder)."""
+    folder = tensorboard_dir(job_output)
+    store = artifacts.object_store()
+    if not folder.is_dir() and store is not None:
+        try:
+            manifest = store.read_manifest(_logs_key(job))
+        except artifacts.StorageError as exc:
+            raise ServiceUnavailable(
+                f"The job's TensorBoard logs cannot be fetched from storage right now ({exc.code}); try again shortly.",
+                code=exc.code,
+            ) from exc
+        if manifest is not None:
+            return _fetched_archive(job, store)
+    return _archive(job, folder)
+
+
+def _fetched_archive(job: FineTuningJob, store: Any) -> Iterator[bytes]:
+    with tempfile.TemporaryDirectory(prefix="tunery-tensorboard-") as scratch:
+        folder = Path(scratch) / TENSORBOARD_DIR
+        store.get_tree(_logs_key(job), folder)
+        (folder / TREE_MANIFEST).unlink(missing_ok=True)
+        yield from _archive(job, folder)
+
+
+def _archive(job: FineTuningJob, folder: Path) -> Iterator[bytes]:
     from tunery_engine.export import ExportFile, archive_chunks
 
-    folder = tensorboard_dir(job_output)
-    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TREE_MANIFEST) if folder.is_dir() else []
     if not files:
         enabled = any(i.get("type") == "tensorboard" for i in job.integrations or [])
         raise NotFound(
@@ -187,7 +245,7 @@ class MlflowTracker(Tracker):
             self.client.set_tag(self.run_id, f"tunery.{key}", str(value))
         ended = {"succeeded": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
         if ended:  # paused or queued again: the next attempt continues this run
-            self.client.set_terminated(self.run_id, status=ended)
+            self.client.set_terminated(self.run_id, ended)  # (run_id, status)
 
 
 class WandbTracker(Tracker):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunery.core import artifacts
-from tunery.core.errors import ApiError
+from tunery.core.errors import ServiceUnavailable
 from tunery.monitoring import prometheus
 from tunery.serving import conf
 
@@ -69,8 +69,7 @@ def artifact_dir(model: FineTunedModel) -> Path:
         return artifacts.local_artifact_dir(model.artifact_path)
     except artifacts.StorageError as exc:
         log.warning("model %s: %s", model.pk, exc.message)
-        raise ApiError(
+        raise ServiceUnavailable(
             f"The model's files cannot be fetched from storage right now ({exc.code}); try again shortly.",
             code=exc.code,
-            status=503,
         ) from exc
