@@ -124,8 +124,7 @@ def undeploy(*, deployment: Deployment, actor: str) -> None:
 
 
 def predict(*, tenant: Tenant, request: inputs.PredictionRequest) -> dict[str, Any]:
-    target = selectors.serving_target(tenant, request.model)
-    hooks = selectors.pack_hooks(tenant, target.model)
+    target, hooks = selectors.cached_serving_route(tenant, request.model)
     head = head_of(target)
     if head.generates_text:
         return _predict_generations(target, hooks, request)
