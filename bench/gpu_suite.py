@@ -112,10 +112,15 @@ def classification(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         command += ["--baseline-script", str(args.shared / "bench" / "tutorial_trainer.py")]
         command += ["--random-init"] if random_init else []
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.section_timeout)
         entry: dict[str, Any] = {"model_dir": str(model_dir), "random_init": random_init}
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.section_timeout)
+        except subprocess.TimeoutExpired:
+            done = None
         entry["seconds"] = round(time.perf_counter() - started, 1)
-        if done.returncode != 0 or not out.exists():
+        if done is None:
+            entry["error"] = f"timed out after {args.section_timeout} s"
+        elif done.returncode != 0 or not out.exists():
             entry["error"] = done.stderr[-2000:]
         else:
             entry |= json.loads(out.read_text())
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-batch", type=int, default=8)
     parser.add_argument("--lora-steps", type=int, default=10)
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared folder (bench/, data/)")
-    parser.add_argument("--section-timeout", type=int, default=200, help="seconds per classification run")
+    parser.add_argument("--section-timeout", type=int, default=240, help="seconds per classification run")
     args = parser.parse_args(argv)
     args.cuda = torch.cuda.is_available()
     if not args.cuda:

@@ -27,10 +27,14 @@ def write_through() -> Iterator[None]:
         yield
         return
     from tunery.core import auth, writebehind
+    from tunery.serving import ratelimit, selectors
 
     with writebehind.write_through():
         yield
-    auth.forget_cached_keys()  # the next test's database has other keys and tenants
+    # the next test's database has other rows under the same ids: no cached key, route or lease
+    auth.forget_cached_keys()
+    selectors.serving_routes.clear()
+    ratelimit.forget_leases()
 
 
 @pytest.fixture

@@ -99,9 +99,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 #: background thread at most this many seconds later (tunery.core.writebehind; 0: at once).
 TUNERY_WRITE_BEHIND_SECONDS = float(os.environ.get("TUNERY_WRITE_BEHIND_SECONDS") or 1.0)
 TUNERY_WRITE_BEHIND_MAX_ITEMS = env_int("TUNERY_WRITE_BEHIND_MAX_ITEMS", 1000)
-#: Seconds an API key looked up by one process is reused without a query (tunery.core.auth.KeyCache):
-#: the bound within which a revoked key stops working in other processes (0: no cache).
-TUNERY_API_KEY_CACHE_SECONDS = float(os.environ.get("TUNERY_API_KEY_CACHE_SECONDS") or 2.0)
+#: Seconds an API key or a model's deployment looked up by one process is reused without a query
+#: (tunery.core.lookupcache): the bound within which a revocation or an undeploy reaches other
+#: processes (0: no cache).
+TUNERY_LOOKUP_CACHE_SECONDS = float(os.environ.get("TUNERY_LOOKUP_CACHE_SECONDS") or 2.0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,6 +1,6 @@
 """The in-process API-key cache (tunery.core.auth.KeyCache): a cached key costs no query, and a
 revoked key or a deactivated tenant stops working at once in the process that changed it and
-within TUNERY_API_KEY_CACHE_SECONDS everywhere else."""
+within TUNERY_LOOKUP_CACHE_SECONDS everywhere else."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_revoking_through_the_api_stops_the_key_at_once(api, acme):
 
 
 def test_a_change_made_by_another_process_applies_within_the_ttl(api, acme, settings):
-    settings.TUNERY_API_KEY_CACHE_SECONDS = 0.5
+    settings.TUNERY_LOOKUP_CACHE_SECONDS = 0.5
     assert api.get("/v1/models", **acme.headers).status_code == 200
     # another process revokes it: a bare UPDATE, which this process's cache does not hear about
     ApiKey.objects.filter(pk=acme.api_key.pk).update(revoked_at="2026-01-01T00:00:00Z")
@@ -50,7 +50,7 @@ def test_deactivating_a_tenant_in_the_admin_way_drops_its_cached_keys(api, acme)
 
 
 def test_with_the_cache_off_every_request_reads_the_key(api, acme, settings):
-    settings.TUNERY_API_KEY_CACHE_SECONDS = 0
+    settings.TUNERY_LOOKUP_CACHE_SECONDS = 0
     assert api.get("/v1/models", **acme.headers).status_code == 200
     ApiKey.objects.filter(pk=acme.api_key.pk).update(revoked_at="2026-01-01T00:00:00Z")
     assert api.get("/v1/models", **acme.headers).status_code == 401

@@ -9,15 +9,11 @@ import copy
 import hashlib
 import hmac
 import secrets
-import threading
-import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -25,6 +21,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 from tunery.core import writebehind
+from tunery.core.lookupcache import LookupCache
 from tunery.tenants.models import ApiKey, Membership, Tenant
 
 KEY_SCHEME = "tny"
@@ -79,54 +76,37 @@ class ApiKeyPrincipal:
 
 
 class KeyCache:
-    """Keys (with their tenant) looked up in the last ``TUNERY_API_KEY_CACHE_SECONDS``, by hash.
+    """Keys (with their tenant) looked up recently, by hash (``tunery.core.lookupcache``: for
+    ``TUNERY_LOOKUP_CACHE_SECONDS``, 2 s by default).
 
     A request with a cached key asks the database nothing. Each request gets its own copies of the
     cached rows (views may change them). Revoking a key, saving or deleting a key or a tenant
-    (API, admin, services) empties this process's cache at once (``forget_cached_keys``, on
-    commit); other processes see the change when their entry expires. So a revoked key, a
-    deactivated tenant or a changed rate limit takes effect in every process within the TTL (2 s
-    by default) and at once in the process that made the change. ``0`` turns the cache off."""
-
-    MAX_ENTRIES = 10_000
+    (API, admin, services) empties this process's cache at once (on commit too); other processes
+    see the change when their entry expires. So a revoked key, a deactivated tenant or a changed
+    rate limit takes effect in every process within the TTL and at once in the process that made
+    the change."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.entries: dict[str, tuple[float, ApiKey]] = {}
-
-    @staticmethod
-    def ttl() -> float:
-        return float(getattr(settings, "TUNERY_API_KEY_CACHE_SECONDS", 2.0))
+        self.cache: LookupCache[ApiKey] = LookupCache()
 
     def get(self, digest: str) -> ApiKey | None:
-        entry = self.entries.get(digest)
-        if entry is None:
+        cached = self.cache.get(digest)
+        if cached is None:
             return None
-        if time.monotonic() - entry[0] >= self.ttl():
-            with self.lock:
-                self.entries.pop(digest, None)
-            return None
-        cached = entry[1]
         key = copy.copy(cached)  # Model.__getstate__ copies the field cache too: no shared tenant
         key.tenant = copy.copy(cached.tenant)
         return key
 
     def put(self, digest: str, key: ApiKey) -> None:
-        if self.ttl() <= 0:
-            return
-        with self.lock:
-            if len(self.entries) >= self.MAX_ENTRIES:
-                self.entries.clear()
-            self.entries[digest] = (time.monotonic(), copy.copy(key))
+        self.cache.put(digest, copy.copy(key))
 
     def note_used(self, digest: str, when: datetime) -> None:
-        entry = self.entries.get(digest)
-        if entry is not None:
-            entry[1].last_used_at = when
+        cached = self.cache.get(digest)
+        if cached is not None:
+            cached.last_used_at = when
 
     def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
+        self.cache.clear()
 
 
 key_cache = KeyCache()
@@ -138,10 +118,8 @@ def forget_cached_keys(**_: object) -> None:
 
 
 def forget_cached_keys_on_commit(**_: object) -> None:
-    """After the change commits (and at once as well: a request in between must not re-cache the
-    old row for a whole TTL after it)."""
-    key_cache.clear()
-    transaction.on_commit(key_cache.clear)
+    """Now, and again after the change commits."""
+    key_cache.cache.clear_now_and_on_commit()
 
 
 class ApiKeyAuthentication(BaseAuthentication):

@@ -203,6 +203,17 @@ def limiter() -> Limiter:
         return _limiter[1]
 
 
+def forget_leases() -> None:
+    """Drops this process's unspent database leases (tests: each test's database starts empty)."""
+    current = _limiter
+    if current is None:
+        return
+    chosen = current[1]
+    database = chosen.database if isinstance(chosen, RedisWithDatabaseFallback) else chosen
+    with database.lock:
+        database.leases.clear()
+
+
 def rate_limit_prefix() -> str:
     return getattr(settings, "TUNERY_RATE_LIMIT_PREFIX", "tunery:ratelimit")
 

@@ -62,7 +62,10 @@ def route(tenant: Tenant, name: str, *, deployed_only: bool = True) -> Route:
     them. ``deployed_only=False`` (offline scoring) also reads a model that is not deployed."""
     deployment = selectors.addressed_deployment(tenant, name)
     if deployment is None:
-        target = selectors.serving_target(tenant, name, deployed_only=deployed_only)
+        if deployed_only:  # live traffic: a warm route asks the database nothing
+            target = selectors.cached_serving_route(tenant, name)[0]
+        else:
+            target = selectors.serving_target(tenant, name, deployed_only=False)
         shadow = _shadow_of(target.deployment) if target.deployment is not None and deployed_only else None
         return Route(target, CHAMPION, shadow)
     if deployment.status != Deployment.Status.READY:

@@ -10,6 +10,7 @@ from django.db.models import Q, QuerySet
 
 from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict, NotFound
+from tunery.core.lookupcache import LookupCache
 from tunery.jobs.selectors import fine_tuned_models
 from tunery.serving.models import ChampionPeriod, Deployment
 from tunery.serving.process_runtime import artifact_dir
@@ -127,3 +128,34 @@ def pack_hooks(tenant: Tenant, model: FineTunedModel) -> PackHooks:
             code="vertical_task_not_found",
         )
     return PackHooks(task, registry.tenant_config(tenant.pk, pack, enabled_only=True), pack)
+
+
+#: A ready model's serving target and pack hooks by (tenant, model id): a warm prediction asks the
+#: database nothing about them (``tunery.core.lookupcache``; emptied when a deployment, a model or
+#: a pack enablement is saved or deleted in this process, other processes within the TTL).
+serving_routes: LookupCache[tuple[ServingTarget, PackHooks]] = LookupCache()
+
+
+def cached_serving_route(tenant: Tenant, model_id: str) -> tuple[ServingTarget, PackHooks]:
+    """``serving_target`` and ``pack_hooks`` of a ready model, from the lookup cache when warm.
+    Refusals (404, 409) are never cached. The hooks' config is a copy per call."""
+    key = (tenant.pk, model_id)
+    cached = serving_routes.get(key)
+    if cached is not None and not _pack_still_installed(cached[0].model, cached[1]):
+        cached = None  # the pack was uninstalled or reloaded: pack_hooks decides again (409)
+    if cached is None:
+        target = serving_target(tenant, model_id)
+        cached = (target, pack_hooks(tenant, target.model))
+        serving_routes.put(key, cached)
+    target, hooks = cached
+    return target, PackHooks(hooks.task, dict(hooks.config), hooks.pack)
+
+
+def _pack_still_installed(model: FineTunedModel, hooks: PackHooks) -> bool:
+    """The cached hooks' task is still the installed pack's (an in-memory check, no query)."""
+    from tunery.verticals import registry
+
+    if not model.vertical:
+        return True
+    pack = registry.get_pack(model.vertical)
+    return pack is not None and any(task is hooks.task for task in pack.tasks)

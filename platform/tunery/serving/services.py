@@ -289,13 +289,21 @@ def _log(
     )
 
 
+def _hooks(tenant: Tenant, chosen: routing.Route) -> selectors.PackHooks:
+    """The pack's hooks for the model that answers; a deployment's champion's come from the
+    lookup cache (no query on a warm request)."""
+    if chosen.role == routing.CHAMPION and chosen.target.deployment is not None:
+        return selectors.cached_serving_route(tenant, chosen.target.model.id)[1]
+    return selectors.pack_hooks(tenant, chosen.target.model)
+
+
 def _predict(
     tenant: Tenant, request: inputs.PredictionRequest, deployed_only: bool = True
 ) -> tuple[dict[str, Any], selectors.ServingTarget, selectors.PackHooks, list[dict[str, Any]]]:
     """The answer, with what each of its items saw (in the order of its ``data``), unlogged."""
     chosen = routing.route(tenant, request.model, deployed_only=deployed_only)
     target = chosen.target
-    hooks = selectors.pack_hooks(tenant, target.model)
+    hooks = _hooks(tenant, chosen)
     head = head_of(target)
     if head.generates_text:
         generated, seen = _predict_generations(target, hooks, request)
