@@ -59,7 +59,9 @@ def test_a_tenant_that_keeps_no_text_keeps_only_the_decision(served):
     from tunery.feedback.models import PredictionRecord
     from tunery.tenants.models import Tenant
 
-    Tenant.objects.filter(pk=served["acme"].tenant.pk).update(prediction_text_retention_days=0)
+    tenant = Tenant.objects.get(pk=served["acme"].tenant.pk)
+    tenant.prediction_text_retention_days = 0
+    tenant.save(update_fields=["prediction_text_retention_days"])  # a save empties the key cache
     answer = predict(served, ["I was charged twice"])
     row = PredictionRecord.objects.get(request_id=answer["id"])
     assert row.input is None
