@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -48,6 +49,15 @@ def published(schema: dict[str, Any], api_name: str) -> dict[str, Any]:
     return values[0]
 
 
+def _beside(bound: float, toward: float) -> float:
+    """The next float after ``bound``, never a denormal: an in-process training run (CPU) turns
+    on flush-to-zero for its thread, and 0's neighbours would read as 0."""
+    step = math.nextafter(bound, toward) - bound
+    if abs(step) < sys.float_info.min:
+        step = math.copysign(sys.float_info.min, toward)
+    return bound + step
+
+
 def boundary_values(value_schema: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     """(just inside, just outside) the published range or choices."""
     kind = value_schema["type"]
@@ -63,18 +73,18 @@ def boundary_values(value_schema: dict[str, Any]) -> tuple[list[Any], list[Any]]
     low, high = value_schema.get("minimum"), value_schema.get("maximum")
     if low is not None:
         if value_schema.get("exclusiveMinimum"):
-            inside.append(math.nextafter(low, math.inf))
+            inside.append(_beside(low, math.inf))
             outside.append(low)
         else:
             inside.append(low)
-            outside.append(low - 1 if integer else math.nextafter(low, -math.inf))
+            outside.append(low - 1 if integer else _beside(low, -math.inf))
     if high is not None:
         if value_schema.get("exclusiveMaximum"):
-            inside.append(math.nextafter(high, -math.inf))
+            inside.append(_beside(high, -math.inf))
             outside.append(high)
         else:
             inside.append(high)
-            outside.append(high + 1 if integer else math.nextafter(high, math.inf))
+            outside.append(high + 1 if integer else _beside(high, math.inf))
     if integer and low is not None:
         outside.append(low + 0.5)
     return inside, outside

@@ -53,7 +53,11 @@ def test_null_puts_a_setting_back_to_the_default(api, shop):
 @pytest.mark.parametrize(
     ("settings", "param", "fragment"),
     [
-        ({"handoff_threshold": 2}, "settings.handoff_threshold", "handoff_threshold must be a number from 0 to 1"),
+        (
+            {"handoff_threshold": 2},
+            "settings.handoff_threshold",
+            'handoff_threshold must be "auto" or a number from 0 to 1',
+        ),
         ({"handoff_threshold": 0.6, "reply_templates": {"refund": ""}}, "settings.reply_templates", "reply_templates"),
         ({"colour": "blue"}, "settings.colour", "unknown setting 'colour'"),
         ({}, "settings", "non-empty object"),
