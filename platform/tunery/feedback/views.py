@@ -26,16 +26,18 @@ FeedbackBodySerializer = inline_serializer(
     name="FeedbackBody",
     fields={
         "index": serializers.IntegerField(required=False, min_value=0, help_text="The item of the prediction (0)."),
-        "label": serializers.CharField(required=False, help_text="The right label (classification)."),
-        "labels": serializers.ListField(child=serializers.CharField(), required=False, help_text="Multi-label."),
+        "label": serializers.CharField(required=False, min_length=1, help_text="The right label (classification)."),
+        "labels": serializers.ListField(
+            child=serializers.CharField(min_length=1), required=False, help_text="Multi-label."
+        ),
         "entities": serializers.ListField(
             child=serializers.DictField(), required=False, help_text="The right entities: [{type, text, start?, end?}]."
         ),
-        "reply": serializers.CharField(required=False, help_text="A corrected reply (language models)."),
+        "reply": serializers.CharField(required=False, min_length=1, help_text="A corrected reply (language models)."),
         "rating": serializers.IntegerField(required=False, min_value=1, max_value=5),
         "preference": inline_serializer(
             name="FeedbackPreference",
-            fields={"preferred": serializers.CharField(), "rejected": serializers.CharField()},
+            fields={"preferred": serializers.CharField(min_length=1), "rejected": serializers.CharField(min_length=1)},
             required=False,
         ),
     },
@@ -190,7 +192,7 @@ class FeedbackImportView(APIView):
             "reply|rating|preference>}. Each line is recorded as if posted alone; bad lines are listed "
             "with their number and the others are kept."
         ),
-        request=inline_serializer(name="FeedbackImportBody", fields={"file": serializers.CharField()}),
+        request=inline_serializer(name="FeedbackImportBody", fields={"file": serializers.CharField(min_length=1)}),
         responses={200: ImportObject, **BODY_ERRORS},
     )
     def post(self, request: Request) -> Response:
@@ -218,7 +220,7 @@ class FeedbackExportView(APIView):
             "rows already in the model's training file are left out; rows the pack's validation "
             "refuses (e.g. a label a fixed-label task does not have) are listed, not written."
         ),
-        request=inline_serializer(name="FeedbackExportBody", fields={"model": serializers.CharField()}),
+        request=inline_serializer(name="FeedbackExportBody", fields={"model": serializers.CharField(min_length=1)}),
         responses={201: ExportObject, **BODY_ERRORS},
     )
     def post(self, request: Request) -> Response:
