@@ -18,7 +18,7 @@ from tunery_contract.types import VerticalPack
 
 
 @pytest.fixture(autouse=True)
-def write_through() -> Iterator[None]:
+def write_through(request: pytest.FixtureRequest) -> Iterator[None]:
     """Buffered records (usage counts, last-used times, log rows) are written at once in tests,
     inside the test's transaction; tests/api/test_writebehind.py covers the buffered path."""
     try:
@@ -35,6 +35,21 @@ def write_through() -> Iterator[None]:
     auth.forget_cached_keys()
     selectors.serving_routes.clear()
     ratelimit.forget_leases()
+    end_a_leaked_transaction(request)
+
+
+def end_a_leaked_transaction(request: pytest.FixtureRequest) -> None:
+    """A live-server request still running when its test ended can leave the connection it
+    shares with the test (in-memory SQLite) outside autocommit and outside any atomic block;
+    every later test would then fail on it (``on_commit() cannot be used in manual transaction
+    management``), however sound. End that transaction so the next test starts clean."""
+    from django.db import connection
+
+    if connection.connection is None or connection.in_atomic_block or connection.autocommit:
+        return
+    with request.getfixturevalue("django_db_blocker").unblock():
+        connection.rollback()
+        connection.set_autocommit(True)
 
 
 @pytest.fixture
