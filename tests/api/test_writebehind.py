@@ -117,10 +117,13 @@ def test_a_failed_flush_keeps_the_records_and_the_next_one_writes_them(sinks):
 def test_rows_beyond_the_bound_are_dropped_oldest_first_while_the_database_refuses(sinks):
     buffer = WriteBehind(interval=60, max_items=2)  # keeps at most 20 rows
     sinks["rows"].fail = True
-    for i in range(25):
-        buffer.append("test.rows", i)
-    assert buffer.pending() == 20
-    assert buffer.dropped_rows == 5
+    # A full buffer wakes the flush thread, which would take rows in flight while we count them:
+    # holding the flush lock keeps them where pending() sees them.
+    with buffer._flush_lock:
+        for i in range(25):
+            buffer.append("test.rows", i)
+        assert buffer.pending() == 20
+        assert buffer.dropped_rows == 5
     sinks["rows"].fail = False
     assert buffer.flush()
     written = [row for batch in sinks["rows"].batches for row in batch]  # type: ignore[union-attr]
