@@ -353,3 +353,11 @@ def test_bf16_autocast_on_cpu_is_an_opt_in_that_still_learns(tmp_path, tiny_bert
     assert result.metrics["accuracy"] > 0.8
     weights = load_file(result.artifact_dir / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in weights.values())  # fp32 master weights
+
+
+def test_a_cpu_run_leaves_the_processs_denormal_handling_as_it_found_it(tmp_path, tiny_bert):
+    # the engine flushes denormals to zero while it trains on CPU; a web process or a test that
+    # hosts the run afterwards must see IEEE arithmetic again
+    torch.set_flush_denormal(False)
+    train(job(tmp_path, tiny_bert, TaskKind.SEQUENCE_CLASSIFICATION, n=32, n_epochs=1, validation_split=0.0))
+    assert float((torch.tensor([1e-40]) * 1.0).item()) != 0.0

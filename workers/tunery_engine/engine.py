@@ -997,9 +997,18 @@ def train(spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> TrainRes
     Raises :class:`Paused` / :class:`Cancelled` when a callback asks for it, and an
     :class:`EngineError` subclass for anything the job cannot recover from.
     """
-    recipe = FineTuneRecipe(spec, callbacks)
-    recipe.setup()
-    return recipe.train()
+    denormals_flushed = _denormals_flushed()
+    try:
+        recipe = FineTuneRecipe(spec, callbacks)
+        recipe.setup()
+        return recipe.train()
+    finally:  # a CPU run turns flush-to-zero on for itself, not for the process hosting it
+        torch.set_flush_denormal(denormals_flushed)
+
+
+def _denormals_flushed() -> bool:
+    """Whether this thread flushes denormals to zero (torch has a setter, not a getter)."""
+    return float((torch.tensor([1e-40], dtype=torch.float32) * 1.0).item()) == 0.0
 
 
 def _evaluate(
