@@ -80,6 +80,7 @@ def setup(make_tenant, make_model, artifacts, settings, tmp_path):
 
 
 def test_the_gate_refuses_a_worse_challenger_an_override_is_audited_and_a_better_one_passes(setup, admin_client):
+    from tunery.evaluations.models import Evaluation
     from tunery.serving.models import Deployment
     from tunery.tenants.models import AuditLog
 
@@ -144,6 +145,10 @@ def test_the_gate_refuses_a_worse_challenger_an_override_is_audited_and_a_better
     assert promoted["gate"]["passed"] is True
     assert promoted["gate"]["improvement"] > 0.01
     assert promoted["gate"]["champion"]["value"] == pytest.approx(comparison["challenger"]["value"])
+    # both models were scored on this file at the first promotion: those evaluations are reused
+    assert promoted["gate"]["champion"]["evaluation"] == comparison["challenger"]["evaluation"]
+    assert promoted["gate"]["challenger"]["evaluation"] == comparison["champion"]["evaluation"]
+    assert Evaluation.objects.filter(tenant=setup["acme"].tenant).count() == 2
     answer = api.post("/v1/predictions", {"model": "colours", "inputs": ["w1 red w2", "blue w3"]}, format="json")
     assert answer.json()["model"] == good.id
 

@@ -4,6 +4,7 @@ way in), and compare two evaluations of the same file.
 For other apps (the deployment gate)::
 
     evaluation = evaluate_now(tenant=t, model_id="ft:...", file_id="file-...", actor="...")
+    evaluation = evaluate_or_reuse(...)    # the same, or an earlier result on the same file content
     evaluation.status                      # "succeeded" or "failed" (evaluation.error says why)
     evaluation.metrics[evaluation.selection_metric], evaluation.greater_is_better
     compare(champion_evaluation, challenger_evaluation)["metrics"][name]["difference"]  # b - a
@@ -84,6 +85,32 @@ def evaluate_now(
     return evaluation
 
 
+def evaluate_or_reuse(*, tenant: Tenant, model_id: str, file_id: str, actor: str) -> Evaluation:
+    """The latest succeeded evaluation of this model on this file's content at the tenant's current
+    hand-off threshold and the pack's current selection metric, else :func:`evaluate_now`. A
+    model's weights never change, so a second promotion through the gate scores nothing twice."""
+    model = serving_selectors.tenant_model(tenant, model_id)
+    file = _tenant_file(tenant, file_id)
+    context = _model_context(model)
+    threshold = _threshold(None, context, _scored_kind(model))
+    earlier = (
+        Evaluation.objects.filter(
+            tenant=tenant,
+            model=model,
+            file__sha256=file.sha256,
+            status=EvaluationStatus.SUCCEEDED,
+            selection_metric=context.task.selection_metric,
+            handoff_threshold=threshold,
+            outputs__isnull=False,
+        )
+        .order_by("-created_at")
+        .first()
+    )
+    if earlier is not None:
+        return earlier
+    return evaluate_now(tenant=tenant, model_id=model_id, file_id=file_id, actor=actor)
+
+
 def selection_metric(evaluation: Evaluation) -> tuple[str, bool]:
     """The pack's metric that decides between models, and whether greater is better."""
     return evaluation.selection_metric, evaluation.greater_is_better
@@ -100,9 +127,7 @@ def _new_evaluation(
     metadata: dict[str, str] | None = None,
 ) -> Evaluation:
     model = serving_selectors.tenant_model(tenant, model_id)
-    file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
-    if file is None:
-        raise NotFound(f"No file with id '{file_id}' found.", param="file", code="file_not_found")
+    file = _tenant_file(tenant, file_id)
     context = _model_context(model)
     kind = _scored_kind(model)
     threshold = _threshold(handoff_threshold, context, kind)
@@ -122,6 +147,13 @@ def _new_evaluation(
             metadata=metadata or None,
             created_by=actor[:200],
         )
+
+
+def _tenant_file(tenant: Tenant, file_id: str) -> File:
+    file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
+    if file is None:
+        raise NotFound(f"No file with id '{file_id}' found.", param="file", code="file_not_found")
+    return file
 
 
 def _model_context(model: FineTunedModel) -> PackContext:

@@ -58,13 +58,14 @@ def verdict(*, greater_is_better: bool, margin: float, champion: float, challeng
 
 def compare(*, tenant: Tenant, deployment: Deployment, challenger_id: str) -> dict[str, Any]:
     """Evaluate champion and challenger on the pinned file now (in this process, with the
-    evaluation worker's code) and compare them on the pack's selection metric. The verdict, the
+    evaluation worker's code; an earlier succeeded evaluation of a model on the same file content
+    is reused) and compare them on the pack's selection metric. The verdict, the
     two evaluations' ids and every metric's paired difference (challenger - champion) are returned."""
     file_id = deployment.evaluation_file_id
     assert file_id is not None  # the caller checked that a file is pinned
     actor = f"gate:{deployment.id}"
-    champion = evaluations.evaluate_now(tenant=tenant, model_id=deployment.model_id, file_id=file_id, actor=actor)
-    challenger = evaluations.evaluate_now(tenant=tenant, model_id=challenger_id, file_id=file_id, actor=actor)
+    champion = evaluations.evaluate_or_reuse(tenant=tenant, model_id=deployment.model_id, file_id=file_id, actor=actor)
+    challenger = evaluations.evaluate_or_reuse(tenant=tenant, model_id=challenger_id, file_id=file_id, actor=actor)
     for evaluation in (champion, challenger):
         if evaluation.status != EvaluationStatus.SUCCEEDED:
             reason = (evaluation.error or {}).get("message", evaluation.status)
