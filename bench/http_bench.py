@@ -10,8 +10,10 @@ deploys the model through the API and then, at each concurrency (1, 8, 32, 64):
   serving settings as one server process: micro-batching, one runner per core) directly;
 - ``HTTP``: C clients send ``POST /v1/predictions`` with one short text each, closed loop;
 
-and prints requests/s, p50/p99 and the HTTP/in-process ratio. Then ``GET /v1/fine_tuning/jobs``
-(20 of the seeded jobs per page) and ``POST /v1/files`` (a 20-line JSONL file) at concurrency 32.
+and prints requests/s, p50/p99, the HTTP/in-process ratio and the server's and the client's CPU
+milliseconds per request (what a request costs, which a busy box changes far less than requests/s).
+Then ``GET /v1/fine_tuning/jobs`` (20 of the seeded jobs per page) and ``POST /v1/files`` (a
+20-line JSONL file) at concurrency 32.
 The load generator shares the machine: state the load (``uptime``) with every figure.
 
     python bench/http_bench.py --quick                        # a few seconds a point, both setups
@@ -205,6 +207,26 @@ class Server:
 
         return [round(c.memory_info().rss / 2**20, 1) for c in psutil.Process(self.process.pid).children()]
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the master and its workers so far."""
+        import psutil
+
+        master = psutil.Process(self.process.pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [master, *master.children()])
+
+    def measure(self, make_request: Any, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+        """:func:`drive_http`'s summary plus the server's and this client's CPU milliseconds per request:
+        unlike requests/s, these barely move with what else runs on the box."""
+        import psutil
+
+        client = psutil.Process()
+        server_before, client_before = self.cpu_seconds(), sum(client.cpu_times()[:2])
+        measured = asyncio.run(drive_http(make_request, concurrency, args.duration, args.max_requests))
+        requests = max(1, measured["requests"])
+        measured["server_cpu_ms"] = round((self.cpu_seconds() - server_before) / requests * 1000, 2)
+        measured["client_cpu_ms"] = round((sum(client.cpu_times()[:2]) - client_before) / requests * 1000, 2)
+        return measured
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
@@ -257,7 +279,7 @@ def run_setup(name: str, artifact: Path, texts: list[str], args: argparse.Namesp
         drive_in_process(runtime, artifact, texts, 8, 1.0)  # warm
         for concurrency in args.concurrency:
             inproc = drive_in_process(runtime, artifact, texts, concurrency, args.duration)
-            http = asyncio.run(drive_http(predict, concurrency, args.duration, args.max_requests))
+            http = server.measure(predict, concurrency, args)
             ratio = round(http["requests_per_s"] / inproc["requests_per_s"], 2) if inproc["requests_per_s"] else None
             row = {"concurrency": concurrency, "in_process": inproc, "http": http, "http_over_in_process": ratio}
             row["load"] = uptime()
@@ -278,7 +300,7 @@ def run_setup(name: str, artifact: Path, texts: list[str], args: argparse.Namesp
             )
 
         for label, call in (("GET /v1/fine_tuning/jobs", list_jobs), ("POST /v1/files", upload)):
-            measured = asyncio.run(drive_http(call, 32, args.duration, args.max_requests))
+            measured = server.measure(call, 32, args)
             measured |= {"endpoint": label, "concurrency": 32, "load": uptime()}
             result["control_plane"].append(measured)
             print(f"[{name}] {json.dumps(measured)}", flush=True)
@@ -290,24 +312,28 @@ def run_setup(name: str, artifact: Path, texts: list[str], args: argparse.Namesp
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print()
-    print("| setup | C | in-process req/s | p50 / p99 ms | HTTP req/s | p50 / p99 ms | HTTP / in-process | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        "| setup | C | in-process req/s | p50 / p99 ms | HTTP req/s | p50 / p99 ms | HTTP / in-process "
+        "| server / client CPU ms a request | load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for result in results:
         for row in result["predictions"]:
             i, h = row["in_process"], row["http"]
             print(
                 f"| {result['setup']} | {row['concurrency']} | {i['requests_per_s']} | {i['p50_ms']} / {i['p99_ms']} "
                 f"| {h['requests_per_s']} | {h['p50_ms']} / {h['p99_ms']} | {row['http_over_in_process']} "
-                f"| {row['load']} |"
+                f"| {h['server_cpu_ms']} / {h['client_cpu_ms']} | {row['load']} |"
             )
     print()
-    print("| setup | endpoint | C | req/s | p50 / p99 ms | errors | load |")
-    print("|---|---|---:|---:|---:|---|---|")
+    print("| setup | endpoint | C | req/s | p50 / p99 ms | server / client CPU ms a request | errors | load |")
+    print("|---|---|---:|---:|---:|---:|---|---|")
     for result in results:
         for row in result["control_plane"]:
             print(
                 f"| {result['setup']} | {row['endpoint']} | 32 | {row['requests_per_s']} | {row['p50_ms']} / "
-                f"{row['p99_ms']} | {row['errors'] or '-'} | {row['load']} |"
+                f"{row['p99_ms']} | {row['server_cpu_ms']} / {row['client_cpu_ms']} | {row['errors'] or '-'} "
+                f"| {row['load']} |"
             )
     for result in results:
         print(
