@@ -296,11 +296,12 @@ def deployed_model_row(cli, tmp_path):
 
 def test_deploy_then_predict(cli, deployed_model_row):
     from tests.serving import pack as serving_pack
+    from tunery.serving.conf import host_default_precision
 
     code, out, err = cli("deploy", deployed_model_row.id)
     assert code == 0, err
     assert "ready" in out
-    assert "fp32" in out
+    assert host_default_precision() in out  # fp32, or bf16 on CPUs with bf16 units
     code, out, err = cli("deploy", deployed_model_row.id, "--precision", "int8")
     assert code == 0, err
     assert "int8" in out
