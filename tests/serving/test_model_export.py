@@ -67,7 +67,9 @@ def download(client: httpx.Client, model_id: str, target: Path, **params: str) -
 
 
 def served_probabilities(client: httpx.Client, model_id: str) -> list[dict[str, float]]:
-    assert client.post("/v1/deployments", json={"model": model_id}).status_code in (200, 201)
+    # fp32: the export is compared at 1e-5, and a host with bf16 units serves bf16 by default
+    deployed = client.post("/v1/deployments", json={"model": model_id, "precision": "fp32"})
+    assert deployed.status_code in (200, 201)
     response = client.post("/v1/predictions", json={"model": model_id, "inputs": TEXTS})
     assert response.status_code == 200, response.text
     return [row["probabilities"] for row in response.json()["data"]]
