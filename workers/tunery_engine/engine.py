@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunery_contract import TaskKind
+from tunery_contract.preferences import preferred_conversations
 from tunery_contract.profile import profile_rows
 from tunery_contract.vocabulary import AUTO
 from tunery_engine import auto
@@ -482,7 +483,7 @@ class FineTuneRecipe:
         )
         profiled = self.train_rows
         if isinstance(self.head, PreferenceHead):  # profiled as the conversations of the preferred answers
-            profiled = self.head.conversations(self.train_rows, self.task.role_column("messages"))
+            profiled = preferred_conversations(self.train_rows, self.task.role_column("messages"))
         profile = profile_rows(self.task, profiled)
         self.few_shot = auto.is_few_shot(auto.DataShape.from_profile(profile), model_info)
         requested, self.auto_reasons = auto.resolve(

@@ -55,6 +55,11 @@ def _prompt(value: Any) -> list[Any]:
     return messages
 
 
+def preferred_conversations(rows: Iterable[Mapping[str, Any]], column: str) -> list[dict[str, Any]]:
+    """Validated pairs as the task's rows (``{column: prompt + preferred answer}``), e.g. to profile them."""
+    return [{column: [*row[PROMPT], {"role": "assistant", "content": row[CHOSEN]}]} for row in rows]
+
+
 def shape_problem(record: Mapping[str, Any]) -> tuple[str, str] | None:
     """(field, message) of the first shape problem of one line, or None."""
     for name in FIELDS:

@@ -99,11 +99,6 @@ class PreferenceHead(CausalLMHead):
         super().__init__(task)
         self.beta = beta
 
-    @staticmethod
-    def conversations(rows: Sequence[Mapping[str, Any]], column: str) -> list[dict[str, Any]]:
-        """The chosen conversations, in the task's row shape (for the data profile)."""
-        return [{column: [*row[PROMPT], {"role": "assistant", "content": row[CHOSEN]}]} for row in rows]
-
     def encode(
         self,
         rows: Sequence[Mapping[str, Any]],
