@@ -74,14 +74,19 @@ def test_dpo_on_a_classification_task_is_400(api, upload, chat_tenant, base_mode
     response = api.post("/v1/fine_tuning/jobs", body, format="json", **chat_tenant.headers)
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["param"] == "method" and "causal-LM" in error["message"]
+    assert error["param"] == "method"
+    assert "causal-LM" in error["message"]
 
 
 @pytest.mark.parametrize(
     ("change", "param", "words"),
     [
         ({"method": {"type": "ppo"}}, "method.type", "not supported"),
-        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}, "method.dpo.hyperparameters.beta", "beta"),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}},
+            "method.dpo.hyperparameters.beta",
+            "beta",
+        ),
         ({"training_type": "full"}, "training_type", "LoRA"),
     ],
 )
@@ -91,7 +96,8 @@ def test_bad_dpo_requests_are_400(api, upload, chat_tenant, tiny_llama_model, ch
         "/v1/fine_tuning/jobs", dpo_body("tiny-llama", file_id, **change), format="json", **chat_tenant.headers
     )
     assert response.status_code == 400, response.content
-    assert response.json()["error"]["param"] == param and words in response.json()["error"]["message"]
+    assert response.json()["error"]["param"] == param
+    assert words in response.json()["error"]["message"]
 
 
 def test_a_chat_file_is_not_a_preference_file(api, upload, chat_tenant, tiny_llama_model):
@@ -114,12 +120,14 @@ def test_malformed_preference_lines_fail_validation_naming_the_line(api, upload,
     job_id = response.json()["id"]
     assert tasks.validate_job_files(job_id) == JobStatus.FAILED
     job = FineTuningJob.objects.get(pk=job_id)
-    assert "line 3" in job.error["message"] and "non_preferred_output" in job.error["message"]
+    assert "line 3" in job.error["message"]
+    assert "non_preferred_output" in job.error["message"]
     # a dry run says the same before any job exists
     dry = api.post(
         "/v1/fine_tuning/jobs", dpo_body("tiny-llama", file_id, dry_run=True), format="json", **chat_tenant.headers
     )
-    assert dry.status_code == 400 and "line 3" in dry.json()["error"]["message"]
+    assert dry.status_code == 400
+    assert "line 3" in dry.json()["error"]["message"]
 
 
 @pytest.mark.slow
@@ -136,13 +144,16 @@ def test_dpo_job_trains_end_to_end(api, upload, chat_tenant, tiny_llama_model, s
         JobEvent.objects.filter(job_id=job_id).values_list("message", flat=True)
     )
     job = api.get(f"/v1/fine_tuning/jobs/{job_id}", **chat_tenant.headers).json()
-    assert job["method"]["type"] == "dpo" and job["resolved_config"]["training_type"] == "lora"
+    assert job["method"]["type"] == "dpo"
+    assert job["resolved_config"]["training_type"] == "lora"
     steps = JobEvent.objects.filter(job_id=job_id, dedupe_key__startswith="metrics:step:")
-    assert steps.exists() and all("train_reward_accuracy" in e.data for e in steps)
+    assert steps.exists()
+    assert all("train_reward_accuracy" in e.data for e in steps)
     evaluations = JobEvent.objects.filter(job_id=job_id, dedupe_key__startswith="eval:step:")
     assert all("reward_accuracy" in e.data for e in evaluations)
     csv_id = job["result_files"][0]
     content = api.get(f"/v1/files/{csv_id}/content", **chat_tenant.headers)
     header = b"".join(content.streaming_content).decode().splitlines()[0]
-    assert "train_reward_accuracy" in header and "valid_reward_margin" in header
+    assert "train_reward_accuracy" in header
+    assert "valid_reward_margin" in header
     assert FineTunedModel.objects.filter(job_id=job_id).exists()

@@ -4,18 +4,17 @@ a colour word over a wrong one; the reference is the base with the adapter disab
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
+from tunery_contract import TaskKind
 from tunery_contract.preferences import validate_preferences
 from tunery_engine import ConfigError, DataError, JobSpec, TrainConfig, TrainingCallback, train
 from tunery_engine.artifact import load_artifact, read_artifact
 from tunery_engine.heads.preference import PreferenceHead, encode_answer, sequence_logps
 from tunery_engine.tiny_models import CHAT_TASK, FILLER, make_tiny_llama, tiny_task, write_jsonl
-from tunery_contract import TaskKind
-from transformers import AutoModelForCausalLM
 
 ANSWERS = {"red": "paris", "blue": "oslo", "green": "rome"}
 
@@ -118,8 +117,11 @@ def test_only_the_final_answer_is_supervised(tmp_path):
         {"role": "user", "content": "w2 blue"},
     ]
     encoded, cut = encode_answer(prompt, "oslo new york", tokenizer, 64)
-    assert encoded is not None and not cut
-    supervised = [tokenizer.convert_ids_to_tokens(i) for i, label in zip(encoded.input_ids, encoded.labels) if label != -100]
+    assert encoded is not None
+    assert not cut
+    supervised = [
+        tokenizer.convert_ids_to_tokens(i) for i, label in zip(encoded.input_ids, encoded.labels) if label != -100
+    ]
     assert supervised[:3] == ["oslo", "new", "york"]
     assert "rome" not in supervised
 
@@ -151,11 +153,15 @@ def test_preference_validation_messages():
         ({k: v for k, v in good.items() if k != "input"}, "input", "missing input"),
         ({**good, "preferred_output": "paris"}, "preferred_output", "exactly one assistant message"),
         ({**good, "non_preferred_output": good["preferred_output"]}, "non_preferred_output", "same answer"),
-        ({**good, "input": {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}},
-         "input", "tools"),
+        (
+            {**good, "input": {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}},
+            "input",
+            "tools",
+        ),
         ({**good, "input": {"messages": [{"role": "robot", "content": "hi"}]}}, "input", "role 'robot'"),
     ]
     for record, column, message in cases:
         report = validate_preferences(CHAT_TASK, [(7, record)])
-        assert report.errors and report.errors[0].row == 7, record
-        assert report.errors[0].column == column and message in report.errors[0].message, report.errors
+        first = report.errors[0]
+        assert (first.row, first.column) == (7, column), record
+        assert message in first.message, report.errors

@@ -203,7 +203,8 @@ def test_chat_completion_feedback_takes_a_reply_or_a_preference(served):
     context = pack_context(task.tenant_id, task.vertical, task.task)
     assert validate_preferences(context.task, lines, context.config).ok
     intents = post(served, "/v1/feedback/exports", {"model": served["models"]["intents"].id, "format": "preference"})
-    assert intents.status_code == 400 and intents.json()["error"]["param"] == "format"
+    assert intents.status_code == 400
+    assert intents.json()["error"]["param"] == "format"
 
     text = post(served, "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 3})
     assert text.status_code == 200

@@ -111,8 +111,7 @@ def method_overrides(body: Mapping[str, Any], task: TaskDefinition, requested: M
         return {}
     if task.kind is not TaskKind.CAUSAL_LM:
         raise InvalidRequest(
-            f"method 'dpo' (preference training) needs a causal-LM (chat) task; task '{task.id}' is "
-            f"{task.kind.value}.",
+            f"method 'dpo' (preference training) needs a causal-LM (chat) task; task '{task.id}' is {task.kind.value}.",
             param="method",
             code="unsupported_method",
         )
@@ -127,7 +126,9 @@ def method_overrides(body: Mapping[str, Any], task: TaskDefinition, requested: M
         raise InvalidRequest(
             "method 'dpo' does not combine with distillation (teacher_model).", param="teacher_model", code="conflict"
         )
-    hyper = _object(_object(body["method"].get("dpo"), "method.dpo").get("hyperparameters"), "method.dpo.hyperparameters")
+    hyper = _object(
+        _object(body["method"].get("dpo"), "method.dpo").get("hyperparameters"), "method.dpo.hyperparameters"
+    )
     overrides: dict[str, Any] = {"training_method": "dpo"}
     beta = hyper.get("beta", AUTO)
     problem = ENGINE_KNOBS["dpo_beta"].problem(beta, auto=True)
