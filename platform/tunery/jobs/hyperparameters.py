@@ -91,8 +91,9 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
     return {name: parse_knob(name, value) for name, value in given.items() if value is not None}
 
 
-def method_type(body: Mapping[str, Any]) -> str:
-    """OpenAI's ``method.type``: "supervised" (the default) or "dpo"."""
+def method_type(body: Mapping[str, Any], task: TaskDefinition | None = None) -> str:
+    """OpenAI's ``method.type``: "supervised" (the default) or "dpo"; with ``task``, a 400 when DPO
+    is asked for a task that is not a causal LM."""
     method = _object(body.get("method"), "method")
     kind = method.get("type", "supervised")
     if kind not in METHODS:
@@ -101,20 +102,20 @@ def method_type(body: Mapping[str, Any]) -> str:
             param="method.type",
             code="unsupported_method",
         )
+    if kind == "dpo" and task is not None and task.kind is not TaskKind.CAUSAL_LM:
+        raise InvalidRequest(
+            f"method 'dpo' (preference training) needs a causal-LM (chat) task; task '{task.id}' is {task.kind.value}.",
+            param="method",
+            code="unsupported_method",
+        )
     return str(kind)
 
 
 def method_overrides(body: Mapping[str, Any], task: TaskDefinition, requested: Mapping[str, Any]) -> dict[str, Any]:
     """The engine settings of ``method`` (``training_method``, ``dpo_beta``); DPO is a 400 on a task
     that is not a causal LM, with full training, or with a teacher model."""
-    if method_type(body) == "supervised":
+    if method_type(body, task) == "supervised":
         return {}
-    if task.kind is not TaskKind.CAUSAL_LM:
-        raise InvalidRequest(
-            f"method 'dpo' (preference training) needs a causal-LM (chat) task; task '{task.id}' is {task.kind.value}.",
-            param="method",
-            code="unsupported_method",
-        )
     if requested.get("training_type", task.default_hyperparameters.get("training_type")) == "full":
         raise InvalidRequest(
             "method 'dpo' trains a LoRA adapter (its reference model is the base with the adapter disabled); "

@@ -97,7 +97,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             code="model_not_found",
         )
     pack, task = task_for(tenant, body.get("vertical"), body.get("task"))
-    preferences = method_type(body) == "dpo"  # OpenAI's preference format, not the task's columns
+    preferences = method_type(body, task) == "dpo"  # OpenAI's preference format, not the task's columns
     column_mapping = body.get("column_mapping")
     if column_mapping is None:  # the mapping the training file was uploaded with, if any
         column_mapping = {} if preferences else _stored_mapping(tenant, body.get("training_file"))
