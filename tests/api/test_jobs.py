@@ -119,7 +119,8 @@ def test_multiplier_without_a_default_rate_asks_for_learning_rate():
         ({"seed": -1}, "seed", "invalid_value"),
         ({"suffix": "has space"}, "suffix", "invalid_value"),
         ({"metadata": {"k": 1}}, "metadata", "invalid_value"),
-        ({"method": {"type": "dpo"}}, "method.type", "unsupported_method"),
+        ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
+        ({"method": {"type": "dpo"}}, "method", "unsupported_method"),  # a classification task
         ({"model": "no-such-model"}, "model", "model_not_found"),
         ({"model": None}, "model", "missing_required_parameter"),
         ({"vertical": "no_such_pack"}, "vertical", "unknown_vertical"),

@@ -183,6 +183,29 @@ def test_chat_completion_feedback_takes_a_reply_or_a_preference(served):
     assert label.status_code == 400
     assert label.json()["error"]["code"] == "correction_not_for_kind"
 
+    # the preference becomes a line of OpenAI's DPO format, ready for a job with method dpo
+    from tunery.files.models import File
+    from tunery_contract.preferences import validate_preferences
+    from tunery_contract.records import iter_records
+
+    exported = post(served, "/v1/feedback/exports", {"model": model, "format": "preference"})
+    assert exported.status_code == 201, exported.content
+    assert exported.json()["rows"] == 1
+    file = File.objects.get(pk=exported.json()["file"]["id"])
+    with file.content.open("rb") as stream:
+        lines = list(iter_records(stream, "jsonl"))
+    assert lines[0][1]["input"]["messages"] == [{"role": "user", "content": "[screened] WHERE IS MY PARCEL?"}]
+    assert lines[0][1]["preferred_output"] == [{"role": "assistant", "content": "It ships tomorrow."}]
+    assert lines[0][1]["non_preferred_output"] == [{"role": "assistant", "content": "No idea."}]
+    task = served["models"]["assistant"]
+    from tunery.verticals.registry import pack_context
+
+    context = pack_context(task.tenant_id, task.vertical, task.task)
+    assert validate_preferences(context.task, lines, context.config).ok
+    intents = post(served, "/v1/feedback/exports", {"model": served["models"]["intents"].id, "format": "preference"})
+    assert intents.status_code == 400
+    assert intents.json()["error"]["param"] == "format"
+
     text = post(served, "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 3})
     assert text.status_code == 200
     rated = post(served, f"/v1/completions/{text.json()['id']}/feedback", {"rating": 5})

@@ -75,9 +75,16 @@ class ProgressEvent:
     samples_per_second: float
     tokens_per_second: float
     eta_seconds: float
+    #: the head's training metrics besides the loss (DPO: reward accuracy and margin), window means
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
+        def finite(value: Any) -> Any:
+            return None if isinstance(value, float) and not math.isfinite(value) else value
+
+        data = {k: finite(v) for k, v in self.__dict__.items()}
+        data["metrics"] = {k: v for k, v in self.metrics.items() if math.isfinite(v)}
+        return data
 
 
 class TrainingCallback:

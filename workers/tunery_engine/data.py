@@ -16,6 +16,7 @@ import numpy as np
 
 from tunery_contract import TaskDefinition, TaskKind
 from tunery_contract.columns import map_records
+from tunery_contract.preferences import validate_preferences
 from tunery_contract.records import RecordFormatError, read_records
 from tunery_engine.errors import DataError, LabelError
 from tunery_engine.heads import Encoded, Feature, TaskHead
@@ -52,6 +53,26 @@ def load_rows(
         raise DataError(f"{path.name}: {report.summary()}", report.errors)
     for warning in report.warnings:
         log.warning("%s: %s", path.name, warning)
+    return report.rows
+
+
+def load_preference_rows(
+    path: Path, task: TaskDefinition, tenant_config: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Validated preference pairs of a JSONL file (``tunery_contract.preferences``) for DPO on a
+    causal-LM task; any bad line ends the job with a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        records = read_records(path)
+    except RecordFormatError as exc:
+        raise DataError(f"{path.name}: {exc}") from exc
+    report = validate_preferences(task, records, tenant_config or {})
+    if report.row_count == 0:
+        raise DataError(f"{path.name} holds no preference pairs")
+    if report.errors:
+        raise DataError(f"{path.name}: {report.summary()}", report.errors)
     return report.rows
 
 

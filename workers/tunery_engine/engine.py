@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunery_contract import TaskKind
+from tunery_contract.preferences import preferred_conversations
 from tunery_contract.profile import profile_rows
 from tunery_contract.vocabulary import AUTO
 from tunery_engine import auto
@@ -34,9 +35,18 @@ from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
 from tunery_engine.config import JobSpec, TrainConfig, resolve, steps_per_epoch
-from tunery_engine.data import data_fingerprint, encode_cached, epoch_batches, eval_batches, load_rows, split_validation
+from tunery_engine.data import (
+    data_fingerprint,
+    encode_cached,
+    epoch_batches,
+    eval_batches,
+    load_preference_rows,
+    load_rows,
+    split_validation,
+)
 from tunery_engine.errors import ConfigError, LabelError, ModelLoadError, NonFiniteLoss
 from tunery_engine.heads import DecodedBatch, Encoded, TaskHead, head_for
+from tunery_engine.heads.preference import PreferenceHead
 from tunery_engine.modeling import (
     apply_lora,
     bernoulli_is_vectorised,
@@ -232,6 +242,8 @@ class _ProgressWindow:
 
     def __init__(self, device: torch.device, step: int) -> None:
         self.loss = torch.zeros((), device=device)
+        #: the head's step metrics (``TaskHead.step_metrics``), summed over the window's steps
+        self.metrics: dict[str, torch.Tensor] = {}
         self.steps, self.rows, self.tokens = 0, 0, 0
         self.started = self.run_started = time.monotonic()
         self.run_started_step = step
@@ -250,8 +262,10 @@ class _ProgressWindow:
             samples_per_second=self.rows * world_size / elapsed,
             tokens_per_second=self.tokens * world_size / elapsed,
             eta_seconds=(state.total_steps - state.step) / rate if rate > 0 else float("nan"),
+            metrics={name: float(total) / max(1, self.steps) for name, total in self.metrics.items()},
         )
         self.loss.zero_()
+        self.metrics = {}
         self.steps, self.rows, self.tokens = 0, 0, 0
         self.started = now
         return event
@@ -340,7 +354,13 @@ class FineTuneRecipe:
         self.started = time.monotonic()
         self.spec = spec
         self.task = spec.task
-        self.head: TaskHead = head_for(spec.task)
+        self.head: TaskHead = (
+            PreferenceHead(spec.task, float(spec.config.dpo_beta))
+            if spec.config.training_method == "dpo"
+            else head_for(spec.task)
+        )
+        #: the head's step metrics of the optimizer step in progress (summed over its micro-batches)
+        self.step_metrics: dict[str, torch.Tensor] = {}
         self.callbacks = list(callbacks)
         self.dist = _Distributed()
         self.output_dir = Path(spec.output_dir)
@@ -404,9 +424,22 @@ class FineTuneRecipe:
 
     def load_data(self) -> None:
         spec, task = self.spec, self.task
-        self.train_rows = load_rows(Path(spec.train_file), task, spec.tenant_config, spec.column_mapping)
+        if isinstance(self.head, PreferenceHead):
+            if task.kind is not TaskKind.CAUSAL_LM:
+                raise ConfigError(f"dpo trains causal-LM tasks; {task.id!r} is a {task.kind.value} task")
+            if spec.teacher_model is not None:
+                raise ConfigError("dpo does not combine with distillation (teacher_model)")
+
+            def load(path: Path) -> list[dict[str, Any]]:
+                return load_preference_rows(path, task, spec.tenant_config)
+        else:
+
+            def load(path: Path) -> list[dict[str, Any]]:
+                return load_rows(path, task, spec.tenant_config, spec.column_mapping)
+
+        self.train_rows = load(Path(spec.train_file))
         if spec.validation_file is not None:
-            self.val_rows = load_rows(Path(spec.validation_file), task, spec.tenant_config, spec.column_mapping)
+            self.val_rows = load(Path(spec.validation_file))
         else:
             self.train_rows, self.val_rows = split_validation(
                 self.train_rows, task, spec.config.validation_split, spec.config.seed
@@ -448,7 +481,10 @@ class FineTuneRecipe:
             sentence_encoder=self.pooling == "mean",
             task_kind=self.task.kind,
         )
-        profile = profile_rows(self.task, self.train_rows)
+        profiled = self.train_rows
+        if isinstance(self.head, PreferenceHead):  # profiled as the conversations of the preferred answers
+            profiled = preferred_conversations(self.train_rows, self.task.role_column("messages"))
+        profile = profile_rows(self.task, profiled)
         self.few_shot = auto.is_few_shot(auto.DataShape.from_profile(profile), model_info)
         requested, self.auto_reasons = auto.resolve(
             replace(self.spec.config, pooling=self.pooling), profile, model_info
@@ -466,6 +502,11 @@ class FineTuneRecipe:
         )
         if max_positions and int(self.config.max_length) > max_positions:
             raise ConfigError(f"max_length {self.config.max_length} exceeds what the model allows ({max_positions})")
+        if isinstance(self.head, PreferenceHead) and self.config.training_type != "lora":
+            raise ConfigError(
+                "dpo trains a LoRA adapter (its reference model is the base with the adapter disabled); "
+                "set training_type to lora"
+            )
 
     def prepare_model(self) -> None:
         """LoRA, gradient checkpointing, the device, and bulk dropout masks on CPU."""
@@ -660,6 +701,7 @@ class FineTuneRecipe:
         """One optimizer step over ``group``'s micro-batches (gradients accumulate); a step with a
         non-finite loss or gradient is skipped. Returns the tokens trained on."""
         step_loss = torch.zeros((), device=self.device)
+        self.step_metrics = {}
         tokens = 0
         for i, indices in enumerate(group):
             step_loss += self.backward(indices, len(group), last=i == len(group) - 1)
@@ -678,6 +720,8 @@ class FineTuneRecipe:
             else:
                 self.optimizer.step()
             self.window.loss += step_loss
+            for name, value in self.step_metrics.items():
+                self.window.metrics[name] = self.window.metrics.get(name, 0.0) + value
             self.window.steps += 1
         else:
             self.skip_non_finite_step()
@@ -701,6 +745,8 @@ class FineTuneRecipe:
                 kd = self.head.distillation_loss(logits, teacher_logits, batch, temperature)
                 alpha = float(self.config.distillation_alpha)
                 loss = alpha * kd + (1.0 - alpha) * loss
+            for name, value in self.head.step_metrics(logits, batch).items():
+                self.step_metrics[name] = self.step_metrics.get(name, 0.0) + value.detach() / micro_batches
             scaled = loss / micro_batches
             if self.scaler is not None:
                 self.scaler.scale(scaled).backward()
@@ -1077,6 +1123,6 @@ def _evaluate(
     decoded_all = DecodedBatch(reorder(y_true), reorder(y_pred), reorder(scores) if scores else None)
     eval_loss = loss_sum / max(1, n)
     output = head.eval_output(decoded_all, label_names, eval_loss, rows)
-    metrics = {k: float(v) for k, v in task.metrics(output).items()}
+    metrics = {k: float(v) for k, v in head.metrics(output).items()}
     metrics.setdefault("eval_loss", eval_loss)
     return metrics

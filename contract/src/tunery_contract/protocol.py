@@ -172,6 +172,9 @@ class Progress(EngineEvent):
     samples_per_second: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
+    #: the head's other training metrics, means since the previous progress event (DPO:
+    #: reward_accuracy, reward_margin)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

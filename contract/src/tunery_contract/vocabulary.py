@@ -347,6 +347,27 @@ class TrainConfig:
         Knob("float", "weight of the distillation loss (1 - alpha on labels)", 0, 1, api_name="distillation_alpha"),
     )
     group_by_length: bool = _knob(True, Knob("bool", "batch rows of similar length (less padding)"))
+    # set through the API's ``method`` object (OpenAI's), not as knobs of their own
+    training_method: str = _knob(
+        "supervised",
+        Knob(
+            "choice",
+            "'supervised' (the task's loss) or 'dpo' (direct preference optimization on preference pairs; "
+            "causal-LM tasks with LoRA)",
+            choices=("supervised", "dpo"),
+        ),
+    )
+    dpo_beta: float = _knob(
+        0.1,
+        Knob(
+            "float",
+            "dpo: how far the policy may move from the reference model (the base without the adapter); "
+            "higher keeps it closer",
+            0,
+            2,
+            minimum_open=True,
+        ),
+    )
     pooling: str = _knob(
         AUTO,
         Knob(

@@ -20,6 +20,8 @@ from tunery.feedback.models import Feedback, PredictionRecord
 from tunery.files.models import File
 from tunery.tenants.models import Tenant
 from tunery_contract import TaskDefinition, TaskKind
+from tunery_contract.preferences import INPUT as PREFERENCE_INPUT
+from tunery_contract.preferences import NON_PREFERRED, PREFERRED, validate_preferences
 from tunery_contract.records import RecordFormatError, iter_records
 
 #: Lines one feedback file may hold (each is checked and recorded in the request).
@@ -28,6 +30,8 @@ MAX_IMPORT_LINES = 10_000
 MAX_EXPORT_ROWS = 100_000
 #: Errors listed in an import's answer (the count covers all).
 MAX_LISTED_ERRORS = 100
+#: What an export writes: rows of the pack's schema, or preference pairs (OpenAI's DPO format).
+EXPORT_FORMATS = ("training", "preference")
 ENDPOINT_BY_PREFIX = {
     "pred-": PredictionRecord.Endpoint.PREDICTION,
     "chatcmpl-": PredictionRecord.Endpoint.CHAT,
@@ -121,10 +125,16 @@ class ExportReport:
     new_labels: list[str]
 
 
-def export_feedback(*, tenant: Tenant, model_id: str) -> ExportReport:
+def export_feedback(*, tenant: Tenant, model_id: str, export_format: str = "training") -> ExportReport:
     """A training file (JSONL, purpose fine-tune) from the model's corrected predictions whose
     input is still kept, in its pack's schema; rows already in the model's training file (or twice
-    in the feedback) are left out, rows the pack's validation refuses are listed, not written."""
+    in the feedback) are left out, rows the pack's validation refuses are listed, not written.
+    ``export_format`` "preference": the preference pairs of a causal-LM model's feedback in OpenAI's
+    DPO format (``tunery_contract.preferences``), for a ``method: dpo`` job."""
+    if export_format not in EXPORT_FORMATS:
+        raise InvalidRequest(
+            f"format must be one of {', '.join(EXPORT_FORMATS)}; got {export_format!r}.", param="format"
+        )
     from tunery.files.services import save_generated_file
     from tunery.verticals.registry import PackError, pack_context
 
@@ -136,19 +146,27 @@ def export_feedback(*, tenant: Tenant, model_id: str) -> ExportReport:
     except PackError as exc:
         raise Conflict(str(exc), param="model", code="vertical_not_available") from exc
     task, config = context.task, context.config
+    preferences = export_format == "preference"
+    if preferences and task.kind is not TaskKind.CAUSAL_LM:
+        raise InvalidRequest(
+            f"format 'preference' exports preference pairs for DPO on causal-LM (chat) models; '{model.id}' is "
+            f"a {task.kind.value} model.",
+            param="format",
+            code="unsupported_format",
+        )
     feedback = (
         scope_to_tenant(Feedback.objects.all(), tenant)
         .filter(record__model_id=model.id)
         .select_related("record")
         .order_by("created_at", "id")[:MAX_EXPORT_ROWS]
     )
-    seen = _training_keys(model, task, config)
+    seen = set() if preferences else _training_keys(model, task, config)
     rows: list[dict[str, Any]] = []
     duplicates = without_text = 0
     new_labels: set[str] = set()
     for item in feedback.iterator():
         new_labels.update(item.new_labels)
-        row = training_row(task, item)
+        row = preference_row(item) if preferences else training_row(task, item)
         if row is None:
             without_text += int(item.record.input is None)
             continue
@@ -158,7 +176,10 @@ def export_feedback(*, tenant: Tenant, model_id: str) -> ExportReport:
             continue
         seen.add(key)
         rows.append(row)
-    report = task.validate(enumerate(rows, start=1), config)
+    if preferences:
+        report = validate_preferences(task, enumerate(rows, start=1), config)
+    else:
+        report = task.validate(enumerate(rows, start=1), config)
     rejected = [error.to_json() for error in report.errors if error.row > 0]  # row 0: the whole file's
     bad_lines = {error.row for error in report.errors}
     kept = [row for line, row in enumerate(rows, start=1) if line not in bad_lines]
@@ -178,6 +199,20 @@ def export_feedback(*, tenant: Tenant, model_id: str) -> ExportReport:
                 tenant=tenant, filename=f"feedback-{model.job_id}.jsonl", purpose=File.Purpose.FINE_TUNE, source=path
             )
     return ExportReport(file, len(kept), duplicates, without_text, rejected[:MAX_LISTED_ERRORS], sorted(new_labels))
+
+
+def preference_row(feedback: Feedback) -> dict[str, Any] | None:
+    """A chat completion's preference feedback as one line of OpenAI's DPO format, or None when it
+    holds no preference or its input is no longer kept."""
+    kept, preference = feedback.record.input, feedback.preference
+    if not isinstance(kept, dict) or not preference:
+        return None
+    messages = list(kept.get("messages") or [{"role": "user", "content": kept.get("prompt", "")}])
+    return {
+        PREFERENCE_INPUT: {"messages": messages},
+        PREFERRED: [{"role": "assistant", "content": preference["preferred"]}],
+        NON_PREFERRED: [{"role": "assistant", "content": preference["rejected"]}],
+    }
 
 
 def training_row(task: TaskDefinition, feedback: Feedback) -> dict[str, Any] | None:

@@ -218,9 +218,17 @@ class FeedbackExportView(APIView):
             "Body: {model}. The corrections of the model's logged predictions whose input is still kept "
             "become rows of its pack's schema in a new file (purpose fine-tune), ready for a new job; "
             "rows already in the model's training file are left out; rows the pack's validation "
-            "refuses (e.g. a label a fixed-label task does not have) are listed, not written."
+            "refuses (e.g. a label a fixed-label task does not have) are listed, not written. "
+            'format "preference" (causal-LM models): the preference pairs of the feedback in OpenAI\'s DPO '
+            'format, for a job with method {"type": "dpo"}.'
         ),
-        request=inline_serializer(name="FeedbackExportBody", fields={"model": serializers.CharField(min_length=1)}),
+        request=inline_serializer(
+            name="FeedbackExportBody",
+            fields={
+                "model": serializers.CharField(min_length=1),
+                "format": serializers.ChoiceField(choices=exports.EXPORT_FORMATS, required=False),
+            },
+        ),
         responses={201: ExportObject, **BODY_ERRORS},
     )
     def post(self, request: Request) -> Response:
@@ -230,7 +238,10 @@ class FeedbackExportView(APIView):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("model is required: the id of a fine-tuned model ('ft:...').", param="model")
-        report = exports.export_feedback(tenant=request_tenant(request), model_id=model)
+        export_format = body.get("format", "training")
+        if not isinstance(export_format, str):
+            raise InvalidRequest("format must be a string.", param="format")
+        report = exports.export_feedback(tenant=request_tenant(request), model_id=model, export_format=export_format)
         return Response(
             {
                 "object": "feedback.export",

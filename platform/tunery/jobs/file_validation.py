@@ -20,6 +20,7 @@ from tunery.jobs import estimates, lifecycle
 from tunery.jobs.models import FineTuningJob, JobEvent, JobStatus
 from tunery.verticals.registry import pack_context
 from tunery_contract.columns import map_records
+from tunery_contract.preferences import preferred_conversations, validate_preferences
 from tunery_contract.profile import blocking_warnings, profile_rows
 from tunery_contract.records import RecordFormatError, iter_records
 from tunery_contract.types import PackError, TaskDefinition
@@ -54,10 +55,12 @@ def check_files(
     training_file: File,
     validation_file: File | None,
     column_mapping: Mapping[str, str] | None = None,
+    method: str = "supervised",
 ) -> CheckedFiles:
     """Validate every row of the files (their columns renamed by ``column_mapping``, as the engine
-    reads them) and profile the valid training rows (with the validation file's overlap). Raises
-    :class:`FilesRefused` with the first problems."""
+    reads them; with ``method`` "dpo", preference pairs in OpenAI's format) and profile the valid
+    training rows (with the validation file's overlap; for pairs, the preferred conversations).
+    Raises :class:`FilesRefused` with the first problems."""
     files = [("training_file", training_file)]
     if validation_file is not None:
         files.append(("validation_file", validation_file))
@@ -66,7 +69,11 @@ def check_files(
     for param, file in files:
         try:
             with file.content.open("rb") as stream:
-                report = task.validate(map_records(iter_records(stream, file.format), column_mapping), config)
+                records = iter_records(stream, file.format)
+                if method == "dpo":
+                    report = validate_preferences(task, records, config)
+                else:
+                    report = task.validate(map_records(records, column_mapping), config)
         except RecordFormatError as exc:
             row = {"file": file.pk, "row": exc.line, "column": None, "message": exc.message}
             raise FilesRefused(f"{param} {file.pk}: {exc}", param, [row]) from exc
@@ -76,6 +83,8 @@ def check_files(
             bad = [{"file": file.pk, **error.to_json()} for error in report.errors[:MAX_ERROR_EVENTS]]
             raise FilesRefused(f"{param} {file.pk}: {report.summary()}", param, bad)
         rows[param] = report.rows
+        if method == "dpo":
+            rows[param] = preferred_conversations(report.rows, task.role_column("messages"))
         summaries.append(f"{param} {file.pk}: {report.row_count} rows")
     profile = profile_rows(task, rows["training_file"], rows.get("validation_file"))
     refuse_blocking(profile, training_file)
@@ -105,7 +114,12 @@ def validate_job_files(job_id: str) -> str:
         return JobStatus.FAILED
     try:
         checked = check_files(
-            context.task, context.config, job.training_file, job.validation_file, job.column_mapping or None
+            context.task,
+            context.config,
+            job.training_file,
+            job.validation_file,
+            job.column_mapping or None,
+            (job.requested_hyperparameters or {}).get("training_method", "supervised"),
         )
     except FilesRefused as refused:
         if refused.profile:

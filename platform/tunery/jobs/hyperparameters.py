@@ -1,7 +1,8 @@
 """The one map from the API's job fields to the training engine's config names.
 
 Clients send OpenAI's ``hyperparameters`` (``n_epochs``, ``batch_size``,
-``learning_rate_multiplier``; also accepted under ``method.supervised.hyperparameters``) and
+``learning_rate_multiplier``; also accepted under ``method.supervised.hyperparameters``, or
+``method.dpo.hyperparameters`` with DPO's ``beta``: :func:`method_overrides`) and
 Tunery's extra body fields (``training_type``, ``lora``: {r, alpha, dropout, target_modules},
 ``gradient_accumulation_steps``, ``precision``, ...). Every knob accepts ``"auto"``. The knobs, their
 API names and ranges are the contract's vocabulary (``tunery_contract.vocabulary``); this module
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tunery.core.errors import InvalidRequest
+from tunery_contract import TaskDefinition, TaskKind
 from tunery_contract.vocabulary import API_KNOBS, AUTO, Knob
 from tunery_contract.vocabulary import KNOBS as ENGINE_KNOBS
 
@@ -31,6 +33,8 @@ KNOB_GROUPS: tuple[str, ...] = tuple(dict.fromkeys(name.split(".")[0] for name i
 LORA_SETTINGS = tuple(name.removeprefix("lora.") for name in KNOBS if name.startswith("lora."))
 SEED_RANGE = (int(ENGINE_KNOBS["seed"].minimum or 0), int(ENGINE_KNOBS["seed"].maximum or 0))
 GPU_RANGE = (0, 64)
+#: OpenAI's ``method.type`` values Tunery trains (the engine's ``training_method`` choices).
+METHODS: tuple[str, ...] = ENGINE_KNOBS["training_method"].choices
 
 
 def parse_knob(api_name: str, value: Any) -> Any:
@@ -53,14 +57,11 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
     hyper = _object(body.get("hyperparameters"), "hyperparameters")
     method = _object(body.get("method"), "method")
     if method:
-        if method.get("type", "supervised") != "supervised":
-            raise InvalidRequest(
-                f"method.type {method.get('type')!r} is not supported; use 'supervised'.",
-                param="method.type",
-                code="unsupported_method",
-            )
-        supervised = _object(method.get("supervised"), "method.supervised")
-        hyper = {**_object(supervised.get("hyperparameters"), "method.supervised.hyperparameters"), **hyper}
+        kind = method_type(body)
+        inner = _object(method.get(kind), f"method.{kind}")
+        method_hyper = dict(_object(inner.get("hyperparameters"), f"method.{kind}.hyperparameters"))
+        method_hyper.pop("beta", None)  # DPO's own: method_overrides() reads it
+        hyper = {**method_hyper, **hyper}
     for group in KNOB_GROUPS:  # {"hyperparameters": {"search": {"budget_minutes": 10}}}
         if group in hyper:
             given.update(_group(hyper[group], f"hyperparameters.{group}", group))
@@ -88,6 +89,55 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
                 raise InvalidRequest(f"{name} is given twice with different values.", param=name, code="conflict")
             given[name] = value
     return {name: parse_knob(name, value) for name, value in given.items() if value is not None}
+
+
+def method_type(body: Mapping[str, Any], task: TaskDefinition | None = None) -> str:
+    """OpenAI's ``method.type``: "supervised" (the default) or "dpo"; with ``task``, a 400 when DPO
+    is asked for a task that is not a causal LM."""
+    method = _object(body.get("method"), "method")
+    kind = method.get("type", "supervised")
+    if kind not in METHODS:
+        raise InvalidRequest(
+            f"method.type {kind!r} is not supported; use one of {', '.join(METHODS)}.",
+            param="method.type",
+            code="unsupported_method",
+        )
+    if kind == "dpo" and task is not None and task.kind is not TaskKind.CAUSAL_LM:
+        raise InvalidRequest(
+            f"method 'dpo' (preference training) needs a causal-LM (chat) task; task '{task.id}' is {task.kind.value}.",
+            param="method",
+            code="unsupported_method",
+        )
+    return str(kind)
+
+
+def method_overrides(body: Mapping[str, Any], task: TaskDefinition, requested: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine settings of ``method`` (``training_method``, ``dpo_beta``); DPO is a 400 on a task
+    that is not a causal LM, with full training, or with a teacher model."""
+    if method_type(body, task) == "supervised":
+        return {}
+    if requested.get("training_type", task.default_hyperparameters.get("training_type")) == "full":
+        raise InvalidRequest(
+            "method 'dpo' trains a LoRA adapter (its reference model is the base with the adapter disabled); "
+            "set training_type to lora or auto.",
+            param="training_type",
+            code="unsupported_method",
+        )
+    if body.get("teacher_model"):
+        raise InvalidRequest(
+            "method 'dpo' does not combine with distillation (teacher_model).", param="teacher_model", code="conflict"
+        )
+    hyper = _object(
+        _object(body["method"].get("dpo"), "method.dpo").get("hyperparameters"), "method.dpo.hyperparameters"
+    )
+    overrides: dict[str, Any] = {"training_method": "dpo"}
+    beta = hyper.get("beta", AUTO)
+    problem = ENGINE_KNOBS["dpo_beta"].problem(beta, auto=True)
+    if problem is not None:
+        raise InvalidRequest(f"beta {problem}.", param="method.dpo.hyperparameters.beta", code="invalid_hyperparameter")
+    if beta != AUTO:
+        overrides["dpo_beta"] = float(beta)
+    return overrides
 
 
 def _group(value: Any, param: str, group: str) -> dict[str, Any]:

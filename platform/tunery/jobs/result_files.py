@@ -24,7 +24,8 @@ _NOT_METRICS = {"step", "valid_loss", "full_valid_loss", "learning_rate", "epoch
 
 def metrics_csv(job: FineTuningJob) -> str:
     """One row per step that trained or evaluated; empty cells where a step has no such value
-    (OpenAI leaves them empty too). Validation metrics are ``valid_<name>`` columns."""
+    (OpenAI leaves them empty too). Validation metrics are ``valid_<name>`` columns, other training
+    metrics (DPO's reward accuracy and margin) ``train_<name>`` ones."""
     steps: dict[int, dict[str, Any]] = {}
     metric_names: set[str] = set()
     events = JobEvent.objects.filter(job=job, type="metrics").exclude(dedupe_key__isnull=True)
@@ -35,6 +36,10 @@ def metrics_csv(job: FineTuningJob) -> str:
         row = steps.setdefault(step, {"step": step})
         if key.startswith("metrics:step:"):
             row["train_loss"] = data.get("train_loss")
+            for name, value in data.items():  # the head's other training metrics (DPO's rewards)
+                if name.startswith("train_") and name != "train_loss" and isinstance(value, (int, float)):
+                    row[name] = value
+                    metric_names.add(name)
             for name in TUNERY_COLUMNS:
                 row.setdefault(name, data.get(name))
         elif key.startswith("eval:step:"):

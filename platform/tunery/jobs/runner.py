@@ -457,9 +457,11 @@ class AttemptRunner:
         for key in ("learning_rate", "epoch"):
             if progress.get(key) is not None:
                 data[key] = progress[key]
+        extra = {f"train_{name}": value for name, value in (event.metrics or {}).items()}
+        data.update(extra)
         lifecycle.add_event(
             self.job.pk,
-            f"Step {step}/{total}: training loss={_fmt(loss)}",
+            f"Step {step}/{total}: training loss={_fmt(loss)}" + "".join(f", {k}={_fmt(v)}" for k, v in extra.items()),
             type="metrics",
             data=data,
             dedupe_key=f"metrics:step:{step}",

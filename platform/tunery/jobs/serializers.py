@@ -32,6 +32,15 @@ def _task_defaults(job: FineTuningJob) -> dict[str, Any]:
     return dict(task.default_hyperparameters) if task is not None else {}
 
 
+def _method(job: FineTuningJob, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``method`` object: supervised, or dpo with its ``beta``."""
+    requested, resolved = job.requested_hyperparameters or {}, job.resolved_config or {}
+    if requested.get("training_method") != "dpo":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    beta = resolved.get("dpo_beta", requested.get("dpo_beta", "auto"))
+    return {"type": "dpo", "dpo": {"hyperparameters": {**hyperparameters, "beta": beta}}}
+
+
 def job_object(job: FineTuningJob) -> dict[str, Any]:
     hyperparameters = openai_hyperparameters(
         job.requested_hyperparameters or {}, job.resolved_config or {}, _task_defaults(job)
@@ -49,7 +58,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "training_file": job.training_file_id,
         "validation_file": job.validation_file_id,
         "hyperparameters": hyperparameters,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": _method(job, hyperparameters),
         "result_files": list(job.result_files or []),
         "trained_tokens": job.trained_tokens,
         "error": job.error or None,
@@ -210,7 +219,13 @@ class JobCreateSerializer(serializers.Serializer):
         allow_null=True,
         help_text=f"At most {MAX_METADATA_KEYS} keys of at most 64 characters.",
     )
-    method = serializers.JSONField(required=False, help_text='{"type": "supervised", "supervised": {...}}')
+    method = serializers.JSONField(
+        required=False,
+        help_text='{"type": "supervised", "supervised": {"hyperparameters": {...}}} or, on causal-LM (chat) tasks '
+        'with LoRA, {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": ..., "batch_size": ..., '
+        '"learning_rate_multiplier": ...}}} with a preference file (lines of input, preferred_output, '
+        "non_preferred_output)",
+    )
     vertical = serializers.CharField(required=False, help_text="Pack id from GET /v1/verticals.")
     task = serializers.CharField(required=False)
     lora = LoraSerializer(required=False)

@@ -25,6 +25,8 @@ from tunery.jobs.hyperparameters import (
     SEED_RANGE,
     TUNERY_KNOBS,
     engine_overrides,
+    method_overrides,
+    method_type,
     parse_integer,
     parse_requested,
 )
@@ -34,6 +36,7 @@ from tunery.tenants.models import Tenant
 from tunery.verticals.registry import tenant_config
 from tunery.verticals.selectors import task_for
 from tunery_contract.columns import mapped_columns, mapping_problems
+from tunery_contract.preferences import FIELDS as PREFERENCE_FIELDS
 from tunery_contract.types import TaskDefinition, VerticalPack
 from tunery_contract.vocabulary import AUTO, ConfigError
 
@@ -94,16 +97,30 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             code="model_not_found",
         )
     pack, task = task_for(tenant, body.get("vertical"), body.get("task"))
+    preferences = method_type(body, task) == "dpo"  # OpenAI's preference format, not the task's columns
     column_mapping = body.get("column_mapping")
     if column_mapping is None:  # the mapping the training file was uploaded with, if any
-        column_mapping = _stored_mapping(tenant, body.get("training_file"))
+        column_mapping = {} if preferences else _stored_mapping(tenant, body.get("training_file"))
+    if preferences and column_mapping:
+        raise InvalidRequest("column_mapping does not apply to preference files.", param="column_mapping")
     training_file = _tenant_file(
-        tenant, _required_string(body, "training_file"), "training_file", task, column_mapping, check_mapping=True
+        tenant,
+        _required_string(body, "training_file"),
+        "training_file",
+        task,
+        column_mapping,
+        check_mapping=True,
+        preferences=preferences,
     )
     validation_file = None
     if body.get("validation_file"):
         validation_file = _tenant_file(
-            tenant, _required_string(body, "validation_file"), "validation_file", task, column_mapping
+            tenant,
+            _required_string(body, "validation_file"),
+            "validation_file",
+            task,
+            column_mapping,
+            preferences=preferences,
         )
     if task.suitable_architectures and base_model.architecture not in task.suitable_architectures:
         raise InvalidRequest(
@@ -113,6 +130,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             code="model_not_suitable",
         )
     requested = engine_overrides(parse_requested(body), task.default_hyperparameters)
+    requested |= method_overrides(body, task, requested)
     suffix = body.get("suffix") or ""
     if suffix and (not isinstance(suffix, str) or not SUFFIX.match(suffix)):
         raise InvalidRequest("suffix must be 1-64 letters, digits, '-' or '_'.", param="suffix", code="invalid_value")
@@ -184,12 +202,13 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
     one stored at upload where it fits, else the files validated and profiled as the job's
     validation does) and the engine's "auto" rules applied to the task's defaults merged with the
     request. A 400 where the job would fail validation."""
-    profile = _stored_profile(checked)
+    method = checked.requested.get("training_method", "supervised")
+    profile = _stored_profile(checked) if method == "supervised" else None
     try:
         if profile is None:
             config = tenant_config(tenant.pk, checked.pack)
             profile = check_files(
-                checked.task, config, checked.training_file, checked.validation_file, checked.column_mapping
+                checked.task, config, checked.training_file, checked.validation_file, checked.column_mapping, method
             ).profile
         else:
             refuse_blocking(profile, checked.training_file)
@@ -275,9 +294,11 @@ def _tenant_file(
     column_mapping: Any,
     *,
     check_mapping: bool = False,
+    preferences: bool = False,
 ) -> File:
     """The tenant's fine-tune file ``file_id`` with the columns ``task`` needs (after
-    ``column_mapping``; ``check_mapping``: its keys must be columns of this file)."""
+    ``column_mapping``; ``check_mapping``: its keys must be columns of this file), or with
+    ``preferences`` the fields of OpenAI's preference format."""
     file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
     if file is None:
         raise InvalidRequest(f"No file with id '{file_id}' found.", param=param, code="file_not_found")
@@ -287,6 +308,16 @@ def _tenant_file(
             param=param,
             code="invalid_file_purpose",
         )
+    if preferences:
+        missing = [name for name in PREFERENCE_FIELDS if name not in (file.columns or [])]
+        if missing:
+            raise InvalidRequest(
+                f"{param} '{file_id}' is not a preference file: it lacks {', '.join(missing)} (method 'dpo' "
+                f"trains on lines of {', '.join(PREFERENCE_FIELDS)}).",
+                param=param,
+                code="missing_columns",
+            )
+        return file
     problems = mapping_problems(column_mapping, task.schema, file.columns if check_mapping else None)
     if problems:
         raise InvalidRequest(problems[0] + ".", param="column_mapping", code="invalid_column_mapping")

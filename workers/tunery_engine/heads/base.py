@@ -190,6 +190,11 @@ class TaskHead:
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def step_metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """Training metrics of a micro-batch besides the loss (0-d tensors; reported per progress
+        event as ``train_<name>``)."""
+        return {}
+
     def distillation_loss(
         self, logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Batch, temperature: float
     ) -> torch.Tensor:
@@ -212,6 +217,10 @@ class TaskHead:
     ) -> Prediction:
         """One item's prediction from its row of the batch's logits (float, on the CPU)."""
         raise NotImplementedError
+
+    def metrics(self, output: EvalOutput) -> dict[str, float]:
+        """Validation metrics: the task's."""
+        return dict(self.task.metrics(output))
 
     def eval_output(
         self,
