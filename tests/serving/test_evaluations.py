@@ -479,3 +479,74 @@ def test_the_paired_bootstrap_brackets_a_real_difference_and_not_a_fake_one():
     assert (same.ci_low, same.difference, same.ci_high) == (0.0, 0.0, 0.0)
     assert resamples_for(100, 8) == 1000
     assert resamples_for(100_000, 77) == 50
+
+
+def save_checkpoint_of(artifact: Path, root: Path, step: int) -> Path:
+    """A checkpoint as the engine writes one (trained tensors, optimizer, run state, checksums),
+    holding ``artifact``'s weights."""
+    from tunery_engine import checkpoint as ckpt
+
+    model = BertForSequenceClassification.from_pretrained(str(artifact))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    state = ckpt.RunState(label_names=list(LABELS), fingerprint={}, step=step)
+    return ckpt.save_checkpoint(root, state, model, optimizer, scheduler, None)
+
+
+def test_a_checkpoint_is_evaluated_by_its_model_name_or_id_and_recorded(setup, settings, tmp_path):
+    """A checkpoint of model 1's job holding model 2's weights scores exactly as model 2 does:
+    the checkpoint's tensors, not the final artifact's, answer (and neither is cached for the other)."""
+    from tunery.jobs.models import JobCheckpoint
+
+    settings.TUNERY_ARTIFACT_CACHE_DIR = tmp_path / "cache"
+    api, acme, globex = setup["api"], setup["acme"], setup["globex"]
+    first, second = setup["models"][1], setup["models"][2]
+    path = save_checkpoint_of(second.artifact_path, tmp_path / "job" / "checkpoints", 20)
+    checkpoint = JobCheckpoint.objects.create(
+        job=first.job, step_number=20, path=str(path), metrics={"macro_f1": 0.5}, is_best=True
+    )
+    listed = api.get(f"/v1/fine_tuning/jobs/{first.job_id}/checkpoints", **acme.headers).json()["data"]
+    name = listed[0]["fine_tuned_model_checkpoint"]
+    assert name == f"{first.id}:ckpt-step-20"
+
+    file_id = labelled_file(api, acme)
+    of_first, of_second = evaluate(setup, first, file_id), evaluate(setup, second, file_id)
+    by_name = evaluate_named(setup, name, file_id)
+    assert (by_name["model"], by_name["fine_tuned_model"]) == (name, first.id)
+    assert (by_name["checkpoint"], by_name["checkpoint_step"]) == (checkpoint.id, 20)
+    assert by_name["metrics"] == of_second["metrics"]
+    assert by_name["report"]["confusion_matrix"] == of_second["report"]["confusion_matrix"]
+    assert of_first["report"]["confusion_matrix"] != of_second["report"]["confusion_matrix"]
+    assert evaluate(setup, first, file_id)["metrics"] == of_first["metrics"]  # the model still answers as itself
+    by_id = evaluate_named(setup, checkpoint.id, file_id)
+    assert (by_id["model"], by_id["metrics"]) == (name, of_second["metrics"])
+    assert of_first["checkpoint"] is None and of_first["model"] == first.id
+
+    compared = api.get(f"/v1/evaluations/{of_first['id']}/compare?with={by_name['id']}", **acme.headers).json()
+    assert (compared["model_a"], compared["model_b"]) == (first.id, name)
+    listed = api.get(f"/v1/evaluations?model={name}", **acme.headers).json()["data"]
+    assert sorted(e["id"] for e in listed) == sorted([by_name["id"], by_id["id"]])
+    assert len(api.get(f"/v1/evaluations?model={first.id}", **acme.headers).json()["data"]) == 2
+
+    for unknown in (f"{first.id}:ckpt-step-21", "ftckpt-nope", f"{first.id}x:ckpt-step-20"):
+        response = create(api, acme, model=unknown, file=file_id)
+        assert (response.status_code, response.json()["error"]["param"]) == (404, "model"), unknown
+    theirs = labelled_file(api, globex)
+    for other in (name, checkpoint.id):
+        response = create(api, globex, model=other, file=theirs)
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "model_not_found")
+
+    # a checkpoint whose files were pruned (and never built) fails with a clear error
+    pruned = JobCheckpoint.objects.create(job=first.job, step_number=10, path=str(tmp_path / "gone"))
+    created = create(api, acme, model=pruned.id, file=file_id).json()
+    assert runner.run_evaluation(created["id"]) == "failed"
+    failed = api.get(f"/v1/evaluations/{created['id']}", **acme.headers).json()
+    assert failed["error"]["code"] == "checkpoint_unavailable"
+
+
+def evaluate_named(setup, name: str, file_id: str, **body) -> dict:
+    api, acme = setup["api"], setup["acme"]
+    created = create(api, acme, model=name, file=file_id, **body)
+    assert created.status_code == 200, created.content
+    assert runner.run_evaluation(created.json()["id"]) == "succeeded", created.json()["id"]
+    return api.get(f"/v1/evaluations/{created.json()['id']}", **acme.headers).json()

@@ -157,7 +157,7 @@ def predictions(
     requests, asked = [], []
     for chunk in chunks:
         try:
-            requests.append(_request(evaluation.model_id, [items[i] for i in chunk]))
+            requests.append(_request(evaluation.evaluated_name, [items[i] for i in chunk]))
             asked.append(chunk)
         except ApiError:
             retry.extend(chunk)
@@ -169,7 +169,7 @@ def predictions(
                 answers[i] = entry
     for i in sorted(retry):
         try:
-            (answer,) = _predict(evaluation, [_request(evaluation.model_id, [items[i]])])
+            (answer,) = _predict(evaluation, [_request(evaluation.evaluated_name, [items[i]])])
         except ApiError as exc:
             answer = exc
         if isinstance(answer, ApiError):

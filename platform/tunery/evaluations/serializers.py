@@ -15,7 +15,10 @@ def evaluation_object(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "id": evaluation.id,
         "object": "evaluation",
-        "model": evaluation.model_id,
+        "model": evaluation.evaluated_name,
+        "fine_tuned_model": evaluation.model_id,
+        "checkpoint": evaluation.checkpoint_id,
+        "checkpoint_step": evaluation.checkpoint_step,
         "file": evaluation.file_id,
         "status": evaluation.status,
         "vertical": evaluation.vertical,
@@ -51,7 +54,12 @@ class RowErrorSerializer(serializers.Serializer):
 class EvaluationObjectSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.ChoiceField(choices=["evaluation"])
-    model = serializers.CharField(help_text="The fine-tuned model scored.")
+    model = serializers.CharField(help_text="The model scored: a fine-tuned model, or a checkpoint's model name.")
+    fine_tuned_model = serializers.CharField(help_text="The fine-tuned model (the checkpoint's job's model).")
+    checkpoint = serializers.CharField(
+        allow_null=True, help_text="The checkpoint scored ('ftckpt-...'); null for the model itself."
+    )
+    checkpoint_step = serializers.IntegerField(allow_null=True, help_text="The checkpoint's step.")
     file = serializers.CharField(help_text="The labelled file it was scored on.")
     status = serializers.ChoiceField(choices=EvaluationStatus.choices)
     vertical = serializers.CharField()
@@ -86,7 +94,11 @@ class EvaluationObjectSerializer(serializers.Serializer):
 class EvaluationCreateSerializer(serializers.Serializer):
     """Request body of POST /v1/evaluations."""
 
-    model = serializers.CharField(min_length=1, help_text="One of your fine-tuned models ('ft:...').")
+    model = serializers.CharField(
+        min_length=1,
+        help_text="One of your fine-tuned models ('ft:...'), or a checkpoint of one: its "
+        "fine_tuned_model_checkpoint ('ft:...:ckpt-step-N') or id ('ftckpt-...').",
+    )
     file = serializers.CharField(
         min_length=1,
         help_text="A file uploaded with purpose 'fine-tune' in the model's task schema (text and label columns).",

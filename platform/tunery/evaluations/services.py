@@ -22,6 +22,8 @@ from tunery.evaluations import dispatch, lifecycle, report, runner
 from tunery.evaluations.models import EVALUATION_QUEUES, Evaluation, EvaluationStatus
 from tunery.files.models import File
 from tunery.jobs.lifecycle import new_lease_owner
+from tunery.jobs.models import JobCheckpoint
+from tunery.jobs.selectors import base_model_by_name, checkpoint_model_name, names_a_checkpoint
 from tunery.jobs.queues import CPU_QUEUE
 from tunery.jobs.services import checked_metadata
 from tunery.serving import selectors as serving_selectors
@@ -39,7 +41,7 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
     model = body.get("model")
     file_id = body.get("file")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("model is required: the id of one of your fine-tuned models.", param="model")
+        raise InvalidRequest("model is required: one of your fine-tuned models, or a checkpoint of one (ft:...:ckpt-step-N).", param="model")
     if not isinstance(file_id, str) or not file_id:
         raise InvalidRequest("file is required: the id of a labelled file in the model's task schema.", param="file")
     queue = body.get("queue", CPU_QUEUE)
@@ -99,7 +101,7 @@ def _new_evaluation(
     queue: str = CPU_QUEUE,
     metadata: dict[str, str] | None = None,
 ) -> Evaluation:
-    model = serving_selectors.tenant_model(tenant, model_id)
+    model, checkpoint = _evaluated_model(tenant, model_id)
     file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
     if file is None:
         raise NotFound(f"No file with id '{file_id}' found.", param="file", code="file_not_found")
@@ -111,6 +113,9 @@ def _new_evaluation(
         return Evaluation.objects.create(
             tenant=tenant,
             model=model,
+            model_name=model.id if checkpoint is None else checkpoint_model_name(model.id, checkpoint.step_number),
+            checkpoint=checkpoint,
+            checkpoint_step=checkpoint.step_number if checkpoint is not None else None,
             file=file,
             queue=queue,
             vertical=model.vertical,
@@ -122,6 +127,26 @@ def _new_evaluation(
             metadata=metadata or None,
             created_by=actor[:200],
         )
+
+
+def _evaluated_model(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobCheckpoint | None]:
+    """The fine-tuned model ``name`` names, or the model and checkpoint (``ft:...:ckpt-step-N`` or
+    the checkpoint's id); 404 otherwise (400 for a base model, which has no trained head)."""
+    if names_a_checkpoint(name):
+        return serving_selectors.tenant_checkpoint(tenant, name)
+    try:
+        return serving_selectors.tenant_model(tenant, name), None
+    except NotFound:
+        if base_model_by_name(tenant, name) is not None:
+            raise InvalidRequest(
+                f"'{name}' is a base model: it has no trained head for a pack's task (a classifier's "
+                "labels, a tagger's tags), so its scores would mean nothing. Fine-tune it first "
+                "(POST /v1/fine_tuning/jobs; a job reports its linear probe, the base model frozen under a "
+                "fitted head) and evaluate the fine-tuned model.",
+                param="model",
+                code="evaluation_not_supported",
+            ) from None
+        raise
 
 
 def _model_context(model: FineTunedModel) -> PackContext:
@@ -222,8 +247,8 @@ def compare(a: Evaluation, b: Evaluation) -> dict[str, Any]:
         "object": "evaluation.comparison",
         "a": a.id,
         "b": b.id,
-        "model_a": a.model_id,
-        "model_b": b.model_id,
+        "model_a": a.evaluated_name,
+        "model_b": b.evaluated_name,
         "file": a.file_id,
         "rows": len(out_a.y_true),
         "selection_metric": a.selection_metric,
