@@ -520,7 +520,7 @@ def test_a_checkpoint_is_evaluated_by_its_model_name_or_id_and_recorded(setup, s
     assert evaluate(setup, first, file_id)["metrics"] == of_first["metrics"]  # the model still answers as itself
     by_id = evaluate_named(setup, checkpoint.id, file_id)
     assert (by_id["model"], by_id["metrics"]) == (name, of_second["metrics"])
-    assert of_first["checkpoint"] is None and of_first["model"] == first.id
+    assert (of_first["checkpoint"], of_first["model"]) == (None, first.id)
 
     compared = api.get(f"/v1/evaluations/{of_first['id']}/compare?with={by_name['id']}", **acme.headers).json()
     assert (compared["model_a"], compared["model_b"]) == (first.id, name)

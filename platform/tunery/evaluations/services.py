@@ -23,8 +23,8 @@ from tunery.evaluations.models import EVALUATION_QUEUES, Evaluation, EvaluationS
 from tunery.files.models import File
 from tunery.jobs.lifecycle import new_lease_owner
 from tunery.jobs.models import JobCheckpoint
-from tunery.jobs.selectors import base_model_by_name, checkpoint_model_name, names_a_checkpoint
 from tunery.jobs.queues import CPU_QUEUE
+from tunery.jobs.selectors import base_model_by_name, checkpoint_model_name, names_a_checkpoint
 from tunery.jobs.services import checked_metadata
 from tunery.serving import selectors as serving_selectors
 from tunery.tenants.models import Tenant
@@ -41,7 +41,10 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
     model = body.get("model")
     file_id = body.get("file")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("model is required: one of your fine-tuned models, or a checkpoint of one (ft:...:ckpt-step-N).", param="model")
+        raise InvalidRequest(
+            "model is required: one of your fine-tuned models, or a checkpoint of one (ft:...:ckpt-step-N).",
+            param="model",
+        )
     if not isinstance(file_id, str) or not file_id:
         raise InvalidRequest("file is required: the id of a labelled file in the model's task schema.", param="file")
     queue = body.get("queue", CPU_QUEUE)
