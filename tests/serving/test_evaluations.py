@@ -550,3 +550,62 @@ def evaluate_named(setup, name: str, file_id: str, **body) -> dict:
     assert created.status_code == 200, created.content
     assert runner.run_evaluation(created.json()["id"]) == "succeeded", created.json()["id"]
     return api.get(f"/v1/evaluations/{created.json()['id']}", **acme.headers).json()
+
+
+def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them(setup, make_model, tmp_path):
+    """A medical NER model: the pack's entity metrics and the per-type report equal seqeval's on
+    the same model's served tags; missed/spurious entities are counted and shown; two taggers compare."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from tunery_medical import ENTITY_TYPES
+
+    setup["make_model"] = make_model
+    api, acme = setup["api"], setup["acme"]
+    tags = ("O", *(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I")))
+    rows = _sample_rows("tunery_medical", "clinical_ner_sample.jsonl", 40)
+    taggers = [
+        _pack_model(setup, tmp_path / f"seed{seed}", TaskKind.TOKEN_CLASSIFICATION, "medical", "clinical_ner", tags)
+        for seed in (0, 1)
+    ]
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+    evaluation = evaluate(setup, taggers[0], file_id)
+    assert (evaluation["status"], evaluation["kind"], evaluation["rows_scored"]) == (
+        "succeeded",
+        "token_classification",
+        len(rows),
+    )
+    assert (evaluation["selection_metric"], evaluation["handoff_threshold"]) == ("f1", None)
+
+    served = _served(setup, taggers[0], [{"tokens": r["tokens"]} for r in rows])
+    truth = [r["tags"] for r in rows]
+    predicted = [a["tags"] for a in served]
+    assert [len(p) for p in predicted] == [len(t) for t in truth]
+    metrics = evaluation["metrics"]
+    assert metrics["precision"] == pytest.approx(precision_score(truth, predicted, zero_division=0))
+    assert metrics["recall"] == pytest.approx(recall_score(truth, predicted, zero_division=0))
+    assert metrics["f1"] == pytest.approx(f1_score(truth, predicted, zero_division=0))
+    expected = classification_report(truth, predicted, output_dict=True, zero_division=0)
+    report = evaluation["report"]
+    for kind, row in report["per_label"]["labels"].items():
+        want = expected[kind]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (want["precision"], want["recall"], want["f1-score"], want["support"])
+        ), kind
+    micro = report["per_label"]["averages"]["micro"]
+    assert micro["f1"] == pytest.approx(metrics["f1"])
+    errors = report["entity_errors"]
+    true_entities = micro["support"]
+    found = round(micro["recall"] * true_entities)
+    assert errors["missed"] == true_entities - found
+    assert errors["missed"] + errors["spurious"] > 0, "a random tagger must make mistakes worth showing"
+    for example in errors["missed_examples"]:
+        words = rows[example["row"] - 1]["tokens"]
+        assert example["text"] == " ".join(words[example["start"] : example["end"] + 1])
+        assert rows[example["row"] - 1]["tags"][example["start"]] == f"B-{example['type']}"
+    assert report["confusion_matrix"] is None
+    assert report["calibration"] is None
+
+    other = evaluate(setup, taggers[1], file_id)
+    compared = api.get(f"/v1/evaluations/{evaluation['id']}/compare?with={other['id']}", **acme.headers).json()
+    entry = compared["metrics"]["f1"]
+    assert entry["difference"] == pytest.approx(other["metrics"]["f1"] - metrics["f1"])
+    assert entry["ci_low"] <= entry["difference"] + 1e-9 <= entry["ci_high"] + 2e-9

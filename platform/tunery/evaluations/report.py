@@ -14,16 +14,18 @@ from typing import Any
 from tunery_contract import EvalOutput, TaskKind
 from tunery_contract import metrics as m
 
-#: Task kinds an evaluation scores through /v1/predictions (token classification and language
-#: models are not scored offline yet).
+#: Task kinds an evaluation scores through /v1/predictions.
 SCORED_KINDS = (
     TaskKind.SEQUENCE_CLASSIFICATION,
     TaskKind.TEXT_PAIR_CLASSIFICATION,
     TaskKind.MULTI_LABEL_CLASSIFICATION,
     TaskKind.TEXT_PAIR_REGRESSION,
+    TaskKind.TOKEN_CLASSIFICATION,
 )
 SINGLE_LABEL = (TaskKind.SEQUENCE_CLASSIFICATION, TaskKind.TEXT_PAIR_CLASSIFICATION)
 CALIBRATION_BINS = 10
+#: Missed and spurious entities a token-classification report shows (each).
+ENTITY_ERRORS_SHOWN = 20
 #: Thresholds of the coverage/accuracy curve (0.00, 0.05, ..., 0.95).
 CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
 DEFAULT_HANDOFF_THRESHOLD = 0.5
@@ -67,6 +69,15 @@ def eval_output(
         return EvalOutput(kind, tuple(names), y_true, y_pred, scores, groups)
     if kind is TaskKind.TEXT_PAIR_REGRESSION:
         return EvalOutput(kind, (), [float(t) for t in truths], [float(a["score"]) for a in answers], None, groups)
+    if kind is TaskKind.TOKEN_CLASSIFICATION:
+        y_true = [[str(tag) for tag in truth] for truth in truths]
+        # words past the model's max_length get no tag: they count as "O" (as in the engine's evaluation)
+        y_pred = [
+            [str(tag) for tag in a["tags"][: len(t)]] + ["O"] * (len(t) - len(a["tags"]))
+            for t, a in zip(y_true, answers)
+        ]
+        tags = sorted({tag for row in [*y_true, *y_pred] for tag in row})
+        return EvalOutput(kind, tuple(tags), y_true, y_pred, None, groups)
     raise ScoringError(f"a {kind.value} model cannot be evaluated offline yet")
 
 
@@ -79,8 +90,24 @@ def finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def build_report(out: EvalOutput, handoff_threshold: float | None) -> dict[str, Any]:
-    """per_label, confusion_matrix, calibration and handoff (the parts that fit the task kind)."""
+def build_report(
+    out: EvalOutput,
+    handoff_threshold: float | None,
+    *,
+    words: Sequence[Sequence[str]] | None = None,
+    row_numbers: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """per_label, confusion_matrix, calibration and handoff (the parts that fit the task kind); for
+    token classification per-entity-type scores and examples of missed and spurious entities
+    (``words``: each row's words, ``row_numbers``: each row's data row in the file, from 1)."""
+    if out.kind is TaskKind.TOKEN_CLASSIFICATION:
+        return {
+            "per_label": per_entity_type_report(out),
+            "confusion_matrix": None,
+            "calibration": None,
+            "handoff": None,
+            "entity_errors": entity_errors(out, words, row_numbers),
+        }
     if out.kind in SINGLE_LABEL:
         return {
             "per_label": per_label_report(out),
@@ -133,6 +160,46 @@ def per_label_report(out: EvalOutput) -> dict[str, Any]:
         averages = {"macro": {**macro, "support": total}, "weighted": {**weighted, "support": total}}
         averages["accuracy"] = m.accuracy(out.y_true, out.y_pred)  # type: ignore[assignment]
     return {"labels": labels, "averages": averages}
+
+
+def per_entity_type_report(out: EvalOutput) -> dict[str, Any]:
+    """Entity-level precision, recall, F1 and support per entity type (a predicted entity counts
+    only with its type and both boundaries right) and their micro and macro averages."""
+    micro, per_type = m.entity_prf(out.y_true, out.y_pred)
+    labels = {kind: _prf(score) for kind, score in per_type.items()}
+    count = len(labels) or 1
+    macro = {k: sum(v[k] for v in labels.values()) / count for k in ("precision", "recall", "f1")}
+    return {"labels": labels, "averages": {"micro": _prf(micro), "macro": {**macro, "support": micro.support}}}
+
+
+def entity_errors(
+    out: EvalOutput, words: Sequence[Sequence[str]] | None, row_numbers: Sequence[int] | None
+) -> dict[str, Any]:
+    """Counts of missed (true, not predicted) and spurious (predicted, not true) entities, and the
+    first few of each: {row, type, text, start, end (word indices, end inclusive)}."""
+    missed: list[dict[str, Any]] = []
+    spurious: list[dict[str, Any]] = []
+    counts = {"missed": 0, "spurious": 0}
+    for n, (truth, predicted) in enumerate(zip(out.y_true, out.y_pred)):
+        true_set, pred_set = set(m.bio_entities(truth)), set(m.bio_entities(predicted))
+        for name, found, shown in (
+            ("missed", true_set - pred_set, missed),
+            ("spurious", pred_set - true_set, spurious),
+        ):
+            counts[name] += len(found)
+            for kind, start, end in sorted(found, key=lambda e: (e[1], e[2])):
+                if len(shown) < ENTITY_ERRORS_SHOWN:
+                    row_words = words[n] if words is not None and n < len(words) else []
+                    shown.append(
+                        {
+                            "row": row_numbers[n] if row_numbers is not None else n + 1,
+                            "type": kind,
+                            "text": " ".join(row_words[start : end + 1]),
+                            "start": start,
+                            "end": end,
+                        }
+                    )
+    return {**counts, "missed_examples": missed, "spurious_examples": spurious}
 
 
 def confusion_matrix(out: EvalOutput) -> dict[str, Any]:

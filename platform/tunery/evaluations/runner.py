@@ -88,9 +88,15 @@ def labelled_rows(task: TaskDefinition, config: dict[str, Any], file: File) -> L
             "invalid_evaluation_file",
             f"file {file.pk} does not fit task '{task.id}': {checked.summary()}",
         )
-    label = task.role_column("label")
     group = task.schema.column_for("group")
     rows = LabelledRows(groups=[] if group is not None else None)
+    if task.kind is TaskKind.TOKEN_CLASSIFICATION:  # pre-split words in, one tag per word
+        words, tags = task.role_column("tokens"), task.role_column("tags")
+        for row in checked.rows:
+            rows.items.append({inputs.TOKENS: [str(w) for w in row[words]]})
+            rows.truths.append([str(t) for t in row[tags]])
+        return rows
+    label = task.role_column("label")
     for row in checked.rows:
         rows.items.append(
             {
@@ -134,9 +140,12 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
         raise EvaluationFailed("unexpected_answer", f"The model's answers cannot be scored: {exc}") from exc
     outputs = report.to_json(out)
     outputs["rows"] = scored
+    words = [rows.items[i].get(inputs.TOKENS) or [] for i in scored] if kind is TaskKind.TOKEN_CLASSIFICATION else None
     return {
         "metrics": report.finite_metrics(context.task.metrics(out)),
-        "report": report.build_report(out, evaluation.handoff_threshold),
+        "report": report.build_report(
+            out, evaluation.handoff_threshold, words=words, row_numbers=[i + 1 for i in scored]
+        ),
         "outputs": outputs,
         "rows_scored": len(scored),
         "row_errors": errors[:MAX_ROW_ERRORS],
