@@ -330,12 +330,12 @@ def _sample_rows(package: str, filename: str, count: int) -> list[dict]:
     return [json.loads(line) for line in lines[:count]]
 
 
-def _pack_model(setup, tmp_path, kind: TaskKind, vertical: str, task: str, labels=()):
+def _pack_model(setup, tmp_path, kind: TaskKind, vertical: str, task: str, labels=(), seed: int = 0):
     from tunery.catalog.models import FineTunedModel
     from tunery.verticals import registry
 
     registry.enable(setup["acme"].tenant, vertical)
-    artifact = builders.full_artifact(tmp_path / task, kind, labels, vertical=vertical, task=task)
+    artifact = builders.full_artifact(tmp_path / task, kind, labels, seed=seed, vertical=vertical, task=task)
     model = FineTunedModel.objects.get(pk=setup["make_model"](setup["acme"].tenant, artifact, task).pk)
     FineTunedModel.objects.filter(pk=model.pk).update(vertical=vertical, task=task)
     model.refresh_from_db()
@@ -563,7 +563,9 @@ def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them
     tags = ("O", *(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I")))
     rows = _sample_rows("tunery_medical", "clinical_ner_sample.jsonl", 40)
     taggers = [
-        _pack_model(setup, tmp_path / f"seed{seed}", TaskKind.TOKEN_CLASSIFICATION, "medical", "clinical_ner", tags)
+        _pack_model(
+            setup, tmp_path / f"seed{seed}", TaskKind.TOKEN_CLASSIFICATION, "medical", "clinical_ner", tags, seed
+        )
         for seed in (0, 1)
     ]
     file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
@@ -608,4 +610,73 @@ def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them
     compared = api.get(f"/v1/evaluations/{evaluation['id']}/compare?with={other['id']}", **acme.headers).json()
     entry = compared["metrics"]["f1"]
     assert entry["difference"] == pytest.approx(other["metrics"]["f1"] - metrics["f1"])
+    assert entry["difference"] != 0
     assert entry["ci_low"] <= entry["difference"] + 1e-9 <= entry["ci_high"] + 2e-9
+
+
+def test_causal_lm_models_are_scored_by_the_token_loss_of_the_reference_answers(setup, make_model, tmp_path):
+    """Teacher forcing: the mean answer-token loss equals transformers' own loss of each
+    conversation (encoded as training encodes it) weighted by its answer tokens; perplexity is its
+    exponential; two models compare by the paired bootstrap; worst rows are shown."""
+    import math
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tunery_engine.heads.causal_lm import tokenize_chat
+
+    setup["make_model"] = make_model
+    api, acme = setup["api"], setup["acme"]
+    rows = _sample_rows("tunery_customer_service", "reply_sample.jsonl", 16)
+    models = [
+        _pack_model(setup, tmp_path / f"lm{seed}", TaskKind.CAUSAL_LM, "customer_service", "reply", seed=seed)
+        for seed in (0, 1)
+    ]
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+    evaluation = evaluate(setup, models[0], file_id)
+    assert (evaluation["kind"], evaluation["rows_scored"], evaluation["selection_metric"]) == (
+        "causal_lm",
+        len(rows),
+        "eval_loss",
+    )
+
+    directory = Path(models[0].artifact_path)
+    model = LlamaForCausalLM.from_pretrained(str(directory)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    total = tokens = 0.0
+    with torch.no_grad():
+        for row in rows:
+            encoded = tokenize_chat(row["messages"], tokenizer)
+            labels = torch.tensor([encoded.labels])
+            labels[0, 0] = -100
+            count = int((labels[0, 1:] != -100).sum())
+            total += float(model(input_ids=torch.tensor([encoded.input_ids]), labels=labels).loss) * count
+            tokens += count
+    metrics = evaluation["metrics"]
+    assert metrics["eval_loss"] == pytest.approx(total / tokens, rel=1e-4)
+    assert metrics["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-4)
+    language = evaluation["report"]["language_model"]
+    assert (language["tokens"], language["mean_token_loss"]) == (tokens, pytest.approx(metrics["eval_loss"]))
+    worst = [r["mean_token_loss"] for r in language["worst_rows"]]
+    assert worst == sorted(worst, reverse=True)
+    assert len(worst) == 10
+
+    other = evaluate(setup, models[1], file_id)
+    compared = api.get(f"/v1/evaluations/{evaluation['id']}/compare?with={other['id']}", **acme.headers).json()
+    assert compared["rows"] == len(rows)
+    entry = compared["metrics"]["eval_loss"]
+    assert entry["difference"] == pytest.approx(other["metrics"]["eval_loss"] - metrics["eval_loss"])
+    assert entry["ci_low"] < entry["ci_high"]
+    assert entry["ci_low"] <= entry["difference"] <= entry["ci_high"]
+
+
+def test_a_base_model_is_refused_with_the_reason(setup):
+    from tunery.catalog.models import BaseModel
+
+    api, acme = setup["api"], setup["acme"]
+    BaseModel.objects.create(name="tiny-bert-base", local_path="/nowhere")
+    response = create(api, acme, model="tiny-bert-base", file=labelled_file(api, acme))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("evaluation_not_supported", "model")
+    assert "no trained head" in error["message"]
+    assert not Evaluation.objects.exists()

@@ -22,10 +22,14 @@ SCORED_KINDS = (
     TaskKind.TEXT_PAIR_REGRESSION,
     TaskKind.TOKEN_CLASSIFICATION,
 )
+#: Task kinds an evaluation scores by teacher forcing (token loss), not through /v1/predictions.
+LOSS_KINDS = (TaskKind.CAUSAL_LM,)
 SINGLE_LABEL = (TaskKind.SEQUENCE_CLASSIFICATION, TaskKind.TEXT_PAIR_CLASSIFICATION)
 CALIBRATION_BINS = 10
 #: Missed and spurious entities a token-classification report shows (each).
 ENTITY_ERRORS_SHOWN = 20
+#: Rows with the highest token loss a language-model report shows.
+WORST_ROWS_SHOWN = 10
 #: Thresholds of the coverage/accuracy curve (0.00, 0.05, ..., 0.95).
 CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
 DEFAULT_HANDOFF_THRESHOLD = 0.5
@@ -78,7 +82,26 @@ def eval_output(
         ]
         tags = sorted({tag for row in [*y_true, *y_pred] for tag in row})
         return EvalOutput(kind, tuple(tags), y_true, y_pred, None, groups)
-    raise ScoringError(f"a {kind.value} model cannot be evaluated offline yet")
+    raise ScoringError(f"a {kind.value} model is not scored from predictions")
+
+
+def language_model_output(losses: Sequence[tuple[float, int]]) -> EvalOutput:
+    """A causal LM's rows as an ``EvalOutput``: per row ``[summed token loss, supervised tokens]``
+    in ``scores`` and the token-weighted mean loss as ``eval_loss`` (what the pack's metrics read)."""
+    return _with_loss(EvalOutput(TaskKind.CAUSAL_LM, (), [], [], [[float(s), int(n)] for s, n in losses]))
+
+
+def _with_loss(out: EvalOutput) -> EvalOutput:
+    """A language model's ``eval_loss`` from its rows (after a subset or a read from JSON)."""
+    if out.kind not in LOSS_KINDS:
+        return out
+    total, tokens = sum(r[0] for r in out.scores or []), sum(r[1] for r in out.scores or [])
+    loss = total / tokens if tokens else None
+    return EvalOutput(out.kind, out.label_names, out.y_true, out.y_pred, out.scores, out.groups, loss)
+
+
+def row_count(out: EvalOutput) -> int:
+    return len(out.scores or []) if out.kind in LOSS_KINDS else len(out.y_true)
 
 
 def finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
@@ -100,6 +123,14 @@ def build_report(
     """per_label, confusion_matrix, calibration and handoff (the parts that fit the task kind); for
     token classification per-entity-type scores and examples of missed and spurious entities
     (``words``: each row's words, ``row_numbers``: each row's data row in the file, from 1)."""
+    if out.kind in LOSS_KINDS:
+        return {
+            "per_label": None,
+            "confusion_matrix": None,
+            "calibration": None,
+            "handoff": None,
+            "language_model": language_model_report(out, row_numbers),
+        }
     if out.kind is TaskKind.TOKEN_CLASSIFICATION:
         return {
             "per_label": per_entity_type_report(out),
@@ -160,6 +191,23 @@ def per_label_report(out: EvalOutput) -> dict[str, Any]:
         averages = {"macro": {**macro, "support": total}, "weighted": {**weighted, "support": total}}
         averages["accuracy"] = m.accuracy(out.y_true, out.y_pred)  # type: ignore[assignment]
     return {"labels": labels, "averages": averages}
+
+
+def language_model_report(out: EvalOutput, row_numbers: Sequence[int] | None) -> dict[str, Any]:
+    """Mean token loss and perplexity over the reference answers' tokens, and the rows the model
+    finds least likely (highest mean token loss)."""
+    rows = [(s / n if n else 0.0, n, i) for i, (s, n) in enumerate(out.scores or [])]
+    loss = out.eval_loss
+    worst = sorted(rows, key=lambda r: -r[0])[:WORST_ROWS_SHOWN]
+    return {
+        "mean_token_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)) if loss is not None else None,
+        "tokens": sum(n for _, n, _ in rows),
+        "worst_rows": [
+            {"row": row_numbers[i] if row_numbers is not None else i + 1, "mean_token_loss": value, "tokens": n}
+            for value, n, i in worst
+        ],
+    }
 
 
 def per_entity_type_report(out: EvalOutput) -> dict[str, Any]:
@@ -284,24 +332,29 @@ def to_json(out: EvalOutput) -> dict[str, Any]:
 
 
 def from_json(data: Mapping[str, Any]) -> EvalOutput:
-    return EvalOutput(
-        kind=TaskKind(data["kind"]),
-        label_names=tuple(data["label_names"]),
-        y_true=data["y_true"],
-        y_pred=data["y_pred"],
-        scores=data.get("scores"),
-        groups=data.get("groups"),
+    return _with_loss(
+        EvalOutput(
+            kind=TaskKind(data["kind"]),
+            label_names=tuple(data["label_names"]),
+            y_true=data["y_true"],
+            y_pred=data["y_pred"],
+            scores=data.get("scores"),
+            groups=data.get("groups"),
+        )
     )
 
 
 def subset(out: EvalOutput, rows: Sequence[int]) -> EvalOutput:
-    return EvalOutput(
-        kind=out.kind,
-        label_names=out.label_names,
-        y_true=[out.y_true[i] for i in rows],
-        y_pred=[out.y_pred[i] for i in rows],
-        scores=[out.scores[i] for i in rows] if out.scores is not None else None,
-        groups=[out.groups[i] for i in rows] if out.groups is not None else None,
+    """``out`` on ``rows`` (a language model's loss recomputed from those rows' tokens)."""
+    return _with_loss(
+        EvalOutput(
+            kind=out.kind,
+            label_names=out.label_names,
+            y_true=[out.y_true[i] for i in rows] if out.y_true else [],
+            y_pred=[out.y_pred[i] for i in rows] if out.y_pred else [],
+            scores=[out.scores[i] for i in rows] if out.scores is not None else None,
+            groups=[out.groups[i] for i in rows] if out.groups is not None else None,
+        )
     )
 
 
@@ -333,9 +386,9 @@ def paired_bootstrap(
 ) -> dict[str, MetricDifference]:
     """Per metric both give: b - a on all rows, and a percentile confidence interval of that
     difference over ``resamples`` paired resamples of the rows (the same rows for both models)."""
-    if len(a.y_true) != len(b.y_true):
-        raise ScoringError(f"the evaluations scored {len(a.y_true)} and {len(b.y_true)} rows; they cannot be paired")
-    count = len(a.y_true)
+    count = row_count(a)
+    if count != row_count(b):
+        raise ScoringError(f"the evaluations scored {count} and {row_count(b)} rows; they cannot be paired")
     full_a, full_b = finite_metrics(metrics(a)), finite_metrics(metrics(b))
     shared = [k for k in full_a if k in full_b]
     draws: dict[str, list[float]] = {k: [] for k in shared}

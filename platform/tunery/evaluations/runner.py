@@ -17,6 +17,7 @@ from tunery.evaluations.models import Evaluation, EvaluationStatus
 from tunery.files.models import File
 from tunery.jobs.lifecycle import new_lease_owner
 from tunery.serving import conf, inputs
+from tunery.serving import selectors as serving_selectors
 from tunery.serving import services as serving
 from tunery.verticals.registry import pack_context
 from tunery_contract import TaskDefinition, TaskKind
@@ -96,6 +97,12 @@ def labelled_rows(task: TaskDefinition, config: dict[str, Any], file: File) -> L
             rows.items.append({inputs.TOKENS: [str(w) for w in row[words]]})
             rows.truths.append([str(t) for t in row[tags]])
         return rows
+    if task.kind is TaskKind.CAUSAL_LM:  # the conversation in; its reference answers are scored by loss
+        column = task.role_column("messages")
+        for row in checked.rows:
+            rows.items.append({column: row[column]})
+            rows.truths.append([m for m in row[column] if m.get("role") == "assistant"])
+        return rows
     label = task.role_column("label")
     for row in checked.rows:
         rows.items.append(
@@ -123,12 +130,14 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
     except PackError as exc:
         raise EvaluationFailed("vertical_unavailable", str(exc)) from exc
     rows = labelled_rows(context.task, dict(context.config), evaluation.file)
+    kind = TaskKind(evaluation.kind)
+    if kind in report.LOSS_KINDS:
+        return _score_losses(evaluation, context.task, rows)
     answers, errors = predictions(evaluation, rows.items)
     scored = [i for i, answer in enumerate(answers) if answer is not None]
     if not scored:
         first = errors[0]["message"] if errors else "no answer"
         raise EvaluationFailed("no_row_scored", f"No row of file {evaluation.file_id} could be scored: {first}")
-    kind = TaskKind(evaluation.kind)
     try:
         out = report.eval_output(
             kind,
@@ -150,6 +159,55 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
         "rows_scored": len(scored),
         "row_errors": errors[:MAX_ROW_ERRORS],
     }
+
+
+def _score_losses(evaluation: Evaluation, task: TaskDefinition, rows: LabelledRows) -> dict[str, Any]:
+    """A causal LM scored by teacher forcing: the mean token loss of the file's reference answers
+    (its assistant turns) given their conversations, and perplexity; no generation."""
+    column = task.role_column("messages")
+    losses = language_model_losses(evaluation, [item[column] for item in rows.items])
+    scored = [i for i, loss in enumerate(losses) if loss is not None]
+    errors = [
+        {
+            "row": i + 1,
+            "code": "no_answer_tokens",
+            "message": f"row {i + 1}: no assistant token within the model's max_length",
+        }
+        for i, loss in enumerate(losses)
+        if loss is None
+    ]
+    if not scored:
+        raise EvaluationFailed(
+            "no_row_scored", f"No row of file {evaluation.file_id} could be scored: {errors[0]['message']}"
+        )
+    out = report.language_model_output([losses[i] for i in scored])  # type: ignore[misc]
+    outputs = report.to_json(out)
+    outputs["rows"] = scored
+    return {
+        "metrics": report.finite_metrics(task.metrics(out)),
+        "report": report.build_report(out, None, row_numbers=[i + 1 for i in scored]),
+        "outputs": outputs,
+        "rows_scored": len(scored),
+        "row_errors": errors[:MAX_ROW_ERRORS],
+    }
+
+
+def language_model_losses(evaluation: Evaluation, conversations: list[Any]) -> list[tuple[float, int] | None]:
+    """Each conversation's summed answer-token loss and token count under the evaluated model (or
+    checkpoint), loaded from the files serving loads; None for a row with no answer token in reach."""
+    from tunery_engine.artifact import load_artifact
+    from tunery_engine.errors import ArtifactError
+    from tunery_engine.heads.causal_lm import conversation_losses
+
+    try:
+        target = serving_selectors.serving_target(evaluation.tenant, evaluation.evaluated_name, deployed_only=False)
+    except ApiError as exc:
+        raise EvaluationFailed(exc.code or "model_unavailable", exc.message) from exc
+    try:
+        model, tokenizer, info = load_artifact(target.path)
+    except ArtifactError as exc:
+        raise EvaluationFailed("model_unavailable", f"The model could not be loaded: {exc}") from exc
+    return conversation_losses(model, tokenizer, conversations, info.max_length)
 
 
 def predictions(

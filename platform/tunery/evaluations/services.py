@@ -163,10 +163,10 @@ def _model_context(model: FineTunedModel) -> PackContext:
 
 def _scored_kind(model: FineTunedModel) -> TaskKind:
     kind = TaskKind(serving_selectors.artifact_kind(model))
-    if kind not in report.SCORED_KINDS:
+    if kind not in report.SCORED_KINDS and kind not in report.LOSS_KINDS:
         raise InvalidRequest(
             f"The model '{model.id}' is a {kind.value} model; evaluations score classification, "
-            "multi-label and pair-regression models.",
+            "multi-label, pair-regression, token-classification and causal-LM models.",
             param="model",
             code="evaluation_not_supported",
         )
@@ -253,11 +253,11 @@ def compare(a: Evaluation, b: Evaluation) -> dict[str, Any]:
         "model_a": a.evaluated_name,
         "model_b": b.evaluated_name,
         "file": a.file_id,
-        "rows": len(out_a.y_true),
+        "rows": report.row_count(out_a),
         "selection_metric": a.selection_metric,
         "greater_is_better": a.greater_is_better,
         "confidence": 0.95,
-        "resamples": report.resamples_for(len(out_a.y_true), max(len(out_a.label_names), len(out_b.label_names))),
+        "resamples": report.resamples_for(report.row_count(out_a), max(len(out_a.label_names), len(out_b.label_names))),
         "metrics": {name: difference.to_json() for name, difference in differences.items()},
     }
 
