@@ -680,3 +680,41 @@ def test_a_base_model_is_refused_with_the_reason(setup):
     assert (error["code"], error["param"]) == ("evaluation_not_supported", "model")
     assert "no trained head" in error["message"]
     assert not Evaluation.objects.exists()
+
+
+def test_a_generating_evaluation_adds_the_packs_metrics_of_generated_text(setup, make_model, tmp_path, settings):
+    """Legal drafting with ``generate``: the required-field metrics of the pack equal those of the
+    same model's greedy answers through /v1/predictions; the loss is still every row's."""
+    from tunery_legal import field_match
+
+    setup["make_model"] = make_model
+    settings.TUNERY_MAX_NEW_TOKENS = 24  # a random model never stops: keep its answers short
+    api, acme = setup["api"], setup["acme"]
+    rows = _sample_rows("tunery_legal", "drafting_sample.jsonl", 6)
+    model = _pack_model(setup, tmp_path, TaskKind.CAUSAL_LM, "legal", "clause_drafting")
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+    evaluation = evaluate(setup, model, file_id, generate=True)
+    assert evaluation["generate"] is True
+    prompts = [r["messages"][:-1] for r in rows]
+    body = {"model": model.id, "inputs": [{"messages": p} for p in prompts], "temperature": 0}
+    served = setup["api"].post("/v1/predictions", body, format="json", **acme.headers)
+    assert served.status_code == 200, served.content
+    drafts = [entry["text"] for entry in served.json()["data"]]
+    instructions = [p[-1]["content"] for p in prompts]
+    expected = field_match(instructions, drafts)
+    assert {k: evaluation["metrics"][k] for k in expected} == pytest.approx(expected)
+    assert "eval_loss" in evaluation["metrics"]
+    shown = evaluation["report"]["language_model"]["generations"]
+    assert [(g["row"], g["prompt"], g["generated"]) for g in shown] == list(zip(range(1, 6), instructions, drafts))
+
+    plain = evaluate(setup, model, file_id)
+    assert plain["metrics"]["eval_loss"] == pytest.approx(evaluation["metrics"]["eval_loss"])
+    assert "field_recall" not in plain["metrics"]
+    assert plain["report"]["language_model"]["generations"] == []
+
+    settings.TUNERY_EVALUATION_MAX_GENERATIONS = 5
+    too_many = create(api, acme, model=model.id, file=file_id, generate=True)
+    assert (too_many.status_code, too_many.json()["error"]["code"]) == (400, "file_too_large")
+    assert too_many.json()["error"]["param"] == "generate"
+    classifier = create(api, acme, model=setup["models"][1].id, file=labelled_file(api, acme), generate=True)
+    assert (classifier.status_code, classifier.json()["error"]["param"]) == (400, "generate")

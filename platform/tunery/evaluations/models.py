@@ -50,6 +50,8 @@ class Evaluation(models.Model):
     greater_is_better = models.BooleanField(default=True)
     #: Top-probability cut under which a request is handed off (single-label classifiers).
     handoff_threshold = models.FloatField(null=True, blank=True)
+    #: Causal LM: also generate each row's answer (greedy) for the pack's metrics of generated text.
+    generate = models.BooleanField(default=False)
 
     rows_scored = models.PositiveIntegerField(default=0)
     #: The pack's metrics of the scored rows.

@@ -28,8 +28,9 @@ SINGLE_LABEL = (TaskKind.SEQUENCE_CLASSIFICATION, TaskKind.TEXT_PAIR_CLASSIFICAT
 CALIBRATION_BINS = 10
 #: Missed and spurious entities a token-classification report shows (each).
 ENTITY_ERRORS_SHOWN = 20
-#: Rows with the highest token loss a language-model report shows.
+#: Rows with the highest token loss, and generated answers, a language-model report shows.
 WORST_ROWS_SHOWN = 10
+GENERATIONS_SHOWN = 5
 #: Thresholds of the coverage/accuracy curve (0.00, 0.05, ..., 0.95).
 CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
 DEFAULT_HANDOFF_THRESHOLD = 0.5
@@ -85,10 +86,15 @@ def eval_output(
     raise ScoringError(f"a {kind.value} model is not scored from predictions")
 
 
-def language_model_output(losses: Sequence[tuple[float, int]]) -> EvalOutput:
+def language_model_output(
+    losses: Sequence[tuple[float, int]], prompts: Sequence[str] = (), generated: Sequence[str] = ()
+) -> EvalOutput:
     """A causal LM's rows as an ``EvalOutput``: per row ``[summed token loss, supervised tokens]``
-    in ``scores`` and the token-weighted mean loss as ``eval_loss`` (what the pack's metrics read)."""
-    return _with_loss(EvalOutput(TaskKind.CAUSAL_LM, (), [], [], [[float(s), int(n)] for s, n in losses]))
+    in ``scores`` and the token-weighted mean loss as ``eval_loss`` (what the pack's metrics read);
+    with generations, each row's last user turn as ``y_true`` and its generated answer as ``y_pred``
+    (what a pack's metrics of generated text read, e.g. the legal drafting's required fields)."""
+    scores = [[float(s), int(n)] for s, n in losses]
+    return _with_loss(EvalOutput(TaskKind.CAUSAL_LM, (), list(prompts), list(generated), scores))
 
 
 def _with_loss(out: EvalOutput) -> EvalOutput:
@@ -199,13 +205,15 @@ def language_model_report(out: EvalOutput, row_numbers: Sequence[int] | None) ->
     rows = [(s / n if n else 0.0, n, i) for i, (s, n) in enumerate(out.scores or [])]
     loss = out.eval_loss
     worst = sorted(rows, key=lambda r: -r[0])[:WORST_ROWS_SHOWN]
+    number = (lambda i: row_numbers[i]) if row_numbers is not None else (lambda i: i + 1)
     return {
         "mean_token_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)) if loss is not None else None,
         "tokens": sum(n for _, n, _ in rows),
-        "worst_rows": [
-            {"row": row_numbers[i] if row_numbers is not None else i + 1, "mean_token_loss": value, "tokens": n}
-            for value, n, i in worst
+        "worst_rows": [{"row": number(i), "mean_token_loss": value, "tokens": n} for value, n, i in worst],
+        "generations": [
+            {"row": number(i), "prompt": prompt, "generated": text}
+            for i, (prompt, text) in enumerate(zip(out.y_true[:GENERATIONS_SHOWN], out.y_pred[:GENERATIONS_SHOWN]))
         ],
     }
 

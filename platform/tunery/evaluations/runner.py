@@ -180,7 +180,13 @@ def _score_losses(evaluation: Evaluation, task: TaskDefinition, rows: LabelledRo
         raise EvaluationFailed(
             "no_row_scored", f"No row of file {evaluation.file_id} could be scored: {errors[0]['message']}"
         )
-    out = report.language_model_output([losses[i] for i in scored])  # type: ignore[misc]
+    prompts: list[str] = []
+    generated: list[str] = []
+    if evaluation.generate:
+        conversations = [rows.items[i][column] for i in scored]
+        prompts = [_last_turn(c[: _last_answer(c)], "user") for c in conversations]
+        generated = generations(evaluation, [c[: _last_answer(c)] for c in conversations])
+    out = report.language_model_output([losses[i] for i in scored], prompts, generated)  # type: ignore[misc]
     outputs = report.to_json(out)
     outputs["rows"] = scored
     return {
@@ -190,6 +196,31 @@ def _score_losses(evaluation: Evaluation, task: TaskDefinition, rows: LabelledRo
         "rows_scored": len(scored),
         "row_errors": errors[:MAX_ROW_ERRORS],
     }
+
+
+def _last_answer(conversation: list[dict[str, Any]]) -> int:
+    """Index of the conversation's last assistant turn (what a generation answers)."""
+    return max(i for i, message in enumerate(conversation) if message.get("role") == "assistant")
+
+
+def _last_turn(conversation: list[dict[str, Any]], role: str) -> str:
+    return next((str(m.get("content", "")) for m in reversed(conversation) if m.get("role") == role), "")
+
+
+def generations(evaluation: Evaluation, prompts: list[list[dict[str, Any]]]) -> list[str]:
+    """Greedy answers to ``prompts`` (conversations ending before the answer) through the serving
+    path, one request each, at the serving default length."""
+    requests = [
+        inputs.prediction_request({"model": evaluation.evaluated_name, "inputs": [{"messages": p}], "temperature": 0})
+        for p in prompts
+    ]
+    answers = _predict(evaluation, requests)
+    texts = []
+    for number, answer in enumerate(answers, start=1):
+        if isinstance(answer, ApiError):
+            raise EvaluationFailed(answer.code or "generation_failed", f"generating row {number}: {answer.message}")
+        texts.append(str(answer["data"][0].get("text") or ""))
+    return texts
 
 
 def language_model_losses(evaluation: Evaluation, conversations: list[Any]) -> list[tuple[float, int] | None]:

@@ -27,6 +27,7 @@ def evaluation_object(evaluation: Evaluation) -> dict[str, Any]:
         "selection_metric": evaluation.selection_metric,
         "greater_is_better": evaluation.greater_is_better,
         "handoff_threshold": evaluation.handoff_threshold,
+        "generate": evaluation.generate,
         "rows_scored": evaluation.rows_scored,
         "metrics": evaluation.metrics,
         "report": evaluation.report,
@@ -70,6 +71,7 @@ class EvaluationObjectSerializer(serializers.Serializer):
     handoff_threshold = serializers.FloatField(
         allow_null=True, help_text="Top-probability cut below which a request is handed off (single-label)."
     )
+    generate = serializers.BooleanField(help_text="Causal LM: answers were generated for the pack's text metrics.")
     rows_scored = serializers.IntegerField()
     metrics = serializers.DictField(
         child=serializers.FloatField(), allow_null=True, help_text="The pack's metrics; null until succeeded."
@@ -108,6 +110,12 @@ class EvaluationCreateSerializer(serializers.Serializer):
         min_value=0,
         max_value=1,
         help_text="Report coverage/accuracy at this cut (default: the tenant's pack setting, else 0.5).",
+    )
+    generate = serializers.BooleanField(
+        required=False,
+        help_text="Causal-LM models: also generate each row's answer (greedy) and score it with the pack's "
+        "metrics of generated text (at most TUNERY_EVALUATION_MAX_GENERATIONS rows). Default false: "
+        "mean token loss and perplexity of the reference answers only.",
     )
     queue = serializers.ChoiceField(choices=EVALUATION_QUEUES, required=False, help_text="'cpu' (default) or 'gpu'.")
     metadata = MetadataField(

@@ -59,6 +59,9 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
             param="model",
             code="evaluation_quota_exceeded",
         )
+    generate = body.get("generate", False)
+    if not isinstance(generate, bool):
+        raise InvalidRequest("generate must be true or false.", param="generate")
     evaluation = _new_evaluation(
         tenant=tenant,
         model_id=model,
@@ -67,6 +70,7 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
         handoff_threshold=body.get("handoff_threshold"),
         queue=queue,
         metadata=metadata,
+        generate=generate,
     )
     dispatch.evaluation_created(evaluation.id, evaluation.queue)
     return evaluation
@@ -103,6 +107,7 @@ def _new_evaluation(
     handoff_threshold: Any = None,
     queue: str = CPU_QUEUE,
     metadata: dict[str, str] | None = None,
+    generate: bool = False,
 ) -> Evaluation:
     model, checkpoint = _evaluated_model(tenant, model_id)
     file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
@@ -111,6 +116,8 @@ def _new_evaluation(
     context = _model_context(model)
     kind = _scored_kind(model)
     threshold = _threshold(handoff_threshold, context, kind)
+    if generate:
+        _check_generation(file, kind)
     _check_file(file, context)
     with transaction.atomic():
         return Evaluation.objects.create(
@@ -127,6 +134,7 @@ def _new_evaluation(
             selection_metric=context.task.selection_metric,
             greater_is_better=context.task.greater_is_better,
             handoff_threshold=threshold,
+            generate=generate,
             metadata=metadata or None,
             created_by=actor[:200],
         )
@@ -185,6 +193,23 @@ def _threshold(value: Any, context: PackContext, kind: TaskKind) -> float | None
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise InvalidRequest("handoff_threshold must be a number from 0 to 1.", param="handoff_threshold")
     return float(value) if kind in report.SINGLE_LABEL else None
+
+
+def _check_generation(file: File, kind: TaskKind) -> None:
+    if kind not in report.LOSS_KINDS:
+        raise InvalidRequest(
+            f"generate is for causal-LM models; this model is a {kind.value} model.",
+            param="generate",
+            code="evaluation_not_supported",
+        )
+    limit = settings.TUNERY_EVALUATION_MAX_GENERATIONS
+    if file.row_count > limit:
+        raise InvalidRequest(
+            f"File {file.id} has {file.row_count} rows; an evaluation generates answers for at most {limit} "
+            "(TUNERY_EVALUATION_MAX_GENERATIONS); leave generate out to score every row by its token loss.",
+            param="generate",
+            code="file_too_large",
+        )
 
 
 def _check_file(file: File, context: PackContext) -> None:
