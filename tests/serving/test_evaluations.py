@@ -669,17 +669,56 @@ def test_causal_lm_models_are_scored_by_the_token_loss_of_the_reference_answers(
     assert entry["ci_low"] <= entry["difference"] <= entry["ci_high"]
 
 
-def test_a_base_model_is_refused_with_the_reason(setup):
+def test_a_base_causal_lm_is_scored_by_loss_and_a_base_encoder_is_refused_with_the_reason(setup, make_model, tmp_path):
+    """A base model has no trained head: for a causal-LM task its token loss is still meaningful
+    (it equals that of a fine-tuned artifact holding the same weights), for a classifier it is not."""
     from tunery.catalog.models import BaseModel
 
-    api, acme = setup["api"], setup["acme"]
-    BaseModel.objects.create(name="tiny-bert-base", local_path="/nowhere")
-    response = create(api, acme, model="tiny-bert-base", file=labelled_file(api, acme))
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert (error["code"], error["param"]) == ("evaluation_not_supported", "model")
-    assert "no trained head" in error["message"]
-    assert not Evaluation.objects.exists()
+    setup["make_model"] = make_model
+    api, acme, globex = setup["api"], setup["acme"], setup["globex"]
+    tuned = _pack_model(setup, tmp_path, TaskKind.CAUSAL_LM, "customer_service", "reply", seed=3)
+    BaseModel.objects.create(name="tiny-llama", local_path=str(tuned.artifact_path), architecture="llama")
+    BaseModel.objects.create(name="tiny-bert-base", local_path="/nowhere", architecture="bert")
+    rows = _sample_rows("tunery_customer_service", "reply_sample.jsonl", 12)
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+
+    base = evaluate_named(setup, "tiny-llama", file_id, vertical="customer_service", task="reply")
+    assert (base["model"], base["fine_tuned_model"], base["kind"]) == ("tiny-llama", None, "causal_lm")
+    assert base["metrics"]["eval_loss"] == pytest.approx(evaluate(setup, tuned, file_id)["metrics"]["eval_loss"])
+    assert [e["id"] for e in api.get("/v1/evaluations?model=tiny-llama", **acme.headers).json()["data"]] == [base["id"]]
+    assert api.get(f"/v1/evaluations/{base['id']}", **globex.headers).status_code == 404
+
+    intent_file = labelled_file(api, acme)
+    cases = [
+        ({"model": "tiny-bert-base", "file": intent_file}, "vertical", None),
+        ({"model": "tiny-llama", "file": file_id, "vertical": "customer_service"}, "task", None),
+        (
+            {"model": "tiny-bert-base", "file": intent_file, "vertical": "customer_service", "task": "intent"},
+            "model",
+            "evaluation_not_supported",
+        ),
+        (
+            {"model": "tiny-bert-base", "file": file_id, "vertical": "customer_service", "task": "reply"},
+            "model",
+            "evaluation_not_supported",
+        ),
+        (
+            {"model": "tiny-llama", "file": file_id, "vertical": "customer_service", "task": "reply", "generate": True},
+            "generate",
+            "evaluation_not_supported",
+        ),
+        ({"model": "tiny-llama", "file": file_id, "vertical": "customer_service", "task": "nope"}, "task", None),
+    ]
+    for body, param, code in cases:
+        response = api.post("/v1/evaluations", body, format="json", **acme.headers)
+        assert response.status_code == 400, body
+        error = response.json()["error"]
+        assert error["param"] == param, body
+        if code is not None:
+            assert error["code"] == code, body
+    refused = create(api, acme, model="tiny-bert-base", file=intent_file, vertical="customer_service", task="intent")
+    assert "no trained head" in refused.json()["error"]["message"]
+    assert Evaluation.objects.filter(base_model__name="tiny-bert-base").count() == 0
 
 
 def test_a_generating_evaluation_adds_the_packs_metrics_of_generated_text(setup, make_model, tmp_path, settings):

@@ -31,7 +31,14 @@ class Evaluation(models.Model):
 
     id = models.CharField(primary_key=True, max_length=40, default=new_evaluation_id, editable=False)
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="evaluations")
-    model = models.ForeignKey("catalog.FineTunedModel", on_delete=models.CASCADE, related_name="evaluations")
+    #: The fine-tuned model scored (or whose checkpoint was); None for a base model.
+    model = models.ForeignKey(
+        "catalog.FineTunedModel", null=True, blank=True, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    #: The base model scored (causal-LM tasks: token loss needs no trained head).
+    base_model = models.ForeignKey(
+        "catalog.BaseModel", null=True, blank=True, on_delete=models.CASCADE, related_name="evaluations"
+    )
     #: The name evaluated: the model's id, or a checkpoint's ``ft:...:ckpt-step-N`` ("" before checkpoints).
     model_name = models.CharField(max_length=240, blank=True, default="", db_index=True)
     #: The checkpoint of ``model``'s job that was scored (None: the model itself).
@@ -83,4 +90,4 @@ class Evaluation(models.Model):
 
     @property
     def evaluated_name(self) -> str:
-        return self.model_name or self.model_id
+        return self.model_name or self.model_id or ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunery.core.errors import ApiError
@@ -121,12 +122,12 @@ def labelled_rows(task: TaskDefinition, config: dict[str, Any], file: File) -> L
 def score(evaluation: Evaluation) -> dict[str, Any]:
     """The fields a succeeded evaluation gets: metrics, report, outputs, rows_scored, row_errors."""
     model = evaluation.model
-    if model.deleted_at is not None:
+    if model is not None and model.deleted_at is not None:
         raise EvaluationFailed("model_not_found", f"The model '{model.id}' was deleted.")
     if evaluation.file.deleted_at is not None:
         raise EvaluationFailed("file_not_found", f"The file '{evaluation.file_id}' was deleted.")
     try:
-        context = pack_context(evaluation.tenant_id, model.vertical, model.task)
+        context = pack_context(evaluation.tenant_id, evaluation.vertical, evaluation.task)
     except PackError as exc:
         raise EvaluationFailed("vertical_unavailable", str(exc)) from exc
     rows = labelled_rows(context.task, dict(context.config), evaluation.file)
@@ -165,7 +166,7 @@ def _score_losses(evaluation: Evaluation, task: TaskDefinition, rows: LabelledRo
     """A causal LM scored by teacher forcing: the mean token loss of the file's reference answers
     (its assistant turns) given their conversations, and perplexity; no generation."""
     column = task.role_column("messages")
-    losses = language_model_losses(evaluation, [item[column] for item in rows.items])
+    losses = language_model_losses(evaluation, task, [item[column] for item in rows.items])
     scored = [i for i, loss in enumerate(losses) if loss is not None]
     errors = [
         {
@@ -223,22 +224,42 @@ def generations(evaluation: Evaluation, prompts: list[list[dict[str, Any]]]) -> 
     return texts
 
 
-def language_model_losses(evaluation: Evaluation, conversations: list[Any]) -> list[tuple[float, int] | None]:
+def language_model_losses(
+    evaluation: Evaluation, task: TaskDefinition, conversations: list[Any]
+) -> list[tuple[float, int] | None]:
     """Each conversation's summed answer-token loss and token count under the evaluated model (or
-    checkpoint), loaded from the files serving loads; None for a row with no answer token in reach."""
+    checkpoint, loaded from the files serving loads; or base model, at the task's default
+    max_length); None for a row with no answer token in reach."""
+    import torch
+
+    from tunery_engine import modeling
     from tunery_engine.artifact import load_artifact
     from tunery_engine.errors import ArtifactError
     from tunery_engine.heads.causal_lm import conversation_losses
 
+    if evaluation.base_model is not None:
+        from tunery.core.artifacts import StorageError
+        from tunery.jobs.runner import SpecError, resolve_base_model_path
+        from tunery_contract.vocabulary import EngineError
+
+        try:
+            path = Path(resolve_base_model_path(evaluation.base_model))
+            model = modeling.load_pretrained("AutoModelForCausalLM", path, dtype=torch.float32)
+            tokenizer = modeling.load_tokenizer(path)
+        except (EngineError, SpecError, StorageError) as exc:
+            raise EvaluationFailed("model_unavailable", f"The base model could not be loaded: {exc}") from exc
+        max_length = task.default_hyperparameters.get("max_length")
+        model.eval()
+        return conversation_losses(model, tokenizer, conversations, max_length if isinstance(max_length, int) else 512)
     try:
         target = serving_selectors.serving_target(evaluation.tenant, evaluation.evaluated_name, deployed_only=False)
     except ApiError as exc:
         raise EvaluationFailed(exc.code or "model_unavailable", exc.message) from exc
     try:
-        model, tokenizer, info = load_artifact(target.path)
+        loaded, tokenizer, info = load_artifact(target.path)
     except ArtifactError as exc:
         raise EvaluationFailed("model_unavailable", f"The model could not be loaded: {exc}") from exc
-    return conversation_losses(model, tokenizer, conversations, info.max_length)
+    return conversation_losses(loaded, tokenizer, conversations, info.max_length)
 
 
 def predictions(

@@ -56,7 +56,9 @@ class EvaluationObjectSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.ChoiceField(choices=["evaluation"])
     model = serializers.CharField(help_text="The model scored: a fine-tuned model, or a checkpoint's model name.")
-    fine_tuned_model = serializers.CharField(help_text="The fine-tuned model (the checkpoint's job's model).")
+    fine_tuned_model = serializers.CharField(
+        allow_null=True, help_text="The fine-tuned model (the checkpoint's job's model); null for a base model."
+    )
     checkpoint = serializers.CharField(
         allow_null=True, help_text="The checkpoint scored ('ftckpt-...'); null for the model itself."
     )
@@ -98,9 +100,12 @@ class EvaluationCreateSerializer(serializers.Serializer):
 
     model = serializers.CharField(
         min_length=1,
-        help_text="One of your fine-tuned models ('ft:...'), or a checkpoint of one: its "
-        "fine_tuned_model_checkpoint ('ft:...:ckpt-step-N') or id ('ftckpt-...').",
+        help_text="One of your fine-tuned models ('ft:...'), a checkpoint of one (its "
+        "fine_tuned_model_checkpoint 'ft:...:ckpt-step-N' or id 'ftckpt-...'), or a base model for a "
+        "causal-LM task (with vertical and task; scored by token loss).",
     )
+    vertical = serializers.CharField(required=False, help_text="Base models only: the pack the task is in.")
+    task = serializers.CharField(required=False, help_text="Base models only: the pack's causal-LM task.")
     file = serializers.CharField(
         min_length=1,
         help_text="A file uploaded with purpose 'fine-tune' in the model's task schema (text and label columns).",

@@ -11,12 +11,13 @@ For other apps (the deployment gate)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 
-from tunery.catalog.models import FineTunedModel
+from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.core.errors import ApiError, Conflict, InvalidRequest, NotFound, QuotaExceeded
 from tunery.evaluations import dispatch, lifecycle, report, runner
 from tunery.evaluations.models import EVALUATION_QUEUES, Evaluation, EvaluationStatus
@@ -71,6 +72,8 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
         queue=queue,
         metadata=metadata,
         generate=generate,
+        vertical=body.get("vertical"),
+        task=body.get("task"),
     )
     dispatch.evaluation_created(evaluation.id, evaluation.queue)
     return evaluation
@@ -108,28 +111,31 @@ def _new_evaluation(
     queue: str = CPU_QUEUE,
     metadata: dict[str, str] | None = None,
     generate: bool = False,
+    vertical: Any = None,
+    task: Any = None,
 ) -> Evaluation:
-    model, checkpoint = _evaluated_model(tenant, model_id)
+    subject = _subject(tenant, model_id, vertical, task)
     file = File.objects.filter(tenant=tenant, pk=file_id, deleted_at__isnull=True).first()
     if file is None:
         raise NotFound(f"No file with id '{file_id}' found.", param="file", code="file_not_found")
-    context = _model_context(model)
-    kind = _scored_kind(model)
+    context, kind = subject.context, subject.kind
     threshold = _threshold(handoff_threshold, context, kind)
     if generate:
-        _check_generation(file, kind)
+        _check_generation(file, subject)
     _check_file(file, context)
+    checkpoint = subject.checkpoint
     with transaction.atomic():
         return Evaluation.objects.create(
             tenant=tenant,
-            model=model,
-            model_name=model.id if checkpoint is None else checkpoint_model_name(model.id, checkpoint.step_number),
+            model=subject.model,
+            base_model=subject.base_model,
+            model_name=subject.name,
             checkpoint=checkpoint,
             checkpoint_step=checkpoint.step_number if checkpoint is not None else None,
             file=file,
             queue=queue,
-            vertical=model.vertical,
-            task=model.task,
+            vertical=subject.vertical,
+            task=subject.task,
             kind=kind.value,
             selection_metric=context.task.selection_metric,
             greater_is_better=context.task.greater_is_better,
@@ -140,24 +146,73 @@ def _new_evaluation(
         )
 
 
-def _evaluated_model(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobCheckpoint | None]:
+@dataclass(frozen=True)
+class Subject:
+    """What an evaluation scores: a fine-tuned model, one of its job's checkpoints, or a base model
+    (causal LMs only) for a pack's task."""
+
+    name: str
+    vertical: str
+    task: str
+    context: PackContext
+    kind: TaskKind
+    model: FineTunedModel | None = None
+    checkpoint: JobCheckpoint | None = None
+    base_model: BaseModel | None = None
+
+
+def _subject(tenant: Tenant, name: str, vertical: Any, task: Any) -> Subject:
     """The fine-tuned model ``name`` names, or the model and checkpoint (``ft:...:ckpt-step-N`` or
-    the checkpoint's id); 404 otherwise (400 for a base model, which has no trained head)."""
+    the checkpoint's id), or a base model with ``vertical``/``task``; 404 otherwise."""
+    checkpoint = None
     if names_a_checkpoint(name):
-        return serving_selectors.tenant_checkpoint(tenant, name)
-    try:
-        return serving_selectors.tenant_model(tenant, name), None
-    except NotFound:
-        if base_model_by_name(tenant, name) is not None:
+        model, checkpoint = serving_selectors.tenant_checkpoint(tenant, name)
+        name = checkpoint_model_name(model.id, checkpoint.step_number)
+    else:
+        try:
+            model = serving_selectors.tenant_model(tenant, name)
+        except NotFound:
+            base = base_model_by_name(tenant, name)
+            if base is None:
+                raise
+            return _base_model_subject(tenant, base, vertical, task)
+    context = _model_context(model)
+    return Subject(name, model.vertical, model.task, context, _scored_kind(model), model, checkpoint)
+
+
+def _base_model_subject(tenant: Tenant, base: BaseModel, vertical: Any, task: Any) -> Subject:
+    """A base model scored for a pack's causal-LM task by the token loss of the file's answers (a
+    language model needs no trained head for that). A task with a head (labels, tags, a score) is
+    refused: an untrained head's answers would mean nothing."""
+    for value, param in ((vertical, "vertical"), (task, "task")):
+        if not isinstance(value, str) or not value:
             raise InvalidRequest(
-                f"'{name}' is a base model: it has no trained head for a pack's task (a classifier's "
-                "labels, a tagger's tags), so its scores would mean nothing. Fine-tune it first "
-                "(POST /v1/fine_tuning/jobs; a job reports its linear probe, the base model frozen under a "
-                "fitted head) and evaluate the fine-tuned model.",
-                param="model",
-                code="evaluation_not_supported",
-            ) from None
-        raise
+                f"'{base.name}' is a base model: name the pack's {param} it is evaluated for "
+                "(a causal-LM task such as customer_service/reply).",
+                param=param,
+            )
+    try:
+        context = pack_context(tenant.pk, vertical, task)
+    except PackError as exc:
+        raise InvalidRequest(f"{exc}.", param="task", code="vertical_unavailable") from exc
+    kind = context.task.kind
+    if kind not in report.LOSS_KINDS:
+        raise InvalidRequest(
+            f"'{base.name}' is a base model and {vertical}/{task} is a {kind.value} task: a base model has no "
+            "trained head for it (its labels, tags or scores would be those of random weights). Fine-tune it "
+            "(POST /v1/fine_tuning/jobs; a job reports its linear probe, the frozen base model under a fitted "
+            "head, as a floor) and evaluate the fine-tuned model.",
+            param="model",
+            code="evaluation_not_supported",
+        )
+    suitable = context.task.suitable_architectures
+    if suitable and base.architecture and base.architecture not in suitable:
+        raise InvalidRequest(
+            f"'{base.name}' is a {base.architecture} model; {vertical}/{task} takes {', '.join(suitable)}.",
+            param="model",
+            code="evaluation_not_supported",
+        )
+    return Subject(base.name, vertical, task, context, kind, base_model=base)
 
 
 def _model_context(model: FineTunedModel) -> PackContext:
@@ -195,10 +250,11 @@ def _threshold(value: Any, context: PackContext, kind: TaskKind) -> float | None
     return float(value) if kind in report.SINGLE_LABEL else None
 
 
-def _check_generation(file: File, kind: TaskKind) -> None:
-    if kind not in report.LOSS_KINDS:
+def _check_generation(file: File, subject: Subject) -> None:
+    if subject.kind not in report.LOSS_KINDS or subject.model is None:
+        what = "a base model" if subject.model is None else f"a {subject.kind.value} model"
         raise InvalidRequest(
-            f"generate is for causal-LM models; this model is a {kind.value} model.",
+            f"generate is for fine-tuned causal-LM models (served as they answer); '{subject.name}' is {what}.",
             param="generate",
             code="evaluation_not_supported",
         )
