@@ -552,7 +552,9 @@ def evaluate_named(setup, name: str, file_id: str, **body) -> dict:
     return api.get(f"/v1/evaluations/{created.json()['id']}", **acme.headers).json()
 
 
-def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them(setup, make_model, tmp_path):
+def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them(
+    setup, make_model, tmp_path, admin_client
+):
     """A medical NER model: the pack's entity metrics and the per-type report equal seqeval's on
     the same model's served tags; missed/spurious entities are counted and shown; two taggers compare."""
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
@@ -605,6 +607,8 @@ def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them
         assert rows[example["row"] - 1]["tags"][example["start"]] == f"B-{example['type']}"
     assert report["confusion_matrix"] is None
     assert report["calibration"] is None
+    page = admin_client.get(f"/admin/evaluations/evaluation/{evaluation['id']}/change/").content.decode()
+    assert f"<p>{errors['missed']} missed, {errors['spurious']} spurious</p>" in page
 
     other = evaluate(setup, taggers[1], file_id)
     compared = api.get(f"/v1/evaluations/{evaluation['id']}/compare?with={other['id']}", **acme.headers).json()
@@ -614,7 +618,9 @@ def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them
     assert entry["ci_low"] <= entry["difference"] + 1e-9 <= entry["ci_high"] + 2e-9
 
 
-def test_causal_lm_models_are_scored_by_the_token_loss_of_the_reference_answers(setup, make_model, tmp_path):
+def test_causal_lm_models_are_scored_by_the_token_loss_of_the_reference_answers(
+    setup, make_model, tmp_path, admin_client
+):
     """Teacher forcing: the mean answer-token loss equals transformers' own loss of each
     conversation (encoded as training encodes it) weighted by its answer tokens; perplexity is its
     exponential; two models compare by the paired bootstrap; worst rows are shown."""
@@ -659,6 +665,8 @@ def test_causal_lm_models_are_scored_by_the_token_loss_of_the_reference_answers(
     worst = [r["mean_token_loss"] for r in language["worst_rows"]]
     assert worst == sorted(worst, reverse=True)
     assert len(worst) == 10
+    page = admin_client.get(f"/admin/evaluations/evaluation/{evaluation['id']}/change/").content.decode()
+    assert f"mean token loss {metrics['eval_loss']:.4f}" in page
 
     other = evaluate(setup, models[1], file_id)
     compared = api.get(f"/v1/evaluations/{evaluation['id']}/compare?with={other['id']}", **acme.headers).json()
