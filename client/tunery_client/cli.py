@@ -798,6 +798,21 @@ def evaluation_report(evaluation: dict[str, Any], max_labels: int = 30) -> list[
             f"  hand-off threshold {handoff['threshold']:.2f}: {handoff['coverage']:.1%} answered automatically "
             f"with accuracy {handoff['accuracy']:.1%}; {handoff['handed_off']} handed to a person"
         )
+    entities = report.get("entity_errors")
+    if entities:
+        lines.append(f"  entities: {entities['missed']} missed, {entities['spurious']} spurious")
+        for what in ("missed", "spurious"):
+            for e in entities[f"{what}_examples"][:3]:
+                lines.append(f"    {what} {e['type']} '{e['text']}' (row {e['row']})")
+    language = report.get("language_model")
+    if language:
+        lines.append(
+            f"  mean token loss {language['mean_token_loss']:.4f}, perplexity {language['perplexity']:.2f} "
+            f"over {language['tokens']} answer tokens"
+        )
+        worst = ", ".join(f"row {r['row']} ({r['mean_token_loss']:.2f})" for r in language["worst_rows"][:5])
+        if worst:
+            lines.append(f"  least likely answers: {worst}")
     for error in (evaluation.get("row_errors") or [])[:5]:
         lines.append(f"  not scored: {error.get('message')}")
     return lines
@@ -807,6 +822,11 @@ def _cmd_evaluate(client: TuneryClient, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"model": args.model, "file": _training_file_id(client, args.file)}
     if args.handoff_threshold is not None:
         body["handoff_threshold"] = args.handoff_threshold
+    for name in ("vertical", "task"):
+        if getattr(args, name):
+            body[name] = getattr(args, name)
+    if args.generate:
+        body["generate"] = True
     evaluation = client.create_evaluation(body)
     print(f"evaluation {evaluation['id']} {evaluation['status']}", file=sys.stderr)
     if not args.no_wait:
@@ -976,9 +996,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_cmd_predict)
 
     evaluate = commands.add_parser("evaluate", help="score a fine-tuned model on a labelled file and print the report")
-    evaluate.add_argument("--model", required=True, help="fine-tuned model id (ft:...)")
+    evaluate.add_argument(
+        "--model", required=True, help="fine-tuned model (ft:...), checkpoint (ft:...:ckpt-step-N) or base model"
+    )
     evaluate.add_argument("--file", required=True, help="labelled file id, or a local file to upload")
     evaluate.add_argument("--handoff-threshold", type=float, help="report coverage/accuracy at this confidence")
+    evaluate.add_argument("--vertical", help="base model only: the pack of the causal-LM task")
+    evaluate.add_argument("--task", help="base model only: the pack's causal-LM task")
+    evaluate.add_argument(
+        "--generate", action="store_true", help="causal LM: also generate answers for the pack's text metrics"
+    )
     evaluate.add_argument("--no-wait", action="store_true", help="create it and return")
     evaluate.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     evaluate.add_argument("--timeout", type=float, help="give up waiting after this many seconds")

@@ -198,6 +198,8 @@ TUNERY_BATCH_CHUNK_LINES = env_int("TUNERY_BATCH_CHUNK_LINES", 32)
 TUNERY_EVALUATION_MAX_ROWS = env_int("TUNERY_EVALUATION_MAX_ROWS", 20_000)
 #: Evaluations a tenant may have queued or running at once.
 TUNERY_EVALUATION_MAX_PENDING = env_int("TUNERY_EVALUATION_MAX_PENDING", 10)
+#: Most rows a causal-LM evaluation with ``generate`` may hold (each is generated one at a time).
+TUNERY_EVALUATION_MAX_GENERATIONS = env_int("TUNERY_EVALUATION_MAX_GENERATIONS", 200)
 # Learning from production (tunery.feedback): the prediction log, monitoring and alert webhooks.
 #: Days a prediction's log row (label, confidence, hand-off) is kept; feedback is accepted this long.
 TUNERY_PREDICTION_LOG_DAYS = env_int("TUNERY_PREDICTION_LOG_DAYS", 90)

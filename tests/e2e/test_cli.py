@@ -472,3 +472,34 @@ def test_deploy_with_a_challenger_then_promote_and_roll_back(cli, deployed_model
     code, _, err = cli("deploy", "rollback", "nobody")
     assert code == 1
     assert "404" in err
+
+
+def test_the_evaluation_report_text_shows_entity_errors_and_language_model_loss():
+    from tunery_client.cli import evaluation_report
+
+    tagger = {
+        "id": "eval-1", "model": "ft:x:ckpt-step-20", "file": "file-1", "rows_scored": 4, "status": "succeeded",
+        "selection_metric": "f1", "metrics": {"f1": 0.5, "f1/party": 0.4},
+        "report": {
+            "per_label": {"labels": {"PARTY": {"precision": 0.5, "recall": 0.4, "f1": 0.44, "support": 5}}},
+            "entity_errors": {
+                "missed": 3, "spurious": 1,
+                "missed_examples": [{"row": 2, "type": "PARTY", "text": "Acme Ltd", "start": 0, "end": 1}],
+                "spurious_examples": [{"row": 3, "type": "DATE", "text": "the", "start": 4, "end": 4}],
+            },
+        },
+    }  # fmt: skip
+    text = "\n".join(evaluation_report(tagger))
+    assert "of ft:x:ckpt-step-20" in text
+    assert "entities: 3 missed, 1 spurious" in text
+    assert "missed PARTY 'Acme Ltd' (row 2)" in text
+    assert "spurious DATE 'the' (row 3)" in text
+    language = {
+        "id": "eval-2", "model": "tiny-llama", "file": "file-1", "rows_scored": 2, "status": "succeeded",
+        "selection_metric": "eval_loss", "metrics": {"eval_loss": 2.0, "perplexity": 7.389},
+        "report": {"language_model": {"mean_token_loss": 2.0, "perplexity": 7.389, "tokens": 40,
+                                      "worst_rows": [{"row": 2, "mean_token_loss": 3.5, "tokens": 10}]}},
+    }  # fmt: skip
+    text = "\n".join(evaluation_report(language))
+    assert "mean token loss 2.0000, perplexity 7.39 over 40 answer tokens" in text
+    assert "least likely answers: row 2 (3.50)" in text

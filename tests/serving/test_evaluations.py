@@ -330,12 +330,12 @@ def _sample_rows(package: str, filename: str, count: int) -> list[dict]:
     return [json.loads(line) for line in lines[:count]]
 
 
-def _pack_model(setup, tmp_path, kind: TaskKind, vertical: str, task: str, labels=()):
+def _pack_model(setup, tmp_path, kind: TaskKind, vertical: str, task: str, labels=(), seed: int = 0):
     from tunery.catalog.models import FineTunedModel
     from tunery.verticals import registry
 
     registry.enable(setup["acme"].tenant, vertical)
-    artifact = builders.full_artifact(tmp_path / task, kind, labels, vertical=vertical, task=task)
+    artifact = builders.full_artifact(tmp_path / task, kind, labels, seed=seed, vertical=vertical, task=task)
     model = FineTunedModel.objects.get(pk=setup["make_model"](setup["acme"].tenant, artifact, task).pk)
     FineTunedModel.objects.filter(pk=model.pk).update(vertical=vertical, task=task)
     model.refresh_from_db()
@@ -479,3 +479,289 @@ def test_the_paired_bootstrap_brackets_a_real_difference_and_not_a_fake_one():
     assert (same.ci_low, same.difference, same.ci_high) == (0.0, 0.0, 0.0)
     assert resamples_for(100, 8) == 1000
     assert resamples_for(100_000, 77) == 50
+
+
+def save_checkpoint_of(artifact: Path, root: Path, step: int) -> Path:
+    """A checkpoint as the engine writes one (trained tensors, optimizer, run state, checksums),
+    holding ``artifact``'s weights."""
+    from tunery_engine import checkpoint as ckpt
+
+    model = BertForSequenceClassification.from_pretrained(str(artifact))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    state = ckpt.RunState(label_names=list(LABELS), fingerprint={}, step=step)
+    return ckpt.save_checkpoint(root, state, model, optimizer, scheduler, None)
+
+
+def test_a_checkpoint_is_evaluated_by_its_model_name_or_id_and_recorded(setup, settings, tmp_path):
+    """A checkpoint of model 1's job holding model 2's weights scores exactly as model 2 does:
+    the checkpoint's tensors, not the final artifact's, answer (and neither is cached for the other)."""
+    from tunery.jobs.models import JobCheckpoint
+
+    settings.TUNERY_ARTIFACT_CACHE_DIR = tmp_path / "cache"
+    api, acme, globex = setup["api"], setup["acme"], setup["globex"]
+    first, second = setup["models"][1], setup["models"][2]
+    path = save_checkpoint_of(second.artifact_path, tmp_path / "job" / "checkpoints", 20)
+    checkpoint = JobCheckpoint.objects.create(
+        job=first.job, step_number=20, path=str(path), metrics={"macro_f1": 0.5}, is_best=True
+    )
+    listed = api.get(f"/v1/fine_tuning/jobs/{first.job_id}/checkpoints", **acme.headers).json()["data"]
+    name = listed[0]["fine_tuned_model_checkpoint"]
+    assert name == f"{first.id}:ckpt-step-20"
+
+    file_id = labelled_file(api, acme)
+    of_first, of_second = evaluate(setup, first, file_id), evaluate(setup, second, file_id)
+    by_name = evaluate_named(setup, name, file_id)
+    assert (by_name["model"], by_name["fine_tuned_model"]) == (name, first.id)
+    assert (by_name["checkpoint"], by_name["checkpoint_step"]) == (checkpoint.id, 20)
+    assert by_name["metrics"] == of_second["metrics"]
+    assert by_name["report"]["confusion_matrix"] == of_second["report"]["confusion_matrix"]
+    assert of_first["report"]["confusion_matrix"] != of_second["report"]["confusion_matrix"]
+    assert evaluate(setup, first, file_id)["metrics"] == of_first["metrics"]  # the model still answers as itself
+    by_id = evaluate_named(setup, checkpoint.id, file_id)
+    assert (by_id["model"], by_id["metrics"]) == (name, of_second["metrics"])
+    assert (of_first["checkpoint"], of_first["model"]) == (None, first.id)
+
+    compared = api.get(f"/v1/evaluations/{of_first['id']}/compare?with={by_name['id']}", **acme.headers).json()
+    assert (compared["model_a"], compared["model_b"]) == (first.id, name)
+    listed = api.get(f"/v1/evaluations?model={name}", **acme.headers).json()["data"]
+    assert sorted(e["id"] for e in listed) == sorted([by_name["id"], by_id["id"]])
+    assert len(api.get(f"/v1/evaluations?model={first.id}", **acme.headers).json()["data"]) == 2
+
+    for unknown in (f"{first.id}:ckpt-step-21", "ftckpt-nope", f"{first.id}x:ckpt-step-20"):
+        response = create(api, acme, model=unknown, file=file_id)
+        assert (response.status_code, response.json()["error"]["param"]) == (404, "model"), unknown
+    theirs = labelled_file(api, globex)
+    for other in (name, checkpoint.id):
+        response = create(api, globex, model=other, file=theirs)
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "model_not_found")
+
+    # a checkpoint whose files were pruned (and never built) fails with a clear error
+    pruned = JobCheckpoint.objects.create(job=first.job, step_number=10, path=str(tmp_path / "gone"))
+    created = create(api, acme, model=pruned.id, file=file_id).json()
+    assert runner.run_evaluation(created["id"]) == "failed"
+    failed = api.get(f"/v1/evaluations/{created['id']}", **acme.headers).json()
+    assert failed["error"]["code"] == "checkpoint_unavailable"
+
+
+def evaluate_named(setup, name: str, file_id: str, **body) -> dict:
+    api, acme = setup["api"], setup["acme"]
+    created = create(api, acme, model=name, file=file_id, **body)
+    assert created.status_code == 200, created.content
+    assert runner.run_evaluation(created.json()["id"]) == "succeeded", created.json()["id"]
+    return api.get(f"/v1/evaluations/{created.json()['id']}", **acme.headers).json()
+
+
+def test_token_classification_models_are_scored_by_entity_as_seqeval_scores_them(
+    setup, make_model, tmp_path, admin_client
+):
+    """A medical NER model: the pack's entity metrics and the per-type report equal seqeval's on
+    the same model's served tags; missed/spurious entities are counted and shown; two taggers compare."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from tunery_medical import ENTITY_TYPES
+
+    setup["make_model"] = make_model
+    api, acme = setup["api"], setup["acme"]
+    tags = ("O", *(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I")))
+    rows = _sample_rows("tunery_medical", "clinical_ner_sample.jsonl", 40)
+    taggers = [
+        _pack_model(
+            setup, tmp_path / f"seed{seed}", TaskKind.TOKEN_CLASSIFICATION, "medical", "clinical_ner", tags, seed
+        )
+        for seed in (0, 1)
+    ]
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+    evaluation = evaluate(setup, taggers[0], file_id)
+    assert (evaluation["status"], evaluation["kind"], evaluation["rows_scored"]) == (
+        "succeeded",
+        "token_classification",
+        len(rows),
+    )
+    assert (evaluation["selection_metric"], evaluation["handoff_threshold"]) == ("f1", None)
+
+    served = _served(setup, taggers[0], [{"tokens": r["tokens"]} for r in rows])
+    truth = [r["tags"] for r in rows]
+    predicted = [a["tags"] for a in served]
+    assert [len(p) for p in predicted] == [len(t) for t in truth]
+    metrics = evaluation["metrics"]
+    assert metrics["precision"] == pytest.approx(precision_score(truth, predicted, zero_division=0))
+    assert metrics["recall"] == pytest.approx(recall_score(truth, predicted, zero_division=0))
+    assert metrics["f1"] == pytest.approx(f1_score(truth, predicted, zero_division=0))
+    expected = classification_report(truth, predicted, output_dict=True, zero_division=0)
+    report = evaluation["report"]
+    for kind, row in report["per_label"]["labels"].items():
+        want = expected[kind]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (want["precision"], want["recall"], want["f1-score"], want["support"])
+        ), kind
+    micro = report["per_label"]["averages"]["micro"]
+    assert micro["f1"] == pytest.approx(metrics["f1"])
+    errors = report["entity_errors"]
+    true_entities = micro["support"]
+    found = round(micro["recall"] * true_entities)
+    assert errors["missed"] == true_entities - found
+    assert errors["missed"] + errors["spurious"] > 0, "a random tagger must make mistakes worth showing"
+    for example in errors["missed_examples"]:
+        words = rows[example["row"] - 1]["tokens"]
+        assert example["text"] == " ".join(words[example["start"] : example["end"] + 1])
+        assert rows[example["row"] - 1]["tags"][example["start"]] == f"B-{example['type']}"
+    assert report["confusion_matrix"] is None
+    assert report["calibration"] is None
+    page = admin_client.get(f"/admin/evaluations/evaluation/{evaluation['id']}/change/").content.decode()
+    assert f"<p>{errors['missed']} missed, {errors['spurious']} spurious</p>" in page
+
+    other = evaluate(setup, taggers[1], file_id)
+    compared = api.get(f"/v1/evaluations/{evaluation['id']}/compare?with={other['id']}", **acme.headers).json()
+    entry = compared["metrics"]["f1"]
+    assert entry["difference"] == pytest.approx(other["metrics"]["f1"] - metrics["f1"])
+    assert entry["difference"] != 0
+    assert entry["ci_low"] <= entry["difference"] + 1e-9 <= entry["ci_high"] + 2e-9
+
+
+def test_causal_lm_models_are_scored_by_the_token_loss_of_the_reference_answers(
+    setup, make_model, tmp_path, admin_client
+):
+    """Teacher forcing: the mean answer-token loss equals transformers' own loss of each
+    conversation (encoded as training encodes it) weighted by its answer tokens; perplexity is its
+    exponential; two models compare by the paired bootstrap; worst rows are shown."""
+    import math
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tunery_engine.heads.causal_lm import tokenize_chat
+
+    setup["make_model"] = make_model
+    api, acme = setup["api"], setup["acme"]
+    rows = _sample_rows("tunery_customer_service", "reply_sample.jsonl", 16)
+    models = [
+        _pack_model(setup, tmp_path / f"lm{seed}", TaskKind.CAUSAL_LM, "customer_service", "reply", seed=seed)
+        for seed in (0, 1)
+    ]
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+    evaluation = evaluate(setup, models[0], file_id)
+    assert (evaluation["kind"], evaluation["rows_scored"], evaluation["selection_metric"]) == (
+        "causal_lm",
+        len(rows),
+        "eval_loss",
+    )
+
+    directory = Path(models[0].artifact_path)
+    model = LlamaForCausalLM.from_pretrained(str(directory)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    total = tokens = 0.0
+    with torch.no_grad():
+        for row in rows:
+            encoded = tokenize_chat(row["messages"], tokenizer)
+            labels = torch.tensor([encoded.labels])
+            labels[0, 0] = -100
+            count = int((labels[0, 1:] != -100).sum())
+            total += float(model(input_ids=torch.tensor([encoded.input_ids]), labels=labels).loss) * count
+            tokens += count
+    metrics = evaluation["metrics"]
+    assert metrics["eval_loss"] == pytest.approx(total / tokens, rel=1e-4)
+    assert metrics["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-4)
+    language = evaluation["report"]["language_model"]
+    assert (language["tokens"], language["mean_token_loss"]) == (tokens, pytest.approx(metrics["eval_loss"]))
+    worst = [r["mean_token_loss"] for r in language["worst_rows"]]
+    assert worst == sorted(worst, reverse=True)
+    assert len(worst) == 10
+    page = admin_client.get(f"/admin/evaluations/evaluation/{evaluation['id']}/change/").content.decode()
+    assert f"mean token loss {metrics['eval_loss']:.4f}" in page
+
+    other = evaluate(setup, models[1], file_id)
+    compared = api.get(f"/v1/evaluations/{evaluation['id']}/compare?with={other['id']}", **acme.headers).json()
+    assert compared["rows"] == len(rows)
+    entry = compared["metrics"]["eval_loss"]
+    assert entry["difference"] == pytest.approx(other["metrics"]["eval_loss"] - metrics["eval_loss"])
+    assert entry["ci_low"] < entry["ci_high"]
+    assert entry["ci_low"] <= entry["difference"] <= entry["ci_high"]
+
+
+def test_a_base_causal_lm_is_scored_by_loss_and_a_base_encoder_is_refused_with_the_reason(setup, make_model, tmp_path):
+    """A base model has no trained head: for a causal-LM task its token loss is still meaningful
+    (it equals that of a fine-tuned artifact holding the same weights), for a classifier it is not."""
+    from tunery.catalog.models import BaseModel
+
+    setup["make_model"] = make_model
+    api, acme, globex = setup["api"], setup["acme"], setup["globex"]
+    tuned = _pack_model(setup, tmp_path, TaskKind.CAUSAL_LM, "customer_service", "reply", seed=3)
+    BaseModel.objects.create(name="tiny-llama", local_path=str(tuned.artifact_path), architecture="llama")
+    BaseModel.objects.create(name="tiny-bert-base", local_path="/nowhere", architecture="bert")
+    rows = _sample_rows("tunery_customer_service", "reply_sample.jsonl", 12)
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+
+    base = evaluate_named(setup, "tiny-llama", file_id, vertical="customer_service", task="reply")
+    assert (base["model"], base["fine_tuned_model"], base["kind"]) == ("tiny-llama", None, "causal_lm")
+    assert base["metrics"]["eval_loss"] == pytest.approx(evaluate(setup, tuned, file_id)["metrics"]["eval_loss"])
+    assert [e["id"] for e in api.get("/v1/evaluations?model=tiny-llama", **acme.headers).json()["data"]] == [base["id"]]
+    assert api.get(f"/v1/evaluations/{base['id']}", **globex.headers).status_code == 404
+
+    intent_file = labelled_file(api, acme)
+    cases = [
+        ({"model": "tiny-bert-base", "file": intent_file}, "vertical", None),
+        ({"model": "tiny-llama", "file": file_id, "vertical": "customer_service"}, "task", None),
+        (
+            {"model": "tiny-bert-base", "file": intent_file, "vertical": "customer_service", "task": "intent"},
+            "model",
+            "evaluation_not_supported",
+        ),
+        (
+            {"model": "tiny-bert-base", "file": file_id, "vertical": "customer_service", "task": "reply"},
+            "model",
+            "evaluation_not_supported",
+        ),
+        (
+            {"model": "tiny-llama", "file": file_id, "vertical": "customer_service", "task": "reply", "generate": True},
+            "generate",
+            "evaluation_not_supported",
+        ),
+        ({"model": "tiny-llama", "file": file_id, "vertical": "customer_service", "task": "nope"}, "task", None),
+    ]
+    for body, param, code in cases:
+        response = api.post("/v1/evaluations", body, format="json", **acme.headers)
+        assert response.status_code == 400, body
+        error = response.json()["error"]
+        assert error["param"] == param, body
+        if code is not None:
+            assert error["code"] == code, body
+    refused = create(api, acme, model="tiny-bert-base", file=intent_file, vertical="customer_service", task="intent")
+    assert "no trained head" in refused.json()["error"]["message"]
+    assert Evaluation.objects.filter(base_model__name="tiny-bert-base").count() == 0
+
+
+def test_a_generating_evaluation_adds_the_packs_metrics_of_generated_text(setup, make_model, tmp_path, settings):
+    """Legal drafting with ``generate``: the required-field metrics of the pack equal those of the
+    same model's greedy answers through /v1/predictions; the loss is still every row's."""
+    from tunery_legal import field_match
+
+    setup["make_model"] = make_model
+    settings.TUNERY_MAX_NEW_TOKENS = 24  # a random model never stops: keep its answers short
+    api, acme = setup["api"], setup["acme"]
+    rows = _sample_rows("tunery_legal", "drafting_sample.jsonl", 6)
+    model = _pack_model(setup, tmp_path, TaskKind.CAUSAL_LM, "legal", "clause_drafting")
+    file_id = upload(api, acme, "".join(json.dumps(r) + "\n" for r in rows).encode())["id"]
+    evaluation = evaluate(setup, model, file_id, generate=True)
+    assert evaluation["generate"] is True
+    prompts = [r["messages"][:-1] for r in rows]
+    body = {"model": model.id, "inputs": [{"messages": p} for p in prompts], "temperature": 0}
+    served = setup["api"].post("/v1/predictions", body, format="json", **acme.headers)
+    assert served.status_code == 200, served.content
+    drafts = [entry["text"] for entry in served.json()["data"]]
+    instructions = [p[-1]["content"] for p in prompts]
+    expected = field_match(instructions, drafts)
+    assert {k: evaluation["metrics"][k] for k in expected} == pytest.approx(expected)
+    assert "eval_loss" in evaluation["metrics"]
+    shown = evaluation["report"]["language_model"]["generations"]
+    assert [(g["row"], g["prompt"], g["generated"]) for g in shown] == list(zip(range(1, 6), instructions, drafts))
+
+    plain = evaluate(setup, model, file_id)
+    assert plain["metrics"]["eval_loss"] == pytest.approx(evaluation["metrics"]["eval_loss"])
+    assert "field_recall" not in plain["metrics"]
+    assert plain["report"]["language_model"]["generations"] == []
+
+    settings.TUNERY_EVALUATION_MAX_GENERATIONS = 5
+    too_many = create(api, acme, model=model.id, file=file_id, generate=True)
+    assert (too_many.status_code, too_many.json()["error"]["code"]) == (400, "file_too_large")
+    assert too_many.json()["error"]["param"] == "generate"
+    classifier = create(api, acme, model=setup["models"][1].id, file=labelled_file(api, acme), generate=True)
+    assert (classifier.status_code, classifier.json()["error"]["param"]) == (400, "generate")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import shutil
 
 import httpx
+import numpy as np
 import pytest
+import torch
 
 from tests.serving import pack
 from tests.storage.conftest import bucket, s3_server  # noqa: F401  (fixtures)
@@ -142,3 +144,58 @@ def test_readiness_reports_whether_the_models_bucket_answers(models_in_bucket, c
     down = client.get("/readyz")
     assert down.status_code == 503
     assert down.json()["checks"]["model_storage"] == {"ok": False, "detail": "storage_unreachable"}
+
+
+def test_a_lora_checkpoint_kept_only_in_the_bucket_is_evaluated(
+    models_in_bucket, acme, make_model, artifacts, tmp_path
+):
+    """The worker's folder is gone (object storage holds the job): the checkpoint is fetched from
+    ``<tenant>/<job>/checkpoints/<name>`` and its adapter and head answer, not the final artifact's."""
+    import json
+    from pathlib import Path
+
+    from tests.serving import builders
+    from tunery.evaluations import services
+    from tunery.files import services as file_services
+    from tunery.jobs.models import JobCheckpoint
+    from tunery_engine import checkpoint as ckpt
+    from tunery_engine.artifact import load_artifact
+
+    store = models_in_bucket
+    tenant = acme[0].tenant
+    final = make_model(tenant, artifacts["lora"], "intents")
+    in_bucket(store, final, artifacts["lora"])
+    base = Path(json.loads((artifacts["lora"] / "tunery_artifact.json").read_text())["base_model"])
+    other_dir = builders.lora_artifact(
+        tmp_path / "other", base, pack.INTENTS, seed=8, vertical=pack.PACK_ID, task="intents"
+    )
+    other = make_model(tenant, other_dir, "intents")
+
+    trained, _, _ = load_artifact(other_dir)  # the other adapter and head, as a run's trainable tensors
+    for name, param in trained.named_parameters():
+        param.requires_grad_("lora_" in name or "modules_to_save" in name)
+    optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    state = ckpt.RunState(label_names=list(pack.INTENTS), fingerprint={}, step=5)
+    local = ckpt.save_checkpoint(tmp_path / "worker" / "checkpoints", state, trained, optimizer, scheduler, None)
+    store.put_tree(local, f"{tenant.slug}/{final.job_id}/checkpoints/{local.name}")
+    shutil.rmtree(local)
+    JobCheckpoint.objects.create(job=final.job, step_number=5, path=str(local))
+
+    texts = ["I was charged twice", "where is my parcel?", "refund please", "wrong amount", "lost order"]
+    source = tmp_path / "test.jsonl"
+    source.write_text(
+        "".join(json.dumps({"message": t, "intent": pack.INTENTS[i % 3]}) + "\n" for i, t in enumerate(texts))
+    )
+    file = file_services.save_generated_file(tenant=tenant, filename="test.jsonl", purpose="fine-tune", source=source)
+
+    scored = {
+        name: services.evaluate_now(tenant=tenant, model_id=name, file_id=file.id, actor="test")
+        for name in (f"{final.id}:ckpt-step-5", other.id, final.id)
+    }
+    assert {e.status for e in scored.values()} == {"succeeded"}, [e.error for e in scored.values()]
+    of_checkpoint, of_other, of_final = scored.values()
+    assert of_checkpoint.checkpoint_step == 5
+    scores = [np.array(e.outputs["scores"]) for e in (of_checkpoint, of_other, of_final)]
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-5)
+    assert np.abs(scores[0] - scores[2]).max() > 1e-4

@@ -334,3 +334,60 @@ def export_merged(artifact_dir: Path, out_dir: Path, base_model: Path | None = N
         if (info.path / name).is_file():
             shutil.copy2(info.path / name, out_dir / name)
     return out_dir
+
+
+def checkpoint_artifact(
+    artifact_dir: Path,
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    base_model: Path | None = None,
+) -> Path:
+    """Write a training checkpoint of the job whose final artifact is ``artifact_dir`` as a servable
+    artifact in ``out_dir``: a checkpoint holds only the trained tensors (all weights, or the adapter
+    and head) and the run state, so the final artifact supplies the rest (manifest, tokenizer, the
+    LoRA base and config); its weights are replaced by the checkpoint's, verified by checksum.
+    ArtifactError when the checkpoint is unreadable or does not fit the artifact's model."""
+    from tunery_engine import checkpoint as ckpt
+    from tunery_engine.errors import CheckpointError
+
+    artifact_dir, checkpoint, out_dir = Path(artifact_dir), Path(checkpoint), Path(out_dir)
+    model, _, info = load_artifact(artifact_dir, base_model)
+    try:
+        loaded = ckpt.load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise ArtifactError(exc.message) from exc
+    if info.head.has_label_names and tuple(loaded.state.label_names) != info.label_names:
+        raise ArtifactError(
+            f"checkpoint {checkpoint.name} has a head for {loaded.state.label_names[:10]}, "
+            f"the artifact for {list(info.label_names)[:10]}"
+        )
+    params = dict(model.named_parameters())
+    unexpected = sorted(set(loaded.weights) - set(params))
+    if unexpected:
+        raise ArtifactError(f"checkpoint {checkpoint.name} does not fit the model (unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for name, tensor in loaded.weights.items():
+            if params[name].shape != tensor.shape:
+                raise ArtifactError(
+                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, model {tuple(params[name].shape)}"
+                )
+            params[name].copy_(tensor.to(params[name].dtype))
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # everything but the weights comes from the final artifact (tokenizer, config, card)
+    shutil.copytree(info.path, tmp, ignore=shutil.ignore_patterns(ADAPTER_DIR, "*.safetensors", "*.bin"))
+    model.save_pretrained(str(tmp / ADAPTER_DIR if info.is_lora else tmp), safe_serialization=True)
+    manifest = {k: v for k, v in info.manifest.items() if k != "shipped"}
+    manifest.update(
+        best_step=step if step is not None else loaded.state.step,
+        metrics=dict(metrics or {}),
+        checkpoint_of=str(info.path.resolve()),
+    )
+    (tmp / ARTIFACT_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir

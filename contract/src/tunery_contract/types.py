@@ -45,7 +45,9 @@ class EvalOutput:
     - token classification: ``y_true``/``y_pred`` are tag-name lists per row (word level);
     - pair regression: ``y_true``/``y_pred`` are floats; ``groups`` holds the row's group
       column (the user, for ranking metrics) when the schema has one;
-    - causal LM: only ``eval_loss``.
+    - causal LM: ``eval_loss``; an evaluation that generates (``POST /v1/evaluations`` with
+      ``generate``) also gives each row's last user turn as ``y_true`` and the generated answer as
+      ``y_pred``, for metrics of generated text.
     """
 
     kind: TaskKind

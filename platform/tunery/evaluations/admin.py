@@ -41,14 +41,26 @@ def handoff_svg(report: dict[str, Any] | None) -> str:
 
 @admin.register(Evaluation)
 class EvaluationAdmin(AuditedModelAdmin):
-    list_display = ["id", "tenant", "model", "file", "status", "selection_metric", "selected_value", "created_at"]
-    list_filter = ["status", "vertical", "tenant"]
-    search_fields = ["id", "model__id"]
+    list_display = [
+        "id",
+        "tenant",
+        "evaluated",
+        "kind",
+        "file",
+        "status",
+        "selection_metric",
+        "selected_value",
+        "created_at",
+    ]
+    list_filter = ["status", "vertical", "kind", "tenant"]
+    search_fields = ["id", "model__id", "model_name"]
     exclude = ["outputs"]
     readonly_fields = [
         *(f.name for f in Evaluation._meta.fields if f.name != "outputs"),
         "charts",
         "per_label_table",
+        "entity_errors_table",
+        "language_model_table",
     ]
 
     def has_add_permission(self, request):
@@ -56,6 +68,10 @@ class EvaluationAdmin(AuditedModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("outputs")
+
+    @admin.display(description="model")
+    def evaluated(self, obj: Evaluation) -> str:
+        return obj.evaluated_name
 
     @admin.display(description="selection metric value")
     def selected_value(self, obj: Evaluation) -> str:
@@ -86,5 +102,46 @@ class EvaluationAdmin(AuditedModelAdmin):
         )
         return format_html(
             "<table><tr><th>label</th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>{}</table>",
+            rows,
+        )
+
+    @admin.display(description="missed and spurious entities")
+    def entity_errors_table(self, obj: Evaluation) -> SafeString:
+        errors = (obj.report or {}).get("entity_errors")
+        if not errors:
+            return mark_safe("")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (what, e["row"], e["type"], e["text"])
+                for what, key in (("missed", "missed_examples"), ("spurious", "spurious_examples"))
+                for e in errors[key]
+            ),
+        )
+        return format_html(
+            "<p>{} missed, {} spurious</p>"
+            "<table><tr><th>error</th><th>row</th><th>type</th><th>text</th></tr>{}</table>",
+            errors["missed"],
+            errors["spurious"],
+            rows,
+        )
+
+    @admin.display(description="language model")
+    def language_model_table(self, obj: Evaluation) -> SafeString:
+        language = (obj.report or {}).get("language_model")
+        if not language:
+            return mark_safe("")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r["row"], f"{r['mean_token_loss']:.4f}", r["tokens"]) for r in language["worst_rows"]),
+        )
+        return format_html(
+            "<p>mean token loss {}, perplexity {}, {} answer tokens</p>"
+            "<table><tr><th>row</th><th>mean token loss</th><th>tokens</th></tr>{}</table>",
+            f"{language['mean_token_loss']:.4f}",
+            f"{language['perplexity']:.2f}",
+            language["tokens"],
             rows,
         )

@@ -31,7 +31,21 @@ class Evaluation(models.Model):
 
     id = models.CharField(primary_key=True, max_length=40, default=new_evaluation_id, editable=False)
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="evaluations")
-    model = models.ForeignKey("catalog.FineTunedModel", on_delete=models.CASCADE, related_name="evaluations")
+    #: The fine-tuned model scored (or whose checkpoint was); None for a base model.
+    model = models.ForeignKey(
+        "catalog.FineTunedModel", null=True, blank=True, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    #: The base model scored (causal-LM tasks: token loss needs no trained head).
+    base_model = models.ForeignKey(
+        "catalog.BaseModel", null=True, blank=True, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    #: The name evaluated: the model's id, or a checkpoint's ``ft:...:ckpt-step-N`` ("" before checkpoints).
+    model_name = models.CharField(max_length=240, blank=True, default="", db_index=True)
+    #: The checkpoint of ``model``'s job that was scored (None: the model itself).
+    checkpoint = models.ForeignKey(
+        "jobs.JobCheckpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="evaluations"
+    )
+    checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
     file = models.ForeignKey("files.File", on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=20, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
     queue = models.CharField(max_length=40, default=CPU_QUEUE)
@@ -43,6 +57,8 @@ class Evaluation(models.Model):
     greater_is_better = models.BooleanField(default=True)
     #: Top-probability cut under which a request is handed off (single-label classifiers).
     handoff_threshold = models.FloatField(null=True, blank=True)
+    #: Causal LM: also generate each row's answer (greedy) for the pack's metrics of generated text.
+    generate = models.BooleanField(default=False)
 
     rows_scored = models.PositiveIntegerField(default=0)
     #: The pack's metrics of the scored rows.
@@ -70,4 +86,8 @@ class Evaluation(models.Model):
         indexes = [models.Index(fields=["tenant", "-created_at"]), models.Index(fields=["status"])]
 
     def __str__(self) -> str:
-        return f"{self.id} ({self.model_id}, {self.status})"
+        return f"{self.id} ({self.evaluated_name}, {self.status})"
+
+    @property
+    def evaluated_name(self) -> str:
+        return self.model_name or self.model_id or ""

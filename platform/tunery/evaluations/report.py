@@ -14,16 +14,23 @@ from typing import Any
 from tunery_contract import EvalOutput, TaskKind
 from tunery_contract import metrics as m
 
-#: Task kinds an evaluation scores through /v1/predictions (token classification and language
-#: models are not scored offline yet).
+#: Task kinds an evaluation scores through /v1/predictions.
 SCORED_KINDS = (
     TaskKind.SEQUENCE_CLASSIFICATION,
     TaskKind.TEXT_PAIR_CLASSIFICATION,
     TaskKind.MULTI_LABEL_CLASSIFICATION,
     TaskKind.TEXT_PAIR_REGRESSION,
+    TaskKind.TOKEN_CLASSIFICATION,
 )
+#: Task kinds an evaluation scores by teacher forcing (token loss), not through /v1/predictions.
+LOSS_KINDS = (TaskKind.CAUSAL_LM,)
 SINGLE_LABEL = (TaskKind.SEQUENCE_CLASSIFICATION, TaskKind.TEXT_PAIR_CLASSIFICATION)
 CALIBRATION_BINS = 10
+#: Missed and spurious entities a token-classification report shows (each).
+ENTITY_ERRORS_SHOWN = 20
+#: Rows with the highest token loss, and generated answers, a language-model report shows.
+WORST_ROWS_SHOWN = 10
+GENERATIONS_SHOWN = 5
 #: Thresholds of the coverage/accuracy curve (0.00, 0.05, ..., 0.95).
 CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
 DEFAULT_HANDOFF_THRESHOLD = 0.5
@@ -67,7 +74,40 @@ def eval_output(
         return EvalOutput(kind, tuple(names), y_true, y_pred, scores, groups)
     if kind is TaskKind.TEXT_PAIR_REGRESSION:
         return EvalOutput(kind, (), [float(t) for t in truths], [float(a["score"]) for a in answers], None, groups)
-    raise ScoringError(f"a {kind.value} model cannot be evaluated offline yet")
+    if kind is TaskKind.TOKEN_CLASSIFICATION:
+        y_true = [[str(tag) for tag in truth] for truth in truths]
+        # words past the model's max_length get no tag: they count as "O" (as in the engine's evaluation)
+        y_pred = [
+            [str(tag) for tag in a["tags"][: len(t)]] + ["O"] * (len(t) - len(a["tags"]))
+            for t, a in zip(y_true, answers)
+        ]
+        tags = sorted({tag for row in [*y_true, *y_pred] for tag in row})
+        return EvalOutput(kind, tuple(tags), y_true, y_pred, None, groups)
+    raise ScoringError(f"a {kind.value} model is not scored from predictions")
+
+
+def language_model_output(
+    losses: Sequence[tuple[float, int]], prompts: Sequence[str] = (), generated: Sequence[str] = ()
+) -> EvalOutput:
+    """A causal LM's rows as an ``EvalOutput``: per row ``[summed token loss, supervised tokens]``
+    in ``scores`` and the token-weighted mean loss as ``eval_loss`` (what the pack's metrics read);
+    with generations, each row's last user turn as ``y_true`` and its generated answer as ``y_pred``
+    (what a pack's metrics of generated text read, e.g. the legal drafting's required fields)."""
+    scores = [[float(s), int(n)] for s, n in losses]
+    return _with_loss(EvalOutput(TaskKind.CAUSAL_LM, (), list(prompts), list(generated), scores))
+
+
+def _with_loss(out: EvalOutput) -> EvalOutput:
+    """A language model's ``eval_loss`` from its rows (after a subset or a read from JSON)."""
+    if out.kind not in LOSS_KINDS:
+        return out
+    total, tokens = sum(r[0] for r in out.scores or []), sum(r[1] for r in out.scores or [])
+    loss = total / tokens if tokens else None
+    return EvalOutput(out.kind, out.label_names, out.y_true, out.y_pred, out.scores, out.groups, loss)
+
+
+def row_count(out: EvalOutput) -> int:
+    return len(out.scores or []) if out.kind in LOSS_KINDS else len(out.y_true)
 
 
 def finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
@@ -79,8 +119,32 @@ def finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def build_report(out: EvalOutput, handoff_threshold: float | None) -> dict[str, Any]:
-    """per_label, confusion_matrix, calibration and handoff (the parts that fit the task kind)."""
+def build_report(
+    out: EvalOutput,
+    handoff_threshold: float | None,
+    *,
+    words: Sequence[Sequence[str]] | None = None,
+    row_numbers: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """per_label, confusion_matrix, calibration and handoff (the parts that fit the task kind); for
+    token classification per-entity-type scores and examples of missed and spurious entities
+    (``words``: each row's words, ``row_numbers``: each row's data row in the file, from 1)."""
+    if out.kind in LOSS_KINDS:
+        return {
+            "per_label": None,
+            "confusion_matrix": None,
+            "calibration": None,
+            "handoff": None,
+            "language_model": language_model_report(out, row_numbers),
+        }
+    if out.kind is TaskKind.TOKEN_CLASSIFICATION:
+        return {
+            "per_label": per_entity_type_report(out),
+            "confusion_matrix": None,
+            "calibration": None,
+            "handoff": None,
+            "entity_errors": entity_errors(out, words, row_numbers),
+        }
     if out.kind in SINGLE_LABEL:
         return {
             "per_label": per_label_report(out),
@@ -133,6 +197,65 @@ def per_label_report(out: EvalOutput) -> dict[str, Any]:
         averages = {"macro": {**macro, "support": total}, "weighted": {**weighted, "support": total}}
         averages["accuracy"] = m.accuracy(out.y_true, out.y_pred)  # type: ignore[assignment]
     return {"labels": labels, "averages": averages}
+
+
+def language_model_report(out: EvalOutput, row_numbers: Sequence[int] | None) -> dict[str, Any]:
+    """Mean token loss and perplexity over the reference answers' tokens, and the rows the model
+    finds least likely (highest mean token loss)."""
+    rows = [(s / n if n else 0.0, n, i) for i, (s, n) in enumerate(out.scores or [])]
+    loss = out.eval_loss
+    worst = sorted(rows, key=lambda r: -r[0])[:WORST_ROWS_SHOWN]
+    number = (lambda i: row_numbers[i]) if row_numbers is not None else (lambda i: i + 1)
+    return {
+        "mean_token_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)) if loss is not None else None,
+        "tokens": sum(n for _, n, _ in rows),
+        "worst_rows": [{"row": number(i), "mean_token_loss": value, "tokens": n} for value, n, i in worst],
+        "generations": [
+            {"row": number(i), "prompt": prompt, "generated": text}
+            for i, (prompt, text) in enumerate(zip(out.y_true[:GENERATIONS_SHOWN], out.y_pred[:GENERATIONS_SHOWN]))
+        ],
+    }
+
+
+def per_entity_type_report(out: EvalOutput) -> dict[str, Any]:
+    """Entity-level precision, recall, F1 and support per entity type (a predicted entity counts
+    only with its type and both boundaries right) and their micro and macro averages."""
+    micro, per_type = m.entity_prf(out.y_true, out.y_pred)
+    labels = {kind: _prf(score) for kind, score in per_type.items()}
+    count = len(labels) or 1
+    macro = {k: sum(v[k] for v in labels.values()) / count for k in ("precision", "recall", "f1")}
+    return {"labels": labels, "averages": {"micro": _prf(micro), "macro": {**macro, "support": micro.support}}}
+
+
+def entity_errors(
+    out: EvalOutput, words: Sequence[Sequence[str]] | None, row_numbers: Sequence[int] | None
+) -> dict[str, Any]:
+    """Counts of missed (true, not predicted) and spurious (predicted, not true) entities, and the
+    first few of each: {row, type, text, start, end (word indices, end inclusive)}."""
+    missed: list[dict[str, Any]] = []
+    spurious: list[dict[str, Any]] = []
+    counts = {"missed": 0, "spurious": 0}
+    for n, (truth, predicted) in enumerate(zip(out.y_true, out.y_pred)):
+        true_set, pred_set = set(m.bio_entities(truth)), set(m.bio_entities(predicted))
+        for name, found, shown in (
+            ("missed", true_set - pred_set, missed),
+            ("spurious", pred_set - true_set, spurious),
+        ):
+            counts[name] += len(found)
+            for kind, start, end in sorted(found, key=lambda e: (e[1], e[2])):
+                if len(shown) < ENTITY_ERRORS_SHOWN:
+                    row_words = words[n] if words is not None and n < len(words) else []
+                    shown.append(
+                        {
+                            "row": row_numbers[n] if row_numbers is not None else n + 1,
+                            "type": kind,
+                            "text": " ".join(row_words[start : end + 1]),
+                            "start": start,
+                            "end": end,
+                        }
+                    )
+    return {**counts, "missed_examples": missed, "spurious_examples": spurious}
 
 
 def confusion_matrix(out: EvalOutput) -> dict[str, Any]:
@@ -217,24 +340,29 @@ def to_json(out: EvalOutput) -> dict[str, Any]:
 
 
 def from_json(data: Mapping[str, Any]) -> EvalOutput:
-    return EvalOutput(
-        kind=TaskKind(data["kind"]),
-        label_names=tuple(data["label_names"]),
-        y_true=data["y_true"],
-        y_pred=data["y_pred"],
-        scores=data.get("scores"),
-        groups=data.get("groups"),
+    return _with_loss(
+        EvalOutput(
+            kind=TaskKind(data["kind"]),
+            label_names=tuple(data["label_names"]),
+            y_true=data["y_true"],
+            y_pred=data["y_pred"],
+            scores=data.get("scores"),
+            groups=data.get("groups"),
+        )
     )
 
 
 def subset(out: EvalOutput, rows: Sequence[int]) -> EvalOutput:
-    return EvalOutput(
-        kind=out.kind,
-        label_names=out.label_names,
-        y_true=[out.y_true[i] for i in rows],
-        y_pred=[out.y_pred[i] for i in rows],
-        scores=[out.scores[i] for i in rows] if out.scores is not None else None,
-        groups=[out.groups[i] for i in rows] if out.groups is not None else None,
+    """``out`` on ``rows`` (a language model's loss recomputed from those rows' tokens)."""
+    return _with_loss(
+        EvalOutput(
+            kind=out.kind,
+            label_names=out.label_names,
+            y_true=[out.y_true[i] for i in rows] if out.y_true else [],
+            y_pred=[out.y_pred[i] for i in rows] if out.y_pred else [],
+            scores=[out.scores[i] for i in rows] if out.scores is not None else None,
+            groups=[out.groups[i] for i in rows] if out.groups is not None else None,
+        )
     )
 
 
@@ -266,9 +394,9 @@ def paired_bootstrap(
 ) -> dict[str, MetricDifference]:
     """Per metric both give: b - a on all rows, and a percentile confidence interval of that
     difference over ``resamples`` paired resamples of the rows (the same rows for both models)."""
-    if len(a.y_true) != len(b.y_true):
-        raise ScoringError(f"the evaluations scored {len(a.y_true)} and {len(b.y_true)} rows; they cannot be paired")
-    count = len(a.y_true)
+    count = row_count(a)
+    if count != row_count(b):
+        raise ScoringError(f"the evaluations scored {count} and {row_count(b)} rows; they cannot be paired")
     full_a, full_b = finite_metrics(metrics(a)), finite_metrics(metrics(b))
     shared = [k for k in full_a if k in full_b]
     draws: dict[str, list[float]] = {k: [] for k in shared}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunery.core.errors import ApiError
@@ -17,6 +18,7 @@ from tunery.evaluations.models import Evaluation, EvaluationStatus
 from tunery.files.models import File
 from tunery.jobs.lifecycle import new_lease_owner
 from tunery.serving import conf, inputs
+from tunery.serving import selectors as serving_selectors
 from tunery.serving import services as serving
 from tunery.verticals.registry import pack_context
 from tunery_contract import TaskDefinition, TaskKind
@@ -88,9 +90,21 @@ def labelled_rows(task: TaskDefinition, config: dict[str, Any], file: File) -> L
             "invalid_evaluation_file",
             f"file {file.pk} does not fit task '{task.id}': {checked.summary()}",
         )
-    label = task.role_column("label")
     group = task.schema.column_for("group")
     rows = LabelledRows(groups=[] if group is not None else None)
+    if task.kind is TaskKind.TOKEN_CLASSIFICATION:  # pre-split words in, one tag per word
+        words, tags = task.role_column("tokens"), task.role_column("tags")
+        for row in checked.rows:
+            rows.items.append({inputs.TOKENS: [str(w) for w in row[words]]})
+            rows.truths.append([str(t) for t in row[tags]])
+        return rows
+    if task.kind is TaskKind.CAUSAL_LM:  # the conversation in; its reference answers are scored by loss
+        column = task.role_column("messages")
+        for row in checked.rows:
+            rows.items.append({column: row[column]})
+            rows.truths.append([m for m in row[column] if m.get("role") == "assistant"])
+        return rows
+    label = task.role_column("label")
     for row in checked.rows:
         rows.items.append(
             {
@@ -108,21 +122,23 @@ def labelled_rows(task: TaskDefinition, config: dict[str, Any], file: File) -> L
 def score(evaluation: Evaluation) -> dict[str, Any]:
     """The fields a succeeded evaluation gets: metrics, report, outputs, rows_scored, row_errors."""
     model = evaluation.model
-    if model.deleted_at is not None:
+    if model is not None and model.deleted_at is not None:
         raise EvaluationFailed("model_not_found", f"The model '{model.id}' was deleted.")
     if evaluation.file.deleted_at is not None:
         raise EvaluationFailed("file_not_found", f"The file '{evaluation.file_id}' was deleted.")
     try:
-        context = pack_context(evaluation.tenant_id, model.vertical, model.task)
+        context = pack_context(evaluation.tenant_id, evaluation.vertical, evaluation.task)
     except PackError as exc:
         raise EvaluationFailed("vertical_unavailable", str(exc)) from exc
     rows = labelled_rows(context.task, dict(context.config), evaluation.file)
+    kind = TaskKind(evaluation.kind)
+    if kind in report.LOSS_KINDS:
+        return _score_losses(evaluation, context.task, rows)
     answers, errors = predictions(evaluation, rows.items)
     scored = [i for i, answer in enumerate(answers) if answer is not None]
     if not scored:
         first = errors[0]["message"] if errors else "no answer"
         raise EvaluationFailed("no_row_scored", f"No row of file {evaluation.file_id} could be scored: {first}")
-    kind = TaskKind(evaluation.kind)
     try:
         out = report.eval_output(
             kind,
@@ -134,13 +150,116 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
         raise EvaluationFailed("unexpected_answer", f"The model's answers cannot be scored: {exc}") from exc
     outputs = report.to_json(out)
     outputs["rows"] = scored
+    words = [rows.items[i].get(inputs.TOKENS) or [] for i in scored] if kind is TaskKind.TOKEN_CLASSIFICATION else None
     return {
         "metrics": report.finite_metrics(context.task.metrics(out)),
-        "report": report.build_report(out, evaluation.handoff_threshold),
+        "report": report.build_report(
+            out, evaluation.handoff_threshold, words=words, row_numbers=[i + 1 for i in scored]
+        ),
         "outputs": outputs,
         "rows_scored": len(scored),
         "row_errors": errors[:MAX_ROW_ERRORS],
     }
+
+
+def _score_losses(evaluation: Evaluation, task: TaskDefinition, rows: LabelledRows) -> dict[str, Any]:
+    """A causal LM scored by teacher forcing: the mean token loss of the file's reference answers
+    (its assistant turns) given their conversations, and perplexity; no generation."""
+    column = task.role_column("messages")
+    losses = language_model_losses(evaluation, task, [item[column] for item in rows.items])
+    scored = [i for i, loss in enumerate(losses) if loss is not None]
+    errors = [
+        {
+            "row": i + 1,
+            "code": "no_answer_tokens",
+            "message": f"row {i + 1}: no assistant token within the model's max_length",
+        }
+        for i, loss in enumerate(losses)
+        if loss is None
+    ]
+    if not scored:
+        raise EvaluationFailed(
+            "no_row_scored", f"No row of file {evaluation.file_id} could be scored: {errors[0]['message']}"
+        )
+    prompts: list[str] = []
+    generated: list[str] = []
+    if evaluation.generate:
+        conversations = [rows.items[i][column] for i in scored]
+        prompts = [_last_turn(c[: _last_answer(c)], "user") for c in conversations]
+        generated = generations(evaluation, [c[: _last_answer(c)] for c in conversations])
+    out = report.language_model_output([losses[i] for i in scored], prompts, generated)  # type: ignore[misc]
+    outputs = report.to_json(out)
+    outputs["rows"] = scored
+    return {
+        "metrics": report.finite_metrics(task.metrics(out)),
+        "report": report.build_report(out, None, row_numbers=[i + 1 for i in scored]),
+        "outputs": outputs,
+        "rows_scored": len(scored),
+        "row_errors": errors[:MAX_ROW_ERRORS],
+    }
+
+
+def _last_answer(conversation: list[dict[str, Any]]) -> int:
+    """Index of the conversation's last assistant turn (what a generation answers)."""
+    return max(i for i, message in enumerate(conversation) if message.get("role") == "assistant")
+
+
+def _last_turn(conversation: list[dict[str, Any]], role: str) -> str:
+    return next((str(m.get("content", "")) for m in reversed(conversation) if m.get("role") == role), "")
+
+
+def generations(evaluation: Evaluation, prompts: list[list[dict[str, Any]]]) -> list[str]:
+    """Greedy answers to ``prompts`` (conversations ending before the answer) through the serving
+    path, one request each, at the serving default length."""
+    requests = [
+        inputs.prediction_request({"model": evaluation.evaluated_name, "inputs": [{"messages": p}], "temperature": 0})
+        for p in prompts
+    ]
+    answers = _predict(evaluation, requests)
+    texts = []
+    for number, answer in enumerate(answers, start=1):
+        if isinstance(answer, ApiError):
+            raise EvaluationFailed(answer.code or "generation_failed", f"generating row {number}: {answer.message}")
+        texts.append(str(answer["data"][0].get("text") or ""))
+    return texts
+
+
+def language_model_losses(
+    evaluation: Evaluation, task: TaskDefinition, conversations: list[Any]
+) -> list[tuple[float, int] | None]:
+    """Each conversation's summed answer-token loss and token count under the evaluated model (or
+    checkpoint, loaded from the files serving loads; or base model, at the task's default
+    max_length); None for a row with no answer token in reach."""
+    import torch
+
+    from tunery_engine import modeling
+    from tunery_engine.artifact import load_artifact
+    from tunery_engine.errors import ArtifactError
+    from tunery_engine.heads.causal_lm import conversation_losses
+
+    if evaluation.base_model is not None:
+        from tunery.core.artifacts import StorageError
+        from tunery.jobs.runner import SpecError, resolve_base_model_path
+        from tunery_contract.vocabulary import EngineError
+
+        try:
+            path = Path(resolve_base_model_path(evaluation.base_model))
+            model = modeling.load_pretrained("AutoModelForCausalLM", path, dtype=torch.float32)
+            tokenizer = modeling.load_tokenizer(path)
+        except (EngineError, SpecError, StorageError) as exc:
+            raise EvaluationFailed("model_unavailable", f"The base model could not be loaded: {exc}") from exc
+        max_length = task.default_hyperparameters.get("max_length")
+        model.eval()
+        return conversation_losses(model, tokenizer, conversations, max_length if isinstance(max_length, int) else 512)
+    try:
+        target = serving_selectors.serving_target(evaluation.tenant, evaluation.evaluated_name, deployed_only=False)
+    except ApiError as exc:
+        raise EvaluationFailed(exc.code or "model_unavailable", exc.message) from exc
+    try:
+        loaded, tokenizer, info = load_artifact(target.path)
+    except ArtifactError as exc:
+        raise EvaluationFailed("model_unavailable", f"The model could not be loaded: {exc}") from exc
+    return conversation_losses(loaded, tokenizer, conversations, info.max_length)
 
 
 def predictions(
@@ -157,7 +276,7 @@ def predictions(
     requests, asked = [], []
     for chunk in chunks:
         try:
-            requests.append(_request(evaluation.model_id, [items[i] for i in chunk]))
+            requests.append(_request(evaluation.evaluated_name, [items[i] for i in chunk]))
             asked.append(chunk)
         except ApiError:
             retry.extend(chunk)
@@ -169,7 +288,7 @@ def predictions(
                 answers[i] = entry
     for i in sorted(retry):
         try:
-            (answer,) = _predict(evaluation, [_request(evaluation.model_id, [items[i]])])
+            (answer,) = _predict(evaluation, [_request(evaluation.evaluated_name, [items[i]])])
         except ApiError as exc:
             answer = exc
         if isinstance(answer, ApiError):

@@ -15,7 +15,10 @@ def evaluation_object(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "id": evaluation.id,
         "object": "evaluation",
-        "model": evaluation.model_id,
+        "model": evaluation.evaluated_name,
+        "fine_tuned_model": evaluation.model_id,
+        "checkpoint": evaluation.checkpoint_id,
+        "checkpoint_step": evaluation.checkpoint_step,
         "file": evaluation.file_id,
         "status": evaluation.status,
         "vertical": evaluation.vertical,
@@ -24,6 +27,7 @@ def evaluation_object(evaluation: Evaluation) -> dict[str, Any]:
         "selection_metric": evaluation.selection_metric,
         "greater_is_better": evaluation.greater_is_better,
         "handoff_threshold": evaluation.handoff_threshold,
+        "generate": evaluation.generate,
         "rows_scored": evaluation.rows_scored,
         "metrics": evaluation.metrics,
         "report": evaluation.report,
@@ -51,7 +55,14 @@ class RowErrorSerializer(serializers.Serializer):
 class EvaluationObjectSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.ChoiceField(choices=["evaluation"])
-    model = serializers.CharField(help_text="The fine-tuned model scored.")
+    model = serializers.CharField(help_text="The model scored: a fine-tuned model, or a checkpoint's model name.")
+    fine_tuned_model = serializers.CharField(
+        allow_null=True, help_text="The fine-tuned model (the checkpoint's job's model); null for a base model."
+    )
+    checkpoint = serializers.CharField(
+        allow_null=True, help_text="The checkpoint scored ('ftckpt-...'); null for the model itself."
+    )
+    checkpoint_step = serializers.IntegerField(allow_null=True, help_text="The checkpoint's step.")
     file = serializers.CharField(help_text="The labelled file it was scored on.")
     status = serializers.ChoiceField(choices=EvaluationStatus.choices)
     vertical = serializers.CharField()
@@ -62,6 +73,7 @@ class EvaluationObjectSerializer(serializers.Serializer):
     handoff_threshold = serializers.FloatField(
         allow_null=True, help_text="Top-probability cut below which a request is handed off (single-label)."
     )
+    generate = serializers.BooleanField(help_text="Causal LM: answers were generated for the pack's text metrics.")
     rows_scored = serializers.IntegerField()
     metrics = serializers.DictField(
         child=serializers.FloatField(), allow_null=True, help_text="The pack's metrics; null until succeeded."
@@ -86,7 +98,14 @@ class EvaluationObjectSerializer(serializers.Serializer):
 class EvaluationCreateSerializer(serializers.Serializer):
     """Request body of POST /v1/evaluations."""
 
-    model = serializers.CharField(min_length=1, help_text="One of your fine-tuned models ('ft:...').")
+    model = serializers.CharField(
+        min_length=1,
+        help_text="One of your fine-tuned models ('ft:...'), a checkpoint of one (its "
+        "fine_tuned_model_checkpoint 'ft:...:ckpt-step-N' or id 'ftckpt-...'), or a base model for a "
+        "causal-LM task (with vertical and task; scored by token loss).",
+    )
+    vertical = serializers.CharField(required=False, help_text="Base models only: the pack the task is in.")
+    task = serializers.CharField(required=False, help_text="Base models only: the pack's causal-LM task.")
     file = serializers.CharField(
         min_length=1,
         help_text="A file uploaded with purpose 'fine-tune' in the model's task schema (text and label columns).",
@@ -96,6 +115,12 @@ class EvaluationCreateSerializer(serializers.Serializer):
         min_value=0,
         max_value=1,
         help_text="Report coverage/accuracy at this cut (default: the tenant's pack setting, else 0.5).",
+    )
+    generate = serializers.BooleanField(
+        required=False,
+        help_text="Causal-LM models: also generate each row's answer (greedy) and score it with the pack's "
+        "metrics of generated text (at most TUNERY_EVALUATION_MAX_GENERATIONS rows). Default false: "
+        "mean token loss and perplexity of the reference answers only.",
     )
     queue = serializers.ChoiceField(choices=EVALUATION_QUEUES, required=False, help_text="'cpu' (default) or 'gpu'.")
     metadata = MetadataField(

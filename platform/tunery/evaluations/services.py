@@ -12,18 +12,21 @@ For other apps (the deployment gate)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 
-from tunery.catalog.models import FineTunedModel
+from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.core.errors import ApiError, Conflict, InvalidRequest, NotFound, QuotaExceeded
 from tunery.evaluations import dispatch, lifecycle, report, runner
 from tunery.evaluations.models import EVALUATION_QUEUES, Evaluation, EvaluationStatus
 from tunery.files.models import File
 from tunery.jobs.lifecycle import new_lease_owner
+from tunery.jobs.models import JobCheckpoint
 from tunery.jobs.queues import CPU_QUEUE
+from tunery.jobs.selectors import base_model_by_name, checkpoint_model_name, names_a_checkpoint
 from tunery.jobs.services import checked_metadata
 from tunery.serving import selectors as serving_selectors
 from tunery.tenants.models import Tenant
@@ -40,7 +43,10 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
     model = body.get("model")
     file_id = body.get("file")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("model is required: the id of one of your fine-tuned models.", param="model")
+        raise InvalidRequest(
+            "model is required: one of your fine-tuned models, or a checkpoint of one (ft:...:ckpt-step-N).",
+            param="model",
+        )
     if not isinstance(file_id, str) or not file_id:
         raise InvalidRequest("file is required: the id of a labelled file in the model's task schema.", param="file")
     queue = body.get("queue", CPU_QUEUE)
@@ -55,6 +61,9 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
             param="model",
             code="evaluation_quota_exceeded",
         )
+    generate = body.get("generate", False)
+    if not isinstance(generate, bool):
+        raise InvalidRequest("generate must be true or false.", param="generate")
     evaluation = _new_evaluation(
         tenant=tenant,
         model_id=model,
@@ -63,6 +72,9 @@ def create_evaluation(*, tenant: Tenant, body: dict[str, Any], actor: str) -> Ev
         handoff_threshold=body.get("handoff_threshold"),
         queue=queue,
         metadata=metadata,
+        generate=generate,
+        vertical=body.get("vertical"),
+        task=body.get("task"),
     )
     dispatch.evaluation_created(evaluation.id, evaluation.queue)
     return evaluation
@@ -97,6 +109,7 @@ def evaluate_or_reuse(*, tenant: Tenant, model_id: str, file_id: str, actor: str
         Evaluation.objects.filter(
             tenant=tenant,
             model=model,
+            checkpoint__isnull=True,
             file__sha256=file.sha256,
             status=EvaluationStatus.SUCCEEDED,
             selection_metric=context.task.selection_metric,
@@ -125,25 +138,35 @@ def _new_evaluation(
     handoff_threshold: Any = None,
     queue: str = CPU_QUEUE,
     metadata: dict[str, str] | None = None,
+    generate: bool = False,
+    vertical: Any = None,
+    task: Any = None,
 ) -> Evaluation:
-    model = serving_selectors.tenant_model(tenant, model_id)
+    subject = _subject(tenant, model_id, vertical, task)
     file = _tenant_file(tenant, file_id)
-    context = _model_context(model)
-    kind = _scored_kind(model)
+    context, kind = subject.context, subject.kind
     threshold = _threshold(handoff_threshold, context, kind)
+    if generate:
+        _check_generation(file, subject)
     _check_file(file, context)
+    checkpoint = subject.checkpoint
     with transaction.atomic():
         return Evaluation.objects.create(
             tenant=tenant,
-            model=model,
+            model=subject.model,
+            base_model=subject.base_model,
+            model_name=subject.name,
+            checkpoint=checkpoint,
+            checkpoint_step=checkpoint.step_number if checkpoint is not None else None,
             file=file,
             queue=queue,
-            vertical=model.vertical,
-            task=model.task,
+            vertical=subject.vertical,
+            task=subject.task,
             kind=kind.value,
             selection_metric=context.task.selection_metric,
             greater_is_better=context.task.greater_is_better,
             handoff_threshold=threshold,
+            generate=generate,
             metadata=metadata or None,
             created_by=actor[:200],
         )
@@ -154,6 +177,75 @@ def _tenant_file(tenant: Tenant, file_id: str) -> File:
     if file is None:
         raise NotFound(f"No file with id '{file_id}' found.", param="file", code="file_not_found")
     return file
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What an evaluation scores: a fine-tuned model, one of its job's checkpoints, or a base model
+    (causal LMs only) for a pack's task."""
+
+    name: str
+    vertical: str
+    task: str
+    context: PackContext
+    kind: TaskKind
+    model: FineTunedModel | None = None
+    checkpoint: JobCheckpoint | None = None
+    base_model: BaseModel | None = None
+
+
+def _subject(tenant: Tenant, name: str, vertical: Any, task: Any) -> Subject:
+    """The fine-tuned model ``name`` names, or the model and checkpoint (``ft:...:ckpt-step-N`` or
+    the checkpoint's id), or a base model with ``vertical``/``task``; 404 otherwise."""
+    checkpoint = None
+    if names_a_checkpoint(name):
+        model, checkpoint = serving_selectors.tenant_checkpoint(tenant, name)
+        name = checkpoint_model_name(model.id, checkpoint.step_number)
+    else:
+        try:
+            model = serving_selectors.tenant_model(tenant, name)
+        except NotFound:
+            base = base_model_by_name(tenant, name)
+            if base is None:
+                raise
+            return _base_model_subject(tenant, base, vertical, task)
+    context = _model_context(model)
+    return Subject(name, model.vertical, model.task, context, _scored_kind(model), model, checkpoint)
+
+
+def _base_model_subject(tenant: Tenant, base: BaseModel, vertical: Any, task: Any) -> Subject:
+    """A base model scored for a pack's causal-LM task by the token loss of the file's answers (a
+    language model needs no trained head for that). A task with a head (labels, tags, a score) is
+    refused: an untrained head's answers would mean nothing."""
+    for value, param in ((vertical, "vertical"), (task, "task")):
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(
+                f"'{base.name}' is a base model: name the pack's {param} it is evaluated for "
+                "(a causal-LM task such as customer_service/reply).",
+                param=param,
+            )
+    try:
+        context = pack_context(tenant.pk, vertical, task)
+    except PackError as exc:
+        raise InvalidRequest(f"{exc}.", param="task", code="vertical_unavailable") from exc
+    kind = context.task.kind
+    if kind not in report.LOSS_KINDS:
+        raise InvalidRequest(
+            f"'{base.name}' is a base model and {vertical}/{task} is a {kind.value} task: a base model has no "
+            "trained head for it (its labels, tags or scores would be those of random weights). Fine-tune it "
+            "(POST /v1/fine_tuning/jobs; a job reports its linear probe, the frozen base model under a fitted "
+            "head, as a floor) and evaluate the fine-tuned model.",
+            param="model",
+            code="evaluation_not_supported",
+        )
+    suitable = context.task.suitable_architectures
+    if suitable and base.architecture and base.architecture not in suitable:
+        raise InvalidRequest(
+            f"'{base.name}' is a {base.architecture} model; {vertical}/{task} takes {', '.join(suitable)}.",
+            param="model",
+            code="evaluation_not_supported",
+        )
+    return Subject(base.name, vertical, task, context, kind, base_model=base)
 
 
 def _model_context(model: FineTunedModel) -> PackContext:
@@ -167,10 +259,10 @@ def _model_context(model: FineTunedModel) -> PackContext:
 
 def _scored_kind(model: FineTunedModel) -> TaskKind:
     kind = TaskKind(serving_selectors.artifact_kind(model))
-    if kind not in report.SCORED_KINDS:
+    if kind not in report.SCORED_KINDS and kind not in report.LOSS_KINDS:
         raise InvalidRequest(
             f"The model '{model.id}' is a {kind.value} model; evaluations score classification, "
-            "multi-label and pair-regression models.",
+            "multi-label, pair-regression, token-classification and causal-LM models.",
             param="model",
             code="evaluation_not_supported",
         )
@@ -189,6 +281,24 @@ def _threshold(value: Any, context: PackContext, kind: TaskKind) -> float | None
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise InvalidRequest("handoff_threshold must be a number from 0 to 1.", param="handoff_threshold")
     return float(value) if kind in report.SINGLE_LABEL else None
+
+
+def _check_generation(file: File, subject: Subject) -> None:
+    if subject.kind not in report.LOSS_KINDS or subject.model is None:
+        what = "a base model" if subject.model is None else f"a {subject.kind.value} model"
+        raise InvalidRequest(
+            f"generate is for fine-tuned causal-LM models (served as they answer); '{subject.name}' is {what}.",
+            param="generate",
+            code="evaluation_not_supported",
+        )
+    limit = settings.TUNERY_EVALUATION_MAX_GENERATIONS
+    if file.row_count > limit:
+        raise InvalidRequest(
+            f"File {file.id} has {file.row_count} rows; an evaluation generates answers for at most {limit} "
+            "(TUNERY_EVALUATION_MAX_GENERATIONS); leave generate out to score every row by its token loss.",
+            param="generate",
+            code="file_too_large",
+        )
 
 
 def _check_file(file: File, context: PackContext) -> None:
@@ -254,14 +364,14 @@ def compare(a: Evaluation, b: Evaluation) -> dict[str, Any]:
         "object": "evaluation.comparison",
         "a": a.id,
         "b": b.id,
-        "model_a": a.model_id,
-        "model_b": b.model_id,
+        "model_a": a.evaluated_name,
+        "model_b": b.evaluated_name,
         "file": a.file_id,
-        "rows": len(out_a.y_true),
+        "rows": report.row_count(out_a),
         "selection_metric": a.selection_metric,
         "greater_is_better": a.greater_is_better,
         "confidence": 0.95,
-        "resamples": report.resamples_for(len(out_a.y_true), max(len(out_a.label_names), len(out_b.label_names))),
+        "resamples": report.resamples_for(report.row_count(out_a), max(len(out_a.label_names), len(out_b.label_names))),
         "metrics": {name: difference.to_json() for name, difference in differences.items()},
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.request import Request
@@ -50,7 +51,7 @@ class EvaluationViewSet(TenantScopedViewSet):
         queryset = self.get_queryset()
         model = request.query_params.get("model")
         if model:
-            queryset = queryset.filter(model_id=model)
+            queryset = queryset.filter(Q(model_name=model) | Q(model_name="", model_id=model))
         return Response(cursor_page(request, queryset, evaluation_object))
 
     def create(self, request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from django.db.models import Q, QuerySet, Sum
@@ -9,7 +10,7 @@ from django.utils import timezone
 
 from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.core.scoping import TenantRequired, scope_to_tenant
-from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, UsageRecord
+from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, JobCheckpoint, UsageRecord
 from tunery.tenants.models import Tenant
 
 
@@ -28,6 +29,38 @@ def base_model_by_name(tenant: Tenant, name: str) -> BaseModel | None:
 
 def fine_tuned_models(tenant: Tenant) -> QuerySet[FineTunedModel]:
     return scope_to_tenant(FineTunedModel.objects.filter(deleted_at__isnull=True), tenant)
+
+
+#: OpenAI's ``fine_tuned_model_checkpoint``: the job's model id and the checkpoint's step.
+_CHECKPOINT_NAME = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
+
+
+def checkpoint_model_name(model_id: str, step: int) -> str:
+    return f"{model_id}:ckpt-step-{step}"
+
+
+def names_a_checkpoint(name: str) -> bool:
+    """``name`` has the shape of a checkpoint's model name or id (whether or not it exists)."""
+    return name.startswith("ftckpt-") or _CHECKPOINT_NAME.match(name) is not None
+
+
+def model_checkpoint(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobCheckpoint] | None:
+    """The tenant's fine-tuned model and its checkpoint named by ``fine_tuned_model_checkpoint``
+    (``ft:...:ckpt-step-N``) or the checkpoint's id; None when there is none (or it is another
+    tenant's). Only a succeeded job's checkpoints: the job's model supplies what a checkpoint lacks."""
+    match = _CHECKPOINT_NAME.match(name)
+    models = fine_tuned_models(tenant)
+    if match is not None:
+        model = models.filter(pk=match["model"]).first()
+        step = int(match["step"])
+        found = JobCheckpoint.objects.filter(job_id=model.job_id, step_number=step).first() if model else None
+    else:
+        checkpoints = scope_to_tenant(JobCheckpoint.objects.filter(pk=name), tenant, "job__tenant")
+        found = checkpoints.first() if name.startswith("ftckpt-") else None
+        model = models.filter(job_id=found.job_id).first() if found is not None else None
+    if model is None or found is None:
+        return None
+    return model, found
 
 
 def active_job_count(tenant: Tenant) -> int:

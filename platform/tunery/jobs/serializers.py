@@ -14,6 +14,7 @@ from rest_framework import serializers
 from tunery.core.timestamps import unix_seconds
 from tunery.jobs.hyperparameters import GPU_RANGE, KNOBS, SEED_RANGE, TUNERY_KNOBS, openai_hyperparameters
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
+from tunery.jobs.selectors import checkpoint_model_name
 from tunery.jobs.services import MAX_METADATA_KEYS, SUFFIX
 from tunery.verticals import registry
 from tunery_contract.vocabulary import AUTO, Knob
@@ -104,7 +105,7 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
         "object": "fine_tuning.job.checkpoint",
         "created_at": unix_seconds(checkpoint.created_at),
         "fine_tuning_job_id": job.id,
-        "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-{checkpoint.step_number}",
+        "fine_tuned_model_checkpoint": checkpoint_model_name(model_id, checkpoint.step_number),
         "step_number": checkpoint.step_number,
         "metrics": metrics,
         "is_best": checkpoint.is_best,

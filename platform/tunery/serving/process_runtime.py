@@ -8,13 +8,16 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from django.conf import settings
+
 from tunery.core import artifacts
-from tunery.core.errors import ServiceUnavailable
+from tunery.core.errors import Conflict, ServiceUnavailable
 from tunery.monitoring import prometheus
 from tunery.serving import conf
 
 if TYPE_CHECKING:
     from tunery.catalog.models import FineTunedModel
+    from tunery.jobs.models import JobCheckpoint
     from tunery_serving import InferenceRuntime
 
 log = logging.getLogger(__name__)
@@ -72,4 +75,42 @@ def artifact_dir(model: FineTunedModel) -> Path:
         raise ServiceUnavailable(
             f"The model's files cannot be fetched from storage right now ({exc.code}); try again shortly.",
             code=exc.code,
+        ) from exc
+
+
+def checkpoint_artifact_dir(model: FineTunedModel, checkpoint: JobCheckpoint) -> Path:
+    """A servable artifact of one of the model's job's checkpoints, built once into the artifact
+    cache folder from the checkpoint's files (the worker's folder, else object storage) and the
+    model's artifact (``tunery_engine.artifact.checkpoint_artifact``). A checkpoint whose files were
+    pruned is a 409; a storage outage a 503."""
+    from tunery_engine.artifact import ArtifactError, checkpoint_artifact
+
+    built = Path(settings.TUNERY_ARTIFACT_CACHE_DIR) / "checkpoints" / checkpoint.pk
+    if (built / "tunery_artifact.json").is_file():
+        return built
+    source = Path(checkpoint.path)
+    if not source.is_dir() and artifacts.object_store() is not None:
+        remote = f"{artifacts.job_prefix(model.tenant.slug, model.job_id)}/checkpoints/{source.name}"
+        try:
+            source = artifacts.local_artifact_dir(remote)
+        except artifacts.StorageError as exc:
+            if exc.code != "artifact_missing":
+                raise ServiceUnavailable(
+                    f"The checkpoint's files cannot be fetched from storage right now ({exc.code}); try again shortly.",
+                    code=exc.code,
+                ) from exc
+    if not source.is_dir():
+        raise Conflict(
+            f"The files of checkpoint {checkpoint.pk} (step {checkpoint.step_number}) are no longer kept "
+            "(a job keeps its last keep_checkpoints and its best).",
+            param="model",
+            code="checkpoint_unavailable",
+        )
+    try:
+        return checkpoint_artifact(
+            artifact_dir(model), source, built, step=checkpoint.step_number, metrics=checkpoint.metrics
+        )
+    except ArtifactError as exc:
+        raise Conflict(
+            f"Checkpoint {checkpoint.pk} cannot be loaded: {exc}", param="model", code="model_unreadable"
         ) from exc

@@ -11,9 +11,10 @@ from django.db.models import Q, QuerySet
 from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict, NotFound
 from tunery.core.lookupcache import LookupCache
-from tunery.jobs.selectors import fine_tuned_models
+from tunery.jobs.models import JobCheckpoint
+from tunery.jobs.selectors import checkpoint_model_name, fine_tuned_models, model_checkpoint, names_a_checkpoint
 from tunery.serving.models import ChampionPeriod, Deployment
-from tunery.serving.process_runtime import artifact_dir
+from tunery.serving.process_runtime import artifact_dir, checkpoint_artifact_dir
 from tunery.tenants.models import Tenant
 from tunery_contract import TaskDefinition, VerticalPack
 
@@ -64,11 +65,20 @@ class ServingTarget:
     deployment: Deployment | None
     path: Path
     kind: str
+    #: The name the runtime keeps it under: the model's id, or a checkpoint's model name.
+    name: str = ""
+
+    @property
+    def runtime_key(self) -> str:
+        return self.name or self.model.id
 
 
 def serving_target(tenant: Tenant, model_id: str, *, deployed_only: bool = True) -> ServingTarget:
     """The model a prediction runs on. Live traffic (``deployed_only``) needs a ready deployment;
-    offline scoring (evaluations) also reads a model that is not deployed, from its artifact."""
+    offline scoring (evaluations) also reads a model that is not deployed, from its artifact, and a
+    checkpoint of a model (``ft:...:ckpt-step-N``), from an artifact built of the checkpoint."""
+    if not deployed_only and names_a_checkpoint(model_id):
+        return checkpoint_target(tenant, model_id)
     model = tenant_model(tenant, model_id)
     deployment = Deployment.objects.filter(model=model, tenant=tenant).first()
     ready = deployment is not None and deployment.status == Deployment.Status.READY
@@ -82,6 +92,25 @@ def serving_target(tenant: Tenant, model_id: str, *, deployed_only: bool = True)
             code="model_not_deployed",
         )
     return ServingTarget(model, deployment, artifact_dir(model), deployment.kind)
+
+
+def tenant_checkpoint(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobCheckpoint]:
+    """The tenant's model checkpoint named ``name`` (see ``jobs.selectors.model_checkpoint``), or a 404."""
+    found = model_checkpoint(tenant, name)
+    if found is None:
+        raise NotFound(
+            f"The checkpoint '{name}' does not exist or you do not have access to it (checkpoints of "
+            "succeeded jobs only).",
+            param="model",
+            code="model_not_found",
+        )
+    return found
+
+
+def checkpoint_target(tenant: Tenant, name: str) -> ServingTarget:
+    model, checkpoint = tenant_checkpoint(tenant, name)
+    key = checkpoint_model_name(model.id, checkpoint.step_number)
+    return ServingTarget(model, None, checkpoint_artifact_dir(model, checkpoint), artifact_kind(model), key)
 
 
 def artifact_kind(model: FineTunedModel) -> str:

@@ -343,7 +343,7 @@ def _predict(
         )
     started = time.perf_counter()
     precision = (target.deployment.precision if target.deployment is not None else "") or None
-    predictions = _run(lambda: get_runtime().predict(target.model.id, target.path, model_inputs, precision))
+    predictions = _run(lambda: get_runtime().predict(target.runtime_key, target.path, model_inputs, precision))
     elapsed = time.perf_counter() - started
     prometheus.PREDICTION_LATENCY.labels(target.kind).observe(elapsed)
     data = _entries(predictions, rows, hooks)
@@ -369,7 +369,7 @@ def _predict(
         "id": prefixed_id("pred"),
         "object": "prediction",
         "created": int(time.time()),
-        "model": target.model.id,
+        "model": target.runtime_key,
         "deployment": target.deployment.id if target.deployment is not None else None,
         "served_by": chosen.role,
         "kind": target.kind,
@@ -484,7 +484,7 @@ def _predict_generations(
             stop=params.stop,
             seed=params.seed,
         )
-        result = _run(lambda g=generation: get_runtime().generate(target.model.id, target.path, g))
+        result = _run(lambda g=generation: get_runtime().generate(target.runtime_key, target.path, g))
         prompt_tokens += result.prompt_tokens
         completion_tokens += result.completion_tokens
         seen.append({"messages": list(messages)} if messages is not None else {"prompt": prompt})
@@ -499,7 +499,7 @@ def _predict_generations(
         "id": prefixed_id("pred"),
         "object": "prediction",
         "created": int(time.time()),
-        "model": target.model.id,
+        "model": target.runtime_key,
         "kind": target.kind,
         "data": data,
         "usage": {"items": len(data), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},

@@ -242,6 +242,43 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss / count, count
 
 
+def conversation_losses(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    max_length: int,
+    batch_size: int = 8,
+) -> list[tuple[float, int] | None]:
+    """Teacher forcing, as training's evaluation scores a conversation: per conversation, the summed
+    next-token cross-entropy of its assistant tokens within ``max_length`` and how many there were
+    (None when none fits). One forward pass per batch, no generation; the mean token loss over
+    rows is ``sum(losses) / sum(counts)``."""
+    ensure_chat_template(tokenizer)
+    fitted = [fit_chat(tokenize_chat(messages, tokenizer), max_length) for messages in conversations]
+    results: list[tuple[float, int] | None] = [None] * len(fitted)
+    present = [i for i, encoded in enumerate(fitted) if encoded is not None]
+    present.sort(key=lambda i: len(fitted[i]))  # type: ignore[arg-type]  # similar lengths pad little
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(present), batch_size):
+            chunk = present[start : start + batch_size]
+            batch = collate_padded([fitted[i].as_feature() for i in chunk], pad)  # type: ignore[union-attr]
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                use_cache=False,
+            ).logits.float()
+            labels = batch["labels"].to(device)[:, 1:]
+            token_losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1, :].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            supervised = labels != IGNORE_INDEX
+            for row, i in enumerate(chunk):
+                results[i] = (float(token_losses[row][supervised[row]].sum()), int(supervised[row].sum()))
+    return results
+
+
 def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     """A chat prompt ending with the assistant's generation header, rendered as in training: with the
     template the engine saved on the tokenizer, or the built-in one."""
