@@ -6,6 +6,7 @@ import secrets
 
 from django.db import models
 
+from tunery.core.leases import LeasedWork
 from tunery.jobs.queues import CPU_QUEUE, GPU_QUEUE
 
 #: Where a batch runs (Tunery's extra body field ``queue``): a cpu worker, or a gpu worker's runtime.
@@ -30,7 +31,7 @@ class BatchStatus(models.TextChoices):
 TERMINAL_BATCH_STATUSES = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
 
 
-class Batch(models.Model):
+class Batch(LeasedWork):
     """Status changes go through tunery.batches.lifecycle only.
 
     Progress is ``lines_done`` (input lines whose result is written) with the byte lengths of the
@@ -56,11 +57,6 @@ class Batch(models.Model):
     lines_done = models.PositiveIntegerField(default=0)
     output_bytes = models.BigIntegerField(default=0)
     error_bytes = models.BigIntegerField(default=0)
-
-    lease_owner = models.CharField(max_length=120, blank=True, default="")
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    dispatched_at = models.DateTimeField(null=True, blank=True)
 
     created_by = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

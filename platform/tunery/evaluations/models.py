@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import models
 
 from tunery.core.ids import prefixed_id
+from tunery.core.leases import LeasedWork
 from tunery.jobs.queues import CPU_QUEUE, GPU_QUEUE
 
 #: Where an evaluation runs (the body's optional ``queue``).
@@ -25,7 +26,7 @@ class EvaluationStatus(models.TextChoices):
 TERMINAL_EVALUATION_STATUSES = (EvaluationStatus.SUCCEEDED, EvaluationStatus.FAILED)
 
 
-class Evaluation(models.Model):
+class Evaluation(LeasedWork):
     """Status changes go through tunery.evaluations.lifecycle only. A scoring worker holds a lease;
     an evaluation whose worker died is scored again from the start (it writes nothing until done)."""
 
@@ -71,11 +72,6 @@ class Evaluation(models.Model):
     outputs = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)  # {"code", "message"} when failed
     metadata = models.JSONField(null=True, blank=True)
-
-    lease_owner = models.CharField(max_length=120, blank=True, default="")
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    dispatched_at = models.DateTimeField(null=True, blank=True)
 
     created_by = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
