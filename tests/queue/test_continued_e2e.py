@@ -109,6 +109,19 @@ def test_corrections_exported_from_feedback_teach_a_continued_fine_tune_a_new_la
         assert any("new labels appended after the parent's: hot" in m and "replayed 60 of the 300" in m for m in events)
         assert any(m.startswith("Parent model (where this continued fine-tune starts)") for m in events)
 
+        # a checkpoint of the parent's job is a parent too (fetched as the runner fetches any parent)
+        checkpoint = call("get", f"/v1/fine_tuning/jobs/{parent_job.pk}/checkpoints")["data"][0]
+        from_checkpoint = train(
+            {
+                "model": checkpoint["fine_tuned_model_checkpoint"],
+                "training_file": exported["file"]["id"],
+                "hyperparameters": {"n_epochs": 1, **FAST},
+            }
+        )
+        assert from_checkpoint.parent_checkpoint_id == checkpoint["id"]
+        started = JobEvent.objects.filter(job=from_checkpoint, dedupe_key="continued").get()
+        assert started.data["parent"].startswith("checkpoint step-")
+
         call("post", "/v1/deployments", {"model": child.id})
         probe = ["w1 orange w2", "orange w3 w4", "w1 red w2", "w3 blue", "white w5 w6"]
         assert labels(predict(parent.id, probe))[:2] == ["warm", "warm"]

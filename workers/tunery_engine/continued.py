@@ -107,7 +107,7 @@ def build_model(
             return loaded
         weights = {name: p.detach() for name, p in loaded.named_parameters() if p.requires_grad}
         del loaded
-    model = head.build_model(base_model, label_names, pooling=pooling)  # fresh head rows for new labels
+    model: Any = head.build_model(base_model, label_names, pooling=pooling)  # fresh head rows for new labels
     if parent.training_type == "lora":
         model = apply_lora(model, config, head.lora_task_type)
     copy_parent_weights(model, weights, len(parent.label_names))
