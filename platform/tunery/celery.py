@@ -95,6 +95,11 @@ def _configure() -> None:
                 "schedule": float(settings.TUNERY_ALERTS_EVERY_SECONDS),
                 "options": {"queue": "cpu", "expires": float(settings.TUNERY_ALERTS_EVERY_SECONDS)},
             },
+            "propose-retraining": {
+                "task": "tunery.feedback.tasks.propose_retraining",
+                "schedule": float(settings.TUNERY_ALERTS_EVERY_SECONDS),
+                "options": {"queue": "cpu", "expires": float(settings.TUNERY_ALERTS_EVERY_SECONDS)},
+            },
             "purge-prediction-log": {
                 "task": "tunery.feedback.tasks.purge_prediction_log",
                 "schedule": 3600.0,

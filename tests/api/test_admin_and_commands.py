@@ -121,6 +121,8 @@ def tenant_page_form(tenant, *, new_keys: int = 0, new_verticals: int = 0) -> di
         "requests_per_minute": tenant.requests_per_minute,
         "predictions_per_minute": tenant.predictions_per_minute,
         "prediction_text_retention_days": tenant.prediction_text_retention_days,
+        "retraining": tenant.retraining,
+        "retraining_min_corrections": tenant.retraining_min_corrections,
     }
     keys = list(ApiKey.objects.filter(tenant=tenant))
     enablements = list(VerticalEnablement.objects.filter(tenant=tenant))

@@ -9,7 +9,7 @@ import pytest
 
 from tunery_contract import protocol
 from tunery_contract.discovery import discover
-from tunery_contract.protocol import EVENTS, EngineEvent, EventError, ExitCode, JobSpecFile
+from tunery_contract.protocol import EVENTS, EngineEvent, EventError, ExitCode, JobSpecFile, ParentSpec
 from tunery_contract.vocabulary import ConfigError, TrainConfig
 
 SPEC = JobSpecFile(
@@ -42,8 +42,23 @@ def test_the_job_spec_survives_a_json_round_trip():
         "teacher_model",
         "column_mapping",
         "object_store_prefix",
+        "parent",
     }
     assert JobSpecFile.from_json(data) == SPEC
+
+
+def test_a_parent_names_one_weights_source_and_a_replay_fraction_from_0_to_1():
+    parent = ParentSpec(artifact="/a/final", replay_file="/data/old.jsonl", replay_fraction=0.5)
+    data = json.loads(json.dumps({**SPEC.to_json(), "parent": parent.to_json()}))
+    assert ParentSpec.from_json(JobSpecFile.from_json(data).parent) == parent
+    with pytest.raises(ConfigError, match="parent"):
+        JobSpecFile.from_json({**data, "parent": "/a/final"})
+    with pytest.raises(ConfigError, match="exactly one"):
+        ParentSpec.from_json({"artifact": "/a/final", "checkpoint": "/a/checkpoints/step-1"})
+    with pytest.raises(ConfigError, match="replay_fraction"):
+        ParentSpec.from_json({"artifact": "/a/final", "replay_fraction": 1.5})
+    with pytest.raises(ConfigError, match="unknown parent keys"):
+        ParentSpec.from_json({"artifact": "/a/final", "weights": "x"})
 
 
 def test_an_object_store_prefix_must_be_a_string():
@@ -75,6 +90,7 @@ EXAMPLES = [
     ),
     protocol.Progress(4, 40, 0.4, 0.7, 1e-4, 8.0, 512.0, 12.5),
     protocol.Evaluate(step=10, eval_loss=0.31, metrics={"accuracy": 0.9}, learning_rate=5e-5),
+    protocol.Continued(parent="artifact", added_labels=["hot"], replayed_rows=50, replay_source_rows=200),
     protocol.Checkpoint(step=10, path="/ck/step-00000010", metrics={"accuracy": 0.9}, is_best=True),
     protocol.Heartbeat(),
     protocol.SearchTrial(index=1, overrides={"learning_rate": 3e-4}, metric="accuracy", value=0.8, seconds=12.5),

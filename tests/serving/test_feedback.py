@@ -302,6 +302,7 @@ def test_export_writes_a_training_file_in_the_packs_schema_without_the_training_
     assert body["file"]["purpose"] == "fine-tune"
 
     file = File.objects.get(pk=body["file"]["id"], tenant=served["acme"].tenant)
+    assert sorted(file.columns) == ["intent", "message"]  # a job checks them: the export trains as is
     with file.content.open("rb") as stream:
         rows = list(iter_records(stream, file.format))
     assert [row for _, row in rows] == [

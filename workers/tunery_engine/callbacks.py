@@ -102,6 +102,12 @@ class TrainingCallback:
     def on_probe(self, metrics: Mapping[str, float]) -> None:
         """The linear probe's validation metrics (eval_loss included), before the first training step."""
 
+    def on_continued(
+        self, parent: str, metrics: Mapping[str, float] | None, added_labels: list[str], replayed: tuple[int, int]
+    ) -> None:
+        """A continued fine-tune: the parent's validation metrics on this job's validation split
+        (None without one), the labels added after the parent's, (rows replayed, rows they came from)."""
+
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
         pass
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunery_contract.protocol import ParentSpec
 from tunery_contract.vocabulary import (
     AUTO,
     MAX_AUTO_EVALUATIONS,
@@ -135,6 +136,8 @@ class JobSpec:
     teacher_model: Path | str | None = None
     #: file column -> schema column
     column_mapping: dict[str, str] | None = None
+    #: a continued fine-tune starts from this earlier artifact or checkpoint (``tunery_engine.continued``)
+    parent: ParentSpec | None = None
 
     def __post_init__(self) -> None:
         self.base_model = Path(self.base_model)

@@ -29,7 +29,7 @@ from tunery_contract import TaskKind
 from tunery_contract.preferences import preferred_conversations
 from tunery_contract.profile import profile_rows
 from tunery_contract.vocabulary import AUTO
-from tunery_engine import auto
+from tunery_engine import auto, continued
 from tunery_engine import checkpoint as ckpt
 from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
@@ -378,6 +378,11 @@ class FineTuneRecipe:
         # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
         # the run needs no disk read
         self.best_weights: dict[str, torch.Tensor] | None = None
+        # a continued fine-tune (``spec.parent``): its parent, (rows replayed, rows they came from),
+        # and the parent's metrics on this job's validation split
+        self.parent: continued.Parent | None = None
+        self.replayed = (0, 0)
+        self.parent_metrics: dict[str, float] | None = None
 
     # ---- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -394,6 +399,8 @@ class FineTuneRecipe:
                 Path(self.spec.teacher_model), self.head, self.label_names, self.device, self.pad_id
             )
         self.setup_optimizer()
+        if self.parent is not None and self.has_validation:  # the baseline this job has to beat
+            self.parent_metrics = self.evaluate()
         self.run = ckpt.RunState(label_names=list(self.label_names), fingerprint=self.fingerprint())
         resumed_from = self.restore()
         self.state = TrainState(
@@ -444,7 +451,25 @@ class FineTuneRecipe:
             self.train_rows, self.val_rows = split_validation(
                 self.train_rows, task, spec.config.validation_split, spec.config.seed
             )
-        self.label_names = self.head.label_names(self.train_rows + self.val_rows)
+        if spec.parent is not None:
+            self.load_parent()
+        else:
+            self.label_names = self.head.label_names(self.train_rows + self.val_rows)
+
+    def load_parent(self) -> None:
+        """A continued fine-tune (``tunery_engine.continued``): the parent, its way of training, the
+        replayed rows (training only) and the label set that extends the parent's."""
+        spec = self.spec
+        assert spec.parent is not None
+        self.parent = continued.read_parent(spec.parent, Path(spec.base_model), self.task)
+        self.spec = replace(spec, config=continued.inherited_config(spec.config, self.parent))
+        new_rows = self.train_rows + self.val_rows
+        replay, source_rows = continued.replay_rows(
+            self.parent, self.task, spec.tenant_config, spec.config.seed, new_rows
+        )
+        self.train_rows = self.train_rows + replay
+        self.replayed = (len(replay), source_rows)
+        self.label_names = continued.continued_label_names(self.head, self.parent, self.train_rows + self.val_rows)
 
     def build_model(self) -> None:
         """Tokenizer and base model with the task's head (seeded: the head's initialisation is random)."""
@@ -457,7 +482,12 @@ class FineTuneRecipe:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         self.pooling = resolve_pooling(config.pooling, self.base_model, self.head.lora_task_type == "SEQ_CLS")
-        self.model = self.head.build_model(self.base_model, self.label_names, pooling=self.pooling)
+        if self.parent is not None:
+            self.model = continued.build_model(
+                self.head, self.base_model, self.parent, self.label_names, self.pooling, config
+            )
+        else:
+            self.model = self.head.build_model(self.base_model, self.label_names, pooling=self.pooling)
         if getattr(self.model.config, "pad_token_id", None) is None:  # decoder heads find the last real token by it
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
@@ -511,7 +541,7 @@ class FineTuneRecipe:
     def prepare_model(self) -> None:
         """LoRA, gradient checkpointing, the device, and bulk dropout masks on CPU."""
         config = self.config
-        if config.training_type == "lora":
+        if config.training_type == "lora" and self.parent is None:  # a LoRA parent's adapter trains on
             self.model = apply_lora(self.model, config, self.head.lora_task_type)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -658,6 +688,9 @@ class FineTuneRecipe:
         self.hooks.on_train_begin(self.state)
         if self.probe is not None and self.dist.is_main:
             self.hooks.on_probe(self.probe.metrics)
+        if self.parent is not None and self.dist.is_main:
+            added = list(self.label_names[len(self.parent.label_names) :])
+            self.hooks.on_continued(self.parent.description, self.parent_metrics, added, self.replayed)
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> TrainResult:

@@ -80,6 +80,15 @@ class EventWriter(TrainingCallback):
         eval_loss = task_metrics.pop("eval_loss", None)
         self.emit(protocol.Evaluate(0, eval_loss, task_metrics, None, model="linear_probe"))
 
+    def on_continued(
+        self, parent: str, metrics: Mapping[str, float] | None, added_labels: list[str], replayed: tuple[int, int]
+    ) -> None:
+        self.emit(protocol.Continued(parent, added_labels, *replayed))
+        if metrics is not None:
+            task_metrics = dict(metrics)
+            eval_loss = task_metrics.pop("eval_loss", None)
+            self.emit(protocol.Evaluate(0, eval_loss, task_metrics, None, model="parent_model"))
+
     def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
         if self.state is not None:  # the checkpoint just written holds them
             self.state.run.recent_events.clear()
@@ -145,6 +154,7 @@ def load_spec(path: Path) -> JobSpec:
         vertical_version=pack.version,
         teacher_model=spec.teacher_model,
         column_mapping=spec.column_mapping,
+        parent=protocol.ParentSpec.from_json(spec.parent) if spec.parent else None,
     )
 
 

@@ -56,6 +56,8 @@ class JobSpecFile:
     #: the job's key prefix in the object store the environment configures (``TUNERY_S3_*``):
     #: checkpoints and the final artifact are uploaded under it. None: local files only.
     object_store_prefix: str | None = None
+    #: a continued fine-tune: where it starts (:class:`ParentSpec` as JSON); None: from the base model
+    parent: dict[str, Any] | None = None
 
     REQUIRED: ClassVar[frozenset[str]] = frozenset({"base_model", "vertical", "task", "train_file", "output_dir"})
 
@@ -75,6 +77,7 @@ class JobSpecFile:
         wrong = sorted(name for name in cls.REQUIRED | {"vertical_version"} if not isinstance(data.get(name, ""), str))
         wrong += [name for name in ("config", "tenant_config") if not isinstance(data.get(name) or {}, dict)]
         wrong += [name for name in ("object_store_prefix",) if not isinstance(data.get(name) or "", str)]
+        wrong += [name for name in ("parent",) if not isinstance(data.get(name) or {}, dict)]
         if wrong:
             raise ConfigError(f"job spec: wrong types for {wrong}")
         values = {**data, "config": data.get("config") or {}, "tenant_config": data.get("tenant_config") or {}}
@@ -87,6 +90,37 @@ class JobSpecFile:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the job spec {path}: {exc}") from exc
         return cls.from_json(data)
+
+
+@dataclass(frozen=True)
+class ParentSpec:
+    """Where a continued fine-tune starts: an earlier job's artifact, or one of its checkpoints
+    (then ``artifact`` is None), with an optional replay of the parent's training file."""
+
+    artifact: str | None = None
+    checkpoint: str | None = None
+    #: the parent job's training file, sampled into the new training data (``replay_fraction`` of its rows)
+    replay_file: str | None = None
+    replay_fraction: float = 0.0
+    #: the parent job's column mapping (file column -> schema column) for reading ``replay_file``
+    replay_column_mapping: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ParentSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"job spec: unknown parent keys {unknown}")
+        spec = cls(**data)
+        if (spec.artifact is None) == (spec.checkpoint is None):
+            raise ConfigError("job spec: a parent names exactly one of artifact and checkpoint")
+        fraction = spec.replay_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"job spec: replay_fraction must be a number from 0 to 1, got {fraction!r}")
+        return spec
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -192,6 +226,19 @@ class Evaluate(EngineEvent):
 
 
 @dataclass(frozen=True)
+class Continued(EngineEvent):
+    """A continued fine-tune set up from its parent (before the first step): the labels it added
+    after the parent's and the rows of the parent's training file it replayed."""
+
+    name: ClassVar[str] = "continued"
+    parent: str = ""
+    added_labels: list[str] = field(default_factory=list)
+    replayed_rows: int = 0
+    #: rows of the parent's training file the replay sampled from (0: no replay)
+    replay_source_rows: int = 0
+
+
+@dataclass(frozen=True)
 class Checkpoint(EngineEvent):
     name: ClassVar[str] = "checkpoint"
     step: int = 0
@@ -288,6 +335,7 @@ EVENTS: dict[str, type[EngineEvent]] = {
         TrainBegin,
         Progress,
         Evaluate,
+        Continued,
         Checkpoint,
         Heartbeat,
         SearchTrial,

@@ -15,7 +15,7 @@ class BaseModelAdmin(AuditedModelAdmin):
 
 @admin.register(FineTunedModel)
 class FineTunedModelAdmin(AuditedModelAdmin):
-    list_display = ["id", "tenant", "base_model", "vertical", "task", "created_at", "deleted_at"]
+    list_display = ["id", "tenant", "base_model", "parent", "vertical", "task", "created_at", "deleted_at"]
     list_filter = ["vertical", "tenant"]
-    search_fields = ["id"]
-    readonly_fields = ["id", "tenant", "job", "base_model", "artifact_path", "metrics", "created_at"]
+    search_fields = ["id", "parent__id"]
+    readonly_fields = ["id", "tenant", "job", "base_model", "parent", "artifact_path", "metrics", "created_at"]

@@ -40,6 +40,8 @@ class FineTunedModel(models.Model):
     vertical = models.CharField(max_length=63)
     task = models.CharField(max_length=63)
     metrics = models.JSONField(default=dict, blank=True)
+    #: The model a continued fine-tune started from (its job's ``parent_model``); None: from the base.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 

@@ -11,6 +11,7 @@ from tunery.jobs.queues import CPU_QUEUE
 DELIVER_WEBHOOK = "tunery.feedback.tasks.deliver_webhook"
 EVALUATE_ALERTS = "tunery.feedback.tasks.evaluate_alerts"
 PURGE_PREDICTION_LOG = "tunery.feedback.tasks.purge_prediction_log"
+PROPOSE_RETRAINING = "tunery.feedback.tasks.propose_retraining"
 
 
 def delivery_created(delivery_id: str) -> None:

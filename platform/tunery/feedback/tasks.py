@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from tunery.feedback import alerts, dispatch, services, webhooks
+from tunery.feedback import alerts, dispatch, retraining, services, webhooks
 
 
 @shared_task(name=dispatch.DELIVER_WEBHOOK, autoretry_for=(OperationalError, InterfaceError), max_retries=5)
@@ -27,3 +27,8 @@ def evaluate_alerts() -> int:
 def purge_prediction_log() -> int:
     cleared, deleted = services.purge_prediction_log()
     return cleared + deleted
+
+
+@shared_task(name=dispatch.PROPOSE_RETRAINING)
+def propose_retraining() -> int:
+    return len(retraining.propose())

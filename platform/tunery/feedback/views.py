@@ -17,7 +17,7 @@ from tunery.core.errors import InvalidRequest, NotFound
 from tunery.core.schema import BODY_ERRORS, ERRORS, list_of
 from tunery.core.scoping import TenantScopedViewSet, request_tenant, scope_to_tenant
 from tunery.core.timestamps import unix_seconds
-from tunery.feedback import alerts, exports, inputs, monitoring, services
+from tunery.feedback import alerts, exports, inputs, monitoring, retraining, services
 from tunery.feedback.models import AlertRule, Feedback, PredictionRecord, WebhookDelivery
 from tunery.serving.models import Deployment
 from tunery.serving.views import request_body
@@ -286,6 +286,20 @@ MonitoringObject = inline_serializer(
         "evaluation_accuracy": serializers.FloatField(allow_null=True),
         "current": MonitoringWindow,
         "series": serializers.ListField(child=MonitoringWindow),
+        "retraining": inline_serializer(
+            name="RetrainingProposal",
+            fields={
+                "mode": serializers.ChoiceField(choices=["suggest", "create"]),
+                "corrections": serializers.IntegerField(),
+                "min_corrections": serializers.IntegerField(),
+                "ready": serializers.BooleanField(),
+                "last_job": serializers.CharField(allow_null=True),
+                "request": serializers.DictField(),
+            },
+            allow_null=True,
+            help_text="The retraining proposal (the tenant's setting; null when off): corrections since the "
+            "model's last continued fine-tune, and the continued job that is suggested or created when ready.",
+        ),
     },
 )
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
@@ -332,7 +346,8 @@ class DeploymentMonitoringView(APIView):
             raise NotFound(f"No deployment with id '{pk}' found.", param="id")
         window = _int_query(request, "window", 3600, 60, MAX_WINDOW_SECONDS)
         buckets = _int_query(request, "buckets", 12, 1, MAX_BUCKETS)
-        return Response(monitoring.deployment_health(deployment, window, buckets).to_json())
+        health = monitoring.deployment_health(deployment, window, buckets).to_json()
+        return Response({**health, "retraining": retraining.status(deployment)})
 
 
 AlertRuleObject = inline_serializer(

@@ -155,18 +155,24 @@ def save_generated_file(*, tenant: Tenant, filename: str, purpose: str, source: 
     """A file the platform wrote for a tenant (a batch's output or errors): stored, then recorded.
     Call inside the transaction that publishes it (a rollback leaves an unreferenced object in
     storage, harmless like a leftover of delete_file)."""
+    fmt = detect_format(filename)
+    columns: list[str] = []
     with source.open("rb") as stream:
         sha256 = _sha256_of(stream)
         stream.seek(0)
-        rows = sum(1 for line in stream if line.strip())
+        if purpose == File.Purpose.FINE_TUNE:  # a job checks a training file's columns (feedback exports)
+            rows, columns = inspect_records(stream, fmt)
+        else:
+            rows = sum(1 for line in stream if line.strip())
     record = File(
         tenant=tenant,
         filename=filename,
         purpose=purpose,
-        format=detect_format(filename),
+        format=fmt,
         bytes=source.stat().st_size,
         sha256=sha256,
         row_count=rows,
+        columns=columns,
     )
     with source.open("rb") as stream:
         record.content.save(f"{tenant.pk}/{record.id}.{record.format}", DjangoFile(stream), save=False)

@@ -37,7 +37,17 @@ class JobCheckpointInline(admin.TabularInline):
 
 @admin.register(FineTuningJob)
 class FineTuningJobAdmin(AuditedModelAdmin):
-    list_display = ["id", "tenant", "vertical", "task", "base_model", "status", "progress_summary", "created_at"]
+    list_display = [
+        "id",
+        "tenant",
+        "vertical",
+        "task",
+        "base_model",
+        "parent_model",
+        "status",
+        "progress_summary",
+        "created_at",
+    ]
     list_filter = ["status", "vertical", "tenant"]
     search_fields = ["id", "suffix"]
     inlines = [JobCheckpointInline, JobEventInline]
@@ -54,6 +64,9 @@ class FineTuningJobAdmin(AuditedModelAdmin):
         "tenant",
         "created_by",
         "base_model",
+        "parent_model",
+        "parent_checkpoint",
+        "replay_fraction",
         "training_file",
         "validation_file",
         "vertical",

@@ -387,6 +387,7 @@ def _succeed(job: FineTuningJob, outcome: Outcome, fields: dict[str, Any], now: 
             "id": fine_tuned_model_id(job),
             "tenant_id": job.tenant_id,
             "base_model_id": job.base_model_id,
+            "parent_id": job.parent_model_id,
             "artifact_path": outcome.artifact_dir,
             "vertical": job.vertical,
             "task": job.task,

@@ -58,6 +58,17 @@ class FineTuningJob(models.Model):
     #: OpenAI's ``integrations`` as parsed by ``tracking.parse_integrations`` (wandb, mlflow, tensorboard)
     integrations = models.JSONField(default=list, blank=True)
     teacher_model = models.CharField(max_length=200, blank=True, help_text="Distillation teacher model id.")
+    #: A continued fine-tune: the tenant's model it starts from (and the checkpoint, when it starts
+    #: from one of that model's job's checkpoints); the base model is the parent's.
+    parent_model = models.ForeignKey(
+        "catalog.FineTunedModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="continued_jobs"
+    )
+    parent_checkpoint = models.ForeignKey(
+        "jobs.JobCheckpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="continued_jobs"
+    )
+    replay_fraction = models.FloatField(
+        default=0.0, help_text="Share of the parent's training rows mixed into this job's training data."
+    )
     gpus = models.PositiveSmallIntegerField(default=0)
     queue = models.CharField(max_length=50, default="gpu")
 

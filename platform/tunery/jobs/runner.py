@@ -52,6 +52,11 @@ CONTROL_GRACE_SECONDS = 120.0
 #: An engine silent this long (it heartbeats every few seconds) is hung: stopped, and the attempt
 #: counts as a transient failure. Settings may override it (TUNERY_ENGINE_SILENCE_SECONDS).
 ENGINE_SILENCE_SECONDS = 900.0
+#: how a baseline evaluated before training (``Evaluate.model``) is named in the job's events
+BASELINE_TITLES = {
+    "linear_probe": "Linear probe (frozen base model + logistic regression)",
+    "parent_model": "Parent model (where this continued fine-tune starts)",
+}
 
 
 class SpecError(Exception):
@@ -130,6 +135,36 @@ def _teacher_path(job: FineTuningJob) -> str | None:
     return resolve_base_model_path(base)
 
 
+def _parent_spec(job: FineTuningJob, inputs: Path) -> dict[str, Any] | None:
+    """A continued fine-tune's parent (``tunery.jobs.lineage``), fetched the way serving fetches
+    artifacts (the object store's cache, or the artifacts folder)."""
+    if job.parent_model_id is None and job.parent_checkpoint_id is None:
+        return None
+    from tunery.jobs import lineage
+
+    parent = job.parent_model
+    if parent is None or parent.deleted_at is not None:
+        raise SpecError("model_not_found", "the parent model was deleted after the job was created")
+    if job.parent_checkpoint_id is not None:
+        checkpoint = job.parent_checkpoint
+        assert checkpoint is not None
+        found = {"checkpoint": str(artifacts.local_artifact_dir(lineage.checkpoint_location(checkpoint)))}
+    else:
+        found = {"artifact": str(artifacts.local_artifact_dir(parent.artifact_path))}
+    for path in found.values():
+        if not Path(path).is_dir():
+            log.error("job %s: the parent's files are missing at %s", job.pk, path)
+            raise SpecError("model_not_found", f"the files of the parent model {parent.pk!r} are missing")
+    replay = lineage.replay_file(parent.job) if job.replay_fraction else None
+    if job.replay_fraction and replay is None:
+        raise SpecError("replay_file_missing", "the parent model's training file was deleted: nothing to replay")
+    if replay is not None:
+        found["replay_file"] = materialise_file(replay, inputs)
+        found["replay_fraction"] = job.replay_fraction
+        found["replay_column_mapping"] = dict(parent.job.column_mapping) or None
+    return found
+
+
 def build_spec(job: FineTuningJob, out: Path) -> JobSpecFile:
     inputs = out / "inputs"
     config = dict(job.requested_hyperparameters or {})
@@ -152,6 +187,7 @@ def build_spec(job: FineTuningJob, out: Path) -> JobSpecFile:
         teacher_model=_teacher_path(job),
         column_mapping=dict(job.column_mapping) or None,
         object_store_prefix=artifacts.job_prefix(job.tenant.slug, job.pk) if artifacts.object_store() else None,
+        parent=_parent_spec(job, inputs),
     )
 
 
@@ -482,11 +518,7 @@ class AttemptRunner:
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         if event.model:  # a baseline evaluated before training: the linear probe of the frozen base
             data["model"] = event.model
-            title = (
-                "Linear probe (frozen base model + logistic regression)"
-                if event.model == "linear_probe"
-                else event.model
-            )
+            title = BASELINE_TITLES.get(event.model, event.model)
             lifecycle.add_event(
                 self.job.pk,
                 f"{title}: validation loss={_fmt(valid_loss)}" + (f", {shown}" if shown else ""),
@@ -502,6 +534,18 @@ class AttemptRunner:
             data=data,
             dedupe_key=f"eval:step:{step}",
         )
+
+    def _on_continued(self, event: protocol.Continued) -> None:
+        """A continued fine-tune's set-up: the labels it added, the rows it replayed."""
+        self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))
+        parts = [f"Continuing from the parent model's {event.parent}"]
+        if event.added_labels:
+            parts.append(f"new labels appended after the parent's: {', '.join(event.added_labels)}")
+        if event.replay_source_rows:
+            parts.append(
+                f"replayed {event.replayed_rows} of the {event.replay_source_rows} rows of the parent's training file"
+            )
+        lifecycle.add_event(self.job.pk, "; ".join(parts), data=_fields(event), dedupe_key="continued")
 
     def _on_succeeded(self, event: protocol.Succeeded) -> None:
         """The engine's warnings (the probe shipped, a hand-off target missed, ...) as job events."""

@@ -13,6 +13,7 @@ from rest_framework import serializers
 
 from tunery.core.timestamps import unix_seconds
 from tunery.jobs.hyperparameters import GPU_RANGE, KNOBS, SEED_RANGE, TUNERY_KNOBS, openai_hyperparameters
+from tunery.jobs.lineage import requested_model_name
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
 from tunery.jobs.selectors import checkpoint_model_name
 from tunery.jobs.services import MAX_METADATA_KEYS, SUFFIX
@@ -52,7 +53,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "created_at": unix_seconds(job.created_at),
         "finished_at": unix_seconds(job.finished_at),
         "estimated_finish": unix_seconds(job.estimated_finish),
-        "model": job.base_model.name,
+        "model": requested_model_name(job),
         "fine_tuned_model": fine_tuned_model_id(job),
         "organization_id": job.tenant.slug,
         "status": job.status,
@@ -72,6 +73,9 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "vertical_version": job.vertical_version,
         "task": job.task,
         "teacher_model": job.teacher_model or None,
+        "parent_model": job.parent_model_id,
+        "parent_checkpoint": requested_model_name(job) if job.parent_checkpoint_id else None,
+        "replay_fraction": job.replay_fraction,
         "gpus": job.gpus,
         "requested_action": job.requested_action or None,
         "requested_hyperparameters": job.requested_hyperparameters,
@@ -208,7 +212,12 @@ class JobCreateSerializer(serializers.Serializer):
     body fields (``extra_body`` in the openai client). Every knob accepts "auto"; the knobs and
     their ranges come from the contract's vocabulary."""
 
-    model = serializers.CharField(min_length=1, help_text="A base model id from GET /v1/models.")
+    model = serializers.CharField(
+        min_length=1,
+        help_text="A base model id from GET /v1/models, or one of your fine-tuned models (ft:...) or its "
+        "checkpoints (ft:...:ckpt-step-N) to continue fine-tuning it: the job keeps its base model, vertical, "
+        "task and training type, its labels keep their index and new labels are appended.",
+    )
     training_file = serializers.CharField(min_length=1)
     validation_file = serializers.CharField(required=False, allow_null=True)
     hyperparameters = HyperparametersSerializer(required=False)
@@ -236,6 +245,13 @@ class JobCreateSerializer(serializers.Serializer):
         "is a job event.",
     )
     teacher_model = serializers.CharField(required=False, help_text="Distillation teacher: base or ft: model id.")
+    replay_fraction = serializers.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Continued fine-tuning (model ft:...): the share of the parent's training rows mixed into the "
+        "training data, so the model does not forget them (default 0). The job's events say how many were replayed.",
+    )
     gpus = serializers.JSONField(required=False, help_text=f'GPUs ({GPU_RANGE[0]}-{GPU_RANGE[1]}) or "auto".')
     column_mapping = serializers.DictField(
         child=serializers.CharField(),
@@ -279,6 +295,13 @@ class JobSerializer(serializers.Serializer):
     vertical_version = serializers.CharField()
     task = serializers.CharField()
     teacher_model = serializers.CharField(allow_null=True)
+    parent_model = serializers.CharField(
+        allow_null=True, help_text="Continued fine-tuning: the fine-tuned model this job started from."
+    )
+    parent_checkpoint = serializers.CharField(
+        allow_null=True, help_text="Continued fine-tuning from a checkpoint: its name (ft:...:ckpt-step-N)."
+    )
+    replay_fraction = serializers.FloatField(help_text="Share of the parent's training rows replayed.")
     gpus = serializers.IntegerField()
     requested_action = serializers.CharField(allow_null=True)
     requested_hyperparameters = serializers.DictField()

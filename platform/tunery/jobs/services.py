@@ -17,7 +17,7 @@ from django.db import transaction
 from tunery.catalog.models import BaseModel
 from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
-from tunery.jobs import dispatch, estimates, lifecycle, selectors, tracking
+from tunery.jobs import dispatch, estimates, lifecycle, lineage, selectors, tracking
 from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
@@ -45,7 +45,7 @@ MAX_METADATA_KEYS = 16
 #: Every top-level field a create request may carry (OpenAI's, then Tunery's extra body fields).
 CREATE_FIELDS = frozenset(
     {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "metadata", "method"}
-    | {"integrations", "vertical", "task", "teacher_model", "gpus", "dry_run", "column_mapping"}
+    | {"integrations", "vertical", "task", "teacher_model", "gpus", "dry_run", "column_mapping", "replay_fraction"}
     | set(KNOB_GROUPS)
     | {name for name in TUNERY_KNOBS if "." not in name}
 )
@@ -72,6 +72,10 @@ class JobRequest:
     dry_run: bool = False
     #: The files' columns renamed to the task's (file column -> schema column).
     column_mapping: dict[str, str] = field(default_factory=dict)
+    #: A continued fine-tune's parent model (``tunery.jobs.lineage``), and the share of its
+    #: training rows replayed.
+    parent: lineage.Parent | None = None
+    replay_fraction: float = 0.0
 
 
 def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
@@ -87,16 +91,17 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
         )
     integrations = tracking.parse_integrations(body.get("integrations"))
     model_name = _required_string(body, "model")
-    base_model = selectors.base_model_by_name(tenant, model_name)
+    parent = lineage.resolve_parent(tenant, model_name) if lineage.is_fine_tuned(model_name) else None
+    base_model = parent.base_model if parent else selectors.base_model_by_name(tenant, model_name)
     if base_model is None:
-        hint = "" if not model_name.startswith("ft:") else " Fine-tuning a fine-tuned model is not supported yet."
         raise InvalidRequest(
-            f"The model '{model_name}' does not exist or is not available to you.{hint} "
+            f"The model '{model_name}' does not exist or is not available to you. "
             "GET /v1/models lists the base models you can fine-tune.",
             param="model",
             code="model_not_found",
         )
-    pack, task = task_for(tenant, body.get("vertical"), body.get("task"))
+    vertical, task_id = lineage.vertical_and_task(parent, body) if parent else (body.get("vertical"), body.get("task"))
+    pack, task = task_for(tenant, vertical, task_id)
     preferences = method_type(body, task) == "dpo"  # OpenAI's preference format, not the task's columns
     column_mapping = body.get("column_mapping")
     if column_mapping is None:  # the mapping the training file was uploaded with, if any
@@ -130,7 +135,10 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
             code="model_not_suitable",
         )
     requested = engine_overrides(parse_requested(body), task.default_hyperparameters)
+    if parent is not None:
+        requested = lineage.inherit_training_type(parent, requested)
     requested |= method_overrides(body, task, requested)
+    replay_fraction = lineage.checked_replay_fraction(parent, body.get("replay_fraction"))
     suffix = body.get("suffix") or ""
     if suffix and (not isinstance(suffix, str) or not SUFFIX.match(suffix)):
         raise InvalidRequest("suffix must be 1-64 letters, digits, '-' or '_'.", param="suffix", code="invalid_value")
@@ -159,6 +167,8 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
         integrations=integrations,
         dry_run=dry_run,
         column_mapping=dict(column_mapping),
+        parent=parent,
+        replay_fraction=replay_fraction,
     )
 
 
@@ -184,6 +194,9 @@ def create_job(*, tenant: Tenant, checked: JobRequest, actor: str) -> FineTuning
             teacher_model=checked.teacher_model,
             column_mapping=checked.column_mapping,
             gpus=checked.gpus,
+            parent_model=checked.parent.model if checked.parent else None,
+            parent_checkpoint=checked.parent.checkpoint if checked.parent else None,
+            replay_fraction=checked.replay_fraction,
             integrations=checked.integrations,
             queue=training_queue(checked.gpus),
             status=JobStatus.VALIDATING_FILES,
@@ -226,7 +239,7 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
     )
     return {
         "object": "fine_tuning.job.dry_run",
-        "model": checked.base_model.name,
+        "model": checked.parent.name if checked.parent else checked.base_model.name,
         "training_file": checked.training_file.pk,
         "validation_file": checked.validation_file.pk if checked.validation_file else None,
         "vertical": checked.pack.id,

@@ -80,7 +80,7 @@ class FineTuningJobViewSet(TenantScopedViewSet):
     parser_classes = [BoundedJSONParser]
 
     def refine_queryset(self, queryset):
-        return queryset.select_related("base_model", "tenant", "fine_tuned_model")
+        return queryset.select_related("base_model", "tenant", "fine_tuned_model", "parent_checkpoint")
 
     def list(self, request: Request) -> Response:
         jobs = self.get_queryset().only(*LIST_COLUMNS)

@@ -38,6 +38,17 @@ class Tenant(models.Model):
         help_text="Days the prediction log keeps each input's text for feedback and exports (0: keep none; "
         "labels, confidences and lengths are kept either way).",
     )
+    retraining = models.CharField(
+        max_length=10,
+        choices=[("off", "off"), ("suggest", "suggest"), ("create", "create")],
+        default="off",
+        help_text="When a deployed model has gathered retraining_min_corrections corrections since it (or its "
+        "last continued fine-tune) was created: 'suggest' shows a ready continued fine-tune in the deployment's "
+        "monitoring, 'create' creates that job from the exported feedback (tunery.feedback.retraining).",
+    )
+    retraining_min_corrections = models.PositiveIntegerField(
+        default=50, help_text="Corrected predictions of a deployed model that make a retraining proposal."
+    )
 
     def __str__(self) -> str:
         return self.slug

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tunery_contract import EvalOutput, Prediction, TaskDefinition, TaskKind
-from tunery_engine.errors import ArtifactError, ConfigError
+from tunery_engine.errors import ArtifactError, ConfigError, LabelError
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
@@ -130,6 +130,14 @@ class TaskHead:
     def label_names(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
         """The label set of the head, from the task's fixed labels or the training rows."""
         raise NotImplementedError
+
+    def labels_in(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+        """The labels ``rows`` carry, for a continued fine-tune that adds them to its parent's; unlike
+        :meth:`label_names`, too few labels (corrections may all carry one) are no error."""
+        try:
+            return self.label_names(rows)
+        except LabelError:
+            return ()
 
     def build_model(
         self,

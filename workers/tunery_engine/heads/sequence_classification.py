@@ -35,6 +35,12 @@ class SequenceClassificationHead(EncoderHead):
             raise LabelError(f"a classifier needs at least two labels; the data has {list(names)}")
         return names
 
+    def labels_in(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+        if self.task.labels is not None:
+            return tuple(self.task.labels)
+        column = self.task.role_column("label")
+        return tuple(sorted({str(r[column]) for r in rows}))
+
     def _labels(self, rows: Sequence[Mapping[str, Any]], label_names: tuple[str, ...]) -> list[np.ndarray]:
         column = self.task.role_column("label")
         index = {n: i for i, n in enumerate(label_names)}
