@@ -57,3 +57,32 @@ def test_enough_corrections_suggest_then_create_one_continued_job(served):  # no
         0,
         job.pk,
     )
+
+
+def test_a_quality_alert_proposes_with_fewer_corrections_a_business_alert_does_not(served):  # noqa: F811
+    from tunery.feedback import retraining
+    from tunery.feedback.models import AlertRule, WebhookDelivery
+    from tunery.tenants.models import Tenant
+
+    tenant = served["acme"].tenant
+    deployment = served["models"]["intents"].deployment
+    Tenant.objects.filter(pk=tenant.pk).update(retraining="suggest", retraining_min_corrections=50)
+    answered = predict(served, ["I was charged twice"])["data"][0]
+    wrong = next(label for label in INTENTS if label != answered["label"])
+    _correct(served, [("I was charged twice", wrong)] * retraining.ALERT_MIN_CORRECTIONS)
+    proposal = _monitoring(served)["retraining"]
+    assert (proposal["corrections"], proposal["ready"], proposal["alert"]) == (10, False, None)
+
+    def fired(kind: str) -> AlertRule:
+        rule = AlertRule.objects.create(
+            tenant=tenant, deployment=deployment, kind=kind, threshold=0.5, label="billing", webhook_url="http://x/h"
+        )
+        WebhookDelivery.objects.create(tenant=tenant, rule=rule, url=rule.webhook_url, payload={"kind": kind})
+        return rule
+
+    fired(AlertRule.Kind.NEGATIVE_SURGE)  # a surge of one label is the business's news, not the model's
+    assert _monitoring(served)["retraining"]["ready"] is False
+    drift = fired(AlertRule.Kind.DRIFT)
+    proposal = _monitoring(served)["retraining"]
+    assert (proposal["ready"], proposal["trigger"]) == (True, "alert:drift")
+    assert proposal["alert"]["rule"] == drift.id

@@ -1,6 +1,7 @@
-"""The retraining proposal: when a deployed model has gathered enough corrections, a continued
-fine-tune of it on its exported feedback is suggested or created, by the tenant's setting
-(``Tenant.retraining``: off, suggest, create; ``retraining_min_corrections``).
+"""The retraining proposal: when a deployed model has gathered enough corrections, or a quality
+alert of its deployment (drift, accuracy drop, hand-off rate) fired and some corrections exist to
+learn from, a continued fine-tune of it on its exported feedback is suggested or created, by the
+tenant's setting (``Tenant.retraining``: off, suggest, create; ``retraining_min_corrections``).
 
 Corrections count from the model's last continued fine-tune (``FineTuningJob.parent_model``), so
 one batch of corrections proposes one job. The created model is not deployed by this: it replaces
@@ -15,7 +16,7 @@ from django.db.models import QuerySet
 
 from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import ApiError
-from tunery.feedback.models import Feedback
+from tunery.feedback.models import AlertRule, Feedback, WebhookDelivery
 from tunery.jobs.models import ACTIVE_STATUSES, FineTuningJob, JobEvent
 from tunery.serving.models import Deployment
 from tunery.tenants.models import Tenant
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 #: Share of the model's original training rows a proposed job replays (against forgetting).
 REPLAY_FRACTION = 0.2
 ACTOR = "retraining-proposal"
+#: Alerts that say the model itself has fallen behind (a surge of one label is the business's news).
+QUALITY_ALERTS = (AlertRule.Kind.DRIFT, AlertRule.Kind.ACCURACY_DROP, AlertRule.Kind.HANDOFF_RATE)
+#: Corrections a proposal needs at least once a quality alert fired (the tenant's own minimum when lower).
+ALERT_MIN_CORRECTIONS = 10
 
 
 def _last_continuation(model: FineTunedModel) -> FineTuningJob | None:
@@ -36,6 +41,16 @@ def _corrections(model: FineTunedModel, last: FineTuningJob | None) -> QuerySet[
     return found.filter(created_at__gt=last.created_at) if last is not None else found
 
 
+def _quality_alert(deployment: Deployment, last: FineTuningJob | None) -> WebhookDelivery | None:
+    """The latest quality alert of the deployment since the model's last continued fine-tune."""
+    fired = WebhookDelivery.objects.filter(
+        tenant_id=deployment.tenant_id, rule__deployment=deployment, rule__kind__in=QUALITY_ALERTS
+    )
+    if last is not None:
+        fired = fired.filter(created_at__gt=last.created_at)
+    return fired.select_related("rule").order_by("-created_at").first()
+
+
 def status(deployment: Deployment) -> dict[str, Any] | None:
     """The proposal for the deployment's champion (None while the tenant's setting is off)."""
     tenant, model = deployment.tenant, deployment.model
@@ -44,11 +59,23 @@ def status(deployment: Deployment) -> dict[str, Any] | None:
     last = _last_continuation(model)
     corrections = _corrections(model, last).count()
     active = last is not None and last.status in ACTIVE_STATUSES
+    alert = _quality_alert(deployment, last)
+    enough = tenant.retraining_min_corrections
+    if corrections >= enough:
+        trigger = "corrections"
+    elif alert is not None and corrections >= min(enough, ALERT_MIN_CORRECTIONS):
+        trigger = f"alert:{alert.rule.kind}"
+    else:
+        trigger = None
     return {
         "mode": tenant.retraining,
         "corrections": corrections,
-        "min_corrections": tenant.retraining_min_corrections,
-        "ready": corrections >= tenant.retraining_min_corrections and not active,
+        "min_corrections": enough,
+        "alert": None
+        if alert is None
+        else {"rule": alert.rule_id, "kind": alert.rule.kind, "fired_at": int(alert.created_at.timestamp())},
+        "trigger": trigger,
+        "ready": trigger is not None and not active,
         "last_job": last.pk if last is not None else None,
         "request": {
             "model": model.id,
@@ -85,8 +112,9 @@ def propose(tenants: QuerySet[Tenant] | None = None) -> list[str]:
             continue
         JobEvent.objects.create(
             job=job,
-            message=f"Created by the retraining proposal: {proposal['corrections']} corrections of {model.id} "
-            f"(threshold {proposal['min_corrections']}); {exported.rows} rows exported from feedback",
+            message=f"Created by the retraining proposal ({proposal['trigger']}): {proposal['corrections']} "
+            f"corrections of {model.id} (threshold {proposal['min_corrections']}); {exported.rows} rows exported "
+            "from feedback",
             dedupe_key="retraining_proposal",
         )
         created.append(job.pk)

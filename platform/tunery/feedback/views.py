@@ -292,6 +292,19 @@ MonitoringObject = inline_serializer(
                 "mode": serializers.ChoiceField(choices=["suggest", "create"]),
                 "corrections": serializers.IntegerField(),
                 "min_corrections": serializers.IntegerField(),
+                "alert": inline_serializer(
+                    name="RetrainingAlert",
+                    fields={
+                        "rule": serializers.CharField(),
+                        "kind": serializers.ChoiceField(choices=["drift", "accuracy_drop", "handoff_rate"]),
+                        "fired_at": serializers.IntegerField(),
+                    },
+                    allow_null=True,
+                    help_text="The deployment's latest quality alert since the model's last continued fine-tune.",
+                ),
+                "trigger": serializers.CharField(
+                    allow_null=True, help_text="What makes it ready: 'corrections' or 'alert:<kind>'; null when not."
+                ),
                 "ready": serializers.BooleanField(),
                 "last_job": serializers.CharField(allow_null=True),
                 "request": serializers.DictField(),
