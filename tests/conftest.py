@@ -52,6 +52,27 @@ def end_a_leaked_transaction(request: pytest.FixtureRequest) -> None:
         connection.set_autocommit(True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def broker_folder(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """Points the embedded broker at a private folder before anything opens a connection to it
+    (creating a job reads its queue's depth; a finished job wakes the next one): the connection
+    pool keeps the folder it was first opened with, and the repository's var/ is not the tests'."""
+    try:
+        from tunery.celery import app
+    except ImportError:  # the engine's Django-free environment (make test-engine)
+        return None
+    folder = tmp_path_factory.mktemp("broker")
+    (folder / "queue").mkdir()
+    app.conf.broker_transport_options = {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        # kombu's default control folder is ./control in the working directory
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+    }
+    return folder / "queue"
+
+
 @pytest.fixture
 def dummy_packs() -> Iterator[dict[str, VerticalPack]]:
     """Two dummy packs discoverable for the test: 'dummy' and 'dummy_other'."""

@@ -23,23 +23,6 @@ def good_rows(count: int = 6) -> bytes:
     return "".join(json.dumps(row) + "\n" for row in rows).encode()
 
 
-@pytest.fixture(scope="session")
-def broker_folder(tmp_path_factory) -> Path:
-    """Points the embedded broker at a private folder (before anything publishes)."""
-    from tunery.celery import app
-
-    folder = tmp_path_factory.mktemp("broker")
-    (folder / "queue").mkdir()
-    app.conf.broker_transport_options = {
-        "data_folder_in": str(folder / "queue"),
-        "data_folder_out": str(folder / "queue"),
-        # kombu's default control folder is ./control in the working directory
-        "control_folder": str(folder / "control"),
-        "store_processed": False,
-    }
-    return folder / "queue"
-
-
 @pytest.fixture
 def broker_messages(broker_folder) -> Callable[[str], list[dict]]:
     """The task messages waiting on a queue of the filesystem broker: [{"task", "job_id"}]."""
