@@ -29,10 +29,11 @@ def setup(live_server, serving_pack, make_tenant, make_model, redis_rate_limits,
     client.close()
 
 
-def deploy(client: httpx.Client, model, precision: str = "fp32") -> dict:
-    """Deployed in fp32 unless asked: the tests compare with references computed in fp32, and a
-    host with bf16 units serves bf16 by default (tests/serving/test_precision_default.py)."""
-    response = client.post("/v1/deployments", json={"model": model.id, "precision": precision})
+def deploy(client: httpx.Client, model, precision: str | None = "fp32") -> dict:
+    """Deployed in fp32 unless asked (None: the host's default): the tests compare with references
+    computed in fp32, and a host with bf16 units serves bf16 by default."""
+    body = {"model": model.id} if precision is None else {"model": model.id, "precision": precision}
+    response = client.post("/v1/deployments", json=body)
     assert response.status_code in (200, 201), response.text
     return response.json()
 

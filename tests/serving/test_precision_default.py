@@ -46,5 +46,5 @@ def test_the_deployment_reports_the_hosts_default(setup):  # noqa: F811
     """Deployed without a precision, the deployment says what it is served in on this host."""
     client, model = setup["client"], setup["models"]["intents"]
     expected = "bf16" if conf.cpu_has_bf16_units() else "fp32"
-    deployed = deploy(client, model)
+    deployed = deploy(client, model, precision=None)
     assert deployed["precision"] == expected
