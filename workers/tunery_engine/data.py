@@ -38,13 +38,7 @@ def load_rows(
 ) -> list[dict[str, Any]]:
     """Validated, coerced rows of a JSONL/CSV file; any row error ends the job with a DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    try:
-        records = read_records(path)
-    except RecordFormatError as exc:
-        raise DataError(f"{path.name}: {exc}") from exc
-    report = task.validate(map_records(records, column_mapping), tenant_config or {})
+    report = task.validate(map_records(_records(path), column_mapping), tenant_config or {})
     if report.row_count == 0:
         raise DataError(f"{path.name} holds no data rows")
     if report.errors:
@@ -62,18 +56,22 @@ def load_preference_rows(
     """Validated preference pairs of a JSONL file (``tunery_contract.preferences``) for DPO on a
     causal-LM task; any bad line ends the job with a DataError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    try:
-        records = read_records(path)
-    except RecordFormatError as exc:
-        raise DataError(f"{path.name}: {exc}") from exc
-    report = validate_preferences(task, records, tenant_config or {})
+    report = validate_preferences(task, _records(path), tenant_config or {})
     if report.row_count == 0:
         raise DataError(f"{path.name} holds no preference pairs")
     if report.errors:
         raise DataError(f"{path.name}: {report.summary()}", report.errors)
     return report.rows
+
+
+def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The file's raw records (line, record); a missing or unreadable file ends the job with a DataError."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        return read_records(path)
+    except RecordFormatError as exc:
+        raise DataError(f"{path.name}: {exc}") from exc
 
 
 def _stratum(task: TaskDefinition, row: Mapping[str, Any]) -> str:
