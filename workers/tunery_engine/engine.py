@@ -31,6 +31,7 @@ from tunery_contract.profile import profile_rows
 from tunery_contract.vocabulary import AUTO
 from tunery_engine import auto, continued
 from tunery_engine import checkpoint as ckpt
+from tunery_engine import contrastive as ct
 from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
@@ -371,6 +372,7 @@ class FineTuneRecipe:
         self.auto_reasons: dict[str, str] = {}
         self.few_shot = False
         self.probe: ProbeResult | None = None
+        self.contrastive: ct.ContrastiveResult | None = None
         #: what the artifact holds: "fine_tuned", or "linear_probe" when fine-tuning did not beat it
         self.shipped = "fine_tuned"
         self.calibration: dict[str, Any] | None = None
@@ -393,6 +395,8 @@ class FineTuneRecipe:
         self.encode_data()
         self.fit_probe()  # on the plain model, before LoRA wraps it: the probe is the head fine-tuning starts from
         self.prepare_model()
+        if int(self.config.contrastive_epochs) > 0:
+            self.tune_contrastive()  # after prepare_model: the CPU's bulk dropout masks are several times faster
         self.teacher = None
         if self.spec.teacher_model is not None:
             self.teacher = _load_teacher(
@@ -582,6 +586,9 @@ class FineTuneRecipe:
             wanted = False
         self.config = replace(self.config, linear_probe=wanted)
         if not wanted or layer is None:
+            if int(self.config.contrastive_epochs) > 0:  # its head is fitted as the probe is
+                self.warnings.append("contrastive_epochs needs the linear probe's conditions: skipped")
+                self.config = replace(self.config, contrastive_epochs=0)
             return
         self.model.to(self.device)
         self.batch_size = int(self.config.batch_size)
@@ -612,6 +619,45 @@ class FineTuneRecipe:
         else:
             lp.set_linear(layer, *initial)
 
+    def tune_contrastive(self) -> None:
+        """The few-shot stage (``contrastive.py``): supervised contrastive tuning of the embeddings the
+        head reads, then a logistic regression on the tuned embeddings as the head. Its model is the
+        first fine-tuned candidate (evaluated at step 0); with n_epochs "auto" it is the only one."""
+        config = self.config
+        layer = lp.linear_head(self.model)
+        if config.training_type != "full" or self.pooling != "mean" or layer is None:
+            self.warnings.append("contrastive_epochs needs full fine-tuning of a mean-pooled sentence encoder: skipped")
+            self.config = replace(config, contrastive_epochs=0)
+            return
+        result = ct.tune_embeddings(
+            self.model,
+            layer,
+            self.train_data,
+            self.head.collate,
+            self.head.forward,
+            device=self.device,
+            pad_id=self.pad_id,
+            epochs=int(config.contrastive_epochs),
+            learning_rate=ct.LEARNING_RATE,
+            temperature=ct.TEMPERATURE,
+            batch_size=ct.BATCH_SIZE,
+            seed=int(config.seed),
+            weight_decay=float(config.weight_decay),
+        )
+        features = lp.forward_rows(
+            self.model, self.train_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id, layer
+        )
+        labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.train_data.features]))
+        weight, bias = lp.fit_logistic_regression(features, labels, len(self.label_names), bias=layer.bias is not None)
+        lp.set_linear(layer, weight, bias)
+        self.contrastive = result
+        self.auto_reasons["contrastive_stage"] = (
+            f"learning rate {ct.LEARNING_RATE:g}, temperature {ct.TEMPERATURE:g}, batches of {ct.BATCH_SIZE} "
+            f"({ct.EXAMPLES_PER_CLASS_IN_BATCH} per class): {result.steps} steps in {result.seconds:.0f} s"
+        )
+        self.auto_reasons["initial_head"] = "logistic regression on the contrastively tuned embeddings"
+        log.info("contrastive stage: %s", result.manifest())
+
     def setup_optimizer(self) -> None:
         """Step counts, AdamW, the learning-rate schedule and (fp16 on CUDA) the gradient scaler."""
         config = self.config
@@ -622,6 +668,13 @@ class FineTuneRecipe:
         self.total_steps = math.ceil(float(config.n_epochs) * self.steps_per_epoch)
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, int(config.max_steps))
+        if self.contrastive is not None and self.spec.config.n_epochs == AUTO:
+            # measured: classification epochs after the stage did not help on held-out data (bench/RESULTS.md)
+            self.total_steps = 0
+            self.auto_reasons["n_epochs"] = (
+                "no classification epochs: few-shot contrastive recipe (the tuned encoder with its "
+                "logistic-regression head is the fine-tuned model)"
+            )
         self.optimizer = _optimizer(self.model, config, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, self.total_steps))
         use_scaler = self.device.type == "cuda" and config.precision == "fp16"
@@ -698,6 +751,8 @@ class FineTuneRecipe:
 
         Raises :class:`Paused` / :class:`Cancelled` when a callback asks for it.
         """
+        if self.contrastive is not None and self.run.step == 0 and self.has_validation:
+            self.run_evaluation()  # the stage's model is the first fine-tuned candidate
         self.model.train()
         self.window = _ProgressWindow(self.device, self.run.step)
         self.last_heartbeat = time.monotonic()
@@ -1006,6 +1061,8 @@ class FineTuneRecipe:
         if self.probe is not None:
             fields["shipped"] = self.shipped
             fields["linear_probe"] = {"metrics": self.probe.metrics, "seconds": round(self.probe.seconds, 3)}
+        if self.contrastive is not None:
+            fields["contrastive_stage"] = self.contrastive.manifest()
         if self.calibration is not None:
             fields["calibration"] = self.calibration
         if self.handoff is not None:

@@ -436,6 +436,22 @@ class TrainConfig:
             api_name="linear_probe",
         ),
     )
+    contrastive_epochs: int | str = _knob(
+        AUTO,
+        Knob(
+            "int",
+            "single-label classification with a sentence encoder: passes of a supervised contrastive stage "
+            "(same-intent embeddings pulled together, others pushed apart) before the head is fitted as a "
+            'logistic regression on the tuned embeddings; with n_epochs "auto" no classification epochs '
+            "follow; 0 = off",
+            0,
+            100,
+            auto=True,
+            auto_rule="2 for few-shot data (median class at most 32 examples) on a sentence encoder with full "
+            "fine-tuning, else 0",
+            api_name="contrastive_epochs",
+        ),
+    )
     calibration: str = _knob(
         AUTO,
         Knob(
