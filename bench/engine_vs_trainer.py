@@ -13,7 +13,7 @@ Definitions, equal for both sides:
   in that window (the baseline script runs unmodified under a wrapper that times Trainer.train()),
   which load from other processes on a shared machine inflates far less than wall time;
 - peak memory: the process's peak RSS (CPU) or peak allocated GPU memory;
-- accuracy and macro-F1 on the full test split.
+- accuracy and macro-F1 on the full test split (``--test-rows N``: a seeded sample, for smoke runs).
 
 The engine matches the baseline's optimiser settings (AdamW, linear decay, no warm-up, no weight
 decay) and uses its own defaults otherwise (length-grouped batches, ...). The held-out slice it
@@ -310,6 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="holds train.csv and test.csv (text,label)")
     ap.add_argument("--max-rows", type=int, default=2000)
     ap.add_argument("--validation-rows", type=int, default=200, help="held-out rows the engine evaluates on")
+    ap.add_argument("--test-rows", type=int, default=0, help="score a seeded sample of the test split (0: all of it)")
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -355,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     held_out = all_train[len(chosen) : len(chosen) + args.validation_rows]
     labels = tuple(sorted({r["label"] for r in all_train + read_csv(test_path)}))
     write_csv(work / "train.csv", chosen)
+    if args.test_rows:  # a seeded sample of the test split, the same for both sides (smoke runs)
+        test_rows = read_csv(test_path)
+        random.Random(args.seed).shuffle(test_rows)
+        write_csv(work / "test.csv", test_rows[: args.test_rows])
     if held_out:
         write_csv(work / "validation.csv", held_out)
     tokens = count_tokens(model_dir, [r["text"] for r in chosen], args.max_length)
@@ -397,6 +402,8 @@ def run_pair(
     engine's train/validation copies, ``work`` gets this run's logs and engine output."""
     work.mkdir(parents=True, exist_ok=True)
     train_path, test_path = args.data_dir / "train.csv", args.data_dir / "test.csv"
+    if (data / "test.csv").is_file():  # --test-rows: the sampled test split
+        test_path = data / "test.csv"
     baseline = engine = None
     children: dict[str, Child] = {}
     if args.only != "engine":

@@ -115,6 +115,7 @@ def classification(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         command += ["--data-dir", str(args.shared / "data" / "customer_service" / "banking77")]
         command += ["--baseline-script", str(args.shared / "bench" / "tutorial_trainer.py")]
         command += ["--random-init"] if random_init else []
+        command += ["--test-rows", "256"] if args.smoke else []
         started = time.perf_counter()
         entry: dict[str, Any] = {"model_dir": str(model_dir), "random_init": random_init}
         try:
