@@ -66,6 +66,20 @@ def test_logistic_regression_separates_separable_features():
     assert float((predicted == labels).float().mean()) > 0.95
 
 
+def test_out_of_fold_scores_are_honest_where_the_in_sample_fit_memorises():
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(90, 200, generator=generator)  # more dimensions than rows, labels random
+    labels = torch.arange(3).repeat(30)[torch.randperm(90, generator=generator)]
+    weight, bias = lp.fit_logistic_regression(features, labels, 3)
+    assert bias is not None
+    in_sample = float(((features @ weight.T + bias).argmax(-1) == labels).float().mean())
+    held_out = lp.cross_validated_logits(features, labels, 3, folds=5, seed=0)
+    out_of_fold = float((held_out.argmax(-1) == labels).float().mean())
+    assert in_sample > 0.95  # it memorised noise
+    assert out_of_fold < 0.55  # chance is 1/3: no row was scored by a fit that saw it
+    assert torch.equal(held_out, lp.cross_validated_logits(features, labels, 3, folds=5, seed=0))
+
+
 def test_temperature_fit_undoes_a_known_overconfidence():
     generator = torch.Generator().manual_seed(1)
     true_logits = torch.randn(2000, 5, generator=generator) * 2
@@ -151,6 +165,23 @@ def test_the_probe_is_shipped_when_fine_tuning_does_not_beat_it(tmp_path, tiny_b
     for name in shared:  # the encoder is the frozen base's, not the fine-tuned one
         assert torch.equal(shipped[f"bert.{name}"], base[name]), name
     assert "linear probe" in (result.artifact_dir / "MODEL_CARD.md").read_text()
+
+
+def test_a_shipped_probe_is_calibrated_on_out_of_fold_training_scores_too(tmp_path, tiny_bert):
+    def first_is_best(out):  # the probe's evaluation comes first: the floor ships it
+        first = not hasattr(first_is_best, "seen")
+        first_is_best.seen = True
+        return {**classification_summary(out), "score": 0.9 if first else 0.5}
+
+    task = tiny_task(TaskKind.SEQUENCE_CLASSIFICATION, metrics=first_is_best, selection_metric="score")
+    result = train(job(tmp_path, tiny_bert, "cv", task=task, n_epochs=1, handoff_coverage=0.8))
+    manifest = read_artifact(result.artifact_dir).manifest
+    assert manifest["shipped"] == "linear_probe"
+    fitted_on = manifest["calibration"]["fitted_on"]
+    # every labelled row of the file: the validation split and each training row, scored out of fold
+    assert 0 < fitted_on["validation_rows"] < fitted_on["cross_validated_training_rows"]
+    assert fitted_on["validation_rows"] + fitted_on["cross_validated_training_rows"] == 240
+    assert manifest["handoff"]["threshold"] > 0
 
 
 def test_a_precision_target_that_cannot_be_met_is_a_warning(tmp_path, tiny_bert):

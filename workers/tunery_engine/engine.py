@@ -61,6 +61,10 @@ from tunery_engine.modeling import (
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0
+#: A shipped probe's calibration and hand-off also use out-of-fold scores of the training rows when
+#: the validation split has fewer rows than this (its quantiles move by points per row).
+CROSS_VALIDATE_BELOW = 500
+PROBE_FOLDS = 5
 
 
 @dataclass
@@ -1023,6 +1027,10 @@ class FineTuneRecipe:
             self.model, self.val_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id
         )
         labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.val_data.features]))
+        validation_rows = len(labels)
+        held_out = self.cross_validated_probe_scores()
+        if held_out is not None:
+            logits, labels = torch.cat([logits, held_out[0]]), torch.cat([labels, held_out[1]])
         if method == "temperature" and layer is not None:
             temperature = lp.fit_temperature(logits, labels)
             before = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
@@ -1035,6 +1043,10 @@ class FineTuneRecipe:
                 "folded_into_head": True,
                 "validation_nll": {"before": before[0], "after": after[0]},
                 "validation_ece": {"before": before[1], "after": after[1]},
+                "fitted_on": {
+                    "validation_rows": validation_rows,
+                    "cross_validated_training_rows": len(labels) - validation_rows,
+                },
             }
             self.run.best_metrics = self.evaluate()  # the served model's numbers (its loss changed)
         coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
@@ -1054,6 +1066,23 @@ class FineTuneRecipe:
                 f"the hand-off threshold was chosen on {len(labels)} validation rows: expect its coverage to "
                 "differ on live traffic; a larger validation split makes it reliable"
             )
+
+    def cross_validated_probe_scores(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """When the linear probe ships and the validation split is small: out-of-fold probe logits
+        of every training row (the frozen base's features, ``PROBE_FOLDS`` fits), so that the
+        temperature and the hand-off threshold rest on all the labelled rows, not on a few dozen.
+        (A fine-tuned encoder has seen its training rows: their scores would be optimistic.)"""
+        layer = lp.linear_head(self.model)
+        if self.shipped != "linear_probe" or layer is None or len(self.val_data.features) >= CROSS_VALIDATE_BELOW:
+            return None
+        features = lp.forward_rows(
+            self.model, self.train_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id, layer
+        )
+        labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.train_data.features]))
+        logits = lp.cross_validated_logits(
+            features, labels, len(self.label_names), PROBE_FOLDS, int(self.config.seed), bias=layer.bias is not None
+        )
+        return logits, labels
 
     def quality_manifest(self) -> dict[str, Any]:
         """The floor, calibration and hand-off decisions, for ``tunery_artifact.json``."""

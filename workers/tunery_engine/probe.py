@@ -125,6 +125,29 @@ def fit_logistic_regression(
     return weight.detach().float(), offset.detach().float() if bias else None
 
 
+def cross_validated_logits(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, folds: int, seed: int, bias: bool = True
+) -> torch.Tensor:
+    """Out-of-fold logits of a logistic regression: each row scored by a fit on the other folds
+    (stratified: each label's rows spread over the folds). On a frozen base these are honest scores
+    of unseen rows, ``folds`` times as many as a small validation split holds."""
+    generator = torch.Generator().manual_seed(seed)
+    fold_of = torch.empty(len(labels), dtype=torch.long)
+    for label in labels.unique():
+        rows = torch.nonzero(labels == label).flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        fold_of[rows] = torch.arange(len(rows)) % folds
+    logits = torch.empty(len(labels), n_classes, dtype=torch.float64)
+    for fold in range(folds):
+        held = fold_of == fold
+        if not bool(held.any()):
+            continue
+        weight, fold_bias = fit_logistic_regression(features[~held], labels[~held], n_classes, bias=bias)
+        scored = features[held].double() @ weight.double().T
+        logits[held] = scored + fold_bias.double() if fold_bias is not None else scored
+    return logits.float()
+
+
 def set_linear(layer: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     with torch.no_grad():
         layer.weight.copy_(weight.to(layer.weight.device, layer.weight.dtype))
