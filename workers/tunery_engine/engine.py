@@ -64,7 +64,7 @@ HEARTBEAT_SECONDS = 10.0
 #: A shipped probe's calibration and hand-off also use out-of-fold scores of the training rows when
 #: the validation split has fewer rows than this (its quantiles move by points per row).
 CROSS_VALIDATE_BELOW = 500
-PROBE_FOLDS = 5
+PROBE_FOLDS = 10
 
 
 @dataclass
