@@ -672,7 +672,8 @@ class FineTuneRecipe:
         self.total_steps = math.ceil(float(config.n_epochs) * self.steps_per_epoch)
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, int(config.max_steps))
-        if self.contrastive is not None and self.spec.config.n_epochs == AUTO:
+        asked_for_steps = self.spec.config.n_epochs != AUTO or self.spec.config.max_steps is not None
+        if self.contrastive is not None and not asked_for_steps:
             # measured: classification epochs after the stage did not help on held-out data (bench/RESULTS.md)
             self.total_steps = 0
             self.auto_reasons["n_epochs"] = (
