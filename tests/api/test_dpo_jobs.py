@@ -68,6 +68,43 @@ def test_dpo_job_is_created_with_its_method_and_validated(api, upload, chat_tena
     assert stored.data_profile["rows"] == 12
 
 
+@pytest.mark.parametrize(("training_type", "status"), [("lora", 200), ("full", 400)])
+def test_dpo_continues_a_lora_chat_model_and_refuses_a_full_one(
+    api, upload, chat_tenant, tiny_llama_model, training_type, status
+):
+    """SFT, then DPO: the continued job inherits the parent's training type before the method is
+    checked, so a fully fine-tuned parent (no adapter to switch off for the reference) is refused."""
+    file_id = upload(chat_tenant, preference_lines(12)).json()["id"]
+    parent_job = FineTuningJob.objects.create(
+        tenant=chat_tenant.tenant,
+        base_model=tiny_llama_model,
+        training_file_id=file_id,
+        vertical="customer_service",
+        task="reply",
+        suffix="sft",
+        status=JobStatus.SUCCEEDED,
+        resolved_config={"training_type": training_type},
+    )
+    parent = FineTunedModel.objects.create(
+        id=f"ft:tiny-llama:{chat_tenant.tenant.slug}:sft:{parent_job.pk}",
+        tenant=chat_tenant.tenant,
+        job=parent_job,
+        base_model=tiny_llama_model,
+        artifact_path="/nonexistent",
+        vertical="customer_service",
+        task="reply",
+    )
+    body = {k: v for k, v in dpo_body(parent.id, file_id).items() if k not in ("vertical", "task")}
+    response = api.post("/v1/fine_tuning/jobs", body, format="json", **chat_tenant.headers)
+    assert response.status_code == status, response.content
+    if status == 200:
+        job = response.json()
+        assert (job["parent_model"], job["method"]["type"]) == (parent.id, "dpo")
+        assert FineTuningJob.objects.get(pk=job["id"]).requested_hyperparameters["training_type"] == "lora"
+    else:
+        assert response.json()["error"]["param"] == "training_type"
+
+
 def test_dpo_on_a_classification_task_is_400(api, upload, chat_tenant, base_model):
     file_id = upload(chat_tenant, preference_lines(4)).json()["id"]
     body = dpo_body(base_model.name, file_id, vertical="dummy", task="sentiment")
