@@ -14,7 +14,7 @@ from tunery_contract.metrics import classification_summary
 from tunery_engine import JobSpec, TrainConfig, auto, train
 from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact
-from tunery_engine.tiny_models import tiny_task, write_synthetic
+from tunery_engine.tiny_models import synthetic_rows, tiny_task, write_jsonl, write_synthetic
 from tunery_serving import InferenceRuntime, PredictionInput
 
 FAST = {"learning_rate": 3e-3, "batch_size": 16, "warmup_ratio": 0.0, "early_stopping_patience": None}
@@ -85,7 +85,15 @@ def test_temperature_fit_undoes_a_known_overconfidence():
     true_logits = torch.randn(2000, 5, generator=generator) * 2
     labels = torch.distributions.Categorical(logits=true_logits).sample()
     temperature = lp.fit_temperature(true_logits * 3, labels)  # three times too confident
+    assert temperature is not None
     assert temperature == pytest.approx(3.0, rel=0.15)
+
+
+def test_no_temperature_is_fitted_to_a_split_without_errors():
+    # a perfect split's likelihood only grows as T shrinks: a "fit" would make every answer certain
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.5], [3.0, 1.0]])
+    assert lp.fit_temperature(logits, torch.tensor([0, 1, 0])) is None
+    assert lp.fit_temperature(logits, torch.tensor([0, 1, 1])) is not None
 
 
 def test_handoff_threshold_meets_coverage_or_precision_and_reports_a_miss():
@@ -121,6 +129,12 @@ def job(tmp_path, base, name: str, n: int = 240, **config) -> JobSpec:
 
 
 def test_a_job_calibrates_chooses_its_handoff_threshold_and_serving_reports_it(tmp_path, tiny_bert):
+    # every tenth label flipped: the held-out rows hold errors to fit a temperature to
+    rows = synthetic_rows(TaskKind.SEQUENCE_CLASSIFICATION, 240, seed=1)
+    names = sorted({row["label"] for row in rows})
+    for row in rows[::10]:
+        row["label"] = names[(names.index(row["label"]) + 1) % len(names)]
+    write_jsonl(tmp_path / "train-240.jsonl", rows)  # job() trains on this file
     result = train(job(tmp_path, tiny_bert, "calibrated", n_epochs=8, handoff_coverage=0.8))
     info = read_artifact(result.artifact_dir)
     manifest = info.manifest

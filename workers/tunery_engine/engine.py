@@ -1032,8 +1032,16 @@ class FineTuneRecipe:
         held_out = self.cross_validated_probe_scores()
         if held_out is not None:
             logits, labels = torch.cat([logits, held_out[0]]), torch.cat([labels, held_out[1]])
-        if method == "temperature" and layer is not None:
-            temperature = lp.fit_temperature(logits, labels)
+        temperature = lp.fit_temperature(logits, labels) if method == "temperature" else None
+        if method == "temperature" and temperature is None:
+            method = "none"
+            self.config = replace(self.config, calibration=method)
+            self.warnings.append(
+                f"temperature scaling skipped: the model predicted all {len(labels)} held-out rows right, so there "
+                "is no error to fit a temperature to (the fit would make every answer look certain); the model's "
+                "own confidences are served and the hand-off threshold is chosen on them"
+            )
+        if temperature is not None and layer is not None:
             before = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
             logits = logits / temperature
             after = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))

@@ -158,8 +158,12 @@ def set_linear(layer: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor 
                 layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature minimising the negative log-likelihood of ``labels`` under softmax(logits / T)."""
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """The temperature minimising the negative log-likelihood of ``labels`` under softmax(logits / T);
+    None when every row is already predicted right: then the likelihood only grows as T shrinks, and
+    the "fit" would make every future answer look certain (a small validation split often is)."""
+    if bool((logits.argmax(-1) == labels).all()):
+        return None
     z, y = logits.double(), labels.long()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
