@@ -528,7 +528,8 @@ def test_a_checkpoint_is_evaluated_by_its_model_name_or_id_and_recorded(setup, s
     assert sorted(e["id"] for e in listed) == sorted([by_name["id"], by_id["id"]])
     assert len(api.get(f"/v1/evaluations?model={first.id}", **acme.headers).json()["data"]) == 2
 
-    for unknown in (f"{first.id}:ckpt-step-21", "ftckpt-nope", f"{first.id}x:ckpt-step-20"):
+    huge = f"{first.id}:ckpt-step-{10**20}"  # a step no integer column holds: unknown, not a 500
+    for unknown in (f"{first.id}:ckpt-step-21", "ftckpt-nope", f"{first.id}x:ckpt-step-20", huge):
         response = create(api, acme, model=unknown, file=file_id)
         assert (response.status_code, response.json()["error"]["param"]) == (404, "model"), unknown
     theirs = labelled_file(api, globex)

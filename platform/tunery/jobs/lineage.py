@@ -10,7 +10,6 @@ and records the lineage (``FineTuningJob.parent_model`` / ``parent_checkpoint``,
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from tunery.tenants.models import Tenant
 from tunery_contract.vocabulary import AUTO
 
 FINE_TUNED_PREFIX = "ft:"
-CHECKPOINT_NAME = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d{1,9})$")
 
 
 @dataclass(frozen=True)
@@ -66,15 +64,15 @@ def _not_found(name: str, why: str = "") -> InvalidRequest:
 def resolve_parent(tenant: Tenant, name: str) -> Parent:
     """The tenant's ``ft:`` model or checkpoint ``name`` (400 model_not_found, or 409 while its job
     has not finished)."""
-    match = CHECKPOINT_NAME.match(name)
-    model_id = match["model"] if match else name
+    named = selectors.split_checkpoint_name(name)
+    model_id = named[0] if named is not None else name
     model = selectors.fine_tuned_models(tenant).select_related("job", "base_model").filter(pk=model_id).first()
     if model is None:
         _refuse_unfinished(tenant, name, model_id)
         raise _not_found(name)
-    if match is None:
+    if named is None:
         return Parent(name, model, None)
-    checkpoint = JobCheckpoint.objects.filter(job=model.job, step_number=int(match["step"])).first()
+    checkpoint = JobCheckpoint.objects.filter(job=model.job, step_number=named[1]).first()
     if checkpoint is None or not checkpoint_is_stored(checkpoint):
         raise _not_found(name, " (that checkpoint is not kept; the job keeps its latest and best checkpoints)")
     return Parent(name, model, checkpoint)
@@ -177,7 +175,7 @@ def replay_file(parent_job: FineTuningJob) -> File | None:
 def requested_model_name(job: FineTuningJob) -> str:
     """What the job was created with as ``model`` (OpenAI echoes the ft: id of a continued job)."""
     if job.parent_checkpoint_id is not None and job.parent_model_id is not None:
-        return f"{job.parent_model_id}:ckpt-step-{job.parent_checkpoint.step_number}"
+        return selectors.checkpoint_model_name(job.parent_model_id, job.parent_checkpoint.step_number)
     if job.parent_model_id is not None:
         return str(job.parent_model_id)
     return job.base_model.name

@@ -31,28 +31,35 @@ def fine_tuned_models(tenant: Tenant) -> QuerySet[FineTunedModel]:
     return scope_to_tenant(FineTunedModel.objects.filter(deleted_at__isnull=True), tenant)
 
 
-#: OpenAI's ``fine_tuned_model_checkpoint``: the job's model id and the checkpoint's step.
-_CHECKPOINT_NAME = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
+#: OpenAI's ``fine_tuned_model_checkpoint``: the job's model id and the checkpoint's step (at most
+#: nine digits: a step the database's integer column cannot hold is no checkpoint's).
+_CHECKPOINT_NAME = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d{1,9})$")
 
 
 def checkpoint_model_name(model_id: str, step: int) -> str:
     return f"{model_id}:ckpt-step-{step}"
 
 
+def split_checkpoint_name(name: str) -> tuple[str, int] | None:
+    """(model id, step) of a ``fine_tuned_model_checkpoint`` name; None for any other name."""
+    match = _CHECKPOINT_NAME.match(name)
+    return (match["model"], int(match["step"])) if match is not None else None
+
+
 def names_a_checkpoint(name: str) -> bool:
     """``name`` has the shape of a checkpoint's model name or id (whether or not it exists)."""
-    return name.startswith("ftckpt-") or _CHECKPOINT_NAME.match(name) is not None
+    return name.startswith("ftckpt-") or split_checkpoint_name(name) is not None
 
 
 def model_checkpoint(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobCheckpoint] | None:
     """The tenant's fine-tuned model and its checkpoint named by ``fine_tuned_model_checkpoint``
     (``ft:...:ckpt-step-N``) or the checkpoint's id; None when there is none (or it is another
     tenant's). Only a succeeded job's checkpoints: the job's model supplies what a checkpoint lacks."""
-    match = _CHECKPOINT_NAME.match(name)
+    named = split_checkpoint_name(name)
     models = fine_tuned_models(tenant)
-    if match is not None:
-        model = models.filter(pk=match["model"]).first()
-        step = int(match["step"])
+    if named is not None:
+        model_id, step = named
+        model = models.filter(pk=model_id).first()
         found = JobCheckpoint.objects.filter(job_id=model.job_id, step_number=step).first() if model else None
     else:
         checkpoints = scope_to_tenant(JobCheckpoint.objects.filter(pk=name), tenant, "job__tenant")
