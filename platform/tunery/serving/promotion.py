@@ -129,10 +129,8 @@ def rollback(*, tenant: Tenant, deployment_id: str, actor: str) -> Deployment:
     return deployment
 
 
-def _switch(
-    deployment: Deployment, model: FineTunedModel, action: str, actor: str, gate: dict[str, Any] | None
-) -> None:
-    """Under the caller's lock: ``model`` becomes the champion and the history says so."""
+def refuse_champion_elsewhere(deployment: Deployment, model: FineTunedModel) -> None:
+    """409 when ``model`` already answers as another deployment's champion (a model serves one)."""
     elsewhere = Deployment.objects.filter(model=model).exclude(pk=deployment.pk).first()
     if elsewhere is not None:
         raise Conflict(
@@ -140,6 +138,13 @@ def _switch(
             param="challenger",
             code="model_already_deployed",
         )
+
+
+def _switch(
+    deployment: Deployment, model: FineTunedModel, action: str, actor: str, gate: dict[str, Any] | None
+) -> None:
+    """Under the caller's lock: ``model`` becomes the champion and the history says so."""
+    refuse_champion_elsewhere(deployment, model)
     now = timezone.now()
     ChampionPeriod.objects.filter(deployment=deployment, ended_at__isnull=True).update(ended_at=now)
     ChampionPeriod.objects.create(

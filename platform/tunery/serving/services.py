@@ -220,13 +220,7 @@ def _challenger_model(tenant: Tenant, deployment: Deployment, model_id: str) -> 
             param="challenger",
             code="challenger_mismatch",
         )
-    elsewhere = Deployment.objects.filter(model=challenger).exclude(pk=deployment.pk).first()
-    if elsewhere is not None:
-        raise Conflict(
-            f"'{model_id}' is the champion of another deployment ('{elsewhere.pk}'); undeploy it there first.",
-            param="challenger",
-            code="model_already_deployed",
-        )
+    promotion.refuse_champion_elsewhere(deployment, challenger)
     return challenger
 
 
