@@ -111,7 +111,9 @@ def test_the_gate_refuses_a_worse_challenger_an_override_is_audited_and_a_better
     assert comparison["passed"] is False
     assert comparison["champion"]["model"] == good.id
     assert comparison["challenger"]["model"] == shuffled.id
-    assert comparison["champion"]["value"] > 0.7  # it learned the keywords (chance is 1/3)
+    # it learned the keywords (chance is 1/3); the job may ship its linear probe instead of the
+    # fine-tuned model (the floor), which scored 0.65 on an Intel AMX host
+    assert comparison["champion"]["value"] > 0.55
     assert comparison["improvement"] == pytest.approx(
         comparison["challenger"]["value"] - comparison["champion"]["value"]
     )
