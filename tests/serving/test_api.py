@@ -472,6 +472,26 @@ def test_metrics_expose_requests_predictions_batches_and_jobs(setup):
     assert "tunery_rate_limited_requests_total" in text
 
 
+def test_metrics_time_the_garbage_collectors_passes(setup):
+    """Every GC pass of the process is timed: its callback only records, and the next request
+    observes it into tunery_gc_pause_seconds (a pass may start while a metric's lock is held)."""
+    import gc
+
+    from tunery.monitoring import prometheus
+
+    def full_passes() -> float:
+        prometheus.observe_gc_pauses()  # what the previous requests left to observe
+        for line in httpx.get(f"{setup['url']}/metrics").text.splitlines():
+            if line.startswith('tunery_gc_pause_seconds_count{generation="2"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = full_passes()
+    gc.collect()
+    gc.collect()
+    assert full_passes() >= before + 2
+
+
 def test_healthz_and_readyz(setup, settings):
     assert httpx.get(f"{setup['url']}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{setup['url']}/readyz")

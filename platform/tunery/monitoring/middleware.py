@@ -45,6 +45,7 @@ def _observe(request: HttpRequest, status: int, seconds: float) -> None:
     from tunery.monitoring import prometheus
 
     endpoint, method = endpoint_of(request), request.method or ""
+    prometheus.observe_gc_pauses()
     if endpoint == "metrics":
         return  # the scraper's own requests are not traffic
     prometheus.REQUESTS.labels(endpoint, method, str(status)).inc()

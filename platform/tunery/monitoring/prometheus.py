@@ -6,9 +6,12 @@ and each process's counters are summed at scrape time (prometheus_client's multi
 
 from __future__ import annotations
 
+import collections
+import gc
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -63,6 +66,12 @@ WRITE_BEHIND_DROPPED = Counter(
 )
 
 
+GC_PAUSE = Histogram(
+    "tunery_gc_pause_seconds",
+    "Time of one pass of Python's garbage collector (it holds the GIL: the process's requests wait)",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 SHADOW_DROPPED = Counter("tunery_shadow_dropped", "Shadow copies dropped because the shadow backlog was full")
 SHADOW_FAILED = Counter("tunery_shadow_failed", "Shadow copies whose challenger prediction failed")
 
@@ -71,6 +80,37 @@ def observe_batch(kind: str, size: int, seconds: float, waited: float) -> None:
     BATCH_SIZE.labels(kind).observe(size)
     BATCH_SECONDS.labels(kind).observe(seconds)
     BATCH_WAIT.labels(kind).observe(waited)
+
+
+#: GC passes timed by the collector's callback and not yet observed: (generation, seconds). The
+#: callback runs inside a collection, which may start while this thread holds a metric's lock
+#: (prometheus_client's locks are not reentrant), so it only appends; requests observe them.
+_gc_pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
+_gc_started: dict[int, float] = {}
+
+
+def _time_gc(phase: str, info: Mapping[str, int]) -> None:
+    generation = info["generation"]
+    if phase == "start":
+        _gc_started[generation] = time.perf_counter()
+    elif generation in _gc_started:
+        _gc_pauses.append((generation, time.perf_counter() - _gc_started.pop(generation)))
+
+
+def watch_gc() -> None:
+    """Time every garbage-collector pass of this process (tunery_gc_pause_seconds); once."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
+
+
+def observe_gc_pauses() -> None:
+    """Move the GC passes timed since the last call into tunery_gc_pause_seconds."""
+    while True:
+        try:
+            generation, seconds = _gc_pauses.popleft()
+        except IndexError:  # empty, or another thread took the last one
+            return
+        GC_PAUSE.labels(str(generation)).observe(seconds)
 
 
 class RuntimeStats(Protocol):
