@@ -20,7 +20,10 @@ bind = os.environ.get("TUNERY_WEB_BIND", "127.0.0.1:8000")
 workers = env_int("WEB_CONCURRENCY", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 # The serving runtime sizes its batch runners by the processes sharing the host's cores.
 os.environ["WEB_CONCURRENCY"] = str(workers)
-threads = env_int("TUNERY_WEB_THREADS", 8)
+#: Threads per process: requests in flight that the runtime can batch together. 16 measured best at
+#: 32-64 concurrent clients on 2 cores (bench/RESULTS.md, session 8: 8 threads kept 0.62-0.80 of the
+#: in-process throughput, 16 kept 0.84-1.05). Each thread holds its own database connection.
+threads = env_int("TUNERY_WEB_THREADS", 16)
 worker_class = "gthread"
 #: Import the app once in the master and fork (shared pages, faster restarts); models load per worker.
 preload_app = env_bool("TUNERY_WEB_PRELOAD", True)
@@ -34,10 +37,15 @@ limit_request_line = 8190
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """A preloaded master must hand no open database connection to its children."""
+    """A preloaded master must hand no open database connection to its children, and freezes
+    what it imported so the children's garbage collector never walks it (tunery.core.heap; the
+    frozen pages also stay shared after the fork)."""
     from django.db import connections
 
+    from tunery.core import heap
+
     connections.close_all()
+    heap.settle()
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -203,15 +203,18 @@ def test_lora_adapters_and_causal_lms_stay_fp32_under_int8(artifacts):
 
 def test_asking_another_precision_reloads_the_model(artifacts):
     evicted: list[str] = []
+    loaded: list[str] = []
     from tunery_serving import RuntimeObserver
 
-    runtime = InferenceRuntime(observer=RuntimeObserver(on_evict=evicted.append))
+    runtime = InferenceRuntime(observer=RuntimeObserver(on_evict=evicted.append, on_load=loaded.append))
     try:
         assert runtime.load("ft:cls", artifacts["classifier"]).precision == "fp32"
         assert runtime.load("ft:cls", artifacts["classifier"], "int8").precision == "int8"
         assert evicted == ["ft:cls"]
+        assert loaded == ["ft:cls", "ft:cls"]
         assert runtime.load("ft:cls", artifacts["classifier"], "int8").precision == "int8"
         assert evicted == ["ft:cls"]
+        assert loaded == ["ft:cls", "ft:cls"]  # served from the cache: nothing new to settle
     finally:
         runtime.close()
 

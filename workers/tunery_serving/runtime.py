@@ -50,6 +50,8 @@ class RuntimeObserver:
     on_batch: Callable[[str, int, float, float], None] | None = None
     #: (model id) after a model left the cache
     on_evict: Callable[[str], None] | None = None
+    #: (model id) after a model was loaded (its objects now live as long as it stays cached)
+    on_load: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -167,6 +169,8 @@ class InferenceRuntime:
             model_id, lambda: self._load(model_id, path, info, precision), self._estimate(info, precision)
         )
         assert isinstance(entry, _Served)
+        if self.observer.on_load is not None:
+            self.observer.on_load(model_id)
         return entry
 
     def _effective(self, info: ArtifactInfo, precision: str) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from tunery.core import artifacts
+from tunery.core import artifacts, heap
 from tunery.core.errors import Conflict, ServiceUnavailable
 from tunery.monitoring import prometheus
 from tunery.serving import conf
@@ -44,7 +44,11 @@ def get_runtime() -> InferenceRuntime:
                     batch_runners=conf.batch_runners() or None,
                     host_processes=conf.host_processes(),
                     precision=conf.serving_precision(),
-                    observer=RuntimeObserver(on_batch=prometheus.observe_batch),
+                    observer=RuntimeObserver(
+                        on_batch=prometheus.observe_batch,
+                        on_load=lambda _model: heap.settle(),
+                        on_evict=lambda _model: heap.settle(),
+                    ),
                 )
                 prometheus.watch_runtime(_runtime)
     return _runtime
