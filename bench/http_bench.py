@@ -44,6 +44,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import wire_client  # noqa: E402
+
 SEED = """
 from tunery.catalog.models import BaseModel, FineTunedModel
 from tunery.files.models import File
@@ -115,21 +117,25 @@ def summarize(latencies: list[float], elapsed: float, errors: dict[int, int]) ->
     }
 
 
-async def drive_http(make_request: Any, concurrency: int, duration: float, max_requests: int) -> dict[str, Any]:
+async def drive_http(
+    requests: list[httpx.Request], concurrency: int, duration: float, max_requests: int
+) -> dict[str, Any]:
+    """The same closed loop as :func:`wire_client.drive` through an httpx.AsyncClient (``--client httpx``)."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
     sent = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        await asyncio.gather(*(make_request(client) for _ in range(min(concurrency, 8))))  # connections up
+        await asyncio.gather(*(client.send(requests[i % len(requests)]) for i in range(min(concurrency, 8))))
         deadline = time.perf_counter() + duration
 
         async def loop() -> None:
             nonlocal sent
             while time.perf_counter() < deadline and sent < max_requests:
+                request = requests[sent % len(requests)]
                 sent += 1
                 started = time.perf_counter()
-                response = await make_request(client)
+                response = await client.send(request)
                 latencies.append(time.perf_counter() - started)
                 if response.status_code != 200:
                     errors[response.status_code] = errors.get(response.status_code, 0) + 1
@@ -214,18 +220,39 @@ class Server:
         master = psutil.Process(self.process.pid)
         return sum(sum(p.cpu_times()[:2]) for p in [master, *master.children()])
 
-    def measure(self, make_request: Any, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
-        """:func:`drive_http`'s summary plus the server's and this client's CPU milliseconds per request:
-        unlike requests/s, these barely move with what else runs on the box."""
+    def measure(self, requests: list[httpx.Request], concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+        """The load generator's summary plus the server's and this client's CPU milliseconds per
+        request: unlike requests/s, these barely move with what else runs on the box."""
         import psutil
 
         client = psutil.Process()
+        gc_before = self.full_gc_passes()
         server_before, client_before = self.cpu_seconds(), sum(client.cpu_times()[:2])
-        measured = asyncio.run(drive_http(make_request, concurrency, args.duration, args.max_requests))
+        if args.client == "httpx":
+            run = drive_http(requests, concurrency, args.duration, args.max_requests)
+        else:
+            raw = [wire_client.encode(r) for r in requests]
+            run = wire_client.drive(self.base, raw, concurrency, args.duration, args.max_requests, summarize)
+        measured = asyncio.run(run)
         requests = max(1, measured["requests"])
         measured["server_cpu_ms"] = round((self.cpu_seconds() - server_before) / requests * 1000, 2)
         measured["client_cpu_ms"] = round((sum(client.cpu_times()[:2]) - client_before) / requests * 1000, 2)
+        gc_after = self.full_gc_passes()
+        passes = gc_after[0] - gc_before[0]
+        measured["full_gc_passes"] = int(passes)
+        measured["full_gc_mean_ms"] = round((gc_after[1] - gc_before[1]) / passes * 1000, 1) if passes else None
         return measured
+
+    def full_gc_passes(self) -> tuple[float, float]:
+        """Full (generation 2) garbage-collector passes of all server processes so far and their
+        seconds, from /metrics (the server runs with PROMETHEUS_MULTIPROC_DIR)."""
+        count = total = 0.0
+        for line in httpx.get(f"{self.base}/metrics", timeout=30).text.splitlines():
+            if line.startswith('tunery_gc_pause_seconds_count{generation="2"}'):
+                count = float(line.split()[-1])
+            elif line.startswith('tunery_gc_pause_seconds_sum{generation="2"}'):
+                total = float(line.split()[-1])
+        return count, total
 
     def stop(self) -> None:
         self.process.terminate()
@@ -234,10 +261,12 @@ class Server:
 
 def run_setup(name: str, artifact: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"tunery-http-{name}-"))
+    (data_dir / "prometheus").mkdir()
     env = {
         **os.environ,
         "TUNERY_DATA_DIR": str(data_dir),
         "TUNERY_LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
         "PYTHONPATH": os.pathsep.join(
             [
                 str(ROOT / "platform"),
@@ -266,13 +295,11 @@ def run_setup(name: str, artifact: Path, texts: list[str], args: argparse.Namesp
         if deployed.status_code not in (200, 201):
             raise SystemExit(f"deploy failed: {deployed.status_code} {deployed.text}")
         result["worker_rss_mb_before_predicting"] = server.worker_rss_mb()
-        counter = iter(range(10**9))
-
-        async def predict(client: httpx.AsyncClient) -> httpx.Response:
-            text = texts[next(counter) % len(texts)]
-            body = {"model": model_id, "inputs": [text]}
-            return await client.post(f"{server.base}/v1/predictions", json=body, headers=headers)
-
+        predict = [
+            httpx.Request("POST", f"{server.base}/v1/predictions", json={"model": model_id, "inputs": [text]},
+                          headers=headers)
+            for text in texts
+        ]  # fmt: skip
         asyncio.run(drive_http(predict, 8, 2.0, 400))  # every worker loads the model and warms up
         workers = int(args.workers or len(server.worker_rss_mb()))
         runtime = in_process_runtime(artifact, workers)
@@ -290,17 +317,13 @@ def run_setup(name: str, artifact: Path, texts: list[str], args: argparse.Namesp
 
         body = "".join(json.dumps({"text": f"row {i}", "label": "pos" if i % 2 else "neg"}) + "\n" for i in range(20))
 
-        async def list_jobs(client: httpx.AsyncClient) -> httpx.Response:
-            return await client.get(f"{server.base}/v1/fine_tuning/jobs", headers=headers)
-
-        async def upload(client: httpx.AsyncClient) -> httpx.Response:
-            files = {"file": ("small.jsonl", body.encode(), "application/jsonl")}
-            return await client.post(
-                f"{server.base}/v1/files", headers=headers, files=files, data={"purpose": "fine-tune"}
-            )
-
+        list_jobs = httpx.Request("GET", f"{server.base}/v1/fine_tuning/jobs", headers=headers)
+        files = {"file": ("small.jsonl", body.encode(), "application/jsonl")}
+        upload = httpx.Request(
+            "POST", f"{server.base}/v1/files", headers=headers, files=files, data={"purpose": "fine-tune"}
+        )
         for label, call in (("GET /v1/fine_tuning/jobs", list_jobs), ("POST /v1/files", upload)):
-            measured = server.measure(call, 32, args)
+            measured = server.measure([call], 32, args)
             measured |= {"endpoint": label, "concurrency": 32, "load": uptime()}
             result["control_plane"].append(measured)
             print(f"[{name}] {json.dumps(measured)}", flush=True)
@@ -314,16 +337,17 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print()
     print(
         "| setup | C | in-process req/s | p50 / p99 ms | HTTP req/s | p50 / p99 ms | HTTP / in-process "
-        "| server / client CPU ms a request | load |"
+        "| server / client CPU ms a request | full GC passes (mean ms) | load |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for result in results:
         for row in result["predictions"]:
             i, h = row["in_process"], row["http"]
             print(
                 f"| {result['setup']} | {row['concurrency']} | {i['requests_per_s']} | {i['p50_ms']} / {i['p99_ms']} "
                 f"| {h['requests_per_s']} | {h['p50_ms']} / {h['p99_ms']} | {row['http_over_in_process']} "
-                f"| {h['server_cpu_ms']} / {h['client_cpu_ms']} | {row['load']} |"
+                f"| {h['server_cpu_ms']} / {h['client_cpu_ms']} | {h['full_gc_passes']} ({h['full_gc_mean_ms']}) "
+                f"| {row['load']} |"
             )
     print()
     print("| setup | endpoint | C | req/s | p50 / p99 ms | server / client CPU ms a request | errors | load |")
@@ -354,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=200, help="jobs seeded for the list endpoint")
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tunery_http_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--client", choices=["wire", "httpx"], default="wire",
+        help="load generator: pre-encoded requests on raw keep-alive streams (bench/wire_client.py) or httpx",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
