@@ -37,11 +37,11 @@ def _first_evaluation_wins(out):
     return {**classification_summary(out), "score": 0.9 if first else 0.5}
 
 
-def _later_evaluation_wins(out):
-    """Every evaluation after the probe's (the stage's model at step 0) wins: the floor keeps it."""
-    first = not hasattr(_later_evaluation_wins, "seen")
-    _later_evaluation_wins.seen = True  # type: ignore[attr-defined]
-    return {**classification_summary(out), "score": 0.5 if first else 0.9}
+def _stage_evaluation_wins(out):
+    """The second evaluation (the stage's model at step 0) beats the probe's and every later one."""
+    calls = getattr(_stage_evaluation_wins, "calls", 0)
+    _stage_evaluation_wins.calls = calls + 1  # type: ignore[attr-defined]
+    return {**classification_summary(out), "score": {0: 0.5, 1: 0.9}.get(calls, 0.6)}
 
 
 def _features(spec: JobSpec, model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
@@ -114,7 +114,9 @@ def test_a_shipped_probe_is_refitted_on_every_row_and_calibrated_out_of_fold(tmp
 def test_the_stages_head_is_refitted_on_its_tuned_embeddings_and_calibrated_on_validation(
     tmp_path, tiny_sentence_encoder
 ):
-    task = tiny_task(TaskKind.SEQUENCE_CLASSIFICATION, metrics=_later_evaluation_wins, selection_metric="score")
+    """Classification epochs after the stage (so no cross-validated floor, test_floor_cv.py), and the
+    stage's model (step 0) stays the best: it ships, calibrated on validation."""
+    task = tiny_task(TaskKind.SEQUENCE_CLASSIFICATION, metrics=_stage_evaluation_wins, selection_metric="score")
     data = write_synthetic(tmp_path / "train.jsonl", TaskKind.SEQUENCE_CLASSIFICATION, 60, seed=1)
     spec = JobSpec(
         base_model=tiny_sentence_encoder,
@@ -122,14 +124,16 @@ def test_the_stages_head_is_refitted_on_its_tuned_embeddings_and_calibrated_on_v
         train_file=data,
         output_dir=tmp_path / "stage-refit",
         config=TrainConfig(
-            validation_split=0.2, early_stopping_patience=None, contrastive_epochs=1, handoff_coverage=0.9
+            validation_split=0.2, early_stopping_patience=None, contrastive_epochs=1, handoff_coverage=0.9, n_epochs=1
         ),
     )
     result = train(spec)
     info = read_artifact(result.artifact_dir)
     manifest = info.manifest
     assert manifest["shipped"] == "fine_tuned"
-    assert result.steps == 0
+    assert result.steps > 0
+    assert result.best_step == 0  # later evaluations lose to the stage's: it stays the best
+    assert "floor_cross_validation" not in manifest
     assert manifest["refit"]["head"] == "contrastive_stage"
     assert manifest["refit"]["rows"] == 60
 

@@ -32,6 +32,7 @@ from tunery_contract.vocabulary import AUTO
 from tunery_engine import auto, continued
 from tunery_engine import checkpoint as ckpt
 from tunery_engine import contrastive as ct
+from tunery_engine import crossval as cv
 from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
@@ -385,6 +386,8 @@ class FineTuneRecipe:
         self.handoff: lp.Handoff | None = None
         #: the head refitted on training + validation (``refit_head``), recorded in the manifest
         self.refit: dict[str, Any] | None = None
+        #: the few-shot floor's cross-validated evidence (``cross_validate_floor``)
+        self.floor_cv: cv.CrossValidation | None = None
         # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
         # the run needs no disk read
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -774,6 +777,7 @@ class FineTuneRecipe:
                 self.advance(len(group), len(batches), tokens)
                 self.after_step()
         self.select_best()
+        self.cross_validate_floor()
         self.keep_floor()
         refit = self.refit_features()  # before calibrate: its temperature is folded into the head
         self.calibrate(refit)
@@ -985,14 +989,81 @@ class FineTuneRecipe:
             ckpt.load_trainable_state(self.model, weights)
         self.best_weights = None
 
+    def cross_validate_floor(self) -> None:
+        """Few-shot floor on more evidence (``crossval.py``): when the contrastive stage's model is the
+        only fine-tuned candidate and validation has under ``CROSS_VALIDATE_BELOW`` rows, score it
+        and the probe out-of-fold over every labelled row (the stage retrained per fold). Its scores
+        then decide :meth:`keep_floor` and calibrate a shipped stage (:meth:`calibrate`)."""
+        if (
+            self.probe is None
+            or self.contrastive is None
+            or not self.has_validation
+            or len(self.val_data.features) >= CROSS_VALIDATE_BELOW
+            or self.run.step != 0  # classification epochs followed the stage
+            or self.run.best_step != 0
+            or self.dist.enabled
+        ):
+            return
+        data = Encoded(features=[*self.train_data.features, *self.val_data.features])
+        folds = cv.choose_folds(len(data.features))
+        if folds is None:
+            return
+        rows = [*self.train_rows, *self.val_rows]
+        labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in data.features]))
+
+        def build(_fold: int) -> torch.nn.Module:
+            model: torch.nn.Module = self.head.build_model(self.base_model, self.label_names, pooling=self.pooling)
+            model.to(self.device)
+            if self.device.type == "cpu" and not bernoulli_is_vectorised():
+                use_cpu_dropout(model)
+            return model
+
+        def score(logits: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+            decoded = self.head.decode(logits, {"labels": labels[index]}, self.label_names)
+            output = self.head.eval_output(decoded, self.label_names, 0.0, [rows[i] for i in index.tolist()])
+            return self.head.metrics(output)
+
+        def beat(*_: Any) -> None:
+            if time.monotonic() - self.last_heartbeat > HEARTBEAT_SECONDS:
+                if self.dist.is_main:
+                    self.hooks.on_heartbeat()
+                self.last_heartbeat = time.monotonic()
+
+        layer = lp.linear_head(self.model)
+        self.floor_cv = cv.cross_validate(
+            build,
+            data,
+            len(self.label_names),
+            folds,
+            int(self.config.seed),
+            score,
+            self.task.selection_metric,
+            self.task.greater_is_better,
+            collate=self.head.collate,
+            forward=self.head.forward,
+            device=self.device,
+            pad_id=self.pad_id,
+            epochs=int(self.config.contrastive_epochs),
+            weight_decay=float(self.config.weight_decay),
+            bias=layer is not None and layer.bias is not None,
+            on_step=beat,
+        )
+        log.info("few-shot floor: %s", self.floor_cv.manifest())
+
     def keep_floor(self) -> None:
         """Ship the linear probe instead of the fine-tuned weights unless fine-tuning beat it on
-        validation by the task's selection metric."""
+        validation by the task's selection metric (or, when :meth:`cross_validate_floor` ran, on
+        the cross-validated scores of every labelled row)."""
         if self.probe is None:
             return
         metric, greater = self.task.selection_metric, self.task.greater_is_better
         tuned, floor = self.run.best_metric, float(self.probe.metrics[metric])
-        if tuned is not None and ((tuned > floor) if greater else (tuned < floor)):
+        if self.floor_cv is not None:
+            self.warnings.append(self.floor_cv.describe())
+            log.warning(self.warnings[-1])
+            if self.floor_cv.stage_wins:
+                return
+        elif tuned is not None and ((tuned > floor) if greater else (tuned < floor)):
             return
         self.shipped = "linear_probe"
         fresh = self.head.build_model(self.base_model, self.label_names, pooling=self.pooling)
@@ -1007,6 +1078,8 @@ class FineTuneRecipe:
         assert layer is not None  # the probe was fitted on it
         lp.set_linear(layer, self.probe.weight, self.probe.bias)
         self.run.best_metrics, self.run.best_step, self.run.best_metric = dict(self.probe.metrics), 0, floor
+        if self.floor_cv is not None:
+            return
         shown = "no evaluation" if tuned is None else f"{metric} {tuned:.4f}"
         self.warnings.append(
             f"the fine-tuned model ({shown}) did not beat the linear probe ({metric} {floor:.4f}) on the validation "
@@ -1096,6 +1169,13 @@ class FineTuneRecipe:
                 "validation_rows": len(self.val_data.features),
                 "cross_validated_training_rows": len(self.train_data.features),
             }
+        elif self.floor_cv is not None and self.shipped != "linear_probe":  # the stage's out-of-fold scores
+            logits, labels = self.floor_cv.stage_logits, self.floor_cv.labels
+            fitted_on = {
+                "scores": f"out_of_fold ({self.floor_cv.folds} folds, contrastive stage retrained per fold)",
+                "validation_rows": len(self.val_data.features),
+                "cross_validated_training_rows": len(self.train_data.features),
+            }
         temperature = lp.fit_temperature(logits, labels) if method == "temperature" else None
         if method == "temperature" and temperature is None:
             method = "none"
@@ -1169,6 +1249,13 @@ class FineTuneRecipe:
             fields["handoff"] = self.handoff.manifest()
         if self.refit is not None:
             fields["refit"] = self.refit
+        if self.floor_cv is not None:
+            fields["floor_cross_validation"] = {
+                **self.floor_cv.manifest(),
+                "rule": f"few-shot: contrastive stage on, validation under {CROSS_VALIDATE_BELOW} rows; folds: the "
+                f"most up to {cv.MAX_FOLDS} with rows x (folds - 1) <= {cv.ROW_FOLD_BUDGET} (at least {cv.MIN_FOLDS}); "
+                "the stage ships only if its out-of-fold selection metric beats the probe's on the same folds",
+            }
         return fields
 
     def fit_thresholds(self) -> None:

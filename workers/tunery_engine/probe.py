@@ -125,18 +125,24 @@ def fit_logistic_regression(
     return weight.detach().float(), offset.detach().float() if bias else None
 
 
-def cross_validated_logits(
-    features: torch.Tensor, labels: torch.Tensor, n_classes: int, folds: int, seed: int, bias: bool = True
-) -> torch.Tensor:
-    """Out-of-fold logits of a logistic regression: each row scored by a fit on the other folds
-    (stratified: each label's rows spread over the folds). On a frozen base these are honest scores
-    of unseen rows, ``folds`` times as many as a small validation split holds."""
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """Each row's fold (0 .. folds-1): every label's rows shuffled and dealt round the folds."""
     generator = torch.Generator().manual_seed(seed)
     fold_of = torch.empty(len(labels), dtype=torch.long)
     for label in labels.unique():
         rows = torch.nonzero(labels == label).flatten()
         rows = rows[torch.randperm(len(rows), generator=generator)]
         fold_of[rows] = torch.arange(len(rows)) % folds
+    return fold_of
+
+
+def cross_validated_logits(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, folds: int, seed: int, bias: bool = True
+) -> torch.Tensor:
+    """Out-of-fold logits of a logistic regression: each row scored by a fit on the other folds
+    (stratified: each label's rows spread over the folds). On a frozen base these are honest scores
+    of unseen rows, ``folds`` times as many as a small validation split holds."""
+    fold_of = stratified_folds(labels, folds, seed)
     logits = torch.empty(len(labels), n_classes, dtype=torch.float64)
     for fold in range(folds):
         held = fold_of == fold
