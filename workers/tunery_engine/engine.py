@@ -32,6 +32,7 @@ from tunery_contract.vocabulary import AUTO
 from tunery_engine import auto, continued
 from tunery_engine import checkpoint as ckpt
 from tunery_engine import contrastive as ct
+from tunery_engine import out_of_scope as oos
 from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
@@ -381,6 +382,9 @@ class FineTuneRecipe:
         self.shipped = "fine_tuned"
         self.calibration: dict[str, Any] | None = None
         self.handoff: lp.Handoff | None = None
+        # the out-of-scope label's index and its validation numbers (``out_of_scope.py``)
+        self.out_of_scope_index: int | None = None
+        self.out_of_scope: dict[str, Any] | None = None
         # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
         # the run needs no disk read
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -396,6 +400,7 @@ class FineTuneRecipe:
         self.load_data()
         self.build_model()
         self.resolve_config()
+        self.settle_out_of_scope()
         self.encode_data()
         self.fit_probe()  # on the plain model, before LoRA wraps it: the probe is the head fine-tuning starts from
         self.prepare_model()
@@ -425,6 +430,12 @@ class FineTuneRecipe:
         )
         self.wrap_model()
         self.setup_callbacks()
+
+    def settle_out_of_scope(self) -> None:
+        """The out-of-scope knob checked against the labels (``out_of_scope.py``)."""
+        self.config, self.out_of_scope_index, reason = oos.settle(self.config, self.task.kind, self.label_names)
+        if reason is not None:
+            self.auto_reasons["out_of_scope_label"] = reason
 
     def setup_device(self) -> None:
         self.device = _device(self.dist)
@@ -772,6 +783,7 @@ class FineTuneRecipe:
         self.select_best()
         self.keep_floor()
         self.calibrate()
+        oos.report(self)  # at the calibrated hand-off threshold, before anything refits the head
         self.fit_thresholds()
         self.hooks.on_train_end(self.state)
         return self.save_artifact()
@@ -1059,7 +1071,7 @@ class FineTuneRecipe:
             }
             self.run.best_metrics = self.evaluate()  # the served model's numbers (its loss changed)
         coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
-        self.handoff = lp.choose_handoff(logits.softmax(-1), labels, coverage, precision)
+        self.handoff = oos.choose_handoff(logits.softmax(-1), labels, coverage, precision, self.out_of_scope_index)
         if self.handoff is None:
             return
         self.run.best_metrics = {
@@ -1105,6 +1117,7 @@ class FineTuneRecipe:
             fields["calibration"] = self.calibration
         if self.handoff is not None:
             fields["handoff"] = self.handoff.manifest()
+        fields.update(oos.manifest_fields(self))
         return fields
 
     def fit_thresholds(self) -> None:
