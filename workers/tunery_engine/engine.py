@@ -382,9 +382,6 @@ class FineTuneRecipe:
         self.shipped = "fine_tuned"
         self.calibration: dict[str, Any] | None = None
         self.handoff: lp.Handoff | None = None
-        # the out-of-scope label's index and its validation numbers (``out_of_scope.py``)
-        self.out_of_scope_index: int | None = None
-        self.out_of_scope: dict[str, Any] | None = None
         # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
         # the run needs no disk read
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -393,6 +390,9 @@ class FineTuneRecipe:
         self.parent: continued.Parent | None = None
         self.replayed = (0, 0)
         self.parent_metrics: dict[str, float] | None = None
+        # the out-of-scope label's index and its validation numbers (``out_of_scope.py``)
+        self.out_of_scope_index: int | None = None
+        self.out_of_scope: dict[str, Any] | None = None
 
     # ---- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -783,7 +783,6 @@ class FineTuneRecipe:
         self.select_best()
         self.keep_floor()
         self.calibrate()
-        oos.report(self)  # at the calibrated hand-off threshold, before anything refits the head
         self.fit_thresholds()
         self.hooks.on_train_end(self.state)
         return self.save_artifact()
@@ -1072,6 +1071,7 @@ class FineTuneRecipe:
             self.run.best_metrics = self.evaluate()  # the served model's numbers (its loss changed)
         coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
         self.handoff = oos.choose_handoff(logits.softmax(-1), labels, coverage, precision, self.out_of_scope_index)
+        oos.report(self)  # the out-of-scope numbers at that threshold, on validation
         if self.handoff is None:
             return
         self.run.best_metrics = {
@@ -1113,11 +1113,11 @@ class FineTuneRecipe:
             fields["linear_probe"] = {"metrics": self.probe.metrics, "seconds": round(self.probe.seconds, 3)}
         if self.contrastive is not None:
             fields["contrastive_stage"] = self.contrastive.manifest()
+        fields.update(oos.manifest_fields(self))
         if self.calibration is not None:
             fields["calibration"] = self.calibration
         if self.handoff is not None:
             fields["handoff"] = self.handoff.manifest()
-        fields.update(oos.manifest_fields(self))
         return fields
 
     def fit_thresholds(self) -> None:
