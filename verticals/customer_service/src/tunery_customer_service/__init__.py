@@ -120,9 +120,19 @@ def generated_reply(prediction: Prediction, item: Mapping[str, Any], config: Map
 
 intent_card = section(
     "Customer service: intent classification",
-    ["accuracy", "macro_f1", "coverage_at_handoff", "accuracy_at_handoff"],
-    "Limitations: intents outside the training labels are forced onto the nearest known intent; "
-    "keep a hand-off threshold so such requests reach a person.",
+    [
+        "accuracy",
+        "macro_f1",
+        "coverage_at_handoff",
+        "accuracy_at_handoff",
+        "in_scope_accuracy",
+        "oos_recall",
+        "oos_precision",
+        "in_scope_coverage",
+    ],
+    "Limitations: intents outside the training labels are forced onto the nearest known intent unless "
+    "the training data has an out-of-scope label (e.g. `oos`); keep a hand-off threshold so such requests "
+    "reach a person.",
     intro="Predicts the customer's intent. Replies come from the tenant's templates; below the "
     "hand-off threshold (chosen on validation for the job's coverage or precision target) the request goes to "
     "a human agent.",
