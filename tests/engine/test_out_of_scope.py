@@ -97,6 +97,7 @@ def test_the_coverage_target_is_met_on_the_in_scope_rows_only():
     labels = torch.cat([torch.arange(2).repeat(40), torch.full((40,), 2)])
     logits = torch.randn(120, 3, generator=generator)
     logits[torch.arange(80), labels[:80]] += 3.0
+    logits[:80, 2] -= 3.0  # no in-scope row predicted out of scope by chance
     logits[80:, 2] += 1.0
     probabilities = logits.softmax(-1)
     chosen = engine_oos.choose_handoff(probabilities, labels, 0.9, None, 2)
@@ -105,6 +106,21 @@ def test_the_coverage_target_is_met_on_the_in_scope_rows_only():
     assert chosen.coverage == pytest.approx(scores.in_scope_coverage)
     assert 0.88 <= chosen.coverage <= 0.92  # 0.9 of the in-scope rows answered, whatever the oos rows do
     assert chosen.accuracy == pytest.approx(scores.in_scope_accuracy_answered)
+    assert chosen.missed is None
+    # 15 of the 80 in-scope rows predicted out of scope: 0.9 cannot be met, and the warning says why
+    shifted = probabilities.clone()
+    shifted[:15] = torch.tensor([0.05, 0.05, 0.9], dtype=shifted.dtype)
+    unmet = engine_oos.choose_handoff(shifted, labels, 0.9, None, 2)
+    assert unmet is not None
+    assert (unmet.threshold, unmet.coverage) == (0.0, pytest.approx(65 / 80))
+    assert unmet.missed is not None
+    assert unmet.missed.startswith("15 of 80 in-scope validation rows are predicted out of scope")
+    # 9 of them: the cut falls among those rows, 71/80 = 0.8875 answered is within the slack, no false "ties" warning
+    shifted = probabilities.clone()
+    shifted[:9] = torch.tensor([0.05, 0.05, 0.9], dtype=shifted.dtype)
+    close = engine_oos.choose_handoff(shifted, labels, 0.9, None, 2)
+    assert close is not None
+    assert (close.threshold, close.missed) == (0.0, None)
     plain = engine_oos.choose_handoff(probabilities, labels, 0.9, None, None)
     assert plain is not None
     assert plain.threshold != chosen.threshold  # without the label every row counts

@@ -76,11 +76,14 @@ def choose_handoff(
         return None
     scores = oos.scores_at(truth.tolist(), probs.tolist(), oos_index, chosen.threshold)
     missed = chosen.missed
-    if coverage is not None and precision is None and scores.in_scope_coverage < coverage - COVERAGE_SLACK:
-        missed = (
-            f"{int(to_oos.sum())} of {len(truth)} in-scope validation rows are predicted out of scope: the "
-            f"hand-off answers {scores.in_scope_coverage:.3f} of the in-scope rows, not the target {coverage:g}"
-        )
+    if coverage is not None and precision is None:
+        if scores.in_scope_coverage < coverage - COVERAGE_SLACK:
+            missed = (
+                f"{int(to_oos.sum())} of {len(truth)} in-scope validation rows are predicted out of scope: the "
+                f"hand-off answers {scores.in_scope_coverage:.3f} of the in-scope rows, not the target {coverage:g}"
+            )
+        elif chosen.threshold == 0.0:
+            missed = None  # the cut fell among the rows predicted out of scope (tied at 0): within the slack
     return replace(
         chosen,
         coverage=scores.in_scope_coverage,
