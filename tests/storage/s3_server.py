@@ -100,6 +100,7 @@ class ThrottlingProxy:
         self.port = self.listener.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.closed = False
+        self.sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -113,6 +114,7 @@ class ThrottlingProxy:
             except OSError:
                 client.close()
                 continue
+            self.sockets += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
@@ -132,5 +134,12 @@ class ThrottlingProxy:
                 s.close()
 
     def close(self) -> None:
+        """The link goes down: what the proxy still holds is never delivered (without this, an
+        upload already buffered in the kernel kept arriving after the client was killed, and its
+        object appeared after the resumed job had pruned the folder)."""
         self.closed = True
         self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -62,8 +62,10 @@ from tunery_engine.modeling import (
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0
-#: A shipped probe's calibration and hand-off also use out-of-fold scores of the training rows when
-#: the validation split has fewer rows than this (its quantiles move by points per row).
+#: Below this many validation rows (few-shot data: one or two rows per class) the shipped
+#: logistic-regression head is refitted on training + validation after the floor's decision, and a
+#: shipped probe's calibration and hand-off rest on out-of-fold scores of every labelled row (a
+#: split this small moves its quantiles by points per row and holds rows the model never learns from).
 CROSS_VALIDATE_BELOW = 500
 PROBE_FOLDS = 10
 
@@ -382,6 +384,8 @@ class FineTuneRecipe:
         self.shipped = "fine_tuned"
         self.calibration: dict[str, Any] | None = None
         self.handoff: lp.Handoff | None = None
+        #: the head refitted on training + validation (``refit_head``), recorded in the manifest
+        self.refit: dict[str, Any] | None = None
         # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
         # the run needs no disk read
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -782,7 +786,10 @@ class FineTuneRecipe:
                 self.after_step()
         self.select_best()
         self.keep_floor()
-        self.calibrate()
+        refit = self.refit_features()  # before calibrate: its temperature is folded into the head
+        self.calibrate(refit)
+        if refit is not None:
+            self.refit_head(*refit)
         self.fit_thresholds()
         self.hooks.on_train_end(self.state)
         return self.save_artifact()
@@ -1018,10 +1025,62 @@ class FineTuneRecipe:
         )
         log.warning(self.warnings[-1])
 
-    def calibrate(self) -> None:
+    def refit_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The features and labels of every labelled row (training, then validation) that the shipped
+        head reads, when that head is a logistic regression to refit on them (:meth:`refit_head`):
+        single-label classification, a validation split under ``CROSS_VALIDATE_BELOW`` rows, and the
+        shipped model is the linear probe or the contrastive stage's model (no classification epochs
+        after it: its head is the logistic regression on the tuned embeddings). None otherwise."""
+        layer = lp.linear_head(self.model)
+        if (
+            self.probe is None
+            or layer is None
+            or not self.has_validation
+            or len(self.val_data.features) >= CROSS_VALIDATE_BELOW
+        ):
+            return None
+        stage_model = self.contrastive is not None and self.run.best_step == 0
+        if self.shipped != "linear_probe" and not stage_model:
+            return None
+        features = [
+            lp.forward_rows(self.model, data, self.head.collate, self.head.forward, self.device, 64, self.pad_id, layer)
+            for data in (self.train_data, self.val_data)
+        ]
+        labels = [
+            torch.as_tensor(np.asarray([int(f["labels"]) for f in data.features]))
+            for data in (self.train_data, self.val_data)
+        ]
+        return torch.cat(features), torch.cat(labels)
+
+    def refit_head(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Refit the shipped logistic-regression head on every labelled row (training + validation,
+        ``features`` from :meth:`refit_features`) once the floor has decided, and fold the calibrated
+        temperature into it. The reported validation metrics stay those of the head fitted on the
+        training rows (the refitted head has seen the validation rows); calibration was fitted on
+        out-of-sample scores before (:meth:`calibrate`)."""
+        layer = lp.linear_head(self.model)
+        assert layer is not None
+        weight, bias = lp.fit_logistic_regression(features, labels, len(self.label_names), bias=layer.bias is not None)
+        lp.set_linear(layer, weight, bias)
+        temperature = (self.calibration or {}).get("temperature")
+        if temperature is not None:
+            lp.fold_temperature(layer, float(temperature))
+        self.refit = {
+            "head": "linear_probe" if self.shipped == "linear_probe" else "contrastive_stage",
+            "rows": len(labels),
+            "training_rows": len(self.train_data.features),
+            "validation_rows": len(self.val_data.features),
+            "rule": f"validation split under {CROSS_VALIDATE_BELOW} rows: the logistic-regression head is refitted "
+            "on training + validation after the floor's decision; validation metrics are the training-only head's",
+        }
+        log.info("head refitted on %d rows (training + validation)", len(labels))
+
+    def calibrate(self, refit: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Single-label classification: temperature scaling fitted on validation and folded into the
         head, then the hand-off threshold chosen on validation for the job's target; the final
-        metrics report coverage and accuracy at that threshold."""
+        metrics report coverage and accuracy at that threshold. With ``refit`` (every labelled row's
+        features, :meth:`refit_features`) and the probe shipped, both are fitted on out-of-fold
+        probe scores of every labelled row instead."""
         layer = lp.linear_head(self.model)
         single = self.task.kind is TaskKind.SEQUENCE_CLASSIFICATION and self.has_validation
         method = str(self.config.calibration)
@@ -1039,10 +1098,15 @@ class FineTuneRecipe:
             self.model, self.val_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id
         )
         labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.val_data.features]))
-        validation_rows = len(labels)
-        held_out = self.cross_validated_probe_scores()
+        fitted_on: dict[str, Any] = {"scores": "validation", "validation_rows": len(labels)}
+        held_out = self.cross_validated_probe_scores(refit)
         if held_out is not None:
-            logits, labels = torch.cat([logits, held_out[0]]), torch.cat([labels, held_out[1]])
+            logits, labels = held_out
+            fitted_on = {
+                "scores": f"out_of_fold ({PROBE_FOLDS} folds, frozen base)",
+                "validation_rows": len(self.val_data.features),
+                "cross_validated_training_rows": len(self.train_data.features),
+            }
         temperature = lp.fit_temperature(logits, labels) if method == "temperature" else None
         if method == "temperature" and temperature is None:
             method = "none"
@@ -1056,17 +1120,14 @@ class FineTuneRecipe:
             before = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
             logits = logits / temperature
             after = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
-            lp.fold_temperature(layer, temperature)
+            lp.fold_temperature(layer, temperature)  # refit_head folds it into the refitted head too
             self.calibration = {
                 "method": "temperature",
                 "temperature": temperature,
                 "folded_into_head": True,
                 "validation_nll": {"before": before[0], "after": after[0]},
                 "validation_ece": {"before": before[1], "after": after[1]},
-                "fitted_on": {
-                    "validation_rows": validation_rows,
-                    "cross_validated_training_rows": len(labels) - validation_rows,
-                },
+                "fitted_on": fitted_on,
             }
             self.run.best_metrics = self.evaluate()  # the served model's numbers (its loss changed)
         coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
@@ -1088,18 +1149,19 @@ class FineTuneRecipe:
                 "differ on live traffic; a larger validation split makes it reliable"
             )
 
-    def cross_validated_probe_scores(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """When the linear probe ships and the validation split is small: out-of-fold probe logits
-        of every training row (the frozen base's features, ``PROBE_FOLDS`` fits), so that the
-        temperature and the hand-off threshold rest on all the labelled rows, not on a few dozen.
-        (A fine-tuned encoder has seen its training rows: their scores would be optimistic.)"""
+    def cross_validated_probe_scores(
+        self, refit: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """When the linear probe ships and its head is refitted on every labelled row (``refit``: the
+        frozen base's features of training + validation): out-of-fold probe logits of all those rows
+        (``PROBE_FOLDS`` fits, each scoring the fold it did not see), so that the temperature and the
+        hand-off threshold rest on all the labelled rows, not on a few dozen, and on no row its model
+        saw. (A fine-tuned encoder has seen its training rows: their scores would be optimistic, so
+        the stage's model is calibrated on validation alone.)"""
         layer = lp.linear_head(self.model)
-        if self.shipped != "linear_probe" or layer is None or len(self.val_data.features) >= CROSS_VALIDATE_BELOW:
+        if self.shipped != "linear_probe" or layer is None or refit is None:
             return None
-        features = lp.forward_rows(
-            self.model, self.train_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id, layer
-        )
-        labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.train_data.features]))
+        features, labels = refit
         logits = lp.cross_validated_logits(
             features, labels, len(self.label_names), PROBE_FOLDS, int(self.config.seed), bias=layer.bias is not None
         )
@@ -1118,6 +1180,8 @@ class FineTuneRecipe:
             fields["calibration"] = self.calibration
         if self.handoff is not None:
             fields["handoff"] = self.handoff.manifest()
+        if self.refit is not None:
+            fields["refit"] = self.refit
         return fields
 
     def fit_thresholds(self) -> None:
