@@ -36,7 +36,7 @@ from tunery_contract import (
 from tunery_contract import metrics as m
 from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 DEFAULT_HANDOFF_THRESHOLD = 0.5
 #: the job's default target: the hand-off threshold answers this share of the validation split
