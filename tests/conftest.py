@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,6 +11,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes tests/dummy_pack importable
+# Every model load in a web process thaws, collects and freezes the heap (tunery.core.heap): in the
+# test process, with its large heap and hundreds of loads, that doubled the serving tests' time.
+# tests/serving/test_heap.py turns it on for itself.
+os.environ.setdefault("TUNERY_GC_FREEZE", "false")
 
 import dummy_pack
 

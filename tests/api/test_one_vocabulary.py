@@ -61,6 +61,8 @@ def _beside(bound: float, toward: float) -> float:
 def boundary_values(value_schema: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     """(just inside, just outside) the published range or choices."""
     kind = value_schema["type"]
+    if kind == "string" and "enum" not in value_schema:  # a label name
+        return ["oos", "out of scope"], ["", " ", 1]
     if kind == "string":
         return list(value_schema["enum"]), ["no-such-choice", 1]
     if kind == "boolean":

@@ -766,3 +766,52 @@ def test_a_generating_evaluation_adds_the_packs_metrics_of_generated_text(setup,
     assert too_many.json()["error"]["param"] == "generate"
     classifier = create(api, acme, model=setup["models"][1].id, file=labelled_file(api, acme), generate=True)
     assert (classifier.status_code, classifier.json()["error"]["param"]) == (400, "generate")
+
+
+def test_a_model_with_an_out_of_scope_label_gets_its_numbers_in_the_report_and_metrics(setup):
+    from tunery.jobs.models import FineTuningJob
+    from tunery_contract import out_of_scope as oos
+
+    model = setup["models"][1]
+    FineTuningJob.objects.filter(pk=model.job_id).update(resolved_config={"out_of_scope_label": "refund"})
+    evaluation = evaluate(setup, model, labelled_file(setup["api"], setup["acme"]))
+    section = evaluation["report"]["out_of_scope"]
+    assert section["label"] == "refund"
+    outputs = Evaluation.objects.get(pk=evaluation["id"]).outputs
+    names = outputs["label_names"]
+    expected = oos.scores_at(
+        outputs["y_true"], outputs["scores"], names.index("refund"), evaluation["handoff_threshold"]
+    )
+    assert section["oos_rows"] == 4
+    for name in oos.METRIC_NAMES:
+        assert section[name] == pytest.approx(getattr(expected, name))
+        assert evaluation["metrics"][name] == pytest.approx(getattr(expected, name))
+    other = evaluate(setup, setup["models"][2], labelled_file(setup["api"], setup["acme"]))
+    assert "out_of_scope" not in other["report"]
+    assert "oos_recall" not in other["metrics"]
+
+
+def test_the_hand_off_is_scored_where_serving_puts_it_the_models_fitted_threshold_under_auto(setup):
+    """The customer-service default is "auto": serving hands off below the threshold the job fitted
+    on validation, so the evaluation scores coverage there, not at 0.5; a number the tenant set
+    and one in the request still win, and a model without a fitted threshold is scored at 0.5."""
+    from tunery.catalog.models import FineTunedModel
+
+    api, acme = setup["api"], setup["acme"]
+    file_id = labelled_file(api, acme)
+    fitted, unfitted = setup["models"][1], setup["models"][2]
+    FineTunedModel.objects.filter(pk=fitted.pk).update(metrics={**fitted.metrics, "handoff_threshold": 0.37})
+    fitted.refresh_from_db()
+
+    assert evaluate(setup, fitted, file_id)["handoff_threshold"] == 0.37
+    assert evaluate(setup, fitted, file_id)["report"]["handoff"]["threshold"] == 0.37
+    assert evaluate(setup, unfitted, file_id)["handoff_threshold"] == 0.5
+    assert evaluate(setup, fitted, file_id, handoff_threshold=0.6)["handoff_threshold"] == 0.6
+    changed = api.patch(
+        "/v1/verticals/customer_service/settings",
+        {"settings": {"handoff_threshold": 0.7}},
+        format="json",
+        **acme.headers,
+    )
+    assert changed.status_code == 200, changed.content
+    assert evaluate(setup, fitted, file_id)["handoff_threshold"] == 0.7

@@ -20,7 +20,8 @@ class Node:
 
 
 @pytest.fixture(autouse=True)
-def thawed() -> Iterator[None]:
+def thawed(monkeypatch) -> Iterator[None]:
+    monkeypatch.setenv("TUNERY_GC_FREEZE", "true")  # tests/conftest.py turns it off for the rest
     gc.unfreeze()
     yield
     gc.unfreeze()

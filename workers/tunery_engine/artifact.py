@@ -65,6 +65,8 @@ class ArtifactInfo:
     pooling: str = "model"
     #: single-label classification: the hand-off threshold chosen on validation (``handoff`` in the manifest)
     handoff_threshold: float | None = None
+    #: single-label classification: the out-of-scope label (``out_of_scope.label`` in the manifest)
+    out_of_scope_label: str | None = None
     #: "fine_tuned", or "linear_probe" when fine-tuning did not beat the probe (None: no probe was fitted)
     shipped: str | None = None
     #: the manifest as written (export_merged copies it)
@@ -232,6 +234,7 @@ def read_artifact(path: str | Path, base_model: str | Path | None = None) -> Art
         label_thresholds=LabelThresholds.from_manifest(manifest),
         pooling=str(manifest.get("pooling") or "model"),
         handoff_threshold=_handoff_threshold(manifest),
+        out_of_scope_label=_out_of_scope_label(manifest),
         shipped=manifest.get("shipped"),
         manifest=manifest,
     )
@@ -247,6 +250,16 @@ def _handoff_threshold(manifest: Mapping[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ArtifactError(f"handoff.threshold must be a number from 0 to 1, got {value!r}")
     return float(value)
+
+
+def _out_of_scope_label(manifest: Mapping[str, Any]) -> str | None:
+    section = manifest.get("out_of_scope")
+    if section is None:
+        return None
+    label = section.get("label") if isinstance(section, Mapping) else None
+    if not isinstance(label, str) or label not in (manifest.get("label_names") or ()):
+        raise ArtifactError(f"out_of_scope.label must be one of the model's labels, got {label!r}")
+    return label
 
 
 def _check_files(info: ArtifactInfo) -> None:

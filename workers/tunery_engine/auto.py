@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunery_contract import TaskKind
+from tunery_contract import out_of_scope as oos
 from tunery_contract.vocabulary import AUTO, TrainConfig
 
 #: A classification data set with at most this many examples in its median class trains as few-shot.
@@ -172,7 +173,34 @@ def resolve(config: TrainConfig, profile: Mapping[str, Any], model: ModelInfo) -
         )
     else:
         pick("contrastive_epochs", 0, "off: not few-shot full fine-tuning of a sentence encoder")
+    _pick_out_of_scope_label(values, reasons, profile, model)
     pick("lora_r", 16, "default")
     pick("lora_alpha", 2 * int(values["lora_r"]), "2 x rank")
     pick("lora_dropout", 0.05, "default")
     return TrainConfig(**values), reasons
+
+
+def _pick_out_of_scope_label(
+    values: dict[str, Any], reasons: dict[str, str], profile: Mapping[str, Any], model: ModelInfo
+) -> None:
+    """``out_of_scope_label`` "auto": the training label named like out-of-scope
+    (``tunery_contract.out_of_scope.AUTO_NAMES``), else off. Left "auto" when the profile does not
+    name the classes (a profile of row counts only, as an estimate holds): the recipe settles it."""
+    if values["out_of_scope_label"] != AUTO:
+        return
+    names = " / ".join(oos.AUTO_NAMES)
+    if model.task_kind is not None and model.task_kind is not TaskKind.SEQUENCE_CLASSIFICATION:
+        values["out_of_scope_label"] = None
+        reasons["out_of_scope_label"] = "None: off (single-label classification only)"
+        return
+    counts = (profile.get("classes") or {}).get("counts")
+    if not counts:
+        return
+    found = oos.detect(counts)
+    values["out_of_scope_label"] = found
+    if found is None:
+        reasons["out_of_scope_label"] = f"None: off, no training label is named {names} (case-insensitive)"
+    else:
+        reasons["out_of_scope_label"] = (
+            f"{found}: the training label named like out-of-scope ({names}, case-insensitive), {counts[found]} rows"
+        )

@@ -33,6 +33,7 @@ from tunery_engine import auto, continued
 from tunery_engine import checkpoint as ckpt
 from tunery_engine import contrastive as ct
 from tunery_engine import crossval as cv
+from tunery_engine import out_of_scope as oos
 from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
@@ -396,6 +397,9 @@ class FineTuneRecipe:
         self.parent: continued.Parent | None = None
         self.replayed = (0, 0)
         self.parent_metrics: dict[str, float] | None = None
+        # the out-of-scope label's index and its validation numbers (``out_of_scope.py``)
+        self.out_of_scope_index: int | None = None
+        self.out_of_scope: dict[str, Any] | None = None
 
     # ---- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -403,6 +407,7 @@ class FineTuneRecipe:
         self.load_data()
         self.build_model()
         self.resolve_config()
+        self.settle_out_of_scope()
         self.encode_data()
         self.fit_probe()  # on the plain model, before LoRA wraps it: the probe is the head fine-tuning starts from
         self.prepare_model()
@@ -432,6 +437,12 @@ class FineTuneRecipe:
         )
         self.wrap_model()
         self.setup_callbacks()
+
+    def settle_out_of_scope(self) -> None:
+        """The out-of-scope knob checked against the labels (``out_of_scope.py``)."""
+        self.config, self.out_of_scope_index, reason = oos.settle(self.config, self.task.kind, self.label_names)
+        if reason is not None:
+            self.auto_reasons["out_of_scope_label"] = reason
 
     def setup_device(self) -> None:
         self.device = _device(self.dist)
@@ -1200,7 +1211,8 @@ class FineTuneRecipe:
             }
             self.run.best_metrics = self.evaluate()  # the served model's numbers (its loss changed)
         coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
-        self.handoff = lp.choose_handoff(logits.softmax(-1), labels, coverage, precision)
+        self.handoff = oos.choose_handoff(logits.softmax(-1), labels, coverage, precision, self.out_of_scope_index)
+        oos.report(self)  # the out-of-scope numbers at that threshold, on validation
         if self.handoff is None:
             return
         self.run.best_metrics = {
@@ -1243,6 +1255,7 @@ class FineTuneRecipe:
             fields["linear_probe"] = {"metrics": self.probe.metrics, "seconds": round(self.probe.seconds, 3)}
         if self.contrastive is not None:
             fields["contrastive_stage"] = self.contrastive.manifest()
+        fields.update(oos.manifest_fields(self))
         if self.calibration is not None:
             fields["calibration"] = self.calibration
         if self.handoff is not None:

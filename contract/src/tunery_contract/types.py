@@ -81,6 +81,9 @@ class Prediction:
     #: single-label classification: the confidence below which the model's job chose to hand off
     #: (fitted on validation for a coverage or precision target); None: the model has none
     handoff_threshold: float | None = None
+    #: single-label classification: the label the model's job learnt as "out of scope" (its
+    #: ``out_of_scope_label``); a prediction of it is handed off. None: the model has none
+    out_of_scope_label: str | None = None
 
     def top_label(self) -> tuple[str, float]:
         if not self.probabilities:

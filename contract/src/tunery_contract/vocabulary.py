@@ -44,7 +44,7 @@ class ConfigError(EngineError):
     code = "invalid_config"
 
 
-KnobType = Literal["int", "float", "bool", "choice", "names", "numbers"]
+KnobType = Literal["int", "float", "bool", "choice", "names", "numbers", "label"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,10 @@ class Knob:
             return None if value in self.choices else f"must be one of {', '.join(self.choices)}{also}; got {value!r}"
         if self.type == "bool":
             return None if isinstance(value, bool) else f"must be true or false{also}; got {value!r}"
+        if self.type == "label":
+            if isinstance(value, str) and value.strip():
+                return None
+            return f"must be a label name (a non-empty string){also}; got {value!r}"
         if self.type == "names":
             if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
                 return None
@@ -494,6 +498,22 @@ class TrainConfig:
         ),
     )
 
+    out_of_scope_label: str | None = _knob(
+        AUTO,
+        Knob(
+            "label",
+            "single-label classification: the training label that means out of scope (none of the "
+            "intents): left out of in-scope accuracy and of the hand-off coverage target, scored as OOS "
+            "recall and precision at the hand-off threshold (a request is flagged when the model predicts "
+            "it or its top calibrated confidence is below the threshold), and handed off when predicted; "
+            "null = off",
+            auto=True,
+            nullable=True,
+            auto_rule="a training label named oos, out_of_scope or out-of-scope (case-insensitive), else off",
+            api_name="out_of_scope_label",
+        ),
+    )
+
     def __post_init__(self) -> None:
         for name, knob in knobs():
             found = knob.problem(getattr(self, name))
@@ -517,7 +537,15 @@ class TrainConfig:
         # pos_weight from the encoded training split (TaskHead.fit_loss) after it,
         # label_thresholds after training (TaskHead.fit_thresholds)
         # linear_probe and calibration are settled by the recipe, which knows the head and the splits
-        settled_elsewhere = ("pooling", "pos_weight", "label_thresholds", "linear_probe", "calibration")
+        # out_of_scope_label by the recipe's auto rules, from the training labels (an estimate's profile lacks them)
+        settled_elsewhere = (
+            "pooling",
+            "pos_weight",
+            "label_thresholds",
+            "linear_probe",
+            "calibration",
+            "out_of_scope_label",
+        )
         return all(getattr(self, f.name) != AUTO for f in fields(self) if f.name not in settled_elsewhere)
 
     @staticmethod

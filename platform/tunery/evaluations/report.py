@@ -13,6 +13,7 @@ from typing import Any
 
 from tunery_contract import EvalOutput, TaskKind
 from tunery_contract import metrics as m
+from tunery_contract import out_of_scope as oos
 
 #: Task kinds an evaluation scores through /v1/predictions.
 SCORED_KINDS = (
@@ -125,10 +126,13 @@ def build_report(
     *,
     words: Sequence[Sequence[str]] | None = None,
     row_numbers: Sequence[int] | None = None,
+    out_of_scope_label: str | None = None,
 ) -> dict[str, Any]:
     """per_label, confusion_matrix, calibration and handoff (the parts that fit the task kind); for
     token classification per-entity-type scores and examples of missed and spurious entities
-    (``words``: each row's words, ``row_numbers``: each row's data row in the file, from 1)."""
+    (``words``: each row's words, ``row_numbers``: each row's data row in the file, from 1); for a
+    single-label model with an ``out_of_scope_label`` (its job's) the ``out_of_scope`` numbers at the
+    hand-off threshold (:func:`out_of_scope_report`)."""
     if out.kind in LOSS_KINDS:
         return {
             "per_label": None,
@@ -146,14 +150,18 @@ def build_report(
             "entity_errors": entity_errors(out, words, row_numbers),
         }
     if out.kind in SINGLE_LABEL:
-        return {
+        threshold = DEFAULT_HANDOFF_THRESHOLD if handoff_threshold is None else handoff_threshold
+        single: dict[str, Any] = {
             "per_label": per_label_report(out),
             "confusion_matrix": confusion_matrix(out),
             "calibration": calibration(
                 [max(s) for s in out.scores or []], [int(t == p) for t, p in zip(out.y_true, out.y_pred)]
             ),
-            "handoff": handoff(out, DEFAULT_HANDOFF_THRESHOLD if handoff_threshold is None else handoff_threshold),
+            "handoff": handoff(out, threshold),
         }
+        if out_of_scope_label is not None:
+            single["out_of_scope"] = out_of_scope_report(out, out_of_scope_label, threshold)
+        return single
     if out.kind is TaskKind.MULTI_LABEL_CLASSIFICATION:
         flat_scores = [p for row in out.scores or [] for p in row]
         flat_truth = [t for row in out.y_true for t in row]
@@ -304,6 +312,25 @@ def calibration(confidences: Sequence[float], correct: Sequence[int], bins: int 
 
 def coverage_accuracy(out: EvalOutput, threshold: float) -> tuple[float, float]:
     return m.coverage_and_accuracy_at(list(out.y_true), [list(s) for s in out.scores or []], threshold)
+
+
+def out_of_scope_report(out: EvalOutput, label: str, threshold: float) -> dict[str, Any] | None:
+    """The job's out-of-scope numbers on these rows (``tunery_contract.out_of_scope.scores_at``, as
+    the engine reports them on validation): in-scope accuracy, OOS recall and precision, in-scope
+    coverage and accuracy at ``threshold``. A row is flagged when the model predicts ``label`` or its
+    top probability is below the threshold. None when the model has no such label."""
+    if label not in out.label_names or out.scores is None:
+        return None
+    index = out.label_names.index(label)
+    scores = oos.scores_at(list(out.y_true), [list(s) for s in out.scores], index, threshold)
+    return {"label": label, **scores.to_json()}
+
+
+def out_of_scope_metrics(section: Mapping[str, Any] | None) -> dict[str, float]:
+    """The metric names an evaluation adds from its ``out_of_scope`` report (none without one)."""
+    if not section:
+        return {}
+    return {name: float(section[name]) for name in oos.METRIC_NAMES}
 
 
 def handoff(out: EvalOutput, threshold: float) -> dict[str, Any]:

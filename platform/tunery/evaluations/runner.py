@@ -151,15 +151,32 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
     outputs = report.to_json(out)
     outputs["rows"] = scored
     words = [rows.items[i].get(inputs.TOKENS) or [] for i in scored] if kind is TaskKind.TOKEN_CLASSIFICATION else None
+    built = report.build_report(
+        out,
+        evaluation.handoff_threshold,
+        words=words,
+        row_numbers=[i + 1 for i in scored],
+        out_of_scope_label=_out_of_scope_label(evaluation),
+    )
     return {
-        "metrics": report.finite_metrics(context.task.metrics(out)),
-        "report": report.build_report(
-            out, evaluation.handoff_threshold, words=words, row_numbers=[i + 1 for i in scored]
-        ),
+        "metrics": {
+            **report.finite_metrics(context.task.metrics(out)),
+            **report.out_of_scope_metrics(built.get("out_of_scope")),
+        },
+        "report": built,
         "outputs": outputs,
         "rows_scored": len(scored),
         "row_errors": errors[:MAX_ROW_ERRORS],
     }
+
+
+def _out_of_scope_label(evaluation: Evaluation) -> str | None:
+    """The fine-tuned model's out-of-scope label (its job's resolved ``out_of_scope_label``)."""
+    model = evaluation.model
+    if model is None or model.job is None:
+        return None
+    label = (model.job.resolved_config or {}).get("out_of_scope_label")
+    return label if isinstance(label, str) and label != "auto" else None
 
 
 def _score_losses(evaluation: Evaluation, task: TaskDefinition, rows: LabelledRows) -> dict[str, Any]:

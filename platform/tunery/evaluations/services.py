@@ -104,7 +104,7 @@ def evaluate_or_reuse(*, tenant: Tenant, model_id: str, file_id: str, actor: str
     model = serving_selectors.tenant_model(tenant, model_id)
     file = _tenant_file(tenant, file_id)
     context = _model_context(model)
-    threshold = _threshold(None, context, _scored_kind(model))
+    threshold = _threshold(None, context, _scored_kind(model), fitted_threshold(model))
     earlier = (
         Evaluation.objects.filter(
             tenant=tenant,
@@ -145,7 +145,8 @@ def _new_evaluation(
     subject = _subject(tenant, model_id, vertical, task)
     file = _tenant_file(tenant, file_id)
     context, kind = subject.context, subject.kind
-    threshold = _threshold(handoff_threshold, context, kind)
+    fitted = fitted_threshold(subject.model) if subject.checkpoint is None else None
+    threshold = _threshold(handoff_threshold, context, kind, fitted)
     if generate:
         _check_generation(file, subject)
     _check_file(file, context)
@@ -269,16 +270,31 @@ def _scored_kind(model: FineTunedModel) -> TaskKind:
     return kind
 
 
-def _threshold(value: Any, context: PackContext, kind: TaskKind) -> float | None:
-    """The request's hand-off threshold, else the tenant's pack setting, else the report's default
-    (single-label classifiers only: the others hand nothing off)."""
+def fitted_threshold(model: FineTunedModel | None) -> float | None:
+    """The hand-off threshold the engine chose on validation for ``model`` (its final metrics'
+    ``handoff_threshold``), which serving applies when the tenant's setting is "auto"; None when
+    it has none (a base model, a model trained before thresholds were fitted)."""
+    value = (model.metrics or {}).get("handoff_threshold") if model is not None else None
+    return float(value) if value is not None and _is_fraction(value) else None
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _threshold(value: Any, context: PackContext, kind: TaskKind, fitted: float | None = None) -> float | None:
+    """The request's hand-off threshold, else the tenant's pack setting, else (a setting of "auto"
+    or none) the model's fitted one, as serving applies it, else the report's default (single-label
+    classifiers only: the others hand nothing off)."""
     if value is None:
         configured = context.config.get("handoff_threshold")
-        if isinstance(configured, (int, float)) and not isinstance(configured, bool) and 0 <= configured <= 1:
+        if _is_fraction(configured):
             value = configured
+        elif fitted is not None:
+            value = fitted
         else:
             value = report.DEFAULT_HANDOFF_THRESHOLD
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    elif not _is_fraction(value):
         raise InvalidRequest("handoff_threshold must be a number from 0 to 1.", param="handoff_threshold")
     return float(value) if kind in report.SINGLE_LABEL else None
 

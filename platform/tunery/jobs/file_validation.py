@@ -91,6 +91,23 @@ def check_files(
     return CheckedFiles(profile, summaries)
 
 
+def training_labels(
+    task: TaskDefinition, config: Mapping[str, Any], file: File, column_mapping: Mapping[str, str] | None
+) -> set[str] | None:
+    """The labels of a single-label training file's valid rows, as the job will read them (columns
+    renamed, the pack's and tenant's label aliases applied). None when the file cannot be read here
+    (its validation will say why)."""
+    column = task.schema.column_for("label")
+    if column is None:
+        return None
+    try:
+        with file.content.open("rb") as stream:
+            report = task.validate(map_records(iter_records(stream, file.format), column_mapping), config)
+    except (RecordFormatError, FileNotFoundError):
+        return None
+    return {str(row[column.name]) for row in report.rows if row.get(column.name) not in (None, "")}
+
+
 def refuse_blocking(profile: dict[str, Any], training_file: File) -> None:
     """Raise :class:`FilesRefused` when the profile says the data can only train a useless model."""
     blocking = blocking_warnings(profile)

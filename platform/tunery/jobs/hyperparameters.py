@@ -35,6 +35,8 @@ SEED_RANGE = (int(ENGINE_KNOBS["seed"].minimum or 0), int(ENGINE_KNOBS["seed"].m
 GPU_RANGE = (0, 64)
 #: OpenAI's ``method.type`` values Tunery trains (the engine's ``training_method`` choices).
 METHODS: tuple[str, ...] = ENGINE_KNOBS["training_method"].choices
+#: Knobs whose null a request keeps (it switches the task's default off); other nulls mean "the default".
+_NULL_IS_A_VALUE = frozenset({"out_of_scope_label"})
 
 
 def parse_knob(api_name: str, value: Any) -> Any:
@@ -88,7 +90,13 @@ def parse_requested(body: Mapping[str, Any]) -> dict[str, Any]:
             if name in given and given[name] != value:
                 raise InvalidRequest(f"{name} is given twice with different values.", param=name, code="conflict")
             given[name] = value
-    return {name: parse_knob(name, value) for name, value in given.items() if value is not None}
+    # null is dropped (the task's default decides), except for a knob where null is a value of its own
+    # (out_of_scope_label null: off, even where the data has a label named oos)
+    return {
+        name: None if value is None else parse_knob(name, value)
+        for name, value in given.items()
+        if value is not None or name in _NULL_IS_A_VALUE
+    }
 
 
 def method_type(body: Mapping[str, Any], task: TaskDefinition | None = None) -> str:

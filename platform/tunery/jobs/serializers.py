@@ -139,6 +139,7 @@ class KnobField(serializers.Field):
         self.knob = KNOBS[api_name]
         rule = ' "auto": the task\'s default' + (f", else {self.knob.auto_rule}." if self.knob.auto_rule else ".")
         kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", self.knob.nullable)
         kwargs.setdefault("help_text", self.knob.help[:1].upper() + self.knob.help[1:] + "." + rule)
         super().__init__(**kwargs)
 
@@ -166,6 +167,8 @@ def knob_schema(knob: Knob) -> dict[str, Any]:
         value = {"type": "string", "enum": list(knob.choices)}
     elif knob.type == "bool":
         value = {"type": "boolean"}
+    elif knob.type == "label":
+        value = {"type": "string", "minLength": 1, "nullable": True}
     elif knob.type == "names":
         value = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
     else:

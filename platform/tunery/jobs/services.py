@@ -18,7 +18,7 @@ from tunery.catalog.models import BaseModel
 from tunery.core.errors import InvalidRequest, QuotaExceeded
 from tunery.files.models import File
 from tunery.jobs import dispatch, estimates, lifecycle, lineage, selectors, tracking
-from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking
+from tunery.jobs.file_validation import FilesRefused, check_files, refuse_blocking, training_labels
 from tunery.jobs.hyperparameters import (
     GPU_RANGE,
     KNOB_GROUPS,
@@ -35,6 +35,7 @@ from tunery.jobs.queues import training_queue
 from tunery.tenants.models import Tenant
 from tunery.verticals.registry import tenant_config
 from tunery.verticals.selectors import task_for
+from tunery_contract import TaskKind, out_of_scope
 from tunery_contract.columns import mapped_columns, mapping_problems
 from tunery_contract.preferences import FIELDS as PREFERENCE_FIELDS
 from tunery_contract.types import TaskDefinition, VerticalPack
@@ -138,6 +139,8 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
     if parent is not None:
         requested = lineage.inherit_training_type(parent, requested)
     requested |= method_overrides(body, task, requested)
+    if parent is None:  # a continued fine-tune's labels include its parent's: the engine checks those
+        _check_out_of_scope_label(tenant, requested, pack, task, training_file, column_mapping)
     replay_fraction = lineage.checked_replay_fraction(parent, body.get("replay_fraction"))
     suffix = body.get("suffix") or ""
     if suffix and (not isinstance(suffix, str) or not SUFFIX.match(suffix)):
@@ -228,6 +231,10 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
     except FilesRefused as refused:
         raise InvalidRequest(refused.message, param=refused.param, code="invalid_training_data") from refused
     resolved = _resolved_hyperparameters(checked, profile["rows"])
+    if resolved.get("out_of_scope_label") == AUTO:  # the engine's rule, on the profile's labels
+        counts = (profile.get("classes") or {}).get("counts") or {}
+        single = checked.task.kind is TaskKind.SEQUENCE_CLASSIFICATION
+        resolved["out_of_scope_label"] = out_of_scope.detect(counts) if single else None
     expected = estimates.estimate(
         base_model=checked.base_model,
         task=checked.task,
@@ -281,6 +288,31 @@ def _resolved_hyperparameters(checked: JobRequest, rows: int) -> dict[str, Any]:
     for name in DEVICE_DEPENDENT:
         resolved[name] = config.get(name, AUTO)
     return resolved
+
+
+def _check_out_of_scope_label(
+    tenant: Tenant,
+    requested: dict[str, Any],
+    pack: VerticalPack,
+    task: TaskDefinition,
+    training_file: File,
+    column_mapping: Any,
+) -> None:
+    """A named ``out_of_scope_label`` must be a label of the training file (a 400, not a job that
+    fails later); "auto" and null need no check."""
+    name = requested.get("out_of_scope_label")
+    if name is None or name == AUTO:
+        return
+    if task.kind is not TaskKind.SEQUENCE_CLASSIFICATION:
+        raise InvalidRequest(
+            f"out_of_scope_label needs a single-label classification task; '{task.id}' is {task.kind.value}.",
+            param="out_of_scope_label",
+            code="invalid_hyperparameter",
+        )
+    labels = training_labels(task, tenant_config(tenant.pk, pack), training_file, column_mapping)
+    problem = None if labels is None else out_of_scope.missing_label_message(str(name), labels)
+    if problem is not None:
+        raise InvalidRequest(problem, param="out_of_scope_label", code="invalid_hyperparameter")
 
 
 def _required_string(body: dict[str, Any], name: str) -> str:

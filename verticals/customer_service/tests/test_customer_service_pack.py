@@ -50,6 +50,28 @@ def test_an_intent_without_a_template_is_handed_off():
     assert result["handoff_reason"] == "no_template"
 
 
+def test_a_prediction_of_the_out_of_scope_label_is_handed_off_as_such_even_with_a_template():
+    labels = ("card_arrival", "exchange_rate", "oos")
+    config = {"reply_templates": {"oos": "Sorry, I cannot help with that.", "card_arrival": "Soon."}}
+
+    def answer(*probabilities: float, oos_label: str | None = "oos", threshold: float = 0.5) -> dict:
+        predicted = Prediction(
+            kind=TaskKind.SEQUENCE_CLASSIFICATION,
+            label_names=labels,
+            probabilities=list(probabilities),
+            handoff_threshold=threshold,
+            out_of_scope_label=oos_label,
+        )
+        return select_reply(predicted, {"text": "what is the weather"}, config)
+
+    result = answer(0.1, 0.1, 0.8)
+    assert (result["intent"], result["handoff"], result["handoff_reason"]) == ("oos", True, "out_of_scope")
+    assert result["reply"] != config["reply_templates"]["oos"]
+    assert answer(0.3, 0.3, 0.4)["handoff_reason"] == "low_confidence"  # below the threshold: today's reason
+    assert answer(0.1, 0.1, 0.8, oos_label=None)["handoff"] is False  # a model without the knob: a plain intent
+    assert answer(0.8, 0.1, 0.1)["handoff"] is False
+
+
 def test_metrics_report_coverage_and_accuracy_at_the_hand_off_threshold():
     out = EvalOutput(
         kind=TaskKind.SEQUENCE_CLASSIFICATION,

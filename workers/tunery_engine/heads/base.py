@@ -50,6 +50,9 @@ class ArtifactInfo(Protocol):
     @property
     def handoff_threshold(self) -> float | None: ...
 
+    @property
+    def out_of_scope_label(self) -> str | None: ...
+
 
 Feature = dict[str, np.ndarray]
 Batch = dict[str, torch.Tensor]

@@ -74,6 +74,7 @@ class SequenceClassificationHead(EncoderHead):
             label_names=info.label_names,
             probabilities=probabilities,
             handoff_threshold=info.handoff_threshold,
+            out_of_scope_label=info.out_of_scope_label,
         )
 
 

@@ -11,6 +11,11 @@ Tenant configuration (the admin edits it per tenant)::
 meet the job's ``handoff_coverage`` (default 0.9 of requests answered) or ``handoff_precision`` on
 calibrated confidences, stored in the artifact (``DEFAULT_HANDOFF_THRESHOLD`` for a model without
 one). A number fixes it.
+
+Out of scope: a model whose job learnt an out-of-scope label (the job's ``out_of_scope_label``,
+"auto" takes a label named oos, out_of_scope or out-of-scope) hands a prediction of it off with
+``handoff_reason`` "out_of_scope", even when the tenant has a template for it; below the threshold
+the reason stays "low_confidence".
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from tunery_contract import (
 from tunery_contract import metrics as m
 from tunery_contract.cards import ENCODER_ARCHITECTURES, encoder_defaults, section
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 DEFAULT_HANDOFF_THRESHOLD = 0.5
 #: the job's default target: the hand-off threshold answers this share of the validation split
@@ -78,8 +83,10 @@ def handoff_threshold(prediction: Prediction, config: Mapping[str, Any]) -> floa
 
 
 def select_reply(prediction: Prediction, item: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
-    """The intent, and the tenant's reply for it, or a hand-off when the model is not confident
-    enough or the tenant has no reply for that intent."""
+    """The intent, and the tenant's reply for it, or a hand-off: ``low_confidence`` below the
+    hand-off threshold, else ``out_of_scope`` when the model predicts its out-of-scope label (the
+    job's ``out_of_scope_label``; even when the tenant has a template for it), else ``no_template``
+    when the tenant has no reply for the intent."""
     threshold = handoff_threshold(prediction, config)
     templates: Mapping[str, str] = config.get("reply_templates") or {}
     intent, confidence = prediction.top_label()
@@ -88,6 +95,8 @@ def select_reply(prediction: Prediction, item: Mapping[str, Any], config: Mappin
     reason = None
     if confidence < threshold:
         reason = "low_confidence"
+    elif prediction.out_of_scope_label is not None and intent == prediction.out_of_scope_label:
+        reason = "out_of_scope"
     elif intent not in templates:
         reason = "no_template"
     return {
@@ -111,9 +120,19 @@ def generated_reply(prediction: Prediction, item: Mapping[str, Any], config: Map
 
 intent_card = section(
     "Customer service: intent classification",
-    ["accuracy", "macro_f1", "coverage_at_handoff", "accuracy_at_handoff"],
-    "Limitations: intents outside the training labels are forced onto the nearest known intent; "
-    "keep a hand-off threshold so such requests reach a person.",
+    [
+        "accuracy",
+        "macro_f1",
+        "coverage_at_handoff",
+        "accuracy_at_handoff",
+        "in_scope_accuracy",
+        "oos_recall",
+        "oos_precision",
+        "in_scope_coverage",
+    ],
+    "Limitations: intents outside the training labels are forced onto the nearest known intent unless "
+    "the training data has an out-of-scope label (e.g. `oos`); keep a hand-off threshold so such requests "
+    "reach a person.",
     intro="Predicts the customer's intent. Replies come from the tenant's templates; below the "
     "hand-off threshold (chosen on validation for the job's coverage or precision target) the request goes to "
     "a human agent.",
