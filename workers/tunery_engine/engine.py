@@ -1167,26 +1167,21 @@ class FineTuneRecipe:
         self.config = replace(self.config, calibration=method)
         if not single:
             return
-        logits = lp.forward_rows(
-            self.model, self.val_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id
-        )
-        labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.val_data.features]))
-        fitted_on: dict[str, Any] = {"scores": "validation", "validation_rows": len(labels)}
+        fitted_on: dict[str, Any] = {"scores": "validation", "validation_rows": len(self.val_data.features)}
         held_out = self.cross_validated_probe_scores(refit)
         if held_out is not None:
             logits, labels = held_out
-            fitted_on = {
-                "scores": f"out_of_fold ({PROBE_FOLDS} folds, frozen base)",
-                "validation_rows": len(self.val_data.features),
-                "cross_validated_training_rows": len(self.train_data.features),
-            }
+            fitted_on["scores"] = f"out_of_fold ({PROBE_FOLDS} folds, frozen base)"
         elif self.floor_cv is not None and self.shipped != "linear_probe":  # the stage's out-of-fold scores
             logits, labels = self.floor_cv.stage_logits, self.floor_cv.labels
-            fitted_on = {
-                "scores": f"out_of_fold ({self.floor_cv.folds} folds, contrastive stage retrained per fold)",
-                "validation_rows": len(self.val_data.features),
-                "cross_validated_training_rows": len(self.train_data.features),
-            }
+            fitted_on["scores"] = f"out_of_fold ({self.floor_cv.folds} folds, contrastive stage retrained per fold)"
+        else:
+            logits = lp.forward_rows(
+                self.model, self.val_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id
+            )
+            labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.val_data.features]))
+        if fitted_on["scores"] != "validation":
+            fitted_on["cross_validated_training_rows"] = len(self.train_data.features)
         temperature = lp.fit_temperature(logits, labels) if method == "temperature" else None
         if method == "temperature" and temperature is None:
             method = "none"
