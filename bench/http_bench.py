@@ -70,6 +70,12 @@ job = FineTuningJob.objects.create(tenant=tenant, base_model=base, training_file
                                    task="intents", status=JobStatus.SUCCEEDED)
 model = FineTunedModel.objects.create(id="ft:bench-minilm:bench:intents:1", tenant=tenant, job=job,
                                       base_model=base, artifact_path="{artifact}", vertical="", task="intents")
+# PostgreSQL's autovacuum gathers the new rows' statistics within a minute or so; until then the
+# list's plan joins every job of the tenant before sorting: every run measures the settled plan.
+from django.db import connection
+if connection.vendor == "postgresql":
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
 print(create_api_key(tenant=tenant, name="bench").secret)
 print(model.id)
 """
@@ -184,6 +190,26 @@ def in_process_runtime(artifact: Path, workers: int) -> Any:
     return runtime
 
 
+def services_cpu_seconds() -> float:
+    """CPU time of the local PostgreSQL and Redis processes so far: a request's share of the box
+    that the server's own figure leaves out."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["name"] in ("postgres", "redis-server") and process.info["cpu_times"] is not None:
+            total += sum(process.info["cpu_times"][:2])
+    return total
+
+
+def box_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far (every core, every process)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 class Server:
     def __init__(self, env: dict[str, str], args: argparse.Namespace) -> None:
         self.port = free_port()
@@ -228,6 +254,7 @@ class Server:
         client = psutil.Process()
         gc_before = self.full_gc_passes()
         server_before, client_before = self.cpu_seconds(), sum(client.cpu_times()[:2])
+        services_before, box_before = services_cpu_seconds(), box_cpu_seconds()
         if args.client == "httpx":
             run = drive_http(requests, concurrency, args.duration, args.max_requests)
         else:
@@ -237,6 +264,8 @@ class Server:
         requests = max(1, measured["requests"])
         measured["server_cpu_ms"] = round((self.cpu_seconds() - server_before) / requests * 1000, 2)
         measured["client_cpu_ms"] = round((sum(client.cpu_times()[:2]) - client_before) / requests * 1000, 2)
+        measured["services_cpu_ms"] = round((services_cpu_seconds() - services_before) / requests * 1000, 2)
+        measured["box_cpu_ms"] = round((box_cpu_seconds() - box_before) / requests * 1000, 2)
         gc_after = self.full_gc_passes()
         passes = gc_after[0] - gc_before[0]
         measured["full_gc_passes"] = int(passes)
@@ -295,42 +324,63 @@ def run_setup(name: str, artifact: Path, texts: list[str], args: argparse.Namesp
         if deployed.status_code not in (200, 201):
             raise SystemExit(f"deploy failed: {deployed.status_code} {deployed.text}")
         result["worker_rss_mb_before_predicting"] = server.worker_rss_mb()
-        predict = [
-            httpx.Request("POST", f"{server.base}/v1/predictions", json={"model": model_id, "inputs": [text]},
-                          headers=headers)
-            for text in texts
-        ]  # fmt: skip
-        asyncio.run(drive_http(predict, 8, 2.0, 400))  # every worker loads the model and warms up
-        workers = int(args.workers or len(server.worker_rss_mb()))
-        runtime = in_process_runtime(artifact, workers)
-        drive_in_process(runtime, artifact, texts, 8, 1.0)  # warm
-        for concurrency in args.concurrency:
-            inproc = drive_in_process(runtime, artifact, texts, concurrency, args.duration)
-            http = server.measure(predict, concurrency, args)
-            ratio = round(http["requests_per_s"] / inproc["requests_per_s"], 2) if inproc["requests_per_s"] else None
-            row = {"concurrency": concurrency, "in_process": inproc, "http": http, "http_over_in_process": ratio}
-            row["load"] = uptime()
-            result["predictions"].append(row)
-            print(f"[{name}] c={concurrency}: {json.dumps(row)}", flush=True)
-        runtime.close()
-        result["worker_rss_mb_after_predicting"] = server.worker_rss_mb()
-
-        body = "".join(json.dumps({"text": f"row {i}", "label": "pos" if i % 2 else "neg"}) + "\n" for i in range(20))
-
-        list_jobs = httpx.Request("GET", f"{server.base}/v1/fine_tuning/jobs", headers=headers)
-        files = {"file": ("small.jsonl", body.encode(), "application/jsonl")}
-        upload = httpx.Request(
-            "POST", f"{server.base}/v1/files", headers=headers, files=files, data={"purpose": "fine-tune"}
-        )
-        for label, call in (("GET /v1/fine_tuning/jobs", list_jobs), ("POST /v1/files", upload)):
-            measured = server.measure([call], 32, args)
-            measured |= {"endpoint": label, "concurrency": 32, "load": uptime()}
-            result["control_plane"].append(measured)
-            print(f"[{name}] {json.dumps(measured)}", flush=True)
+        if "predictions" in args.parts:
+            measure_predictions(name, server, model_id, headers, artifact, texts, args, result)
+        if "control-plane" in args.parts:
+            measure_control_plane(name, server, headers, args, result)
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     return result
+
+
+def measure_predictions(
+    name: str,
+    server: Server,
+    model_id: str,
+    headers: dict[str, str],
+    artifact: Path,
+    texts: list[str],
+    args: argparse.Namespace,
+    result: dict[str, Any],
+) -> None:
+    """``POST /v1/predictions`` over HTTP against the in-process runtime, at each concurrency."""
+    predict = [
+        httpx.Request("POST", f"{server.base}/v1/predictions", json={"model": model_id, "inputs": [text]},
+                      headers=headers)
+        for text in texts
+    ]  # fmt: skip
+    asyncio.run(drive_http(predict, 8, 2.0, 400))  # every worker loads the model and warms up
+    workers = int(args.workers or len(server.worker_rss_mb()))
+    runtime = in_process_runtime(artifact, workers)
+    drive_in_process(runtime, artifact, texts, 8, 1.0)  # warm
+    for concurrency in args.concurrency:
+        inproc = drive_in_process(runtime, artifact, texts, concurrency, args.duration)
+        http = server.measure(predict, concurrency, args)
+        ratio = round(http["requests_per_s"] / inproc["requests_per_s"], 2) if inproc["requests_per_s"] else None
+        row = {"concurrency": concurrency, "in_process": inproc, "http": http, "http_over_in_process": ratio}
+        row["load"] = uptime()
+        result["predictions"].append(row)
+        print(f"[{name}] c={concurrency}: {json.dumps(row)}", flush=True)
+    runtime.close()
+    result["worker_rss_mb_after_predicting"] = server.worker_rss_mb()
+
+
+def measure_control_plane(
+    name: str, server: Server, headers: dict[str, str], args: argparse.Namespace, result: dict[str, Any]
+) -> None:
+    """``GET /v1/fine_tuning/jobs`` (a page of the seeded jobs) and ``POST /v1/files`` at concurrency 32."""
+    body = "".join(json.dumps({"text": f"row {i}", "label": "pos" if i % 2 else "neg"}) + "\n" for i in range(20))
+    list_jobs = httpx.Request("GET", f"{server.base}/v1/fine_tuning/jobs", headers=headers)
+    files = {"file": ("small.jsonl", body.encode(), "application/jsonl")}
+    upload = httpx.Request(
+        "POST", f"{server.base}/v1/files", headers=headers, files=files, data={"purpose": "fine-tune"}
+    )
+    for label, call in (("GET /v1/fine_tuning/jobs", list_jobs), ("POST /v1/files", upload)):
+        measured = server.measure([call], 32, args)
+        measured |= {"endpoint": label, "concurrency": 32, "load": uptime()}
+        result["control_plane"].append(measured)
+        print(f"[{name}] {json.dumps(measured)}", flush=True)
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -350,16 +400,22 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 f"| {row['load']} |"
             )
     print()
-    print("| setup | endpoint | C | req/s | p50 / p99 ms | server / client CPU ms a request | errors | load |")
-    print("|---|---|---:|---:|---:|---:|---|---|")
+    print(
+        "| setup | endpoint | C | req/s | p50 / p99 ms | CPU ms a request: server / client / PostgreSQL+Redis / box "
+        "| full GC passes (mean ms) | errors | load |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
     for result in results:
         for row in result["control_plane"]:
             print(
                 f"| {result['setup']} | {row['endpoint']} | 32 | {row['requests_per_s']} | {row['p50_ms']} / "
-                f"{row['p99_ms']} | {row['server_cpu_ms']} / {row['client_cpu_ms']} | {row['errors'] or '-'} "
+                f"{row['p99_ms']} | {row['server_cpu_ms']} / {row['client_cpu_ms']} / {row['services_cpu_ms']} / "
+                f"{row['box_cpu_ms']} | {row['full_gc_passes']} ({row['full_gc_mean_ms']}) | {row['errors'] or '-'} "
                 f"| {row['load']} |"
             )
     for result in results:
+        if "worker_rss_mb_after_predicting" not in result:
+            continue
         print(
             f"{result['setup']}: web worker RSS before predicting {result['worker_rss_mb_before_predicting']} MB, "
             f"after {result['worker_rss_mb_after_predicting']} MB"
@@ -381,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client", choices=["wire", "httpx"], default="wire",
         help="load generator: pre-encoded requests on raw keep-alive streams (bench/wire_client.py) or httpx",
+    )  # fmt: skip
+    parser.add_argument(
+        "--parts", nargs="+", default=["predictions", "control-plane"], choices=["predictions", "control-plane"],
+        help="what to measure: predictions (HTTP against in-process) and/or the list endpoint and uploads",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
