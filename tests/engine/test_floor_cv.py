@@ -19,6 +19,7 @@ from tunery_engine import contrastive as ct
 from tunery_engine import crossval as cv
 from tunery_engine import probe as lp
 from tunery_engine.artifact import load_artifact, read_artifact
+from tunery_engine.callbacks import Cancelled, TrainingCallback
 from tunery_engine.data import load_rows, split_validation
 from tunery_engine.heads import Encoded, head_for
 from tunery_engine.modeling import bernoulli_is_vectorised, use_cpu_dropout
@@ -179,3 +180,37 @@ def test_with_classification_epochs_the_validation_rule_stays(tmp_path, tiny_sen
     assert result.steps > 0
     assert "floor_cross_validation" not in manifest
     assert manifest["shipped"] == "linear_probe"  # validation's first evaluation (the probe's) won
+
+
+class CancelWhen(TrainingCallback):
+    """Asks to cancel from the first control check (``at_start``) or after the step-0 evaluation of
+    the stage's model, which comes just before the cross-validation."""
+
+    def __init__(self, at_start: bool) -> None:
+        self.armed = at_start
+        self.checks_after_arming = 0
+
+    def on_evaluate(self, step: int, metrics) -> None:
+        self.armed = True
+
+    def control(self):
+        if not self.armed:
+            return None
+        self.checks_after_arming += 1
+        return "cancel"
+
+
+@pytest.mark.parametrize("at_start", [True, False], ids=["during the stage", "during the cross-validation"])
+def test_a_cancel_stops_the_stage_and_its_cross_validation_at_once(
+    tmp_path, tiny_sentence_encoder, quick_stage, at_start
+):
+    # neither has a classification step where the step loop obeys a cancel: the job used to finish
+    # (and ship) after a cancel asked for during them
+    metrics = _validation_says(first_wins=True, otherwise=lambda out, summary: summary["accuracy"])
+    spec = _spec(tmp_path, tiny_sentence_encoder, metrics, "cancelled")
+    cancel = CancelWhen(at_start)
+    with pytest.raises(Cancelled) as stopped:
+        train(spec, [cancel])
+    assert stopped.value.step == 0
+    assert cancel.checks_after_arming == 1  # noticed at the first step after the request
+    assert not (spec.output_dir / "artifact").exists()

@@ -357,7 +357,6 @@ class FineTuneRecipe:
     hooks: _Callbacks
     # set by train()
     window: _ProgressWindow
-    last_heartbeat: float
 
     def __init__(self, spec: JobSpec, callbacks: Sequence[TrainingCallback] = ()) -> None:
         self.started = time.monotonic()
@@ -371,11 +370,15 @@ class FineTuneRecipe:
         #: the head's step metrics of the optimizer step in progress (summed over its micro-batches)
         self.step_metrics: dict[str, torch.Tensor] = {}
         self.callbacks = list(callbacks)
+        self.hooks = _Callbacks(
+            self.callbacks
+        )  # setup_callbacks adds early stopping; the few-shot stage runs before it
         self.dist = _Distributed()
         self.output_dir = Path(spec.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.warnings: list[str] = []
         self.last_checkpoint: Path | None = None
+        self.last_heartbeat = time.monotonic()
         self.last_eval_step = -1
         self.auto_reasons: dict[str, str] = {}
         self.few_shot = False
@@ -665,6 +668,7 @@ class FineTuneRecipe:
             batch_size=ct.BATCH_SIZE,
             seed=int(config.seed),
             weight_decay=float(config.weight_decay),
+            on_step=self.between_stage_steps,
         )
         features = lp.forward_rows(
             self.model, self.train_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id, layer
@@ -904,11 +908,22 @@ class FineTuneRecipe:
         # best weights are in memory
         if self.running() and (step % int(config.checkpoint_every_steps) == 0 or improved):
             self.save_checkpoint(metrics, improved)
+        self.heartbeat()
+        self.obey_control(metrics)
+
+    def heartbeat(self) -> None:
         if time.monotonic() - self.last_heartbeat > HEARTBEAT_SECONDS:
             if self.dist.is_main:
                 self.hooks.on_heartbeat()
             self.last_heartbeat = time.monotonic()
-        self.obey_control(metrics)
+
+    def between_stage_steps(self, *_: Any) -> None:
+        """Each step of the few-shot stage and of its cross-validation: a heartbeat, and a cancel
+        stops them at once (they took 1-3 minutes to notice one). They keep no checkpoint to resume
+        from, so a pause waits for their end, where the step loop obeys it."""
+        self.heartbeat()
+        if not self.dist.enabled and self.hooks.control() == "cancel":
+            raise Cancelled(0, self.last_checkpoint)  # both run before any classification step
 
     def obey_control(self, metrics: Mapping[str, float] | None) -> None:
         """Pause (checkpoint, then :class:`Paused`) or cancel when rank 0's callbacks ask for it."""
@@ -1034,12 +1049,6 @@ class FineTuneRecipe:
             output = self.head.eval_output(decoded, self.label_names, 0.0, [rows[i] for i in index.tolist()])
             return self.head.metrics(output)
 
-        def beat(*_: Any) -> None:
-            if time.monotonic() - self.last_heartbeat > HEARTBEAT_SECONDS:
-                if self.dist.is_main:
-                    self.hooks.on_heartbeat()
-                self.last_heartbeat = time.monotonic()
-
         layer = lp.linear_head(self.model)
         self.floor_cv = cv.cross_validate(
             build,
@@ -1057,7 +1066,7 @@ class FineTuneRecipe:
             epochs=int(self.config.contrastive_epochs),
             weight_decay=float(self.config.weight_decay),
             bias=layer is not None and layer.bias is not None,
-            on_step=beat,
+            on_step=self.between_stage_steps,
         )
         log.info("few-shot floor: %s", self.floor_cv.manifest())
 
