@@ -162,3 +162,43 @@ def _profile(rows: int, classes: int) -> dict:
         "classes": {"count": classes, "examples_per_class": {"min": per_class, "median": per_class, "max": per_class}},
         "text_length": {"p50": 10, "p90": 20, "p99": 20, "max": 20},
     }
+
+
+class _Evaluations(_Begin):
+    def __init__(self) -> None:
+        super().__init__()
+        self.probe: dict[str, float] = {}
+        self.steps: dict[int, dict[str, float]] = {}
+
+    def on_probe(self, metrics) -> None:
+        self.probe = dict(metrics)
+
+    def on_evaluate(self, step: int, metrics) -> None:
+        self.steps[step] = dict(metrics)
+
+
+@pytest.mark.parametrize("sentence_encoder", [True, False], ids=["sentence encoder", "plain encoder"])
+def test_fine_tuning_a_sentence_encoder_starts_from_the_probes_head(
+    tmp_path, tiny_sentence_encoder, tiny_bert, sentence_encoder
+):
+    # 100 examples per class: not few-shot. A step too small to move the weights shows where
+    # fine-tuning started: from the probe's head it scores what the probe scored.
+    spec = JobSpec(
+        base_model=tiny_sentence_encoder if sentence_encoder else tiny_bert,
+        task=tiny_task(TaskKind.SEQUENCE_CLASSIFICATION),
+        train_file=write_synthetic(tmp_path / "train.jsonl", TaskKind.SEQUENCE_CLASSIFICATION, 300, seed=1),
+        output_dir=tmp_path / "job",
+        config=TrainConfig(
+            max_steps=1, learning_rate=1e-12, warmup_ratio=0.0, validation_split=0.2, early_stopping_patience=None
+        ),
+    )
+    seen = _Evaluations()
+    train(spec, [seen])
+    assert seen.probe
+    assert 1 in seen.steps
+    if sentence_encoder:
+        assert "LP-FT" in seen.reasons["initial_head"]
+        assert seen.steps[1]["eval_loss"] == pytest.approx(seen.probe["eval_loss"], rel=1e-6)
+    else:
+        assert "initial_head" not in seen.reasons
+        assert seen.steps[1]["eval_loss"] != pytest.approx(seen.probe["eval_loss"], rel=1e-5)  # its own head

@@ -638,9 +638,14 @@ class FineTuneRecipe:
             if self.dist.is_main:
                 self.probe.save(self.output_dir / "probe", key)
         log.info("linear probe: %s", self.probe.metrics)
-        if self.few_shot:  # LP-FT: with few examples, fine-tuning from the probe's head keeps what the base knows
+        # LP-FT: from the probe's head, fine-tuning keeps what the base knows. With many examples only
+        # for a sentence encoder (features made for a linear head) and not for a continued fine-tune,
+        # which trains on from its parent's head; from weak features the fitted head stalled learning.
+        sentence_encoder = self.pooling == "mean"
+        if self.few_shot or (sentence_encoder and self.parent is None):
             lp.set_linear(layer, self.probe.weight, self.probe.bias)
-            self.auto_reasons["initial_head"] = "linear probe: few-shot (fine-tuning starts from the probe's head)"
+            why = "few-shot" if self.few_shot else "a sentence encoder"
+            self.auto_reasons["initial_head"] = f"linear probe: {why} (fine-tuning starts from the probe's head, LP-FT)"
         else:
             lp.set_linear(layer, *initial)
 
