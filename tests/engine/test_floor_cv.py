@@ -138,17 +138,28 @@ def test_the_stage_ships_on_cross_validated_evidence_and_is_calibrated_out_of_fo
     )
     expected = lp.fit_temperature(evidence.stage_logits, labels)
     assert expected is not None
-    assert calibration["temperature"] == pytest.approx(expected, rel=1e-3)
+    correction = calibration["fitted_on"]["sharpness_correction"]
+    assert correction["out_of_fold_temperature"] == pytest.approx(expected, rel=1e-3)
     handoff = lp.choose_handoff((evidence.stage_logits / expected).softmax(-1), labels, 0.9, None)
     assert handoff is not None
     assert manifest["handoff"]["threshold"] == pytest.approx(handoff.threshold, rel=1e-3)
 
-    # the in-sample alternative (the shipped model on the rows it learned from) is another fit
+    # served: the out-of-fold temperature times the refitted head's in-sample logit spread over the
+    # fold heads' (each on its own training rows), so the served head is as sharp on its rows as
+    # the fold heads at the out-of-fold temperature on theirs
     layer = lp.linear_head(model)
     assert layer is not None
     shipped_logits = lp.forward_rows(
         model, data, head.collate, head.forward, torch.device("cpu"), 64, int(tokenizer.pad_token_id)
     )
+    refitted = shipped_logits * float(calibration["temperature"])
+    ratio = lp.sharpness_ratio(refitted, evidence.stage_fitted_logits)
+    assert correction["ratio"] == pytest.approx(ratio, rel=1e-3)
+    assert calibration["temperature"] == pytest.approx(expected * ratio, rel=1e-3)
+    fold_spread = float(np.mean([lp.logit_spread(f) for f in evidence.stage_fitted_logits]))
+    assert lp.logit_spread(shipped_logits) == pytest.approx(fold_spread / expected, rel=1e-3)
+
+    # the in-sample alternative (the shipped model on the rows it learned from) is another fit
     in_sample = lp.fit_temperature(shipped_logits * float(calibration["temperature"]), labels)
     assert in_sample is None or abs(in_sample - expected) > 0.05 * expected
     assert np.isfinite(float(calibration["validation_nll"]["after"]))

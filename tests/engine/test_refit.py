@@ -103,7 +103,10 @@ def test_a_shipped_probe_is_refitted_on_every_row_and_calibrated_out_of_fold(tmp
     held_out = lp.cross_validated_logits(every_x, every_y, n, PROBE_FOLDS, spec.config.seed)
     expected = lp.fit_temperature(held_out, every_y)
     assert expected is not None
-    assert temperature == pytest.approx(expected, rel=1e-3)
+    # served: the out-of-fold temperature rescaled to the refitted head's sharpness
+    correction = fitted_on["sharpness_correction"]
+    assert correction["out_of_fold_temperature"] == pytest.approx(expected, rel=1e-3)
+    assert temperature == pytest.approx(expected * correction["ratio"], rel=1e-3)
     in_sample = lp.fit_temperature(every_x @ weight.T + bias, every_y)
     assert in_sample is None or abs(in_sample - expected) > 1e-2  # the rule is not the in-sample fit
     handoff = lp.choose_handoff((held_out / expected).softmax(-1), every_y, 0.8, None)

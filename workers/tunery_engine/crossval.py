@@ -66,6 +66,10 @@ class CrossValidation:
     #: the stage's out-of-fold logits and the labels, row order (training, then validation)
     stage_logits: torch.Tensor = field(repr=False)
     labels: torch.Tensor = field(repr=False)
+    #: each fold's stage logits of its own training rows (the rows its encoder and head were fitted
+    #: on), fold by fold: their sharpness against the shipped model's on all its rows rescales the
+    #: out-of-fold temperature (``probe.sharpness_ratio``)
+    stage_fitted_logits: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
     def stage_wins(self) -> bool:
@@ -136,10 +140,14 @@ def cross_validate(
     def subset(mask: torch.Tensor) -> Encoded:
         return Encoded(features=[data.features[i] for i in torch.nonzero(mask).flatten().tolist()])
 
-    def fit_and_score(features: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    stage_fitted: list[torch.Tensor] = []
+
+    def fit_and_score(features: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fold head's logits of the held-out rows and of its own training rows."""
         weight, offset = lp.fit_logistic_regression(features[~held], labels[~held], n_classes, bias=bias)
-        logits = features[held] @ weight.T
-        return logits + offset if offset is not None else logits
+        logits = features @ weight.T
+        logits = logits + offset if offset is not None else logits
+        return logits[held], logits[~held]
 
     for fold in range(folds):
         held = fold_of == fold
@@ -170,8 +178,9 @@ def cross_validate(
         tuned = lp.forward_rows(model, data, collate, forward, device, 64, pad_id, layer)
         del model
         assert frozen is not None
-        stage_logits[held] = fit_and_score(tuned, held)
-        probe_logits[held] = fit_and_score(frozen, held)
+        stage_logits[held], fitted = fit_and_score(tuned, held)
+        stage_fitted.append(fitted)
+        probe_logits[held] = fit_and_score(frozen, held)[0]
 
     def summary(logits: torch.Tensor) -> tuple[float, list[float], float]:
         every = torch.arange(len(labels))
@@ -200,4 +209,5 @@ def cross_validate(
         cpu_seconds=time.process_time() - cpu_started,
         stage_logits=stage_logits,
         labels=labels,
+        stage_fitted_logits=stage_fitted,
     )

@@ -390,6 +390,8 @@ class FineTuneRecipe:
         self.handoff: lp.Handoff | None = None
         #: the head refitted on training + validation (``refit_head``), recorded in the manifest
         self.refit: dict[str, Any] | None = None
+        #: the refitted head's (weight, bias), fitted once: calibration measures its sharpness
+        self.refit_weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
         #: the few-shot floor's cross-validated evidence (``cross_validate_floor``)
         self.floor_cv: cv.CrossValidation | None = None
         # the best evaluation's trainable weights, kept in host memory (not the GPU's) so the end of
@@ -1147,7 +1149,7 @@ class FineTuneRecipe:
         out-of-sample scores before (:meth:`calibrate`)."""
         layer = lp.linear_head(self.model)
         assert layer is not None
-        weight, bias = lp.fit_logistic_regression(features, labels, len(self.label_names), bias=layer.bias is not None)
+        weight, bias = self.refitted_head(features, labels)
         lp.set_linear(layer, weight, bias)
         temperature = (self.calibration or {}).get("temperature")
         if temperature is not None:
@@ -1162,12 +1164,22 @@ class FineTuneRecipe:
         }
         log.info("head refitted on %d rows (training + validation)", len(labels))
 
+    def refitted_head(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logistic regression on every labelled row that :meth:`refit_head` ships (fitted once)."""
+        if self.refit_weights is None:
+            layer = lp.linear_head(self.model)
+            bias = layer is not None and layer.bias is not None
+            self.refit_weights = lp.fit_logistic_regression(features, labels, len(self.label_names), bias=bias)
+        return self.refit_weights
+
     def calibrate(self, refit: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Single-label classification: temperature scaling fitted on validation and folded into the
         head, then the hand-off threshold chosen on validation for the job's target; the final
         metrics report coverage and accuracy at that threshold. With ``refit`` (every labelled row's
-        features, :meth:`refit_features`) and the probe shipped, both are fitted on out-of-fold
-        probe scores of every labelled row instead."""
+        features, :meth:`refit_features`) and the probe shipped, or the cross-validated stage shipped,
+        both are fitted on out-of-fold scores of every labelled row instead; the temperature served
+        is then the out-of-fold one times :func:`probe.sharpness_ratio` (the refitted head, fitted on
+        every row, is sharper than the fold heads that produced those scores)."""
         layer = lp.linear_head(self.model)
         single = self.task.kind is TaskKind.SEQUENCE_CLASSIFICATION and self.has_validation
         method = str(self.config.calibration)
@@ -1182,12 +1194,14 @@ class FineTuneRecipe:
         if not single:
             return
         fitted_on: dict[str, Any] = {"scores": "validation", "validation_rows": len(self.val_data.features)}
-        held_out = self.cross_validated_probe_scores(refit)
+        folds_fitted: list[torch.Tensor] = []  # each fold head's logits of its own training rows
+        held_out = self.cross_validated_probe_scores(refit, folds_fitted)
         if held_out is not None:
             logits, labels = held_out
             fitted_on["scores"] = f"out_of_fold ({PROBE_FOLDS} folds, frozen base)"
         elif self.floor_cv is not None and self.shipped != "linear_probe":  # the stage's out-of-fold scores
             logits, labels = self.floor_cv.stage_logits, self.floor_cv.labels
+            folds_fitted = list(self.floor_cv.stage_fitted_logits)
             fitted_on["scores"] = f"out_of_fold ({self.floor_cv.folds} folds, contrastive stage retrained per fold)"
         else:
             logits = lp.forward_rows(
@@ -1205,14 +1219,17 @@ class FineTuneRecipe:
                 "is no error to fit a temperature to (the fit would make every answer look certain); the model's "
                 "own confidences are served and the hand-off threshold is chosen on them"
             )
-        if temperature is not None and layer is not None:
+        served = temperature
+        if temperature is not None and folds_fitted and refit is not None:
+            served = temperature * self.sharpness_correction(refit, folds_fitted, temperature, fitted_on)
+        if temperature is not None and served is not None and layer is not None:
             before = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
-            logits = logits / temperature
+            logits = logits / temperature  # the threshold is chosen on the scores the temperature was fitted to
             after = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
-            lp.fold_temperature(layer, temperature)  # refit_head folds it into the refitted head too
+            lp.fold_temperature(layer, served)  # refit_head folds it into the refitted head too
             self.calibration = {
                 "method": "temperature",
-                "temperature": temperature,
+                "temperature": served,
                 "folded_into_head": True,
                 "validation_nll": {"before": before[0], "after": after[0]},
                 "validation_ece": {"before": before[1], "after": after[1]},
@@ -1238,8 +1255,35 @@ class FineTuneRecipe:
                 "differ on live traffic; a larger validation split makes it reliable"
             )
 
+    def sharpness_correction(
+        self,
+        refit: tuple[torch.Tensor, torch.Tensor],
+        folds_fitted: list[torch.Tensor],
+        temperature: float,
+        fitted_on: dict[str, Any],
+    ) -> float:
+        """The factor on the out-of-fold temperature for the head that ships: its in-sample logit
+        spread over the fold heads' (``probe.sharpness_ratio``), recorded in ``fitted_on``. Fold
+        heads learn from (folds-1)/folds of the rows and are less sharp; a temperature and threshold
+        fitted on their scores alone made the shipped model answer more than its target."""
+        features, labels = refit
+        weight, bias = self.refitted_head(features, labels)
+        shipped = features @ weight.T + (bias if bias is not None else 0.0)
+        ratio = lp.sharpness_ratio(shipped, folds_fitted)
+        fitted_on["sharpness_correction"] = {
+            "out_of_fold_temperature": temperature,
+            "ratio": ratio,
+            "rule": "served temperature = out-of-fold temperature x (logit spread of the head refitted on every "
+            "row, in-sample) / (mean logit spread of the fold heads, each on its own training rows); the "
+            "hand-off threshold is chosen on the out-of-fold scores at the out-of-fold temperature",
+        }
+        log.info(
+            "calibration: sharpness ratio %.4f (temperature %.4f -> %.4f)", ratio, temperature, temperature * ratio
+        )
+        return ratio
+
     def cross_validated_probe_scores(
-        self, refit: tuple[torch.Tensor, torch.Tensor] | None
+        self, refit: tuple[torch.Tensor, torch.Tensor] | None, fitted: list[torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """When the linear probe ships and its head is refitted on every labelled row (``refit``: the
         frozen base's features of training + validation): out-of-fold probe logits of all those rows
@@ -1252,7 +1296,13 @@ class FineTuneRecipe:
             return None
         features, labels = refit
         logits = lp.cross_validated_logits(
-            features, labels, len(self.label_names), PROBE_FOLDS, int(self.config.seed), bias=layer.bias is not None
+            features,
+            labels,
+            len(self.label_names),
+            PROBE_FOLDS,
+            int(self.config.seed),
+            bias=layer.bias is not None,
+            fitted=fitted,
         )
         return logits, labels
 

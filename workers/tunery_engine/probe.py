@@ -137,11 +137,18 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tenso
 
 
 def cross_validated_logits(
-    features: torch.Tensor, labels: torch.Tensor, n_classes: int, folds: int, seed: int, bias: bool = True
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    folds: int,
+    seed: int,
+    bias: bool = True,
+    fitted: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Out-of-fold logits of a logistic regression: each row scored by a fit on the other folds
     (stratified: each label's rows spread over the folds). On a frozen base these are honest scores
-    of unseen rows, ``folds`` times as many as a small validation split holds."""
+    of unseen rows, ``folds`` times as many as a small validation split holds. With ``fitted``, each
+    fold's logits of its own training rows are appended to it (for :func:`sharpness_ratio`)."""
     fold_of = stratified_folds(labels, folds, seed)
     logits = torch.empty(len(labels), n_classes, dtype=torch.float64)
     for fold in range(folds):
@@ -149,9 +156,34 @@ def cross_validated_logits(
         if not bool(held.any()):
             continue
         weight, fold_bias = fit_logistic_regression(features[~held], labels[~held], n_classes, bias=bias)
-        scored = features[held].double() @ weight.double().T
-        logits[held] = scored + fold_bias.double() if fold_bias is not None else scored
+        scored = features.double() @ weight.double().T
+        if fold_bias is not None:
+            scored = scored + fold_bias.double()
+        logits[held] = scored[held]
+        if fitted is not None:
+            fitted.append(scored[~held].float())
     return logits.float()
+
+
+def logit_spread(logits: torch.Tensor) -> float:
+    """Mean over rows of the standard deviation of a row's logits across classes: how sharp a head
+    is, in logit units (it scales with the logits, so a temperature divides it)."""
+    return float(logits.double().std(dim=-1).mean())
+
+
+def sharpness_ratio(shipped_fitted: torch.Tensor, folds_fitted: Sequence[torch.Tensor]) -> float:
+    """How much sharper the shipped head is than the fold heads whose out-of-fold scores calibrated
+    it: the logit spread of the shipped head on the rows it was fitted on (every labelled row) over
+    the mean spread of each fold's head on the rows it was fitted on. Both are in-sample, so the
+    ratio measures what fitting on all the rows instead of (folds-1)/folds of them does to the
+    logits; the out-of-fold temperature is multiplied by it (``calibrate`` in engine.py). 1.0 when
+    there is nothing to compare."""
+    spreads = [logit_spread(f) for f in folds_fitted if len(f)]
+    if not spreads or len(shipped_fitted) == 0:
+        return 1.0
+    fold = sum(spreads) / len(spreads)
+    ratio = logit_spread(shipped_fitted) / fold if fold > 0 else 1.0
+    return ratio if math.isfinite(ratio) and ratio > 0 else 1.0
 
 
 def set_linear(layer: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
