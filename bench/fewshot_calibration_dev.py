@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -39,12 +38,7 @@ def collect(name: str, per_class: int, seed: int, dev_rows: int, base: Path, out
     from tunery_engine import probe as lp
     from tunery_engine.engine import PROBE_FOLDS, FineTuneRecipe
 
-    every = qs.read_rows(qs.DATA / name / "train.csv")
-    sampled = qs.sample(every, per_class, seed)
-    taken = {(r["text"], r["label"]) for r in sampled}
-    rest = [r for r in every if (r["text"], r["label"]) not in taken]
-    dev = random.Random(1000 + seed).sample(rest, min(dev_rows, len(rest)))
-    test = qs.read_rows(qs.DATA / name / "test.csv")
+    sampled, dev, test = qs.dev_split(name, per_class, seed, dev_rows)
     spec = qs.intent_job(sampled, Path(tempfile.mkdtemp(prefix="tunery-calib-dev-")), base, seed)
     started, cpu = time.monotonic(), time.process_time()
     recipe = FineTuneRecipe(spec, [])

@@ -70,6 +70,20 @@ def sample(rows: list[dict[str, str]], per_class: int | None, seed: int) -> list
     return picked
 
 
+def dev_split(
+    name: str, per_class: int, seed: int, dev_rows: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, str]]]:
+    """The dev scripts' rows of data set ``name``: the sampled training rows (as the suite samples
+    them), a dev split of ``dev_rows`` train.csv rows not sampled (where rules are chosen), and the
+    test split (reported only for the record)."""
+    every = read_rows(DATA / name / "train.csv")
+    sampled = sample(every, per_class, seed)
+    taken = {(r["text"], r["label"]) for r in sampled}
+    rest = [r for r in every if (r["text"], r["label"]) not in taken]
+    dev = random.Random(1000 + seed).sample(rest, min(dev_rows, len(rest)))
+    return sampled, dev, read_rows(DATA / name / "test.csv")
+
+
 def probe_test_accuracy(output_dir: Path, base: Path, task: Any, info: Any, test: list[dict[str, str]]) -> float:
     """The job's linear probe (base model + the saved logistic-regression head) on the test split."""
     import torch
