@@ -22,6 +22,12 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sentence_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT declared a sentence encoder (mean pooling), as the packaged MiniLM is."""
+    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-sentence-encoder", mean_pooling=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 

@@ -17,16 +17,11 @@ from tunery_engine.artifact import read_artifact
 from tunery_engine.config import TrainConfig as EngineConfig
 from tunery_engine.heads import head_for
 from tunery_engine.modeling import load_tokenizer
-from tunery_engine.tiny_models import make_tiny_bert, synthetic_rows, tiny_task, write_synthetic
+from tunery_engine.tiny_models import synthetic_rows, tiny_task, write_synthetic
 
 MINILM = auto.ModelInfo(
     parameters=22_700_000, max_length=512, sentence_encoder=True, task_kind=TaskKind.SEQUENCE_CLASSIFICATION
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_sentence_encoder(tmp_path_factory: pytest.TempPathFactory):
-    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-st", mean_pooling=True)
 
 
 def test_the_loss_is_lower_when_classes_cluster_and_zero_without_positive_pairs():

@@ -23,14 +23,9 @@ from tunery_engine.callbacks import Cancelled, TrainingCallback
 from tunery_engine.data import load_rows, split_validation
 from tunery_engine.heads import Encoded, head_for
 from tunery_engine.modeling import bernoulli_is_vectorised, use_cpu_dropout
-from tunery_engine.tiny_models import make_tiny_bert, tiny_task, write_synthetic
+from tunery_engine.tiny_models import tiny_task, write_synthetic
 
 ROWS, VALIDATION = 60, 15  # validation_split 0.25; 5 folds of 12 rows: a fold is never validation-sized
-
-
-@pytest.fixture(scope="module")
-def tiny_sentence_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-st-floor-cv", mean_pooling=True)
 
 
 @pytest.fixture

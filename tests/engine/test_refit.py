@@ -20,14 +20,9 @@ from tunery_engine.artifact import load_artifact, read_artifact
 from tunery_engine.data import load_rows, split_validation
 from tunery_engine.engine import PROBE_FOLDS
 from tunery_engine.heads import head_for
-from tunery_engine.tiny_models import make_tiny_bert, tiny_task, write_synthetic
+from tunery_engine.tiny_models import tiny_task, write_synthetic
 
 FAST = {"learning_rate": 3e-3, "batch_size": 16, "warmup_ratio": 0.0, "early_stopping_patience": None}
-
-
-@pytest.fixture(scope="module")
-def tiny_sentence_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-st-refit", mean_pooling=True)
 
 
 def _first_evaluation_wins(out):
