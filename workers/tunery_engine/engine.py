@@ -370,9 +370,8 @@ class FineTuneRecipe:
         #: the head's step metrics of the optimizer step in progress (summed over its micro-batches)
         self.step_metrics: dict[str, torch.Tensor] = {}
         self.callbacks = list(callbacks)
-        self.hooks = _Callbacks(
-            self.callbacks
-        )  # setup_callbacks adds early stopping; the few-shot stage runs before it
+        # the few-shot stage runs before setup_callbacks (which adds early stopping) and obeys these
+        self.hooks = _Callbacks(self.callbacks)
         self.dist = _Distributed()
         self.output_dir = Path(spec.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
