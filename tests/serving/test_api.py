@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 import torch
+from django.db import DatabaseError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.serving import pack
@@ -342,17 +343,20 @@ def test_a_tenant_cannot_reach_another_tenants_model(setup, make_tenant):
     assert predict(client, model=models["intents"].id, inputs=["still mine"]).status_code == 200
 
 
-def test_a_failure_to_meter_a_served_prediction_does_not_turn_it_into_an_error(setup, monkeypatch, caplog):
-    from django.db import DatabaseError
-
+@pytest.mark.parametrize(
+    "failure",
+    [DatabaseError("database is locked"), TypeError("'NoneType' object is not iterable")],
+    ids=["database error", "any other error"],  # the second seen from SQLite shared by the test server's threads
+)
+def test_a_failure_to_meter_a_served_prediction_does_not_turn_it_into_an_error(setup, monkeypatch, caplog, failure):
     from tunery.dashboard import services
 
-    def locked(tenant):
-        raise DatabaseError("database is locked")
+    def fails(tenant):
+        raise failure
 
     client, model = setup["client"], setup["models"]["intents"]
     deploy(client, model)
-    monkeypatch.setattr(services, "count_prediction", locked)
+    monkeypatch.setattr(services, "count_prediction", fails)
     with caplog.at_level("ERROR", logger="tunery.dashboard.middleware"):
         answered = predict(client, model=model.id, inputs=["where is my parcel?"])
     assert answered.status_code == 200, answered.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from tunery.dashboard import services
@@ -27,6 +26,6 @@ class PredictionUsageMiddleware:
             if tenant is not None:
                 try:
                     services.count_prediction(tenant)
-                except DatabaseError:  # the answer is served: a 500 now would make the client pay twice
+                except Exception:  # whatever failed, the answer is served: a 500 now would make the client pay twice
                     log.exception("served prediction not counted for tenant %s", tenant.pk)
         return response
