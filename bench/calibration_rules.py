@@ -144,7 +144,7 @@ RULES = [*RATIOS, "c: in-sample quantile", "b: C x (k-1)/k"]
 def report(paths: list[Path]) -> None:
     cases = {}
     for path in paths:
-        raw = torch.load(path)
+        raw = torch.load(path, weights_only=True)  # tensors, lists and numbers only: no pickle
         cases[path.stem] = {"base": prepare(raw), "b": prepare(raw, lp.PROBE_C * (raw["folds"] - 1) / raw["folds"])}
     for kind, value in TARGETS:
         print(f"\n## target {kind} {value}: dev (test) {kind}")
