@@ -381,6 +381,7 @@ class FineTuneRecipe:
         self.last_eval_step = -1
         self.auto_reasons: dict[str, str] = {}
         self.few_shot = False
+        self.sentence_encoder = False
         self.probe: ProbeResult | None = None
         self.contrastive: ct.ContrastiveResult | None = None
         #: what the artifact holds: "fine_tuned", or "linear_probe" when fine-tuning did not beat it
@@ -546,6 +547,7 @@ class FineTuneRecipe:
             profiled = preferred_conversations(self.train_rows, self.task.role_column("messages"))
         profile = profile_rows(self.task, profiled)
         self.few_shot = auto.is_few_shot(auto.DataShape.from_profile(profile), model_info)
+        self.sentence_encoder = model_info.sentence_encoder
         requested, self.auto_reasons = auto.resolve(
             replace(self.spec.config, pooling=self.pooling), profile, model_info
         )
@@ -642,8 +644,7 @@ class FineTuneRecipe:
         # LP-FT: from the probe's head, fine-tuning keeps what the base knows. With many examples only
         # for a sentence encoder (features made for a linear head) and not for a continued fine-tune,
         # which trains on from its parent's head; from weak features the fitted head stalled learning.
-        sentence_encoder = self.pooling == "mean"
-        if self.few_shot or (sentence_encoder and self.parent is None):
+        if self.few_shot or (self.sentence_encoder and self.parent is None):
             lp.set_linear(layer, self.probe.weight, self.probe.bias)
             why = "few-shot" if self.few_shot else "a sentence encoder"
             self.auto_reasons["initial_head"] = f"linear probe: {why} (fine-tuning starts from the probe's head, LP-FT)"
