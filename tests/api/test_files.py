@@ -197,6 +197,29 @@ def test_upload_checked_against_a_task_with_missing_columns(acme, api, media_roo
     assert "label" in message
 
 
+@pytest.mark.parametrize(
+    ("content", "filename"),
+    [
+        ("\ufefftext,label\ngood,positive\nbad,negative\n", "excel.csv"),
+        ('\ufeff{"text": "good", "label": "positive"}\n{"text": "bad", "label": "negative"}\n', "notepad.jsonl"),
+    ],
+)
+def test_a_leading_byte_order_mark_is_not_part_of_the_first_column(acme, api, create_job, content, filename):
+    """Excel's "CSV UTF-8" and Windows editors start the file with a BOM."""
+    data = {"file": SimpleUploadedFile(filename, content.encode()), "purpose": "fine-tune"}
+    response = api.post(
+        "/v1/files", data | {"vertical": "dummy", "task": "sentiment"}, format="multipart", **acme.headers
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["columns"] == ["text", "label"]
+    assert response.json()["profile"]["classes"]["counts"] == {"negative": 1, "positive": 1}
+    unchecked = api.post(
+        "/v1/files", data | {"file": SimpleUploadedFile(filename, content.encode())}, format="multipart", **acme.headers
+    )
+    assert unchecked.json()["columns"] == ["text", "label"]
+    assert create_job(acme, unchecked.json()["id"], dry_run=True).status_code == 200
+
+
 def test_upload_for_a_pack_not_enabled_is_refused(acme, api, media_root):
     data = {"file": SimpleUploadedFile("t.jsonl", dummy_pack.sample_jsonl()), "purpose": "fine-tune"}
     data |= {"vertical": "dummy_other", "task": "sentiment"}

@@ -35,10 +35,13 @@ def detect_format(filename: str) -> str:
 
 def iter_records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line, record)`` from a binary stream. Raises RecordFormatError on the first
-    line that cannot be parsed (not valid UTF-8, not JSON, not an object, wrong CSV shape)."""
+    line that cannot be parsed (not valid UTF-8, not JSON, not an object, wrong CSV shape).
+
+    A leading byte-order mark is skipped: Excel's "CSV UTF-8" and Windows editors write one, and
+    kept it would become part of the first column's name (a ``text`` column no task could find)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="")
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
     try:
         if fmt == "jsonl":
             yield from _iter_jsonl(text)
