@@ -63,8 +63,13 @@ def test_csv_with_ragged_row_reports_the_line(acme, upload, media_root):
     assert "line 3" in message
 
 
-def test_not_utf8(acme, upload, media_root):
-    assert_rejected(upload(acme, b'{"text": "\xff\xfe"}\n'), 400, "invalid_file_format", media_root)
+def test_not_utf8_says_how_to_save_the_file(acme, upload, media_root):
+    message = assert_rejected(upload(acme, b'{"text": "\xff\xfe"}\n'), 400, "invalid_file_format", media_root)
+    assert "not valid UTF-8" in message
+    assert "save it as UTF-8" in message
+    latin1 = "text,label\ncaf\xe9,positive\n".encode("latin-1")  # Excel's plain "CSV" on Windows
+    message = assert_rejected(upload(acme, latin1, filename="t.csv"), 400, "invalid_file_format", media_root)
+    assert "save it as UTF-8" in message
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"text,label\n"])

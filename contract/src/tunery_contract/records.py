@@ -48,7 +48,11 @@ def iter_records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, A
         else:
             yield from _iter_csv(text)
     except UnicodeDecodeError as exc:
-        raise RecordFormatError(0, f"the file is not valid UTF-8 ({exc.reason})") from exc
+        raise RecordFormatError(
+            0,
+            f"the file is not valid UTF-8 ({exc.reason}): save it as UTF-8 "
+            "(Excel: Save As 'CSV UTF-8'; most editors: Save with Encoding UTF-8)",
+        ) from exc
     finally:
         text.detach()
 
