@@ -50,8 +50,10 @@ def test_a_dry_run_resolves_and_profiles_without_creating_a_job(acme, api, creat
     resolved = body["resolved_hyperparameters"]
     assert resolved["n_epochs"] == 3  # the request wins over the task's default (2)
     assert resolved["learning_rate"] == 5e-5  # the task's default
-    assert resolved["batch_size"] == 32  # the engine's rule for a small model
-    assert resolved["eval_every_steps"] == 2  # ceil(40 rows / 32) steps per epoch
+    assert resolved["batch_size"] == 16  # the engine's few-shot rule: 20 examples per class
+    assert resolved["eval_every_steps"] == 3  # ceil(40 rows / 16) steps per epoch
+    assert body["auto_reasons"]["batch_size"].startswith("16: few-shot")
+    assert "n_epochs" not in body["auto_reasons"]  # asked for, not chosen
     assert resolved["precision"] == "auto"  # the worker's device decides
     assert body["data_profile"]["rows"] == 40
     assert body["data_profile"]["validation"]["overlapping_rows"] == 12
@@ -113,3 +115,28 @@ def test_a_dry_run_without_a_validation_file_uses_the_profile_stored_at_upload(a
     response = create_job(acme, training, dry_run=True)
     assert response.status_code == 400
     assert "Every training row has the class 'x'." in response.json()["error"]["message"]
+
+
+def test_a_dry_run_resolves_auto_on_the_data_as_the_engine_will_and_says_why(acme, api, create_job):
+    """Everything left "auto" (the 'topic' task sets no defaults): the engine's rules read the data
+    profile (10 examples for each of 3 classes, short texts) and the base model (the packaged
+    MiniLM declares mean pooling: a sentence encoder), not only the row count."""
+    topics = ("billing", "delivery", "returns")
+    rows = [{"body": f"question {i} about {topic}", "topic": topic} for topic in topics for i in range(10)]
+    data = {"file": SimpleUploadedFile("t.jsonl", jsonl(rows)), "purpose": "fine-tune"}
+    data |= {"vertical": "dummy", "task": "topic"}
+    training = api.post("/v1/files", data, format="multipart", **acme.headers).json()["id"]
+    body = create_job(acme, training, task="topic", dry_run=True).json()
+    resolved, reasons = body["resolved_hyperparameters"], body["auto_reasons"]
+    assert resolved["pooling"] == "mean"
+    assert resolved["n_epochs"] == 10
+    assert "few-shot (median 9 examples per class" in reasons["n_epochs"]
+    assert resolved["batch_size"] == 16
+    assert resolved["learning_rate"] == 5e-5
+    assert "sentence encoder" in reasons["learning_rate"]
+    assert resolved["contrastive_epochs"] == 2
+    assert "contrastive stage" in reasons["contrastive_epochs"]
+    assert resolved["max_length"] == 16
+    assert "99% of the rows have at most 4 words" in reasons["max_length"]
+    assert resolved["out_of_scope_label"] is None
+    assert body["estimate"]["epochs"] == 10

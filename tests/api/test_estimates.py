@@ -102,10 +102,27 @@ def test_a_queued_job_has_its_estimate_and_estimated_finish(acme, api, create_jo
     assert FineTuningJob.objects.get(pk=job["id"]).estimate == shown["estimate"]
 
 
+def test_the_queued_estimate_counts_the_epochs_the_engines_rules_pick_for_the_data(acme, api, create_job):
+    """The 'topic' task leaves n_epochs "auto": on 20 examples per class (18 after the validation
+    split) the engine's few-shot rule trains 8 epochs, where the row count alone (under 500) would
+    say 10; the dry run and the queued job's estimate count the engine's 8."""
+    topic_rows = [{"body": f"question {i} about {t}", "topic": t} for t in ("billing", "returns") for i in range(20)]
+    data = {"file": SimpleUploadedFile("t.jsonl", jsonl(topic_rows)), "purpose": "fine-tune", "vertical": "dummy"}
+    file_id = api.post("/v1/files", {**data, "task": "topic"}, format="multipart", **acme.headers).json()["id"]
+    dry = create_job(acme, file_id, task="topic", dry_run=True).json()
+    assert dry["resolved_hyperparameters"]["n_epochs"] == dry["estimate"]["epochs"] == 8
+    job = create_job(acme, file_id, task="topic").json()
+    assert validate_job_files(job["id"]) == "queued"
+    queued = api.get(f"/v1/fine_tuning/jobs/{job['id']}", **acme.headers).json()["estimate"]
+    assert queued["epochs"] == 8
+    assert queued["seconds"] == dry["estimate"]["seconds"]
+
+
 def test_the_estimate_is_documented_on_the_job_and_the_dry_run():
     from tunery.jobs.serializers import DryRunSerializer, JobSerializer
 
     assert "estimate" in DryRunSerializer().fields
+    assert "auto_reasons" in DryRunSerializer().fields
     assert "estimate" in JobSerializer().fields
 
 

@@ -9,9 +9,11 @@ knobs, and a hyperparameter search or an estimate can call it with a profile it 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tunery_contract import TaskKind
@@ -33,6 +35,23 @@ _CLASS_KINDS = (
     TaskKind.MULTI_LABEL_CLASSIFICATION,
     TaskKind.TEXT_PAIR_CLASSIFICATION,
 )
+#: sequence-classification poolings: "model" = the architecture's own head ([CLS] and its pooler),
+#: "mean" = the mean of the token states, what sentence-transformers encoders were trained to give
+POOLINGS = ("model", "mean")
+#: architectures with a mean-pooling sequence classifier (MeanPooledBertForSequenceClassification)
+MEAN_POOLING_MODEL_TYPES = ("bert",)
+
+
+def declared_pooling(path: Path) -> str:
+    """ "mean" when a base model directory declares sentence-transformers mean pooling
+    (``1_Pooling/config.json``), otherwise "model". Reads one small JSON file and no weights, so
+    the control plane can tell a sentence encoder before a job runs."""
+    pooling_file = Path(path) / "1_Pooling" / "config.json"
+    try:
+        declared = json.loads(pooling_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "model"
+    return "mean" if isinstance(declared, dict) and declared.get("pooling_mode_mean_tokens") else "model"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tunery_engine.auto import MEAN_POOLING_MODEL_TYPES, POOLINGS, declared_pooling
 from tunery_engine.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -70,23 +71,7 @@ def check_model_dir(path: Path) -> dict[str, Any]:
     return config
 
 
-#: sequence-classification poolings: "model" = the architecture's own head ([CLS] and its pooler),
-#: "mean" = the mean of the token states, what sentence-transformers encoders were trained to give
-POOLINGS = ("model", "mean")
-#: architectures with a mean-pooling sequence classifier (MeanPooledBertForSequenceClassification)
-MEAN_POOLING_MODEL_TYPES = ("bert",)
 _SEQUENCE_CLASSIFIER = "AutoModelForSequenceClassification"
-
-
-def declared_pooling(path: Path) -> str:
-    """ "mean" when a base model directory declares sentence-transformers mean pooling
-    (``1_Pooling/config.json``), otherwise "model"."""
-    pooling_file = Path(path) / "1_Pooling" / "config.json"
-    try:
-        declared = json.loads(pooling_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "model"
-    return "mean" if isinstance(declared, dict) and declared.get("pooling_mode_mean_tokens") else "model"
 
 
 def resolve_pooling(requested: str, path: Path, sequence_classification: bool) -> str:

@@ -13,9 +13,11 @@ in the answer, so a tenant can see why a number is what it is.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from django.db import transaction
@@ -25,6 +27,8 @@ from tunery.jobs.models import MeasuredThroughput, WorkerClass
 from tunery_contract.schema import TaskKind
 from tunery_contract.types import TaskDefinition
 from tunery_contract.vocabulary import AUTO, MAX_AUTO_EVALUATIONS, TrainConfig
+from tunery_engine import auto
+from tunery_engine.auto import MEAN_POOLING_MODEL_TYPES, ModelInfo, declared_pooling
 from tunery_engine.config import resolve
 
 #: Effective training FLOP/s of one device before any job was measured: low on purpose (an
@@ -80,28 +84,84 @@ def expected_config(
     seed: int | None,
     base_model: BaseModel,
     gpus: int,
-    rows: int,
+    profile: Mapping[str, Any],
     has_validation_file: bool,
-) -> dict[str, Any]:
-    """``tunery_engine.config.resolve`` over ``{**task defaults, **requested}`` as the engine calls
-    it, except for what only the worker knows (its device; the base model's own length limit).
-    Without a validation file the engine holds ``validation_split`` of the rows out; the count used
-    is the expected share. Raises ConfigError."""
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The configuration the engine would train with, and for each "auto" knob it settles the rule
+    that chose the value: ``{**task defaults, **requested}`` through the engine's own rules
+    (``tunery_engine.auto.resolve`` on the data ``profile`` and the base model, then
+    ``tunery_engine.config.resolve``), as the recipe calls them, except for what only the worker
+    knows (its device; the base model's own length limit; the pooling of a model this host cannot
+    read, left "auto"). Without a validation file the engine holds ``validation_split`` of the rows
+    out and profiles the rest: the rows and the median class here are the expected shares. Raises
+    ConfigError."""
     values = {**dict(task.default_hyperparameters), **dict(requested)}
     if seed is not None:
         values["seed"] = seed
     config = TrainConfig.from_dict(values)
-    if not has_validation_file and isinstance(config.validation_split, float):
-        rows -= round(rows * config.validation_split)
-    return resolve(
-        config,
-        max(rows, 1),
-        base_model.parameters,
+    training_profile = _training_share(profile, config, has_validation_file)
+    pooling = _pooling(base_model, task, str(config.pooling))
+    model = ModelInfo(
+        parameters=base_model.parameters,
         causal_lm=task.kind is TaskKind.CAUSAL_LM,
+        sentence_encoder=pooling == "mean",
+        task_kind=task.kind,
+    )
+    config, reasons = auto.resolve(replace(config, pooling=pooling), training_profile, model)
+    resolved = resolve(
+        config,
+        max(int(training_profile["rows"]), 1),
+        base_model.parameters,
+        causal_lm=model.causal_lm,
         device_type="cuda",
         bf16_supported=True,
         world_size=max(gpus, 1),
-    ).to_dict()
+    )
+    return resolved.to_dict(), reasons
+
+
+def _training_share(profile: Mapping[str, Any], config: TrainConfig, has_validation_file: bool) -> dict[str, Any]:
+    """``profile`` as the engine sees its training rows: without a validation file it holds out
+    ``validation_split`` of each class (at least one row of a class with two or more,
+    ``tunery_engine.data.split_validation``)."""
+    share = config.validation_split
+    if has_validation_file or not isinstance(share, float):
+        return dict(profile)
+    rows = int(profile.get("rows") or 0)
+    trained = {**profile, "rows": rows - round(rows * share)}
+    classes = profile.get("classes") or {}
+    median = (classes.get("examples_per_class") or {}).get("median")
+    if isinstance(median, (int, float)) and median >= 2:
+        held = min(median - 1, max(1, round(median * share)))
+        per_class = {**classes["examples_per_class"], "median": median - held}
+        trained["classes"] = {**classes, "examples_per_class": per_class}
+    return trained
+
+
+def _pooling(base_model: BaseModel, task: TaskDefinition, requested: str) -> str:
+    """The pooling the engine would pick (``tunery_engine.modeling.resolve_pooling``): a sentence
+    encoder's mean pooling where the base model's folder declares it. A model this host cannot read
+    (an import kept in object storage, an unusable package) stays "auto": the worker decides."""
+    if task.kind is not TaskKind.SEQUENCE_CLASSIFICATION:
+        return "model"
+    if requested != AUTO:
+        return requested
+    if base_model.architecture not in MEAN_POOLING_MODEL_TYPES:
+        return "model"
+    folder = _local_model_folder(base_model)
+    return declared_pooling(folder) if folder is not None else AUTO
+
+
+def _local_model_folder(base_model: BaseModel) -> Path | None:
+    if base_model.local_path:
+        path = Path(base_model.local_path)
+        return path if path.is_absolute() and path.is_dir() else None
+    if not base_model.package:
+        return None
+    try:
+        return Path(importlib.import_module(base_model.package.replace("-", "_")).get_model_path())
+    except (ImportError, AttributeError):
+        return None
 
 
 def estimate(

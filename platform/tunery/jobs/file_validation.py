@@ -153,13 +153,13 @@ def _estimate(job: FineTuningJob, task: TaskDefinition, profile: dict[str, Any])
     """The job's expected run on its queue; None (logged) when the configuration cannot be
     resolved here: the engine then reports the problem itself."""
     try:
-        config = estimates.expected_config(
+        config, _ = estimates.expected_config(
             task,
             job.requested_hyperparameters or {},
             seed=job.seed,
             base_model=job.base_model,
             gpus=job.gpus,
-            rows=int(profile.get("rows") or 0),
+            profile=profile,
             has_validation_file=job.validation_file_id is not None,
         )
     except ConfigError as exc:

@@ -327,7 +327,15 @@ class DryRunSerializer(serializers.Serializer):
     task = serializers.CharField()
     resolved_hyperparameters = serializers.DictField(
         help_text='The engine\'s configuration with every "auto" the control plane can settle resolved '
-        "(precision and compile stay as asked: the training worker's device decides them)."
+        "(precision and compile stay as asked: the training worker's device decides them; so does the pooling "
+        'of a base model this host cannot read, left "auto"), by the engine\'s rules on this data profile and '
+        "base model."
+    )
+    auto_reasons = serializers.DictField(
+        child=serializers.CharField(),
+        help_text='For each knob the rules settled from "auto": its value and the rule that chose it '
+        '("16: few-shot: smaller batches, more optimizer steps"); the job\'s train_begin event carries the '
+        "engine's own.",
     )
     data_profile = serializers.DictField(help_text=PROFILE_HELP)
     warnings = serializers.ListField(child=serializers.DictField(), help_text="[{code, message}], as in the profile.")

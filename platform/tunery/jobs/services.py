@@ -230,11 +230,7 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
             refuse_blocking(profile, checked.training_file)
     except FilesRefused as refused:
         raise InvalidRequest(refused.message, param=refused.param, code="invalid_training_data") from refused
-    resolved = _resolved_hyperparameters(checked, profile["rows"])
-    if resolved.get("out_of_scope_label") == AUTO:  # the engine's rule, on the profile's labels
-        counts = (profile.get("classes") or {}).get("counts") or {}
-        single = checked.task.kind is TaskKind.SEQUENCE_CLASSIFICATION
-        resolved["out_of_scope_label"] = out_of_scope.detect(counts) if single else None
+    resolved, reasons = _resolved_hyperparameters(checked, profile)
     expected = estimates.estimate(
         base_model=checked.base_model,
         task=checked.task,
@@ -252,6 +248,7 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
         "vertical": checked.pack.id,
         "task": checked.task.id,
         "resolved_hyperparameters": resolved,
+        "auto_reasons": reasons,
         "data_profile": profile,
         "estimate": expected.to_json(),
         "warnings": profile["warnings"],
@@ -268,18 +265,18 @@ def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
     return profile if same_task and checked.validation_file is None else None
 
 
-def _resolved_hyperparameters(checked: JobRequest, rows: int) -> dict[str, Any]:
-    """The configuration the engine would resolve (``estimates.expected_config``); precision and
-    compile (``DEVICE_DEPENDENT``) stay as asked, and ``max_length`` may come out lower on the
-    worker (the base model's own limit)."""
+def _resolved_hyperparameters(checked: JobRequest, profile: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The configuration the engine would resolve on this data, with the rule behind each "auto"
+    value (``estimates.expected_config``); precision and compile (``DEVICE_DEPENDENT``) stay as
+    asked, and ``max_length`` may come out lower on the worker (the base model's own limit)."""
     try:
-        resolved = estimates.expected_config(
+        resolved, reasons = estimates.expected_config(
             checked.task,
             checked.requested,
             seed=checked.seed,
             base_model=checked.base_model,
             gpus=checked.gpus,
-            rows=rows,
+            profile=profile,
             has_validation_file=checked.validation_file is not None,
         )
     except ConfigError as exc:
@@ -287,7 +284,7 @@ def _resolved_hyperparameters(checked: JobRequest, rows: int) -> dict[str, Any]:
     config = {**dict(checked.task.default_hyperparameters), **checked.requested}
     for name in DEVICE_DEPENDENT:
         resolved[name] = config.get(name, AUTO)
-    return resolved
+    return resolved, reasons
 
 
 def _check_out_of_scope_label(
