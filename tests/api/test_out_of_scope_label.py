@@ -1,6 +1,6 @@
 """``out_of_scope_label`` on job creation: a named label must be one of the training file's labels
 (a 400 naming the knob and the labels, not a job that fails later); "auto" and null are stored as
-the engine reads them."""
+the engine reads them. A hand-off target on a task without a hand-off threshold is a 400 too."""
 
 from __future__ import annotations
 
@@ -44,3 +44,28 @@ def test_a_dry_run_shows_the_label_the_engine_will_take(acme, training_file, cre
     assert auto.json()["resolved_hyperparameters"]["out_of_scope_label"] is None  # no label named like oos
     named = create_job(acme, training_file, dry_run=True, out_of_scope_label="negative")
     assert named.json()["resolved_hyperparameters"]["out_of_scope_label"] == "negative"
+
+
+def test_a_hand_off_target_on_a_task_without_a_hand_off_threshold_is_a_400(api, make_tenant, base_model, media_root):
+    """Only a single-label classifier has a hand-off threshold: a coverage or precision target on
+    an entity tagger would be ignored by the engine, so it is refused up front."""
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    clinic = make_tenant("clinic", role="admin", verticals=("medical",))
+    row = {"tokens": ["Aspirin", "eases", "headache"], "tags": ["B-Chemical", "O", "B-Disease"]}
+    data = {"file": SimpleUploadedFile("ner.jsonl", (json.dumps(row) + "\n").encode()), "purpose": "fine-tune"}
+    file_id = api.post("/v1/files", data, format="multipart", **clinic.headers).json()["id"]
+    body = {"model": base_model.name, "training_file": file_id, "vertical": "medical", "task": "clinical_ner"}
+    for name in ("handoff_coverage", "handoff_precision"):
+        response = api.post(
+            "/v1/fine_tuning/jobs", {**body, "hyperparameters": {name: 0.9}}, format="json", **clinic.headers
+        )
+        assert response.status_code == 400, response.content
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == (name, "invalid_hyperparameter")
+        assert "token_classification" in error["message"]
+    off = {**body, "hyperparameters": {"handoff_coverage": None}}
+    assert api.post("/v1/fine_tuning/jobs", off, format="json", **clinic.headers).status_code == 200
+    assert FineTuningJob.objects.count() == 1

@@ -139,6 +139,7 @@ def check_create_request(tenant: Tenant, body: dict[str, Any]) -> JobRequest:
     if parent is not None:
         requested = lineage.inherit_training_type(parent, requested)
     requested |= method_overrides(body, task, requested)
+    _check_handoff_target(requested, task)
     if parent is None:  # a continued fine-tune's labels include its parent's: the engine checks those
         _check_out_of_scope_label(tenant, requested, pack, task, training_file, column_mapping)
     replay_fraction = lineage.checked_replay_fraction(parent, body.get("replay_fraction"))
@@ -285,6 +286,25 @@ def _resolved_hyperparameters(checked: JobRequest, profile: dict[str, Any]) -> t
     for name in DEVICE_DEPENDENT:
         resolved[name] = config.get(name, AUTO)
     return resolved, reasons
+
+
+#: The knobs of the calibrated hand-off (``tunery_engine`` ``calibrate``): single-label classification only.
+HANDOFF_TARGETS = ("handoff_coverage", "handoff_precision")
+
+
+def _check_handoff_target(requested: dict[str, Any], task: TaskDefinition) -> None:
+    """A hand-off target the task's model cannot have is a 400, not a job that silently ignores it:
+    only a single-label classifier has one confidence to hand off below."""
+    if task.kind is TaskKind.SEQUENCE_CLASSIFICATION:
+        return
+    for name in HANDOFF_TARGETS:
+        if requested.get(name) is not None:
+            raise InvalidRequest(
+                f"{name} sets the hand-off threshold of a single-label classifier; task '{task.id}' is "
+                f"{task.kind.value}, whose model has no hand-off threshold. Leave it out.",
+                param=name,
+                code="invalid_hyperparameter",
+            )
 
 
 def _check_out_of_scope_label(
