@@ -210,6 +210,15 @@ def test_a_precision_target_that_cannot_be_met_is_a_warning(tmp_path, tiny_bert)
     assert any("hand-off precision target 1" in w for w in result.warnings)
 
 
+def test_a_hand_off_target_without_validation_rows_is_a_warning_not_a_silent_fixed_threshold(tmp_path, tiny_bert):
+    result = train(
+        job(tmp_path, tiny_bert, "unvalidated", n_epochs=1, max_steps=2, validation_split=0.0, handoff_coverage=0.9)
+    )
+    info = read_artifact(result.artifact_dir)
+    assert info.handoff_threshold is None
+    assert any("no validation rows" in w and "validation_split above 0" in w for w in result.warnings)
+
+
 def test_the_customer_service_pack_hands_off_below_the_models_threshold():
     from tunery_customer_service import pack
 

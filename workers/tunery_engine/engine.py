@@ -1192,6 +1192,13 @@ class FineTuneRecipe:
             method = "none"
         self.config = replace(self.config, calibration=method)
         if not single:
+            targets = self.config.handoff_coverage is not None or self.config.handoff_precision is not None
+            if self.task.kind is TaskKind.SEQUENCE_CLASSIFICATION and targets:
+                self.warnings.append(
+                    "no validation rows (validation_split 0 and no validation file): the model is not calibrated, "
+                    "has no linear-probe floor and no hand-off threshold for its coverage/precision target (serving "
+                    "falls back to the pack's fixed threshold); give a validation file or a validation_split above 0"
+                )
             return
         fitted_on: dict[str, Any] = {"scores": "validation", "validation_rows": len(self.val_data.features)}
         folds_fitted: list[torch.Tensor] = []  # each fold head's logits of its own training rows
