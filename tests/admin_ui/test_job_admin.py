@@ -59,3 +59,21 @@ def test_cancel_pause_and_resume_actions_go_through_the_lifecycle(operator, fini
 def _copy(job: FineTuningJob, **changes) -> dict:
     fields = ("tenant", "base_model", "training_file", "vertical", "task")
     return {name: getattr(job, name) for name in fields} | changes
+
+
+def test_the_data_profiles_warnings_are_listed_on_the_job_and_the_file(operator, finished_job):
+    """One warning a line with its code, not inside the profile's one-line JSON."""
+    from tunery.files.models import File
+
+    message = "1 classes have fewer than 5 examples, 1 of them only one (negative (1)): add examples or merge them."
+    profile = {"rows": 2, "warnings": [{"code": "few_examples_per_class", "message": message}]}
+    job = finished_job.job
+    FineTuningJob.objects.filter(pk=job.pk).update(data_profile=profile)
+    File.objects.filter(pk=job.training_file_id).update(profile=profile)
+    shown = f"<p><strong>few_examples_per_class</strong>: {message}</p>"
+    for page in (
+        operator.get(reverse("admin:jobs_finetuningjob_change", args=[job.pk])),
+        operator.get(reverse("admin:files_file_change", args=[job.training_file_id])),
+    ):
+        assert page.status_code == 200
+        assert shown in page.content.decode()

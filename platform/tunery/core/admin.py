@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
 
 from tunery.tenants.models import AuditLog
 
@@ -57,3 +60,14 @@ class AuditedAdminMixin(_AdminBase):
 
 class AuditedModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
     pass
+
+
+def profile_warnings(profile: Mapping[str, Any] | None) -> SafeString | str:
+    """A data profile's warnings one per line (``code: message``), readable on a change page where
+    the profile itself is one long JSON line."""
+    warnings = (profile or {}).get("warnings") or []
+    if not warnings:
+        return "none" if profile else "—"
+    return format_html_join(
+        "", "<p><strong>{}</strong>: {}</p>", ((w.get("code", ""), w.get("message", "")) for w in warnings)
+    )

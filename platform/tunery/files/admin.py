@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import transaction
 
-from tunery.core.admin import AuditedModelAdmin
+from tunery.core.admin import AuditedModelAdmin, profile_warnings
 from tunery.files.models import File
 
 
@@ -27,10 +27,15 @@ class FileAdmin(AuditedModelAdmin):
         "sha256",
         "row_count",
         "columns",
+        "data_warnings",
         "profile",
         "content",
         "created_at",
     ]
+
+    @admin.display(description="data warnings")
+    def data_warnings(self, file: File):
+        return profile_warnings(file.profile)
 
     def has_add_permission(self, request):
         return False  # files come in through the API, which validates and checks quotas

@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from tunery.core.admin import AuditedModelAdmin, audit_admin
+from tunery.core.admin import AuditedModelAdmin, audit_admin, profile_warnings
 from tunery.core.errors import ApiError
 from tunery.jobs import services
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, MeasuredThroughput, UsageRecord, WorkerClass
@@ -74,6 +74,7 @@ class FineTuningJobAdmin(AuditedModelAdmin):
         "task",
         "requested_hyperparameters",
         "resolved_config",
+        "data_warnings",
         "data_profile",
         "estimate",
         "progress",
@@ -122,6 +123,10 @@ class FineTuningJobAdmin(AuditedModelAdmin):
             audit_admin(request, action, job, job_status=job.status, requested_action=job.requested_action)
             pending = f", {job.requested_action} requested" if job.requested_action else ""
             self.message_user(request, f"{job.pk} is {job.status}{pending}.")
+
+    @admin.display(description="data warnings")
+    def data_warnings(self, job: FineTuningJob):
+        return profile_warnings(job.data_profile)
 
     @admin.display(description="progress")
     def progress_summary(self, job: FineTuningJob) -> str:
