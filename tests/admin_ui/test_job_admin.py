@@ -65,7 +65,7 @@ def test_the_data_profiles_warnings_are_listed_on_the_job_and_the_file(operator,
     """One warning a line with its code, not inside the profile's one-line JSON."""
     from tunery.files.models import File
 
-    message = "1 classes have fewer than 5 examples, 1 of them only one (negative (1)): add examples or merge them."
+    message = "1 class has fewer than 5 examples, only one (negative (1)): add examples or merge them."
     profile = {"rows": 2, "warnings": [{"code": "few_examples_per_class", "message": message}]}
     job = finished_job.job
     FineTuningJob.objects.filter(pk=job.pk).update(data_profile=profile)

@@ -84,6 +84,15 @@ def test_duplicates_and_identical_texts_with_different_labels():
     assert profile["duplicates"] == 1
     assert profile["conflicting_labels"] == 1
     assert codes(profile) == ["duplicates", "conflicting_labels"]
+    assert warning(profile, "duplicates").startswith("1 training row repeats an earlier row")
+    assert warning(profile, "conflicting_labels").startswith("1 text appears with different labels")
+
+
+def test_warnings_count_in_words_a_person_reads():
+    one = profile_rows(INTENT, intent_rows(40, 1))
+    assert warning(one, "few_examples_per_class").startswith("1 class has fewer than 5 examples, only one (")
+    two = profile_rows(INTENT, [*intent_rows(6, 2), {"text": "hi", "label": "thanks"}])
+    assert warning(two, "few_examples_per_class").startswith("2 classes have fewer than 5 examples, 1 of them only")
 
 
 def test_validation_overlap_is_measured_and_most_is_warned():

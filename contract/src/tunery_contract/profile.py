@@ -143,17 +143,17 @@ def _classes(task: TaskDefinition, rows: Sequence[Mapping[str, Any]], warnings: 
         _warn(
             warnings,
             "missing_classes",
-            f"{len(missing)} of the task's {what} have no training example ({_names(missing)}): "
+            f"{len(missing)} of the task's {what} {_have(len(missing))} no training example ({_names(missing)}): "
             "the model will never predict them; add examples.",
         )
     few = [(name, n) for name, n in ordered if n < FEW_EXAMPLES]
     if few:
         single = sum(1 for _, n in few if n == 1)
-        also = f", {single} of them only one" if single else ""
+        also = (", only one" if len(few) == 1 else f", {single} of them only one") if single else ""
         _warn(
             warnings,
             "few_examples_per_class",
-            f"{len(few)} {what} have fewer than {FEW_EXAMPLES} examples{also} "
+            f"{_count(len(few), what)} {_have(len(few))} fewer than {FEW_EXAMPLES} examples{also} "
             f"({_names(f'{name} ({n})' for name, n in few)}): add examples or merge them.",
         )
     if len(values) > 1 and summary["imbalance_ratio"] >= IMBALANCE_WARNING:
@@ -226,7 +226,8 @@ def _duplicates(rows: Sequence[Mapping[str, Any]], warnings: list[dict[str, str]
         _warn(
             warnings,
             "duplicates",
-            f"{duplicates} training rows repeat an earlier row exactly: remove them "
+            f"{_count(duplicates, 'training rows')} {'repeats' if duplicates == 1 else 'repeat'} an earlier row "
+            "exactly: remove them "
             "(they weigh those examples more and inflate metrics when they also reach validation).",
         )
     return duplicates
@@ -243,7 +244,8 @@ def _conflicts(
         _warn(
             warnings,
             "conflicting_labels",
-            f"{conflicting} texts appear with different labels: check them for labelling mistakes "
+            f"{_count(conflicting, 'texts')} {'appears' if conflicting == 1 else 'appear'} with different labels: "
+            "check them for labelling mistakes "
             "(the model cannot fit both).",
         )
     return conflicting
@@ -280,9 +282,21 @@ def _unseen_in_training(
         _warn(
             warnings,
             "validation_unseen_classes",
-            f"The validation file has {len(unseen)} classes no training row has ({_names(unseen)}): "
+            f"The validation file has {_count(len(unseen), 'classes')} no training row has ({_names(unseen)}): "
             "the model cannot learn them; add training examples or drop those validation rows.",
         )
+
+
+_SINGULAR = {"classes": "class", "entity types": "entity type", "training rows": "training row", "texts": "text"}
+
+
+def _count(n: int, plural: str) -> str:
+    """``"1 class"``, ``"3 classes"``: a warning is read by people."""
+    return f"{n} {_SINGULAR.get(plural, plural) if n == 1 else plural}"
+
+
+def _have(n: int) -> str:
+    return "has" if n == 1 else "have"
 
 
 def _names(names: Any) -> str:
