@@ -271,6 +271,23 @@ def test_the_spec_carries_the_pack_version_and_the_tenant_config_over_the_pack_d
     assert JobSpecFile.from_json(json.loads(json.dumps(spec.to_json()))) == spec
 
 
+def test_a_running_jobs_estimated_finish_follows_the_engines_remaining_time(queue_settings, new_tenant, make_job):
+    """OpenAI's estimated_finish is refined while the job runs: now plus the engine's eta."""
+    from tunery.jobs import lifecycle
+    from tunery.jobs.runner import AttemptRunner
+    from tunery_contract import protocol
+
+    job = make_job(new_tenant())
+    owner = lifecycle.new_lease_owner()
+    runner = AttemptRunner(lifecycle.claim_next_job("gpu", owner), owner)
+    for eta in (600.0, 30.0):
+        before = time.time()
+        runner._handle_line(protocol.Progress(step=2, total_steps=10, eta_seconds=eta).to_line().encode())
+        shown = job_object(FineTuningJob.objects.get(pk=job.pk))
+        assert shown["status"] == "running"
+        assert before + eta - 1 <= shown["estimated_finish"] <= time.time() + eta + 1
+
+
 def test_the_runner_takes_the_validation_loss_from_eval_loss_only(queue_settings, new_tenant, make_job):
     from tunery.jobs import lifecycle
     from tunery.jobs.runner import AttemptRunner
