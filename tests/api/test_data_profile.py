@@ -140,3 +140,21 @@ def test_a_dry_run_resolves_auto_on_the_data_as_the_engine_will_and_says_why(acm
     assert "99% of the rows have at most 4 words" in reasons["max_length"]
     assert resolved["out_of_scope_label"] is None
     assert body["estimate"]["epochs"] == 10
+
+
+def test_a_dry_run_consumes_no_quota_but_warns_what_the_quotas_would_do(make_tenant, dummy_packs, api, create_job):
+    from tunery.tenants.models import Tenant
+
+    full = make_tenant("full", role="admin", max_queued_jobs=1)
+    training = upload_for_task(api, full, jsonl(rows(10)))["id"]
+    assert create_job(full, training, dry_run=True).json()["warnings"] == []
+    assert create_job(full, training).status_code == 200
+    body = create_job(full, training, dry_run=True).json()
+    assert [w["code"] for w in body["warnings"]] == ["queued_jobs_quota_exceeded"]
+    assert "A job created now would be refused." in body["warnings"][0]["message"]
+    assert create_job(full, training).status_code == 429
+    Tenant.objects.filter(pk=full.tenant.pk).update(max_queued_jobs=5, max_training_hours=0.001)
+    short = create_job(full, training, dry_run=True).json()["warnings"]
+    assert [w["code"] for w in short] == ["training_hours_may_run_out"]
+    assert "0.00 of its 0.001 left this month" in short[0]["message"]
+    assert FineTuningJob.objects.count() == 1

@@ -338,7 +338,12 @@ class DryRunSerializer(serializers.Serializer):
         "engine's own.",
     )
     data_profile = serializers.DictField(help_text=PROFILE_HELP)
-    warnings = serializers.ListField(child=serializers.DictField(), help_text="[{code, message}], as in the profile.")
+    warnings = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="[{code, message}]: the profile's, then what the tenant's quotas would do to the job "
+        "(queued_jobs_quota_exceeded, training_hours_quota_exceeded, training_hours_may_run_out); a dry run "
+        "consumes no quota.",
+    )
     estimate = serializers.DictField(help_text=ESTIMATE_HELP)
 
 

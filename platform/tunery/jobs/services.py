@@ -252,8 +252,30 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
         "auto_reasons": reasons,
         "data_profile": profile,
         "estimate": expected.to_json(),
-        "warnings": profile["warnings"],
+        "warnings": [*profile["warnings"], *_quota_warnings(tenant, expected.seconds)],
     }
+
+
+def _quota_warnings(tenant: Tenant, seconds: float) -> list[dict[str, str]]:
+    """What the tenant's quotas would do to this job (a dry run consumes none): a create refused
+    now, or training hours that may run out before the estimated run ends. The quotas are read
+    afresh, as a create does (the request's tenant may come from the key cache)."""
+    tenant = Tenant.objects.get(pk=tenant.pk)
+    try:
+        _check_job_quotas(tenant)
+    except QuotaExceeded as refused:
+        return [{"code": str(refused.code), "message": f"{refused.message} A job created now would be refused."}]
+    left = tenant.max_training_hours - selectors.training_hours_this_month(tenant)
+    if seconds / 3600 > left:
+        return [
+            {
+                "code": "training_hours_may_run_out",
+                "message": f"The estimate is {seconds / 3600:.2f} training hours; this tenant has {left:.2f} of its "
+                f"{tenant.max_training_hours:g} left this month. Train on fewer rows or epochs, or ask your "
+                "administrator for more hours.",
+            }
+        ]
+    return []
 
 
 def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
