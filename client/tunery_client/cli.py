@@ -554,6 +554,9 @@ def _report_dry_run(plan: dict[str, Any], *, as_json: bool) -> int:
     print(f"dry run: no job created; {profile.get('rows', 0)} training rows", end="")
     print(f", {classes['count']} classes" if classes else "")
     print("would train with: " + format_hp({k: resolved[k] for k in DRY_RUN_SHOWN if k in resolved}))
+    for knob, reason in sorted((plan.get("auto_reasons") or {}).items()):
+        if knob in DRY_RUN_SHOWN or knob == "contrastive_epochs":
+            print(f"  {knob} {reason}")  # "n_epochs 8: few-shot (median 18 examples per class <= 32)"
     if plan.get("estimate"):
         print(format_estimate(plan["estimate"]))
     for warning in plan.get("warnings") or ():

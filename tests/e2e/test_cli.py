@@ -403,6 +403,8 @@ def test_jobs_create_dry_run_shows_settings_and_warnings_and_creates_nothing(cli
     assert code == 0, err
     assert "dry run: no job created; 7 training rows, 2 classes" in out
     assert "n_epochs=3" in out
+    assert "  batch_size 16: few-shot" in out  # the rule behind each "auto" value shown
+    assert "  n_epochs" not in out  # asked for, not chosen
     assert "estimate on gpu (cpu): about" in out
     assert "a conservative default" in out
     assert "warning (few_examples_per_class)" in out
