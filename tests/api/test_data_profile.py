@@ -131,6 +131,7 @@ def test_a_dry_run_resolves_auto_on_the_data_as_the_engine_will_and_says_why(acm
     assert resolved["pooling"] == "mean"
     assert resolved["n_epochs"] == 10
     assert "few-shot (median 9 examples per class" in reasons["n_epochs"]
+    assert "none follow the contrastive stage" in reasons["n_epochs"]
     assert resolved["batch_size"] == 16
     assert resolved["learning_rate"] == 5e-5
     assert "sentence encoder" in reasons["learning_rate"]
@@ -139,7 +140,10 @@ def test_a_dry_run_resolves_auto_on_the_data_as_the_engine_will_and_says_why(acm
     assert resolved["max_length"] == 16
     assert "99% of the rows have at most 4 words" in reasons["max_length"]
     assert resolved["out_of_scope_label"] is None
-    assert body["estimate"]["epochs"] == 10
+    # the engine trains no classification epochs after the stage; the estimate counts the stage and
+    # the floor's cross-validation of it (30 labelled rows: 5 folds)
+    assert (body["estimate"]["epochs"], body["estimate"]["contrastive_epochs"]) == (0, 2)
+    assert body["estimate"]["cross_validation_folds"] == 5
 
 
 def test_a_dry_run_consumes_no_quota_but_warns_what_the_quotas_would_do(make_tenant, dummy_packs, api, create_job):

@@ -31,7 +31,9 @@ def upload(api, tenant, content: bytes) -> str:
 
 
 def dry_estimate(api, tenant, create_job, file_id: str, **fields) -> dict:
-    response = create_job(tenant, file_id, dry_run=True, hyperparameters={"n_epochs": 2}, **fields)
+    # no few-shot contrastive stage (the 40-row set would take it): classification epochs only
+    hyperparameters = {"n_epochs": 2, "contrastive_epochs": 0}
+    response = create_job(tenant, file_id, dry_run=True, hyperparameters=hyperparameters, **fields)
     assert response.status_code == 200, response.content
     return response.json()["estimate"]
 
@@ -105,17 +107,47 @@ def test_a_queued_job_has_its_estimate_and_estimated_finish(acme, api, create_jo
 def test_the_queued_estimate_counts_the_epochs_the_engines_rules_pick_for_the_data(acme, api, create_job):
     """The 'topic' task leaves n_epochs "auto": on 20 examples per class (18 after the validation
     split) the engine's few-shot rule trains 8 epochs, where the row count alone (under 500) would
-    say 10; the dry run and the queued job's estimate count the engine's 8."""
+    say 10; the dry run and the queued job's estimate count the engine's 8 (without the contrastive
+    stage, which replaces them: see the next test)."""
     topic_rows = [{"body": f"question {i} about {t}", "topic": t} for t in ("billing", "returns") for i in range(20)]
     data = {"file": SimpleUploadedFile("t.jsonl", jsonl(topic_rows)), "purpose": "fine-tune", "vertical": "dummy"}
     file_id = api.post("/v1/files", {**data, "task": "topic"}, format="multipart", **acme.headers).json()["id"]
-    dry = create_job(acme, file_id, task="topic", dry_run=True).json()
+    no_stage = {"contrastive_epochs": 0}
+    dry = create_job(acme, file_id, task="topic", dry_run=True, hyperparameters=no_stage).json()
     assert dry["resolved_hyperparameters"]["n_epochs"] == dry["estimate"]["epochs"] == 8
-    job = create_job(acme, file_id, task="topic").json()
+    job = create_job(acme, file_id, task="topic", hyperparameters=no_stage).json()
     assert validate_job_files(job["id"]) == "queued"
     queued = api.get(f"/v1/fine_tuning/jobs/{job['id']}", **acme.headers).json()["estimate"]
     assert queued["epochs"] == 8
     assert queued["seconds"] == dry["estimate"]["seconds"]
+
+
+def test_a_few_shot_estimate_counts_the_contrastive_stage_and_its_cross_validation(acme, api, create_job):
+    """On the packaged sentence encoder, 10 examples per class take the contrastive stage and no
+    classification epochs: the time grows with the stage's passes, and classification epochs asked
+    for explicitly are counted on top of it."""
+    topic_rows = [
+        {"body": f"question {i} about {t}", "topic": t} for t in ("billing", "returns", "delivery") for i in range(10)
+    ]
+    data = {"file": SimpleUploadedFile("t.jsonl", jsonl(topic_rows)), "purpose": "fine-tune", "vertical": "dummy"}
+    file_id = api.post("/v1/files", {**data, "task": "topic"}, format="multipart", **acme.headers).json()["id"]
+
+    def dry(**hyperparameters) -> dict:
+        response = create_job(acme, file_id, task="topic", dry_run=True, hyperparameters=hyperparameters)
+        assert response.status_code == 200, response.content
+        return response.json()["estimate"]
+
+    two, four = dry(), dry(contrastive_epochs=4)
+    assert (two["epochs"], two["contrastive_epochs"], two["cross_validation_folds"]) == (0, 2, 5)
+    assert four["contrastive_epochs"] == 4
+    startup = estimates.STARTUP_SECONDS[WorkerClass.Device.CPU]
+    assert four["seconds"] - startup > 1.5 * (two["seconds"] - startup)
+    with_epochs = dry(n_epochs=3)
+    assert (with_epochs["epochs"], with_epochs["contrastive_epochs"]) == (3, 2)
+    assert with_epochs["seconds"] > two["seconds"]
+    without = dry(contrastive_epochs=0)
+    assert (without["contrastive_epochs"], without["cross_validation_folds"]) == (0, None)
+    assert without["epochs"] == 10
 
 
 def test_the_estimate_is_documented_on_the_job_and_the_dry_run():

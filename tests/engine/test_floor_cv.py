@@ -14,7 +14,7 @@ import torch
 
 from tunery_contract import TaskKind
 from tunery_contract.metrics import classification_summary
-from tunery_engine import JobSpec, TrainConfig, train
+from tunery_engine import JobSpec, TrainConfig, auto, train
 from tunery_engine import contrastive as ct
 from tunery_engine import crossval as cv
 from tunery_engine import probe as lp
@@ -60,14 +60,14 @@ def _spec(tmp_path: Path, encoder: Path, metrics, name: str) -> JobSpec:
 
 
 def test_fold_rule_bounds_rows_times_folds():
-    assert cv.choose_folds(640) == cv.choose_folds(770) == 5  # 10 per intent
-    assert cv.choose_folds(1280) == 4
-    assert cv.choose_folds(1540) == 3  # BANKING77 at 20 per intent
-    assert cv.choose_folds(2001) is None  # the validation rule stays
+    assert auto.choose_folds(640) == auto.choose_folds(770) == 5  # 10 per intent
+    assert auto.choose_folds(1280) == 4
+    assert auto.choose_folds(1540) == 3  # BANKING77 at 20 per intent
+    assert auto.choose_folds(2001) is None  # the validation rule stays
     for rows in (60, 640, 770, 1000, 1280, 1540, 2000):
-        folds = cv.choose_folds(rows)
+        folds = auto.choose_folds(rows)
         assert folds is not None
-        assert rows * (folds - 1) <= cv.ROW_FOLD_BUDGET
+        assert rows * (folds - 1) <= auto.ROW_FOLD_BUDGET
 
 
 def test_the_stage_ships_on_cross_validated_evidence_and_is_calibrated_out_of_fold(

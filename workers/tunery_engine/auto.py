@@ -30,6 +30,22 @@ TOKENS_PER_WORD = 1.5
 #: Special tokens a row carries besides its words ([CLS] text [SEP] text [SEP]).
 SPECIAL_TOKENS = 3
 MIN_AUTO_MAX_LENGTH = 16
+#: Below this many validation rows (few-shot data: one or two rows per class) the shipped
+#: logistic-regression head is refitted on training + validation after the floor's decision, and a
+#: shipped probe's calibration and hand-off rest on out-of-fold scores of every labelled row (a
+#: split this small moves its quantiles by points per row and holds rows the model never learns from);
+#: with the contrastive stage, the floor cross-validates it (``crossval.py``).
+CROSS_VALIDATE_BELOW = 500
+#: most and fewest folds; fewer than MIN_FOLDS leaves each fold's stage too few rows per class to
+#: stand for the shipped one (at 10 per intent 3 folds train on 6-7 per class), so the floor falls
+#: back to the validation split
+MAX_FOLDS = 5
+MIN_FOLDS = 3
+#: budget of rows x (folds - 1), about (folds - 1) stage runs over every row: 5 folds up to 1,000
+#: rows, 4 up to 1,333, 3 up to 2,000 (BANKING77 at 10 per intent, 770 rows: 5 folds, ~100 CPU s on
+#: one core of the 2-core benchmark box; at 20 per intent, 1,540 rows: 3 folds, about as much)
+ROW_FOLD_BUDGET = 4000
+
 _CLASS_KINDS = (
     TaskKind.SEQUENCE_CLASSIFICATION,
     TaskKind.MULTI_LABEL_CLASSIFICATION,
@@ -192,6 +208,15 @@ def resolve(config: TrainConfig, profile: Mapping[str, Any], model: ModelInfo) -
         )
     else:
         pick("contrastive_epochs", 0, "off: not few-shot full fine-tuning of a sentence encoder")
+    if (
+        int(values["contrastive_epochs"]) > 0
+        and "n_epochs" in reasons
+        and not classification_epochs_follow_stage(config)
+    ):
+        reasons["n_epochs"] += (
+            "; none follow the contrastive stage (its model is the fine-tuned one): these train only if the "
+            "stage is skipped"
+        )
     _pick_out_of_scope_label(values, reasons, profile, model)
     pick("lora_r", 16, "default")
     pick("lora_alpha", 2 * int(values["lora_r"]), "2 x rank")
@@ -223,3 +248,28 @@ def _pick_out_of_scope_label(
         reasons["out_of_scope_label"] = (
             f"{found}: the training label named like out-of-scope ({names}, case-insensitive), {counts[found]} rows"
         )
+
+
+def choose_folds(rows: int) -> int | None:
+    """Folds for ``rows`` labelled rows: the most (up to ``MAX_FOLDS``) with rows x (folds - 1)
+    within ``ROW_FOLD_BUDGET``; None when even ``MIN_FOLDS`` would exceed it."""
+    if rows <= 0:
+        return None
+    folds = min(MAX_FOLDS, ROW_FOLD_BUDGET // rows + 1)
+    return folds if folds >= MIN_FOLDS else None
+
+
+def floor_folds(training_rows: int, validation_rows: int) -> int | None:
+    """Folds of the few-shot floor's cross-validation of the contrastive stage (``crossval.py``):
+    with a validation split under ``CROSS_VALIDATE_BELOW`` rows, :func:`choose_folds` over every
+    labelled row; None where the validation split decides."""
+    if not 0 < validation_rows < CROSS_VALIDATE_BELOW:
+        return None
+    return choose_folds(training_rows + validation_rows)
+
+
+def classification_epochs_follow_stage(config: TrainConfig) -> bool:
+    """Whether classification epochs train after the contrastive stage: only when the job asked for
+    them (``n_epochs`` or ``max_steps`` set). Measured: an epoch of cross-entropy after the stage
+    lowered held-out accuracy (bench/RESULTS.md), so with "auto" the stage's model is the fine-tuned one."""
+    return config.n_epochs != AUTO or config.max_steps is not None

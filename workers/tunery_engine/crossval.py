@@ -10,7 +10,7 @@ logistic regression on the frozen features is fitted and scored on the same fold
 scores decide the floor and, when the stage ships, calibrate its temperature and hand-off threshold.
 
 Cost: about ``folds - 1`` times the stage itself (each of ``folds`` runs sees ``(folds-1)/folds`` of
-the rows); :func:`choose_folds` bounds rows x (folds - 1).
+the rows); :func:`tunery_engine.auto.choose_folds` bounds rows x (folds - 1).
 """
 
 from __future__ import annotations
@@ -26,25 +26,6 @@ import torch
 from tunery_engine import contrastive as ct
 from tunery_engine import probe as lp
 from tunery_engine.heads import Batch, Encoded
-
-#: most and fewest folds; fewer than MIN_FOLDS leaves each fold's stage too few rows per class to
-#: stand for the shipped one (at 10 per intent 3 folds train on 6-7 per class), so the floor falls
-#: back to the validation split
-MAX_FOLDS = 5
-MIN_FOLDS = 3
-#: budget of rows x (folds - 1), about (folds - 1) stage runs over every row: 5 folds up to 1,000
-#: rows, 4 up to 1,333, 3 up to 2,000 (BANKING77 at 10 per intent, 770 rows: 5 folds, ~100 CPU s on
-#: one core of the 2-core benchmark box; at 20 per intent, 1,540 rows: 3 folds, about as much)
-ROW_FOLD_BUDGET = 4000
-
-
-def choose_folds(rows: int) -> int | None:
-    """Folds for ``rows`` labelled rows: the most (up to ``MAX_FOLDS``) with rows x (folds - 1)
-    within ``ROW_FOLD_BUDGET``; None when even ``MIN_FOLDS`` would exceed it."""
-    if rows <= 0:
-        return None
-    folds = min(MAX_FOLDS, ROW_FOLD_BUDGET // rows + 1)
-    return folds if folds >= MIN_FOLDS else None
 
 
 @dataclass

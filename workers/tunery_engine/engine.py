@@ -36,6 +36,7 @@ from tunery_engine import crossval as cv
 from tunery_engine import out_of_scope as oos
 from tunery_engine import probe as lp
 from tunery_engine.artifact import read_artifact, write_artifact
+from tunery_engine.auto import CROSS_VALIDATE_BELOW, MAX_FOLDS, MIN_FOLDS, ROW_FOLD_BUDGET
 from tunery_engine.callbacks import Cancelled, EarlyStopping, Paused, ProgressEvent, TrainingCallback, TrainState
 from tunery_engine.config import JobSpec, TrainConfig, resolve, steps_per_epoch
 from tunery_engine.data import (
@@ -63,11 +64,6 @@ from tunery_engine.modeling import (
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0
-#: Below this many validation rows (few-shot data: one or two rows per class) the shipped
-#: logistic-regression head is refitted on training + validation after the floor's decision, and a
-#: shipped probe's calibration and hand-off rest on out-of-fold scores of every labelled row (a
-#: split this small moves its quantiles by points per row and holds rows the model never learns from).
-CROSS_VALIDATE_BELOW = 500
 PROBE_FOLDS = 10
 
 
@@ -701,9 +697,7 @@ class FineTuneRecipe:
         self.total_steps = math.ceil(float(config.n_epochs) * self.steps_per_epoch)
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, int(config.max_steps))
-        asked_for_steps = self.spec.config.n_epochs != AUTO or self.spec.config.max_steps is not None
-        if self.contrastive is not None and not asked_for_steps:
-            # measured: classification epochs after the stage did not help on held-out data (bench/RESULTS.md)
+        if self.contrastive is not None and not auto.classification_epochs_follow_stage(self.spec.config):
             self.total_steps = 0
             self.auto_reasons["n_epochs"] = (
                 "no classification epochs: few-shot contrastive recipe (the tuned encoder with its "
@@ -1030,15 +1024,13 @@ class FineTuneRecipe:
         if (
             self.probe is None
             or self.contrastive is None
-            or not self.has_validation
-            or len(self.val_data.features) >= CROSS_VALIDATE_BELOW
             or self.run.step != 0  # classification epochs followed the stage
             or self.run.best_step != 0
             or self.dist.enabled
         ):
             return
         data = Encoded(features=[*self.train_data.features, *self.val_data.features])
-        folds = cv.choose_folds(len(data.features))
+        folds = auto.floor_folds(len(self.train_data.features), len(self.val_data.features))
         if folds is None:
             return
         rows = [*self.train_rows, *self.val_rows]
@@ -1332,7 +1324,7 @@ class FineTuneRecipe:
             fields["floor_cross_validation"] = {
                 **self.floor_cv.manifest(),
                 "rule": f"few-shot: contrastive stage on, validation under {CROSS_VALIDATE_BELOW} rows; folds: the "
-                f"most up to {cv.MAX_FOLDS} with rows x (folds - 1) <= {cv.ROW_FOLD_BUDGET} (at least {cv.MIN_FOLDS}); "
+                f"most up to {MAX_FOLDS} with rows x (folds - 1) <= {ROW_FOLD_BUDGET} (at least {MIN_FOLDS}); "
                 "the stage ships only if its out-of-fold selection metric beats the probe's on the same folds",
             }
         return fields

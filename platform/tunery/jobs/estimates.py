@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import transaction
 
@@ -71,10 +71,27 @@ class Estimate:
     tokens_per_row: int
     training_rows: int
     validation_rows: int
+    #: classification epochs (0 where the few-shot contrastive stage's model is the fine-tuned one)
     epochs: int
+    #: passes of the few-shot contrastive stage, and the folds of the floor's cross-validation of it
+    #: (each fold retrains the stage on the other folds' rows); 0 and None without the stage
+    contrastive_epochs: int
+    cross_validation_folds: int | None
 
     def to_json(self) -> dict[str, Any]:
         return {"object": "fine_tuning.job.estimate", **asdict(self)}
+
+
+class ExpectedConfig(NamedTuple):
+    """:func:`expected_config`'s answer."""
+
+    #: the resolved configuration (``TrainConfig.to_dict``)
+    values: dict[str, Any]
+    #: for each knob settled from "auto", its value and the rule that chose it
+    reasons: dict[str, str]
+    #: the few-shot contrastive stage's model is the fine-tuned one: no classification epochs follow
+    #: it (``tunery_engine.auto.classification_epochs_follow_stage``)
+    stage_replaces_epochs: bool
 
 
 def expected_config(
@@ -86,7 +103,7 @@ def expected_config(
     gpus: int,
     profile: Mapping[str, Any],
     has_validation_file: bool,
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> ExpectedConfig:
     """The configuration the engine would train with, and for each "auto" knob it settles the rule
     that chose the value: ``{**task defaults, **requested}`` through the engine's own rules
     (``tunery_engine.auto.resolve`` on the data ``profile`` and the base model, then
@@ -107,6 +124,7 @@ def expected_config(
         sentence_encoder=pooling == "mean",
         task_kind=task.kind,
     )
+    requested_config = config
     config, reasons = auto.resolve(replace(config, pooling=pooling), training_profile, model)
     resolved = resolve(
         config,
@@ -117,7 +135,10 @@ def expected_config(
         bf16_supported=True,
         world_size=max(gpus, 1),
     )
-    return resolved.to_dict(), reasons
+    stage_replaces_epochs = int(resolved.contrastive_epochs) > 0 and not auto.classification_epochs_follow_stage(
+        requested_config
+    )
+    return ExpectedConfig(resolved.to_dict(), reasons, stage_replaces_epochs)
 
 
 def _training_share(profile: Mapping[str, Any], config: TrainConfig, has_validation_file: bool) -> dict[str, Any]:
@@ -173,6 +194,7 @@ def estimate(
     profile: Mapping[str, Any],
     config: Mapping[str, Any],
     has_validation_file: bool,
+    stage_replaces_epochs: bool = False,
 ) -> Estimate:
     """The expected run of a job whose files have ``profile`` and whose resolved configuration is
     ``config`` (:func:`expected_config`), on the hosts of ``queue``."""
@@ -187,8 +209,12 @@ def estimate(
     typical_words = (int(lengths.get("p50", 0)) + int(lengths.get("p90", 0))) / 2
     tokens_per_row = min(limit, math.ceil(typical_words * TOKENS_PER_WORD) + SPECIAL_TOKENS)
     longest_in_batch = min(limit, math.ceil(int(lengths.get("p90", 0)) * TOKENS_PER_WORD) + SPECIAL_TOKENS)
-    epochs = _epochs(config, training_rows)
+    stage = _few_shot_stage(task, config, training_rows, validation_rows)
+    stage_epochs, folds = stage if stage is not None else (0, None)
+    epochs = 0 if stage is not None and stage_replaces_epochs else _epochs(config, training_rows)
     evaluations = min(epochs, MAX_AUTO_EVALUATIONS) if config.get("eval_every_steps", AUTO) == AUTO else epochs
+    if stage is not None:
+        evaluations += 1  # the stage's model, at step 0
 
     measured = MeasuredThroughput.objects.filter(
         base_model=base_model.name, queue=queue, task_kind=task.kind.value
@@ -200,6 +226,12 @@ def estimate(
         tokens_per_second = DEFAULT_FLOPS[device] * max(gpus, 1) / flops_per_token
         source, jobs = "default", 0
     work_rows = training_rows * epochs + validation_rows * evaluations * EVALUATION_COST
+    if stage is not None:
+        labelled = training_rows + validation_rows
+        # the stage's passes and each fold's (over the other folds' rows), then the forward passes that
+        # feed the logistic regressions: the probe's, the tuned stage's and each fold's features
+        work_rows += stage_epochs * (training_rows + (labelled * (folds - 1) if folds else 0))
+        work_rows += (labelled + training_rows + (labelled * folds if folds else 0)) * EVALUATION_COST
     seconds = STARTUP_SECONDS[device] + work_rows * tokens_per_row / max(tokens_per_second, 1e-6)
     search_minutes = config.get("search_budget_minutes")
     if isinstance(search_minutes, (int, float)):  # the candidates a budgeted search may add
@@ -229,6 +261,8 @@ def estimate(
         training_rows=training_rows,
         validation_rows=validation_rows,
         epochs=epochs,
+        contrastive_epochs=stage_epochs,
+        cross_validation_folds=folds,
     )
 
 
@@ -262,6 +296,19 @@ def _split(
     share = config.get("validation_split")
     held = round(rows * share) if isinstance(share, float) else 0
     return rows - held, held
+
+
+def _few_shot_stage(
+    task: TaskDefinition, config: Mapping[str, Any], training_rows: int, validation_rows: int
+) -> tuple[int, int | None] | None:
+    """(passes, floor folds) of the contrastive stage the engine would run, or None. It runs on a
+    single-label classifier with a validation split (its head is fitted as the linear probe's)."""
+    epochs = config.get("contrastive_epochs")
+    if not isinstance(epochs, int) or epochs <= 0 or task.kind is not TaskKind.SEQUENCE_CLASSIFICATION:
+        return None
+    if validation_rows <= 0:
+        return None
+    return epochs, auto.floor_folds(training_rows, validation_rows)
 
 
 def _epochs(config: Mapping[str, Any], training_rows: int) -> int:

@@ -153,7 +153,7 @@ def _estimate(job: FineTuningJob, task: TaskDefinition, profile: dict[str, Any])
     """The job's expected run on its queue; None (logged) when the configuration cannot be
     resolved here: the engine then reports the problem itself."""
     try:
-        config, _ = estimates.expected_config(
+        expected = estimates.expected_config(
             task,
             job.requested_hyperparameters or {},
             seed=job.seed,
@@ -171,8 +171,9 @@ def _estimate(job: FineTuningJob, task: TaskDefinition, profile: dict[str, Any])
         queue=job.queue,
         gpus=job.gpus,
         profile=profile,
-        config=config,
+        config=expected.values,
         has_validation_file=job.validation_file_id is not None,
+        stage_replaces_epochs=expected.stage_replaces_epochs,
     ).to_json()
 
 

@@ -126,7 +126,9 @@ ESTIMATE_HELP = (
     "The expected run on the job's worker class (training queue): seconds, memory_bytes, "
     "fits_in_memory, cost and currency (the queue's hourly price), the tokens_per_second it assumes "
     "and whether that was measured on earlier jobs of this base model, queue and task kind or a "
-    "conservative default, and the rows, epochs and tokens per row it counted."
+    "conservative default, and the rows, epochs and tokens per row it counted; a few-shot job's "
+    "contrastive_epochs and the cross_validation_folds of its floor are counted too (its epochs are 0 "
+    "when the stage's model is the fine-tuned one)."
 )
 
 

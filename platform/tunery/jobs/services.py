@@ -231,7 +231,7 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
             refuse_blocking(profile, checked.training_file)
     except FilesRefused as refused:
         raise InvalidRequest(refused.message, param=refused.param, code="invalid_training_data") from refused
-    resolved, reasons = _resolved_hyperparameters(checked, profile)
+    resolved, reasons, stage_replaces_epochs = _resolved_hyperparameters(checked, profile)
     expected = estimates.estimate(
         base_model=checked.base_model,
         task=checked.task,
@@ -240,6 +240,7 @@ def dry_run(*, tenant: Tenant, checked: JobRequest) -> dict[str, Any]:
         profile=profile,
         config=resolved,
         has_validation_file=checked.validation_file is not None,
+        stage_replaces_epochs=stage_replaces_epochs,
     )
     return {
         "object": "fine_tuning.job.dry_run",
@@ -288,12 +289,12 @@ def _stored_profile(checked: JobRequest) -> dict[str, Any] | None:
     return profile if same_task and checked.validation_file is None else None
 
 
-def _resolved_hyperparameters(checked: JobRequest, profile: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def _resolved_hyperparameters(checked: JobRequest, profile: dict[str, Any]) -> estimates.ExpectedConfig:
     """The configuration the engine would resolve on this data, with the rule behind each "auto"
     value (``estimates.expected_config``); precision and compile (``DEVICE_DEPENDENT``) stay as
     asked, and ``max_length`` may come out lower on the worker (the base model's own limit)."""
     try:
-        resolved, reasons = estimates.expected_config(
+        expected = estimates.expected_config(
             checked.task,
             checked.requested,
             seed=checked.seed,
@@ -306,8 +307,8 @@ def _resolved_hyperparameters(checked: JobRequest, profile: dict[str, Any]) -> t
         raise InvalidRequest(f"The configuration cannot train: {exc}.", code="invalid_hyperparameter") from exc
     config = {**dict(checked.task.default_hyperparameters), **checked.requested}
     for name in DEVICE_DEPENDENT:
-        resolved[name] = config.get(name, AUTO)
-    return resolved, reasons
+        expected.values[name] = config.get(name, AUTO)
+    return expected
 
 
 #: The knobs of the calibrated hand-off (``tunery_engine`` ``calibrate``): single-label classification only.
