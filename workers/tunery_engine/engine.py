@@ -689,21 +689,7 @@ class FineTuneRecipe:
             )
             labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.val_data.features]))
             metrics, fields = self.calibrate_probe(layer, logits, labels)
-            write_artifact(
-                folder,
-                self.model,
-                self.tokenizer,
-                self.task,
-                self.config,
-                self.label_names,
-                self.base_model,
-                metrics,
-                0,
-                vertical=self.spec.vertical_id,
-                vertical_version=self.spec.vertical_version,
-                extra={"train_rows": len(self.train_data.features), "validation_rows": len(self.val_data.features)},
-                manifest_fields={**self.head.manifest_fields(), **fields},
-            )
+            self.write_model(folder, metrics, 0, fields, distilled=False)
         finally:
             lp.set_linear(layer, *current)
         self.probe_model = (folder, metrics)
@@ -1437,31 +1423,44 @@ class FineTuneRecipe:
         else:
             self.run.best_metrics = fitted_metrics
 
+    def write_model(
+        self,
+        folder: Path,
+        metrics: Mapping[str, float],
+        best_step: int | None,
+        quality: Mapping[str, Any],
+        distilled: bool = True,
+    ) -> None:
+        """The model as it stands, as an artifact in ``folder`` (``quality``: the floor, calibration
+        and hand-off fields of its manifest; ``distilled``: trained with the job's teacher, if any)."""
+        spec = self.spec
+        write_artifact(
+            folder,
+            self.model,
+            self.tokenizer,
+            self.task,
+            self.config,
+            self.label_names,
+            self.base_model,
+            metrics,
+            best_step,
+            vertical=spec.vertical_id,
+            vertical_version=spec.vertical_version,
+            extra={
+                "train_rows": len(self.train_data.features),
+                "validation_rows": len(self.val_data.features),
+                "teacher_model": str(spec.teacher_model) if spec.teacher_model and distilled else None,
+            },
+            manifest_fields={**self.head.manifest_fields(), **quality},
+        )
+
     def save_artifact(self) -> TrainResult:
         """Write the artifact (rank 0) and describe the run."""
-        spec, run = self.spec, self.run
+        run = self.run
         best_step = run.best_step if self.has_validation else run.step
         final_dir = self.output_dir / "final"
         if self.dist.is_main:
-            write_artifact(
-                final_dir,
-                self.model,
-                self.tokenizer,
-                self.task,
-                self.config,
-                self.label_names,
-                self.base_model,
-                run.best_metrics,
-                best_step,
-                vertical=spec.vertical_id,
-                vertical_version=spec.vertical_version,
-                extra={
-                    "train_rows": len(self.train_data.features),
-                    "validation_rows": len(self.val_data.features),
-                    "teacher_model": str(spec.teacher_model) if spec.teacher_model else None,
-                },
-                manifest_fields={**self.head.manifest_fields(), **self.quality_manifest()},
-            )
+            self.write_model(final_dir, run.best_metrics, best_step, self.quality_manifest())
         self.dist.barrier()
         return TrainResult(
             metrics=run.best_metrics,

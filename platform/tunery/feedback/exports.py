@@ -196,7 +196,10 @@ def export_feedback(*, tenant: Tenant, model_id: str, export_format: str = "trai
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
         with transaction.atomic():
             file = save_generated_file(
-                tenant=tenant, filename=f"feedback-{model.source_job_id}.jsonl", purpose=File.Purpose.FINE_TUNE, source=path
+                tenant=tenant,
+                filename=f"feedback-{model.source_job_id}.jsonl",
+                purpose=File.Purpose.FINE_TUNE,
+                source=path,
             )
     return ExportReport(file, len(kept), duplicates, without_text, rejected[:MAX_LISTED_ERRORS], sorted(new_labels))
 
