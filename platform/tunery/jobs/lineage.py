@@ -36,7 +36,7 @@ class Parent:
 
     @property
     def job(self) -> FineTuningJob:
-        return self.model.job
+        return self.model.source_job
 
     @property
     def base_model(self) -> BaseModel:

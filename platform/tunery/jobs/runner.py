@@ -156,13 +156,13 @@ def _parent_spec(job: FineTuningJob, inputs: Path) -> dict[str, Any] | None:
         if not Path(path).is_dir():
             log.error("job %s: the parent's files are missing at %s", job.pk, path)
             raise SpecError("model_not_found", f"the files of the parent model {parent.pk!r} are missing")
-    replay = lineage.replay_file(parent.job) if job.replay_fraction else None
+    replay = lineage.replay_file(parent.source_job) if job.replay_fraction else None
     if job.replay_fraction and replay is None:
         raise SpecError("replay_file_missing", "the parent model's training file was deleted: nothing to replay")
     if replay is not None:
         found["replay_file"] = materialise_file(replay, inputs)
         found["replay_fraction"] = job.replay_fraction
-        found["replay_column_mapping"] = dict(parent.job.column_mapping) or None
+        found["replay_column_mapping"] = dict(parent.source_job.column_mapping) or None
     return found
 
 
