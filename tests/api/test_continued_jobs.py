@@ -83,6 +83,17 @@ def test_a_checkpoint_of_a_model_is_a_parent_too(acme, training_file, create_job
         refused(create_job(acme, training_file, model=f"{parent_id}:ckpt-step-{step}"), 400, "model", "model_not_found")
 
 
+def test_the_linear_probe_checkpoint_is_no_point_to_continue_from(acme, training_file, create_job, tmp_path):
+    parent_job, parent_id = make_parent(acme.tenant, training_file, tmp_path)
+    probe_dir = tmp_path / parent_job.pk / "probe" / "model"
+    probe_dir.mkdir(parents=True)
+    JobCheckpoint.objects.create(
+        job=parent_job, step_number=0, path=str(probe_dir), kind=JobCheckpoint.Kind.LINEAR_PROBE
+    )
+    response = create_job(acme, training_file, model=f"{parent_id}:ckpt-step-0", vertical=None, task=None)
+    assert "linear probe" in refused(response, 400, "model", "checkpoint_not_continuable")
+
+
 def test_the_child_model_points_at_its_parent(acme, training_file, create_job, tmp_path):
     from tunery.jobs import lifecycle
 

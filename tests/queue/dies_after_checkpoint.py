@@ -1,6 +1,6 @@
 """An engine command for tests: runs the real engine (``python -m tunery_engine run SPEC``) and, on
 the first attempt (no ``died-once`` marker next to the spec), kills it and itself with SIGKILL
-right after its first checkpoint event: the host dies mid-job, once."""
+right after its first training checkpoint event (not the linear probe's): the host dies mid-job, once."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def main() -> None:
     for line in engine.stdout:
         sys.stdout.write(line)
         sys.stdout.flush()
-        if not marker.exists() and json.loads(line).get("event") == "checkpoint":
+        event = json.loads(line)
+        if not marker.exists() and event.get("event") == "checkpoint" and not event.get("model"):
             marker.write_text("1")
             engine.kill()
             os.kill(os.getpid(), signal.SIGKILL)

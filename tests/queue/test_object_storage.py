@@ -96,6 +96,7 @@ def test_a_job_whose_host_dies_resumes_from_the_bucket_on_an_empty_host(
         assert tasks.run_job(job.pk) == f"{job.pk}:queued"  # the host died after its first checkpoint
         in_bucket = store.complete_children(f"acme/{job.pk}/checkpoints")
         assert in_bucket == ["step-00000003"]
+        assert store.read_manifest(f"acme/{job.pk}/probe") is not None  # the early probe, apart from them
 
         shutil.rmtree(output_dir(job))  # the next attempt runs on a host that has nothing of the job
         assert tasks.run_job(job.pk) == f"{job.pk}:succeeded", list(
@@ -109,7 +110,10 @@ def test_a_job_whose_host_dies_resumes_from_the_bucket_on_an_empty_host(
 
     assert not (output_dir(job) / "checkpoints").exists()  # the worker's scratch copy is gone
     assert not (output_dir(job) / "final").exists()
+    assert not (output_dir(job) / "probe").exists()
     assert (output_dir(job) / "logs").is_dir()
+    probe = artifacts.local_artifact_dir(f"acme/{job.pk}/probe")  # no pruning reached it
+    assert read_artifact(probe).manifest["early_probe"] is True
     served = artifacts.local_artifact_dir(model.artifact_path)
     assert served.is_relative_to(tmp_path / "web-host-cache")
     assert (served / "tunery_artifact.json").is_file()

@@ -110,6 +110,11 @@ def model_card(
         *([f"- classifier input: {MEAN_POOLING_NOTE}"] if config.pooling == "mean" else []),
         *(
             [
+                "- the job's early linear probe (the base model, frozen, with a logistic-regression head), "
+                "written before fine-tuning: a model to serve while the job trains"
+            ]
+            if manifest.get("early_probe")
+            else [
                 "- shipped: the linear probe (the base model, frozen, with a logistic-regression head): "
                 "fine-tuning did not beat it on validation"
             ]

@@ -108,8 +108,11 @@ class TrainingCallback:
         """A continued fine-tune: the parent's validation metrics on this job's validation split
         (None without one), the labels added after the parent's, (rows replayed, rows they came from)."""
 
-    def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
-        pass
+    def on_checkpoint(
+        self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool, model: str | None = None
+    ) -> None:
+        """A checkpoint written at ``step``; with ``model`` (``protocol.LINEAR_PROBE``), not a resume
+        point but a servable artifact at ``path``: the early linear probe (step 0)."""
 
     def on_heartbeat(self) -> None:
         pass

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tunery_contract import TaskKind
 from tunery_contract.preferences import preferred_conversations
 from tunery_contract.profile import profile_rows
+from tunery_contract.protocol import LINEAR_PROBE
 from tunery_contract.vocabulary import AUTO
 from tunery_engine import auto, continued
 from tunery_engine import checkpoint as ckpt
@@ -48,7 +48,7 @@ from tunery_engine.data import (
     load_rows,
     split_validation,
 )
-from tunery_engine.errors import ConfigError, LabelError, ModelLoadError, NonFiniteLoss
+from tunery_engine.errors import ArtifactError, ConfigError, LabelError, ModelLoadError, NonFiniteLoss
 from tunery_engine.heads import DecodedBatch, Encoded, TaskHead, head_for
 from tunery_engine.heads.preference import PreferenceHead
 from tunery_engine.modeling import (
@@ -296,6 +296,10 @@ class ProbeResult:
         saved = {"metrics": self.metrics, "seconds": self.seconds, "key": dict(key)}
         (folder / "probe.json").write_text(json.dumps(saved))
 
+    def manifest(self) -> dict[str, Any]:
+        """The artifact manifest's ``linear_probe``."""
+        return {"metrics": self.metrics, "seconds": round(self.seconds, 3)}
+
     @classmethod
     def load(cls, folder: Path, key: Mapping[str, Any]) -> ProbeResult | None:
         """The probe an earlier attempt of this run saved for the same data, labels and length, or None."""
@@ -379,6 +383,10 @@ class FineTuneRecipe:
         self.few_shot = False
         self.sentence_encoder = False
         self.probe: ProbeResult | None = None
+        #: the probe was read from ``output_dir/probe`` (an earlier attempt of this run fitted it)
+        self.probe_cached = False
+        #: the early probe's servable artifact and its metrics (``save_probe_model``), reported at train begin
+        self.probe_model: tuple[Path, dict[str, float]] | None = None
         self.contrastive: ct.ContrastiveResult | None = None
         #: what the artifact holds: "fine_tuned", or "linear_probe" when fine-tuning did not beat it
         self.shipped = "fine_tuned"
@@ -412,6 +420,7 @@ class FineTuneRecipe:
         self.encode_data()
         self.fit_probe()  # on the plain model, before LoRA wraps it: the probe is the head fine-tuning starts from
         self.prepare_model()
+        self.save_probe_model()  # before the contrastive stage changes the encoder
         if int(self.config.contrastive_epochs) > 0:
             self.tune_contrastive()  # after prepare_model: the CPU's bulk dropout masks are several times faster
         self.teacher = None
@@ -623,6 +632,7 @@ class FineTuneRecipe:
             "max_length": self.config.max_length,
         }
         self.probe = ProbeResult.load(self.output_dir / "probe", key)
+        self.probe_cached = self.probe is not None
         if self.probe is None:
             started = time.monotonic()
             features = lp.forward_rows(
@@ -646,6 +656,73 @@ class FineTuneRecipe:
             self.auto_reasons["initial_head"] = f"linear probe: {why} (fine-tuning starts from the probe's head, LP-FT)"
         else:
             lp.set_linear(layer, *initial)
+
+    def save_probe_model(self) -> None:
+        """The early probe as a servable artifact in ``output_dir/probe/model`` (rank 0): the job's
+        starting model (the base, or a continued job's parent) with the probe's head, calibrated like
+        a finished model (a temperature fitted on validation, folded into the head; the hand-off
+        threshold chosen on validation for the job's target; the out-of-scope numbers at it). A LoRA
+        job writes a LoRA artifact whose adapter is the untrained one (``lora_B`` at zero: it adds
+        nothing) with the probe's head, referencing the base model instead of copying its weights.
+        Costs one forward pass over the validation split; a resumed run keeps the artifact its probe
+        came with. Reported to the callbacks as the step-0 checkpoint with ``model`` set."""
+        layer = lp.linear_head(self.model)
+        if self.probe is None or layer is None or not self.has_validation or not self.dist.is_main:
+            return
+        folder = self.output_dir / "probe" / "model"
+        if self.probe_cached:
+            try:
+                self.probe_model = (folder, dict(read_artifact(folder).metrics))
+                return
+            except ArtifactError:
+                pass  # the attempt that fitted the probe stopped before writing it
+        started = time.monotonic()
+        current = (layer.weight.detach().clone(), layer.bias.detach().clone() if layer.bias is not None else None)
+        try:
+            lp.set_linear(layer, self.probe.weight, self.probe.bias)
+            logits = lp.forward_rows(
+                self.model, self.val_data, self.head.collate, self.head.forward, self.device, 64, self.pad_id
+            )
+            labels = torch.as_tensor(np.asarray([int(f["labels"]) for f in self.val_data.features]))
+            metrics, fields = self.calibrate_probe(layer, logits, labels)
+            self.write_model(folder, metrics, 0, fields, distilled=False)
+        finally:
+            lp.set_linear(layer, *current)
+        self.probe_model = (folder, metrics)
+        log.info("linear-probe model written to %s in %.1f s", folder, time.monotonic() - started)
+
+    def calibrate_probe(
+        self, layer: torch.nn.Linear, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """The early probe's calibration on its validation ``logits``, folded into ``layer`` (which
+        holds the probe's head): (its metrics, its manifest fields). As :meth:`calibrate` does for the
+        shipped model, on the validation split only (the probe model is written before any decision)."""
+        assert self.probe is not None
+        fields: dict[str, Any] = {"shipped": LINEAR_PROBE, "early_probe": True, "linear_probe": self.probe.manifest()}
+        metrics = dict(self.probe.metrics)
+        method = str(self.config.calibration)
+        temperature = lp.fit_temperature(logits, labels) if method in (AUTO, "temperature") else None
+        if temperature is not None:
+            fields["calibration"] = {
+                **lp.temperature_record(logits, labels, temperature),
+                "fitted_on": {"scores": "validation", "validation_rows": len(labels)},
+            }
+            logits = logits / temperature
+            lp.fold_temperature(layer, temperature)
+        probabilities = logits.softmax(-1)
+        coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
+        handoff = oos.choose_handoff(probabilities, labels, coverage, precision, self.out_of_scope_index)
+        if handoff is not None:
+            fields["handoff"] = handoff.manifest()
+            metrics.update(handoff.metrics())
+        if self.out_of_scope_index is not None:
+            threshold = handoff.threshold if handoff is not None else 0.0
+            section, scores, _ = oos.validation_report(
+                self.label_names, self.out_of_scope_index, labels.tolist(), probabilities, threshold
+            )
+            fields["out_of_scope"] = section
+            metrics.update(scores)
+        return metrics, fields
 
     def tune_contrastive(self) -> None:
         """The few-shot stage (``contrastive.py``): supervised contrastive tuning of the embeddings the
@@ -769,6 +846,9 @@ class FineTuneRecipe:
         self.hooks.on_train_begin(self.state)
         if self.probe is not None and self.dist.is_main:
             self.hooks.on_probe(self.probe.metrics)
+        if self.probe_model is not None and self.dist.is_main:
+            path, metrics = self.probe_model
+            self.hooks.on_checkpoint(0, path, metrics, False, LINEAR_PROBE)
         if self.parent is not None and self.dist.is_main:
             added = list(self.label_names[len(self.parent.label_names) :])
             self.hooks.on_continued(self.parent.description, self.parent_metrics, added, self.replayed)
@@ -1222,30 +1302,17 @@ class FineTuneRecipe:
         if temperature is not None and folds_fitted and refit is not None:
             served = temperature * self.sharpness_correction(refit, folds_fitted, temperature, fitted_on)
         if temperature is not None and served is not None and layer is not None:
-            before = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
+            record = lp.temperature_record(logits, labels, temperature)
+            self.calibration = {**record, "temperature": served, "fitted_on": fitted_on}
             logits = logits / temperature  # the threshold is chosen on the scores the temperature was fitted to
-            after = (float(F.cross_entropy(logits, labels)), lp.expected_calibration_error(logits.softmax(-1), labels))
             lp.fold_temperature(layer, served)  # refit_head folds it into the refitted head too
-            self.calibration = {
-                "method": "temperature",
-                "temperature": served,
-                "folded_into_head": True,
-                "validation_nll": {"before": before[0], "after": after[0]},
-                "validation_ece": {"before": before[1], "after": after[1]},
-                "fitted_on": fitted_on,
-            }
             self.run.best_metrics = self.evaluate()  # the served model's numbers (its loss changed)
         coverage, precision = self.config.handoff_coverage, self.config.handoff_precision
         self.handoff = oos.choose_handoff(logits.softmax(-1), labels, coverage, precision, self.out_of_scope_index)
         oos.report(self)  # the out-of-scope numbers at that threshold, on validation
         if self.handoff is None:
             return
-        self.run.best_metrics = {
-            **self.run.best_metrics,
-            "handoff_threshold": self.handoff.threshold,
-            "coverage_at_handoff": self.handoff.coverage,
-            "accuracy_at_handoff": self.handoff.accuracy if self.handoff.accuracy is not None else 0.0,
-        }
+        self.run.best_metrics = {**self.run.best_metrics, **self.handoff.metrics()}
         if self.handoff.missed:
             self.warnings.append(self.handoff.missed)
         if len(labels) < 50:
@@ -1310,7 +1377,7 @@ class FineTuneRecipe:
         fields: dict[str, Any] = {}
         if self.probe is not None:
             fields["shipped"] = self.shipped
-            fields["linear_probe"] = {"metrics": self.probe.metrics, "seconds": round(self.probe.seconds, 3)}
+            fields["linear_probe"] = self.probe.manifest()
         if self.contrastive is not None:
             fields["contrastive_stage"] = self.contrastive.manifest()
         fields.update(oos.manifest_fields(self))
@@ -1348,31 +1415,44 @@ class FineTuneRecipe:
         else:
             self.run.best_metrics = fitted_metrics
 
+    def write_model(
+        self,
+        folder: Path,
+        metrics: Mapping[str, float],
+        best_step: int | None,
+        quality: Mapping[str, Any],
+        distilled: bool = True,
+    ) -> None:
+        """The model as it stands, as an artifact in ``folder`` (``quality``: the floor, calibration
+        and hand-off fields of its manifest; ``distilled``: trained with the job's teacher, if any)."""
+        spec = self.spec
+        write_artifact(
+            folder,
+            self.model,
+            self.tokenizer,
+            self.task,
+            self.config,
+            self.label_names,
+            self.base_model,
+            metrics,
+            best_step,
+            vertical=spec.vertical_id,
+            vertical_version=spec.vertical_version,
+            extra={
+                "train_rows": len(self.train_data.features),
+                "validation_rows": len(self.val_data.features),
+                "teacher_model": str(spec.teacher_model) if spec.teacher_model and distilled else None,
+            },
+            manifest_fields={**self.head.manifest_fields(), **quality},
+        )
+
     def save_artifact(self) -> TrainResult:
         """Write the artifact (rank 0) and describe the run."""
-        spec, run = self.spec, self.run
+        run = self.run
         best_step = run.best_step if self.has_validation else run.step
         final_dir = self.output_dir / "final"
         if self.dist.is_main:
-            write_artifact(
-                final_dir,
-                self.model,
-                self.tokenizer,
-                self.task,
-                self.config,
-                self.label_names,
-                self.base_model,
-                run.best_metrics,
-                best_step,
-                vertical=spec.vertical_id,
-                vertical_version=spec.vertical_version,
-                extra={
-                    "train_rows": len(self.train_data.features),
-                    "validation_rows": len(self.val_data.features),
-                    "teacher_model": str(spec.teacher_model) if spec.teacher_model else None,
-                },
-                manifest_fields={**self.head.manifest_fields(), **self.quality_manifest()},
-            )
+            self.write_model(final_dir, run.best_metrics, best_step, self.quality_manifest())
         self.dist.barrier()
         return TrainResult(
             metrics=run.best_metrics,

@@ -105,19 +105,32 @@ def report(recipe: Any) -> None:
     )
     labels = np.asarray([int(f["labels"]) for f in recipe.val_data.features])
     threshold = recipe.handoff.threshold if recipe.handoff is not None else 0.0
-    scores = oos.scores_at(labels.tolist(), logits.float().softmax(-1).tolist(), index, threshold)
-    label = recipe.label_names[index]
-    recipe.out_of_scope = {
+    section, metrics, warning = validation_report(
+        recipe.label_names, index, labels.tolist(), logits.float().softmax(-1), threshold
+    )
+    recipe.out_of_scope = section
+    recipe.run.best_metrics = {**recipe.run.best_metrics, **metrics}
+    if warning is not None:
+        recipe.warnings.append(warning)
+
+
+def validation_report(
+    label_names: tuple[str, ...], index: int, labels: list[int], probabilities: torch.Tensor, threshold: float
+) -> tuple[dict[str, Any], dict[str, float], str | None]:
+    """The manifest's ``out_of_scope`` section, the metrics and a warning (None: none) of calibrated
+    validation ``probabilities`` at the hand-off ``threshold``."""
+    scores = oos.scores_at(labels, probabilities.tolist(), index, threshold)
+    label = label_names[index]
+    section = {
         "label": label,
         "method": "flagged when the model predicts the label or its top calibrated confidence is below the "
         "hand-off threshold",
         "validation": scores.to_json(),
     }
-    recipe.run.best_metrics = {**recipe.run.best_metrics, **scores.metrics()}
+    warning = None
     if scores.oos_rows == 0:
-        recipe.warnings.append(
-            f"the validation split has no {label!r} row: OOS recall and precision could not be measured"
-        )
+        warning = f"the validation split has no {label!r} row: OOS recall and precision could not be measured"
+    return section, scores.metrics(), warning
 
 
 def manifest_fields(recipe: Any) -> dict[str, Any]:

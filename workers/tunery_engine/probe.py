@@ -226,6 +226,25 @@ def fold_temperature(layer: torch.nn.Linear, temperature: float) -> None:
             layer.bias.div_(temperature)
 
 
+def temperature_record(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, Any]:
+    """What temperature scaling did to the scores it was fitted on: the validation NLL and ECE before
+    and after dividing ``logits`` by ``temperature`` (the manifest's ``calibration``)."""
+    scaled = logits / temperature
+    return {
+        "method": "temperature",
+        "temperature": temperature,
+        "folded_into_head": True,
+        "validation_nll": {
+            "before": float(F.cross_entropy(logits, labels)),
+            "after": float(F.cross_entropy(scaled, labels)),
+        },
+        "validation_ece": {
+            "before": expected_calibration_error(logits.softmax(-1), labels),
+            "after": expected_calibration_error(scaled.softmax(-1), labels),
+        },
+    }
+
+
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE of the top-1 confidence over equal-width bins."""
     confidence, predicted = probabilities.max(dim=-1)
@@ -252,6 +271,14 @@ class Handoff:
     target: dict[str, float]
     #: why the target is not met on validation (None: met)
     missed: str | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The job metrics at the threshold (on the split it was chosen on)."""
+        return {
+            "handoff_threshold": self.threshold,
+            "coverage_at_handoff": self.coverage,
+            "accuracy_at_handoff": self.accuracy if self.accuracy is not None else 0.0,
+        }
 
     def manifest(self) -> dict[str, Any]:
         return {

@@ -89,10 +89,12 @@ class EventWriter(TrainingCallback):
             eval_loss = task_metrics.pop("eval_loss", None)
             self.emit(protocol.Evaluate(0, eval_loss, task_metrics, None, model="parent_model"))
 
-    def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
-        if self.state is not None:  # the checkpoint just written holds them
+    def on_checkpoint(
+        self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool, model: str | None = None
+    ) -> None:
+        if self.state is not None and model is None:  # the checkpoint just written holds them
             self.state.run.recent_events.clear()
-        self.emit(protocol.Checkpoint(step, str(path), dict(metrics or {}), is_best))
+        self.emit(protocol.Checkpoint(step, str(path), dict(metrics or {}), is_best, model))
 
     def emit_and_keep(self, event: protocol.EngineEvent) -> None:
         """Emit, and keep the event in the run state until a checkpoint holds it."""

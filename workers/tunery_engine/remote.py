@@ -31,13 +31,23 @@ def storage_failure(exc: StorageError) -> EngineError:
 
 class CheckpointMirror(TrainingCallback):
     """Uploads each checkpoint to ``<prefix>/checkpoints/<name>`` and deletes the remote ones the
-    engine pruned locally (incomplete uploads of a killed run included)."""
+    engine pruned locally (incomplete uploads of a killed run included). The early linear probe's
+    artifact (a checkpoint event with ``model``) goes to ``<prefix>/probe``, where no pruning reaches
+    it: a deployed probe is served from there after the job has ended."""
 
     def __init__(self, store: ObjectStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
 
-    def on_checkpoint(self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool) -> None:
+    def on_checkpoint(
+        self, step: int, path: Path, metrics: Mapping[str, float] | None, is_best: bool, model: str | None = None
+    ) -> None:
+        if model is not None:
+            try:
+                self.store.put_tree(path, f"{self.prefix}/probe")
+            except StorageError as exc:
+                raise storage_failure(exc) from exc
+            return
         remote = f"{self.prefix}/checkpoints"
         try:
             self.store.put_tree(path, f"{remote}/{path.name}")

@@ -238,13 +238,24 @@ class Continued(EngineEvent):
     replay_source_rows: int = 0
 
 
+#: ``Evaluate.model`` and ``Checkpoint.model`` of the linear probe (the frozen base model with a
+#: logistic-regression head, fitted before fine-tuning)
+LINEAR_PROBE = "linear_probe"
+
+
 @dataclass(frozen=True)
 class Checkpoint(EngineEvent):
+    """A resume point at ``step`` (``path``: the checkpoint's folder), or, with ``model`` set, a
+    servable model the run wrote before it ends (``path``: an artifact folder, ``step`` 0):
+    :data:`LINEAR_PROBE`, the early probe a tenant can deploy while the job trains, calibrated on
+    validation with its own hand-off threshold. Engines before it sent no ``model``."""
+
     name: ClassVar[str] = "checkpoint"
     step: int = 0
     path: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     is_best: bool = False
+    model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def download(model: FineTunedModel, merged: bool = False) -> ModelDownload:
     from tunery_engine.errors import ArtifactError
     from tunery_engine.export import ExportReference, NothingToMerge, archive_chunks, prepare_export
 
-    job = model.job
+    job = model.source_job
     datasets = tuple(f for f in (job.training_file_id, job.validation_file_id) if f)
     reference = ExportReference(model_id=model.id, base_model=base_model_reference(model.base_model), datasets=datasets)
     staging = Path(tempfile.mkdtemp(prefix="tunery-export-"))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.db import models
+
+if TYPE_CHECKING:
+    from tunery.jobs.models import FineTuningJob
 
 
 class BaseModel(models.Model):
@@ -30,11 +35,20 @@ class BaseModel(models.Model):
 
 
 class FineTunedModel(models.Model):
-    """A job's result (``ft:<base>:<tenant>:<suffix>:<job>``). One per job, whatever the attempts."""
+    """A job's result (``ft:<base>:<tenant>:<suffix>:<job>``). One per job, whatever the attempts.
+    Or a job's early linear probe (``checkpoint``: the job's step-0 checkpoint, ``job`` None), named
+    as that checkpoint (``ft:...:ckpt-step-0``) and entered in the catalogue when a tenant deploys it,
+    whatever its job's status."""
 
     id = models.CharField(primary_key=True, max_length=200)
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="fine_tuned_models")
-    job = models.OneToOneField("jobs.FineTuningJob", on_delete=models.PROTECT, related_name="fine_tuned_model")
+    job = models.OneToOneField(
+        "jobs.FineTuningJob", null=True, blank=True, on_delete=models.PROTECT, related_name="fine_tuned_model"
+    )
+    #: The early probe's checkpoint (``JobCheckpoint.Kind.LINEAR_PROBE``); None for a job's result.
+    checkpoint = models.OneToOneField(
+        "jobs.JobCheckpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="probe_model"
+    )
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="+")
     artifact_path = models.CharField(max_length=500)
     vertical = models.CharField(max_length=63)
@@ -45,5 +59,23 @@ class FineTunedModel(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(job__isnull=False, checkpoint__isnull=True)
+                | models.Q(job__isnull=True, checkpoint__isnull=False),
+                name="a_job_result_or_an_early_probe",
+            )
+        ]
+
     def __str__(self) -> str:
         return self.id
+
+    @property
+    def source_job_id(self) -> str:
+        """The job that trained it (an early probe's: its checkpoint's job)."""
+        return self.job_id if self.job_id is not None else self.checkpoint.job_id  # type: ignore[union-attr]
+
+    @property
+    def source_job(self) -> FineTuningJob:
+        return self.job if self.job is not None else self.checkpoint.job  # type: ignore[union-attr]

@@ -61,6 +61,12 @@ def final_artifact_key(tenant_slug: str, job_id: str) -> str:
     return f"{job_prefix(tenant_slug, job_id)}/final"
 
 
+def probe_artifact_key(tenant_slug: str, job_id: str) -> str:
+    """A job's early linear probe's ``artifact_path`` in object storage (the engine's
+    ``CheckpointMirror`` uploads it there, apart from the pruned checkpoints)."""
+    return f"{job_prefix(tenant_slug, job_id)}/probe"
+
+
 def local_artifact_dir(artifact_path: str) -> Path:
     """A local folder holding the artifact: an absolute path as it is, a relative one from the
     object store through the cache (StorageError when it cannot be fetched) or under
@@ -96,5 +102,6 @@ __all__ = [
     "job_prefix",
     "local_artifact_dir",
     "object_store",
+    "probe_artifact_key",
     "reset",
 ]

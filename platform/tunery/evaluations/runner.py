@@ -173,9 +173,9 @@ def score(evaluation: Evaluation) -> dict[str, Any]:
 def _out_of_scope_label(evaluation: Evaluation) -> str | None:
     """The fine-tuned model's out-of-scope label (its job's resolved ``out_of_scope_label``)."""
     model = evaluation.model
-    if model is None or model.job is None:
+    if model is None:
         return None
-    label = (model.job.resolved_config or {}).get("out_of_scope_label")
+    label = (model.source_job.resolved_config or {}).get("out_of_scope_label")
     return label if isinstance(label, str) and label != "auto" else None
 
 

@@ -26,7 +26,7 @@ from tunery.files.models import File
 from tunery.jobs.lifecycle import new_lease_owner
 from tunery.jobs.models import JobCheckpoint
 from tunery.jobs.queues import CPU_QUEUE
-from tunery.jobs.selectors import base_model_by_name, checkpoint_model_name, names_a_checkpoint
+from tunery.jobs.selectors import base_model_by_name, names_a_checkpoint, served_checkpoint_name
 from tunery.jobs.services import checked_metadata
 from tunery.serving import selectors as serving_selectors
 from tunery.tenants.models import Tenant
@@ -201,7 +201,7 @@ def _subject(tenant: Tenant, name: str, vertical: Any, task: Any) -> Subject:
     checkpoint = None
     if names_a_checkpoint(name):
         model, checkpoint = serving_selectors.tenant_checkpoint(tenant, name)
-        name = checkpoint_model_name(model.id, checkpoint.step_number)
+        name = served_checkpoint_name(model, checkpoint)
     else:
         try:
             model = serving_selectors.tenant_model(tenant, name)

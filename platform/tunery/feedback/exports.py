@@ -196,7 +196,10 @@ def export_feedback(*, tenant: Tenant, model_id: str, export_format: str = "trai
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
         with transaction.atomic():
             file = save_generated_file(
-                tenant=tenant, filename=f"feedback-{model.job_id}.jsonl", purpose=File.Purpose.FINE_TUNE, source=path
+                tenant=tenant,
+                filename=f"feedback-{model.source_job_id}.jsonl",
+                purpose=File.Purpose.FINE_TUNE,
+                source=path,
             )
     return ExportReport(file, len(kept), duplicates, without_text, rejected[:MAX_LISTED_ERRORS], sorted(new_labels))
 
@@ -269,7 +272,7 @@ def _key(row: Mapping[str, Any]) -> str:
 
 def _training_keys(model: FineTunedModel, task: TaskDefinition, config: Mapping[str, Any]) -> set[str]:
     """The model's training rows as the pack validates them (aliases applied), for de-duplication."""
-    training_file = model.job.training_file
+    training_file = model.source_job.training_file
     try:
         with training_file.content.open("rb") as stream:
             report = task.validate(iter_records(stream, training_file.format), config)

@@ -86,7 +86,7 @@ class DeploymentHealthCollector(Collector):
                 confidence.add_metric(key, row["confidence"])
             if row and row["decided"]:
                 handoff.add_metric(key, row["handed_off"] / row["decided"])
-            counts = (deployment.model.job.data_profile or {}).get("classes", {}).get("counts") or {}
+            counts = (deployment.model.source_job.data_profile or {}).get("classes", {}).get("counts") or {}
             if counts and sum(labels[model_id].values()) >= MIN_ITEMS_FOR_DRIFT:
                 psi.add_metric(key, population_stability_index(counts, labels[model_id]))
             if model_id in accuracy:

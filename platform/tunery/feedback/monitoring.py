@@ -63,7 +63,7 @@ class WindowHealth:
 
 def training_labels(deployment: Deployment) -> dict[str, int]:
     """The label counts of the deployed model's training data (its job's data profile)."""
-    profile = deployment.model.job.data_profile or {}
+    profile = deployment.model.source_job.data_profile or {}
     counts = (profile.get("classes") or {}).get("counts") or {}
     return {str(label): int(n) for label, n in counts.items() if isinstance(n, (int, float))}
 

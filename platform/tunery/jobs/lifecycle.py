@@ -36,9 +36,11 @@ from django.utils import timezone
 
 from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict
+from tunery.jobs.lineage import checkpoint_location
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, UsageRecord
 from tunery.jobs.queues import eligible_jobs
 from tunery.jobs.result_files import write_results_file
+from tunery.jobs.selectors import checkpoint_model_name, fine_tuned_model_id
 from tunery.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -266,13 +268,23 @@ def renew_lease(job_id: str, owner: str, **fields: Any) -> str:
 
 
 def record_checkpoint(
-    job_id: str, owner: str, step: int, path: str, metrics: Mapping[str, Any] | None, is_best: bool
+    job_id: str,
+    owner: str,
+    step: int,
+    path: str,
+    metrics: Mapping[str, Any] | None,
+    is_best: bool,
+    kind: str = JobCheckpoint.Kind.TRAINING,
 ) -> str:
-    """One JobCheckpoint per (job, step), however many attempts reach that step."""
+    """One JobCheckpoint per (job, step), however many attempts reach that step. The early linear
+    probe (``kind``) is a model, not a point to resume from: it is not the job's current checkpoint."""
     with transaction.atomic():
-        action = renew_lease(job_id, owner, current_checkpoint=path)
+        resume_point = {"current_checkpoint": path} if kind == JobCheckpoint.Kind.TRAINING else {}
+        action = renew_lease(job_id, owner, **resume_point)
         checkpoint, created = JobCheckpoint.objects.get_or_create(
-            job_id=job_id, step_number=step, defaults={"path": path, "metrics": dict(metrics or {}), "is_best": is_best}
+            job_id=job_id,
+            step_number=step,
+            defaults={"path": path, "metrics": dict(metrics or {}), "is_best": is_best, "kind": kind},
         )
         if not created and (checkpoint.path != path or (metrics and checkpoint.metrics != dict(metrics))):
             checkpoint.path, checkpoint.metrics, checkpoint.is_best = path, dict(metrics or checkpoint.metrics), is_best
@@ -280,6 +292,29 @@ def record_checkpoint(
         if is_best:
             JobCheckpoint.objects.filter(job_id=job_id, is_best=True).exclude(pk=checkpoint.pk).update(is_best=False)
     return action
+
+
+def probe_model(checkpoint: JobCheckpoint) -> FineTunedModel:
+    """The catalogue entry of a job's early linear probe (``checkpoint``, its step-0 checkpoint),
+    named as the checkpoint (``ft:...:ckpt-step-0``); written once, when a tenant first deploys it.
+    Its files are the probe's artifact, which no checkpoint pruning touches: it stays servable after
+    the job succeeds, fails or is cancelled."""
+    assert checkpoint.kind == JobCheckpoint.Kind.LINEAR_PROBE
+    job = checkpoint.job
+    model, _ = FineTunedModel.objects.get_or_create(
+        checkpoint=checkpoint,
+        defaults={
+            "id": checkpoint_model_name(fine_tuned_model_id(job), checkpoint.step_number),
+            "tenant_id": job.tenant_id,
+            "base_model_id": job.base_model_id,
+            "parent_id": job.parent_model_id,
+            "artifact_path": checkpoint_location(checkpoint),
+            "vertical": job.vertical,
+            "task": job.task,
+            "metrics": dict(checkpoint.metrics or {}),
+        },
+    )
+    return model
 
 
 # -- ending an attempt -------------------------------------------------------------------------
@@ -304,11 +339,6 @@ def _write_usage(job: FineTuningJob) -> None:
             "gpu_count": job.gpus,
         },
     )
-
-
-def fine_tuned_model_id(job: FineTuningJob) -> str:
-    """OpenAI's shape: ``ft:<base>:<tenant>:<suffix>:<job id>``."""
-    return f"ft:{job.base_model.name}:{job.tenant.slug}:{job.suffix}:{job.pk}"
 
 
 def finish_attempt(job_id: str, owner: str, outcome: Outcome, attempt_started: datetime | None) -> str:

@@ -36,7 +36,7 @@ class Parent:
 
     @property
     def job(self) -> FineTuningJob:
-        return self.model.job
+        return self.model.source_job
 
     @property
     def base_model(self) -> BaseModel:
@@ -75,6 +75,14 @@ def resolve_parent(tenant: Tenant, name: str) -> Parent:
     checkpoint = JobCheckpoint.objects.filter(job=model.job, step_number=named[1]).first()
     if checkpoint is None or not checkpoint_is_stored(checkpoint):
         raise _not_found(name, " (that checkpoint is not kept; the job keeps its latest and best checkpoints)")
+    if checkpoint.kind == JobCheckpoint.Kind.LINEAR_PROBE:
+        raise InvalidRequest(
+            f"The checkpoint '{name}' is the job's linear probe (the frozen base model with a logistic-regression "
+            "head), not a point to continue training from: a new job from the base model starts from the same "
+            f"probe, or continue from '{model.id}'.",
+            param="model",
+            code="checkpoint_not_continuable",
+        )
     return Parent(name, model, checkpoint)
 
 
@@ -101,10 +109,13 @@ def checkpoint_is_stored(checkpoint: JobCheckpoint) -> bool:
 
 def checkpoint_location(checkpoint: JobCheckpoint) -> str:
     """An ``artifact_path``-like location of a checkpoint for :func:`artifacts.local_artifact_dir`:
-    its key in the bucket with object storage, else the folder the engine wrote."""
+    its key in the bucket with object storage, else the folder the engine wrote. The early linear
+    probe's is its artifact (``<prefix>/probe``, where checkpoint pruning never reaches)."""
     if artifacts.object_store() is None:
         return checkpoint.path
     job = checkpoint.job
+    if checkpoint.kind == JobCheckpoint.Kind.LINEAR_PROBE:
+        return artifacts.probe_artifact_key(job.tenant.slug, job.pk)
     return f"{artifacts.job_prefix(job.tenant.slug, job.pk)}/checkpoints/{Path(checkpoint.path).name}"
 
 

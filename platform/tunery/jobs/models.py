@@ -132,10 +132,18 @@ class JobEvent(models.Model):
 
 
 class JobCheckpoint(models.Model):
+    class Kind(models.TextChoices):
+        #: a resume point of the run (the trained tensors and the run state)
+        TRAINING = "training"
+        #: the early linear probe (step 0): a servable artifact, deployable while the job runs
+        LINEAR_PROBE = "linear_probe"
+
     id = models.CharField(primary_key=True, max_length=40, default=new_checkpoint_id, editable=False)
     job = models.ForeignKey(FineTuningJob, on_delete=models.CASCADE, related_name="checkpoints")
     step_number = models.PositiveIntegerField()
+    #: the folder on the worker's host (with object storage, its copy is under the job's prefix)
     path = models.CharField(max_length=500)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.TRAINING)
     metrics = models.JSONField(default=dict, blank=True)
     is_best = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -38,7 +38,8 @@ from django.utils import timezone
 from tunery.core import artifacts
 from tunery.jobs import estimates, lifecycle, tracking
 from tunery.jobs.lifecycle import LeaseLost, Outcome
-from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobEvent, JobStatus
+from tunery.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobCheckpoint, JobEvent, JobStatus
+from tunery.jobs.selectors import checkpoint_model_name, fine_tuned_model_id
 from tunery.verticals.registry import pack_context
 from tunery_contract import protocol
 from tunery_contract.protocol import ExitCode, JobSpecFile
@@ -155,13 +156,13 @@ def _parent_spec(job: FineTuningJob, inputs: Path) -> dict[str, Any] | None:
         if not Path(path).is_dir():
             log.error("job %s: the parent's files are missing at %s", job.pk, path)
             raise SpecError("model_not_found", f"the files of the parent model {parent.pk!r} are missing")
-    replay = lineage.replay_file(parent.job) if job.replay_fraction else None
+    replay = lineage.replay_file(parent.source_job) if job.replay_fraction else None
     if job.replay_fraction and replay is None:
         raise SpecError("replay_file_missing", "the parent model's training file was deleted: nothing to replay")
     if replay is not None:
         found["replay_file"] = materialise_file(replay, inputs)
         found["replay_fraction"] = job.replay_fraction
-        found["replay_column_mapping"] = dict(parent.job.column_mapping) or None
+        found["replay_column_mapping"] = dict(parent.source_job.column_mapping) or None
     return found
 
 
@@ -300,7 +301,7 @@ class AttemptRunner:
         if status in TERMINAL_STATUSES:  # local copies of the tenant's files are no longer needed
             shutil.rmtree(self.out / "inputs", ignore_errors=True)
             if artifacts.object_store() is not None:  # the bucket holds the job: this host's copy is scratch
-                for scratch in ("checkpoints", "final", "cache"):
+                for scratch in ("checkpoints", "final", "cache", "probe"):
                     shutil.rmtree(self.out / scratch, ignore_errors=True)
         return status
 
@@ -560,10 +561,32 @@ class AttemptRunner:
 
     def _on_checkpoint(self, event: protocol.Checkpoint) -> None:
         step = event.step
+        if event.model == protocol.LINEAR_PROBE:
+            self._on_probe_model(event)
+            return
         self._act_on(
             lifecycle.record_checkpoint(self.job.pk, self.owner, step, event.path, event.metrics, event.is_best)
         )
         lifecycle.add_event(self.job.pk, f"Checkpoint saved at step {step}", dedupe_key=f"checkpoint:step:{step}")
+
+    def _on_probe_model(self, event: protocol.Checkpoint) -> None:
+        """The early linear probe, written as a servable artifact: the job's step-0 checkpoint, the
+        one checkpoint a tenant may deploy while the job runs."""
+        kind = JobCheckpoint.Kind.LINEAR_PROBE
+        self._act_on(
+            lifecycle.record_checkpoint(self.job.pk, self.owner, event.step, event.path, event.metrics, False, kind)
+        )
+        name = checkpoint_model_name(fine_tuned_model_id(self.job), event.step)
+        threshold = event.metrics.get("handoff_threshold")
+        lifecycle.add_event(
+            self.job.pk,
+            f"A linear-probe model is ready: deploy checkpoint {name} while the fine-tune runs "
+            f'(POST /v1/deployments {{"model": "{name}"}})'
+            + (f"; validation accuracy={_fmt(event.metrics['accuracy'])}" if "accuracy" in event.metrics else "")
+            + (f", hand-off threshold={_fmt(threshold)}" if threshold is not None else ""),
+            data={"checkpoint": name, "step": event.step, "model": event.model, "metrics": dict(event.metrics)},
+            dedupe_key="checkpoint:linear_probe",
+        )
 
     def _on_search_trial(self, event: protocol.SearchTrial) -> None:
         self._act_on(lifecycle.renew_lease(self.job.pk, self.owner))

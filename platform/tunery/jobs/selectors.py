@@ -40,6 +40,12 @@ def checkpoint_model_name(model_id: str, step: int) -> str:
     return f"{model_id}:ckpt-step-{step}"
 
 
+def fine_tuned_model_id(job: FineTuningJob) -> str:
+    """The id the job's model has (or will have once it succeeds). OpenAI's shape:
+    ``ft:<base>:<tenant>:<suffix>:<job id>``."""
+    return f"ft:{job.base_model.name}:{job.tenant.slug}:{job.suffix}:{job.pk}"
+
+
 def split_checkpoint_name(name: str) -> tuple[str, int] | None:
     """(model id, step) of a ``fine_tuned_model_checkpoint`` name; None for any other name."""
     match = _CHECKPOINT_NAME.match(name)
@@ -52,22 +58,46 @@ def names_a_checkpoint(name: str) -> bool:
 
 
 def model_checkpoint(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobCheckpoint] | None:
-    """The tenant's fine-tuned model and its checkpoint named by ``fine_tuned_model_checkpoint``
-    (``ft:...:ckpt-step-N``) or the checkpoint's id; None when there is none (or it is another
-    tenant's). Only a succeeded job's checkpoints: the job's model supplies what a checkpoint lacks."""
-    named = split_checkpoint_name(name)
-    models = fine_tuned_models(tenant)
-    if named is not None:
-        model_id, step = named
-        model = models.filter(pk=model_id).first()
-        found = JobCheckpoint.objects.filter(job_id=model.job_id, step_number=step).first() if model else None
-    else:
-        checkpoints = scope_to_tenant(JobCheckpoint.objects.filter(pk=name), tenant, "job__tenant")
-        found = checkpoints.first() if name.startswith("ftckpt-") else None
-        model = models.filter(job_id=found.job_id).first() if found is not None else None
-    if model is None or found is None:
+    """The tenant's checkpoint named by ``fine_tuned_model_checkpoint`` (``ft:...:ckpt-step-N``) or
+    its id, with the model that supplies what it lacks: its job's model (checkpoints of succeeded
+    jobs), or an early probe's own catalogue entry (once deployed, whatever its job's status); None
+    when there is none (or it is another tenant's)."""
+    found = job_checkpoint(tenant, name)
+    if found is None:
         return None
-    return model, found
+    models = fine_tuned_models(tenant)
+    model = models.filter(job_id=found.job_id).first()
+    if model is None and found.kind == JobCheckpoint.Kind.LINEAR_PROBE:
+        model = models.filter(checkpoint=found).first()
+    return (model, found) if model is not None else None
+
+
+def served_checkpoint_name(model: FineTunedModel, checkpoint: JobCheckpoint) -> str:
+    """The name a checkpoint is served and scored under: an early probe's entry's own id, else
+    ``<its job's model>:ckpt-step-N``."""
+    if model.checkpoint_id == checkpoint.pk:
+        return model.id
+    return checkpoint_model_name(model.id, checkpoint.step_number)
+
+
+def job_checkpoint(tenant: Tenant, name: str) -> JobCheckpoint | None:
+    """The tenant's checkpoint named ``name`` (``ft:...:ckpt-step-N`` or its id ``ftckpt-...``),
+    whatever its job's status; None when there is none (or it is another tenant's)."""
+    named = split_checkpoint_name(name)
+    checkpoints = scope_to_tenant(
+        JobCheckpoint.objects.select_related("job__base_model", "job__tenant"), tenant, "job__tenant"
+    )
+    if named is None:
+        return checkpoints.filter(pk=name).first() if name.startswith("ftckpt-") else None
+    model_id, step = named
+    found = checkpoints.filter(job_id=model_id.rsplit(":", 1)[-1], step_number=step).first()
+    if found is None:
+        return None
+    named_job = (
+        model_id == fine_tuned_model_id(found.job)
+        or FineTunedModel.objects.filter(pk=model_id, job_id=found.job_id).exists()
+    )
+    return found if named_job else None
 
 
 def active_job_count(tenant: Tenant) -> int:

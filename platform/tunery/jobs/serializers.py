@@ -12,6 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tunery.core.timestamps import unix_seconds
+from tunery.jobs import selectors
 from tunery.jobs.hyperparameters import GPU_RANGE, KNOBS, SEED_RANGE, TUNERY_KNOBS, openai_hyperparameters
 from tunery.jobs.lineage import requested_model_name
 from tunery.jobs.models import FineTuningJob, JobCheckpoint, JobEvent
@@ -102,7 +103,7 @@ def event_object(event: JobEvent) -> dict[str, Any]:
 
 def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
     job = checkpoint.job
-    model_id = fine_tuned_model_id(job) or f"ft:{job.base_model.name}:{job.tenant.slug}:{job.suffix}:{job.id}"
+    model_id = fine_tuned_model_id(job) or selectors.fine_tuned_model_id(job)
     metrics = {"step": float(checkpoint.step_number), **(checkpoint.metrics or {})}
     return {
         "id": checkpoint.id,
@@ -113,6 +114,7 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
         "step_number": checkpoint.step_number,
         "metrics": metrics,
         "is_best": checkpoint.is_best,
+        "kind": checkpoint.kind,
     }
 
 
@@ -368,3 +370,9 @@ class CheckpointSerializer(serializers.Serializer):
     step_number = serializers.IntegerField()
     metrics = serializers.DictField()
     is_best = serializers.BooleanField()
+    kind = serializers.ChoiceField(
+        choices=JobCheckpoint.Kind.choices,
+        help_text="'training': a resume point of the run (evaluate it once the job has succeeded); "
+        "'linear_probe': the job's early probe (step 0), a calibrated model with its own hand-off threshold "
+        "that can be deployed (POST /v1/deployments with its fine_tuned_model_checkpoint) while the job runs.",
+    )

@@ -72,10 +72,14 @@ def artifact_dir(model: FineTunedModel) -> Path:
         runtime = _runtime
         if runtime is not None and model.pk in runtime.loaded():  # served from memory: no file is read
             return cache.entry_path(model.artifact_path)
+    return _fetched(model.artifact_path, f"model {model.pk}")
+
+
+def _fetched(artifact_path: str, what: str) -> Path:
     try:
-        return artifacts.local_artifact_dir(model.artifact_path)
+        return artifacts.local_artifact_dir(artifact_path)
     except artifacts.StorageError as exc:
-        log.warning("model %s: %s", model.pk, exc.message)
+        log.warning("%s: %s", what, exc.message)
         raise ServiceUnavailable(
             f"The model's files cannot be fetched from storage right now ({exc.code}); try again shortly.",
             code=exc.code,
@@ -87,14 +91,19 @@ def checkpoint_artifact_dir(model: FineTunedModel, checkpoint: JobCheckpoint) ->
     cache folder from the checkpoint's files (the worker's folder, else object storage) and the
     model's artifact (``tunery_engine.artifact.checkpoint_artifact``). A checkpoint whose files were
     pruned is a 409; a storage outage a 503."""
+    from tunery.jobs.models import JobCheckpoint
     from tunery_engine.artifact import ArtifactError, checkpoint_artifact
 
+    if checkpoint.kind == JobCheckpoint.Kind.LINEAR_PROBE:  # an artifact of its own
+        from tunery.jobs.lineage import checkpoint_location
+
+        return _fetched(checkpoint_location(checkpoint), f"checkpoint {checkpoint.pk}")
     built = Path(settings.TUNERY_ARTIFACT_CACHE_DIR) / "checkpoints" / checkpoint.pk
     if (built / "tunery_artifact.json").is_file():
         return built
     source = Path(checkpoint.path)
     if not source.is_dir() and artifacts.object_store() is not None:
-        remote = f"{artifacts.job_prefix(model.tenant.slug, model.job_id)}/checkpoints/{source.name}"
+        remote = f"{artifacts.job_prefix(model.tenant.slug, model.source_job_id)}/checkpoints/{source.name}"
         try:
             source = artifacts.local_artifact_dir(remote)
         except artifacts.StorageError as exc:

@@ -12,7 +12,7 @@ from tunery.catalog.models import FineTunedModel
 from tunery.core.errors import Conflict, NotFound
 from tunery.core.lookupcache import LookupCache
 from tunery.jobs.models import JobCheckpoint
-from tunery.jobs.selectors import checkpoint_model_name, fine_tuned_models, model_checkpoint, names_a_checkpoint
+from tunery.jobs.selectors import fine_tuned_models, model_checkpoint, names_a_checkpoint, served_checkpoint_name
 from tunery.serving.models import ChampionPeriod, Deployment
 from tunery.serving.process_runtime import artifact_dir, checkpoint_artifact_dir
 from tunery.tenants.models import Tenant
@@ -100,7 +100,7 @@ def tenant_checkpoint(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobChe
     if found is None:
         raise NotFound(
             f"The checkpoint '{name}' does not exist or you do not have access to it (checkpoints of "
-            "succeeded jobs only).",
+            "succeeded jobs, and a job's linear-probe checkpoint once deployed).",
             param="model",
             code="model_not_found",
         )
@@ -109,7 +109,7 @@ def tenant_checkpoint(tenant: Tenant, name: str) -> tuple[FineTunedModel, JobChe
 
 def checkpoint_target(tenant: Tenant, name: str) -> ServingTarget:
     model, checkpoint = tenant_checkpoint(tenant, name)
-    key = checkpoint_model_name(model.id, checkpoint.step_number)
+    key = served_checkpoint_name(model, checkpoint)
     return ServingTarget(model, None, checkpoint_artifact_dir(model, checkpoint), artifact_kind(model), key)
 
 

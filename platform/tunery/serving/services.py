@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING, Any, cast
 from django.db import transaction
 from django.utils import timezone
 
-from tunery.core.errors import ApiError, Conflict, InvalidRequest, QuotaExceeded
+from tunery.catalog.models import FineTunedModel
+from tunery.core.errors import ApiError, Conflict, InvalidRequest, NotFound, QuotaExceeded
 from tunery.core.ids import prefixed_id
 from tunery.feedback import prediction_log
 from tunery.files.models import File
+from tunery.jobs import lifecycle
+from tunery.jobs.models import JobCheckpoint
+from tunery.jobs.selectors import fine_tuned_models, job_checkpoint, names_a_checkpoint
 from tunery.monitoring import prometheus
 from tunery.serving import conf, inputs, promotion, routing, selectors, traffic
 from tunery.serving.models import Deployment
@@ -47,8 +51,10 @@ def deploy(*, tenant: Tenant, model_id: str, actor: str, precision: str | None =
     record the outcome. Returns (deployment, created); deploying a ready model again is a no-op,
     unless it names another ``precision`` ("fp32"/"int8"/"bf16", "" for the server's default; None keeps
     the deployment's), which is then recorded and loaded.
-    The load runs outside any transaction (it may take seconds; SQLite would hold its write lock)."""
-    model = selectors.tenant_model(tenant, model_id)
+    The load runs outside any transaction (it may take seconds; SQLite would hold its write lock).
+    ``model_id`` may also name a job's early linear probe by its checkpoint (``ft:...:ckpt-step-0``),
+    whatever the job's status: the first deploy enters it in the catalogue under that name."""
+    model = deployable_model(tenant, model_id)
     existing = Deployment.objects.filter(model=model).first()
     if precision is None:
         precision = existing.precision if existing is not None else ""
@@ -88,6 +94,31 @@ def deploy(*, tenant: Tenant, model_id: str, actor: str, precision: str | None =
             precision=precision or conf.serving_precision(),
         )
     return deployment, created
+
+
+def deployable_model(tenant: Tenant, model_id: str) -> FineTunedModel:
+    """The tenant's fine-tuned model ``model_id``, or the early probe its checkpoint name names (its
+    catalogue entry, written on first use). Any other checkpoint is a 400: a training checkpoint is
+    neither calibrated nor checked against the probe's floor; another tenant's, or none, a 404."""
+    if not names_a_checkpoint(model_id) or fine_tuned_models(tenant).filter(pk=model_id).exists():
+        return selectors.tenant_model(tenant, model_id)
+    checkpoint = job_checkpoint(tenant, model_id)
+    if checkpoint is None:
+        raise NotFound(
+            f"The checkpoint '{model_id}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    if checkpoint.kind != JobCheckpoint.Kind.LINEAR_PROBE:
+        raise InvalidRequest(
+            f"The checkpoint '{model_id}' cannot be deployed: a training checkpoint is neither calibrated nor "
+            "checked against the linear-probe floor. Deploy the job's linear-probe checkpoint (step 0, kind "
+            "linear_probe in GET /v1/fine_tuning/jobs/{id}/checkpoints) while the job runs, or its model once it "
+            "has succeeded.",
+            param="model",
+            code="checkpoint_not_deployable",
+        )
+    return lifecycle.probe_model(checkpoint)
 
 
 def _unchanged(existing: Deployment | None, precision: str) -> bool:
