@@ -13,6 +13,7 @@ usage (from the repository root):
   python bench/quality_suite.py --regimes 10 20 --seeds 0 1 2 --json few.json    # the few-shot table
   python bench/quality_suite.py --regimes full --seeds 0                          # hours on 2 CPU cores
   python bench/quality_suite.py --sets banking77 --regimes 10 --max-steps 1       # smoke: probe + calibration
+  python bench/quality_suite.py --sets hwu64 --regimes full --set learning_rate=5e-5 --json lr.json  # a candidate
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def probe_test_accuracy(output_dir: Path, base: Path, task: Any, info: Any, test
 class _Progress:
     """Training progress on stderr (the suite's runs take minutes)."""
 
+    def __init__(self) -> None:
+        #: (step, validation accuracy, macro-F1) of each evaluation
+        self.curve: list[tuple[int, float, float]] = []
+
     def __getattr__(self, hook: str) -> Any:
         return lambda *args: None
 
@@ -130,6 +135,7 @@ class _Progress:
 
     def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
         print(f"  step {step}: validation accuracy {metrics.get('accuracy', 0):.4f}", file=sys.stderr)
+        self.curve.append((step, round(metrics.get("accuracy", 0), 4), round(metrics.get("macro_f1", 0), 4)))
 
 
 def packaged_base(threads: int, model_dir: Path | None = None) -> Path:
@@ -183,7 +189,15 @@ def Progress() -> Any:
     return Printer()
 
 
-def run_one(name: str, regime: str, seed: int, base: Path, work: Path, max_steps: int | None = None) -> dict[str, Any]:
+def run_one(
+    name: str,
+    regime: str,
+    seed: int,
+    base: Path,
+    work: Path,
+    max_steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from tunery_customer_service import pack
 
     from tunery_engine import train
@@ -194,9 +208,10 @@ def run_one(name: str, regime: str, seed: int, base: Path, work: Path, max_steps
     train_rows = sample(read_rows(DATA / name / "train.csv"), None if regime == "full" else int(regime), seed)
     test = read_rows(DATA / name / "test.csv")
     out = work / f"{name}-{regime}-{seed}"
-    spec = intent_job(train_rows, out, base, seed, max_steps=max_steps)
+    spec = intent_job(train_rows, out, base, seed, max_steps=max_steps, **(overrides or {}))
     started, cpu_started = time.monotonic(), time.process_time()
-    result = train(spec, [Progress()])
+    progress = Progress()
+    result = train(spec, [progress])
     seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
     info = read_artifact(result.artifact_dir)
     runtime = InferenceRuntime(max_batch_size=64)
@@ -237,6 +252,8 @@ def run_one(name: str, regime: str, seed: int, base: Path, work: Path, max_steps
             for k in ("n_epochs", "learning_rate", "batch_size", "max_length", "warmup_ratio")
         },
         "warnings": result.warnings,
+        "overrides": overrides or {},
+        "validation_curve": progress.curve,
     }
 
 
@@ -294,7 +311,18 @@ def main(argv: list[str] | None = None) -> int:
         help="smoke mode: stop fine-tuning after N steps (the probe is then usually shipped; checks the "
         "probe, calibration and hand-off path on a busy host, not the fine-tuning targets)",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="a hyperparameter instead of the pack's default (JSON value: --set learning_rate=5e-5); repeatable. "
+        "For measuring a candidate rule on the validation curve (validation_curve in --json), never for the table "
+        "of record",
+    )
     args = parser.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.overrides)}
 
     args.model_dir = packaged_base(args.threads, args.model_dir)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="tunery-quality-"))
@@ -302,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         for regime in args.regimes:
             for seed in args.seeds:
-                result = run_one(name, regime, seed, args.model_dir, work, args.max_steps)
+                result = run_one(name, regime, seed, args.model_dir, work, args.max_steps, overrides)
                 results.append(result)
                 print(
                     json.dumps(
