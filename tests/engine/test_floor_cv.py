@@ -19,7 +19,7 @@ from tunery_engine import contrastive as ct
 from tunery_engine import crossval as cv
 from tunery_engine import probe as lp
 from tunery_engine.artifact import load_artifact, read_artifact
-from tunery_engine.callbacks import Cancelled, TrainingCallback
+from tunery_engine.callbacks import Cancelled, Paused, TrainingCallback
 from tunery_engine.data import load_rows, split_validation
 from tunery_engine.heads import Encoded, head_for
 from tunery_engine.modeling import bernoulli_is_vectorised, use_cpu_dropout
@@ -189,11 +189,12 @@ def test_with_classification_epochs_the_validation_rule_stays(tmp_path, tiny_sen
 
 
 class CancelWhen(TrainingCallback):
-    """Asks to cancel from the first control check (``at_start``) or after the step-0 evaluation of
-    the stage's model, which comes just before the cross-validation."""
+    """Asks to cancel (or ``request``) from the first control check (``at_start``) or after the
+    step-0 evaluation of the stage's model, which comes just before the cross-validation."""
 
-    def __init__(self, at_start: bool) -> None:
+    def __init__(self, at_start: bool, request: str = "cancel") -> None:
         self.armed = at_start
+        self.request = request
         self.checks_after_arming = 0
 
     def on_evaluate(self, step: int, metrics) -> None:
@@ -203,7 +204,7 @@ class CancelWhen(TrainingCallback):
         if not self.armed:
             return None
         self.checks_after_arming += 1
-        return "cancel"
+        return self.request
 
 
 @pytest.mark.parametrize("at_start", [True, False], ids=["during the stage", "during the cross-validation"])
@@ -220,3 +221,28 @@ def test_a_cancel_stops_the_stage_and_its_cross_validation_at_once(
     assert stopped.value.step == 0
     assert cancel.checks_after_arming == 1  # noticed at the first step after the request
     assert not (spec.output_dir / "artifact").exists()
+
+
+@pytest.mark.parametrize("at_start", [True, False], ids=["during the stage", "during the cross-validation"])
+def test_a_pause_stops_the_stage_at_once_and_the_next_attempt_redoes_it(
+    tmp_path, tiny_sentence_encoder, quick_stage, at_start
+):
+    # a pause waited for the stage and its cross-validation to end (1-3 minutes on MiniLM); they keep
+    # no checkpoint, so the next attempt runs them again, from the cached probe, to the same model
+    def spec_for(name):
+        metrics = _validation_says(first_wins=False, otherwise=lambda out, summary: summary["accuracy"])
+        return _spec(tmp_path, tiny_sentence_encoder, metrics, name)
+
+    paused_spec = spec_for("paused")
+    pause = CancelWhen(at_start, request="pause")
+    with pytest.raises(Paused) as stopped:
+        train(paused_spec, [pause])
+    assert (stopped.value.step, stopped.value.checkpoint) == (0, None)
+    assert pause.checks_after_arming == 1  # noticed at the first step after the request
+    probe_fitted = (paused_spec.output_dir / "probe" / "probe.json").stat().st_mtime_ns
+
+    resumed = train(paused_spec)
+    uninterrupted = train(spec_for("uninterrupted"))
+    assert (paused_spec.output_dir / "probe" / "probe.json").stat().st_mtime_ns == probe_fitted  # not refitted
+    assert resumed.metrics == pytest.approx(uninterrupted.metrics)
+    assert read_artifact(resumed.artifact_dir).manifest["shipped"] == "fine_tuned"

@@ -999,12 +999,17 @@ class FineTuneRecipe:
             self.last_heartbeat = time.monotonic()
 
     def between_stage_steps(self, *_: Any) -> None:
-        """Each step of the few-shot stage and of its cross-validation: a heartbeat, and a cancel
-        stops them at once (they took 1-3 minutes to notice one). They keep no checkpoint to resume
-        from, so a pause waits for their end, where the step loop obeys it."""
+        """Each step of the few-shot stage and of its cross-validation: a heartbeat, and a cancel or a
+        pause stops them at once (they took 1-3 minutes to notice one). Both run before any
+        classification step and keep no checkpoint: a paused job's next attempt redoes them (the
+        probe and its early model are cached in ``output_dir/probe``), which costs what waiting for
+        their end would have."""
         self.heartbeat()
-        if not self.dist.enabled and self.hooks.control() == "cancel":
-            raise Cancelled(0, self.last_checkpoint)  # both run before any classification step
+        request = self.hooks.control() if not self.dist.enabled else None
+        if request == "cancel":
+            raise Cancelled(0, self.last_checkpoint)
+        if request == "pause":
+            raise Paused(0, None)
 
     def obey_control(self, metrics: Mapping[str, float] | None) -> None:
         """Pause (checkpoint, then :class:`Paused`) or cancel when rank 0's callbacks ask for it."""
