@@ -19,7 +19,7 @@ from tunery_storage import ObjectStore
 
 from tests.storage.s3_server import S3Server, ThrottlingProxy
 from tunery_contract import TaskKind
-from tunery_contract.protocol import ExitCode
+from tunery_contract.protocol import LINEAR_PROBE, ExitCode
 from tunery_engine.tiny_models import make_tiny_bert, write_synthetic, write_tiny_pack_distribution
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,10 @@ class Engine:
 
     def named(self, name: str) -> list[dict]:
         return [e for e in self.events if e["event"] == name]
+
+    def training_checkpoints(self) -> list[dict]:
+        """The checkpoint events of training steps (not the early linear-probe model's)."""
+        return [e for e in self.named("checkpoint") if e.get("model") != LINEAR_PROBE]
 
     def wait_for(self, condition, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -118,8 +122,8 @@ def test_a_worker_killed_mid_upload_resumes_elsewhere_from_the_last_complete_che
         first = Engine(
             tmp_path, make_spec(tmp_path, tiny_model, tmp_path / "host1" / "job"), s3_server.env(bucket, proxy.endpoint)
         )
-        first.wait_for(lambda: first.named("checkpoint"), 240, "the first checkpoint, uploaded")
-        complete = f"step-{first.named('checkpoint')[0]['step']:08d}"
+        first.wait_for(first.training_checkpoints, 240, "the first checkpoint, uploaded")
+        complete = f"step-{first.training_checkpoints()[0]['step']:08d}"
         assert store.complete_children(remote) == [complete]  # reported only once in the bucket
 
         def half_uploaded() -> list[str]:
@@ -162,7 +166,7 @@ def test_the_storage_server_restarted_mid_job_is_waited_out(tiny_model, tmp_path
         engine = Engine(
             tmp_path, make_spec(tmp_path, tiny_model, tmp_path / "job"), server.env("models", front.endpoint, 120)
         )
-        engine.wait_for(lambda: engine.named("checkpoint"), 240, "the first checkpoint")
+        engine.wait_for(engine.training_checkpoints, 240, "the first checkpoint")
         server.kill()
         engine.wait_for(lambda: "retrying in" in engine.stderr(), 120, "an upload meeting the outage")
         time.sleep(2)
