@@ -211,6 +211,8 @@ def estimate(
     longest_in_batch = min(limit, math.ceil(int(lengths.get("p90", 0)) * TOKENS_PER_WORD) + SPECIAL_TOKENS)
     stage = _few_shot_stage(task, config, training_rows, validation_rows)
     stage_epochs, folds = stage if stage is not None else (0, None)
+    if not stage_replaces_epochs:
+        folds = None  # after classification epochs the validation split decides the floor
     epochs = 0 if stage is not None and stage_replaces_epochs else _epochs(config, training_rows)
     evaluations = min(epochs, MAX_AUTO_EVALUATIONS) if config.get("eval_every_steps", AUTO) == AUTO else epochs
     if stage is not None:
