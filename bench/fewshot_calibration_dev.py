@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,28 +31,20 @@ import quality_suite as qs
 
 
 def collect(name: str, per_class: int, seed: int, dev_rows: int, base: Path, out: Path) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     from tunery_engine import probe as lp
-    from tunery_engine.engine import PROBE_FOLDS, FineTuneRecipe
+    from tunery_engine.engine import PROBE_FOLDS
 
-    sampled, dev, test = qs.dev_split(name, per_class, seed, dev_rows)
-    spec = qs.intent_job(sampled, Path(tempfile.mkdtemp(prefix="tunery-calib-dev-")), base, seed)
     started, cpu = time.monotonic(), time.process_time()
-    recipe = FineTuneRecipe(spec, [])
-    recipe.setup()
+    recipe, dev, test = qs.dev_recipe(name, per_class, seed, dev_rows, base)
     captured: dict[str, Any] = {}
     original = recipe.calibrate
 
     def calibrate(refit: Any = None) -> None:
         head, device = recipe.head, torch.device("cpu")
-
-        def encode(rows: list[dict[str, Any]]) -> Any:
-            return head.encode(rows, recipe.tokenizer, recipe.label_names, int(recipe.config.max_length), recipe.config)
-
-        splits = {"dev": encode(dev), "test": encode(test)}
-        labels = {k: torch.as_tensor(np.asarray([int(f["labels"]) for f in v.features])) for k, v in splits.items()}
+        splits = {"dev": qs.encode_rows(recipe, dev), "test": qs.encode_rows(recipe, test)}
+        labels = {k: qs.row_labels(v) for k, v in splits.items()}
 
         def features(model: Any) -> dict[str, torch.Tensor]:
             layer = lp.linear_head(model)

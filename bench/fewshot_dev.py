@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,27 +42,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(name: str, per_class: int, seed: int, dev_rows: int, base: Path) -> dict[str, Any]:
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
     from tunery_engine import probe as lp
-    from tunery_engine.engine import PROBE_FOLDS, FineTuneRecipe
+    from tunery_engine.engine import PROBE_FOLDS
 
-    sampled, dev, test = qs.dev_split(name, per_class, seed, dev_rows)
-    spec = qs.intent_job(sampled, Path(tempfile.mkdtemp(prefix="tunery-fewshot-dev-")), base, seed)
     started, cpu = time.monotonic(), time.process_time()
-    recipe = FineTuneRecipe(spec, [])
-    recipe.setup()
+    recipe, dev, test = qs.dev_recipe(name, per_class, seed, dev_rows, base)
     setup_seconds, setup_cpu = time.monotonic() - started, time.process_time() - cpu
     head, cpu_device = recipe.head, torch.device("cpu")
     names = recipe.label_names
-
-    def encode(rows: list[dict[str, Any]]) -> Any:
-        return head.encode(rows, recipe.tokenizer, names, int(recipe.config.max_length), recipe.config)
-
-    splits = {"train": recipe.train_data, "val": recipe.val_data, "dev": encode(dev), "test": encode(test)}
-    labels = {k: torch.as_tensor(np.asarray([int(f["labels"]) for f in v.features])) for k, v in splits.items()}
+    splits = {
+        "train": recipe.train_data,
+        "val": recipe.val_data,
+        "dev": qs.encode_rows(recipe, dev),
+        "test": qs.encode_rows(recipe, test),
+    }
+    labels = {k: qs.row_labels(v) for k, v in splits.items()}
     frozen = head.build_model(base, names, pooling=recipe.pooling)
     models = {"probe": frozen, "stage": recipe.model}
     out: dict[str, Any] = {

@@ -24,7 +24,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,27 +54,18 @@ class Case:
     """One set, size and seed: the recipe's setup, the encoded splits and their labels."""
 
     def __init__(self, name: str, per_class: int, seed: int, dev_rows: int, base: Path, **config: Any) -> None:
-        import numpy as np
         import torch
 
-        from tunery_engine.engine import FineTuneRecipe
-
-        sampled, dev, test = qs.dev_split(name, per_class, seed, dev_rows)
-        spec = qs.intent_job(sampled, Path(tempfile.mkdtemp(prefix="tunery-levers-")), base, seed, **config)
-        self.recipe = FineTuneRecipe(spec, [])
-        self.recipe.setup()
+        self.recipe, dev, test = qs.dev_recipe(name, per_class, seed, dev_rows, base, **config)
         self.base, self.seed, self.names = base, seed, self.recipe.label_names
         self.splits = {"train": self.recipe.train_data, "val": self.recipe.val_data}
         self.splits |= {"dev": self.encode(dev), "test": self.encode(test)}
-        self.labels = {
-            k: torch.as_tensor(np.asarray([int(f["labels"]) for f in v.features])) for k, v in self.splits.items()
-        }
+        self.labels = {k: qs.row_labels(v) for k, v in self.splits.items()}
         self.every = torch.cat([self.labels["train"], self.labels["val"]])
         self.out: dict[str, Any] = {"set": name, "per_class": per_class, "seed": seed}
 
     def encode(self, rows: list[dict[str, str]]) -> Any:
-        r = self.recipe
-        return r.head.encode(rows, r.tokenizer, self.names, int(r.config.max_length), r.config)
+        return qs.encode_rows(self.recipe, rows)
 
     def model(self) -> Any:
         return self.recipe.head.build_model(self.base, self.names, pooling=self.recipe.pooling)

@@ -85,6 +85,34 @@ def dev_split(
     return sampled, dev, read_rows(DATA / name / "test.csv")
 
 
+def dev_recipe(
+    name: str, per_class: int, seed: int, dev_rows: int, base: Path, **config: Any
+) -> tuple[Any, list[dict[str, str]], list[dict[str, str]]]:
+    """The dev scripts' starting point: the job a tenant gets on ``per_class`` sampled rows of data
+    set ``name`` (:func:`intent_job`, ``config`` over the pack's defaults), set up by the engine's own
+    steps (``FineTuneRecipe.setup``: validation split, probe, stage), with the dev and test rows of
+    :func:`dev_split`."""
+    from tunery_engine.engine import FineTuneRecipe
+
+    sampled, dev, test = dev_split(name, per_class, seed, dev_rows)
+    spec = intent_job(sampled, Path(tempfile.mkdtemp(prefix=f"tunery-dev-{name}-")), base, seed, **config)
+    recipe = FineTuneRecipe(spec, [])
+    recipe.setup()
+    return recipe, dev, test
+
+
+def encode_rows(recipe: Any, rows: list[dict[str, str]]) -> Any:
+    """``rows`` encoded as the set-up ``recipe`` encodes its own."""
+    return recipe.head.encode(rows, recipe.tokenizer, recipe.label_names, int(recipe.config.max_length), recipe.config)
+
+
+def row_labels(encoded: Any) -> Any:
+    """The label indices of encoded rows, as a tensor."""
+    import torch
+
+    return torch.as_tensor([int(f["labels"]) for f in encoded.features])
+
+
 def probe_test_accuracy(output_dir: Path, base: Path, task: Any, info: Any, test: list[dict[str, str]]) -> float:
     """The job's linear probe (base model + the saved logistic-regression head) on the test split."""
     import torch
@@ -107,8 +135,7 @@ def probe_test_accuracy(output_dir: Path, base: Path, task: Any, info: Any, test
     logits = lp.forward_rows(
         model, encoded, head.collate, head.forward, torch.device("cpu"), 64, int(tokenizer.pad_token_id)
     )
-    labels = torch.as_tensor([int(f["labels"]) for f in encoded.features])
-    return float((logits.argmax(-1) == labels).double().mean())
+    return float((logits.argmax(-1) == row_labels(encoded)).double().mean())
 
 
 class _Progress:

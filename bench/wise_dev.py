@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -79,29 +78,20 @@ def interpolate_into(model: Any, base: dict[str, Any], tuned: dict[str, Any], al
 def run(
     name: str, per_class: int, seed: int, dev_rows: int, base: Path, alphas: list[float], with_test: bool
 ) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     from tunery_engine import probe as lp
-    from tunery_engine.engine import FineTuneRecipe
 
-    sampled, dev, test = qs.dev_split(name, per_class, seed, dev_rows)
-    spec = qs.intent_job(sampled, Path(tempfile.mkdtemp(prefix="tunery-wise-dev-")), base, seed)
     started, cpu = time.monotonic(), time.process_time()
-    recipe = FineTuneRecipe(spec, [])
-    recipe.setup()
+    recipe, dev, test = qs.dev_recipe(name, per_class, seed, dev_rows, base)
     setup_seconds, setup_cpu = time.monotonic() - started, time.process_time() - cpu
     head, device = recipe.head, torch.device("cpu")
     names = recipe.label_names
     n = len(names)
-
-    def encode(rows: list[dict[str, Any]]) -> Any:
-        return head.encode(rows, recipe.tokenizer, names, int(recipe.config.max_length), recipe.config)
-
-    splits = {"train": recipe.train_data, "val": recipe.val_data, "dev": encode(dev)}
+    splits = {"train": recipe.train_data, "val": recipe.val_data, "dev": qs.encode_rows(recipe, dev)}
     if with_test:
-        splits["test"] = encode(test)
-    labels = {k: torch.as_tensor(np.asarray([int(f["labels"]) for f in v.features])) for k, v in splits.items()}
+        splits["test"] = qs.encode_rows(recipe, test)
+    labels = {k: qs.row_labels(v) for k, v in splits.items()}
     work = head.build_model(base, names, pooling=recipe.pooling)
     layer = lp.linear_head(work)
     tuned_layer = lp.linear_head(recipe.model)
